@@ -1,0 +1,177 @@
+//! Plugin configuration: the JSON an admin writes into Envoy's `configuration`
+//! field (`FilterConfigSpec`), and the compiled form the filter runs on
+//! (`FilterConfig`). A bad configuration is refused at `on_configure` with a
+//! message naming the field, never discovered per request.
+
+use serde::Deserialize;
+
+use crate::jwt::{JwtVerifier, JwtVerifierError};
+
+/// Default cap on a request body, from the PRD (2 KiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 2048;
+/// Default allowance for clock skew between the IAM and Envoy.
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+
+/// What the admin writes, as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfigSpec {
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Where the MCP endpoint lives; used to scope JSON-RPC checks.
+    #[serde(default = "default_mcp_path")]
+    pub mcp_path: String,
+    pub jwt: JwtSpec,
+}
+
+/// IAM JWT verification settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values (the MCP server's resource URL, RFC 8707).
+    pub audiences: Vec<String>,
+    /// Claim carrying the caller's organisation.
+    #[serde(default = "default_org_claim")]
+    pub org_claim: String,
+    /// Allowed clock skew for `exp` / `nbf`.
+    #[serde(default = "default_leeway_seconds")]
+    pub leeway_seconds: u64,
+    /// Public keys as a JWKS document (`{"keys": [...]}`).
+    pub jwks: serde_json::Value,
+    /// Optional realm for `WWW-Authenticate`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_max_body_bytes() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_mcp_path() -> String {
+    "/mcp".to_string()
+}
+fn default_org_claim() -> String {
+    "org".to_string()
+}
+fn default_leeway_seconds() -> u64 {
+    DEFAULT_LEEWAY_SECONDS
+}
+fn default_realm() -> String {
+    "mcp-image-gateway".to_string()
+}
+
+/// The compiled configuration the filter runs on.
+pub struct FilterConfig {
+    pub max_body_bytes: usize,
+    pub mcp_path: String,
+    pub jwt: JwtVerifier,
+    pub realm: String,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("plugin configuration is empty; expected a JSON object with at least `jwt`")]
+    Empty,
+    #[error("plugin configuration is not valid JSON for this filter: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("`max_body_bytes` must be between 1 and 1048576, got {0}")]
+    MaxBodyBytes(usize),
+    #[error("`mcp_path` must start with '/', got {0:?}")]
+    McpPath(String),
+    #[error("`jwt`: {0}")]
+    Jwt(#[from] JwtVerifierError),
+}
+
+impl FilterConfig {
+    /// Parses and compiles the plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::Empty);
+        }
+        let spec: FilterConfigSpec = serde_json::from_slice(bytes)?;
+        Self::try_from(spec)
+    }
+}
+
+impl TryFrom<FilterConfigSpec> for FilterConfig {
+    type Error = ConfigError;
+
+    fn try_from(spec: FilterConfigSpec) -> Result<Self, Self::Error> {
+        if spec.max_body_bytes == 0 || spec.max_body_bytes > 1024 * 1024 {
+            return Err(ConfigError::MaxBodyBytes(spec.max_body_bytes));
+        }
+        if !spec.mcp_path.starts_with('/') {
+            return Err(ConfigError::McpPath(spec.mcp_path));
+        }
+        let realm = spec.jwt.realm.clone();
+        let jwt = JwtVerifier::from_spec(&spec.jwt)?;
+        Ok(Self {
+            max_body_bytes: spec.max_body_bytes,
+            mcp_path: spec.mcp_path,
+            jwt,
+            realm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwks() -> serde_json::Value {
+        serde_json::json!({"keys": [{
+            "kty": "OKP", "crv": "Ed25519", "kid": "k1",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        }]})
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let json = serde_json::json!({"jwt": {"issuer": "i", "audiences": ["a"], "jwks": jwks()}});
+        let config = FilterConfig::from_json(json.to_string().as_bytes()).expect("valid config");
+        assert_eq!(config.max_body_bytes, 2048);
+        assert_eq!(config.mcp_path, "/mcp");
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases: &[(&str, serde_json::Value, &str)] = &[
+            ("empty", serde_json::Value::Null, "plugin configuration"),
+            (
+                "unknown field",
+                serde_json::json!({"jwt": {"issuer": "i", "audiences": ["a"], "jwks": jwks()}, "max_body": 1}),
+                "unknown field `max_body`",
+            ),
+            (
+                "zero body limit",
+                serde_json::json!({"max_body_bytes": 0, "jwt": {"issuer": "i", "audiences": ["a"], "jwks": jwks()}}),
+                "`max_body_bytes`",
+            ),
+            (
+                "no keys",
+                serde_json::json!({"jwt": {"issuer": "i", "audiences": ["a"], "jwks": {"keys": []}}}),
+                "`jwt`: `jwks` has no usable keys",
+            ),
+            (
+                "no audience",
+                serde_json::json!({"jwt": {"issuer": "i", "audiences": [], "jwks": jwks()}}),
+                "`audiences`",
+            ),
+            (
+                "bad path",
+                serde_json::json!({"mcp_path": "mcp", "jwt": {"issuer": "i", "audiences": ["a"], "jwks": jwks()}}),
+                "`mcp_path`",
+            ),
+        ];
+        for (name, json, expected) in cases {
+            let bytes = if json.is_null() { Vec::new() } else { json.to_string().into_bytes() };
+            match FilterConfig::from_json(&bytes) {
+                Ok(_) => panic!("{name}: accepted"),
+                Err(e) => assert!(e.to_string().contains(expected), "{name}: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! JSON-RPC 2.0 message shape, as MCP Streamable HTTP requires it: one
+//! message per POST body (batches were removed from MCP in 2025-06-18).
+
+use serde_json::{Map, Value};
+
+use crate::reply::Reject;
+
+/// JSON-RPC error codes used at the edge.
+pub mod code {
+    pub const PARSE_ERROR: i32 = -32700;
+    pub const INVALID_REQUEST: i32 = -32600;
+    pub const METHOD_NOT_FOUND: i32 = -32601;
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// Server-defined: authentication or authorization failed.
+    pub const UNAUTHORIZED: i32 = -32001;
+    /// Server-defined: the request is larger than allowed.
+    pub const TOO_LARGE: i32 = -32003;
+}
+
+/// The kind of a well-formed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request { id: Value, method: String },
+    Notification { method: String },
+    /// A client's answer to a server-initiated request.
+    Response { id: Value },
+}
+
+/// Checks that `body` is exactly one JSON-RPC 2.0 message.
+pub fn parse_message(body: &[u8]) -> Result<Message, Reject> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Reject::bad_request(
+            code::PARSE_ERROR,
+            format!("Parse error: the body is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Reject::bad_request(code::PARSE_ERROR, format!("Parse error: {e}")))?;
+    let object = match value {
+        Value::Object(object) => object,
+        Value::Array(_) => {
+            return Err(Reject::bad_request(
+                code::INVALID_REQUEST,
+                "Invalid Request: JSON-RPC batches are not supported by MCP; send one message per POST",
+            ))
+        }
+        _ => {
+            return Err(Reject::bad_request(
+                code::INVALID_REQUEST,
+                "Invalid Request: the body must be a JSON-RPC 2.0 object",
+            ))
+        }
+    };
+    classify(&object)
+}
+
+fn classify(object: &Map<String, Value>) -> Result<Message, Reject> {
+    let id = object.get("id");
+    let echo_id = id.filter(|id| is_valid_id(id)).cloned().unwrap_or(Value::Null);
+    let invalid = |message: &str| {
+        Reject::bad_request(code::INVALID_REQUEST, format!("Invalid Request: {message}")).with_id(echo_id.clone())
+    };
+    if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid("`jsonrpc` must be the string \"2.0\""));
+    }
+    if let Some(id) = id {
+        if !is_valid_id(id) {
+            return Err(invalid("`id` must be a string or an integer (null is not allowed)"));
+        }
+    }
+    match object.get("method") {
+        Some(Value::String(method)) => {
+            if method.is_empty() {
+                return Err(invalid("`method` must not be empty"));
+            }
+            if let Some(params) = object.get("params") {
+                if !params.is_object() {
+                    return Err(invalid("`params` must be an object"));
+                }
+            }
+            if object.contains_key("result") || object.contains_key("error") {
+                return Err(invalid("a request must not carry `result` or `error`"));
+            }
+            match id {
+                Some(id) => Ok(Message::Request { id: id.clone(), method: method.clone() }),
+                None => Ok(Message::Notification { method: method.clone() }),
+            }
+        }
+        Some(_) => Err(invalid("`method` must be a string")),
+        None => {
+            let id = id.ok_or_else(|| invalid("a message needs `method` (request) or `id` with `result`/`error` (response)"))?;
+            match (object.get("result"), object.get("error")) {
+                (Some(_), None) => Ok(Message::Response { id: id.clone() }),
+                (None, Some(Value::Object(_))) => Ok(Message::Response { id: id.clone() }),
+                _ => Err(invalid("a response needs exactly one of `result` or `error` (an object)")),
+            }
+        }
+    }
+}
+
+fn is_valid_id(id: &Value) -> bool {
+    match id {
+        Value::String(_) => true,
+        Value::Number(n) => n.is_i64() || n.is_u64(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn accepted_messages() {
+        let cases: &[(&str, &[u8], Message)] = &[
+            (
+                "request with integer id",
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+                Message::Request { id: json!(1), method: "tools/list".into() },
+            ),
+            (
+                "request with string id and params",
+                br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"x"}}"#,
+                Message::Request { id: json!("a"), method: "tools/call".into() },
+            ),
+            (
+                "notification",
+                br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                Message::Notification { method: "notifications/initialized".into() },
+            ),
+            (
+                "response to server request",
+                br#"{"jsonrpc":"2.0","id":5,"result":{}}"#,
+                Message::Response { id: json!(5) },
+            ),
+            (
+                "error response",
+                br#"{"jsonrpc":"2.0","id":5,"error":{"code":-1,"message":"no"}}"#,
+                Message::Response { id: json!(5) },
+            ),
+            (
+                "string with NUL escape",
+                br#"{"jsonrpc":"2.0","id":"\u0000","method":"ping"}"#,
+                Message::Request { id: json!("\u{0}"), method: "ping".into() },
+            ),
+        ];
+        for (name, body, expected) in cases {
+            assert_eq!(parse_message(body).as_ref(), Ok(expected), "case: {name}");
+        }
+    }
+
+    #[test]
+    fn rejected_messages() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let cases: Vec<(&str, Vec<u8>, i32, Value)> = vec![
+            ("empty body", b"".to_vec(), code::PARSE_ERROR, Value::Null),
+            ("not json", b"hello".to_vec(), code::PARSE_ERROR, Value::Null),
+            ("truncated", br#"{"jsonrpc":"2.0","#.to_vec(), code::PARSE_ERROR, Value::Null),
+            ("invalid utf-8", b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}".to_vec(), code::PARSE_ERROR, Value::Null),
+            ("deep nesting", deep.into_bytes(), code::PARSE_ERROR, Value::Null),
+            ("batch", br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.to_vec(), code::INVALID_REQUEST, Value::Null),
+            ("scalar", b"42".to_vec(), code::INVALID_REQUEST, Value::Null),
+            ("wrong version", br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
+            ("version as number", br#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
+            ("null id", br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, Value::Null),
+            ("float id", br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, Value::Null),
+            ("huge number id", br#"{"jsonrpc":"2.0","id":1e400,"method":"ping"}"#.to_vec(), code::PARSE_ERROR, Value::Null),
+            ("object id", br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, Value::Null),
+            ("method not string", br#"{"jsonrpc":"2.0","id":1,"method":7}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
+            ("empty method", br#"{"jsonrpc":"2.0","id":1,"method":""}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
+            ("params array", br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
+            ("no method no id", br#"{"jsonrpc":"2.0"}"#.to_vec(), code::INVALID_REQUEST, Value::Null),
+            ("response with both", br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
+            ("response with neither", br#"{"jsonrpc":"2.0","id":1}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
+        ];
+        for (name, body, code, id) in cases {
+            let reject = parse_message(&body).expect_err(name);
+            assert_eq!(reject.status, 400, "case: {name}");
+            assert_eq!(reject.code, code, "case: {name}: {}", reject.message);
+            assert_eq!(reject.id, id, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_take_the_last_value() {
+        // serde_json keeps the last duplicate, as the upstream's parser does, so
+        // the edge and the upstream agree on what a message says.
+        let body = br#"{"jsonrpc":"1.0","jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        assert!(parse_message(body).is_ok());
+        let body = br#"{"jsonrpc":"2.0","jsonrpc":"1.0","id":1,"method":"ping"}"#;
+        assert!(parse_message(body).is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! Local replies the filter sends instead of forwarding a request.
+
+use serde_json::{json, Value};
+
+/// A refused request: HTTP status, JSON-RPC error and extra headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u32,
+    pub code: i32,
+    pub message: String,
+    /// The request's id when it could be read, else `null`.
+    pub id: Value,
+    /// Extra response headers (`WWW-Authenticate`, `Allow`, ...).
+    pub headers: Vec<(&'static str, String)>,
+    /// Short label for logs and metrics.
+    pub reason: &'static str,
+}
+
+impl Reject {
+    pub fn new(status: u32, code: i32, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            id: Value::Null,
+            headers: Vec::new(),
+            reason,
+        }
+    }
+
+    /// 400 with the given JSON-RPC code.
+    pub fn bad_request(code: i32, message: impl Into<String>) -> Self {
+        let reason = match code {
+            crate::jsonrpc::code::PARSE_ERROR => "parse_error",
+            _ => "invalid_request",
+        };
+        Self::new(400, code, reason, message)
+    }
+
+    pub fn with_id(mut self, id: Value) -> Self {
+        self.id = id;
+        self
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The JSON-RPC error body.
+    pub fn body(&self) -> String {
+        json!({
+            "jsonrpc": "2.0",
+            "id": self.id,
+            "error": {"code": self.code, "message": self.message},
+        })
+        .to_string()
+    }
+}

@@ -1,0 +1,63 @@
+//! Audit and billing events: exactly one structured JSON line per finished
+//! `tools/call`, on the `audit` tracing target.
+
+use serde::Serialize;
+
+/// How a tool call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Images generated, stored and signed.
+    Success,
+    /// The tool ran and failed in a way the caller sees (`isError: true`).
+    ToolError,
+    /// The call was refused before running (bad arguments, no identity).
+    Rejected,
+}
+
+/// One finished tool call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallEvent<'a> {
+    pub request_id: &'a str,
+    pub user: &'a str,
+    pub org: &'a str,
+    pub key_id: &'a str,
+    pub tool: &'a str,
+    pub backend: &'a str,
+    pub model: &'a str,
+    pub style: &'a str,
+    pub size: &'a str,
+    pub n: u8,
+    pub images_stored: usize,
+    pub latency_ms: u64,
+    pub outcome: Outcome,
+    pub error_class: Option<&'a str>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+impl ToolCallEvent<'_> {
+    /// Writes the event as one JSON log line.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "audit",
+            event = "tool_call",
+            request_id = self.request_id,
+            user = self.user,
+            org = self.org,
+            key_id = self.key_id,
+            tool = self.tool,
+            backend = self.backend,
+            model = self.model,
+            style = self.style,
+            size = self.size,
+            n = self.n,
+            images_stored = self.images_stored,
+            latency_ms = self.latency_ms,
+            outcome = ?self.outcome,
+            error_class = self.error_class,
+            input_tokens = self.input_tokens,
+            output_tokens = self.output_tokens,
+        );
+    }
+}

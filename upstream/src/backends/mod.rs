@@ -1,0 +1,95 @@
+//! Model backends: one `ImageBackend` trait, one module per provider,
+//! chosen once from configuration.
+
+pub mod offline_preview;
+pub mod openai;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::args::ImageSize;
+
+/// What a backend is asked to draw.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    /// The prompt after the style template was applied.
+    pub prompt: String,
+    pub size: ImageSize,
+    pub n: u8,
+    /// An opaque, stable caller id (a hash, never the raw user id).
+    pub user: String,
+}
+
+/// One generated image.
+#[derive(Debug, Clone)]
+pub struct GeneratedImage {
+    pub png: Bytes,
+}
+
+/// Token usage as reported by the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub images: Vec<GeneratedImage>,
+    /// The model that served the request, as the provider names it.
+    pub model: String,
+    pub usage: Option<Usage>,
+}
+
+/// Why a generation failed. The text of each variant is shown to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("The image request was refused by the provider's content policy: {0}. Rephrase the prompt and try again.")]
+    ContentRefused(String),
+    #[error("The image provider is rate limiting this gateway{}; try again later.", retry_hint(*.retry_after_secs))]
+    RateLimited { retry_after_secs: Option<u64> },
+    #[error("The configured image model {model:?} is not available from the provider (it may have been retired). Operators: set {setting} to a current model such as gpt-image-2.")]
+    ModelNotFound { model: String, setting: &'static str },
+    #[error("The gateway's credentials for the image provider were rejected ({0}). Operators: check the provider API key and organisation.")]
+    Unauthorized(String),
+    #[error("The image provider rejected the request: {0}")]
+    BadRequest(String),
+    #[error("The image provider failed (HTTP {status}): {message}")]
+    Provider { status: u16, message: String },
+    #[error("The image provider could not be reached: {0}")]
+    Transport(String),
+    #[error("The image provider returned an unusable response: {0}")]
+    InvalidResponse(String),
+}
+
+fn retry_hint(retry_after_secs: Option<u64>) -> String {
+    retry_after_secs.map(|s| format!(" (retry after {s} s)")).unwrap_or_default()
+}
+
+impl BackendError {
+    /// A stable label for logs and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            BackendError::ContentRefused(_) => "content_refused",
+            BackendError::RateLimited { .. } => "rate_limited",
+            BackendError::ModelNotFound { .. } => "model_not_found",
+            BackendError::Unauthorized(_) => "provider_unauthorized",
+            BackendError::BadRequest(_) => "provider_bad_request",
+            BackendError::Provider { .. } => "provider_error",
+            BackendError::Transport(_) => "provider_unreachable",
+            BackendError::InvalidResponse(_) => "provider_invalid_response",
+        }
+    }
+}
+
+/// A text-to-image model provider.
+#[async_trait]
+pub trait ImageBackend: Send + Sync {
+    /// The backend's kind, e.g. `openai` or `offline-preview`.
+    fn kind(&self) -> &'static str;
+    /// The model this backend is configured to use.
+    fn model(&self) -> &str;
+    /// Generates `request.n` PNG images of `request.size`.
+    async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError>;
+}

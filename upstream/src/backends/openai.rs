@@ -1,0 +1,207 @@
+//! OpenAI's GPT image models on `POST {base}/images/generations`
+//! (https://platform.openai.com/docs/api-reference/images/create).
+//! GPT image models always answer with `b64_json`; errors come as
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{BackendError, GeneratedImage, Generation, ImageBackend, ImageRequest, Usage};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+pub const DEFAULT_MODEL: &str = "gpt-image-2";
+/// The setting an operator changes when a model is retired.
+pub const MODEL_SETTING: &str = "OPENAI_IMAGE_MODEL";
+
+/// Settings for the OpenAI backend.
+#[derive(Debug, Clone)]
+pub struct OpenAiSettings {
+    pub api_key: String,
+    pub base_url: String,
+    pub model: String,
+    pub organization: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Client for the OpenAI Images API.
+pub struct OpenAiBackend {
+    settings: OpenAiSettings,
+    http: reqwest::Client,
+}
+
+impl OpenAiBackend {
+    pub fn new(settings: OpenAiSettings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self { settings, http })
+    }
+}
+
+#[derive(Serialize)]
+struct GenerationBody<'a> {
+    model: &'a str,
+    prompt: &'a str,
+    n: u8,
+    size: String,
+    output_format: &'static str,
+    user: &'a str,
+}
+
+#[derive(Deserialize)]
+struct GenerationResponse {
+    #[allow(dead_code)]
+    created: i64,
+    data: Vec<ImageData>,
+    usage: Option<UsageBody>,
+}
+
+#[derive(Deserialize)]
+struct ImageData {
+    b64_json: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UsageBody {
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    code: Option<String>,
+}
+
+#[async_trait]
+impl ImageBackend for OpenAiBackend {
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+
+    fn model(&self) -> &str {
+        &self.settings.model
+    }
+
+    async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError> {
+        let url = format!("{}/images/generations", self.settings.base_url.trim_end_matches('/'));
+        let body = GenerationBody {
+            model: &self.settings.model,
+            prompt: &request.prompt,
+            n: request.n,
+            size: request.size.to_string(),
+            output_format: "png",
+            user: &request.user,
+        };
+        let mut call = self.http.post(&url).bearer_auth(&self.settings.api_key).json(&body);
+        if let Some(org) = &self.settings.organization {
+            call = call.header("OpenAI-Organization", org);
+        }
+        let response = call.send().await.map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let bytes = response.bytes().await.map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
+        if !status.is_success() {
+            return Err(map_error(status.as_u16(), retry_after, &bytes, &self.settings.model));
+        }
+        let parsed: GenerationResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
+        decode(parsed, &self.settings.model, request.n)
+    }
+}
+
+fn decode(parsed: GenerationResponse, model: &str, n: u8) -> Result<Generation, BackendError> {
+    if parsed.data.is_empty() || parsed.data.len() > usize::from(n) {
+        return Err(BackendError::InvalidResponse(format!(
+            "expected {n} image(s), got {}",
+            parsed.data.len()
+        )));
+    }
+    let mut images = Vec::with_capacity(parsed.data.len());
+    for item in parsed.data {
+        let b64 = item.b64_json.ok_or_else(|| BackendError::InvalidResponse("an image has no b64_json".into()))?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| BackendError::InvalidResponse(format!("b64_json is not base64: {e}")))?;
+        if !png.starts_with(b"\x89PNG\r\n\x1a\n") {
+            return Err(BackendError::InvalidResponse("the image is not a PNG".into()));
+        }
+        images.push(GeneratedImage { png: Bytes::from(png) });
+    }
+    Ok(Generation {
+        images,
+        model: model.to_string(),
+        usage: parsed.usage.map(|u| Usage { input_tokens: u.input_tokens, output_tokens: u.output_tokens }),
+    })
+}
+
+/// Maps an OpenAI error answer to a cause the caller can act on.
+fn map_error(status: u16, retry_after: Option<u64>, body: &[u8], model: &str) -> BackendError {
+    let error = serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error);
+    let message = error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
+    let code = error.as_ref().and_then(|e| e.code.as_deref());
+    let kind = error.as_ref().and_then(|e| e.kind.as_deref());
+    match (status, code) {
+        (_, Some("model_not_found")) | (404, _) => {
+            BackendError::ModelNotFound { model: model.to_string(), setting: MODEL_SETTING }
+        }
+        (_, Some("moderation_blocked")) | (_, Some("content_policy_violation")) => {
+            BackendError::ContentRefused(message)
+        }
+        (400, _) if kind == Some("image_generation_user_error") => BackendError::ContentRefused(message),
+        (401, _) | (403, _) => BackendError::Unauthorized(message),
+        (429, Some("insufficient_quota")) => BackendError::Provider { status, message },
+        (429, _) => BackendError::RateLimited { retry_after_secs: retry_after },
+        (400..=499, _) => BackendError::BadRequest(message),
+        _ => BackendError::Provider { status, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_mapping() {
+        let body = |code: &str, kind: &str| {
+            serde_json::json!({"error": {"message": "m", "type": kind, "param": null, "code": code}}).to_string()
+        };
+        let cases = [
+            (404, None, body("model_not_found", "invalid_request_error"), "model_not_found"),
+            (400, None, body("moderation_blocked", "image_generation_user_error"), "content_refused"),
+            (429, Some(7), body("rate_limit_exceeded", "requests"), "rate_limited"),
+            (429, None, body("insufficient_quota", "insufficient_quota"), "provider_error"),
+            (401, None, body("invalid_api_key", "invalid_request_error"), "provider_unauthorized"),
+            (403, None, body("", "invalid_request_error"), "provider_unauthorized"),
+            (400, None, body("invalid_value", "invalid_request_error"), "provider_bad_request"),
+            (500, None, body("server_error", "server_error"), "provider_error"),
+            (502, None, "<html>bad gateway</html>".to_string(), "provider_error"),
+        ];
+        for (status, retry, body, class) in cases {
+            assert_eq!(map_error(status, retry, body.as_bytes(), "gpt-image-2").class(), class, "{status} {body}");
+        }
+        let retired = map_error(404, None, body("model_not_found", "x").as_bytes(), "gpt-image-1").to_string();
+        assert!(retired.contains("\"gpt-image-1\"") && retired.contains("OPENAI_IMAGE_MODEL"), "{retired}");
+        let limited = map_error(429, Some(7), b"{}", "m").to_string();
+        assert!(limited.contains("retry after 7 s"), "{limited}");
+    }
+}

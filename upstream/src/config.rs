@@ -1,0 +1,141 @@
+//! Service configuration: command-line flags, each also settable by an
+//! environment variable. Validated once at start with messages naming the
+//! setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::backends::openai::{self, OpenAiSettings};
+
+/// Longest signed-link lifetime accepted (7 days, S3's presign limit).
+pub const MAX_URL_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Which model backend to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// `openai` when OPENAI_API_KEY is set, else `offline-preview`.
+    Auto,
+    Openai,
+    OfflinePreview,
+}
+
+/// Settings of `mcp-image-gateway serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (only Envoy should reach it).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// Public origin clients use, for signed links (scheme://host:port).
+    #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
+    pub public_base_url: String,
+    /// Folder for local state (images, secrets) when no other location is set.
+    #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
+    pub state_dir: PathBuf,
+    /// Image store URL; default `file://{state_dir}/images`.
+    #[arg(long, env = "GATEWAY_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// File holding the secret (hex, at least 32 bytes) for signed image links;
+    /// default `{state_dir}/url-signing.key`.
+    #[arg(long, env = "GATEWAY_URL_SIGNING_KEY_FILE")]
+    pub url_signing_key_file: Option<PathBuf>,
+    /// Lifetime of signed image links, in seconds (at most 7 days).
+    #[arg(long, env = "GATEWAY_URL_TTL_SECS", default_value_t = 86_400)]
+    pub url_ttl_secs: u64,
+    /// Host names (optionally host:port) the MCP endpoint accepts in `Host`;
+    /// comma separated. Loopback and the public base URL's host are always allowed.
+    #[arg(long, env = "GATEWAY_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Model backend.
+    #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// OpenAI API key (enables the `openai` backend under `auto`).
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// OpenAI API base URL (any server speaking the Images API).
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = openai::DEFAULT_BASE_URL)]
+    pub openai_base_url: String,
+    /// OpenAI image model.
+    #[arg(long, env = "OPENAI_IMAGE_MODEL", default_value = openai::DEFAULT_MODEL)]
+    pub openai_image_model: String,
+    /// OpenAI organisation id, sent as `OpenAI-Organization`.
+    #[arg(long, env = "OPENAI_ORGANIZATION")]
+    pub openai_organization: Option<String>,
+    /// Timeout for one provider call, in seconds (image models can take minutes).
+    #[arg(long, env = "OPENAI_TIMEOUT_SECS", default_value_t = 300)]
+    pub openai_timeout_secs: u64,
+}
+
+impl ServeConfig {
+    /// Checks values that the flag parser cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (60..=MAX_URL_TTL_SECS).contains(&self.url_ttl_secs),
+            "GATEWAY_URL_TTL_SECS must be between 60 and {MAX_URL_TTL_SECS} (got {})",
+            self.url_ttl_secs
+        );
+        anyhow::ensure!(
+            self.public_base_url.starts_with("http://") || self.public_base_url.starts_with("https://"),
+            "GATEWAY_PUBLIC_BASE_URL must start with http:// or https:// (got {:?})",
+            self.public_base_url
+        );
+        if self.backend == BackendChoice::Openai {
+            anyhow::ensure!(
+                self.openai_api_key.as_deref().is_some_and(|k| !k.is_empty()),
+                "GATEWAY_BACKEND=openai needs OPENAI_API_KEY"
+            );
+        }
+        anyhow::ensure!(!self.openai_image_model.is_empty(), "OPENAI_IMAGE_MODEL must not be empty");
+        Ok(())
+    }
+
+    pub fn url_ttl(&self) -> Duration {
+        Duration::from_secs(self.url_ttl_secs)
+    }
+
+    pub fn storage_url(&self) -> String {
+        self.storage_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", absolute(&self.state_dir.join("images")).display()))
+    }
+
+    pub fn url_signing_key_file(&self) -> PathBuf {
+        self.url_signing_key_file.clone().unwrap_or_else(|| self.state_dir.join("url-signing.key"))
+    }
+
+    /// The backend `auto` resolves to.
+    pub fn resolved_backend(&self) -> BackendChoice {
+        match self.backend {
+            BackendChoice::Auto if self.openai_api_key.as_deref().is_some_and(|k| !k.is_empty()) => BackendChoice::Openai,
+            BackendChoice::Auto => BackendChoice::OfflinePreview,
+            other => other,
+        }
+    }
+
+    pub fn openai_settings(&self) -> OpenAiSettings {
+        OpenAiSettings {
+            api_key: self.openai_api_key.clone().unwrap_or_default(),
+            base_url: self.openai_base_url.clone(),
+            model: self.openai_image_model.clone(),
+            organization: self.openai_organization.clone(),
+            timeout: Duration::from_secs(self.openai_timeout_secs),
+        }
+    }
+
+    /// `Host` values the MCP endpoint accepts.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if let Some(authority) = self.public_base_url.split("://").nth(1) {
+            let authority = authority.split('/').next().unwrap_or_default();
+            hosts.push(authority.to_string());
+        }
+        hosts.extend(self.allowed_hosts.iter().filter(|h| !h.is_empty()).cloned());
+        hosts
+    }
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

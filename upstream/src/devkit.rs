@@ -1,0 +1,161 @@
+//! Development kit: a local signing key standing in for the company IAM,
+//! dev tokens, the URL-signing secret, and Envoy config rendering. Used by
+//! `make run`, `make token` and the integration tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use jwt_simple::prelude::*;
+use rand::RngCore;
+use serde_json::{json, Value};
+
+/// Issuer of development tokens.
+pub const DEV_ISSUER: &str = "https://dev-iam.mcp-image-gateway.local";
+const SIGNING_KEY_FILE: &str = "dev-signing-key.jwk";
+const URL_KEY_FILE: &str = "url-signing.key";
+
+/// The MCP resource URL (token audience) for a public base URL.
+pub fn audience(public_base_url: &str) -> String {
+    format!("{}/mcp", public_base_url.trim_end_matches('/'))
+}
+
+/// Creates, once, the dev signing key and the URL-signing secret under `state_dir`.
+pub fn init(state_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let key_path = state_dir.join(SIGNING_KEY_FILE);
+    if !key_path.exists() {
+        let key = ES256KeyPair::generate();
+        let kid = format!("dev-{}", &key.jwk_thumbprint()[..12]);
+        write_secret(&key_path, &key.with_key_id(&kid).to_jwk())?;
+    }
+    let url_key_path = state_dir.join(URL_KEY_FILE);
+    if !url_key_path.exists() {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        write_secret(&url_key_path, &hex::encode(secret))?;
+    }
+    Ok(())
+}
+
+fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+fn signing_key(state_dir: &Path) -> anyhow::Result<ES256KeyPair> {
+    let path = state_dir.join(SIGNING_KEY_FILE);
+    let jwk = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run `mcp-image-gateway dev-init` first)", path.display()))?;
+    ES256KeyPair::from_jwk(&jwk).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The public JWKS of the dev signing key.
+pub fn jwks(state_dir: &Path) -> anyhow::Result<Value> {
+    let public: Value = serde_json::from_str(&signing_key(state_dir)?.public_key().to_jwk())?;
+    Ok(json!({"keys": [public]}))
+}
+
+/// The edge filter configuration for the dev stack.
+pub fn filter_config(state_dir: &Path, public_base_url: &str) -> anyhow::Result<Value> {
+    Ok(json!({
+        "max_body_bytes": 2048,
+        "mcp_path": "/mcp",
+        "jwt": {
+            "issuer": DEV_ISSUER,
+            "audiences": [audience(public_base_url)],
+            "org_claim": "org",
+            "jwks": jwks(state_dir)?,
+        }
+    }))
+}
+
+/// What a dev token says.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    pub subject: String,
+    pub org: String,
+    pub audience: String,
+    pub scope: String,
+    pub valid_for_secs: u64,
+}
+
+/// Signs a dev token with the dev key.
+pub fn mint_token(state_dir: &Path, request: &TokenRequest) -> anyhow::Result<String> {
+    let claims = Claims::with_custom_claims(
+        json!({"org": request.org, "scope": request.scope}),
+        Duration::from_secs(request.valid_for_secs),
+    )
+    .with_issuer(DEV_ISSUER)
+    .with_audience(&request.audience)
+    .with_subject(&request.subject);
+    signing_key(state_dir)?.sign(claims).map_err(|e| anyhow::anyhow!("signing the token: {e}"))
+}
+
+/// Replaces every `${NAME}` in `template`; fails on a name without a value.
+pub fn render(template: &str, vars: &BTreeMap<String, String>) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').context("unterminated ${ in template")?;
+        let name = &after[..end];
+        let value = vars.get(name).with_context(|| format!("template needs a value for ${{{name}}}"))?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Default location of the state folder relative to the repository.
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from(".state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_fills_and_refuses_unknown() {
+        let vars = BTreeMap::from([("A".to_string(), "1".to_string()), ("B".to_string(), "two".to_string())]);
+        assert_eq!(render("x ${A} y ${B}${A}", &vars).unwrap(), "x 1 y two1");
+        assert!(render("${C}", &vars).unwrap_err().to_string().contains("${C}"));
+        assert!(render("${A", &vars).is_err());
+    }
+
+    #[test]
+    fn init_is_idempotent_and_tokens_verify() {
+        let dir = std::env::temp_dir().join(format!("devkit-{}", uuid::Uuid::new_v4()));
+        init(&dir).unwrap();
+        let first = std::fs::read_to_string(dir.join(SIGNING_KEY_FILE)).unwrap();
+        init(&dir).unwrap();
+        assert_eq!(first, std::fs::read_to_string(dir.join(SIGNING_KEY_FILE)).unwrap());
+        let token = mint_token(
+            &dir,
+            &TokenRequest {
+                subject: "alice".into(),
+                org: "acme".into(),
+                audience: audience("http://127.0.0.1:8080/"),
+                scope: "images:generate".into(),
+                valid_for_secs: 60,
+            },
+        )
+        .unwrap();
+        let public = signing_key(&dir).unwrap().public_key();
+        let claims = public.verify_token::<Value>(&token, None).unwrap();
+        assert_eq!(claims.subject.as_deref(), Some("alice"));
+        assert_eq!(claims.custom["org"], "acme");
+        let config = filter_config(&dir, "http://127.0.0.1:8080").unwrap();
+        assert_eq!(config["jwt"]["audiences"][0], "http://127.0.0.1:8080/mcp");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

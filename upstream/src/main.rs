@@ -1,0 +1,124 @@
+//! `mcp-image-gateway`: the service and its development helpers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mcp_image_gateway::{config::ServeConfig, devkit, server};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "mcp-image-gateway", version, about = "MCP image-generation service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the MCP service.
+    Serve(Box<ServeConfig>),
+    /// Create the development signing key and URL secret (once).
+    DevInit {
+        #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
+        state_dir: PathBuf,
+    },
+    /// Print a development bearer token.
+    Token {
+        #[arg(long, default_value = "alice")]
+        sub: String,
+        #[arg(long, default_value = "acme")]
+        org: String,
+        #[arg(long, default_value = "images:generate")]
+        scope: String,
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+        #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
+        state_dir: PathBuf,
+        #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
+        public_base_url: String,
+    },
+    /// Render an Envoy config template; FILTER_CONFIG comes from the dev state.
+    RenderEnvoy {
+        #[arg(long)]
+        template: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// NAME=VALUE for a `${NAME}` placeholder (repeatable).
+        #[arg(long = "set", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+        #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
+        state_dir: PathBuf,
+        #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
+        public_base_url: String,
+    },
+}
+
+fn parse_var(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {value:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(config) => {
+            init_logging();
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            server::serve(*config, shutdown).await
+        }
+        Command::DevInit { state_dir } => devkit::init(&state_dir),
+        Command::Token { sub, org, scope, ttl_secs, state_dir, public_base_url } => {
+            let token = devkit::mint_token(
+                &state_dir,
+                &devkit::TokenRequest {
+                    subject: sub,
+                    org,
+                    audience: devkit::audience(&public_base_url),
+                    scope,
+                    valid_for_secs: ttl_secs,
+                },
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::RenderEnvoy { template, out, vars, state_dir, public_base_url } => {
+            let mut vars: BTreeMap<String, String> = vars.into_iter().collect();
+            let filter_config = devkit::filter_config(&state_dir, &public_base_url)?;
+            vars.entry("FILTER_CONFIG".into()).or_insert_with(|| filter_config.to_string());
+            let template = std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
+            std::fs::write(&out, devkit::render(&template, &vars)?).with_context(|| format!("writing {}", out.display()))?;
+            Ok(())
+        }
+    }
+}
+
+/// JSON logs, one line per event.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+    tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).init();
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

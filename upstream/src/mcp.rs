@@ -1,0 +1,231 @@
+//! The MCP tool surface: `generate_image`.
+
+use std::time::Instant;
+
+use chrono::{SecondsFormat, Utc};
+use http::request::Parts;
+use rmcp::handler::server::common::schema_for_output;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::Extension;
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, JsonObject, Resource, ServerCapabilities, ServerConfig,
+};
+use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
+use schemars::JsonSchema;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::args::{self, GenerateImageArgs};
+use crate::audit::{Outcome, ToolCallEvent};
+use crate::backends::ImageRequest;
+use crate::server::AppState;
+
+/// Structured result of `generate_image`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct GenerateImageOutput {
+    /// Signed links to the PNGs, one per image.
+    pub image_urls: Vec<String>,
+    /// When the links stop working (RFC 3339, UTC).
+    pub expires_at: String,
+    /// The model that produced the images (`offline-preview` when no provider is configured).
+    pub model: String,
+    /// The style preset applied.
+    pub style: String,
+    /// Image size, WIDTHxHEIGHT.
+    pub size: String,
+}
+
+/// The verified caller, as set by the edge filter.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub org: String,
+    pub key_id: String,
+    pub request_id: String,
+}
+
+impl Caller {
+    /// Reads the identity headers the edge filter sets; `None` without them.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Caller> {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let user = get("x-mcp-user").filter(|v| !v.is_empty())?;
+        let org = get("x-mcp-org").filter(|v| is_safe_segment(v))?;
+        Some(Caller {
+            user,
+            org,
+            key_id: get("x-mcp-key-id").unwrap_or_default(),
+            request_id: get("x-request-id").unwrap_or_default(),
+        })
+    }
+
+    /// A stable opaque id for the provider's abuse monitoring (never the raw id).
+    pub fn provider_user(&self) -> String {
+        let digest = Sha256::new().chain_update(self.org.as_bytes()).chain_update(b"/").chain_update(self.user.as_bytes()).finalize();
+        hex::encode(&digest[..16])
+    }
+}
+
+fn is_safe_segment(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && !value.starts_with('.')
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
+}
+
+/// The MCP server handler.
+#[derive(Clone)]
+pub struct ImageTools {
+    state: AppState,
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl ImageTools {
+    pub fn new(state: AppState) -> Self {
+        Self { state, tool_router: Self::tool_router() }
+    }
+
+    /// Generate images from a text prompt. Returns signed HTTPS links to PNG files.
+    #[tool(
+        name = "generate_image",
+        description = "Generate images from a text prompt. Returns signed links to PNG files that stay valid for at least 24 hours.",
+        input_schema = args::input_schema(),
+        output_schema = schema_for_output::<GenerateImageOutput>()
+    )]
+    async fn generate_image(
+        &self,
+        arguments: JsonObject,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let started = Instant::now();
+        let Some(caller) = Caller::from_headers(&parts.headers) else {
+            return Err(ErrorData::invalid_request(
+                "no verified identity on this request; the service must be reached through the gateway",
+                None,
+            ));
+        };
+        let args = match args::parse(Some(&arguments)) {
+            Ok(args) => args,
+            Err(message) => {
+                self.audit(&caller, None, started, Outcome::Rejected, Some("invalid_arguments"), 0, None);
+                return Err(ErrorData::invalid_params(message, None));
+            }
+        };
+        Ok(self.run(&caller, &args, started).await)
+    }
+}
+
+impl ImageTools {
+    /// Generates, stores and signs; every failure is a tool error the caller sees.
+    async fn run(&self, caller: &Caller, args: &GenerateImageArgs, started: Instant) -> CallToolResult {
+        let backend = &self.state.backend;
+        let request = ImageRequest {
+            prompt: args.style.apply(&args.prompt),
+            size: args.size,
+            n: args.n,
+            user: caller.provider_user(),
+        };
+        let generation = match backend.generate(&request).await {
+            Ok(generation) => generation,
+            Err(error) => {
+                self.audit(caller, Some(args), started, Outcome::ToolError, Some(error.class()), 0, None);
+                return CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
+            }
+        };
+        let now = Utc::now();
+        let pngs: Vec<_> = generation.images.iter().map(|i| i.png.clone()).collect();
+        let keys = match self.state.store.put_all(&caller.org, &pngs, now).await {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::error!(%error, "storing generated images failed");
+                self.audit(caller, Some(args), started, Outcome::ToolError, Some("storage_failed"), 0, generation.usage);
+                return CallToolResult::error(vec![ContentBlock::text(
+                    "The images were generated but could not be stored; nothing was saved. Try again shortly.",
+                )]);
+            }
+        };
+        let expires = now + self.state.url_ttl;
+        let urls: Vec<String> = keys.iter().map(|k| self.state.signer.url(k, expires.timestamp())).collect();
+        let output = GenerateImageOutput {
+            image_urls: urls.clone(),
+            expires_at: expires.to_rfc3339_opts(SecondsFormat::Secs, true),
+            model: generation.model.clone(),
+            style: args.style.as_str().to_string(),
+            size: args.size.to_string(),
+        };
+        self.audit(caller, Some(args), started, Outcome::Success, None, keys.len(), generation.usage);
+        result_for(&output, backend.kind() == crate::backends::offline_preview::MODEL)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit(
+        &self,
+        caller: &Caller,
+        args: Option<&GenerateImageArgs>,
+        started: Instant,
+        outcome: Outcome,
+        error_class: Option<&str>,
+        images_stored: usize,
+        usage: Option<crate::backends::Usage>,
+    ) {
+        let size = args.map(|a| a.size.to_string()).unwrap_or_default();
+        ToolCallEvent {
+            request_id: &caller.request_id,
+            user: &caller.user,
+            org: &caller.org,
+            key_id: &caller.key_id,
+            tool: "generate_image",
+            backend: self.state.backend.kind(),
+            model: self.state.backend.model(),
+            style: args.map(|a| a.style.as_str()).unwrap_or_default(),
+            size: &size,
+            n: args.map(|a| a.n).unwrap_or_default(),
+            images_stored,
+            latency_ms: started.elapsed().as_millis() as u64,
+            outcome,
+            error_class,
+            input_tokens: usage.map(|u| u.input_tokens),
+            output_tokens: usage.map(|u| u.output_tokens),
+        }
+        .emit();
+    }
+}
+
+/// Shapes the tool result: structured content, a short text, the same JSON
+/// as text for clients without `structuredContent`, and a link per image.
+pub fn result_for(output: &GenerateImageOutput, offline_preview: bool) -> CallToolResult {
+    let count = output.image_urls.len();
+    let mut summary = format!(
+        "Generated {count} image{} ({}, style {}) with {}. Links expire at {}.",
+        if count == 1 { "" } else { "s" },
+        output.size,
+        output.style,
+        output.model,
+        output.expires_at
+    );
+    if offline_preview {
+        summary.push_str(" Note: offline-preview renders a placeholder pattern from the prompt, not a model image; set OPENAI_API_KEY for real images.");
+    }
+    let structured = serde_json::to_value(output).unwrap_or_default();
+    let mut content = vec![ContentBlock::text(summary), ContentBlock::text(structured.to_string())];
+    for (index, url) in output.image_urls.iter().enumerate() {
+        let mut link = Resource::new(url.clone(), format!("image-{}.png", index + 1));
+        link.mime_type = Some("image/png".into());
+        link.title = Some(format!("Generated image {} of {count}", index + 1));
+        content.push(ContentBlock::resource_link(link));
+    }
+    let mut result = CallToolResult::success(content);
+    result.structured_content = Some(structured);
+    result
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for ImageTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("mcp-image-gateway", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Call generate_image with a prompt to create PNG images; the result holds signed links valid for 24 hours.",
+            )
+    }
+}

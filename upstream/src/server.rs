@@ -1,0 +1,90 @@
+//! HTTP wiring: the MCP endpoint, signed image links and health checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::offline_preview::OfflinePreview;
+use crate::backends::openai::OpenAiBackend;
+use crate::backends::ImageBackend;
+use crate::config::{BackendChoice, ServeConfig};
+use crate::mcp::ImageTools;
+use crate::signed_url::UrlSigner;
+use crate::storage::ImageStore;
+
+/// Shared state of the service.
+#[derive(Clone)]
+pub struct AppState {
+    pub backend: Arc<dyn ImageBackend>,
+    pub store: ImageStore,
+    pub signer: UrlSigner,
+    pub url_ttl: Duration,
+}
+
+impl AppState {
+    /// Builds the state from validated configuration.
+    pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
+        let backend: Arc<dyn ImageBackend> = match config.resolved_backend() {
+            BackendChoice::Openai => Arc::new(OpenAiBackend::new(config.openai_settings())?),
+            _ => Arc::new(OfflinePreview),
+        };
+        let key_file = config.url_signing_key_file();
+        let secret = std::fs::read_to_string(&key_file)
+            .map_err(|e| anyhow::anyhow!("cannot read the URL signing key {}: {e} (run `mcp-image-gateway dev-init` or set GATEWAY_URL_SIGNING_KEY_FILE)", key_file.display()))?;
+        let secret = hex::decode(secret.trim())
+            .map_err(|e| anyhow::anyhow!("the URL signing key {} is not hex: {e}", key_file.display()))?;
+        Ok(Self {
+            backend,
+            store: ImageStore::from_url(&config.storage_url())?,
+            signer: UrlSigner::new(secret, &config.public_base_url)?,
+            url_ttl: config.url_ttl(),
+        })
+    }
+}
+
+/// The service's router.
+pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: CancellationToken) -> Router {
+    let tools_state = state.clone();
+    // Stateless: any replica can serve any request, no sticky sessions.
+    let mcp_config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_allowed_hosts(allowed_hosts)
+        .with_cancellation_token(shutdown);
+    let mcp = StreamableHttpService::new(
+        move || Ok(ImageTools::new(tools_state.clone())),
+        Arc::new(NeverSessionManager::default()),
+        mcp_config,
+    );
+    Router::new()
+        .nest_service("/mcp", mcp)
+        .route("/images/{*key}", get(crate::images::get_image))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
+    let state = AppState::from_config(&config)?;
+    tracing::info!(
+        listen = %config.listen,
+        backend = state.backend.kind(),
+        model = state.backend.model(),
+        storage = state.store.description(),
+        "starting mcp-image-gateway"
+    );
+    let app = router(state, config.allowed_hosts(), shutdown.child_token());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

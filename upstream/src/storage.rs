@@ -1,0 +1,136 @@
+//! Image storage through `object_store`: the local filesystem by default.
+//! Keys are `{org}/{yyyy}/{mm}/{dd}/{uuid}.png`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("image not found")]
+    NotFound,
+    #[error("invalid image key")]
+    InvalidKey,
+    #[error("storage failed: {0}")]
+    Backend(#[from] object_store::Error),
+}
+
+/// Where generated images live.
+#[derive(Clone)]
+pub struct ImageStore {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl ImageStore {
+    /// Opens a store from a URL. Only `file://` (and bare paths) for now.
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        anyhow::ensure!(
+            !path.contains("://"),
+            "storage URL {url:?} is not supported; use file:///absolute/path"
+        );
+        std::fs::create_dir_all(path)
+            .map_err(|e| anyhow::anyhow!("cannot create image directory {path:?}: {e}"))?;
+        let store = LocalFileSystem::new_with_prefix(path)?;
+        Ok(Self { store: Arc::new(store), description: format!("file://{path}") })
+    }
+
+    /// Wraps any object store (tests, other backends).
+    pub fn new(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
+        Self { store, description: description.into() }
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The key a new image of `org` gets at time `now`.
+    pub fn new_key(org: &str, now: DateTime<Utc>) -> String {
+        format!("{}/{}/{}.png", org, now.format("%Y/%m/%d"), uuid::Uuid::new_v4())
+    }
+
+    /// Stores all images of one generation, or none: on any failure the
+    /// images already written are deleted again.
+    pub async fn put_all(&self, org: &str, images: &[Bytes], now: DateTime<Utc>) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::with_capacity(images.len());
+        for png in images {
+            let key = Self::new_key(org, now);
+            let path = parse_key(&key)?;
+            if let Err(error) = self.store.put(&path, PutPayload::from(png.clone())).await {
+                self.delete_all(&keys).await;
+                return Err(error.into());
+            }
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    async fn delete_all(&self, keys: &[String]) {
+        for key in keys {
+            if let Ok(path) = parse_key(key) {
+                if let Err(error) = self.store.delete(&path).await {
+                    tracing::warn!(%key, %error, "could not delete a partially stored generation");
+                }
+            }
+        }
+    }
+
+    /// Reads an image.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let path = parse_key(key)?;
+        match self.store.get(&path).await {
+            Ok(result) => Ok(result.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// Accepts only keys of the shape this service writes.
+pub fn parse_key(key: &str) -> Result<Path, StorageError> {
+    let segments: Vec<&str> = key.split('/').collect();
+    let well_formed = segments.len() == 5
+        && segments.iter().all(|s| {
+            !s.is_empty()
+                && !s.starts_with('.')
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
+        })
+        && key.ends_with(".png");
+    if !well_formed {
+        return Err(StorageError::InvalidKey);
+    }
+    Path::parse(key).map_err(|_| StorageError::InvalidKey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[test]
+    fn key_shape() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().with_timezone(&Utc);
+        let key = ImageStore::new_key("acme", now);
+        assert!(key.starts_with("acme/2026/11/24/") && key.ends_with(".png"), "{key}");
+        assert!(parse_key(&key).is_ok());
+        for bad in ["../etc/passwd", "acme/2026/11/24/../x.png", "acme/x.png", "acme/2026/11/24/x.txt", "a//b/c/d.png", "acme/2026/11/24/.png"] {
+            assert!(parse_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_missing() {
+        let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
+        let keys = store.put_all("acme", &[Bytes::from_static(b"a"), Bytes::from_static(b"b")], Utc::now()).await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(store.get(&keys[1]).await.unwrap(), Bytes::from_static(b"b"));
+        let missing = ImageStore::new_key("acme", Utc::now());
+        assert!(matches!(store.get(&missing).await, Err(StorageError::NotFound)));
+    }
+}
