@@ -167,7 +167,11 @@ mod tests {
             ),
         ];
         for (name, json, expected) in cases {
-            let bytes = if json.is_null() { Vec::new() } else { json.to_string().into_bytes() };
+            let bytes = if json.is_null() {
+                Vec::new()
+            } else {
+                json.to_string().into_bytes()
+            };
             match FilterConfig::from_json(&bytes) {
                 Ok(_) => panic!("{name}: accepted"),
                 Err(e) => assert!(e.to_string().contains(expected), "{name}: {e}"),

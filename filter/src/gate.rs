@@ -41,7 +41,10 @@ pub fn check_head(config: &FilterConfig, head: &RequestHead<'_>, now: u64) -> He
                 405,
                 code::INVALID_REQUEST,
                 "method_not_allowed",
-                format!("HTTP method {} is not allowed on the MCP endpoint; use POST", head.method),
+                format!(
+                    "HTTP method {} is not allowed on the MCP endpoint; use POST",
+                    head.method
+                ),
             )
             .with_header("allow", "GET, POST, DELETE"),
         );
@@ -157,52 +160,111 @@ mod tests {
         let cases: Vec<(&str, RequestHead<'_>, &str)> = vec![
             (
                 "post with body is held for inspection",
-                RequestHead { method: "POST", path: "/mcp", content_length: Some("100"), authorization: Some(&auth), end_of_stream: false },
+                RequestHead {
+                    method: "POST",
+                    path: "/mcp",
+                    content_length: Some("100"),
+                    authorization: Some(&auth),
+                    end_of_stream: false,
+                },
                 "inspect",
             ),
             (
                 "query string does not change the endpoint",
-                RequestHead { method: "POST", path: "/mcp?x=1", content_length: None, authorization: Some(&auth), end_of_stream: false },
+                RequestHead {
+                    method: "POST",
+                    path: "/mcp?x=1",
+                    content_length: None,
+                    authorization: Some(&auth),
+                    end_of_stream: false,
+                },
                 "inspect",
             ),
             (
                 "get stream is forwarded",
-                RequestHead { method: "GET", path: "/mcp", authorization: Some(&auth), end_of_stream: true, ..Default::default() },
+                RequestHead {
+                    method: "GET",
+                    path: "/mcp",
+                    authorization: Some(&auth),
+                    end_of_stream: true,
+                    ..Default::default()
+                },
                 "forward",
             ),
             (
                 "put is not allowed",
-                RequestHead { method: "PUT", path: "/mcp", authorization: Some(&auth), ..Default::default() },
+                RequestHead {
+                    method: "PUT",
+                    path: "/mcp",
+                    authorization: Some(&auth),
+                    ..Default::default()
+                },
                 "405",
             ),
             (
                 "declared size over limit, before auth",
-                RequestHead { method: "POST", path: "/mcp", content_length: Some("2049"), authorization: None, end_of_stream: false },
+                RequestHead {
+                    method: "POST",
+                    path: "/mcp",
+                    content_length: Some("2049"),
+                    authorization: None,
+                    end_of_stream: false,
+                },
                 "413",
             ),
             (
                 "size at limit",
-                RequestHead { method: "POST", path: "/mcp", content_length: Some("2048"), authorization: Some(&auth), end_of_stream: false },
+                RequestHead {
+                    method: "POST",
+                    path: "/mcp",
+                    content_length: Some("2048"),
+                    authorization: Some(&auth),
+                    end_of_stream: false,
+                },
                 "inspect",
             ),
             (
                 "garbage content length",
-                RequestHead { method: "POST", path: "/mcp", content_length: Some("12x"), authorization: Some(&auth), end_of_stream: false },
+                RequestHead {
+                    method: "POST",
+                    path: "/mcp",
+                    content_length: Some("12x"),
+                    authorization: Some(&auth),
+                    end_of_stream: false,
+                },
                 "400",
             ),
             (
                 "no token",
-                RequestHead { method: "POST", path: "/mcp", content_length: Some("10"), authorization: None, end_of_stream: false },
+                RequestHead {
+                    method: "POST",
+                    path: "/mcp",
+                    content_length: Some("10"),
+                    authorization: None,
+                    end_of_stream: false,
+                },
                 "401",
             ),
             (
                 "empty post",
-                RequestHead { method: "POST", path: "/mcp", content_length: Some("0"), authorization: Some(&auth), end_of_stream: true },
+                RequestHead {
+                    method: "POST",
+                    path: "/mcp",
+                    content_length: Some("0"),
+                    authorization: Some(&auth),
+                    end_of_stream: true,
+                },
                 "400",
             ),
             (
                 "other paths still need a token",
-                RequestHead { method: "GET", path: "/other", authorization: None, end_of_stream: true, ..Default::default() },
+                RequestHead {
+                    method: "GET",
+                    path: "/other",
+                    authorization: None,
+                    end_of_stream: true,
+                    ..Default::default()
+                },
                 "401",
             ),
         ];
@@ -219,12 +281,20 @@ mod tests {
     #[test]
     fn unauthorized_carries_a_bearer_challenge() {
         let (config, _) = setup();
-        let head = RequestHead { method: "POST", path: "/mcp", authorization: Some("Bearer abc"), ..Default::default() };
+        let head = RequestHead {
+            method: "POST",
+            path: "/mcp",
+            authorization: Some("Bearer abc"),
+            ..Default::default()
+        };
         let HeadVerdict::Reject(reject) = check_head(&config, &head, NOW) else {
             panic!("accepted a garbage token");
         };
         let (_, challenge) = reject.headers.iter().find(|(n, _)| *n == "www-authenticate").unwrap();
-        assert!(challenge.starts_with("Bearer realm=\"mcp-image-gateway\", error=\"invalid_token\""), "{challenge}");
+        assert!(
+            challenge.starts_with("Bearer realm=\"mcp-image-gateway\", error=\"invalid_token\""),
+            "{challenge}"
+        );
         let body: serde_json::Value = serde_json::from_str(&reject.body()).unwrap();
         assert_eq!(body["error"]["code"], -32001);
         assert_eq!(body["id"], serde_json::Value::Null);
@@ -233,7 +303,12 @@ mod tests {
     #[test]
     fn identity_comes_from_the_token() {
         let (config, auth) = setup();
-        let head = RequestHead { method: "POST", path: "/mcp", authorization: Some(&auth), ..Default::default() };
+        let head = RequestHead {
+            method: "POST",
+            path: "/mcp",
+            authorization: Some(&auth),
+            ..Default::default()
+        };
         let HeadVerdict::InspectBody(identity) = check_head(&config, &head, NOW) else {
             panic!("valid token refused");
         };

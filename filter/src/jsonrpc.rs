@@ -20,10 +20,17 @@ pub mod code {
 /// The kind of a well-formed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Request { id: Value, method: String },
-    Notification { method: String },
+    Request {
+        id: Value,
+        method: String,
+    },
+    Notification {
+        method: String,
+    },
     /// A client's answer to a server-initiated request.
-    Response { id: Value },
+    Response {
+        id: Value,
+    },
 }
 
 /// Checks that `body` is exactly one JSON-RPC 2.0 message.
@@ -34,8 +41,8 @@ pub fn parse_message(body: &[u8]) -> Result<Message, Reject> {
             format!("Parse error: the body is not valid UTF-8 (at byte {})", e.valid_up_to()),
         )
     })?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Reject::bad_request(code::PARSE_ERROR, format!("Parse error: {e}")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| Reject::bad_request(code::PARSE_ERROR, format!("Parse error: {e}")))?;
     let object = match value {
         Value::Object(object) => object,
         Value::Array(_) => {
@@ -82,17 +89,24 @@ fn classify(object: &Map<String, Value>) -> Result<Message, Reject> {
                 return Err(invalid("a request must not carry `result` or `error`"));
             }
             match id {
-                Some(id) => Ok(Message::Request { id: id.clone(), method: method.clone() }),
+                Some(id) => Ok(Message::Request {
+                    id: id.clone(),
+                    method: method.clone(),
+                }),
                 None => Ok(Message::Notification { method: method.clone() }),
             }
         }
         Some(_) => Err(invalid("`method` must be a string")),
         None => {
-            let id = id.ok_or_else(|| invalid("a message needs `method` (request) or `id` with `result`/`error` (response)"))?;
+            let id = id.ok_or_else(|| {
+                invalid("a message needs `method` (request) or `id` with `result`/`error` (response)")
+            })?;
             match (object.get("result"), object.get("error")) {
                 (Some(_), None) => Ok(Message::Response { id: id.clone() }),
                 (None, Some(Value::Object(_))) => Ok(Message::Response { id: id.clone() }),
-                _ => Err(invalid("a response needs exactly one of `result` or `error` (an object)")),
+                _ => Err(invalid(
+                    "a response needs exactly one of `result` or `error` (an object)",
+                )),
             }
         }
     }
@@ -117,17 +131,25 @@ mod tests {
             (
                 "request with integer id",
                 br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-                Message::Request { id: json!(1), method: "tools/list".into() },
+                Message::Request {
+                    id: json!(1),
+                    method: "tools/list".into(),
+                },
             ),
             (
                 "request with string id and params",
                 br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"x"}}"#,
-                Message::Request { id: json!("a"), method: "tools/call".into() },
+                Message::Request {
+                    id: json!("a"),
+                    method: "tools/call".into(),
+                },
             ),
             (
                 "notification",
                 br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-                Message::Notification { method: "notifications/initialized".into() },
+                Message::Notification {
+                    method: "notifications/initialized".into(),
+                },
             ),
             (
                 "response to server request",
@@ -142,7 +164,10 @@ mod tests {
             (
                 "string with NUL escape",
                 br#"{"jsonrpc":"2.0","id":"\u0000","method":"ping"}"#,
-                Message::Request { id: json!("\u{0}"), method: "ping".into() },
+                Message::Request {
+                    id: json!("\u{0}"),
+                    method: "ping".into(),
+                },
             ),
         ];
         for (name, body, expected) in cases {
@@ -156,23 +181,98 @@ mod tests {
         let cases: Vec<(&str, Vec<u8>, i32, Value)> = vec![
             ("empty body", b"".to_vec(), code::PARSE_ERROR, Value::Null),
             ("not json", b"hello".to_vec(), code::PARSE_ERROR, Value::Null),
-            ("truncated", br#"{"jsonrpc":"2.0","#.to_vec(), code::PARSE_ERROR, Value::Null),
-            ("invalid utf-8", b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}".to_vec(), code::PARSE_ERROR, Value::Null),
+            (
+                "truncated",
+                br#"{"jsonrpc":"2.0","#.to_vec(),
+                code::PARSE_ERROR,
+                Value::Null,
+            ),
+            (
+                "invalid utf-8",
+                b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}".to_vec(),
+                code::PARSE_ERROR,
+                Value::Null,
+            ),
             ("deep nesting", deep.into_bytes(), code::PARSE_ERROR, Value::Null),
-            ("batch", br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.to_vec(), code::INVALID_REQUEST, Value::Null),
+            (
+                "batch",
+                br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.to_vec(),
+                code::INVALID_REQUEST,
+                Value::Null,
+            ),
             ("scalar", b"42".to_vec(), code::INVALID_REQUEST, Value::Null),
-            ("wrong version", br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
-            ("version as number", br#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
-            ("null id", br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, Value::Null),
-            ("float id", br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, Value::Null),
-            ("huge number id", br#"{"jsonrpc":"2.0","id":1e400,"method":"ping"}"#.to_vec(), code::PARSE_ERROR, Value::Null),
-            ("object id", br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#.to_vec(), code::INVALID_REQUEST, Value::Null),
-            ("method not string", br#"{"jsonrpc":"2.0","id":1,"method":7}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
-            ("empty method", br#"{"jsonrpc":"2.0","id":1,"method":""}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
-            ("params array", br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
-            ("no method no id", br#"{"jsonrpc":"2.0"}"#.to_vec(), code::INVALID_REQUEST, Value::Null),
-            ("response with both", br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
-            ("response with neither", br#"{"jsonrpc":"2.0","id":1}"#.to_vec(), code::INVALID_REQUEST, json!(1)),
+            (
+                "wrong version",
+                br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#.to_vec(),
+                code::INVALID_REQUEST,
+                json!(1),
+            ),
+            (
+                "version as number",
+                br#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#.to_vec(),
+                code::INVALID_REQUEST,
+                json!(1),
+            ),
+            (
+                "null id",
+                br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#.to_vec(),
+                code::INVALID_REQUEST,
+                Value::Null,
+            ),
+            (
+                "float id",
+                br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#.to_vec(),
+                code::INVALID_REQUEST,
+                Value::Null,
+            ),
+            (
+                "huge number id",
+                br#"{"jsonrpc":"2.0","id":1e400,"method":"ping"}"#.to_vec(),
+                code::PARSE_ERROR,
+                Value::Null,
+            ),
+            (
+                "object id",
+                br#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#.to_vec(),
+                code::INVALID_REQUEST,
+                Value::Null,
+            ),
+            (
+                "method not string",
+                br#"{"jsonrpc":"2.0","id":1,"method":7}"#.to_vec(),
+                code::INVALID_REQUEST,
+                json!(1),
+            ),
+            (
+                "empty method",
+                br#"{"jsonrpc":"2.0","id":1,"method":""}"#.to_vec(),
+                code::INVALID_REQUEST,
+                json!(1),
+            ),
+            (
+                "params array",
+                br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#.to_vec(),
+                code::INVALID_REQUEST,
+                json!(1),
+            ),
+            (
+                "no method no id",
+                br#"{"jsonrpc":"2.0"}"#.to_vec(),
+                code::INVALID_REQUEST,
+                Value::Null,
+            ),
+            (
+                "response with both",
+                br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#.to_vec(),
+                code::INVALID_REQUEST,
+                json!(1),
+            ),
+            (
+                "response with neither",
+                br#"{"jsonrpc":"2.0","id":1}"#.to_vec(),
+                code::INVALID_REQUEST,
+                json!(1),
+            ),
         ];
         for (name, body, code, id) in cases {
             let reject = parse_message(&body).expect_err(name);

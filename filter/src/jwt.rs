@@ -5,8 +5,7 @@
 use std::collections::HashSet;
 
 use jwt_simple::algorithms::{
-    ES256PublicKey, Ed25519PublicKey, EdDSAPublicKeyLike, ECDSAP256PublicKeyLike, RS256PublicKey,
-    RSAPublicKeyLike,
+    ECDSAP256PublicKeyLike, ES256PublicKey, Ed25519PublicKey, EdDSAPublicKeyLike, RS256PublicKey, RSAPublicKeyLike,
 };
 use jwt_simple::common::VerificationOptions;
 use jwt_simple::prelude::{Duration, JWTClaims, UnixTimeStamp};
@@ -101,7 +100,7 @@ pub enum JwtVerifierError {
 }
 
 enum PublicKey {
-    Rs256(RS256PublicKey),
+    Rs256(Box<RS256PublicKey>),
     Es256(ES256PublicKey),
     EdDsa(Ed25519PublicKey),
 }
@@ -168,16 +167,16 @@ impl JwtVerifier {
             return Err(AuthError::UnsupportedAlgorithm);
         }
         let kid = metadata.key_id();
-        let candidates = self
-            .keys
-            .iter()
-            .filter(|entry| entry.key.alg() == alg)
-            .filter(|entry| match (kid, entry.kid.as_deref()) {
-                (Some(kid), Some(entry_kid)) => kid == entry_kid,
-                // A token without `kid` may match any key of its algorithm.
-                (None, _) => true,
-                (Some(_), None) => false,
-            });
+        let candidates =
+            self.keys
+                .iter()
+                .filter(|entry| entry.key.alg() == alg)
+                .filter(|entry| match (kid, entry.kid.as_deref()) {
+                    (Some(kid), Some(entry_kid)) => kid == entry_kid,
+                    // A token without `kid` may match any key of its algorithm.
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                });
         let options = VerificationOptions {
             allowed_issuers: Some(HashSet::from([self.issuer.clone()])),
             allowed_audiences: Some(self.audiences.clone()),
@@ -189,15 +188,9 @@ impl JwtVerifier {
         let mut last_error = AuthError::UnknownKey;
         for entry in candidates {
             let verified = match &entry.key {
-                PublicKey::Rs256(key) => {
-                    key.verify_token::<Map<String, Value>>(token, Some(options.clone()))
-                }
-                PublicKey::Es256(key) => {
-                    key.verify_token::<Map<String, Value>>(token, Some(options.clone()))
-                }
-                PublicKey::EdDsa(key) => {
-                    key.verify_token::<Map<String, Value>>(token, Some(options.clone()))
-                }
+                PublicKey::Rs256(key) => key.verify_token::<Map<String, Value>>(token, Some(options.clone())),
+                PublicKey::Es256(key) => key.verify_token::<Map<String, Value>>(token, Some(options.clone())),
+                PublicKey::EdDsa(key) => key.verify_token::<Map<String, Value>>(token, Some(options.clone())),
             };
             match verified {
                 Ok(claims) => return self.identity_from(claims),
@@ -263,12 +256,8 @@ fn classify(error: &jwt_simple::Error) -> AuthError {
     match error.downcast_ref::<JWTError>() {
         Some(JWTError::TokenHasExpired) => AuthError::Expired,
         Some(JWTError::TokenNotValidYet) | Some(JWTError::ClockDrift) => AuthError::NotYetValid,
-        Some(JWTError::RequiredIssuerMismatch) | Some(JWTError::RequiredIssuerMissing) => {
-            AuthError::WrongIssuer
-        }
-        Some(JWTError::RequiredAudienceMismatch) | Some(JWTError::RequiredAudienceMissing) => {
-            AuthError::WrongAudience
-        }
+        Some(JWTError::RequiredIssuerMismatch) | Some(JWTError::RequiredIssuerMissing) => AuthError::WrongIssuer,
+        Some(JWTError::RequiredAudienceMismatch) | Some(JWTError::RequiredAudienceMissing) => AuthError::WrongAudience,
         Some(JWTError::InvalidSignature) => AuthError::BadSignature,
         Some(JWTError::AlgorithmMismatch) => AuthError::UnsupportedAlgorithm,
         Some(JWTError::KeyIdentifierMismatch) => AuthError::UnknownKey,
@@ -293,7 +282,7 @@ fn load_jwks(jwks: &Value) -> Result<Vec<KeyEntry>, JwtVerifierError> {
         }
         let text = jwk.to_string();
         let key = match (kty, crv) {
-            ("RSA", _) => RS256PublicKey::from_jwk(&text).map(PublicKey::Rs256),
+            ("RSA", _) => RS256PublicKey::from_jwk(&text).map(|k| PublicKey::Rs256(Box::new(k))),
             ("EC", "P-256") => ES256PublicKey::from_jwk(&text).map(PublicKey::Es256),
             ("OKP", "Ed25519") => Ed25519PublicKey::from_jwk(&text).map(PublicKey::EdDsa),
             _ => {

@@ -99,63 +99,136 @@ fn refusals_have_precise_causes() {
     );
 
     let cases: Vec<(&str, String, AuthError)> = vec![
-        ("alg none", format!("{none_header}.{payload}."), AuthError::UnsupportedAlgorithm),
-        ("hmac alg", format!("{hs_header}.{payload}.{sig}"), AuthError::UnsupportedAlgorithm),
-        ("tampered signature", format!("{head}.{payload}.{flipped_sig}"), AuthError::BadSignature),
-        ("swapped payload", format!("{head}.{other_payload}.{sig}"), AuthError::BadSignature),
-        ("stranger key, same kid", k.stranger.sign(good_claims()).unwrap(), AuthError::BadSignature),
+        (
+            "alg none",
+            format!("{none_header}.{payload}."),
+            AuthError::UnsupportedAlgorithm,
+        ),
+        (
+            "hmac alg",
+            format!("{hs_header}.{payload}.{sig}"),
+            AuthError::UnsupportedAlgorithm,
+        ),
+        (
+            "tampered signature",
+            format!("{head}.{payload}.{flipped_sig}"),
+            AuthError::BadSignature,
+        ),
+        (
+            "swapped payload",
+            format!("{head}.{other_payload}.{sig}"),
+            AuthError::BadSignature,
+        ),
+        (
+            "stranger key, same kid",
+            k.stranger.sign(good_claims()).unwrap(),
+            AuthError::BadSignature,
+        ),
         (
             "unknown kid",
-            ES256KeyPair::from_bytes(&k.es.to_bytes()).unwrap().with_key_id("nope").sign(good_claims()).unwrap(),
+            ES256KeyPair::from_bytes(&k.es.to_bytes())
+                .unwrap()
+                .with_key_id("nope")
+                .sign(good_claims())
+                .unwrap(),
             AuthError::UnknownKey,
         ),
         (
             "expired beyond leeway",
-            k.es.sign(claims(json!({"org": "acme"}), NOW - 4000, 3600).with_issuer(ISS).with_audience(AUD).with_subject("a"))
-                .unwrap(),
+            k.es.sign(
+                claims(json!({"org": "acme"}), NOW - 4000, 3600)
+                    .with_issuer(ISS)
+                    .with_audience(AUD)
+                    .with_subject("a"),
+            )
+            .unwrap(),
             AuthError::Expired,
         ),
         (
             "not yet valid",
-            k.es.sign(claims(json!({"org": "acme"}), NOW + 600, 3600).with_issuer(ISS).with_audience(AUD).with_subject("a"))
-                .unwrap(),
+            k.es.sign(
+                claims(json!({"org": "acme"}), NOW + 600, 3600)
+                    .with_issuer(ISS)
+                    .with_audience(AUD)
+                    .with_subject("a"),
+            )
+            .unwrap(),
             AuthError::NotYetValid,
         ),
         (
             "wrong issuer",
-            k.es.sign(claims(json!({"org": "acme"}), NOW, 60).with_issuer("https://evil").with_audience(AUD).with_subject("a"))
-                .unwrap(),
+            k.es.sign(
+                claims(json!({"org": "acme"}), NOW, 60)
+                    .with_issuer("https://evil")
+                    .with_audience(AUD)
+                    .with_subject("a"),
+            )
+            .unwrap(),
             AuthError::WrongIssuer,
         ),
         (
             "wrong audience",
-            k.es.sign(claims(json!({"org": "acme"}), NOW, 60).with_issuer(ISS).with_audience("https://other/mcp").with_subject("a"))
-                .unwrap(),
+            k.es.sign(
+                claims(json!({"org": "acme"}), NOW, 60)
+                    .with_issuer(ISS)
+                    .with_audience("https://other/mcp")
+                    .with_subject("a"),
+            )
+            .unwrap(),
             AuthError::WrongAudience,
         ),
         (
             "no subject",
-            k.es.sign(claims(json!({"org": "acme"}), NOW, 60).with_issuer(ISS).with_audience(AUD)).unwrap(),
+            k.es.sign(
+                claims(json!({"org": "acme"}), NOW, 60)
+                    .with_issuer(ISS)
+                    .with_audience(AUD),
+            )
+            .unwrap(),
             AuthError::MissingSubject,
         ),
         (
             "no org",
-            k.es.sign(claims(json!({}), NOW, 60).with_issuer(ISS).with_audience(AUD).with_subject("a")).unwrap(),
+            k.es.sign(
+                claims(json!({}), NOW, 60)
+                    .with_issuer(ISS)
+                    .with_audience(AUD)
+                    .with_subject("a"),
+            )
+            .unwrap(),
             AuthError::MissingOrg,
         ),
         (
             "org not a string",
-            k.es.sign(claims(json!({"org": 7}), NOW, 60).with_issuer(ISS).with_audience(AUD).with_subject("a")).unwrap(),
+            k.es.sign(
+                claims(json!({"org": 7}), NOW, 60)
+                    .with_issuer(ISS)
+                    .with_audience(AUD)
+                    .with_subject("a"),
+            )
+            .unwrap(),
             AuthError::MissingOrg,
         ),
         (
             "org with path traversal",
-            k.es.sign(claims(json!({"org": "../x"}), NOW, 60).with_issuer(ISS).with_audience(AUD).with_subject("a")).unwrap(),
+            k.es.sign(
+                claims(json!({"org": "../x"}), NOW, 60)
+                    .with_issuer(ISS)
+                    .with_audience(AUD)
+                    .with_subject("a"),
+            )
+            .unwrap(),
             AuthError::InvalidIdentity,
         ),
         (
             "subject with newline",
-            k.es.sign(claims(json!({"org": "acme"}), NOW, 60).with_issuer(ISS).with_audience(AUD).with_subject("a\nb")).unwrap(),
+            k.es.sign(
+                claims(json!({"org": "acme"}), NOW, 60)
+                    .with_issuer(ISS)
+                    .with_audience(AUD)
+                    .with_subject("a\nb"),
+            )
+            .unwrap(),
             AuthError::InvalidIdentity,
         ),
         ("garbage", "not-a-jwt".into(), AuthError::MalformedToken),
@@ -182,9 +255,17 @@ fn authorization_header_forms() {
     let token = keys().ed.sign(good_claims()).unwrap();
     let cases: Vec<(&str, Option<String>, Result<(), AuthError>)> = vec![
         ("absent", None, Err(AuthError::MissingToken)),
-        ("basic scheme", Some("Basic dXNlcjpwYXNz".into()), Err(AuthError::MalformedHeader)),
+        (
+            "basic scheme",
+            Some("Basic dXNlcjpwYXNz".into()),
+            Err(AuthError::MalformedHeader),
+        ),
         ("no token", Some("Bearer ".into()), Err(AuthError::MalformedHeader)),
-        ("no space", Some(format!("Bearer{token}")), Err(AuthError::MalformedHeader)),
+        (
+            "no space",
+            Some(format!("Bearer{token}")),
+            Err(AuthError::MalformedHeader),
+        ),
         ("lowercase scheme", Some(format!("bearer {token}")), Ok(())),
         ("canonical", Some(format!("Bearer {token}")), Ok(())),
     ];
@@ -206,8 +287,14 @@ fn jwks_errors_name_the_key() {
     };
     let cases = [
         (json!([]), "`jwks` must be an object"),
-        (json!({"keys": [{"kty": "oct", "k": "AAAA"}]}), "`jwks.keys[0]`: unsupported key type"),
-        (json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}), "`jwks.keys[0]`"),
+        (
+            json!({"keys": [{"kty": "oct", "k": "AAAA"}]}),
+            "`jwks.keys[0]`: unsupported key type",
+        ),
+        (
+            json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}),
+            "`jwks.keys[0]`",
+        ),
         (json!({"keys": []}), "no usable keys"),
     ];
     for (jwks, expected) in cases {

@@ -50,7 +50,10 @@ impl RootContext for EdgeRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
-        Some(Box::new(EdgeRequest { config, inspecting_body: false }))
+        Some(Box::new(EdgeRequest {
+            config,
+            inspecting_body: false,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {

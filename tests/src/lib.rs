@@ -1,0 +1,10 @@
+//! Test support: start the real stack (Envoy with the built Wasm filter,
+//! the upstream binary, optionally a provider fake) on free loopback ports,
+//! wait for readiness, and stop everything on drop.
+
+pub mod fake_openai;
+pub mod stack;
+
+pub use stack::{Backend, Stack, StackOptions};
+pub mod mcp_client;
+pub mod png_info;

@@ -23,7 +23,10 @@ pub struct ImageSize {
 impl ImageSize {
     pub fn parse(value: &str) -> Option<ImageSize> {
         let (w, h) = value.split_once('x')?;
-        Some(ImageSize { width: w.parse().ok()?, height: h.parse().ok()? })
+        Some(ImageSize {
+            width: w.parse().ok()?,
+            height: h.parse().ok()?,
+        })
     }
 }
 
@@ -86,7 +89,10 @@ pub fn input_schema() -> Arc<Map<String, Value>> {
 pub fn parse(arguments: Option<&Map<String, Value>>) -> Result<GenerateImageArgs, String> {
     let empty = Map::new();
     let arguments = arguments.unwrap_or(&empty);
-    if let Some(unknown) = arguments.keys().find(|k| !matches!(k.as_str(), "prompt" | "style" | "size" | "n")) {
+    if let Some(unknown) = arguments
+        .keys()
+        .find(|k| !matches!(k.as_str(), "prompt" | "style" | "size" | "n"))
+    {
         return Err(format!("unknown argument `{unknown}`; expected prompt, style, size, n"));
     }
     let prompt = match arguments.get("prompt") {
@@ -108,13 +114,14 @@ pub fn parse(arguments: Option<&Map<String, Value>>) -> Result<GenerateImageArgs
         Some(_) => return Err("`style` must be a string".into()),
     };
     let size = match arguments.get("size") {
-        None => ImageSize { width: 1024, height: 1024 },
+        None => ImageSize {
+            width: 1024,
+            height: 1024,
+        },
         Some(Value::String(s)) if SIZES.contains(&s.as_str()) => {
             ImageSize::parse(s).ok_or_else(|| format!("`size` {s:?} is malformed"))?
         }
-        Some(Value::String(s)) => {
-            return Err(format!("`size` must be one of {} (got {s:?})", SIZES.join(", ")))
-        }
+        Some(Value::String(s)) => return Err(format!("`size` must be one of {} (got {s:?})", SIZES.join(", "))),
         Some(_) => return Err("`size` must be a string".into()),
     };
     let n = match arguments.get("n") {
@@ -140,10 +147,19 @@ mod tests {
     fn defaults() {
         let a = args(json!({"prompt": "a red fox"})).unwrap();
         assert_eq!(a.style, Style::Default);
-        assert_eq!(a.size, ImageSize { width: 1024, height: 1024 });
+        assert_eq!(
+            a.size,
+            ImageSize {
+                width: 1024,
+                height: 1024
+            }
+        );
         assert_eq!(a.n, 1);
         let a = args(json!({"prompt": "x", "style": "anime", "size": "1536x1024", "n": 4})).unwrap();
-        assert_eq!((a.style, a.size.width, a.size.height, a.n), (Style::Anime, 1536, 1024, 4));
+        assert_eq!(
+            (a.style, a.size.width, a.size.height, a.n),
+            (Style::Anime, 1536, 1024, 4)
+        );
     }
 
     #[test]

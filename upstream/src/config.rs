@@ -51,6 +51,9 @@ pub struct ServeConfig {
     /// Model backend.
     #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 330)]
+    pub shutdown_grace_secs: u64,
     /// OpenAI API key (enables the `openai` backend under `auto`).
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub openai_api_key: Option<String>,
@@ -87,8 +90,15 @@ impl ServeConfig {
                 "GATEWAY_BACKEND=openai needs OPENAI_API_KEY"
             );
         }
-        anyhow::ensure!(!self.openai_image_model.is_empty(), "OPENAI_IMAGE_MODEL must not be empty");
+        anyhow::ensure!(
+            !self.openai_image_model.is_empty(),
+            "OPENAI_IMAGE_MODEL must not be empty"
+        );
         Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 
     pub fn url_ttl(&self) -> Duration {
@@ -102,13 +112,17 @@ impl ServeConfig {
     }
 
     pub fn url_signing_key_file(&self) -> PathBuf {
-        self.url_signing_key_file.clone().unwrap_or_else(|| self.state_dir.join("url-signing.key"))
+        self.url_signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("url-signing.key"))
     }
 
     /// The backend `auto` resolves to.
     pub fn resolved_backend(&self) -> BackendChoice {
         match self.backend {
-            BackendChoice::Auto if self.openai_api_key.as_deref().is_some_and(|k| !k.is_empty()) => BackendChoice::Openai,
+            BackendChoice::Auto if self.openai_api_key.as_deref().is_some_and(|k| !k.is_empty()) => {
+                BackendChoice::Openai
+            }
             BackendChoice::Auto => BackendChoice::OfflinePreview,
             other => other,
         }

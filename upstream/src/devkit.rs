@@ -44,7 +44,9 @@ fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     Ok(())
 }
@@ -84,6 +86,8 @@ pub struct TokenRequest {
     pub audience: String,
     pub scope: String,
     pub valid_for_secs: u64,
+    /// Unix time the token claims to be issued at; `None` means now.
+    pub issued_at: Option<u64>,
 }
 
 /// Signs a dev token with the dev key.
@@ -95,7 +99,15 @@ pub fn mint_token(state_dir: &Path, request: &TokenRequest) -> anyhow::Result<St
     .with_issuer(DEV_ISSUER)
     .with_audience(&request.audience)
     .with_subject(&request.subject);
-    signing_key(state_dir)?.sign(claims).map_err(|e| anyhow::anyhow!("signing the token: {e}"))
+    let mut claims = claims;
+    if let Some(issued_at) = request.issued_at {
+        claims.issued_at = Some(UnixTimeStamp::from_secs(issued_at));
+        claims.invalid_before = Some(UnixTimeStamp::from_secs(issued_at));
+        claims.expires_at = Some(UnixTimeStamp::from_secs(issued_at + request.valid_for_secs));
+    }
+    signing_key(state_dir)?
+        .sign(claims)
+        .map_err(|e| anyhow::anyhow!("signing the token: {e}"))
 }
 
 /// Replaces every `${NAME}` in `template`; fails on a name without a value.
@@ -107,7 +119,9 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> anyhow::Result
         let after = &rest[start + 2..];
         let end = after.find('}').context("unterminated ${ in template")?;
         let name = &after[..end];
-        let value = vars.get(name).with_context(|| format!("template needs a value for ${{{name}}}"))?;
+        let value = vars
+            .get(name)
+            .with_context(|| format!("template needs a value for ${{{name}}}"))?;
         out.push_str(value);
         rest = &after[end + 1..];
     }
@@ -147,6 +161,7 @@ mod tests {
                 audience: audience("http://127.0.0.1:8080/"),
                 scope: "images:generate".into(),
                 valid_for_secs: 60,
+                issued_at: None,
             },
         )
         .unwrap();

@@ -20,7 +20,10 @@ pub async fn get_image(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let (Some(expires), Some(sig)) = (query.get("expires"), query.get("sig")) else {
-        return refuse(StatusCode::FORBIDDEN, "the link is missing its `expires` or `sig` parameter");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the link is missing its `expires` or `sig` parameter",
+        );
     };
     let Ok(expires) = expires.parse::<i64>() else {
         return refuse(StatusCode::FORBIDDEN, "the link's `expires` is not a Unix timestamp");
@@ -29,7 +32,10 @@ pub async fn get_image(
     match state.signer.verify(&key, expires, sig, now) {
         Ok(()) => {}
         Err(LinkError::Expired) => {
-            return refuse(StatusCode::FORBIDDEN, "the link has expired; call generate_image again for a fresh one")
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "the link has expired; call generate_image again for a fresh one",
+            )
         }
         Err(LinkError::BadSignature) => return refuse(StatusCode::FORBIDDEN, "the link signature is invalid"),
     }
@@ -37,22 +43,33 @@ pub async fn get_image(
         Ok(bytes) => (
             [
                 (header::CONTENT_TYPE, "image/png".to_string()),
-                (header::CACHE_CONTROL, format!("private, max-age={}", (expires - now).max(0))),
+                (
+                    header::CACHE_CONTROL,
+                    format!("private, max-age={}", (expires - now).max(0)),
+                ),
                 (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
             ],
             bytes,
         )
             .into_response(),
-        Err(StorageError::NotFound | StorageError::InvalidKey) => {
-            refuse(StatusCode::NOT_FOUND, "the image no longer exists (images are kept for a limited time)")
-        }
+        Err(StorageError::NotFound | StorageError::InvalidKey) => refuse(
+            StatusCode::NOT_FOUND,
+            "the image no longer exists (images are kept for a limited time)",
+        ),
         Err(error) => {
             tracing::error!(%key, %error, "reading an image failed");
-            refuse(StatusCode::SERVICE_UNAVAILABLE, "the image store is unavailable; try again shortly")
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the image store is unavailable; try again shortly",
+            )
         }
     }
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": status.canonical_reason(), "message": message}))).into_response()
+    (
+        status,
+        Json(json!({"error": status.canonical_reason(), "message": message})),
+    )
+        .into_response()
 }

@@ -72,7 +72,14 @@ async fn main() -> anyhow::Result<()> {
             server::serve(*config, shutdown).await
         }
         Command::DevInit { state_dir } => devkit::init(&state_dir),
-        Command::Token { sub, org, scope, ttl_secs, state_dir, public_base_url } => {
+        Command::Token {
+            sub,
+            org,
+            scope,
+            ttl_secs,
+            state_dir,
+            public_base_url,
+        } => {
             let token = devkit::mint_token(
                 &state_dir,
                 &devkit::TokenRequest {
@@ -81,17 +88,27 @@ async fn main() -> anyhow::Result<()> {
                     audience: devkit::audience(&public_base_url),
                     scope,
                     valid_for_secs: ttl_secs,
+                    issued_at: None,
                 },
             )?;
             println!("{token}");
             Ok(())
         }
-        Command::RenderEnvoy { template, out, vars, state_dir, public_base_url } => {
+        Command::RenderEnvoy {
+            template,
+            out,
+            vars,
+            state_dir,
+            public_base_url,
+        } => {
             let mut vars: BTreeMap<String, String> = vars.into_iter().collect();
             let filter_config = devkit::filter_config(&state_dir, &public_base_url)?;
-            vars.entry("FILTER_CONFIG".into()).or_insert_with(|| filter_config.to_string());
-            let template = std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
-            std::fs::write(&out, devkit::render(&template, &vars)?).with_context(|| format!("writing {}", out.display()))?;
+            vars.entry("FILTER_CONFIG".into())
+                .or_insert_with(|| filter_config.to_string());
+            let template =
+                std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
+            std::fs::write(&out, devkit::render(&template, &vars)?)
+                .with_context(|| format!("writing {}", out.display()))?;
             Ok(())
         }
     }
@@ -101,7 +118,11 @@ async fn main() -> anyhow::Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
-    tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).init();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .init();
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -60,7 +60,11 @@ impl Caller {
 
     /// A stable opaque id for the provider's abuse monitoring (never the raw id).
     pub fn provider_user(&self) -> String {
-        let digest = Sha256::new().chain_update(self.org.as_bytes()).chain_update(b"/").chain_update(self.user.as_bytes()).finalize();
+        let digest = Sha256::new()
+            .chain_update(self.org.as_bytes())
+            .chain_update(b"/")
+            .chain_update(self.user.as_bytes())
+            .finalize();
         hex::encode(&digest[..16])
     }
 }
@@ -69,7 +73,9 @@ fn is_safe_segment(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 128
         && !value.starts_with('.')
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
 }
 
 /// The MCP server handler.
@@ -82,7 +88,10 @@ pub struct ImageTools {
 #[tool_router]
 impl ImageTools {
     pub fn new(state: AppState) -> Self {
-        Self { state, tool_router: Self::tool_router() }
+        Self {
+            state,
+            tool_router: Self::tool_router(),
+        }
     }
 
     /// Generate images from a text prompt. Returns signed HTTPS links to PNG files.
@@ -107,7 +116,15 @@ impl ImageTools {
         let args = match args::parse(Some(&arguments)) {
             Ok(args) => args,
             Err(message) => {
-                self.audit(&caller, None, started, Outcome::Rejected, Some("invalid_arguments"), 0, None);
+                self.audit(
+                    &caller,
+                    None,
+                    started,
+                    Outcome::Rejected,
+                    Some("invalid_arguments"),
+                    0,
+                    None,
+                );
                 return Err(ErrorData::invalid_params(message, None));
             }
         };
@@ -128,7 +145,15 @@ impl ImageTools {
         let generation = match backend.generate(&request).await {
             Ok(generation) => generation,
             Err(error) => {
-                self.audit(caller, Some(args), started, Outcome::ToolError, Some(error.class()), 0, None);
+                self.audit(
+                    caller,
+                    Some(args),
+                    started,
+                    Outcome::ToolError,
+                    Some(error.class()),
+                    0,
+                    None,
+                );
                 return CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
             }
         };
@@ -138,14 +163,25 @@ impl ImageTools {
             Ok(keys) => keys,
             Err(error) => {
                 tracing::error!(%error, "storing generated images failed");
-                self.audit(caller, Some(args), started, Outcome::ToolError, Some("storage_failed"), 0, generation.usage);
+                self.audit(
+                    caller,
+                    Some(args),
+                    started,
+                    Outcome::ToolError,
+                    Some("storage_failed"),
+                    0,
+                    generation.usage,
+                );
                 return CallToolResult::error(vec![ContentBlock::text(
                     "The images were generated but could not be stored; nothing was saved. Try again shortly.",
                 )]);
             }
         };
         let expires = now + self.state.url_ttl;
-        let urls: Vec<String> = keys.iter().map(|k| self.state.signer.url(k, expires.timestamp())).collect();
+        let urls: Vec<String> = keys
+            .iter()
+            .map(|k| self.state.signer.url(k, expires.timestamp()))
+            .collect();
         let output = GenerateImageOutput {
             image_urls: urls.clone(),
             expires_at: expires.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -153,7 +189,15 @@ impl ImageTools {
             style: args.style.as_str().to_string(),
             size: args.size.to_string(),
         };
-        self.audit(caller, Some(args), started, Outcome::Success, None, keys.len(), generation.usage);
+        self.audit(
+            caller,
+            Some(args),
+            started,
+            Outcome::Success,
+            None,
+            keys.len(),
+            generation.usage,
+        );
         result_for(&output, backend.kind() == crate::backends::offline_preview::MODEL)
     }
 

@@ -83,8 +83,15 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let grace = config.shutdown_grace();
+    let stopping = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stopping.cancelled().await });
+    // In-flight generations get `grace` to finish after a stop signal; then we exit regardless.
+    tokio::select! {
+        result = server => result?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting");
+        }
+    }
     Ok(())
 }

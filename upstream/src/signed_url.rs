@@ -33,7 +33,10 @@ impl UrlSigner {
             secret.len() >= MIN_SECRET_BYTES,
             "the URL signing secret must be at least {MIN_SECRET_BYTES} bytes"
         );
-        Ok(Self { secret, base_url: base_url.trim_end_matches('/').to_string() })
+        Ok(Self {
+            secret,
+            base_url: base_url.trim_end_matches('/').to_string(),
+        })
     }
 
     fn mac(&self, key: &str, expires: i64) -> HmacSha256 {
@@ -52,13 +55,21 @@ impl UrlSigner {
 
     /// The full public URL for `key`, valid until `expires`.
     pub fn url(&self, key: &str, expires: i64) -> String {
-        format!("{}/images/{}?expires={}&sig={}", self.base_url, key, expires, self.signature(key, expires))
+        format!(
+            "{}/images/{}?expires={}&sig={}",
+            self.base_url,
+            key,
+            expires,
+            self.signature(key, expires)
+        )
     }
 
     /// Checks a presented link at time `now` (Unix seconds), in constant time.
     pub fn verify(&self, key: &str, expires: i64, sig: &str, now: i64) -> Result<(), LinkError> {
         let sig = hex::decode(sig).map_err(|_| LinkError::BadSignature)?;
-        self.mac(key, expires).verify_slice(&sig).map_err(|_| LinkError::BadSignature)?;
+        self.mac(key, expires)
+            .verify_slice(&sig)
+            .map_err(|_| LinkError::BadSignature)?;
         // Checked after the MAC so a forged far-future expiry is a bad signature.
         if now > expires {
             return Err(LinkError::Expired);
@@ -79,7 +90,10 @@ mod tests {
     fn url_shape_and_round_trip() {
         let s = signer();
         let url = s.url("acme/2026/11/24/x.png", 2_000);
-        assert!(url.starts_with("http://127.0.0.1:8080/images/acme/2026/11/24/x.png?expires=2000&sig="), "{url}");
+        assert!(
+            url.starts_with("http://127.0.0.1:8080/images/acme/2026/11/24/x.png?expires=2000&sig="),
+            "{url}"
+        );
         let sig = url.rsplit_once("sig=").unwrap().1;
         assert_eq!(sig.len(), 64);
         assert_eq!(s.verify("acme/2026/11/24/x.png", 2_000, sig, 1_999), Ok(()));
@@ -93,9 +107,30 @@ mod tests {
         let cases = [
             ("expired", "k.png", 2_000, sig.clone(), 2_001, LinkError::Expired),
             ("other key", "j.png", 2_000, sig.clone(), 1_000, LinkError::BadSignature),
-            ("extended expiry", "k.png", 9_000, sig.clone(), 1_000, LinkError::BadSignature),
-            ("not hex", "k.png", 2_000, "zz".to_string(), 1_000, LinkError::BadSignature),
-            ("truncated", "k.png", 2_000, sig[..62].to_string(), 1_000, LinkError::BadSignature),
+            (
+                "extended expiry",
+                "k.png",
+                9_000,
+                sig.clone(),
+                1_000,
+                LinkError::BadSignature,
+            ),
+            (
+                "not hex",
+                "k.png",
+                2_000,
+                "zz".to_string(),
+                1_000,
+                LinkError::BadSignature,
+            ),
+            (
+                "truncated",
+                "k.png",
+                2_000,
+                sig[..62].to_string(),
+                1_000,
+                LinkError::BadSignature,
+            ),
             ("empty", "k.png", 2_000, String::new(), 1_000, LinkError::BadSignature),
         ];
         for (name, key, expires, sig, now, expected) in cases {

@@ -35,15 +35,20 @@ impl ImageStore {
             !path.contains("://"),
             "storage URL {url:?} is not supported; use file:///absolute/path"
         );
-        std::fs::create_dir_all(path)
-            .map_err(|e| anyhow::anyhow!("cannot create image directory {path:?}: {e}"))?;
+        std::fs::create_dir_all(path).map_err(|e| anyhow::anyhow!("cannot create image directory {path:?}: {e}"))?;
         let store = LocalFileSystem::new_with_prefix(path)?;
-        Ok(Self { store: Arc::new(store), description: format!("file://{path}") })
+        Ok(Self {
+            store: Arc::new(store),
+            description: format!("file://{path}"),
+        })
     }
 
     /// Wraps any object store (tests, other backends).
     pub fn new(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
-        Self { store, description: description.into() }
+        Self {
+            store,
+            description: description.into(),
+        }
     }
 
     pub fn description(&self) -> &str {
@@ -99,7 +104,8 @@ pub fn parse_key(key: &str) -> Result<Path, StorageError> {
         && segments.iter().all(|s| {
             !s.is_empty()
                 && !s.starts_with('.')
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
         })
         && key.ends_with(".png");
     if !well_formed {
@@ -115,11 +121,20 @@ mod tests {
 
     #[test]
     fn key_shape() {
-        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let key = ImageStore::new_key("acme", now);
         assert!(key.starts_with("acme/2026/11/24/") && key.ends_with(".png"), "{key}");
         assert!(parse_key(&key).is_ok());
-        for bad in ["../etc/passwd", "acme/2026/11/24/../x.png", "acme/x.png", "acme/2026/11/24/x.txt", "a//b/c/d.png", "acme/2026/11/24/.png"] {
+        for bad in [
+            "../etc/passwd",
+            "acme/2026/11/24/../x.png",
+            "acme/x.png",
+            "acme/2026/11/24/x.txt",
+            "a//b/c/d.png",
+            "acme/2026/11/24/.png",
+        ] {
             assert!(parse_key(bad).is_err(), "{bad}");
         }
     }
@@ -127,7 +142,14 @@ mod tests {
     #[tokio::test]
     async fn round_trip_and_missing() {
         let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
-        let keys = store.put_all("acme", &[Bytes::from_static(b"a"), Bytes::from_static(b"b")], Utc::now()).await.unwrap();
+        let keys = store
+            .put_all(
+                "acme",
+                &[Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                Utc::now(),
+            )
+            .await
+            .unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(store.get(&keys[1]).await.unwrap(), Bytes::from_static(b"b"));
         let missing = ImageStore::new_key("acme", Utc::now());

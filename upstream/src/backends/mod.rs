@@ -64,7 +64,9 @@ pub enum BackendError {
 }
 
 fn retry_hint(retry_after_secs: Option<u64>) -> String {
-    retry_after_secs.map(|s| format!(" (retry after {s} s)")).unwrap_or_default()
+    retry_after_secs
+        .map(|s| format!(" (retry after {s} s)"))
+        .unwrap_or_default()
 }
 
 impl BackendError {

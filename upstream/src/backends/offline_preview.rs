@@ -33,15 +33,26 @@ impl ImageBackend for OfflinePreview {
         })
         .await
         .map_err(|e| BackendError::InvalidResponse(format!("preview renderer stopped: {e}")))??;
-        Ok(Generation { images, model: MODEL.to_string(), usage: None })
+        Ok(Generation {
+            images,
+            model: MODEL.to_string(),
+            usage: None,
+        })
     }
 }
 
 /// Renders image `index` for `prompt`: same inputs, same bytes.
 pub fn render(prompt: &str, index: u8, width: u32, height: u32) -> Result<GeneratedImage, BackendError> {
-    let seed: [u8; 32] = Sha256::new().chain_update(prompt.as_bytes()).chain_update([index]).finalize().into();
+    let seed: [u8; 32] = Sha256::new()
+        .chain_update(prompt.as_bytes())
+        .chain_update([index])
+        .finalize()
+        .into();
     let [r0, g0, b0, r1, g1, b1, cx, cy, ..] = seed;
-    let (cx, cy) = (f32::from(cx) / 255.0 * width as f32, f32::from(cy) / 255.0 * height as f32);
+    let (cx, cy) = (
+        f32::from(cx) / 255.0 * width as f32,
+        f32::from(cy) / 255.0 * height as f32,
+    );
     let radius = width.min(height) as f32 * (0.15 + f32::from(seed[8]) / 255.0 * 0.2);
     let stripe = 16 + u32::from(seed[9] % 48);
     let mut pixels = Vec::with_capacity((width * height * 3) as usize);
@@ -70,9 +81,15 @@ pub fn render(prompt: &str, index: u8, width: u32, height: u32) -> Result<Genera
         .add_text_chunk("Software".into(), "mcp-image-gateway offline-preview".into())
         .and_then(|_| encoder.add_text_chunk("Description".into(), "Offline preview, not a model output".into()))
         .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
-    let mut writer = encoder.write_header().map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
-    writer.write_image_data(&pixels).map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
-    writer.finish().map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
+    let mut writer = encoder
+        .write_header()
+        .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
+    writer
+        .write_image_data(&pixels)
+        .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
+    writer
+        .finish()
+        .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
     Ok(GeneratedImage { png: Bytes::from(out) })
 }
 

@@ -109,14 +109,20 @@ impl ImageBackend for OpenAiBackend {
         if let Some(org) = &self.settings.organization {
             call = call.header("OpenAI-Organization", org);
         }
-        let response = call.send().await.map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
+        let response = call
+            .send()
+            .await
+            .map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
         let status = response.status();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let bytes = response.bytes().await.map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
         if !status.is_success() {
             return Err(map_error(status.as_u16(), retry_after, &bytes, &self.settings.model));
         }
@@ -135,7 +141,9 @@ fn decode(parsed: GenerationResponse, model: &str, n: u8) -> Result<Generation, 
     }
     let mut images = Vec::with_capacity(parsed.data.len());
     for item in parsed.data {
-        let b64 = item.b64_json.ok_or_else(|| BackendError::InvalidResponse("an image has no b64_json".into()))?;
+        let b64 = item
+            .b64_json
+            .ok_or_else(|| BackendError::InvalidResponse("an image has no b64_json".into()))?;
         let png = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
             .map_err(|e| BackendError::InvalidResponse(format!("b64_json is not base64: {e}")))?;
@@ -147,7 +155,10 @@ fn decode(parsed: GenerationResponse, model: &str, n: u8) -> Result<Generation, 
     Ok(Generation {
         images,
         model: model.to_string(),
-        usage: parsed.usage.map(|u| Usage { input_tokens: u.input_tokens, output_tokens: u.output_tokens }),
+        usage: parsed.usage.map(|u| Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+        }),
     })
 }
 
@@ -161,16 +172,19 @@ fn map_error(status: u16, retry_after: Option<u64>, body: &[u8], model: &str) ->
     let code = error.as_ref().and_then(|e| e.code.as_deref());
     let kind = error.as_ref().and_then(|e| e.kind.as_deref());
     match (status, code) {
-        (_, Some("model_not_found")) | (404, _) => {
-            BackendError::ModelNotFound { model: model.to_string(), setting: MODEL_SETTING }
-        }
+        (_, Some("model_not_found")) | (404, _) => BackendError::ModelNotFound {
+            model: model.to_string(),
+            setting: MODEL_SETTING,
+        },
         (_, Some("moderation_blocked")) | (_, Some("content_policy_violation")) => {
             BackendError::ContentRefused(message)
         }
         (400, _) if kind == Some("image_generation_user_error") => BackendError::ContentRefused(message),
         (401, _) | (403, _) => BackendError::Unauthorized(message),
         (429, Some("insufficient_quota")) => BackendError::Provider { status, message },
-        (429, _) => BackendError::RateLimited { retry_after_secs: retry_after },
+        (429, _) => BackendError::RateLimited {
+            retry_after_secs: retry_after,
+        },
         (400..=499, _) => BackendError::BadRequest(message),
         _ => BackendError::Provider { status, message },
     }
@@ -186,21 +200,53 @@ mod tests {
             serde_json::json!({"error": {"message": "m", "type": kind, "param": null, "code": code}}).to_string()
         };
         let cases = [
-            (404, None, body("model_not_found", "invalid_request_error"), "model_not_found"),
-            (400, None, body("moderation_blocked", "image_generation_user_error"), "content_refused"),
+            (
+                404,
+                None,
+                body("model_not_found", "invalid_request_error"),
+                "model_not_found",
+            ),
+            (
+                400,
+                None,
+                body("moderation_blocked", "image_generation_user_error"),
+                "content_refused",
+            ),
             (429, Some(7), body("rate_limit_exceeded", "requests"), "rate_limited"),
-            (429, None, body("insufficient_quota", "insufficient_quota"), "provider_error"),
-            (401, None, body("invalid_api_key", "invalid_request_error"), "provider_unauthorized"),
+            (
+                429,
+                None,
+                body("insufficient_quota", "insufficient_quota"),
+                "provider_error",
+            ),
+            (
+                401,
+                None,
+                body("invalid_api_key", "invalid_request_error"),
+                "provider_unauthorized",
+            ),
             (403, None, body("", "invalid_request_error"), "provider_unauthorized"),
-            (400, None, body("invalid_value", "invalid_request_error"), "provider_bad_request"),
+            (
+                400,
+                None,
+                body("invalid_value", "invalid_request_error"),
+                "provider_bad_request",
+            ),
             (500, None, body("server_error", "server_error"), "provider_error"),
             (502, None, "<html>bad gateway</html>".to_string(), "provider_error"),
         ];
         for (status, retry, body, class) in cases {
-            assert_eq!(map_error(status, retry, body.as_bytes(), "gpt-image-2").class(), class, "{status} {body}");
+            assert_eq!(
+                map_error(status, retry, body.as_bytes(), "gpt-image-2").class(),
+                class,
+                "{status} {body}"
+            );
         }
         let retired = map_error(404, None, body("model_not_found", "x").as_bytes(), "gpt-image-1").to_string();
-        assert!(retired.contains("\"gpt-image-1\"") && retired.contains("OPENAI_IMAGE_MODEL"), "{retired}");
+        assert!(
+            retired.contains("\"gpt-image-1\"") && retired.contains("OPENAI_IMAGE_MODEL"),
+            "{retired}"
+        );
         let limited = map_error(429, Some(7), b"{}", "m").to_string();
         assert!(limited.contains("retry after 7 s"), "{limited}");
     }

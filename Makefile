@@ -1,0 +1,57 @@
+# MCP image gateway: thin targets over cargo and scripts/.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+LISTEN_PORT ?= 8080
+ADMIN_PORT ?= 9901
+UPSTREAM_PORT ?= 8081
+STATE_DIR ?= .state
+SUB ?= alice
+ORG ?= acme
+export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT STATE_DIR SUB ORG
+
+WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
+BIN := target/debug/mcp-image-gateway
+
+.PHONY: help run test build wasm upstream envoy token lint fmt clean
+
+help:
+	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops)"
+	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
+	@echo "make token   print a dev token (SUB=alice ORG=acme)"
+	@echo "make lint    rustfmt and clippy (-D warnings)"
+
+wasm:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	cargo build --release --target wasm32-wasip1 -p mcp-edge-filter
+
+upstream:
+	cargo build -p mcp-image-gateway
+
+build: wasm upstream
+
+envoy:
+	@scripts/ensure-envoy.sh >/dev/null
+
+run: build envoy
+	scripts/run.sh
+
+test: build envoy
+	ENVOY_BIN="$$(scripts/ensure-envoy.sh)" cargo test --workspace --no-fail-fast
+
+token: upstream
+	@$(BIN) dev-init --state-dir $(STATE_DIR)
+	@$(BIN) token --sub $(SUB) --org $(ORG) --state-dir $(STATE_DIR) \
+	  --public-base-url "$${GATEWAY_PUBLIC_BASE_URL:-http://127.0.0.1:$(LISTEN_PORT)}"
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 -p mcp-edge-filter -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf $(STATE_DIR)

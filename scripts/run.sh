@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `make run`: the full stack on embedded defaults, in the foreground.
+# Envoy (with the edge filter) on LISTEN_PORT, admin on ADMIN_PORT, the
+# upstream on UPSTREAM_PORT (loopback only). Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LISTEN_PORT="${LISTEN_PORT:-8080}"
+ADMIN_PORT="${ADMIN_PORT:-9901}"
+UPSTREAM_PORT="${UPSTREAM_PORT:-8081}"
+STATE_DIR="${STATE_DIR:-.state}"
+ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
+BIN="${UPSTREAM_BIN:-target/debug/mcp-image-gateway}"
+WASM="${WASM:-target/wasm32-wasip1/release/mcp_edge_filter.wasm}"
+export GATEWAY_PUBLIC_BASE_URL="${GATEWAY_PUBLIC_BASE_URL:-http://127.0.0.1:${LISTEN_PORT}}"
+export GATEWAY_STATE_DIR="${STATE_DIR}"
+
+for port in "${LISTEN_PORT}" "${ADMIN_PORT}" "${UPSTREAM_PORT}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+    echo "port ${port} is already in use; choose others, e.g. make run LISTEN_PORT=18080 ADMIN_PORT=19901 UPSTREAM_PORT=18081" >&2
+    exit 1
+  fi
+done
+
+ENVOY="$(scripts/ensure-envoy.sh)"
+"${BIN}" dev-init --state-dir "${STATE_DIR}"
+"${BIN}" render-envoy --template envoy/envoy.yaml.tmpl --out "${STATE_DIR}/envoy.yaml" \
+  --set "ADMIN_PORT=${ADMIN_PORT}" --set "LISTEN_PORT=${LISTEN_PORT}" \
+  --set "UPSTREAM_PORT=${UPSTREAM_PORT}" --set "WASM_PATH=$(realpath "${WASM}")"
+"${ENVOY}" --mode validate -c "${STATE_DIR}/envoy.yaml" >/dev/null
+
+pids=()
+stop() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "stopped."
+}
+trap stop EXIT INT TERM
+
+# Both log to this terminal: JSON lines (audit events, access log) are the interface.
+GATEWAY_LISTEN="127.0.0.1:${UPSTREAM_PORT}" "${BIN}" serve &
+pids+=($!)
+"${ENVOY}" -c "${STATE_DIR}/envoy.yaml" --use-dynamic-base-id --concurrency "${ENVOY_CONCURRENCY}" \
+  --log-level warn --component-log-level wasm:info 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 150); do
+  if curl -fsS "http://127.0.0.1:${UPSTREAM_PORT}/healthz" >/dev/null 2>&1 \
+     && curl -fsS "http://127.0.0.1:${ADMIN_PORT}/ready" >/dev/null 2>&1; then
+    ready=1; break
+  fi
+  sleep 0.2
+done
+if [[ -z "${ready:-}" ]]; then echo "the stack did not become ready; see the log lines above" >&2; exit 1; fi
+
+TOKEN="$("${BIN}" token --sub "${SUB:-alice}" --org "${ORG:-acme}" --state-dir "${STATE_DIR}")"
+MCP_URL="${GATEWAY_PUBLIC_BASE_URL}/mcp"
+if [[ -n "${OPENAI_API_KEY:-}" ]]; then BACKEND="openai (${OPENAI_IMAGE_MODEL:-gpt-image-2})"; else BACKEND="offline-preview (set OPENAI_API_KEY for real images)"; fi
+cat <<BANNER
+
+  MCP image gateway is up.
+    MCP endpoint : ${MCP_URL}
+    backend      : ${BACKEND}
+    Envoy admin  : http://127.0.0.1:${ADMIN_PORT}   (stats: /stats/prometheus)
+    state        : ${STATE_DIR}/ (dev keys, images)
+
+  Development bearer token (sub=${SUB:-alice}, org=${ORG:-acme}, valid 24 h; more with 'make token SUB=bob ORG=acme'):
+    ${TOKEN}
+
+  Try it:
+    curl -s ${MCP_URL} \\
+      -H 'Authorization: Bearer ${TOKEN}' \\
+      -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\
+      -H 'MCP-Protocol-Version: 2025-06-18' \\
+      -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"a lighthouse at dusk","size":"1536x1024"}}}'
+
+  MCP client config (Claude Desktop / VS Code / SDKs):
+    {"mcpServers": {"images": {"type": "http", "url": "${MCP_URL}",
+      "headers": {"Authorization": "Bearer ${TOKEN}"}}}}
+
+  Ctrl-C stops everything.
+BANNER
+
+wait -n "${pids[@]}"
+echo "a process exited; stopping the stack" >&2

@@ -1,0 +1,332 @@
+//! A stand-in for OpenAI's Images API, following the public reference
+//! (https://platform.openai.com/docs/api-reference/images/create) and its
+//! error guide (https://platform.openai.com/docs/guides/error-codes):
+//! `POST /v1/images/generations` with a bearer key; JSON body `model`,
+//! `prompt`, `n`, `size`, `quality`, `background`, `output_format`,
+//! `output_compression`, `moderation`, `user`, `stream`, `partial_images`;
+//! answers `{created, data: [{b64_json}], background, output_format,
+//! quality, size, usage}`; errors `{"error": {message, type, param, code}}`
+//! with `x-ratelimit-*` headers and `retry-after` on 429.
+//!
+//! Content moderation cannot be reproduced, so a prompt containing
+//! `[[blocked]]` stands for one the safety system refuses.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// Marker that makes the fake refuse a prompt as its moderation would.
+pub const BLOCKED_MARKER: &str = "[[blocked]]";
+const STANDARD_SIZES: [&str; 4] = ["1024x1024", "1536x1024", "1024x1536", "auto"];
+const KNOWN_PARAMS: [&str; 12] = [
+    "model",
+    "prompt",
+    "n",
+    "size",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "user",
+    "stream",
+    "partial_images",
+];
+
+/// How the fake behaves.
+#[derive(Debug, Clone, Default)]
+pub struct FakeOptions {
+    /// Images per minute before 429 `rate_limit_exceeded`; `None` = unlimited.
+    pub images_per_minute: Option<u32>,
+    /// Simulated generation time.
+    pub latency: Duration,
+}
+
+/// A running fake.
+pub struct FakeOpenAi {
+    pub base_url: String,
+    pub api_key: String,
+    state: Arc<FakeState>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+struct FakeState {
+    api_key: String,
+    options: FakeOptions,
+    requests: Mutex<Vec<Value>>,
+    served: Mutex<VecDeque<(Instant, u32)>>,
+}
+
+impl FakeOpenAi {
+    pub async fn start(options: FakeOptions) -> anyhow::Result<FakeOpenAi> {
+        let api_key = format!("sk-test-{}", uuid::Uuid::new_v4().simple());
+        let state = Arc::new(FakeState {
+            api_key: api_key.clone(),
+            options,
+            requests: Mutex::new(Vec::new()),
+            served: Mutex::new(VecDeque::new()),
+        });
+        let app = Router::new()
+            .route("/v1/images/generations", post(generate))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeOpenAi {
+            base_url,
+            api_key,
+            state,
+            _server: server,
+        })
+    }
+
+    /// JSON bodies of every request received, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        self.state.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+fn error(status: StatusCode, message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    (status, Json(body)).into_response()
+}
+
+fn invalid(message: &str, param: &str, code: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        message,
+        "invalid_request_error",
+        Some(param),
+        Some(code),
+    )
+}
+
+fn sizes_for(model: &str) -> Option<&'static [&'static str]> {
+    match model {
+        "gpt-image-2" | "gpt-image-1.5" | "gpt-image-1-mini" => Some(&STANDARD_SIZES),
+        _ => None,
+    }
+}
+
+/// `gpt-image-2` also takes custom sizes: multiples of 16, ratio at most 3:1, at most 3840x2160.
+fn custom_size_ok(model: &str, size: &str) -> bool {
+    let Some((w, h)) = size.split_once('x') else {
+        return false;
+    };
+    let (Ok(w), Ok(h)) = (w.parse::<u32>(), h.parse::<u32>()) else {
+        return false;
+    };
+    model == "gpt-image-2"
+        && w % 16 == 0
+        && h % 16 == 0
+        && w.max(h) <= 3 * w.min(h)
+        && w.max(h) <= 3840
+        && w.min(h) <= 2160
+        && w >= 16
+        && h >= 16
+}
+
+async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match key {
+        None => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                "invalid_request_error",
+                None,
+                None,
+            )
+        }
+        Some(key) if key != state.api_key => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                &format!("Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."),
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
+            )
+        }
+        Some(_) => {}
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
+            "invalid_request_error",
+            None,
+            None,
+        );
+    };
+    if let Ok(mut requests) = state.requests.lock() {
+        requests.push(request.clone());
+    }
+    let Some(fields) = request.as_object() else {
+        return invalid(
+            "Invalid type for request body: expected an object.",
+            "body",
+            "invalid_type",
+        );
+    };
+    if let Some(unknown) = fields.keys().find(|k| !KNOWN_PARAMS.contains(&k.as_str())) {
+        return invalid(
+            &format!("Unknown parameter: '{unknown}'."),
+            unknown,
+            "unknown_parameter",
+        );
+    }
+    let model = fields.get("model").and_then(Value::as_str).unwrap_or("gpt-image-1");
+    let Some(sizes) = sizes_for(model) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist or you do not have access to it."),
+            "invalid_request_error",
+            None,
+            Some("model_not_found"),
+        );
+    };
+    let Some(prompt) = fields.get("prompt").and_then(Value::as_str) else {
+        return invalid(
+            "Missing required parameter: 'prompt'.",
+            "prompt",
+            "missing_required_parameter",
+        );
+    };
+    if prompt.chars().count() > 32_000 {
+        return invalid(
+            &format!("Invalid 'prompt': string too long. Expected a string with maximum length 32000, but got a string with length {} instead.", prompt.chars().count()),
+            "prompt",
+            "string_above_max_length",
+        );
+    }
+    let n = fields.get("n").map_or(Some(1), Value::as_u64).unwrap_or(0);
+    if n == 0 {
+        return invalid(
+            &format!("Invalid 'n': integer below minimum value. Expected a value >= 1, but got {n} instead."),
+            "n",
+            "integer_below_min_value",
+        );
+    }
+    if n > 10 {
+        return invalid(
+            &format!("Invalid 'n': integer above maximum value. Expected a value <= 10, but got {n} instead."),
+            "n",
+            "integer_above_max_value",
+        );
+    }
+    let size = fields.get("size").and_then(Value::as_str).unwrap_or("auto");
+    if !sizes.contains(&size) && !custom_size_ok(model, size) {
+        return invalid(
+            &format!(
+                "Invalid value: '{size}'. Supported values are: '1024x1024', '1024x1536', '1536x1024', and 'auto'."
+            ),
+            "size",
+            "invalid_value",
+        );
+    }
+    if prompt.contains(BLOCKED_MARKER) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Your request was rejected as a result of our safety system. Your request may contain content that is not allowed by our safety system.",
+            "image_generation_user_error",
+            None,
+            Some("moderation_blocked"),
+        );
+    }
+    if let Some(limit) = state.options.images_per_minute {
+        let now = Instant::now();
+        let mut served = match state.served.lock() {
+            Ok(served) => served,
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "lock", "server_error", None, None),
+        };
+        while served
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            served.pop_front();
+        }
+        let used: u32 = served.iter().map(|(_, n)| n).sum();
+        if used + n as u32 > limit {
+            let wait = served
+                .front()
+                .map_or(60, |(t, _)| 60 - now.duration_since(*t).as_secs().min(59));
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Rate limit reached for {model} in organization org-test on images per minute (IPM): Limit {limit}, Used {used}, Requested {n}. Please try again in {wait}s."),
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            );
+            let h = response.headers_mut();
+            h.insert("retry-after", HeaderValue::from(wait));
+            h.insert("x-ratelimit-limit-requests", HeaderValue::from(limit));
+            h.insert("x-ratelimit-remaining-requests", HeaderValue::from(0));
+            h.insert(
+                "x-ratelimit-reset-requests",
+                HeaderValue::from_str(&format!("{wait}s")).unwrap_or(HeaderValue::from_static("60s")),
+            );
+            return response;
+        }
+        served.push_back((now, n as u32));
+    }
+    tokio::time::sleep(state.options.latency).await;
+    let (width, height) = match size {
+        "auto" => (1024, 1024),
+        other => {
+            let (w, h) = other.split_once('x').unwrap_or(("1024", "1024"));
+            (w.parse().unwrap_or(1024), h.parse().unwrap_or(1024))
+        }
+    };
+    let png = solid_png(width, height);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": b64})).collect();
+    let text_tokens = (prompt.len() / 4).max(1) as u64;
+    let output_tokens = 1056 * n;
+    let body = json!({
+        "created": chrono::Utc::now().timestamp(),
+        "data": data,
+        "background": "opaque",
+        "output_format": fields.get("output_format").and_then(Value::as_str).unwrap_or("png"),
+        "quality": fields.get("quality").and_then(Value::as_str).unwrap_or("medium"),
+        "size": format!("{width}x{height}"),
+        "usage": {
+            "input_tokens": text_tokens,
+            "input_tokens_details": {"image_tokens": 0, "text_tokens": text_tokens},
+            "output_tokens": output_tokens,
+            "total_tokens": text_tokens + output_tokens
+        }
+    });
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("x-request-id", HeaderValue::from_static("req_fake"));
+    response
+}
+
+/// A small, valid PNG of the given size.
+pub fn solid_png(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    if let Ok(mut writer) = encoder.write_header() {
+        let pixels = vec![96u8; (width * height * 3) as usize];
+        let _ = writer.write_image_data(&pixels);
+        let _ = writer.finish();
+    }
+    out
+}

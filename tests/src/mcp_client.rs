@@ -1,0 +1,31 @@
+//! The official Rust MCP client (rmcp), pointed at the gateway through Envoy.
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceError, ServiceExt};
+use serde_json::Value;
+
+use crate::stack::http_client;
+
+pub type McpClient = RunningService<RoleClient, ClientConfig>;
+
+/// Connects and initializes with a bearer token.
+pub async fn connect(mcp_url: &str, token: &str) -> anyhow::Result<McpClient> {
+    let config = StreamableHttpClientTransportConfig::with_uri(mcp_url.to_string()).auth_header(token.to_string());
+    let transport = StreamableHttpClientTransport::with_client(http_client(), config);
+    let info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("gateway-tests", "0.1.0"),
+    );
+    Ok(info.serve(transport).await?)
+}
+
+/// Calls `generate_image` with JSON arguments.
+pub async fn generate(client: &McpClient, arguments: Value) -> Result<CallToolResult, ServiceError> {
+    let arguments = arguments.as_object().cloned().unwrap_or_default();
+    client
+        .call_tool(CallToolRequestParams::new("generate_image").with_arguments(arguments))
+        .await
+}

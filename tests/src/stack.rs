@@ -1,0 +1,329 @@
+//! One running gateway stack per test.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use mcp_image_gateway::devkit;
+
+use crate::fake_openai::{FakeOpenAi, FakeOptions};
+
+/// Which model backend the upstream runs.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    OfflinePreview,
+    /// The OpenAI backend against the in-process fake, with this model.
+    FakeOpenAi {
+        model: String,
+        options: FakeOptions,
+    },
+}
+
+/// How to start a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub backend: Backend,
+    pub url_ttl_secs: u64,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            backend: Backend::OfflinePreview,
+            url_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// A running stack; processes are stopped when it is dropped.
+pub struct Stack {
+    pub base_url: String,
+    pub mcp_url: String,
+    pub admin_url: String,
+    pub upstream_url: String,
+    pub state_dir: PathBuf,
+    pub fake: Option<FakeOpenAi>,
+    children: Vec<(String, Child)>,
+}
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The built filter; `make test` builds it first.
+pub fn wasm_path() -> anyhow::Result<PathBuf> {
+    let path = target_dir().join("wasm32-wasip1/release/mcp_edge_filter.wasm");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `make test` (or `make build`) so the filter is built first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The built upstream binary.
+pub fn upstream_binary() -> anyhow::Result<PathBuf> {
+    let path = target_dir().join("debug/mcp-image-gateway");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `make test` (or `cargo build -p mcp-image-gateway`) first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Envoy: `$ENVOY_BIN`, else the project venv, else `envoy` on PATH.
+pub fn envoy_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let venv = workspace_root().join(".venv/bin/envoy");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("envoy")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// An HTTP client that never uses a proxy and never waits long.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
+}
+
+impl Stack {
+    /// Starts the offline stack.
+    pub async fn start() -> anyhow::Result<Stack> {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> anyhow::Result<Stack> {
+        let state_dir = std::env::temp_dir().join(format!("mcp-gw-test-{}", uuid::Uuid::new_v4()));
+        devkit::init(&state_dir)?;
+        let (listen_port, admin_port, upstream_port) = (free_port(), free_port(), free_port());
+        let base_url = format!("http://127.0.0.1:{listen_port}");
+        let mut stack = Stack {
+            mcp_url: format!("{base_url}/mcp"),
+            admin_url: format!("http://127.0.0.1:{admin_port}"),
+            upstream_url: format!("http://127.0.0.1:{upstream_port}"),
+            base_url: base_url.clone(),
+            state_dir: state_dir.clone(),
+            fake: None,
+            children: Vec::new(),
+        };
+
+        let mut upstream = Command::new(upstream_binary()?);
+        upstream
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,rmcp=warn")
+            .env("GATEWAY_LISTEN", format!("127.0.0.1:{upstream_port}"))
+            .env("GATEWAY_PUBLIC_BASE_URL", &base_url)
+            .env("GATEWAY_STATE_DIR", &state_dir)
+            .env("GATEWAY_URL_TTL_SECS", options.url_ttl_secs.to_string());
+        match &options.backend {
+            Backend::OfflinePreview => {
+                upstream.env("GATEWAY_BACKEND", "offline-preview");
+            }
+            Backend::FakeOpenAi { model, options } => {
+                let fake = FakeOpenAi::start(options.clone()).await?;
+                upstream
+                    .env("GATEWAY_BACKEND", "openai")
+                    .env("OPENAI_API_KEY", &fake.api_key)
+                    .env("OPENAI_BASE_URL", format!("{}/v1", fake.base_url))
+                    .env("OPENAI_IMAGE_MODEL", model);
+                stack.fake = Some(fake);
+            }
+        }
+        stack.spawn("upstream", upstream)?;
+
+        let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        let vars = BTreeMap::from([
+            ("ADMIN_PORT".to_string(), admin_port.to_string()),
+            ("LISTEN_PORT".to_string(), listen_port.to_string()),
+            ("UPSTREAM_PORT".to_string(), upstream_port.to_string()),
+            ("WASM_PATH".to_string(), wasm_path()?.display().to_string()),
+            (
+                "FILTER_CONFIG".to_string(),
+                devkit::filter_config(&state_dir, &base_url)?.to_string(),
+            ),
+        ]);
+        let envoy_config = state_dir.join("envoy.yaml");
+        std::fs::write(&envoy_config, devkit::render(&template, &vars)?)?;
+        let mut envoy = Command::new(envoy_binary());
+        envoy
+            .arg("-c")
+            .arg(&envoy_config)
+            .args(["--use-dynamic-base-id", "--concurrency", "2", "--log-level", "warn"])
+            .args(["--component-log-level", "wasm:info"]);
+        stack.spawn("envoy", envoy)?;
+
+        stack
+            .wait_ready("upstream", &format!("{}/healthz", stack.upstream_url))
+            .await?;
+        stack.wait_ready("envoy", &format!("{}/ready", stack.admin_url)).await?;
+        Ok(stack)
+    }
+
+    fn spawn(&mut self, name: &str, mut command: Command) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.state_dir.join(format!("{name}.log")))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name} ({command:?})"))?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, name: &str, url: &str) -> anyhow::Result<()> {
+        let client = http_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(response) = client.get(url).timeout(Duration::from_secs(2)).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            let exited = self
+                .children
+                .iter_mut()
+                .find_map(|(child_name, child)| child.try_wait().ok().flatten().map(|s| (child_name.clone(), s)));
+            if let Some((child_name, status)) = exited {
+                bail!(
+                    "{child_name} exited with {status} while waiting for {name}:\n{}",
+                    self.log_tail(&child_name)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{name} not ready at {url} within 30 s:\n{}", self.log_tail(name))
+    }
+
+    /// The last lines of a process log.
+    pub fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.state_dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The whole log of a process.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state_dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// A dev token for `sub` in `org`, valid for `ttl_secs`.
+    pub fn token(&self, sub: &str, org: &str) -> String {
+        self.token_with(sub, org, &devkit::audience(&self.base_url), 3600)
+    }
+
+    pub fn token_with(&self, sub: &str, org: &str, audience: &str, ttl_secs: u64) -> String {
+        self.token_issued_at(sub, org, audience, ttl_secs, None)
+    }
+
+    /// A token issued at a given Unix time (for expired or future tokens).
+    pub fn token_issued_at(
+        &self,
+        sub: &str,
+        org: &str,
+        audience: &str,
+        ttl_secs: u64,
+        issued_at: Option<u64>,
+    ) -> String {
+        devkit::mint_token(
+            &self.state_dir,
+            &devkit::TokenRequest {
+                subject: sub.into(),
+                org: org.into(),
+                audience: audience.into(),
+                scope: "images:generate".into(),
+                valid_for_secs: ttl_secs,
+                issued_at,
+            },
+        )
+        .unwrap_or_default()
+    }
+
+    /// The URL-signing secret of this stack (to forge links in tests).
+    pub fn url_secret(&self) -> Vec<u8> {
+        let hex_text = std::fs::read_to_string(self.state_dir.join("url-signing.key")).unwrap_or_default();
+        (0..hex_text.trim().len() / 2)
+            .filter_map(|i| u8::from_str_radix(&hex_text.trim()[2 * i..2 * i + 2], 16).ok())
+            .collect()
+    }
+
+    /// A counter from Envoy's admin `/stats`.
+    pub async fn envoy_stat(&self, name: &str) -> u64 {
+        let text = http_client()
+            .get(format!(
+                "{}/stats?filter=^{}$",
+                self.admin_url,
+                name.replace('.', "\\.")
+            ))
+            .send()
+            .await
+            .ok();
+        let Some(response) = text else { return 0 };
+        let body = response.text().await.unwrap_or_default();
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Audit events the upstream logged.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.log("upstream")
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["target"] == "audit")
+            .collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for (name, _) in &self.children {
+                eprintln!(
+                    "---- {name} log ({}) ----\n{}",
+                    self.state_dir.display(),
+                    self.log_tail(name)
+                );
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}

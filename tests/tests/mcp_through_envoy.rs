@@ -1,0 +1,252 @@
+//! `generate_image` driven by the rmcp client through real Envoy and the
+//! Wasm filter, with the offline backend and with the OpenAI backend
+//! against the provider fake.
+
+use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
+use gateway_tests::mcp_client::{connect, generate};
+use gateway_tests::png_info::dimensions;
+use gateway_tests::stack::http_client;
+use gateway_tests::{Backend, Stack, StackOptions};
+use rmcp::model::ContentBlock;
+use rmcp::ServiceError;
+use serde_json::{json, Value};
+
+fn openai(model: &str, options: FakeOptions) -> StackOptions {
+    StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: model.into(),
+            options,
+        },
+        ..StackOptions::default()
+    }
+}
+
+/// Fetches every link through Envoy and returns the PNG sizes.
+async fn fetch_all(urls: &[Value]) -> Vec<(u32, u32)> {
+    let mut sizes = Vec::new();
+    for url in urls {
+        let response = http_client().get(url.as_str().unwrap()).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(response.headers()["content-type"], "image/png");
+        sizes.push(dimensions(&response.bytes().await.unwrap()).unwrap());
+    }
+    sizes
+}
+
+#[tokio::test]
+async fn generate_image_end_to_end_offline() {
+    let stack = Stack::start().await.unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let server = client.peer_info().expect("initialized");
+    assert_eq!(
+        server.server_info.as_ref().map(|i| i.name.as_str()),
+        Some("mcp-image-gateway")
+    );
+
+    let tools = client.list_tools(Default::default()).await.unwrap().tools;
+    let tool = tools
+        .iter()
+        .find(|t| t.name == "generate_image")
+        .expect("generate_image listed");
+    let input = serde_json::to_value(&*tool.input_schema).unwrap();
+    assert_eq!(input["required"], json!(["prompt"]));
+    assert_eq!(input["properties"]["n"]["maximum"], 4);
+    assert_eq!(
+        input["properties"]["size"]["enum"],
+        json!(["1024x1024", "1536x1024", "1024x1536"])
+    );
+    let output = serde_json::to_value(tool.output_schema.as_deref().expect("outputSchema")).unwrap();
+    assert!(output["properties"]["image_urls"].is_object(), "{output}");
+
+    let before = chrono::Utc::now();
+    let result = generate(
+        &client,
+        json!({"prompt": "a lighthouse in a storm", "size": "1536x1024", "n": 2}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.is_error, Some(false));
+    let structured = result.structured_content.clone().expect("structuredContent");
+    assert_eq!(structured["model"], "offline-preview");
+    assert_eq!(structured["size"], "1536x1024");
+    assert_eq!(structured["style"], "default");
+    let expires_at = chrono::DateTime::parse_from_rfc3339(structured["expires_at"].as_str().unwrap()).unwrap();
+    assert!(expires_at >= before + chrono::Duration::hours(24) - chrono::Duration::seconds(5));
+    let urls = structured["image_urls"].as_array().unwrap().clone();
+    assert_eq!(urls.len(), 2);
+    for url in &urls {
+        assert!(
+            url.as_str()
+                .unwrap()
+                .starts_with(&format!("{}/images/acme/", stack.base_url)),
+            "{url}"
+        );
+    }
+    let links: Vec<_> = result
+        .content
+        .iter()
+        .filter_map(|c| match c {
+            ContentBlock::ResourceLink(link) => Some(link.uri.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        links,
+        urls.iter().map(|u| u.as_str().unwrap().to_string()).collect::<Vec<_>>()
+    );
+    let text = result
+        .content
+        .iter()
+        .find_map(|c| c.as_text())
+        .expect("text")
+        .text
+        .clone();
+    assert!(text.contains("offline-preview"), "{text}");
+
+    assert_eq!(fetch_all(&urls).await, vec![(1536, 1024), (1536, 1024)]);
+
+    let events = stack.audit_events();
+    let calls: Vec<_> = events.iter().filter(|e| e["fields"]["event"] == "tool_call").collect();
+    assert_eq!(calls.len(), 1, "{events:?}");
+    let fields = &calls[0]["fields"];
+    assert_eq!(
+        (fields["user"].as_str(), fields["org"].as_str()),
+        (Some("alice"), Some("acme"))
+    );
+    assert_eq!(fields["outcome"], "Success");
+    assert_eq!(fields["images_stored"], 2);
+    assert!(
+        !fields["request_id"].as_str().unwrap().is_empty(),
+        "Envoy's x-request-id reaches the audit log"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_arguments_are_invalid_params_naming_the_field() {
+    let stack = Stack::start().await.unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let cases = [
+        (json!({"prompt": "x", "n": 9}), "`n`"),
+        (json!({"prompt": "x", "size": "640x480"}), "`size`"),
+        (json!({"prompt": "x", "style": "cubism"}), "`style`"),
+        (json!({"n": 1}), "`prompt`"),
+    ];
+    for (arguments, field) in cases {
+        match generate(&client, arguments.clone()).await {
+            Err(ServiceError::McpError(error)) => {
+                assert_eq!(error.code.0, -32602, "{arguments}");
+                assert!(error.message.contains(field), "{arguments}: {}", error.message);
+            }
+            other => panic!("{arguments}: expected -32602, got {other:?}"),
+        }
+    }
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn openai_backend_through_the_provider_fake() {
+    let stack = Stack::start_with(openai("gpt-image-2", FakeOptions::default()))
+        .await
+        .unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let result = generate(
+        &client,
+        json!({"prompt": "a red fox", "style": "photorealistic", "size": "1024x1536"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.is_error, Some(false), "{result:?}");
+    let structured = result.structured_content.unwrap();
+    assert_eq!(structured["model"], "gpt-image-2");
+    assert_eq!(
+        fetch_all(structured["image_urls"].as_array().unwrap()).await,
+        vec![(1024, 1536)]
+    );
+
+    let requests = stack.fake.as_ref().unwrap().requests();
+    assert_eq!(requests.len(), 1);
+    let sent = &requests[0];
+    assert_eq!(sent["model"], "gpt-image-2");
+    assert_eq!(sent["size"], "1024x1536");
+    assert_eq!(sent["n"], 1);
+    assert_eq!(sent["output_format"], "png");
+    let prompt = sent["prompt"].as_str().unwrap();
+    assert!(
+        prompt.starts_with("A photorealistic image") && prompt.ends_with(": a red fox"),
+        "{prompt}"
+    );
+    let user = sent["user"].as_str().unwrap();
+    assert!(
+        user.len() == 32 && !user.contains("alice"),
+        "user must be an opaque hash: {user}"
+    );
+
+    let call = stack
+        .audit_events()
+        .into_iter()
+        .find(|e| e["fields"]["event"] == "tool_call")
+        .unwrap();
+    assert_eq!(call["fields"]["output_tokens"], 1056);
+}
+
+/// Provider failures are tool errors (`isError: true`) with actionable text,
+/// and nothing is stored.
+#[tokio::test]
+async fn provider_failures_are_actionable_tool_errors() {
+    let cases = [
+        (
+            "gpt-image-1",
+            FakeOptions::default(),
+            "a cat".to_string(),
+            "OPENAI_IMAGE_MODEL",
+            "model_not_found",
+        ),
+        (
+            "gpt-image-2",
+            FakeOptions::default(),
+            format!("a cat {BLOCKED_MARKER}"),
+            "content policy",
+            "content_refused",
+        ),
+    ];
+    for (model, options, prompt, expected_text, class) in cases {
+        let stack = Stack::start_with(openai(model, options)).await.unwrap();
+        let client = connect(&stack.mcp_url, &stack.token("bob", "acme")).await.unwrap();
+        let result = generate(&client, json!({"prompt": prompt})).await.unwrap();
+        assert_eq!(result.is_error, Some(true), "{model}");
+        let text = result.content.iter().find_map(|c| c.as_text()).unwrap().text.clone();
+        assert!(text.contains(expected_text), "{model}: {text}");
+        assert!(result.structured_content.is_none());
+        let call = stack
+            .audit_events()
+            .into_iter()
+            .find(|e| e["fields"]["event"] == "tool_call")
+            .unwrap();
+        assert_eq!(call["fields"]["outcome"], "ToolError");
+        assert_eq!(call["fields"]["error_class"], class);
+        assert_eq!(call["fields"]["images_stored"], 0);
+        assert!(
+            !stack.state_dir.join("images/acme").exists(),
+            "nothing stored for a failed call"
+        );
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn provider_rate_limit_is_reported_with_retry_after() {
+    let options = FakeOptions {
+        images_per_minute: Some(1),
+        ..FakeOptions::default()
+    };
+    let stack = Stack::start_with(openai("gpt-image-2", options)).await.unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("carol", "acme")).await.unwrap();
+    let first = generate(&client, json!({"prompt": "one"})).await.unwrap();
+    assert_eq!(first.is_error, Some(false));
+    let second = generate(&client, json!({"prompt": "two"})).await.unwrap();
+    assert_eq!(second.is_error, Some(true));
+    let text = second.content.iter().find_map(|c| c.as_text()).unwrap().text.clone();
+    assert!(text.contains("rate limiting") && text.contains("retry after"), "{text}");
+    client.cancel().await.unwrap();
+}
