@@ -6,6 +6,8 @@
 use serde::Deserialize;
 
 use crate::jwt::{JwtVerifier, JwtVerifierError};
+use crate::policy::{self, CallPolicy};
+use crate::transport::{self, TransportPolicy};
 
 /// Default cap on a request body, from the PRD (2 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2048;
@@ -22,6 +24,24 @@ pub struct FilterConfigSpec {
     /// Where the MCP endpoint lives; used to scope JSON-RPC checks.
     #[serde(default = "default_mcp_path")]
     pub mcp_path: String,
+    /// Accepted `MCP-Protocol-Version` values.
+    #[serde(default)]
+    pub protocol_versions: Option<Vec<String>>,
+    /// Accepted `Origin`s: bare hosts (any port) or `scheme://host[:port|:*]`.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// JSON-RPC methods let through to the upstream.
+    #[serde(default)]
+    pub allowed_methods: Option<Vec<String>>,
+    /// Tools `tools/call` may name.
+    #[serde(default)]
+    pub allowed_tools: Option<Vec<String>>,
+    /// Longest `generate_image` prompt, in characters.
+    #[serde(default = "default_max_prompt_chars")]
+    pub max_prompt_chars: usize,
+    /// Largest `n` of one `generate_image` call.
+    #[serde(default = "default_max_images_per_call")]
+    pub max_images_per_call: u64,
     pub jwt: JwtSpec,
 }
 
@@ -52,6 +72,12 @@ fn default_max_body_bytes() -> usize {
 fn default_mcp_path() -> String {
     "/mcp".to_string()
 }
+fn default_max_prompt_chars() -> usize {
+    policy::DEFAULT_MAX_PROMPT_CHARS
+}
+fn default_max_images_per_call() -> u64 {
+    policy::DEFAULT_MAX_IMAGES_PER_CALL
+}
 fn default_org_claim() -> String {
     "org".to_string()
 }
@@ -66,6 +92,8 @@ fn default_realm() -> String {
 pub struct FilterConfig {
     pub max_body_bytes: usize,
     pub mcp_path: String,
+    pub transport: TransportPolicy,
+    pub calls: CallPolicy,
     pub jwt: JwtVerifier,
     pub realm: String,
 }
@@ -81,6 +109,12 @@ pub enum ConfigError {
     MaxBodyBytes(usize),
     #[error("`mcp_path` must start with '/', got {0:?}")]
     McpPath(String),
+    #[error("`protocol_versions` must list versions like \"2025-06-18\", got {0:?}")]
+    ProtocolVersions(Vec<String>),
+    #[error("`{0}` must not be empty or contain empty entries")]
+    EmptyList(&'static str),
+    #[error("`max_prompt_chars` and `max_images_per_call` must be at least 1")]
+    ZeroLimit,
     #[error("`jwt`: {0}")]
     Jwt(#[from] JwtVerifierError),
 }
@@ -106,15 +140,61 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
         if !spec.mcp_path.starts_with('/') {
             return Err(ConfigError::McpPath(spec.mcp_path));
         }
+        let protocol_versions = spec
+            .protocol_versions
+            .unwrap_or_else(|| transport::DEFAULT_PROTOCOL_VERSIONS.map(str::to_string).to_vec());
+        if protocol_versions.is_empty() || !protocol_versions.iter().all(|v| is_version(v)) {
+            return Err(ConfigError::ProtocolVersions(protocol_versions));
+        }
+        let list = |value: Option<Vec<String>>, default: &[&str], field: &'static str| {
+            let list = value.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+            if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
+                return Err(ConfigError::EmptyList(field));
+            }
+            Ok(list)
+        };
+        let allowed_origins = list(
+            spec.allowed_origins,
+            &transport::DEFAULT_ORIGIN_HOSTS,
+            "allowed_origins",
+        )?;
+        let allowed_methods = list(spec.allowed_methods, &policy::DEFAULT_METHODS, "allowed_methods")?;
+        let allowed_tools = list(spec.allowed_tools, &policy::DEFAULT_TOOLS, "allowed_tools")?;
+        if spec.max_prompt_chars == 0 || spec.max_images_per_call == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
         let realm = spec.jwt.realm.clone();
         let jwt = JwtVerifier::from_spec(&spec.jwt)?;
         Ok(Self {
             max_body_bytes: spec.max_body_bytes,
             mcp_path: spec.mcp_path,
+            transport: TransportPolicy {
+                protocol_versions,
+                allowed_origins,
+            },
+            calls: CallPolicy {
+                allowed_methods: allowed_methods.into_iter().collect(),
+                allowed_tools: allowed_tools.into_iter().collect(),
+                max_prompt_chars: spec.max_prompt_chars,
+                max_images_per_call: spec.max_images_per_call,
+            },
             jwt,
             realm,
         })
     }
+}
+
+/// `YYYY-MM-DD`, the shape of every MCP protocol version.
+fn is_version(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                *b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
 }
 
 #[cfg(test)]
@@ -159,6 +239,16 @@ mod tests {
                 "no audience",
                 serde_json::json!({"jwt": {"issuer": "i", "audiences": [], "jwks": jwks()}}),
                 "`audiences`",
+            ),
+            (
+                "bad protocol version",
+                serde_json::json!({"protocol_versions": ["latest"], "jwt": {"issuer": "i", "audiences": ["a"], "jwks": jwks()}}),
+                "`protocol_versions`",
+            ),
+            (
+                "empty tool list",
+                serde_json::json!({"allowed_tools": [], "jwt": {"issuer": "i", "audiences": ["a"], "jwks": jwks()}}),
+                "`allowed_tools`",
             ),
             (
                 "bad path",

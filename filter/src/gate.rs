@@ -2,9 +2,11 @@
 //! the glue in `lib.rs` feeds it headers and body and carries out the verdict.
 
 use crate::config::FilterConfig;
-use crate::jsonrpc::{self, code, Message};
+use crate::jsonrpc::{self, code};
 use crate::jwt::{AuthError, Identity};
+use crate::policy::ToolCall;
 use crate::reply::Reject;
+use crate::transport::{self, McpHeaders};
 
 /// Identity headers the upstream trusts; any client-supplied copy is removed.
 pub const IDENTITY_HEADERS: [&str; 4] = ["x-mcp-user", "x-mcp-org", "x-mcp-key-id", "x-mcp-scopes"];
@@ -17,8 +19,22 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     pub content_length: Option<&'a str>,
     pub authorization: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub accept: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub protocol_version: Option<&'a str>,
+    pub mcp_method: Option<&'a str>,
+    pub mcp_name: Option<&'a str>,
     /// True when the request has no body.
     pub end_of_stream: bool,
+}
+
+/// Header values the body check still needs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeldHeaders {
+    pub protocol_version: Option<String>,
+    pub mcp_method: Option<String>,
+    pub mcp_name: Option<String>,
 }
 
 /// The decision taken on the request head.
@@ -27,17 +43,24 @@ pub enum HeadVerdict {
     /// Forward now.
     Forward(Identity),
     /// Hold the request until its body has been checked.
-    InspectBody(Identity),
+    InspectBody(Identity, HeldHeaders),
     Reject(Reject),
 }
 
 /// Decides on a request from its head, at time `now` (Unix seconds).
 pub fn check_head(config: &FilterConfig, head: &RequestHead<'_>, now: u64) -> HeadVerdict {
+    match check_head_inner(config, head, now) {
+        Ok(verdict) => verdict,
+        Err(reject) => HeadVerdict::Reject(reject),
+    }
+}
+
+fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, now: u64) -> Result<HeadVerdict, Reject> {
     let path = head.path.split_once('?').map_or(head.path, |(path, _)| path);
     let is_mcp = path == config.mcp_path;
-    if is_mcp && !matches!(head.method, "POST" | "GET" | "DELETE") {
-        return HeadVerdict::Reject(
-            Reject::new(
+    if is_mcp {
+        if !matches!(head.method, "POST" | "GET" | "DELETE") {
+            return Err(Reject::new(
                 405,
                 code::INVALID_REQUEST,
                 "method_not_allowed",
@@ -46,37 +69,47 @@ pub fn check_head(config: &FilterConfig, head: &RequestHead<'_>, now: u64) -> He
                     head.method
                 ),
             )
-            .with_header("allow", "GET, POST, DELETE"),
-        );
+            .with_header("allow", "GET, POST, DELETE"));
+        }
+        config.transport.check_origin(head.origin)?;
     }
     if let Some(length) = head.content_length {
         match length.trim().parse::<u64>() {
-            Ok(length) if length > config.max_body_bytes as u64 => {
-                return HeadVerdict::Reject(too_large(config));
-            }
+            Ok(length) if length > config.max_body_bytes as u64 => return Err(too_large(config)),
             Ok(_) => {}
             Err(_) => {
-                return HeadVerdict::Reject(Reject::bad_request(
+                return Err(Reject::bad_request(
                     code::INVALID_REQUEST,
                     "Invalid Request: Content-Length is not a number",
                 ))
             }
         }
     }
-    let identity = match config.jwt.verify_header(head.authorization, now) {
-        Ok(identity) => identity,
-        Err(error) => return HeadVerdict::Reject(unauthorized(config, error)),
-    };
-    if is_mcp && head.method == "POST" {
-        if head.end_of_stream {
-            return HeadVerdict::Reject(Reject::bad_request(
-                code::PARSE_ERROR,
-                "Parse error: the request body is empty; send one JSON-RPC 2.0 message",
-            ));
-        }
-        return HeadVerdict::InspectBody(identity);
+    let identity = config
+        .jwt
+        .verify_header(head.authorization, now)
+        .map_err(|e| unauthorized(config, e))?;
+    if !(is_mcp && head.method == "POST") {
+        return Ok(HeadVerdict::Forward(identity));
     }
-    HeadVerdict::Forward(identity)
+    config.transport.check_post_headers(&McpHeaders {
+        content_type: head.content_type,
+        accept: head.accept,
+        protocol_version: head.protocol_version,
+        origin: head.origin,
+    })?;
+    if head.end_of_stream {
+        return Err(Reject::bad_request(
+            code::PARSE_ERROR,
+            "Parse error: the request body is empty; send one JSON-RPC 2.0 message",
+        ));
+    }
+    let held = HeldHeaders {
+        protocol_version: head.protocol_version.map(str::to_string),
+        mcp_method: head.mcp_method.map(str::to_string),
+        mcp_name: head.mcp_name.map(str::to_string),
+    };
+    Ok(HeadVerdict::InspectBody(identity, held))
 }
 
 /// Checks the size of the body received so far.
@@ -87,10 +120,18 @@ pub fn check_body_size(config: &FilterConfig, received: usize) -> Result<(), Rej
     Ok(())
 }
 
-/// Checks a complete MCP POST body.
-pub fn check_body(config: &FilterConfig, body: &[u8]) -> Result<Message, Reject> {
+/// Checks a complete MCP POST body; returns the tool call it makes, if any.
+pub fn check_body(config: &FilterConfig, body: &[u8], held: &HeldHeaders) -> Result<Option<ToolCall>, Reject> {
     check_body_size(config, body.len())?;
-    jsonrpc::parse_message(body)
+    let envelope = jsonrpc::parse_envelope(body)?;
+    transport::check_routing_headers(
+        held.protocol_version.as_deref(),
+        held.mcp_method.as_deref(),
+        held.mcp_name.as_deref(),
+        &envelope.message,
+        envelope.params.as_ref(),
+    )?;
+    config.calls.check(&envelope)
 }
 
 /// The identity headers to set for the upstream.
@@ -154,29 +195,30 @@ mod tests {
         (config, format!("Bearer {token}"))
     }
 
+    fn post<'a>(auth: Option<&'a str>, length: Option<&'a str>) -> RequestHead<'a> {
+        RequestHead {
+            method: "POST",
+            path: "/mcp",
+            content_length: length,
+            authorization: auth,
+            content_type: Some("application/json"),
+            accept: Some("application/json, text/event-stream"),
+            protocol_version: Some("2025-06-18"),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn head_decisions() {
         let (config, auth) = setup();
+        let a = Some(auth.as_str());
         let cases: Vec<(&str, RequestHead<'_>, &str)> = vec![
-            (
-                "post with body is held for inspection",
-                RequestHead {
-                    method: "POST",
-                    path: "/mcp",
-                    content_length: Some("100"),
-                    authorization: Some(&auth),
-                    end_of_stream: false,
-                },
-                "inspect",
-            ),
+            ("post with body is held for inspection", post(a, Some("100")), "inspect"),
             (
                 "query string does not change the endpoint",
                 RequestHead {
-                    method: "POST",
                     path: "/mcp?x=1",
-                    content_length: None,
-                    authorization: Some(&auth),
-                    end_of_stream: false,
+                    ..post(a, None)
                 },
                 "inspect",
             ),
@@ -184,10 +226,8 @@ mod tests {
                 "get stream is forwarded",
                 RequestHead {
                     method: "GET",
-                    path: "/mcp",
-                    authorization: Some(&auth),
                     end_of_stream: true,
-                    ..Default::default()
+                    ..post(a, None)
                 },
                 "forward",
             ),
@@ -195,64 +235,59 @@ mod tests {
                 "put is not allowed",
                 RequestHead {
                     method: "PUT",
-                    path: "/mcp",
-                    authorization: Some(&auth),
-                    ..Default::default()
+                    ..post(a, None)
                 },
                 "405",
             ),
+            ("declared size over limit, before auth", post(None, Some("2049")), "413"),
+            ("size at limit", post(a, Some("2048")), "inspect"),
+            ("garbage content length", post(a, Some("12x")), "400"),
+            ("no token", post(None, Some("10")), "401"),
             (
-                "declared size over limit, before auth",
+                "empty post",
                 RequestHead {
-                    method: "POST",
-                    path: "/mcp",
-                    content_length: Some("2049"),
-                    authorization: None,
-                    end_of_stream: false,
-                },
-                "413",
-            ),
-            (
-                "size at limit",
-                RequestHead {
-                    method: "POST",
-                    path: "/mcp",
-                    content_length: Some("2048"),
-                    authorization: Some(&auth),
-                    end_of_stream: false,
-                },
-                "inspect",
-            ),
-            (
-                "garbage content length",
-                RequestHead {
-                    method: "POST",
-                    path: "/mcp",
-                    content_length: Some("12x"),
-                    authorization: Some(&auth),
-                    end_of_stream: false,
+                    end_of_stream: true,
+                    ..post(a, Some("0"))
                 },
                 "400",
             ),
             (
-                "no token",
+                "foreign origin",
                 RequestHead {
-                    method: "POST",
-                    path: "/mcp",
-                    content_length: Some("10"),
-                    authorization: None,
-                    end_of_stream: false,
+                    origin: Some("https://evil.example.com"),
+                    ..post(a, None)
                 },
-                "401",
+                "403",
             ),
             (
-                "empty post",
+                "local origin",
                 RequestHead {
-                    method: "POST",
-                    path: "/mcp",
-                    content_length: Some("0"),
-                    authorization: Some(&auth),
-                    end_of_stream: true,
+                    origin: Some("http://localhost:6274"),
+                    ..post(a, None)
+                },
+                "inspect",
+            ),
+            (
+                "form content type",
+                RequestHead {
+                    content_type: Some("text/plain"),
+                    ..post(a, None)
+                },
+                "415",
+            ),
+            (
+                "accept json only",
+                RequestHead {
+                    accept: Some("application/json"),
+                    ..post(a, None)
+                },
+                "406",
+            ),
+            (
+                "unsupported version",
+                RequestHead {
+                    protocol_version: Some("2024-11-05"),
+                    ..post(a, None)
                 },
                 "400",
             ),
@@ -261,7 +296,6 @@ mod tests {
                 RequestHead {
                     method: "GET",
                     path: "/other",
-                    authorization: None,
                     end_of_stream: true,
                     ..Default::default()
                 },
@@ -271,11 +305,38 @@ mod tests {
         for (name, head, expected) in cases {
             let got = match check_head(&config, &head, NOW) {
                 HeadVerdict::Forward(_) => "forward".to_string(),
-                HeadVerdict::InspectBody(_) => "inspect".to_string(),
+                HeadVerdict::InspectBody(..) => "inspect".to_string(),
                 HeadVerdict::Reject(r) => r.status.to_string(),
             };
             assert_eq!(got, expected, "case: {name}");
         }
+    }
+
+    #[test]
+    fn body_checks_use_the_held_headers() {
+        let (config, _) = setup();
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"x","n":2}}}"#;
+        let v26 = |method: &str, name: &str| HeldHeaders {
+            protocol_version: Some("2026-07-28".into()),
+            mcp_method: Some(method.into()),
+            mcp_name: Some(name.into()),
+        };
+        let call = check_body(&config, body, &v26("tools/call", "generate_image"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(call.images, 2);
+        let lie = check_body(&config, body, &v26("tools/call", "other")).unwrap_err();
+        assert_eq!(
+            (lie.status, lie.code, lie.id.clone()),
+            (400, -32020, serde_json::json!(1))
+        );
+        let not_served = br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#;
+        assert_eq!(
+            check_body(&config, not_served, &HeldHeaders::default())
+                .unwrap_err()
+                .status,
+            404
+        );
     }
 
     #[test]
@@ -303,13 +364,8 @@ mod tests {
     #[test]
     fn identity_comes_from_the_token() {
         let (config, auth) = setup();
-        let head = RequestHead {
-            method: "POST",
-            path: "/mcp",
-            authorization: Some(&auth),
-            ..Default::default()
-        };
-        let HeadVerdict::InspectBody(identity) = check_head(&config, &head, NOW) else {
+        let head = post(Some(&auth), None);
+        let HeadVerdict::InspectBody(identity, _) = check_head(&config, &head, NOW) else {
             panic!("valid token refused");
         };
         let headers = identity_headers(&identity);
@@ -320,13 +376,18 @@ mod tests {
     #[test]
     fn body_limits() {
         let (config, _) = setup();
-        let mut body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"p":""#.to_vec();
-        let tail = br#""}}"#;
+        let mut body =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":""#
+                .to_vec();
+        let tail = br#""}}}"#;
         body.resize(2048 - tail.len(), b'a');
         body.extend_from_slice(tail);
         assert_eq!(body.len(), 2048);
-        assert!(check_body(&config, &body).is_ok());
-        body.insert(60, b'a');
-        assert_eq!(check_body(&config, &body).unwrap_err().status, 413);
+        assert!(check_body(&config, &body, &HeldHeaders::default()).is_ok());
+        body.insert(100, b'a');
+        assert_eq!(
+            check_body(&config, &body, &HeldHeaders::default()).unwrap_err().status,
+            413
+        );
     }
 }

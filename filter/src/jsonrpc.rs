@@ -33,8 +33,25 @@ pub enum Message {
     },
 }
 
+/// A well-formed message and its `params`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub message: Message,
+    pub params: Option<Value>,
+}
+
+impl Envelope {
+    /// The request id to echo in an error, `null` for notifications and responses.
+    pub fn reply_id(&self) -> Value {
+        match &self.message {
+            Message::Request { id, .. } => id.clone(),
+            _ => Value::Null,
+        }
+    }
+}
+
 /// Checks that `body` is exactly one JSON-RPC 2.0 message.
-pub fn parse_message(body: &[u8]) -> Result<Message, Reject> {
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope, Reject> {
     let text = std::str::from_utf8(body).map_err(|e| {
         Reject::bad_request(
             code::PARSE_ERROR,
@@ -43,7 +60,7 @@ pub fn parse_message(body: &[u8]) -> Result<Message, Reject> {
     })?;
     let value: Value =
         serde_json::from_str(text).map_err(|e| Reject::bad_request(code::PARSE_ERROR, format!("Parse error: {e}")))?;
-    let object = match value {
+    let mut object = match value {
         Value::Object(object) => object,
         Value::Array(_) => {
             return Err(Reject::bad_request(
@@ -58,7 +75,16 @@ pub fn parse_message(body: &[u8]) -> Result<Message, Reject> {
             ))
         }
     };
-    classify(&object)
+    let message = classify(&object)?;
+    Ok(Envelope {
+        message,
+        params: object.remove("params"),
+    })
+}
+
+/// Checks that `body` is exactly one JSON-RPC 2.0 message.
+pub fn parse_message(body: &[u8]) -> Result<Message, Reject> {
+    parse_envelope(body).map(|envelope| envelope.message)
 }
 
 fn classify(object: &Map<String, Value>) -> Result<Message, Reject> {

@@ -8,7 +8,9 @@ pub mod config;
 pub mod gate;
 pub mod jsonrpc;
 pub mod jwt;
+pub mod policy;
 pub mod reply;
+pub mod transport;
 
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -17,7 +19,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::FilterConfig;
-use crate::gate::{HeadVerdict, RequestHead};
+use crate::gate::{HeadVerdict, HeldHeaders, RequestHead};
 use crate::reply::Reject;
 
 proxy_wasm::main! {{
@@ -52,7 +54,7 @@ impl RootContext for EdgeRoot {
         let config = self.config.clone()?;
         Some(Box::new(EdgeRequest {
             config,
-            inspecting_body: false,
+            state: RequestState::Headers,
         }))
     }
 
@@ -61,11 +63,22 @@ impl RootContext for EdgeRoot {
     }
 }
 
+/// Where a request is in the filter.
+enum RequestState {
+    /// Waiting for the request headers.
+    Headers,
+    /// An MCP POST held until its body has been checked.
+    HoldingForBody(HeldHeaders),
+    /// Forwarded; later callbacks only watch the body size.
+    Forwarded,
+    /// A local reply was sent.
+    Rejected,
+}
+
 /// Per-request state.
 struct EdgeRequest {
     config: Rc<FilterConfig>,
-    /// True while an MCP POST is held until its body has been checked.
-    inspecting_body: bool,
+    state: RequestState,
 }
 
 impl EdgeRequest {
@@ -82,11 +95,12 @@ impl EdgeRequest {
             .unwrap_or_default()
     }
 
-    fn reject(&self, reject: &Reject) -> Action {
+    fn reject(&mut self, reject: &Reject) -> Action {
         log::info!("rejected {} ({}): {}", reject.status, reject.reason, reject.message);
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(reject.headers.iter().map(|(n, v)| (*n, v.as_str())));
         self.send_http_response(reject.status, headers, Some(reject.body().as_bytes()));
+        self.state = RequestState::Rejected;
         Action::Pause
     }
 }
@@ -95,24 +109,28 @@ impl Context for EdgeRequest {}
 
 impl HttpContext for EdgeRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let method = self.header(":method").unwrap_or_default();
-        let path = self.header(":path").unwrap_or_default();
-        let content_length = self.header("content-length");
-        let authorization = self.header("authorization");
+        let h = |name: &str| self.header(name);
+        let (method, path) = (h(":method").unwrap_or_default(), h(":path").unwrap_or_default());
+        let (content_length, authorization) = (h("content-length"), h("authorization"));
+        let (content_type, accept, origin) = (h("content-type"), h("accept"), h("origin"));
+        let (protocol_version, mcp_method, mcp_name) = (h("mcp-protocol-version"), h("mcp-method"), h("mcp-name"));
         let head = RequestHead {
             method: &method,
             path: &path,
             content_length: content_length.as_deref(),
             authorization: authorization.as_deref(),
+            content_type: content_type.as_deref(),
+            accept: accept.as_deref(),
+            origin: origin.as_deref(),
+            protocol_version: protocol_version.as_deref(),
+            mcp_method: mcp_method.as_deref(),
+            mcp_name: mcp_name.as_deref(),
             end_of_stream,
         };
-        let identity = match gate::check_head(&self.config, &head, self.now()) {
+        let (identity, next) = match gate::check_head(&self.config, &head, self.now()) {
             HeadVerdict::Reject(reject) => return self.reject(&reject),
-            HeadVerdict::Forward(identity) => identity,
-            HeadVerdict::InspectBody(identity) => {
-                self.inspecting_body = true;
-                identity
-            }
+            HeadVerdict::Forward(identity) => (identity, RequestState::Forwarded),
+            HeadVerdict::InspectBody(identity, held) => (identity, RequestState::HoldingForBody(held)),
         };
         for name in gate::IDENTITY_HEADERS {
             self.remove_http_request_header(name);
@@ -122,27 +140,30 @@ impl HttpContext for EdgeRequest {
         for (name, value) in gate::identity_headers(&identity) {
             self.set_http_request_header(name, Some(&value));
         }
-        if self.inspecting_body {
-            Action::Pause
-        } else {
-            Action::Continue
+        self.state = next;
+        match self.state {
+            RequestState::HoldingForBody(_) => Action::Pause,
+            _ => Action::Continue,
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if matches!(self.state, RequestState::Rejected) {
+            return Action::Pause;
+        }
         if let Err(reject) = gate::check_body_size(&self.config, body_size) {
             return self.reject(&reject);
         }
-        if !self.inspecting_body {
+        let RequestState::HoldingForBody(held) = &self.state else {
             return Action::Continue;
-        }
+        };
         if !end_of_stream {
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        match gate::check_body(&self.config, &body) {
+        match gate::check_body(&self.config, &body, held) {
             Ok(_) => {
-                self.inspecting_body = false;
+                self.state = RequestState::Forwarded;
                 Action::Continue
             }
             Err(reject) => self.reject(&reject),

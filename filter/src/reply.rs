@@ -14,6 +14,8 @@ pub struct Reject {
     pub headers: Vec<(&'static str, String)>,
     /// Short label for logs and metrics.
     pub reason: &'static str,
+    /// Optional JSON-RPC `error.data`.
+    pub data: Option<Value>,
 }
 
 impl Reject {
@@ -25,6 +27,7 @@ impl Reject {
             id: Value::Null,
             headers: Vec::new(),
             reason,
+            data: None,
         }
     }
 
@@ -42,6 +45,16 @@ impl Reject {
         self
     }
 
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = reason;
+        self
+    }
+
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
@@ -49,11 +62,10 @@ impl Reject {
 
     /// The JSON-RPC error body.
     pub fn body(&self) -> String {
-        json!({
-            "jsonrpc": "2.0",
-            "id": self.id,
-            "error": {"code": self.code, "message": self.message},
-        })
-        .to_string()
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let (Some(data), Some(error)) = (&self.data, error.as_object_mut()) {
+            error.insert("data".into(), data.clone());
+        }
+        json!({"jsonrpc": "2.0", "id": self.id, "error": error}).to_string()
     }
 }

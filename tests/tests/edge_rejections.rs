@@ -79,6 +79,20 @@ async fn bad_requests_are_rejected_at_the_edge() {
     .unwrap();
     std::fs::remove_dir_all(&stranger_dir).unwrap();
     let list = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.to_vec();
+    let call = |arguments: Value| {
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "generate_image", "arguments": arguments}})
+            .to_string()
+            .into_bytes()
+    };
+    let with = |name: &'static str, value: &'static str| {
+        let mut headers = mcp_headers(Some(&good));
+        headers.insert(name, HeaderValue::from_static(value));
+        headers
+    };
+    let mut v2026 = mcp_headers(Some(&good));
+    v2026.insert("mcp-protocol-version", HeaderValue::from_static("2026-07-28"));
+    v2026.insert("mcp-method", HeaderValue::from_static("tools/call"));
+    v2026.insert("mcp-name", HeaderValue::from_static("something_else"));
     let mut non_utf8 = mcp_headers(None);
     non_utf8.insert("authorization", HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap());
 
