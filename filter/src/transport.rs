@@ -263,7 +263,8 @@ mod tests {
             protocol_version: Some("2025-06-18"),
             origin: None,
         };
-        let cases: Vec<(&str, McpHeaders<'_>, Option<(u32, i32)>)> = vec![
+        type Case<'a> = (&'a str, McpHeaders<'a>, Option<(u32, i32)>);
+        let cases: Vec<Case<'_>> = vec![
             ("canonical", good.clone(), None),
             (
                 "charset param",
