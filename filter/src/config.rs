@@ -5,7 +5,9 @@
 
 use serde::Deserialize;
 
+use crate::credentials::{ApiKeyError, ApiKeySpec, ApiKeys};
 use crate::jwt::{JwtVerifier, JwtVerifierError};
+use crate::limits::{LimitsError, RateLimits, RateLimitsSpec};
 use crate::policy::{self, CallPolicy};
 use crate::transport::{self, TransportPolicy};
 
@@ -43,6 +45,78 @@ pub struct FilterConfigSpec {
     #[serde(default = "default_max_images_per_call")]
     pub max_images_per_call: u64,
     pub jwt: JwtSpec,
+    /// API keys (hashed), each mapped to an id, org and limits.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySpec>,
+    /// Token buckets and daily quotas.
+    #[serde(default)]
+    pub rate_limits: RateLimitsSpec,
+    /// Scope a caller needs for `tools/call` (403 `insufficient_scope` without it).
+    #[serde(default)]
+    pub tools_call_scope: Option<String>,
+    /// RFC 9728 protected-resource metadata, served by the filter and named in 401s.
+    #[serde(default)]
+    pub protected_resource: Option<ProtectedResourceSpec>,
+    /// Verified JWTs kept per worker (0 disables the cache).
+    #[serde(default = "default_token_cache_entries")]
+    pub token_cache_entries: usize,
+}
+
+/// RFC 9728 metadata for this MCP server.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectedResourceSpec {
+    /// The MCP server's resource URL, e.g. `https://gw.example.com/mcp`.
+    pub resource: String,
+    pub authorization_servers: Vec<String>,
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    #[serde(default)]
+    pub resource_name: Option<String>,
+}
+
+/// Where the metadata is served and how 401s point to it.
+#[derive(Debug, Clone)]
+pub struct ProtectedResource {
+    /// Paths answering GET with the metadata document.
+    pub paths: Vec<String>,
+    /// Absolute URL for `WWW-Authenticate: Bearer resource_metadata=...`.
+    pub metadata_url: String,
+    /// The metadata document.
+    pub document: String,
+}
+
+impl ProtectedResource {
+    fn from_spec(spec: &ProtectedResourceSpec) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::ProtectedResource(spec.resource.clone());
+        let (scheme, rest) = spec.resource.split_once("://").ok_or_else(bad)?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (rest.get(..i).ok_or_else(bad)?, rest.get(i..).ok_or_else(bad)?),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || spec.authorization_servers.is_empty() {
+            return Err(bad());
+        }
+        let root = "/.well-known/oauth-protected-resource".to_string();
+        let mut paths = vec![root.clone()];
+        let path = path.trim_end_matches('/');
+        if !path.is_empty() {
+            paths.push(format!("{root}{path}"));
+        }
+        let document = serde_json::json!({
+            "resource": spec.resource,
+            "authorization_servers": spec.authorization_servers,
+            "scopes_supported": spec.scopes_supported,
+            "bearer_methods_supported": ["header"],
+            "resource_name": spec.resource_name.clone().unwrap_or_else(|| "MCP image gateway".into()),
+        })
+        .to_string();
+        Ok(Self {
+            metadata_url: format!("{scheme}://{authority}{root}"),
+            paths,
+            document,
+        })
+    }
 }
 
 /// IAM JWT verification settings.
@@ -78,6 +152,9 @@ fn default_max_prompt_chars() -> usize {
 fn default_max_images_per_call() -> u64 {
     policy::DEFAULT_MAX_IMAGES_PER_CALL
 }
+fn default_token_cache_entries() -> usize {
+    10_000
+}
 fn default_org_claim() -> String {
     "org".to_string()
 }
@@ -96,6 +173,12 @@ pub struct FilterConfig {
     pub calls: CallPolicy,
     pub jwt: JwtVerifier,
     pub realm: String,
+    pub api_keys: ApiKeys,
+    /// Per-key overrides of the caller bucket, by key id.
+    pub rate_limits: RateLimits,
+    pub tools_call_scope: Option<String>,
+    pub protected_resource: Option<ProtectedResource>,
+    pub token_cache_entries: usize,
 }
 
 /// Why a configuration was refused.
@@ -115,6 +198,14 @@ pub enum ConfigError {
     EmptyList(&'static str),
     #[error("`max_prompt_chars` and `max_images_per_call` must be at least 1")]
     ZeroLimit,
+    #[error("`protected_resource`: `resource` must be an absolute URL and `authorization_servers` non-empty (resource {0:?})")]
+    ProtectedResource(String),
+    #[error("`api_keys[{0}]`: requests_per_second must be > 0 and burst >= 1")]
+    ApiKeyRate(usize),
+    #[error("{0}")]
+    ApiKeys(#[from] ApiKeyError),
+    #[error("{0}")]
+    Limits(#[from] LimitsError),
     #[error("`jwt`: {0}")]
     Jwt(#[from] JwtVerifierError),
 }
@@ -165,6 +256,19 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
         }
         let realm = spec.jwt.realm.clone();
         let jwt = JwtVerifier::from_spec(&spec.jwt)?;
+        for (index, key) in spec.api_keys.iter().enumerate() {
+            let rate_ok = key.requests_per_second.is_none_or(|r| r.is_finite() && r > 0.0);
+            if !rate_ok || key.burst == Some(0) {
+                return Err(ConfigError::ApiKeyRate(index));
+            }
+        }
+        let api_keys = ApiKeys::from_specs(&spec.api_keys)?;
+        let rate_limits = RateLimits::from_spec(&spec.rate_limits)?;
+        let protected_resource = spec
+            .protected_resource
+            .as_ref()
+            .map(ProtectedResource::from_spec)
+            .transpose()?;
         Ok(Self {
             max_body_bytes: spec.max_body_bytes,
             mcp_path: spec.mcp_path,
@@ -180,6 +284,11 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
             },
             jwt,
             realm,
+            api_keys,
+            rate_limits,
+            tools_call_scope: spec.tools_call_scope.filter(|s| !s.is_empty()),
+            protected_resource,
+            token_cache_entries: spec.token_cache_entries,
         })
     }
 }

@@ -2,8 +2,10 @@
 //! the glue in `lib.rs` feeds it headers and body and carries out the verdict.
 
 use crate::config::FilterConfig;
+use crate::credentials::{self, CacheUse, TokenCache};
 use crate::jsonrpc::{self, code};
 use crate::jwt::{AuthError, Identity};
+use crate::limits::SharedStore;
 use crate::policy::ToolCall;
 use crate::reply::Reject;
 use crate::transport::{self, McpHeaders};
@@ -19,6 +21,7 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     pub content_length: Option<&'a str>,
     pub authorization: Option<&'a str>,
+    pub x_api_key: Option<&'a str>,
     pub content_type: Option<&'a str>,
     pub accept: Option<&'a str>,
     pub origin: Option<&'a str>,
@@ -29,34 +32,57 @@ pub struct RequestHead<'a> {
     pub end_of_stream: bool,
 }
 
-/// Header values the body check still needs.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct HeldHeaders {
+/// What the host lends the decisions: the per-worker token cache, the
+/// cross-worker shared store, and the clock.
+pub struct Host<'a> {
+    pub cache: &'a mut TokenCache,
+    pub store: &'a dyn SharedStore,
+    pub now_ms: u64,
+}
+
+/// What the body check still needs from the head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRequest {
+    pub identity: Identity,
     pub protocol_version: Option<String>,
     pub mcp_method: Option<String>,
     pub mcp_name: Option<String>,
+}
+
+/// An admitted caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub identity: Identity,
+    pub cache: CacheUse,
 }
 
 /// The decision taken on the request head.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadVerdict {
     /// Forward now.
-    Forward(Identity),
+    Forward(Admitted),
     /// Hold the request until its body has been checked.
-    InspectBody(Identity, HeldHeaders),
+    InspectBody(Admitted, HeldRequest),
+    /// Answer locally with this JSON document (protected-resource metadata).
+    Serve(String),
     Reject(Reject),
 }
 
-/// Decides on a request from its head, at time `now` (Unix seconds).
-pub fn check_head(config: &FilterConfig, head: &RequestHead<'_>, now: u64) -> HeadVerdict {
-    match check_head_inner(config, head, now) {
+/// Decides on a request from its head.
+pub fn check_head(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Host<'_>) -> HeadVerdict {
+    match check_head_inner(config, head, host) {
         Ok(verdict) => verdict,
         Err(reject) => HeadVerdict::Reject(reject),
     }
 }
 
-fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, now: u64) -> Result<HeadVerdict, Reject> {
+fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Host<'_>) -> Result<HeadVerdict, Reject> {
     let path = head.path.split_once('?').map_or(head.path, |(path, _)| path);
+    if let Some(resource) = &config.protected_resource {
+        if matches!(head.method, "GET" | "HEAD") && resource.paths.iter().any(|p| p == path) {
+            return Ok(HeadVerdict::Serve(resource.document.clone()));
+        }
+    }
     let is_mcp = path == config.mcp_path;
     if is_mcp {
         if !matches!(head.method, "POST" | "GET" | "DELETE") {
@@ -85,12 +111,18 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, now: u64) -> 
             }
         }
     }
-    let identity = config
-        .jwt
-        .verify_header(head.authorization, now)
-        .map_err(|e| unauthorized(config, e))?;
+    let (identity, cache, caller_limits) = credentials::authenticate(
+        &config.jwt,
+        &config.api_keys,
+        host.cache,
+        head.authorization,
+        head.x_api_key,
+        host.now_ms / 1000,
+    )
+    .map_err(|e| unauthorized(config, e))?;
+    let admitted = Admitted { identity, cache };
     if !(is_mcp && head.method == "POST") {
-        return Ok(HeadVerdict::Forward(identity));
+        return Ok(HeadVerdict::Forward(admitted));
     }
     config.transport.check_post_headers(&McpHeaders {
         content_type: head.content_type,
@@ -104,12 +136,16 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, now: u64) -> 
             "Parse error: the request body is empty; send one JSON-RPC 2.0 message",
         ));
     }
-    let held = HeldHeaders {
+    config
+        .rate_limits
+        .check_request(host.store, &admitted.identity, caller_limits, host.now_ms)?;
+    let held = HeldRequest {
+        identity: admitted.identity.clone(),
         protocol_version: head.protocol_version.map(str::to_string),
         mcp_method: head.mcp_method.map(str::to_string),
         mcp_name: head.mcp_name.map(str::to_string),
     };
-    Ok(HeadVerdict::InspectBody(identity, held))
+    Ok(HeadVerdict::InspectBody(admitted, held))
 }
 
 /// Checks the size of the body received so far.
@@ -121,7 +157,12 @@ pub fn check_body_size(config: &FilterConfig, received: usize) -> Result<(), Rej
 }
 
 /// Checks a complete MCP POST body; returns the tool call it makes, if any.
-pub fn check_body(config: &FilterConfig, body: &[u8], held: &HeldHeaders) -> Result<Option<ToolCall>, Reject> {
+pub fn check_body(
+    config: &FilterConfig,
+    body: &[u8],
+    held: &HeldRequest,
+    host: &mut Host<'_>,
+) -> Result<Option<ToolCall>, Reject> {
     check_body_size(config, body.len())?;
     let envelope = jsonrpc::parse_envelope(body)?;
     transport::check_routing_headers(
@@ -131,16 +172,33 @@ pub fn check_body(config: &FilterConfig, body: &[u8], held: &HeldHeaders) -> Res
         &envelope.message,
         envelope.params.as_ref(),
     )?;
-    config.calls.check(&envelope)
+    let call = config.calls.check(&envelope)?;
+    if let Some(call) = &call {
+        if let Some(scope) = &config.tools_call_scope {
+            if !held.identity.scopes.iter().any(|s| s == scope) {
+                return Err(insufficient_scope(config, scope).with_id(envelope.reply_id()));
+            }
+        }
+        if call.images > 0 {
+            config
+                .rate_limits
+                .check_images(host.store, &held.identity.org, call.images, host.now_ms)?;
+        }
+    }
+    Ok(call)
 }
 
 /// The identity headers to set for the upstream.
-pub fn identity_headers(identity: &Identity) -> [(&'static str, String); 3] {
-    [
+pub fn identity_headers(identity: &Identity) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
         ("x-mcp-user", identity.user.clone()),
         ("x-mcp-org", identity.org.clone()),
         ("x-mcp-scopes", identity.scopes.join(" ")),
-    ]
+    ];
+    if let Some(key_id) = &identity.key_id {
+        headers.push(("x-mcp-key-id", key_id.clone()));
+    }
+    headers
 }
 
 fn too_large(config: &FilterConfig) -> Reject {
@@ -155,12 +213,21 @@ fn too_large(config: &FilterConfig) -> Reject {
     )
 }
 
+fn resource_metadata_param(config: &FilterConfig) -> String {
+    config
+        .protected_resource
+        .as_ref()
+        .map(|r| format!(", resource_metadata=\"{}\"", r.metadata_url))
+        .unwrap_or_default()
+}
+
 fn unauthorized(config: &FilterConfig, error: AuthError) -> Reject {
+    let metadata = resource_metadata_param(config);
     // RFC 6750 §3: no error code when the client sent no credentials.
     let challenge = match error {
-        AuthError::MissingToken => format!("Bearer realm=\"{}\"", config.realm),
+        AuthError::MissingToken => format!("Bearer realm=\"{}\"{metadata}", config.realm),
         _ => format!(
-            "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+            "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"{metadata}",
             config.realm,
             error.to_string().replace('"', "'")
         ),
@@ -169,11 +236,71 @@ fn unauthorized(config: &FilterConfig, error: AuthError) -> Reject {
         .with_header("www-authenticate", challenge)
 }
 
+fn insufficient_scope(config: &FilterConfig, scope: &str) -> Reject {
+    let challenge = format!(
+        "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{scope}\"{}",
+        config.realm,
+        resource_metadata_param(config)
+    );
+    Reject::new(
+        403,
+        code::UNAUTHORIZED,
+        "insufficient_scope",
+        format!("Forbidden: calling tools needs the {scope:?} scope, which this token or key does not grant"),
+    )
+    .with_header("www-authenticate", challenge)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::MemStore;
     use jwt_simple::prelude::*;
     use serde_json::json;
+
+    fn run(config: &FilterConfig, head: &RequestHead<'_>) -> HeadVerdict {
+        let mut cache = TokenCache::new(16);
+        let store = MemStore::default();
+        check_head(
+            config,
+            head,
+            &mut Host {
+                cache: &mut cache,
+                store: &store,
+                now_ms: NOW * 1000,
+            },
+        )
+    }
+
+    fn body(config: &FilterConfig, bytes: &[u8], held: &HeldRequest) -> Result<Option<ToolCall>, Reject> {
+        let mut cache = TokenCache::new(16);
+        let store = MemStore::default();
+        check_body(
+            config,
+            bytes,
+            held,
+            &mut Host {
+                cache: &mut cache,
+                store: &store,
+                now_ms: NOW * 1000,
+            },
+        )
+    }
+
+    fn held(scopes: &[&str]) -> HeldRequest {
+        HeldRequest {
+            identity: Identity {
+                user: "alice".into(),
+                org: "acme".into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                expires_at: u64::MAX,
+                key_id: None,
+            },
+            protocol_version: None,
+            mcp_method: None,
+            mcp_name: None,
+        }
+    }
 
     const NOW: u64 = 1_800_000_000;
 
@@ -303,9 +430,10 @@ mod tests {
             ),
         ];
         for (name, head, expected) in cases {
-            let got = match check_head(&config, &head, NOW) {
+            let got = match run(&config, &head) {
                 HeadVerdict::Forward(_) => "forward".to_string(),
                 HeadVerdict::InspectBody(..) => "inspect".to_string(),
+                HeadVerdict::Serve(_) => "serve".to_string(),
                 HeadVerdict::Reject(r) => r.status.to_string(),
             };
             assert_eq!(got, expected, "case: {name}");
@@ -315,27 +443,76 @@ mod tests {
     #[test]
     fn body_checks_use_the_held_headers() {
         let (config, _) = setup();
-        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"x","n":2}}}"#;
-        let v26 = |method: &str, name: &str| HeldHeaders {
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"x","n":2}}}"#;
+        let v26 = |method: &str, name: &str| HeldRequest {
             protocol_version: Some("2026-07-28".into()),
             mcp_method: Some(method.into()),
             mcp_name: Some(name.into()),
+            ..held(&[])
         };
-        let call = check_body(&config, body, &v26("tools/call", "generate_image"))
+        let tool_call = body(&config, call, &v26("tools/call", "generate_image"))
             .unwrap()
             .unwrap();
-        assert_eq!(call.images, 2);
-        let lie = check_body(&config, body, &v26("tools/call", "other")).unwrap_err();
-        assert_eq!(
-            (lie.status, lie.code, lie.id.clone()),
-            (400, -32020, serde_json::json!(1))
-        );
+        assert_eq!(tool_call.images, 2);
+        let lie = body(&config, call, &v26("tools/call", "other")).unwrap_err();
+        assert_eq!((lie.status, lie.code, lie.id.clone()), (400, -32020, json!(1)));
         let not_served = br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#;
+        assert_eq!(body(&config, not_served, &held(&[])).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn scopes_and_protected_resource_metadata() {
+        let key = Ed25519KeyPair::generate();
+        let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+        let config = FilterConfig::from_json(
+            json!({
+                "jwt": {"issuer": "iss", "audiences": ["aud"], "jwks": {"keys": [jwk]}},
+                "tools_call_scope": "images:generate",
+                "protected_resource": {"resource": "https://gw.example.com/mcp", "authorization_servers": ["https://iam.example.com"]}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let call = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"x"}}}"#;
+        let forbidden = body(&config, call, &held(&["images:read"])).unwrap_err();
         assert_eq!(
-            check_body(&config, not_served, &HeldHeaders::default())
-                .unwrap_err()
-                .status,
-            404
+            (forbidden.status, forbidden.reason, forbidden.id.clone()),
+            (403, "insufficient_scope", json!(9))
+        );
+        let challenge = &forbidden.headers[0].1;
+        assert!(
+            challenge.contains("error=\"insufficient_scope\", scope=\"images:generate\""),
+            "{challenge}"
+        );
+        assert!(challenge.contains("resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource\""));
+        assert!(body(&config, call, &held(&["images:generate"])).is_ok());
+        let list = br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#;
+        assert!(body(&config, list, &held(&[])).is_ok(), "listing needs no scope");
+
+        for path in [
+            "/.well-known/oauth-protected-resource",
+            "/.well-known/oauth-protected-resource/mcp",
+        ] {
+            let head = RequestHead {
+                method: "GET",
+                path,
+                end_of_stream: true,
+                ..Default::default()
+            };
+            let HeadVerdict::Serve(document) = run(&config, &head) else {
+                panic!("{path} not served")
+            };
+            let document: serde_json::Value = serde_json::from_str(&document).unwrap();
+            assert_eq!(document["resource"], "https://gw.example.com/mcp");
+            assert_eq!(document["authorization_servers"], json!(["https://iam.example.com"]));
+        }
+        let HeadVerdict::Reject(unauthorized) = run(&config, &post(None, None)) else {
+            panic!()
+        };
+        assert_eq!(
+            unauthorized.headers[0].1,
+            "Bearer realm=\"mcp-image-gateway\", resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource\""
         );
     }
 
@@ -348,7 +525,7 @@ mod tests {
             authorization: Some("Bearer abc"),
             ..Default::default()
         };
-        let HeadVerdict::Reject(reject) = check_head(&config, &head, NOW) else {
+        let HeadVerdict::Reject(reject) = run(&config, &head) else {
             panic!("accepted a garbage token");
         };
         let (_, challenge) = reject.headers.iter().find(|(n, _)| *n == "www-authenticate").unwrap();
@@ -365,7 +542,7 @@ mod tests {
     fn identity_comes_from_the_token() {
         let (config, auth) = setup();
         let head = post(Some(&auth), None);
-        let HeadVerdict::InspectBody(identity, _) = check_head(&config, &head, NOW) else {
+        let HeadVerdict::InspectBody(Admitted { identity, .. }, _) = run(&config, &head) else {
             panic!("valid token refused");
         };
         let headers = identity_headers(&identity);
@@ -376,18 +553,70 @@ mod tests {
     #[test]
     fn body_limits() {
         let (config, _) = setup();
-        let mut body =
+        let mut bytes =
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":""#
                 .to_vec();
         let tail = br#""}}}"#;
-        body.resize(2048 - tail.len(), b'a');
-        body.extend_from_slice(tail);
-        assert_eq!(body.len(), 2048);
-        assert!(check_body(&config, &body, &HeldHeaders::default()).is_ok());
-        body.insert(100, b'a');
-        assert_eq!(
-            check_body(&config, &body, &HeldHeaders::default()).unwrap_err().status,
-            413
-        );
+        bytes.resize(2048 - tail.len(), b'a');
+        bytes.extend_from_slice(tail);
+        assert_eq!(bytes.len(), 2048);
+        assert!(body(&config, &bytes, &held(&[])).is_ok());
+        bytes.insert(100, b'a');
+        assert_eq!(body(&config, &bytes, &held(&[])).unwrap_err().status, 413);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::test_support::MemStore;
+    use jwt_simple::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn head_charges_the_caller_bucket() {
+        let key = Ed25519KeyPair::generate();
+        let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+        let config = FilterConfig::from_json(
+            json!({
+                "jwt": {"issuer": "iss", "audiences": ["aud"], "jwks": {"keys": [jwk]}},
+                "rate_limits": {"per_caller": {"requests_per_second": 0.01, "burst": 2}}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let now = 1_800_000_000u64;
+        let mut claims = Claims::with_custom_claims(json!({"org": "acme"}), Duration::from_secs(600))
+            .with_issuer("iss")
+            .with_audience("aud")
+            .with_subject("alice");
+        claims.issued_at = Some(UnixTimeStamp::from_secs(now));
+        claims.invalid_before = Some(UnixTimeStamp::from_secs(now));
+        claims.expires_at = Some(UnixTimeStamp::from_secs(now + 600));
+        let auth = format!("Bearer {}", key.sign(claims).unwrap());
+        let head = RequestHead {
+            method: "POST",
+            path: "/mcp",
+            authorization: Some(&auth),
+            content_type: Some("application/json"),
+            accept: Some("application/json, text/event-stream"),
+            ..Default::default()
+        };
+        let store = MemStore::default();
+        let mut cache = TokenCache::new(4);
+        let mut statuses = Vec::new();
+        for i in 0..3 {
+            let mut host = Host {
+                cache: &mut cache,
+                store: &store,
+                now_ms: now * 1000 + i,
+            };
+            statuses.push(match check_head(&config, &head, &mut host) {
+                HeadVerdict::Reject(r) => r.status,
+                _ => 200,
+            });
+        }
+        assert_eq!(statuses, vec![200, 200, 429]);
     }
 }

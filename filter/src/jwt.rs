@@ -24,8 +24,10 @@ pub struct Identity {
     pub user: String,
     pub org: String,
     pub scopes: Vec<String>,
-    /// Unix seconds after which the token is no longer valid.
+    /// Unix seconds after which the token is no longer valid (`u64::MAX` for API keys).
     pub expires_at: u64,
+    /// The API key's id, for API-key callers.
+    pub key_id: Option<String>,
 }
 
 /// Why a bearer token was refused. Each variant is one cause, reported to the
@@ -60,6 +62,8 @@ pub enum AuthError {
     MissingOrg,
     #[error("the token's subject or organisation contains characters that are not allowed")]
     InvalidIdentity,
+    #[error("the API key is not valid")]
+    UnknownApiKey,
 }
 
 impl AuthError {
@@ -80,6 +84,7 @@ impl AuthError {
             AuthError::MissingSubject => "missing_sub",
             AuthError::MissingOrg => "missing_org",
             AuthError::InvalidIdentity => "invalid_identity",
+            AuthError::UnknownApiKey => "unknown_api_key",
         }
     }
 }
@@ -146,6 +151,11 @@ impl JwtVerifier {
             org_claim: spec.org_claim.clone(),
             leeway_seconds: spec.leeway_seconds,
         })
+    }
+
+    /// Allowed clock skew, in seconds.
+    pub fn leeway_seconds(&self) -> u64 {
+        self.leeway_seconds
     }
 
     /// Verifies an `Authorization` header value at time `now` (Unix seconds).
@@ -225,12 +235,13 @@ impl JwtVerifier {
             org,
             scopes,
             expires_at,
+            key_id: None,
         })
     }
 }
 
 /// Extracts the token from `Bearer <token>` (scheme case-insensitive, RFC 6750).
-fn bearer_token(header: &str) -> Result<&str, AuthError> {
+pub fn bearer_token(header: &str) -> Result<&str, AuthError> {
     let (scheme, token) = header.split_once(' ').ok_or(AuthError::MalformedHeader)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::MalformedHeader);
@@ -243,7 +254,7 @@ fn bearer_token(header: &str) -> Result<&str, AuthError> {
 }
 
 /// Identity values travel in headers and storage paths: keep them plain.
-fn is_safe_identity(value: &str) -> bool {
+pub fn is_safe_identity(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 128
         && value

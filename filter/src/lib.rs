@@ -5,31 +5,107 @@
 //! read headers and body, ask `gate`, and carry out the verdict.
 
 pub mod config;
+pub mod credentials;
 pub mod gate;
 pub mod jsonrpc;
 pub mod jwt;
+pub mod limits;
 pub mod policy;
 pub mod reply;
+#[cfg(test)]
+mod test_support;
 pub mod transport;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::config::FilterConfig;
-use crate::gate::{HeadVerdict, HeldHeaders, RequestHead};
+use crate::credentials::{CacheUse, TokenCache};
+use crate::gate::{Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
+use crate::limits::{CasMismatch, SharedStore};
 use crate::reply::Reject;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(EdgeRoot { config: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(EdgeRoot { config: None, cache: Rc::new(RefCell::new(TokenCache::new(0))), metrics: Rc::default() })
+    });
 }}
 
-/// Per-plugin state: the compiled configuration.
+/// Shared data of the Envoy process: one store for every worker's VM.
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|_| CasMismatch)
+    }
+}
+
+/// Counters in Envoy's stats (`/stats/prometheus`), defined on first use.
+/// Names carry their labels as `.name.value` pairs, which the Envoy config's
+/// `stats_tags` turn into Prometheus labels.
+#[derive(Default)]
+struct Metrics {
+    ids: RefCell<HashMap<String, u32>>,
+}
+
+impl Metrics {
+    fn increment(&self, name: &str) {
+        let existing = self.ids.borrow().get(name).copied();
+        let id = match existing {
+            Some(id) => id,
+            None => match hostcalls::define_metric(MetricType::Counter, name) {
+                Ok(id) => {
+                    self.ids.borrow_mut().insert(name.to_string(), id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+
+    fn rejected(&self, reject: &Reject) {
+        self.increment(&format!(
+            "mcp_edge.requests_total.decision.reject.reason.{}",
+            reject.reason
+        ));
+        if reject.status == 401 {
+            self.increment(&format!("mcp_edge.auth_failures_total.cause.{}", reject.reason));
+        }
+        if reject.status == 429 {
+            self.increment(&format!(
+                "mcp_edge.rate_limited_total.reason.{}.org.{}",
+                reject.reason,
+                reject.org.as_deref().unwrap_or("unknown")
+            ));
+        }
+    }
+
+    fn admitted(&self, admitted: &Admitted) {
+        match admitted.cache {
+            CacheUse::Hit => self.increment("mcp_edge.token_cache_lookups_total.result.hit"),
+            CacheUse::Miss => self.increment("mcp_edge.token_cache_lookups_total.result.miss"),
+            CacheUse::NotApplicable => {}
+        }
+    }
+}
+
+/// Per-plugin state: the compiled configuration and the worker's token cache.
 struct EdgeRoot {
     config: Option<Rc<FilterConfig>>,
+    cache: Rc<RefCell<TokenCache>>,
+    metrics: Rc<Metrics>,
 }
 
 impl Context for EdgeRoot {}
@@ -39,6 +115,7 @@ impl RootContext for EdgeRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match FilterConfig::from_json(&bytes) {
             Ok(config) => {
+                self.cache = Rc::new(RefCell::new(TokenCache::new(config.token_cache_entries)));
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -54,6 +131,8 @@ impl RootContext for EdgeRoot {
         let config = self.config.clone()?;
         Some(Box::new(EdgeRequest {
             config,
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
             state: RequestState::Headers,
         }))
     }
@@ -68,16 +147,18 @@ enum RequestState {
     /// Waiting for the request headers.
     Headers,
     /// An MCP POST held until its body has been checked.
-    HoldingForBody(HeldHeaders),
+    HoldingForBody(Box<HeldRequest>),
     /// Forwarded; later callbacks only watch the body size.
     Forwarded,
     /// A local reply was sent.
-    Rejected,
+    Replied,
 }
 
 /// Per-request state.
 struct EdgeRequest {
     config: Rc<FilterConfig>,
+    cache: Rc<RefCell<TokenCache>>,
+    metrics: Rc<Metrics>,
     state: RequestState,
 }
 
@@ -88,20 +169,33 @@ impl EdgeRequest {
             .map(|bytes| String::from_utf8(bytes).unwrap_or_else(|_| "\u{FFFD}".to_string()))
     }
 
-    fn now(&self) -> u64 {
+    fn now_ms(&self) -> u64 {
         self.get_current_time()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis() as u64)
             .unwrap_or_default()
     }
 
     fn reject(&mut self, reject: &Reject) -> Action {
         log::info!("rejected {} ({}): {}", reject.status, reject.reason, reject.message);
+        self.metrics.rejected(reject);
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(reject.headers.iter().map(|(n, v)| (*n, v.as_str())));
         self.send_http_response(reject.status, headers, Some(reject.body().as_bytes()));
-        self.state = RequestState::Rejected;
+        self.state = RequestState::Replied;
         Action::Pause
+    }
+
+    fn forward(&mut self, admitted: &Admitted) {
+        for name in gate::IDENTITY_HEADERS {
+            self.remove_http_request_header(name);
+        }
+        // The client's credentials are for this gateway only; never pass them on.
+        self.remove_http_request_header("authorization");
+        self.remove_http_request_header("x-api-key");
+        for (name, value) in gate::identity_headers(&admitted.identity) {
+            self.set_http_request_header(name, Some(&value));
+        }
     }
 }
 
@@ -111,7 +205,7 @@ impl HttpContext for EdgeRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let h = |name: &str| self.header(name);
         let (method, path) = (h(":method").unwrap_or_default(), h(":path").unwrap_or_default());
-        let (content_length, authorization) = (h("content-length"), h("authorization"));
+        let (content_length, authorization, x_api_key) = (h("content-length"), h("authorization"), h("x-api-key"));
         let (content_type, accept, origin) = (h("content-type"), h("accept"), h("origin"));
         let (protocol_version, mcp_method, mcp_name) = (h("mcp-protocol-version"), h("mcp-method"), h("mcp-name"));
         let head = RequestHead {
@@ -119,6 +213,7 @@ impl HttpContext for EdgeRequest {
             path: &path,
             content_length: content_length.as_deref(),
             authorization: authorization.as_deref(),
+            x_api_key: x_api_key.as_deref(),
             content_type: content_type.as_deref(),
             accept: accept.as_deref(),
             origin: origin.as_deref(),
@@ -127,28 +222,47 @@ impl HttpContext for EdgeRequest {
             mcp_name: mcp_name.as_deref(),
             end_of_stream,
         };
-        let (identity, next) = match gate::check_head(&self.config, &head, self.now()) {
-            HeadVerdict::Reject(reject) => return self.reject(&reject),
-            HeadVerdict::Forward(identity) => (identity, RequestState::Forwarded),
-            HeadVerdict::InspectBody(identity, held) => (identity, RequestState::HoldingForBody(held)),
+        let now_ms = self.now_ms();
+        let cache = self.cache.clone();
+        let verdict = {
+            let mut cache = cache.borrow_mut();
+            let mut host = Host {
+                cache: &mut cache,
+                store: &HostStore,
+                now_ms,
+            };
+            gate::check_head(&self.config, &head, &mut host)
         };
-        for name in gate::IDENTITY_HEADERS {
-            self.remove_http_request_header(name);
-        }
-        // The client's token is for this gateway only; never pass it on.
-        self.remove_http_request_header("authorization");
-        for (name, value) in gate::identity_headers(&identity) {
-            self.set_http_request_header(name, Some(&value));
-        }
-        self.state = next;
-        match self.state {
-            RequestState::HoldingForBody(_) => Action::Pause,
-            _ => Action::Continue,
+        match verdict {
+            HeadVerdict::Reject(reject) => self.reject(&reject),
+            HeadVerdict::Serve(document) => {
+                self.send_http_response(
+                    200,
+                    vec![("content-type", "application/json"), ("cache-control", "max-age=3600")],
+                    Some(document.as_bytes()),
+                );
+                self.state = RequestState::Replied;
+                Action::Pause
+            }
+            HeadVerdict::Forward(admitted) => {
+                self.metrics.admitted(&admitted);
+                self.forward(&admitted);
+                self.metrics
+                    .increment("mcp_edge.requests_total.decision.forward.reason.ok");
+                self.state = RequestState::Forwarded;
+                Action::Continue
+            }
+            HeadVerdict::InspectBody(admitted, held) => {
+                self.metrics.admitted(&admitted);
+                self.forward(&admitted);
+                self.state = RequestState::HoldingForBody(Box::new(held));
+                Action::Pause
+            }
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if matches!(self.state, RequestState::Rejected) {
+        if matches!(self.state, RequestState::Replied) {
             return Action::Pause;
         }
         if let Err(reject) = gate::check_body_size(&self.config, body_size) {
@@ -160,9 +274,23 @@ impl HttpContext for EdgeRequest {
         if !end_of_stream {
             return Action::Pause;
         }
+        let held = held.clone();
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        match gate::check_body(&self.config, &body, held) {
+        let now_ms = self.now_ms();
+        let cache = self.cache.clone();
+        let verdict = {
+            let mut cache = cache.borrow_mut();
+            let mut host = Host {
+                cache: &mut cache,
+                store: &HostStore,
+                now_ms,
+            };
+            gate::check_body(&self.config, &body, &held, &mut host)
+        };
+        match verdict {
             Ok(_) => {
+                self.metrics
+                    .increment("mcp_edge.requests_total.decision.forward.reason.ok");
                 self.state = RequestState::Forwarded;
                 Action::Continue
             }

@@ -16,6 +16,8 @@ pub struct Reject {
     pub reason: &'static str,
     /// Optional JSON-RPC `error.data`.
     pub data: Option<Value>,
+    /// The caller's organisation, when known (for per-org metrics).
+    pub org: Option<String>,
 }
 
 impl Reject {
@@ -28,6 +30,7 @@ impl Reject {
             headers: Vec::new(),
             reason,
             data: None,
+            org: None,
         }
     }
 
@@ -47,6 +50,11 @@ impl Reject {
 
     pub fn with_data(mut self, data: Value) -> Self {
         self.data = Some(data);
+        self
+    }
+
+    pub fn with_org(mut self, org: &str) -> Self {
+        self.org = Some(org.to_string());
         self
     }
 

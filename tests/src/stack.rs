@@ -27,6 +27,10 @@ pub enum Backend {
 pub struct StackOptions {
     pub backend: Backend,
     pub url_ttl_secs: u64,
+    /// Top-level fields replacing those of the dev filter configuration.
+    pub filter_patch: serde_json::Value,
+    /// Envoy worker threads.
+    pub envoy_concurrency: u32,
 }
 
 impl Default for StackOptions {
@@ -34,6 +38,8 @@ impl Default for StackOptions {
         Self {
             backend: Backend::OfflinePreview,
             url_ttl_secs: 86_400,
+            filter_patch: serde_json::json!({}),
+            envoy_concurrency: 2,
         }
     }
 }
@@ -164,15 +170,18 @@ impl Stack {
         stack.spawn("upstream", upstream)?;
 
         let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        let mut filter_config = devkit::filter_config(&state_dir, &base_url)?;
+        if let (Some(config), Some(patch)) = (filter_config.as_object_mut(), options.filter_patch.as_object()) {
+            for (key, value) in patch {
+                config.insert(key.clone(), value.clone());
+            }
+        }
         let vars = BTreeMap::from([
             ("ADMIN_PORT".to_string(), admin_port.to_string()),
             ("LISTEN_PORT".to_string(), listen_port.to_string()),
             ("UPSTREAM_PORT".to_string(), upstream_port.to_string()),
             ("WASM_PATH".to_string(), wasm_path()?.display().to_string()),
-            (
-                "FILTER_CONFIG".to_string(),
-                devkit::filter_config(&state_dir, &base_url)?.to_string(),
-            ),
+            ("FILTER_CONFIG".to_string(), filter_config.to_string()),
         ]);
         let envoy_config = state_dir.join("envoy.yaml");
         std::fs::write(&envoy_config, devkit::render(&template, &vars)?)?;
@@ -180,7 +189,8 @@ impl Stack {
         envoy
             .arg("-c")
             .arg(&envoy_config)
-            .args(["--use-dynamic-base-id", "--concurrency", "2", "--log-level", "warn"])
+            .args(["--use-dynamic-base-id", "--log-level", "warn"])
+            .args(["--concurrency", &options.envoy_concurrency.to_string()])
             .args(["--component-log-level", "wasm:info"]);
         stack.spawn("envoy", envoy)?;
 
@@ -257,18 +267,48 @@ impl Stack {
         ttl_secs: u64,
         issued_at: Option<u64>,
     ) -> String {
+        self.token_full(sub, org, audience, devkit::TOOLS_SCOPE, ttl_secs, issued_at)
+    }
+
+    /// A token with every claim chosen by the test.
+    pub fn token_full(
+        &self,
+        sub: &str,
+        org: &str,
+        audience: &str,
+        scope: &str,
+        ttl_secs: u64,
+        issued_at: Option<u64>,
+    ) -> String {
         devkit::mint_token(
             &self.state_dir,
             &devkit::TokenRequest {
                 subject: sub.into(),
                 org: org.into(),
                 audience: audience.into(),
-                scope: "images:generate".into(),
+                scope: scope.into(),
                 valid_for_secs: ttl_secs,
                 issued_at,
             },
         )
         .unwrap_or_default()
+    }
+
+    /// The development API key of this stack.
+    pub fn api_key(&self) -> String {
+        devkit::dev_api_key(&self.state_dir).unwrap_or_default()
+    }
+
+    /// Envoy's Prometheus exposition.
+    pub async fn prometheus(&self) -> String {
+        match http_client()
+            .get(format!("{}/stats/prometheus", self.admin_url))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// The URL-signing secret of this stack (to forge links in tests).

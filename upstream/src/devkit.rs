@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 pub const DEV_ISSUER: &str = "https://dev-iam.mcp-image-gateway.local";
 const SIGNING_KEY_FILE: &str = "dev-signing-key.jwk";
 const URL_KEY_FILE: &str = "url-signing.key";
+const API_KEY_FILE: &str = "dev-api-key";
+/// Scope dev tokens carry and `tools/call` requires.
+pub const TOOLS_SCOPE: &str = "images:generate";
 
 /// The MCP resource URL (token audience) for a public base URL.
 pub fn audience(public_base_url: &str) -> String {
@@ -29,6 +32,10 @@ pub fn init(state_dir: &Path) -> anyhow::Result<()> {
         let kid = format!("dev-{}", &key.jwk_thumbprint()[..12]);
         write_secret(&key_path, &key.with_key_id(&kid).to_jwk())?;
     }
+    let api_key_path = state_dir.join(API_KEY_FILE);
+    if !api_key_path.exists() {
+        write_secret(&api_key_path, &new_api_key())?;
+    }
     let url_key_path = state_dir.join(URL_KEY_FILE);
     if !url_key_path.exists() {
         let mut secret = [0u8; 32];
@@ -36,6 +43,28 @@ pub fn init(state_dir: &Path) -> anyhow::Result<()> {
         write_secret(&url_key_path, &hex::encode(secret))?;
     }
     Ok(())
+}
+
+/// A fresh API key: a prefix that says what it is, then 32 random bytes.
+pub fn new_api_key() -> String {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    format!("mig_{}", hex::encode(secret))
+}
+
+/// The value admins put in `api_keys[].sha256`.
+pub fn api_key_hash(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// The development API key (created by `init`).
+pub fn dev_api_key(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join(API_KEY_FILE);
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
 }
 
 fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -74,7 +103,24 @@ pub fn filter_config(state_dir: &Path, public_base_url: &str) -> anyhow::Result<
             "audiences": [audience(public_base_url)],
             "org_claim": "org",
             "jwks": jwks(state_dir)?,
-        }
+        },
+        "api_keys": [{
+            "id": "dev-key",
+            "sha256": api_key_hash(&dev_api_key(state_dir)?),
+            "org": "acme",
+            "scopes": [TOOLS_SCOPE],
+        }],
+        "tools_call_scope": TOOLS_SCOPE,
+        "protected_resource": {
+            "resource": audience(public_base_url),
+            "authorization_servers": [DEV_ISSUER],
+            "scopes_supported": [TOOLS_SCOPE],
+        },
+        "rate_limits": {
+            "per_caller": {"requests_per_second": 10, "burst": 40},
+            "per_org": {"requests_per_second": 50, "burst": 200},
+            "daily_images_per_org": 2000,
+        },
     }))
 }
 

@@ -1,0 +1,329 @@
+//! Who is calling: an IAM JWT (`Authorization: Bearer <JWT>`) or an API key
+//! (`x-api-key: <key>` or an opaque `Authorization: Bearer <key>`). API keys
+//! are stored as SHA-256 hashes in the configuration, never in plaintext.
+//! Verified JWTs are cached by the hash of the token until they expire, so
+//! repeat callers cost no signature check.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::jwt::{bearer_token, is_safe_identity, AuthError, Identity, JwtVerifier};
+use crate::limits::CallerOverride;
+
+/// An API key as the admin writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// Public id of the key (logged, sent upstream as `x-mcp-key-id`).
+    pub id: String,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    /// Organisation the key belongs to.
+    pub org: String,
+    /// User recorded for the key's calls; defaults to `key:{id}`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Per-key request rate override (requests per second).
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+    /// Per-key burst override.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// Why the API key table was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiKeyError {
+    #[error("`api_keys[{0}].sha256` must be 64 hex characters")]
+    BadHash(usize),
+    #[error("`api_keys[{0}]`: `id`, `org` and `user` must be plain identifiers")]
+    BadIdentity(usize),
+    #[error("`api_keys[{0}]`: the same key hash appears twice")]
+    Duplicate(usize),
+}
+
+/// A loaded API key.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub org: String,
+    pub user: String,
+    pub scopes: Vec<String>,
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+}
+
+/// API keys by the SHA-256 of the key.
+#[derive(Debug, Default, Clone)]
+pub struct ApiKeys {
+    by_hash: HashMap<[u8; 32], ApiKey>,
+}
+
+impl ApiKeys {
+    pub fn from_specs(specs: &[ApiKeySpec]) -> Result<Self, ApiKeyError> {
+        let mut by_hash = HashMap::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            let hash: [u8; 32] = hex::decode(spec.sha256.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or(ApiKeyError::BadHash(index))?;
+            let user = spec.user.clone().unwrap_or_else(|| format!("key:{}", spec.id));
+            if ![&spec.id, &spec.org, &user].iter().all(|v| is_safe_identity(v)) {
+                return Err(ApiKeyError::BadIdentity(index));
+            }
+            let key = ApiKey {
+                id: spec.id.clone(),
+                org: spec.org.clone(),
+                user,
+                scopes: spec.scopes.clone(),
+                requests_per_second: spec.requests_per_second,
+                burst: spec.burst,
+            };
+            if by_hash.insert(hash, key).is_some() {
+                return Err(ApiKeyError::Duplicate(index));
+            }
+        }
+        Ok(Self { by_hash })
+    }
+
+    pub fn lookup(&self, key: &str) -> Option<&ApiKey> {
+        self.by_hash.get(&sha256(key))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+}
+
+fn sha256(value: &str) -> [u8; 32] {
+    Sha256::digest(value.as_bytes()).into()
+}
+
+/// Whether a verified identity came from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    Hit,
+    Miss,
+    /// No JWT involved (API key).
+    NotApplicable,
+}
+
+/// Verified JWTs by the hash of the token, bounded in size.
+#[derive(Debug)]
+pub struct TokenCache {
+    entries: HashMap<[u8; 32], Identity>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            capacity,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn get(&mut self, hash: &[u8; 32], now: u64, leeway: u64) -> Option<Identity> {
+        let identity = self.entries.get(hash)?;
+        if now > identity.expires_at.saturating_add(leeway) {
+            self.entries.remove(hash);
+            return None;
+        }
+        Some(identity.clone())
+    }
+
+    fn insert(&mut self, hash: [u8; 32], identity: Identity, now: u64, leeway: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity {
+            self.entries.retain(|_, id| now <= id.expires_at.saturating_add(leeway));
+        }
+        if self.entries.len() >= self.capacity {
+            // Still full of live tokens: start over rather than grow without bound.
+            self.entries.clear();
+        }
+        self.entries.insert(hash, identity);
+    }
+}
+
+/// Establishes the caller's identity from the request's credentials.
+pub fn authenticate(
+    jwt: &JwtVerifier,
+    api_keys: &ApiKeys,
+    cache: &mut TokenCache,
+    authorization: Option<&str>,
+    x_api_key: Option<&str>,
+    now: u64,
+) -> Result<(Identity, CacheUse, CallerOverride), AuthError> {
+    if let Some(key) = x_api_key {
+        return api_key_identity(api_keys, key.trim());
+    }
+    let header = authorization.ok_or(AuthError::MissingToken)?;
+    let token = bearer_token(header)?;
+    // A JWS has exactly two dots; anything else is an opaque API key.
+    if token.bytes().filter(|b| *b == b'.').count() != 2 {
+        return api_key_identity(api_keys, token);
+    }
+    let hash = sha256(token);
+    let leeway = jwt.leeway_seconds();
+    if let Some(identity) = cache.get(&hash, now, leeway) {
+        return Ok((identity, CacheUse::Hit, CallerOverride::default()));
+    }
+    let identity = jwt.verify_token(token, now)?;
+    cache.insert(hash, identity.clone(), now, leeway);
+    Ok((identity, CacheUse::Miss, CallerOverride::default()))
+}
+
+fn api_key_identity(api_keys: &ApiKeys, key: &str) -> Result<(Identity, CacheUse, CallerOverride), AuthError> {
+    let key = api_keys.lookup(key).ok_or(AuthError::UnknownApiKey)?;
+    let identity = Identity {
+        user: key.user.clone(),
+        org: key.org.clone(),
+        scopes: key.scopes.clone(),
+        expires_at: u64::MAX,
+        key_id: Some(key.id.clone()),
+    };
+    let limits = CallerOverride {
+        requests_per_second: key.requests_per_second,
+        burst: key.burst,
+    };
+    Ok((identity, CacheUse::NotApplicable, limits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JwtSpec;
+    use jwt_simple::prelude::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn setup() -> (JwtVerifier, ApiKeys, String) {
+        let key = Ed25519KeyPair::generate().with_key_id("k");
+        let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+        let jwt = JwtVerifier::from_spec(&JwtSpec {
+            issuer: "iss".into(),
+            audiences: vec!["aud".into()],
+            org_claim: "org".into(),
+            leeway_seconds: 30,
+            jwks: json!({"keys": [jwk]}),
+            realm: "r".into(),
+        })
+        .unwrap();
+        let mut claims = Claims::with_custom_claims(json!({"org": "acme"}), Duration::from_secs(600))
+            .with_issuer("iss")
+            .with_audience("aud")
+            .with_subject("alice");
+        claims.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+        claims.invalid_before = Some(UnixTimeStamp::from_secs(NOW));
+        claims.expires_at = Some(UnixTimeStamp::from_secs(NOW + 600));
+        let token = key.sign(claims).unwrap();
+        let keys = ApiKeys::from_specs(&[ApiKeySpec {
+            id: "ci-bot".into(),
+            sha256: hex::encode(sha256("mig_secret_1")),
+            org: "globex".into(),
+            user: None,
+            scopes: vec!["images:generate".into()],
+            requests_per_second: None,
+            burst: None,
+        }])
+        .unwrap();
+        (jwt, keys, token)
+    }
+
+    #[test]
+    fn api_keys_by_header_and_by_opaque_bearer() {
+        let (jwt, keys, _) = setup();
+        let mut cache = TokenCache::new(8);
+        for (auth, x_api_key) in [(None, Some("mig_secret_1")), (Some("Bearer mig_secret_1"), None)] {
+            let (id, use_, _) = authenticate(&jwt, &keys, &mut cache, auth, x_api_key, NOW).unwrap();
+            assert_eq!(
+                (id.org.as_str(), id.user.as_str(), id.key_id.as_deref()),
+                ("globex", "key:ci-bot", Some("ci-bot"))
+            );
+            assert_eq!(use_, CacheUse::NotApplicable);
+        }
+        let wrong = authenticate(&jwt, &keys, &mut cache, None, Some("mig_secret_2"), NOW);
+        assert_eq!(wrong.unwrap_err(), AuthError::UnknownApiKey);
+        let wrong = authenticate(&jwt, &keys, &mut cache, Some("Bearer nope"), None, NOW);
+        assert_eq!(wrong.unwrap_err(), AuthError::UnknownApiKey);
+    }
+
+    #[test]
+    fn jwts_are_cached_until_expiry() {
+        let (jwt, keys, token) = setup();
+        let mut cache = TokenCache::new(8);
+        let auth = format!("Bearer {token}");
+        let first = authenticate(&jwt, &keys, &mut cache, Some(&auth), None, NOW).unwrap();
+        let second = authenticate(&jwt, &keys, &mut cache, Some(&auth), None, NOW + 1).unwrap();
+        assert_eq!((first.1, second.1), (CacheUse::Miss, CacheUse::Hit));
+        assert_eq!(first.0, second.0);
+        // Past expiry plus leeway, the cached entry is dropped and verification refuses.
+        let late = authenticate(&jwt, &keys, &mut cache, Some(&auth), None, NOW + 600 + 31);
+        assert_eq!(late.unwrap_err(), AuthError::Expired);
+        assert!(cache.is_empty());
+        // A tampered token is a different cache key and is verified (and refused).
+        let mut tampered = token.clone();
+        tampered.push('A');
+        let refused = authenticate(&jwt, &keys, &mut cache, Some(&format!("Bearer {tampered}")), None, NOW);
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn cache_stays_bounded() {
+        let mut cache = TokenCache::new(3);
+        let id = |exp| Identity {
+            user: "u".into(),
+            org: "o".into(),
+            scopes: vec![],
+            expires_at: exp,
+            key_id: None,
+        };
+        for i in 0..10u8 {
+            cache.insert([i; 32], id(NOW + 100), NOW, 0);
+            assert!(cache.len() <= 3);
+        }
+        cache.insert([50; 32], id(NOW - 1), NOW, 0);
+        assert!(cache.get(&[50; 32], NOW, 0).is_none());
+    }
+
+    #[test]
+    fn api_key_config_errors() {
+        let spec = |sha: &str, org: &str| ApiKeySpec {
+            id: "k".into(),
+            sha256: sha.into(),
+            org: org.into(),
+            user: None,
+            scopes: vec![],
+            requests_per_second: None,
+            burst: None,
+        };
+        let good = hex::encode([1u8; 32]);
+        assert!(matches!(
+            ApiKeys::from_specs(&[spec("abc", "acme")]),
+            Err(ApiKeyError::BadHash(0))
+        ));
+        assert!(matches!(
+            ApiKeys::from_specs(&[spec(&good, "../x")]),
+            Err(ApiKeyError::BadIdentity(0))
+        ));
+        assert!(matches!(
+            ApiKeys::from_specs(&[spec(&good, "a"), spec(&good, "b")]),
+            Err(ApiKeyError::Duplicate(1))
+        ));
+    }
+}

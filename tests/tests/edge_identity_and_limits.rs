@@ -1,0 +1,259 @@
+//! API keys, scopes, protected-resource metadata, rate limits, quotas and
+//! the filter's metrics, through real Envoy.
+
+use std::collections::BTreeMap;
+
+use gateway_tests::stack::http_client;
+use gateway_tests::{Stack, StackOptions};
+use mcp_image_gateway::devkit;
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{json, Value};
+
+fn headers(auth: Option<(&'static str, String)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(
+        "accept",
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    if let Some((name, value)) = auth {
+        headers.insert(name, HeaderValue::from_str(&value).unwrap());
+    }
+    headers
+}
+
+fn bearer(token: &str) -> Option<(&'static str, String)> {
+    Some(("authorization", format!("Bearer {token}")))
+}
+
+fn call(n: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": "a kite", "n": n, "size": "1024x1024"}}})
+}
+
+const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+
+async fn post(stack: &Stack, headers: HeaderMap, body: String) -> (u16, HeaderMap, Value) {
+    let response = http_client()
+        .post(&stack.mcp_url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn api_keys_scopes_and_metadata() {
+    let stack = Stack::start().await.unwrap();
+    let key = stack.api_key();
+
+    // The dev API key works in x-api-key and as an opaque bearer; its id reaches the audit log.
+    for auth in [Some(("x-api-key", key.clone())), bearer(&key)] {
+        let (status, _, body) = post(&stack, headers(auth), call(1).to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["isError"], false, "{body}");
+    }
+    let events = stack.audit_events();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["fields"]["key_id"] == "dev-key" && e["fields"]["org"] == "acme"),
+        "{events:?}"
+    );
+
+    let (status, headers_out, _) = post(&stack, headers(Some(("x-api-key", "mig_wrong".into()))), LIST.into()).await;
+    assert_eq!(status, 401);
+    assert!(headers_out["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
+
+    // A token without the tools scope may list tools but not call them.
+    let audience = devkit::audience(&stack.base_url);
+    let reader = stack.token_full("rita", "acme", &audience, "images:read", 3600, None);
+    let (status, _, _) = post(&stack, headers(bearer(&reader)), LIST.into()).await;
+    assert_eq!(status, 200);
+    let (status, headers_out, body) = post(&stack, headers(bearer(&reader)), call(1).to_string()).await;
+    assert_eq!(status, 403, "{body}");
+    let challenge = headers_out["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\", scope=\"images:generate\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains(&format!(
+        "resource_metadata=\"{}/.well-known/oauth-protected-resource\"",
+        stack.base_url
+    )));
+    assert_eq!(body["id"], 1);
+
+    // RFC 9728 metadata, served by the filter without a token, and named by every 401.
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let response = http_client()
+            .get(format!("{}{path}", stack.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let document: Value = response.json().await.unwrap();
+        assert_eq!(document["resource"], audience);
+        assert_eq!(document["authorization_servers"], json!([devkit::DEV_ISSUER]));
+    }
+    let (status, headers_out, _) = post(&stack, headers(None), LIST.into()).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        headers_out["www-authenticate"],
+        format!(
+            "Bearer realm=\"mcp-image-gateway\", resource_metadata=\"{}/.well-known/oauth-protected-resource\"",
+            stack.base_url
+        )
+        .as_str()
+    );
+}
+
+#[tokio::test]
+async fn caller_bucket_answers_429_with_ratelimit_headers() {
+    let patch = json!({"rate_limits": {"per_caller": {"requests_per_second": 0.01, "burst": 3}}});
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: patch,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    for _ in 0..3 {
+        assert_eq!(post(&stack, headers(bearer(&token)), LIST.into()).await.0, 200);
+    }
+    let (status, h, body) = post(&stack, headers(bearer(&token)), LIST.into()).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], -32029);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Rate limit exceeded"),
+        "{body}"
+    );
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=100).contains(&retry), "{retry}");
+    assert_eq!(h["ratelimit-policy"], "\"caller\";q=3;w=300");
+    assert_eq!(h["ratelimit"].to_str().unwrap(), format!("\"caller\";r=0;t={retry}"));
+    // Another user of the same org has a bucket of its own.
+    let bob = stack.token("bob", "acme");
+    assert_eq!(post(&stack, headers(bearer(&bob)), LIST.into()).await.0, 200);
+
+    let metrics = stack.prometheus().await;
+    assert!(
+        metrics.contains("mcp_edge_rate_limited_total{reason=\"rate_limited_caller\",org=\"acme\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Many concurrent requests spread over four Envoy workers cannot take more
+/// than the bucket holds: the counters are shared, not per worker.
+#[tokio::test]
+async fn bucket_holds_across_envoy_workers() {
+    let patch = json!({"rate_limits": {"per_org": {"requests_per_second": 0.001, "burst": 12}}});
+    let options = StackOptions {
+        filter_patch: patch,
+        envoy_concurrency: 4,
+        ..Default::default()
+    };
+    let stack = Stack::start_with(options).await.unwrap();
+    let tokens: Vec<String> = (0..6).map(|i| stack.token(&format!("user{i}"), "acme")).collect();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let url = stack.mcp_url.clone();
+        let token = tokens[i % tokens.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            // A fresh client per request spreads connections over the workers.
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let response = client
+                .post(url)
+                .headers(headers(bearer(&token)))
+                .body(LIST)
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }));
+    }
+    let mut counts = BTreeMap::new();
+    for task in tasks {
+        *counts.entry(task.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(counts, BTreeMap::from([(200, 12), (429, 48)]));
+}
+
+#[tokio::test]
+async fn daily_image_quota_per_org() {
+    let patch = json!({"rate_limits": {"orgs": {"acme": {"daily_images": 5}}}});
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: patch,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let (status, _, body) = post(&stack, headers(bearer(&token)), call(4).to_string()).await;
+    assert_eq!(
+        (status, body["result"]["isError"].clone()),
+        (200, json!(false)),
+        "{body}"
+    );
+    let (status, h, body) = post(&stack, headers(bearer(&token)), call(2).to_string()).await;
+    assert_eq!(status, 429, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("used 4 of its 5 images"), "{message}");
+    assert!(h["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"org-daily-images\";q=5;w=86400"));
+    let (status, _, _) = post(&stack, headers(bearer(&token)), call(1).to_string()).await;
+    assert_eq!(status, 200, "the last image still fits");
+    // Another org is not affected.
+    let globex = stack.token("gina", "globex");
+    assert_eq!(post(&stack, headers(bearer(&globex)), call(4).to_string()).await.0, 200);
+}
+
+#[tokio::test]
+async fn decisions_show_in_envoy_prometheus_stats() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack.token("alice", "acme");
+    for _ in 0..3 {
+        assert_eq!(post(&stack, headers(bearer(&token)), LIST.into()).await.0, 200);
+    }
+    assert_eq!(post(&stack, headers(None), LIST.into()).await.0, 401);
+    assert_eq!(post(&stack, headers(bearer(&token)), "[]".into()).await.0, 400);
+    let metrics = stack.prometheus().await;
+    let value = |line_start: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line_start} missing in:\n{metrics}"))
+    };
+    assert_eq!(value("mcp_edge_requests_total{decision=\"forward\",reason=\"ok\"}"), 3);
+    assert_eq!(
+        value("mcp_edge_requests_total{decision=\"reject\",reason=\"missing_token\"}"),
+        1
+    );
+    assert_eq!(
+        value("mcp_edge_requests_total{decision=\"reject\",reason=\"invalid_request\"}"),
+        1
+    );
+    assert_eq!(value("mcp_edge_auth_failures_total{cause=\"missing_token\"}"), 1);
+    let hits = value("mcp_edge_token_cache_lookups_total{result=\"hit\"}");
+    let misses = value("mcp_edge_token_cache_lookups_total{result=\"miss\"}");
+    assert_eq!(hits + misses, 4, "one lookup per authenticated request");
+    assert!(misses <= 2, "at most one signature check per worker: {misses}");
+}
