@@ -13,7 +13,7 @@ export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT STATE_DIR SUB ORG
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: help run test build wasm upstream envoy token lint fmt clean
+.PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops)"
@@ -33,10 +33,13 @@ build: wasm upstream
 envoy:
 	@scripts/ensure-envoy.sh >/dev/null
 
+test-clients:
+	@scripts/ensure-test-clients.sh
+
 run: build envoy
 	scripts/run.sh
 
-test: build envoy
+test: build envoy test-clients
 	ENVOY_BIN="$$(scripts/ensure-envoy.sh)" cargo test --workspace --no-fail-fast
 
 token: upstream

@@ -1,0 +1,72 @@
+//! The official MCP SDKs (Python 2.x in every protocol era, TypeScript)
+//! call `generate_image` through Envoy and the edge filter: the strict
+//! transport rules at the edge must not break real clients.
+
+use std::process::Command;
+
+use gateway_tests::png_info::dimensions;
+use gateway_tests::stack::{http_client, workspace_root};
+use gateway_tests::Stack;
+use serde_json::Value;
+
+fn run_client(program: &str, args: &[&str]) -> Value {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (run `make test-clients`)"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+}
+
+async fn check_result(report: &Value, size: (u32, u32), images: usize) {
+    assert_eq!(report["tools"], serde_json::json!(["generate_image"]), "{report}");
+    assert_eq!(report["is_error"], false, "{report}");
+    let urls = report["structured"]["image_urls"].as_array().unwrap();
+    assert_eq!(urls.len(), images, "{report}");
+    for url in urls {
+        let bytes = http_client()
+            .get(url.as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(dimensions(&bytes).unwrap(), size);
+    }
+    assert_eq!(report["invalid_arguments"]["code"], -32602, "{report}");
+}
+
+#[tokio::test]
+async fn python_sdk_in_every_protocol_era() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack.token("pat", "acme");
+    let python = workspace_root().join(".venv/bin/python");
+    let script = "tests/clients/python_sdk_client.py";
+    for (mode, expected_version) in [
+        ("legacy", "2025-11-25"),
+        ("auto", "2026-07-28"),
+        ("2026-07-28", "2026-07-28"),
+    ] {
+        let report = run_client(python.to_str().unwrap(), &[script, &stack.mcp_url, &token, mode]);
+        assert_eq!(report["protocol_version"], expected_version, "mode {mode}: {report}");
+        check_result(&report, (1024, 1536), 1).await;
+    }
+    // `n: 9` dies at the edge, so only the three successes reach the upstream's audit log.
+    assert_eq!(stack.audit_events().len(), 3);
+}
+
+#[tokio::test]
+async fn typescript_sdk() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack.token("tess", "acme");
+    let report = run_client("node", &["tests/clients/ts_sdk_client.mjs", &stack.mcp_url, &token]);
+    check_result(&report, (1024, 1024), 2).await;
+}
