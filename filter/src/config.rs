@@ -57,6 +57,9 @@ pub struct FilterConfigSpec {
     /// RFC 9728 protected-resource metadata, served by the filter and named in 401s.
     #[serde(default)]
     pub protected_resource: Option<ProtectedResourceSpec>,
+    /// Largest upstream response passed to the client (the PRD's output cap).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
     /// Verified JWTs kept per worker (0 disables the cache).
     #[serde(default = "default_token_cache_entries")]
     pub token_cache_entries: usize,
@@ -152,6 +155,9 @@ fn default_max_prompt_chars() -> usize {
 fn default_max_images_per_call() -> u64 {
     policy::DEFAULT_MAX_IMAGES_PER_CALL
 }
+fn default_max_response_bytes() -> usize {
+    4 * 1024 * 1024
+}
 fn default_token_cache_entries() -> usize {
     10_000
 }
@@ -179,6 +185,7 @@ pub struct FilterConfig {
     pub tools_call_scope: Option<String>,
     pub protected_resource: Option<ProtectedResource>,
     pub token_cache_entries: usize,
+    pub max_response_bytes: usize,
 }
 
 /// Why a configuration was refused.
@@ -196,7 +203,7 @@ pub enum ConfigError {
     ProtocolVersions(Vec<String>),
     #[error("`{0}` must not be empty or contain empty entries")]
     EmptyList(&'static str),
-    #[error("`max_prompt_chars` and `max_images_per_call` must be at least 1")]
+    #[error("`max_prompt_chars`, `max_images_per_call` and `max_response_bytes` must be at least 1")]
     ZeroLimit,
     #[error("`protected_resource`: `resource` must be an absolute URL and `authorization_servers` non-empty (resource {0:?})")]
     ProtectedResource(String),
@@ -251,7 +258,7 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
         )?;
         let allowed_methods = list(spec.allowed_methods, &policy::DEFAULT_METHODS, "allowed_methods")?;
         let allowed_tools = list(spec.allowed_tools, &policy::DEFAULT_TOOLS, "allowed_tools")?;
-        if spec.max_prompt_chars == 0 || spec.max_images_per_call == 0 {
+        if spec.max_prompt_chars == 0 || spec.max_images_per_call == 0 || spec.max_response_bytes == 0 {
             return Err(ConfigError::ZeroLimit);
         }
         let realm = spec.jwt.realm.clone();
@@ -289,6 +296,7 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
             tools_call_scope: spec.tools_call_scope.filter(|s| !s.is_empty()),
             protected_resource,
             token_cache_entries: spec.token_cache_entries,
+            max_response_bytes: spec.max_response_bytes,
         })
     }
 }

@@ -156,13 +156,21 @@ pub fn check_body_size(config: &FilterConfig, received: usize) -> Result<(), Rej
     Ok(())
 }
 
-/// Checks a complete MCP POST body; returns the tool call it makes, if any.
+/// A body that passed: the tool call it makes and the id to answer with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedBody {
+    pub call: Option<ToolCall>,
+    /// The request's id (`null` for notifications), for errors the edge sends later.
+    pub reply_id: serde_json::Value,
+}
+
+/// Checks a complete MCP POST body.
 pub fn check_body(
     config: &FilterConfig,
     body: &[u8],
     held: &HeldRequest,
     host: &mut Host<'_>,
-) -> Result<Option<ToolCall>, Reject> {
+) -> Result<CheckedBody, Reject> {
     check_body_size(config, body.len())?;
     let envelope = jsonrpc::parse_envelope(body)?;
     transport::check_routing_headers(
@@ -185,7 +193,10 @@ pub fn check_body(
                 .check_images(host.store, &held.identity.org, call.images, host.now_ms)?;
         }
     }
-    Ok(call)
+    Ok(CheckedBody {
+        call,
+        reply_id: envelope.reply_id(),
+    })
 }
 
 /// The identity headers to set for the upstream.
@@ -273,6 +284,10 @@ mod tests {
     }
 
     fn body(config: &FilterConfig, bytes: &[u8], held: &HeldRequest) -> Result<Option<ToolCall>, Reject> {
+        body_checked(config, bytes, held).map(|checked| checked.call)
+    }
+
+    fn body_checked(config: &FilterConfig, bytes: &[u8], held: &HeldRequest) -> Result<CheckedBody, Reject> {
         let mut cache = TokenCache::new(16);
         let store = MemStore::default();
         check_body(

@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod limits;
 pub mod policy;
 pub mod reply;
+pub mod response_cap;
 #[cfg(test)]
 mod test_support;
 pub mod transport;
@@ -30,6 +31,7 @@ use crate::credentials::{CacheUse, TokenCache};
 use crate::gate::{Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
 use crate::limits::{CasMismatch, SharedStore};
 use crate::reply::Reject;
+use crate::response_cap::{ChunkAction, StreamMeter};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -134,6 +136,8 @@ impl RootContext for EdgeRoot {
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
             state: RequestState::Headers,
+            reply_id: serde_json::Value::Null,
+            meter: StreamMeter::default(),
         }))
     }
 
@@ -160,6 +164,9 @@ struct EdgeRequest {
     cache: Rc<RefCell<TokenCache>>,
     metrics: Rc<Metrics>,
     state: RequestState,
+    /// The JSON-RPC id of the request, for errors sent in its place.
+    reply_id: serde_json::Value,
+    meter: StreamMeter,
 }
 
 impl EdgeRequest {
@@ -288,7 +295,8 @@ impl HttpContext for EdgeRequest {
             gate::check_body(&self.config, &body, &held, &mut host)
         };
         match verdict {
-            Ok(_) => {
+            Ok(checked) => {
+                self.reply_id = checked.reply_id;
                 self.metrics
                     .increment("mcp_edge.requests_total.decision.forward.reason.ok");
                 self.state = RequestState::Forwarded;
@@ -296,5 +304,39 @@ impl HttpContext for EdgeRequest {
             }
             Err(reject) => self.reject(&reject),
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if matches!(self.state, RequestState::Replied) {
+            return Action::Continue;
+        }
+        let length = self.get_http_response_header("content-length");
+        match response_cap::check_declared_length(self.config.max_response_bytes, length.as_deref(), &self.reply_id) {
+            Ok(()) => Action::Continue,
+            Err(reject) => self.reject(&reject),
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if matches!(self.state, RequestState::Replied) {
+            return Action::Continue;
+        }
+        match self
+            .meter
+            .on_chunk(self.config.max_response_bytes, body_size, &self.reply_id)
+        {
+            ChunkAction::Pass => {}
+            ChunkAction::CutOff(event) => {
+                log::warn!(
+                    "response cut off at the {} byte output limit",
+                    self.config.max_response_bytes
+                );
+                self.metrics
+                    .increment("mcp_edge.requests_total.decision.reject.reason.response_too_large");
+                self.set_http_response_body(0, body_size, event.as_bytes());
+            }
+            ChunkAction::Drop => self.set_http_response_body(0, body_size, b""),
+        }
+        Action::Continue
     }
 }

@@ -128,7 +128,20 @@ impl Stack {
         Self::start_with(StackOptions::default()).await
     }
 
+    /// Starts a stack; retried on fresh ports if another process took one
+    /// of the ports picked (they are only free "a moment ago").
     pub async fn start_with(options: StackOptions) -> anyhow::Result<Stack> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(options.clone()).await {
+                Err(error) if attempt < 4 && format!("{error:#}").contains("already in use") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_start(options: StackOptions) -> anyhow::Result<Stack> {
         let state_dir = std::env::temp_dir().join(format!("mcp-gw-test-{}", uuid::Uuid::new_v4()));
         devkit::init(&state_dir)?;
         let (listen_port, admin_port, upstream_port) = (free_port(), free_port(), free_port());

@@ -257,3 +257,30 @@ async fn decisions_show_in_envoy_prometheus_stats() {
     assert_eq!(hits + misses, 4, "one lookup per authenticated request");
     assert!(misses <= 2, "at most one signature check per worker: {misses}");
 }
+
+/// The output cap: a response larger than `max_response_bytes` is replaced
+/// by a JSON-RPC error for the same request id (lowered here to provoke it).
+#[tokio::test]
+async fn oversized_upstream_response_becomes_a_jsonrpc_error() {
+    let patch = json!({"max_response_bytes": 2500});
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: patch,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let (status, _, body) = post(&stack, headers(bearer(&token)), call(1).to_string()).await;
+    assert_eq!(status, 200, "a one-image result fits: {body}");
+    let (status, _, body) = post(&stack, headers(bearer(&token)), call(4).to_string()).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["id"], 1, "{body}");
+    assert_eq!(body["error"]["code"], -32603);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("output limit of 2500 bytes"),
+        "{body}"
+    );
+}
