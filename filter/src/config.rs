@@ -136,11 +136,45 @@ pub struct JwtSpec {
     /// Allowed clock skew for `exp` / `nbf`.
     #[serde(default = "default_leeway_seconds")]
     pub leeway_seconds: u64,
-    /// Public keys as a JWKS document (`{"keys": [...]}`).
-    pub jwks: serde_json::Value,
+    /// Public keys as a JWKS document (`{"keys": [...]}`), inline.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Or: where to fetch the JWKS, through an Envoy cluster, refreshed on a timer.
+    #[serde(default)]
+    pub jwks_uri: Option<JwksUriSpec>,
     /// Optional realm for `WWW-Authenticate`.
     #[serde(default = "default_realm")]
     pub realm: String,
+}
+
+/// A JWKS fetched from the IAM through an Envoy cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksUriSpec {
+    /// Envoy cluster that reaches the IAM.
+    pub cluster: String,
+    /// Path of the JWKS, e.g. `/.well-known/jwks.json`.
+    pub path: String,
+    /// `Host`/`:authority` to send.
+    pub authority: String,
+    /// Seconds between refreshes after a successful fetch.
+    #[serde(default = "default_jwks_refresh_seconds")]
+    pub refresh_seconds: u64,
+    /// Seconds between retries while fetches fail.
+    #[serde(default = "default_jwks_retry_seconds")]
+    pub retry_seconds: u64,
+    #[serde(default = "default_jwks_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_jwks_refresh_seconds() -> u64 {
+    300
+}
+fn default_jwks_retry_seconds() -> u64 {
+    5
+}
+fn default_jwks_timeout_ms() -> u64 {
+    5000
 }
 
 fn default_max_body_bytes() -> usize {
@@ -337,6 +371,11 @@ mod tests {
     fn refusals_name_the_field() {
         let cases: &[(&str, serde_json::Value, &str)] = &[
             ("empty", serde_json::Value::Null, "plugin configuration"),
+            (
+                "neither jwks nor jwks_uri",
+                serde_json::json!({"jwt": {"issuer": "i", "audiences": ["a"]}}),
+                "exactly one of `jwks` and `jwks_uri`",
+            ),
             (
                 "unknown field",
                 serde_json::json!({"jwt": {"issuer": "i", "audiences": ["a"], "jwks": jwks()}, "max_body": 1}),

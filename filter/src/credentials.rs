@@ -220,7 +220,8 @@ mod tests {
             audiences: vec!["aud".into()],
             org_claim: "org".into(),
             leeway_seconds: 30,
-            jwks: json!({"keys": [jwk]}),
+            jwks: Some(json!({"keys": [jwk]})),
+            jwks_uri: None,
             realm: "r".into(),
         })
         .unwrap();

@@ -233,6 +233,15 @@ fn resource_metadata_param(config: &FilterConfig) -> String {
 }
 
 fn unauthorized(config: &FilterConfig, error: AuthError) -> Reject {
+    if error == AuthError::KeysNotLoaded {
+        return Reject::new(
+            503,
+            code::UNAUTHORIZED,
+            error.cause(),
+            format!("Service unavailable: {error}"),
+        )
+        .with_header("retry-after", "1");
+    }
     let metadata = resource_metadata_param(config);
     // RFC 6750 §3: no error code when the client sent no credentials.
     let challenge = match error {

@@ -2,6 +2,7 @@
 //! signature and registered claims checked by `jwt-simple`, identity taken
 //! from `sub` and the configured organisation claim.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 
 use jwt_simple::algorithms::{
@@ -13,7 +14,7 @@ use jwt_simple::token::Token;
 use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
-use crate::config::JwtSpec;
+use crate::config::{JwksUriSpec, JwtSpec};
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8192;
@@ -64,6 +65,8 @@ pub enum AuthError {
     InvalidIdentity,
     #[error("the API key is not valid")]
     UnknownApiKey,
+    #[error("the identity provider's keys are not loaded yet; retry shortly")]
+    KeysNotLoaded,
 }
 
 impl AuthError {
@@ -85,6 +88,7 @@ impl AuthError {
             AuthError::MissingOrg => "missing_org",
             AuthError::InvalidIdentity => "invalid_identity",
             AuthError::UnknownApiKey => "unknown_api_key",
+            AuthError::KeysNotLoaded => "jwks_not_loaded",
         }
     }
 }
@@ -102,6 +106,10 @@ pub enum JwtVerifierError {
     EmptyIssuer,
     #[error("`audiences` must list at least one audience")]
     NoAudience,
+    #[error("set exactly one of `jwks` and `jwks_uri`")]
+    KeySource,
+    #[error("`jwks_uri`: `cluster`, `path` (starting with '/') and `authority` are required, and periods must be at least 1")]
+    BadUri,
 }
 
 enum PublicKey {
@@ -127,7 +135,10 @@ struct KeyEntry {
 
 /// Verifies bearer tokens against a fixed key set and claim policy.
 pub struct JwtVerifier {
-    keys: Vec<KeyEntry>,
+    /// Replaced whole when a fetched JWKS arrives (the VM is single-threaded).
+    keys: RefCell<Vec<KeyEntry>>,
+    /// Where the keys come from when they are fetched.
+    pub remote: Option<JwksUriSpec>,
     issuer: String,
     audiences: HashSet<String>,
     org_claim: String,
@@ -143,14 +154,44 @@ impl JwtVerifier {
         if spec.audiences.is_empty() {
             return Err(JwtVerifierError::NoAudience);
         }
-        let keys = load_jwks(&spec.jwks)?;
+        let (keys, remote) = match (&spec.jwks, &spec.jwks_uri) {
+            (Some(jwks), None) => (load_jwks(jwks)?, None),
+            (None, Some(uri)) => {
+                let valid = !uri.cluster.is_empty()
+                    && uri.path.starts_with('/')
+                    && !uri.authority.is_empty()
+                    && uri.refresh_seconds >= 1
+                    && uri.retry_seconds >= 1
+                    && uri.timeout_ms >= 1;
+                if !valid {
+                    return Err(JwtVerifierError::BadUri);
+                }
+                (Vec::new(), Some(uri.clone()))
+            }
+            _ => return Err(JwtVerifierError::KeySource),
+        };
         Ok(Self {
-            keys,
+            keys: RefCell::new(keys),
+            remote,
             issuer: spec.issuer.clone(),
             audiences: spec.audiences.iter().cloned().collect(),
             org_claim: spec.org_claim.clone(),
             leeway_seconds: spec.leeway_seconds,
         })
+    }
+
+    /// Replaces the key set with a fetched JWKS; on error the old keys stay.
+    /// Returns the number of keys loaded.
+    pub fn replace_keys(&self, jwks: &Value) -> Result<usize, JwtVerifierError> {
+        let keys = load_jwks(jwks)?;
+        let count = keys.len();
+        *self.keys.borrow_mut() = keys;
+        Ok(count)
+    }
+
+    /// True once keys are available.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.borrow().is_empty()
     }
 
     /// Allowed clock skew, in seconds.
@@ -177,9 +218,12 @@ impl JwtVerifier {
             return Err(AuthError::UnsupportedAlgorithm);
         }
         let kid = metadata.key_id();
+        let keys = self.keys.borrow();
+        if keys.is_empty() {
+            return Err(AuthError::KeysNotLoaded);
+        }
         let candidates =
-            self.keys
-                .iter()
+            keys.iter()
                 .filter(|entry| entry.key.alg() == alg)
                 .filter(|entry| match (kid, entry.kid.as_deref()) {
                     (Some(kid), Some(entry_kid)) => kid == entry_kid,

@@ -37,7 +37,8 @@ fn verifier() -> JwtVerifier {
         audiences: vec![AUD.into()],
         org_claim: "org".into(),
         leeway_seconds: 30,
-        jwks,
+        jwks: Some(jwks),
+        jwks_uri: None,
         realm: "r".into(),
     })
     .unwrap()
@@ -282,7 +283,8 @@ fn jwks_errors_name_the_key() {
         audiences: vec![AUD.into()],
         org_claim: "org".into(),
         leeway_seconds: 0,
-        jwks,
+        jwks: Some(jwks),
+        jwks_uri: None,
         realm: "r".into(),
     };
     let cases = [
@@ -301,4 +303,48 @@ fn jwks_errors_name_the_key() {
         let err = JwtVerifier::from_spec(&spec(jwks.clone())).err().expect("refused");
         assert!(err.to_string().contains(expected), "{jwks}: {err}");
     }
+}
+
+#[test]
+fn fetched_key_sets_replace_the_old_and_bad_ones_are_ignored() {
+    let k = keys();
+    let remote = JwtVerifier::from_spec(&JwtSpec {
+        issuer: ISS.into(),
+        audiences: vec![AUD.into()],
+        org_claim: "org".into(),
+        leeway_seconds: 30,
+        jwks: None,
+        jwks_uri: Some(crate::config::JwksUriSpec {
+            cluster: "iam".into(),
+            path: "/jwks".into(),
+            authority: "iam".into(),
+            refresh_seconds: 60,
+            retry_seconds: 5,
+            timeout_ms: 1000,
+        }),
+        realm: "r".into(),
+    })
+    .unwrap();
+    let es_token = k.es.sign(good_claims()).unwrap();
+    let ed_token = k.ed.sign(good_claims()).unwrap();
+    assert!(!remote.has_keys());
+    assert_eq!(remote.verify_token(&es_token, NOW), Err(AuthError::KeysNotLoaded));
+    let jwk = |public: String| serde_json::from_str::<Value>(&public).unwrap();
+    assert_eq!(
+        remote
+            .replace_keys(&json!({"keys": [jwk(k.es.public_key().to_jwk())]}))
+            .unwrap(),
+        1
+    );
+    assert!(remote.verify_token(&es_token, NOW).is_ok());
+    // Rotation: the new set replaces the old one.
+    remote
+        .replace_keys(&json!({"keys": [jwk(k.ed.public_key().to_jwk())]}))
+        .unwrap();
+    assert!(remote.verify_token(&ed_token, NOW).is_ok());
+    assert_eq!(remote.verify_token(&es_token, NOW), Err(AuthError::UnknownKey));
+    // A broken document leaves the last good keys in place.
+    assert!(remote.replace_keys(&json!({"keys": []})).is_err());
+    assert!(remote.replace_keys(&json!("garbage")).is_err());
+    assert!(remote.verify_token(&ed_token, NOW).is_ok());
 }

@@ -20,7 +20,7 @@ pub mod transport;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -36,7 +36,12 @@ use crate::response_cap::{ChunkAction, StreamMeter};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(EdgeRoot { config: None, cache: Rc::new(RefCell::new(TokenCache::new(0))), metrics: Rc::default() })
+        Box::new(EdgeRoot {
+            config: None,
+            cache: Rc::new(RefCell::new(TokenCache::new(0))),
+            metrics: Rc::default(),
+            jwks_call: None,
+        })
     });
 }}
 
@@ -103,14 +108,86 @@ impl Metrics {
     }
 }
 
-/// Per-plugin state: the compiled configuration and the worker's token cache.
+/// Per-plugin state: the compiled configuration, the worker's token cache,
+/// and the JWKS fetch loop when keys come from a URL.
 struct EdgeRoot {
     config: Option<Rc<FilterConfig>>,
     cache: Rc<RefCell<TokenCache>>,
     metrics: Rc<Metrics>,
+    /// Token of the JWKS fetch under way.
+    jwks_call: Option<u32>,
 }
 
-impl Context for EdgeRoot {}
+impl EdgeRoot {
+    fn fetch_jwks(&mut self) {
+        let Some(config) = self.config.clone() else { return };
+        let Some(remote) = &config.jwt.remote else { return };
+        if self.jwks_call.is_some() {
+            return;
+        }
+        let headers = vec![
+            (":method", "GET"),
+            (":path", remote.path.as_str()),
+            (":authority", remote.authority.as_str()),
+        ];
+        match self.dispatch_http_call(
+            &remote.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(remote.timeout_ms),
+        ) {
+            Ok(token) => self.jwks_call = Some(token),
+            Err(status) => {
+                log::warn!("JWKS fetch from cluster {} could not start: {status:?}", remote.cluster);
+                self.metrics.increment("mcp_edge.jwks_refreshes_total.result.failed");
+            }
+        }
+    }
+
+    fn jwks_arrived(&mut self, body_size: usize) -> Result<usize, String> {
+        let config = self.config.clone().ok_or("no configuration")?;
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        if status != "200" {
+            return Err(format!("HTTP status {status:?}"));
+        }
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let jwks: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+        let count = config.jwt.replace_keys(&jwks).map_err(|e| e.to_string())?;
+        // Tokens verified with keys that may be gone must be checked again.
+        *self.cache.borrow_mut() = TokenCache::new(config.token_cache_entries);
+        Ok(count)
+    }
+}
+
+impl Context for EdgeRoot {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.jwks_call != Some(token_id) {
+            return;
+        }
+        self.jwks_call = None;
+        let Some(remote) = self.config.as_ref().and_then(|c| c.jwt.remote.clone()) else {
+            return;
+        };
+        match self.jwks_arrived(body_size) {
+            Ok(count) => {
+                log::info!("loaded {count} signing key(s) from {}{}", remote.authority, remote.path);
+                self.metrics.increment("mcp_edge.jwks_refreshes_total.result.ok");
+                self.set_tick_period(Duration::from_secs(remote.refresh_seconds));
+            }
+            Err(error) => {
+                // Keep the last good keys; retry sooner than the refresh period.
+                log::warn!(
+                    "JWKS refresh from {}{} failed: {error}; keeping the last good keys",
+                    remote.authority,
+                    remote.path
+                );
+                self.metrics.increment("mcp_edge.jwks_refreshes_total.result.failed");
+                self.set_tick_period(Duration::from_secs(remote.retry_seconds));
+            }
+        }
+    }
+}
 
 impl RootContext for EdgeRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -118,7 +195,12 @@ impl RootContext for EdgeRoot {
         match FilterConfig::from_json(&bytes) {
             Ok(config) => {
                 self.cache = Rc::new(RefCell::new(TokenCache::new(config.token_cache_entries)));
+                let remote = config.jwt.remote.is_some();
                 self.config = Some(Rc::new(config));
+                if remote {
+                    // The first fetch runs on the first tick, once the cluster is up.
+                    self.set_tick_period(Duration::from_millis(200));
+                }
                 true
             }
             Err(error) => {
@@ -127,6 +209,10 @@ impl RootContext for EdgeRoot {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        self.fetch_jwks();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -31,6 +31,8 @@ pub struct StackOptions {
     pub filter_patch: serde_json::Value,
     /// Envoy worker threads.
     pub envoy_concurrency: u32,
+    /// YAML appended to Envoy's cluster list.
+    pub extra_clusters: String,
 }
 
 impl Default for StackOptions {
@@ -40,6 +42,7 @@ impl Default for StackOptions {
             url_ttl_secs: 86_400,
             filter_patch: serde_json::json!({}),
             envoy_concurrency: 2,
+            extra_clusters: String::new(),
         }
     }
 }
@@ -194,6 +197,7 @@ impl Stack {
             ("LISTEN_PORT".to_string(), listen_port.to_string()),
             ("UPSTREAM_PORT".to_string(), upstream_port.to_string()),
             ("WASM_PATH".to_string(), wasm_path()?.display().to_string()),
+            ("EXTRA_CLUSTERS".to_string(), options.extra_clusters.clone()),
             ("FILTER_CONFIG".to_string(), filter_config.to_string()),
         ]);
         let envoy_config = state_dir.join("envoy.yaml");
