@@ -56,6 +56,10 @@ pub struct Stack {
     pub state_dir: PathBuf,
     pub fake: Option<FakeOpenAi>,
     children: Vec<(String, Child)>,
+    envoy_vars: BTreeMap<String, String>,
+    filter_config: serde_json::Value,
+    envoy_concurrency: u32,
+    restart_epoch: u32,
 }
 
 /// The repository root.
@@ -157,6 +161,10 @@ impl Stack {
             state_dir: state_dir.clone(),
             fake: None,
             children: Vec::new(),
+            envoy_vars: BTreeMap::new(),
+            filter_config: serde_json::Value::Null,
+            envoy_concurrency: options.envoy_concurrency,
+            restart_epoch: 0,
         };
 
         let mut upstream = Command::new(upstream_binary()?);
@@ -200,15 +208,9 @@ impl Stack {
             ("EXTRA_CLUSTERS".to_string(), options.extra_clusters.clone()),
             ("FILTER_CONFIG".to_string(), filter_config.to_string()),
         ]);
-        let envoy_config = state_dir.join("envoy.yaml");
-        std::fs::write(&envoy_config, devkit::render(&template, &vars)?)?;
-        let mut envoy = Command::new(envoy_binary());
-        envoy
-            .arg("-c")
-            .arg(&envoy_config)
-            .args(["--use-dynamic-base-id", "--log-level", "warn"])
-            .args(["--concurrency", &options.envoy_concurrency.to_string()])
-            .args(["--component-log-level", "wasm:info"]);
+        stack.envoy_vars = vars;
+        stack.filter_config = filter_config;
+        let envoy = stack.envoy_command(&template)?;
         stack.spawn("envoy", envoy)?;
 
         stack
@@ -216,6 +218,79 @@ impl Stack {
             .await?;
         stack.wait_ready("envoy", &format!("{}/ready", stack.admin_url)).await?;
         Ok(stack)
+    }
+
+    /// Renders the Envoy config for the current epoch and builds its command line.
+    fn envoy_command(&self, template: &str) -> anyhow::Result<Command> {
+        let mut vars = self.envoy_vars.clone();
+        vars.insert("FILTER_CONFIG".into(), self.filter_config.to_string());
+        let config = self.state_dir.join(format!("envoy-{}.yaml", self.restart_epoch));
+        std::fs::write(&config, devkit::render(template, &vars)?)?;
+        let base_id_path = self.state_dir.join("envoy.base-id");
+        let mut envoy = Command::new(envoy_binary());
+        envoy.arg("-c").arg(&config);
+        if self.restart_epoch == 0 {
+            envoy
+                .arg("--use-dynamic-base-id")
+                .arg("--base-id-path")
+                .arg(&base_id_path);
+        } else {
+            let base_id = std::fs::read_to_string(&base_id_path)?;
+            envoy.args([
+                "--base-id",
+                base_id.trim(),
+                "--restart-epoch",
+                &self.restart_epoch.to_string(),
+            ]);
+        }
+        envoy
+            .args([
+                "--drain-time-s",
+                "5",
+                "--parent-shutdown-time-s",
+                "20",
+                "--log-level",
+                "warn",
+            ])
+            .args(["--concurrency", &self.envoy_concurrency.to_string()])
+            .args(["--component-log-level", "wasm:info"]);
+        Ok(envoy)
+    }
+
+    /// Applies new filter settings the way an admin would without downtime:
+    /// an Envoy hot restart with the changed config. The old process drains
+    /// its in-flight requests while the new one takes the listeners.
+    pub async fn hot_restart_with(&mut self, filter_patch: serde_json::Value) -> anyhow::Result<()> {
+        if let (Some(config), Some(patch)) = (self.filter_config.as_object_mut(), filter_patch.as_object()) {
+            for (key, value) in patch {
+                config.insert(key.clone(), value.clone());
+            }
+        }
+        self.restart_epoch += 1;
+        let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        let envoy = self.envoy_command(&template)?;
+        let name = format!("envoy-epoch{}", self.restart_epoch);
+        self.spawn(&name, envoy)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let info = http_client()
+                .get(format!("{}/server_info", self.admin_url))
+                .send()
+                .await;
+            if let Ok(response) = info {
+                let info: serde_json::Value = response.json().await.unwrap_or_default();
+                let epoch = info["command_line_options"]["restart_epoch"].as_u64();
+                if epoch == Some(u64::from(self.restart_epoch)) && info["state"] == "LIVE" {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "hot restart to epoch {} did not go live:\n{}",
+            self.restart_epoch,
+            self.log_tail(&name)
+        )
     }
 
     fn spawn(&mut self, name: &str, mut command: Command) -> anyhow::Result<()> {
