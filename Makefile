@@ -13,13 +13,14 @@ export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT STATE_DIR SUB ORG
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean
+.PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops)"
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"
+	@echo "make bench-edge  bare Envoy vs jwt_authn+local_ratelimit vs our filter (bench/results/edge.md)"
 
 wasm:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -46,6 +47,10 @@ token: upstream
 	@$(BIN) dev-init --state-dir $(STATE_DIR)
 	@$(BIN) token --sub $(SUB) --org $(ORG) --state-dir $(STATE_DIR) \
 	  --public-base-url "$${GATEWAY_PUBLIC_BASE_URL:-http://127.0.0.1:$(LISTEN_PORT)}"
+
+bench-edge: build envoy
+	@command -v wrk >/dev/null || (echo "bench-edge needs wrk: apt-get install wrk" >&2; exit 1)
+	python3 bench/edge/run.py
 
 lint:
 	cargo fmt --all --check

@@ -256,12 +256,6 @@ struct EdgeRequest {
 }
 
 impl EdgeRequest {
-    /// Reads a request header without trusting it to be UTF-8.
-    fn header(&self, name: &str) -> Option<String> {
-        self.get_http_request_header_bytes(name)
-            .map(|bytes| String::from_utf8(bytes).unwrap_or_else(|_| "\u{FFFD}".to_string()))
-    }
-
     fn now_ms(&self) -> u64 {
         self.get_current_time()
             .duration_since(UNIX_EPOCH)
@@ -279,13 +273,13 @@ impl EdgeRequest {
         Action::Pause
     }
 
-    fn forward(&mut self, admitted: &Admitted) {
-        for name in gate::IDENTITY_HEADERS {
+    /// Replaces credentials and client-supplied identity headers (those in
+    /// `present`) with the verified identity.
+    fn forward(&mut self, admitted: &Admitted, present: &[&str]) {
+        // The client's credentials are for this gateway only; never pass them on.
+        for name in present {
             self.remove_http_request_header(name);
         }
-        // The client's credentials are for this gateway only; never pass them on.
-        self.remove_http_request_header("authorization");
-        self.remove_http_request_header("x-api-key");
         for (name, value) in gate::identity_headers(&admitted.identity) {
             self.set_http_request_header(name, Some(&value));
         }
@@ -296,25 +290,38 @@ impl Context for EdgeRequest {}
 
 impl HttpContext for EdgeRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let h = |name: &str| self.header(name);
-        let (method, path) = (h(":method").unwrap_or_default(), h(":path").unwrap_or_default());
-        let (content_length, authorization, x_api_key) = (h("content-length"), h("authorization"), h("x-api-key"));
-        let (content_type, accept, origin) = (h("content-type"), h("accept"), h("origin"));
-        let (protocol_version, mcp_method, mcp_name) = (h("mcp-protocol-version"), h("mcp-method"), h("mcp-name"));
+        // One host call for the whole map; values are not trusted to be UTF-8.
+        let headers: Vec<(String, String)> = self
+            .get_http_request_headers_bytes()
+            .into_iter()
+            .map(|(name, value)| {
+                (
+                    name,
+                    String::from_utf8(value).unwrap_or_else(|_| "\u{FFFD}".to_string()),
+                )
+            })
+            .collect();
+        let h = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         let head = RequestHead {
-            method: &method,
-            path: &path,
-            content_length: content_length.as_deref(),
-            authorization: authorization.as_deref(),
-            x_api_key: x_api_key.as_deref(),
-            content_type: content_type.as_deref(),
-            accept: accept.as_deref(),
-            origin: origin.as_deref(),
-            protocol_version: protocol_version.as_deref(),
-            mcp_method: mcp_method.as_deref(),
-            mcp_name: mcp_name.as_deref(),
+            method: h(":method").unwrap_or_default(),
+            path: h(":path").unwrap_or_default(),
+            content_length: h("content-length"),
+            authorization: h("authorization"),
+            x_api_key: h("x-api-key"),
+            content_type: h("content-type"),
+            accept: h("accept"),
+            origin: h("origin"),
+            protocol_version: h("mcp-protocol-version"),
+            mcp_method: h("mcp-method"),
+            mcp_name: h("mcp-name"),
             end_of_stream,
         };
+        // Only headers that are present need removing.
+        let present: Vec<&'static str> = ["authorization", "x-api-key"]
+            .into_iter()
+            .chain(gate::IDENTITY_HEADERS)
+            .filter(|name| h(name).is_some())
+            .collect();
         let now_ms = self.now_ms();
         let cache = self.cache.clone();
         let verdict = {
@@ -339,7 +346,7 @@ impl HttpContext for EdgeRequest {
             }
             HeadVerdict::Forward(admitted) => {
                 self.metrics.admitted(&admitted);
-                self.forward(&admitted);
+                self.forward(&admitted, &present);
                 self.metrics
                     .increment("mcp_edge.requests_total.decision.forward.reason.ok");
                 self.state = RequestState::Forwarded;
@@ -347,7 +354,7 @@ impl HttpContext for EdgeRequest {
             }
             HeadVerdict::InspectBody(admitted, held) => {
                 self.metrics.admitted(&admitted);
-                self.forward(&admitted);
+                self.forward(&admitted, &present);
                 self.state = RequestState::HoldingForBody(Box::new(held));
                 Action::Pause
             }

@@ -39,6 +39,13 @@ enum Command {
         #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
         public_base_url: String,
     },
+    /// Print the development edge-filter configuration (JSON).
+    FilterConfig {
+        #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
+        state_dir: PathBuf,
+        #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
+        public_base_url: String,
+    },
     /// Render an Envoy config template; FILTER_CONFIG comes from the dev state.
     RenderEnvoy {
         #[arg(long)]
@@ -92,6 +99,13 @@ async fn main() -> anyhow::Result<()> {
                 },
             )?;
             println!("{token}");
+            Ok(())
+        }
+        Command::FilterConfig {
+            state_dir,
+            public_base_url,
+        } => {
+            println!("{}", devkit::filter_config(&state_dir, &public_base_url)?);
             Ok(())
         }
         Command::RenderEnvoy {
