@@ -13,7 +13,7 @@ export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT STATE_DIR SUB ORG
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge
+.PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge fuzz
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops)"
@@ -21,6 +21,7 @@ help:
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"
 	@echo "make bench-edge  bare Envoy vs jwt_authn+local_ratelimit vs our filter (bench/results/edge.md)"
+	@echo "make fuzz    fuzz the filter's request decisions (FUZZ_SECONDS=60)"
 
 wasm:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -51,6 +52,12 @@ token: upstream
 bench-edge: build envoy
 	@command -v wrk >/dev/null || (echo "bench-edge needs wrk: apt-get install wrk" >&2; exit 1)
 	python3 bench/edge/run.py
+
+FUZZ_SECONDS ?= 60
+# cargo-fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd filter && RUSTC_BOOTSTRAP=1 cargo fuzz run request -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 
 lint:
 	cargo fmt --all --check
