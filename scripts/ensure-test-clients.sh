@@ -13,3 +13,8 @@ if [[ ! -d tests/clients/node_modules/@modelcontextprotocol/sdk ]]; then
   echo "installing the MCP TypeScript SDK under tests/clients ..." >&2
   (cd tests/clients && npm ci --silent --no-audit --no-fund) >&2
 fi
+# A real S3-compatible server (checks SigV4 and presigned-URL expiry) for the storage tests.
+if ! command -v s3s-fs >/dev/null 2>&1 && [[ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]]; then
+  echo "installing s3s-fs 0.14.1 (S3-compatible test server) ..." >&2
+  cargo install s3s-fs@0.14.1 --features binary --locked >&2
+fi

@@ -8,3 +8,4 @@ pub mod stack;
 pub use stack::{Backend, Stack, StackOptions};
 pub mod mcp_client;
 pub mod png_info;
+pub mod s3_server;

@@ -33,6 +33,8 @@ pub struct StackOptions {
     pub envoy_concurrency: u32,
     /// YAML appended to Envoy's cluster list.
     pub extra_clusters: String,
+    /// Extra environment for the upstream (storage settings, ...).
+    pub upstream_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -43,6 +45,7 @@ impl Default for StackOptions {
             filter_patch: serde_json::json!({}),
             envoy_concurrency: 2,
             extra_clusters: String::new(),
+            upstream_env: Vec::new(),
         }
     }
 }
@@ -191,6 +194,7 @@ impl Stack {
                 stack.fake = Some(fake);
             }
         }
+        upstream.envs(options.upstream_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         stack.spawn("upstream", upstream)?;
 
         let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;

@@ -34,7 +34,8 @@ pub struct ServeConfig {
     /// Folder for local state (images, secrets) when no other location is set.
     #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
     pub state_dir: PathBuf,
-    /// Image store URL; default `file://{state_dir}/images`.
+    /// Image store URL: `file:///path` or `s3://bucket` (with the `AWS_*`
+    /// variables); default `file://{state_dir}/images`.
     #[arg(long, env = "GATEWAY_STORAGE_URL")]
     pub storage_url: Option<String>,
     /// File holding the secret (hex, at least 32 bytes) for signed image links;
@@ -75,8 +76,8 @@ impl ServeConfig {
     /// Checks values that the flag parser cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            (60..=MAX_URL_TTL_SECS).contains(&self.url_ttl_secs),
-            "GATEWAY_URL_TTL_SECS must be between 60 and {MAX_URL_TTL_SECS} (got {})",
+            (1..=MAX_URL_TTL_SECS).contains(&self.url_ttl_secs),
+            "GATEWAY_URL_TTL_SECS must be between 1 and {MAX_URL_TTL_SECS} (got {})",
             self.url_ttl_secs
         );
         anyhow::ensure!(

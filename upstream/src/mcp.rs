@@ -178,10 +178,29 @@ impl ImageTools {
             }
         };
         let expires = now + self.state.url_ttl;
-        let urls: Vec<String> = keys
-            .iter()
-            .map(|k| self.state.signer.url(k, expires.timestamp()))
-            .collect();
+        let mut urls = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match self.state.store.presigned_url(key, self.state.url_ttl).await {
+                Ok(Some(url)) => urls.push(url),
+                Ok(None) => urls.push(self.state.signer.url(key, expires.timestamp())),
+                Err(error) => {
+                    tracing::error!(%error, "presigning an image link failed");
+                    self.state.store.delete_all(&keys).await;
+                    self.audit(
+                        caller,
+                        Some(args),
+                        started,
+                        Outcome::ToolError,
+                        Some("storage_failed"),
+                        0,
+                        generation.usage,
+                    );
+                    return CallToolResult::error(vec![ContentBlock::text(
+                        "The images were generated but no link could be signed; nothing was kept. Try again shortly.",
+                    )]);
+                }
+            }
+        }
         let output = GenerateImageOutput {
             image_urls: urls.clone(),
             expires_at: expires.to_rfc3339_opts(SecondsFormat::Secs, true),

@@ -1,13 +1,20 @@
-//! Image storage through `object_store`: the local filesystem by default.
+//! Image storage through `object_store`: the local filesystem by default,
+//! S3 and S3-compatible stores by URL (`s3://bucket[/prefix]`).
 //! Keys are `{org}/{yyyy}/{mm}/{dd}/{uuid}.png`.
+//!
+//! Links: stores that can presign (S3) hand out presigned GET URLs; the
+//! filesystem store's images are served by this service behind HMAC links.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::signer::Signer;
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,21 +31,50 @@ pub enum StorageError {
 #[derive(Clone)]
 pub struct ImageStore {
     store: Arc<dyn ObjectStore>,
+    /// Presigns GET links when the store can (S3).
+    presigner: Option<Arc<dyn Signer>>,
+    /// Whether the store keeps `Content-Type` (the filesystem store does not).
+    content_type: bool,
     description: String,
 }
 
 impl ImageStore {
-    /// Opens a store from a URL. Only `file://` (and bare paths) for now.
+    /// Opens a store from a URL: `file:///path` (or a bare path), or
+    /// `s3://bucket` configured by the standard `AWS_*` variables
+    /// (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for S3-compatible stores).
     pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("s3://") {
+            let has_prefix = url
+                .trim_start_matches("s3://")
+                .split_once('/')
+                .is_some_and(|(_, prefix)| !prefix.trim_matches('/').is_empty());
+            anyhow::ensure!(
+                !has_prefix,
+                "GATEWAY_STORAGE_URL {url:?}: key prefixes are not supported; give images a bucket of their own"
+            );
+            let s3 = AmazonS3Builder::from_env()
+                .with_url(url)
+                .build()
+                .map_err(|e| anyhow::anyhow!("GATEWAY_STORAGE_URL {url:?}: {e}"))?;
+            let s3 = Arc::new(s3);
+            return Ok(Self {
+                store: s3.clone(),
+                presigner: Some(s3),
+                content_type: true,
+                description: url.to_string(),
+            });
+        }
         let path = url.strip_prefix("file://").unwrap_or(url);
         anyhow::ensure!(
             !path.contains("://"),
-            "storage URL {url:?} is not supported; use file:///absolute/path"
+            "storage URL {url:?} is not supported; use file:///absolute/path or s3://bucket"
         );
         std::fs::create_dir_all(path).map_err(|e| anyhow::anyhow!("cannot create image directory {path:?}: {e}"))?;
         let store = LocalFileSystem::new_with_prefix(path)?;
         Ok(Self {
             store: Arc::new(store),
+            presigner: None,
+            content_type: false,
             description: format!("file://{path}"),
         })
     }
@@ -47,8 +83,19 @@ impl ImageStore {
     pub fn new(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
         Self {
             store,
+            presigner: None,
+            content_type: false,
             description: description.into(),
         }
+    }
+
+    /// A presigned GET URL for `key`, valid for `ttl`; `None` for stores that cannot presign.
+    pub async fn presigned_url(&self, key: &str, ttl: Duration) -> Result<Option<String>, StorageError> {
+        let Some(signer) = &self.presigner else { return Ok(None) };
+        let url = signer
+            .signed_url(object_store::signer::Method::GET, &parse_key(key)?, ttl)
+            .await?;
+        Ok(Some(url.to_string()))
     }
 
     pub fn description(&self) -> &str {
@@ -67,7 +114,13 @@ impl ImageStore {
         for png in images {
             let key = Self::new_key(org, now);
             let path = parse_key(&key)?;
-            if let Err(error) = self.store.put(&path, PutPayload::from(png.clone())).await {
+            let mut options = PutOptions::default();
+            if self.content_type {
+                let mut attributes = Attributes::new();
+                attributes.insert(Attribute::ContentType, "image/png".into());
+                options.attributes = attributes;
+            }
+            if let Err(error) = self.store.put_opts(&path, PutPayload::from(png.clone()), options).await {
                 self.delete_all(&keys).await;
                 return Err(error.into());
             }
@@ -76,7 +129,8 @@ impl ImageStore {
         Ok(keys)
     }
 
-    async fn delete_all(&self, keys: &[String]) {
+    /// Deletes images again (a generation that could not be completed).
+    pub async fn delete_all(&self, keys: &[String]) {
         for key in keys {
             if let Ok(path) = parse_key(key) {
                 if let Err(error) = self.store.delete(&path).await {
@@ -137,6 +191,19 @@ mod tests {
         ] {
             assert!(parse_key(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn storage_urls() {
+        assert!(
+            ImageStore::from_url("s3://bucket/prefix").is_err(),
+            "prefixes are refused"
+        );
+        assert!(ImageStore::from_url("gcs://bucket").is_err());
+        let dir = std::env::temp_dir().join(format!("store-{}", uuid::Uuid::new_v4()));
+        let store = ImageStore::from_url(&format!("file://{}", dir.display())).unwrap();
+        assert!(store.presigner.is_none(), "the filesystem store uses HMAC links");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -1,0 +1,68 @@
+//! Images stored in a real S3-compatible server (s3s-fs, SigV4-checking):
+//! the tool returns presigned GET URLs that work, and tampered or expired
+//! links are refused by the store itself.
+
+use std::time::Duration;
+
+use gateway_tests::mcp_client::{connect, generate};
+use gateway_tests::png_info::dimensions;
+use gateway_tests::s3_server::S3Server;
+use gateway_tests::stack::http_client;
+use gateway_tests::{Stack, StackOptions};
+use serde_json::json;
+
+#[tokio::test]
+async fn presigned_links_work_and_refuse_tampering_and_expiry() {
+    let s3 = S3Server::start("images").await.unwrap();
+    let options = StackOptions {
+        upstream_env: s3.upstream_env(),
+        url_ttl_secs: 4,
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(options).await.unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+
+    let result = generate(
+        &client,
+        json!({"prompt": "a harbour at dawn", "size": "1536x1024", "n": 2}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.is_error, Some(false), "{result:?}");
+    let urls: Vec<String> = result.structured_content.unwrap()["image_urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(urls.len(), 2);
+    let stored = s3.objects();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    for url in &urls {
+        assert!(url.starts_with(&format!("{}/images/acme/", s3.endpoint)), "{url}");
+        assert!(url.contains("X-Amz-Signature="), "{url}");
+        let response = http_client().get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(response.headers()["content-type"], "image/png");
+        assert_eq!(dimensions(&response.bytes().await.unwrap()).unwrap(), (1536, 1024));
+    }
+
+    let url = &urls[0];
+    let (head, signature) = url.rsplit_once("X-Amz-Signature=").unwrap();
+    let flipped = format!(
+        "{head}X-Amz-Signature={}{}",
+        if signature.starts_with('0') { "1" } else { "0" },
+        &signature[1..]
+    );
+    let other_key = url.replacen("/images/acme/", "/images/globex/", 1);
+    for (name, tampered) in [("signature", flipped), ("key", other_key)] {
+        let status = http_client().get(&tampered).send().await.unwrap().status();
+        assert_eq!(status, 403, "tampered {name}");
+    }
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let expired = http_client().get(url).send().await.unwrap();
+    assert_eq!(expired.status(), 403, "expired link");
+    assert!(expired.text().await.unwrap().contains("expired"));
+    client.cancel().await.unwrap();
+}
