@@ -35,6 +35,8 @@ pub struct StackOptions {
     pub extra_clusters: String,
     /// Extra environment for the upstream (storage settings, ...).
     pub upstream_env: Vec<(String, String)>,
+    /// Upstream processes behind Envoy (round robin), sharing state and storage.
+    pub upstream_replicas: u16,
 }
 
 impl Default for StackOptions {
@@ -46,6 +48,7 @@ impl Default for StackOptions {
             envoy_concurrency: 2,
             extra_clusters: String::new(),
             upstream_env: Vec::new(),
+            upstream_replicas: 1,
         }
     }
 }
@@ -170,32 +173,48 @@ impl Stack {
             restart_epoch: 0,
         };
 
-        let mut upstream = Command::new(upstream_binary()?);
-        upstream
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info,rmcp=warn")
-            .env("GATEWAY_LISTEN", format!("127.0.0.1:{upstream_port}"))
-            .env("GATEWAY_PUBLIC_BASE_URL", &base_url)
-            .env("GATEWAY_STATE_DIR", &state_dir)
-            .env("GATEWAY_URL_TTL_SECS", options.url_ttl_secs.to_string());
-        match &options.backend {
-            Backend::OfflinePreview => {
-                upstream.env("GATEWAY_BACKEND", "offline-preview");
-            }
+        let fake_env = match &options.backend {
+            Backend::OfflinePreview => vec![("GATEWAY_BACKEND".to_string(), "offline-preview".to_string())],
             Backend::FakeOpenAi { model, options } => {
                 let fake = FakeOpenAi::start(options.clone()).await?;
-                upstream
-                    .env("GATEWAY_BACKEND", "openai")
-                    .env("OPENAI_API_KEY", &fake.api_key)
-                    .env("OPENAI_BASE_URL", format!("{}/v1", fake.base_url))
-                    .env("OPENAI_IMAGE_MODEL", model);
+                let env = vec![
+                    ("GATEWAY_BACKEND".to_string(), "openai".to_string()),
+                    ("OPENAI_API_KEY".to_string(), fake.api_key.clone()),
+                    ("OPENAI_BASE_URL".to_string(), format!("{}/v1", fake.base_url)),
+                    ("OPENAI_IMAGE_MODEL".to_string(), model.clone()),
+                ];
                 stack.fake = Some(fake);
+                env
             }
+        };
+        let mut upstream_ports = vec![upstream_port];
+        upstream_ports.extend((1..options.upstream_replicas).map(|_| free_port()));
+        for (index, port) in upstream_ports.iter().enumerate() {
+            let mut upstream = Command::new(upstream_binary()?);
+            upstream
+                .arg("serve")
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("RUST_LOG", "info,rmcp=warn")
+                .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+                .env("GATEWAY_PUBLIC_BASE_URL", &base_url)
+                .env("GATEWAY_STATE_DIR", &state_dir)
+                .env("GATEWAY_URL_TTL_SECS", options.url_ttl_secs.to_string())
+                .envs(fake_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(options.upstream_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let name = if index == 0 {
+                "upstream".to_string()
+            } else {
+                format!("upstream-{}", index + 1)
+            };
+            stack.spawn(&name, upstream)?;
         }
-        upstream.envs(options.upstream_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        stack.spawn("upstream", upstream)?;
+        let extra_endpoints: String = upstream_ports[1..]
+            .iter()
+            .map(|port| {
+                format!("        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n")
+            })
+            .collect();
 
         let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
         let mut filter_config = devkit::filter_config(&state_dir, &base_url)?;
@@ -210,6 +229,7 @@ impl Stack {
             ("UPSTREAM_PORT".to_string(), upstream_port.to_string()),
             ("WASM_PATH".to_string(), wasm_path()?.display().to_string()),
             ("EXTRA_CLUSTERS".to_string(), options.extra_clusters.clone()),
+            ("EXTRA_UPSTREAM_ENDPOINTS".to_string(), extra_endpoints),
             ("FILTER_CONFIG".to_string(), filter_config.to_string()),
         ]);
         stack.envoy_vars = vars;
@@ -217,9 +237,16 @@ impl Stack {
         let envoy = stack.envoy_command(&template)?;
         stack.spawn("envoy", envoy)?;
 
-        stack
-            .wait_ready("upstream", &format!("{}/healthz", stack.upstream_url))
-            .await?;
+        for (index, port) in upstream_ports.iter().enumerate() {
+            let name = if index == 0 {
+                "upstream".to_string()
+            } else {
+                format!("upstream-{}", index + 1)
+            };
+            stack
+                .wait_ready(&name, &format!("http://127.0.0.1:{port}/healthz"))
+                .await?;
+        }
         stack.wait_ready("envoy", &format!("{}/ready", stack.admin_url)).await?;
         Ok(stack)
     }
@@ -434,9 +461,20 @@ impl Stack {
             .unwrap_or(0)
     }
 
-    /// Audit events the upstream logged.
+    /// Audit events every upstream replica logged.
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
-        self.log("upstream")
+        let replicas: Vec<String> = self
+            .children
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| n.starts_with("upstream"))
+            .collect();
+        replicas.iter().flat_map(|name| self.audit_events_of(name)).collect()
+    }
+
+    /// Audit events one upstream replica (`upstream`, `upstream-2`, ...) logged.
+    pub fn audit_events_of(&self, name: &str) -> Vec<serde_json::Value> {
+        self.log(name)
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .filter(|event| event["target"] == "audit")
