@@ -48,6 +48,8 @@ pub struct FakeOptions {
     pub images_per_minute: Option<u32>,
     /// Simulated generation time.
     pub latency: Duration,
+    /// Models that answer 500 `server_error` (a provider outage).
+    pub failing_models: Vec<String>,
 }
 
 /// A running fake.
@@ -235,6 +237,15 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
             ),
             "size",
             "invalid_value",
+        );
+    }
+    if state.options.failing_models.iter().any(|m| m == model) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+            None,
         );
     }
     if prompt.contains(BLOCKED_MARKER) {

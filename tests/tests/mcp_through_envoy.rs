@@ -250,3 +250,43 @@ async fn provider_rate_limit_is_reported_with_retry_after() {
     assert!(text.contains("rate limiting") && text.contains("retry after"), "{text}");
     client.cancel().await.unwrap();
 }
+
+/// A provider outage on the primary model: retried, then served by the
+/// fallback model; the result and the audit event say which model served.
+#[tokio::test]
+async fn primary_outage_falls_back_to_the_next_model() {
+    let fake = FakeOptions {
+        failing_models: vec!["gpt-image-2".into()],
+        ..FakeOptions::default()
+    };
+    let mut options = openai("gpt-image-2", fake);
+    options.upstream_env = vec![
+        ("GATEWAY_FALLBACK_MODELS".into(), "gpt-image-1.5".into()),
+        ("GATEWAY_MAX_ATTEMPTS".into(), "2".into()),
+        ("GATEWAY_RETRY_MAX_DELAY_SECS".into(), "1".into()),
+    ];
+    let stack = Stack::start_with(options).await.unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let result = generate(&client, json!({"prompt": "a lighthouse"})).await.unwrap();
+    assert_eq!(result.is_error, Some(false), "{result:?}");
+    assert_eq!(result.structured_content.unwrap()["model"], "gpt-image-1.5");
+    let models: Vec<String> = stack
+        .fake
+        .as_ref()
+        .unwrap()
+        .requests()
+        .iter()
+        .map(|r| r["model"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(models, ["gpt-image-2", "gpt-image-2", "gpt-image-1.5"]);
+    let call = stack
+        .audit_events()
+        .into_iter()
+        .find(|e| e["fields"]["event"] == "tool_call")
+        .unwrap();
+    assert_eq!(
+        (call["fields"]["model"].as_str(), call["fields"]["fallbacks"].as_u64()),
+        (Some("gpt-image-1.5"), Some(1))
+    );
+    client.cancel().await.unwrap();
+}

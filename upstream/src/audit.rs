@@ -25,6 +25,8 @@ pub struct ToolCallEvent<'a> {
     pub tool: &'a str,
     pub backend: &'a str,
     pub model: &'a str,
+    /// Preferred models that did not serve this call (0: the primary did).
+    pub fallbacks: u32,
     pub style: &'a str,
     pub size: &'a str,
     pub n: u8,
@@ -49,6 +51,7 @@ impl ToolCallEvent<'_> {
             tool = self.tool,
             backend = self.backend,
             model = self.model,
+            fallbacks = self.fallbacks,
             style = self.style,
             size = self.size,
             n = self.n,

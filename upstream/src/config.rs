@@ -67,6 +67,21 @@ pub struct ServeConfig {
     /// OpenAI organisation id, sent as `OpenAI-Organization`.
     #[arg(long, env = "OPENAI_ORGANIZATION")]
     pub openai_organization: Option<String>,
+    /// Models tried in order when the primary fails (same provider settings), comma separated.
+    #[arg(long, env = "GATEWAY_FALLBACK_MODELS", value_delimiter = ',')]
+    pub fallback_models: Vec<String>,
+    /// Attempts per model on rate limits, 5xx and network errors (jittered backoff, `Retry-After` honoured).
+    #[arg(long, env = "GATEWAY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Longest wait between attempts, in seconds.
+    #[arg(long, env = "GATEWAY_RETRY_MAX_DELAY_SECS", default_value_t = 20)]
+    pub retry_max_delay_secs: u64,
+    /// Consecutive failed calls after which a model is skipped for a while.
+    #[arg(long, env = "GATEWAY_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// Seconds an opened circuit breaker skips its model.
+    #[arg(long, env = "GATEWAY_BREAKER_OPEN_SECS", default_value_t = 30)]
+    pub breaker_open_secs: u64,
     /// Timeout for one provider call, in seconds (image models can take minutes).
     #[arg(long, env = "OPENAI_TIMEOUT_SECS", default_value_t = 300)]
     pub openai_timeout_secs: u64,
@@ -96,6 +111,21 @@ impl ServeConfig {
             "OPENAI_IMAGE_MODEL must not be empty"
         );
         Ok(())
+    }
+
+    pub fn retry_policy(&self) -> crate::backends::router::RetryPolicy {
+        crate::backends::router::RetryPolicy {
+            max_attempts: self.max_attempts.max(1),
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(self.retry_max_delay_secs),
+        }
+    }
+
+    pub fn breaker_policy(&self) -> crate::backends::router::BreakerPolicy {
+        crate::backends::router::BreakerPolicy {
+            failure_threshold: self.breaker_failures.max(1),
+            open_for: Duration::from_secs(self.breaker_open_secs),
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -120,10 +120,7 @@ impl ImageTools {
                     &caller,
                     None,
                     started,
-                    Outcome::Rejected,
-                    Some("invalid_arguments"),
-                    0,
-                    None,
+                    Ended::failed(Outcome::Rejected, "invalid_arguments"),
                 );
                 return Err(ErrorData::invalid_params(message, None));
             }
@@ -135,24 +132,20 @@ impl ImageTools {
 impl ImageTools {
     /// Generates, stores and signs; every failure is a tool error the caller sees.
     async fn run(&self, caller: &Caller, args: &GenerateImageArgs, started: Instant) -> CallToolResult {
-        let backend = &self.state.backend;
         let request = ImageRequest {
             prompt: args.style.apply(&args.prompt),
             size: args.size,
             n: args.n,
             user: caller.provider_user(),
         };
-        let generation = match backend.generate(&request).await {
-            Ok(generation) => generation,
+        let (generation, routed_fallbacks) = match self.state.backend.generate(&request).await {
+            Ok(routed) => (routed.generation, routed.fallbacks),
             Err(error) => {
                 self.audit(
                     caller,
                     Some(args),
                     started,
-                    Outcome::ToolError,
-                    Some(error.class()),
-                    0,
-                    None,
+                    Ended::failed(Outcome::ToolError, error.class()),
                 );
                 return CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
             }
@@ -167,10 +160,12 @@ impl ImageTools {
                     caller,
                     Some(args),
                     started,
-                    Outcome::ToolError,
-                    Some("storage_failed"),
-                    0,
-                    generation.usage,
+                    Ended {
+                        usage: generation.usage,
+                        model: Some(&generation.model),
+                        fallbacks: routed_fallbacks,
+                        ..Ended::failed(Outcome::ToolError, "storage_failed")
+                    },
                 );
                 return CallToolResult::error(vec![ContentBlock::text(
                     "The images were generated but could not be stored; nothing was saved. Try again shortly.",
@@ -190,10 +185,12 @@ impl ImageTools {
                         caller,
                         Some(args),
                         started,
-                        Outcome::ToolError,
-                        Some("storage_failed"),
-                        0,
-                        generation.usage,
+                        Ended {
+                            usage: generation.usage,
+                            model: Some(&generation.model),
+                            fallbacks: routed_fallbacks,
+                            ..Ended::failed(Outcome::ToolError, "storage_failed")
+                        },
                     );
                     return CallToolResult::error(vec![ContentBlock::text(
                         "The images were generated but no link could be signed; nothing was kept. Try again shortly.",
@@ -212,45 +209,65 @@ impl ImageTools {
             caller,
             Some(args),
             started,
-            Outcome::Success,
-            None,
-            keys.len(),
-            generation.usage,
+            Ended {
+                outcome: Outcome::Success,
+                error_class: None,
+                images_stored: keys.len(),
+                usage: generation.usage,
+                model: Some(&generation.model),
+                fallbacks: routed_fallbacks,
+            },
         );
-        result_for(&output, backend.kind() == crate::backends::offline_preview::MODEL)
+        result_for(&output, generation.model == crate::backends::offline_preview::MODEL)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn audit(
-        &self,
-        caller: &Caller,
-        args: Option<&GenerateImageArgs>,
-        started: Instant,
-        outcome: Outcome,
-        error_class: Option<&str>,
-        images_stored: usize,
-        usage: Option<crate::backends::Usage>,
-    ) {
+    fn audit(&self, caller: &Caller, args: Option<&GenerateImageArgs>, started: Instant, ended: Ended<'_>) {
         let size = args.map(|a| a.size.to_string()).unwrap_or_default();
+        let primary = self.state.backend.primary();
         ToolCallEvent {
             request_id: &caller.request_id,
             user: &caller.user,
             org: &caller.org,
             key_id: &caller.key_id,
             tool: "generate_image",
-            backend: self.state.backend.kind(),
-            model: self.state.backend.model(),
+            backend: primary.map(|b| b.kind()).unwrap_or_default(),
+            model: ended.model.or(primary.map(|b| b.model())).unwrap_or_default(),
+            fallbacks: ended.fallbacks,
             style: args.map(|a| a.style.as_str()).unwrap_or_default(),
             size: &size,
             n: args.map(|a| a.n).unwrap_or_default(),
-            images_stored,
+            images_stored: ended.images_stored,
             latency_ms: started.elapsed().as_millis() as u64,
-            outcome,
-            error_class,
-            input_tokens: usage.map(|u| u.input_tokens),
-            output_tokens: usage.map(|u| u.output_tokens),
+            outcome: ended.outcome,
+            error_class: ended.error_class,
+            input_tokens: ended.usage.map(|u| u.input_tokens),
+            output_tokens: ended.usage.map(|u| u.output_tokens),
         }
         .emit();
+    }
+}
+
+/// How a tool call ended, for its audit event.
+struct Ended<'a> {
+    outcome: Outcome,
+    error_class: Option<&'a str>,
+    images_stored: usize,
+    usage: Option<crate::backends::Usage>,
+    /// The model that served the call, when one did.
+    model: Option<&'a str>,
+    fallbacks: u32,
+}
+
+impl<'a> Ended<'a> {
+    fn failed(outcome: Outcome, error_class: &'a str) -> Self {
+        Self {
+            outcome,
+            error_class: Some(error_class),
+            images_stored: 0,
+            usage: None,
+            model: None,
+            fallbacks: 0,
+        }
     }
 }
 

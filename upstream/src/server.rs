@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backends::offline_preview::OfflinePreview;
 use crate::backends::openai::OpenAiBackend;
+use crate::backends::router::ModelRouter;
 use crate::backends::ImageBackend;
 use crate::config::{BackendChoice, ServeConfig};
 use crate::mcp::ImageTools;
@@ -20,7 +21,8 @@ use crate::storage::ImageStore;
 /// Shared state of the service.
 #[derive(Clone)]
 pub struct AppState {
-    pub backend: Arc<dyn ImageBackend>,
+    /// The primary model and its fallbacks.
+    pub backend: Arc<ModelRouter>,
     pub store: ImageStore,
     pub signer: UrlSigner,
     pub url_ttl: Duration,
@@ -29,10 +31,26 @@ pub struct AppState {
 impl AppState {
     /// Builds the state from validated configuration.
     pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
-        let backend: Arc<dyn ImageBackend> = match config.resolved_backend() {
-            BackendChoice::Openai => Arc::new(OpenAiBackend::new(config.openai_settings())?),
-            _ => Arc::new(OfflinePreview),
+        let backends: Vec<Arc<dyn ImageBackend>> = match config.resolved_backend() {
+            BackendChoice::Openai => {
+                let mut chain: Vec<Arc<dyn ImageBackend>> =
+                    vec![Arc::new(OpenAiBackend::new(config.openai_settings())?)];
+                for model in config.fallback_models.iter().filter(|m| !m.is_empty()) {
+                    let settings = crate::backends::openai::OpenAiSettings {
+                        model: model.clone(),
+                        ..config.openai_settings()
+                    };
+                    chain.push(Arc::new(OpenAiBackend::new(settings)?));
+                }
+                chain
+            }
+            _ => vec![Arc::new(OfflinePreview)],
         };
+        let backend = Arc::new(ModelRouter::new(
+            backends,
+            config.retry_policy(),
+            config.breaker_policy(),
+        ));
         let key_file = config.url_signing_key_file();
         let secret = std::fs::read_to_string(&key_file)
             .map_err(|e| anyhow::anyhow!("cannot read the URL signing key {}: {e} (run `mcp-image-gateway dev-init` or set GATEWAY_URL_SIGNING_KEY_FILE)", key_file.display()))?;

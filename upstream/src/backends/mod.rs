@@ -3,6 +3,7 @@
 
 pub mod offline_preview;
 pub mod openai;
+pub mod router;
 
 use async_trait::async_trait;
 use bytes::Bytes;
