@@ -5,10 +5,11 @@ SHELL := /bin/bash
 LISTEN_PORT ?= 8080
 ADMIN_PORT ?= 9901
 UPSTREAM_PORT ?= 8081
+METRICS_PORT ?= 9464
 STATE_DIR ?= .state
 SUB ?= alice
 ORG ?= acme
-export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT STATE_DIR SUB ORG
+export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT STATE_DIR SUB ORG
 
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 BIN := target/debug/mcp-image-gateway

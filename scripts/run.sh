@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 LISTEN_PORT="${LISTEN_PORT:-8080}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-8081}"
+METRICS_PORT="${METRICS_PORT:-9464}"
+export GATEWAY_METRICS_LISTEN="127.0.0.1:${METRICS_PORT}"
 STATE_DIR="${STATE_DIR:-.state}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
 BIN="${UPSTREAM_BIN:-target/debug/mcp-image-gateway}"
@@ -15,9 +17,9 @@ WASM="${WASM:-target/wasm32-wasip1/release/mcp_edge_filter.wasm}"
 export GATEWAY_PUBLIC_BASE_URL="${GATEWAY_PUBLIC_BASE_URL:-http://127.0.0.1:${LISTEN_PORT}}"
 export GATEWAY_STATE_DIR="${STATE_DIR}"
 
-for port in "${LISTEN_PORT}" "${ADMIN_PORT}" "${UPSTREAM_PORT}"; do
+for port in "${LISTEN_PORT}" "${ADMIN_PORT}" "${UPSTREAM_PORT}" "${METRICS_PORT}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
-    echo "port ${port} is already in use; choose others, e.g. make run LISTEN_PORT=18080 ADMIN_PORT=19901 UPSTREAM_PORT=18081" >&2
+    echo "port ${port} is already in use; choose others, e.g. make run LISTEN_PORT=18080 ADMIN_PORT=19901 UPSTREAM_PORT=18081 METRICS_PORT=19464" >&2
     exit 1
   fi
 done
@@ -63,6 +65,7 @@ cat <<BANNER
     MCP endpoint : ${MCP_URL}
     backend      : ${BACKEND}
     Envoy admin  : http://127.0.0.1:${ADMIN_PORT}   (stats: /stats/prometheus)
+    metrics      : http://127.0.0.1:${METRICS_PORT}/metrics (upstream, not routed by Envoy)
     state        : ${STATE_DIR}/ (dev keys, images)
 
   Development bearer token (sub=${SUB:-alice}, org=${ORG:-acme}, valid 24 h; more with 'make token SUB=bob ORG=acme'):

@@ -59,6 +59,8 @@ pub struct Stack {
     pub mcp_url: String,
     pub admin_url: String,
     pub upstream_url: String,
+    /// The first replica's Prometheus endpoint.
+    pub metrics_url: String,
     pub state_dir: PathBuf,
     pub fake: Option<FakeOpenAi>,
     children: Vec<(String, Child)>,
@@ -163,6 +165,7 @@ impl Stack {
             mcp_url: format!("{base_url}/mcp"),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
             upstream_url: format!("http://127.0.0.1:{upstream_port}"),
+            metrics_url: String::new(),
             base_url: base_url.clone(),
             state_dir: state_dir.clone(),
             fake: None,
@@ -189,6 +192,8 @@ impl Stack {
         };
         let mut upstream_ports = vec![upstream_port];
         upstream_ports.extend((1..options.upstream_replicas).map(|_| free_port()));
+        let metrics_ports: Vec<u16> = upstream_ports.iter().map(|_| free_port()).collect();
+        stack.metrics_url = format!("http://127.0.0.1:{}/metrics", metrics_ports[0]);
         for (index, port) in upstream_ports.iter().enumerate() {
             let mut upstream = Command::new(upstream_binary()?);
             upstream
@@ -197,6 +202,7 @@ impl Stack {
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("RUST_LOG", "info,rmcp=warn")
                 .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+                .env("GATEWAY_METRICS_LISTEN", format!("127.0.0.1:{}", metrics_ports[index]))
                 .env("GATEWAY_PUBLIC_BASE_URL", &base_url)
                 .env("GATEWAY_STATE_DIR", &state_dir)
                 .env("GATEWAY_URL_TTL_SECS", options.url_ttl_secs.to_string())

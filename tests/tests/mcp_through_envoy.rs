@@ -119,6 +119,33 @@ async fn generate_image_end_to_end_offline() {
         !fields["request_id"].as_str().unwrap().is_empty(),
         "Envoy's x-request-id reaches the audit log"
     );
+
+    // The upstream's Prometheus metrics, on their own listener ...
+    let metrics = http_client()
+        .get(&stack.metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"mcp_gateway_tool_calls_total{tool="generate_image",outcome="success"} 1"#,
+        r#"mcp_gateway_images_generated_total{org="acme",model="offline-preview",size="1536x1024"} 2"#,
+        r#"mcp_gateway_tool_calls_in_flight 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing in:\n{metrics}");
+    }
+    assert!(metrics
+        .contains(r#"mcp_gateway_model_request_duration_seconds_count{model="offline-preview",outcome="success"} 1"#));
+    // ... and not reachable through the public listener.
+    let public = http_client()
+        .get(format!("{}/metrics", stack.base_url))
+        .bearer_auth(stack.token("alice", "acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
     client.cancel().await.unwrap();
 }
 

@@ -28,6 +28,9 @@ pub struct ServeConfig {
     /// Address to listen on (only Envoy should reach it).
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` listener (scraped directly, not through Envoy).
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
     /// Public origin clients use, for signed links (scheme://host:port).
     #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
     pub public_base_url: String,

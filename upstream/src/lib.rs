@@ -11,6 +11,7 @@ pub mod config;
 pub mod devkit;
 pub mod images;
 pub mod mcp;
+pub mod metrics;
 pub mod server;
 pub mod signed_url;
 pub mod storage;

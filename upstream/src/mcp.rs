@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 
 use crate::args::{self, GenerateImageArgs};
 use crate::audit::{Outcome, ToolCallEvent};
-use crate::backends::ImageRequest;
+use crate::backends::{ImageBackend, ImageRequest};
+use crate::metrics::{ImageLabels, InFlight, ModelLabels, OpLabels};
 use crate::server::AppState;
 
 /// Structured result of `generate_image`.
@@ -132,13 +133,28 @@ impl ImageTools {
 impl ImageTools {
     /// Generates, stores and signs; every failure is a tool error the caller sees.
     async fn run(&self, caller: &Caller, args: &GenerateImageArgs, started: Instant) -> CallToolResult {
+        let _in_flight = InFlight::start(&self.state.metrics);
         let request = ImageRequest {
             prompt: args.style.apply(&args.prompt),
             size: args.size,
             n: args.n,
             user: caller.provider_user(),
         };
-        let (generation, routed_fallbacks) = match self.state.backend.generate(&request).await {
+        let model_started = Instant::now();
+        let routed = self.state.backend.generate(&request).await;
+        let (model_label, outcome_label) = match &routed {
+            Ok(routed) => (routed.generation.model.clone(), "success"),
+            Err(error) => (self.state.backend.model().to_string(), error.class()),
+        };
+        self.state
+            .metrics
+            .model_seconds
+            .get_or_create(&ModelLabels {
+                model: model_label,
+                outcome: outcome_label.into(),
+            })
+            .observe(model_started.elapsed().as_secs_f64());
+        let (generation, routed_fallbacks) = match routed {
             Ok(routed) => (routed.generation, routed.fallbacks),
             Err(error) => {
                 self.audit(
@@ -152,7 +168,16 @@ impl ImageTools {
         };
         let now = Utc::now();
         let pngs: Vec<_> = generation.images.iter().map(|i| i.png.clone()).collect();
-        let keys = match self.state.store.put_all(&caller.org, &pngs, now).await {
+        let storage_started = Instant::now();
+        let stored = self.state.store.put_all(&caller.org, &pngs, now).await;
+        self.state
+            .metrics
+            .storage_seconds
+            .get_or_create(&OpLabels {
+                operation: "put".into(),
+            })
+            .observe(storage_started.elapsed().as_secs_f64());
+        let keys = match stored {
             Ok(keys) => keys,
             Err(error) => {
                 tracing::error!(%error, "storing generated images failed");
@@ -224,6 +249,24 @@ impl ImageTools {
     fn audit(&self, caller: &Caller, args: Option<&GenerateImageArgs>, started: Instant, ended: Ended<'_>) {
         let size = args.map(|a| a.size.to_string()).unwrap_or_default();
         let primary = self.state.backend.primary();
+        let metrics = &self.state.metrics;
+        let outcome = match ended.outcome {
+            Outcome::Success => "success",
+            Outcome::ToolError => "tool_error",
+            Outcome::Rejected => "rejected",
+        };
+        metrics.call_finished("generate_image", outcome, started.elapsed(), ended.error_class);
+        if ended.images_stored > 0 {
+            let labels = ImageLabels {
+                org: caller.org.clone(),
+                model: ended.model.unwrap_or_default().to_string(),
+                size: size.clone(),
+            };
+            metrics.images.get_or_create(&labels).inc_by(ended.images_stored as u64);
+        }
+        if ended.fallbacks > 0 && ended.outcome == Outcome::Success {
+            metrics.fallbacks.inc();
+        }
         ToolCallEvent {
             request_id: &caller.request_id,
             user: &caller.user,

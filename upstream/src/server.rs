@@ -26,6 +26,7 @@ pub struct AppState {
     pub store: ImageStore,
     pub signer: UrlSigner,
     pub url_ttl: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -61,6 +62,7 @@ impl AppState {
             store: ImageStore::from_url(&config.storage_url())?,
             signer: UrlSigner::new(secret, &config.public_base_url)?,
             url_ttl: config.url_ttl(),
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 }
@@ -86,6 +88,25 @@ pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: Cancellatio
         .with_state(state)
 }
 
+/// `GET /metrics` on the metrics listener (not routed by Envoy).
+pub fn metrics_router(metrics: Arc<crate::metrics::Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    )
+}
+
 /// Runs the service until `shutdown` is cancelled.
 pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
@@ -97,6 +118,20 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         storage = state.store.description(),
         "starting mcp-image-gateway"
     );
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} for metrics: {e}", config.metrics_listen))?;
+    let metrics_app = metrics_router(state.metrics.clone());
+    let metrics_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let stopping = async move { metrics_shutdown.cancelled().await };
+        if let Err(error) = axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(stopping)
+            .await
+        {
+            tracing::error!(%error, "metrics listener failed");
+        }
+    });
     let app = router(state, config.allowed_hosts(), shutdown.child_token());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -1,0 +1,179 @@
+//! Prometheus metrics (OpenMetrics text via `prometheus-client`), served on
+//! a listener of their own that Envoy does not route to. Labels are bounded:
+//! tool, outcome, backend kind, model, org, size, error class — never user
+//! ids or prompts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub tool: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImageLabels {
+    pub org: String,
+    pub model: String,
+    pub size: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub operation: String,
+}
+
+/// Every metric of the service, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub tool_calls: Family<CallLabels, Counter>,
+    pub tool_call_seconds: Family<CallLabels, Histogram>,
+    pub in_flight: Gauge,
+    pub images: Family<ImageLabels, Counter>,
+    pub model_seconds: Family<ModelLabels, Histogram>,
+    pub fallbacks: Counter,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub storage_seconds: Family<OpLabels, Histogram>,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms .. ~5.5 min: from edge-rejected calls to slow high-quality generations.
+    Histogram::new(exponential_buckets(0.001, 2.0, 19))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("mcp_gateway");
+        let tool_calls = Family::<CallLabels, Counter>::default();
+        let tool_call_seconds =
+            Family::<CallLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let in_flight = Gauge::default();
+        let images = Family::<ImageLabels, Counter>::default();
+        let model_seconds =
+            Family::<ModelLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let fallbacks = Counter::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let storage_seconds =
+            Family::<OpLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register("tool_calls", "Finished MCP tool calls", tool_calls.clone());
+        registry.register(
+            "tool_call_duration_seconds",
+            "Tool call latency, model time included",
+            tool_call_seconds.clone(),
+        );
+        registry.register("tool_calls_in_flight", "Tool calls being served now", in_flight.clone());
+        registry.register("images_generated", "Images generated and stored", images.clone());
+        registry.register(
+            "model_request_duration_seconds",
+            "Model backend latency per call",
+            model_seconds.clone(),
+        );
+        registry.register("model_fallbacks", "Calls served by a fallback model", fallbacks.clone());
+        registry.register("errors", "Failed tool calls by class", errors.clone());
+        registry.register(
+            "storage_operation_duration_seconds",
+            "Image store latency",
+            storage_seconds.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            tool_calls,
+            tool_call_seconds,
+            in_flight,
+            images,
+            model_seconds,
+            fallbacks,
+            errors,
+            storage_seconds,
+        })
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn call_finished(&self, tool: &str, outcome: &str, elapsed: Duration, error_class: Option<&str>) {
+        let labels = CallLabels {
+            tool: tool.into(),
+            outcome: outcome.into(),
+        };
+        self.tool_calls.get_or_create(&labels).inc();
+        self.tool_call_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if let Some(class) = error_class {
+            self.errors.get_or_create(&ErrorLabels { class: class.into() }).inc();
+        }
+    }
+}
+
+/// Counts a tool call as in flight until dropped.
+pub struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    pub fn start(metrics: &Arc<Metrics>) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_families() {
+        let metrics = Metrics::new();
+        metrics.call_finished("generate_image", "success", Duration::from_millis(20), None);
+        metrics.call_finished(
+            "generate_image",
+            "tool_error",
+            Duration::from_millis(5),
+            Some("rate_limited"),
+        );
+        {
+            let _guard = InFlight::start(&metrics);
+            assert_eq!(metrics.in_flight.get(), 1);
+        }
+        assert_eq!(metrics.in_flight.get(), 0);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"mcp_gateway_tool_calls_total{tool="generate_image",outcome="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mcp_gateway_errors_total{class="rate_limited"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("mcp_gateway_tool_call_duration_seconds_bucket"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
