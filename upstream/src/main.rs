@@ -119,6 +119,9 @@ async fn main() -> anyhow::Result<()> {
             let filter_config = devkit::filter_config(&state_dir, &public_base_url)?;
             vars.entry("FILTER_CONFIG".into())
                 .or_insert_with(|| filter_config.to_string());
+            // Optional parts of the template default to nothing.
+            vars.entry("EXTRA_CLUSTERS".into()).or_default();
+            vars.entry("EXTRA_UPSTREAM_ENDPOINTS".into()).or_default();
             let template =
                 std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
             std::fs::write(&out, devkit::render(&template, &vars)?)
