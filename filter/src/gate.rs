@@ -138,7 +138,8 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
     }
     config
         .rate_limits
-        .check_request(host.store, &admitted.identity, caller_limits, host.now_ms)?;
+        .check_request(host.store, &admitted.identity, caller_limits, host.now_ms)
+        .map_err(|reject| reject.with_key(admitted.identity.key_id.as_deref().unwrap_or("jwt")))?;
     let held = HeldRequest {
         identity: admitted.identity.clone(),
         protocol_version: head.protocol_version.map(str::to_string),
@@ -190,7 +191,8 @@ pub fn check_body(
         if call.images > 0 {
             config
                 .rate_limits
-                .check_images(host.store, &held.identity.org, call.images, host.now_ms)?;
+                .check_images(host.store, &held.identity.org, call.images, host.now_ms)
+                .map_err(|reject| reject.with_key(held.identity.key_id.as_deref().unwrap_or("jwt")))?;
         }
     }
     Ok(CheckedBody {

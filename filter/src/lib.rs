@@ -92,9 +92,10 @@ impl Metrics {
         }
         if reject.status == 429 {
             self.increment(&format!(
-                "mcp_edge.rate_limited_total.reason.{}.org.{}",
+                "mcp_edge.rate_limited_total.reason.{}.org.{}.key.{}",
                 reject.reason,
-                reject.org.as_deref().unwrap_or("unknown")
+                reject.org.as_deref().unwrap_or("unknown"),
+                reject.key.as_deref().unwrap_or("unknown")
             ));
         }
     }

@@ -18,6 +18,8 @@ pub struct Reject {
     pub data: Option<Value>,
     /// The caller's organisation, when known (for per-org metrics).
     pub org: Option<String>,
+    /// The caller's API key id (`jwt` for token callers), for per-key metrics.
+    pub key: Option<String>,
 }
 
 impl Reject {
@@ -31,6 +33,7 @@ impl Reject {
             reason,
             data: None,
             org: None,
+            key: None,
         }
     }
 
@@ -55,6 +58,11 @@ impl Reject {
 
     pub fn with_org(mut self, org: &str) -> Self {
         self.org = Some(org.to_string());
+        self
+    }
+
+    pub fn with_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_string());
         self
     }
 

@@ -152,7 +152,7 @@ async fn caller_bucket_answers_429_with_ratelimit_headers() {
 
     let metrics = stack.prometheus().await;
     assert!(
-        metrics.contains("mcp_edge_rate_limited_total{reason=\"rate_limited_caller\",org=\"acme\"} 1"),
+        metrics.contains("mcp_edge_rate_limited_total{reason=\"rate_limited_caller\",org=\"acme\",key=\"jwt\"} 1"),
         "{metrics}"
     );
 }

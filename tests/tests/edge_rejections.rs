@@ -471,3 +471,30 @@ async fn image_links_need_a_valid_unexpired_signature() {
     // Only GET/HEAD bypass the filter; anything else needs a bearer token.
     assert_eq!(post.status(), 401);
 }
+
+/// Header count and size are bounded by Envoy before any filter runs.
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let stack = Stack::start().await.unwrap();
+    let mut many = mcp_headers(Some(&stack.token("alice", "acme")));
+    for i in 0..70 {
+        many.insert(
+            reqwest::header::HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+            HeaderValue::from_static("1"),
+        );
+    }
+    let mut huge = mcp_headers(Some(&stack.token("alice", "acme")));
+    huge.insert("x-filler", HeaderValue::from_str(&"a".repeat(17 * 1024)).unwrap());
+    let before = stack.envoy_stat(UPSTREAM_REQUESTS).await;
+    for (name, headers) in [("70 headers", many), ("17 KiB header", huge)] {
+        let response = http_client()
+            .post(&stack.mcp_url)
+            .headers(headers)
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 431, "{name}");
+    }
+    assert_eq!(stack.envoy_stat(UPSTREAM_REQUESTS).await, before);
+}
