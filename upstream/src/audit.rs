@@ -13,6 +13,8 @@ pub enum Outcome {
     ToolError,
     /// The call was refused before running (bad arguments, no identity).
     Rejected,
+    /// The client cancelled the call; nothing was stored.
+    Cancelled,
 }
 
 /// One finished tool call.

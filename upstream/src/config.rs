@@ -55,6 +55,9 @@ pub struct ServeConfig {
     /// Model backend.
     #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Seconds between `generating` progress notifications (heartbeats) while a model works.
+    #[arg(long, env = "GATEWAY_PROGRESS_INTERVAL_SECS", default_value_t = 10)]
+    pub progress_interval_secs: u64,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 330)]
     pub shutdown_grace_secs: u64,

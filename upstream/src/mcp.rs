@@ -10,10 +10,14 @@ use rmcp::handler::server::tool::Extension;
 use rmcp::model::{
     CallToolResult, ContentBlock, Implementation, JsonObject, Resource, ServerCapabilities, ServerConfig,
 };
-use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
+use rmcp::model::{ProgressNotificationParam, ProgressToken};
+use rmcp::service::{Peer, RequestContext};
+use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use crate::args::{self, GenerateImageArgs};
 use crate::audit::{Outcome, ToolCallEvent};
@@ -106,6 +110,7 @@ impl ImageTools {
         &self,
         arguments: JsonObject,
         Extension(parts): Extension<Parts>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let started = Instant::now();
         let Some(caller) = Caller::from_headers(&parts.headers) else {
@@ -126,14 +131,105 @@ impl ImageTools {
                 return Err(ErrorData::invalid_params(message, None));
             }
         };
-        Ok(self.run(&caller, &args, started).await)
+        let progress = Progress::for_request(&context, self.state.progress_interval);
+        // If the client goes away mid-call, the transport drops this future:
+        // the guard still writes the call's one audit event.
+        let mut unfinished = Unfinished {
+            tools: self.clone(),
+            caller: caller.clone(),
+            args: args.clone(),
+            started,
+            armed: true,
+        };
+        let result = self.run(&caller, &args, started, progress, context.ct.clone()).await;
+        unfinished.armed = false;
+        Ok(result)
+    }
+}
+
+/// A call whose future may be dropped before it ends (client disconnect).
+struct Unfinished {
+    tools: ImageTools,
+    caller: Caller,
+    args: GenerateImageArgs,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.armed {
+            let ended = Ended::failed(Outcome::Cancelled, "client_gone");
+            self.tools.audit(&self.caller, Some(&self.args), self.started, ended);
+        }
+    }
+}
+
+/// Progress notifications for one call, when the client asked for them.
+pub struct Progress {
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+    step: f64,
+    interval: Duration,
+}
+
+impl Progress {
+    fn for_request(context: &RequestContext<RoleServer>, interval: Duration) -> Option<Progress> {
+        let token = context.meta.get_progress_token()?;
+        Some(Progress {
+            peer: context.peer.clone(),
+            token,
+            step: 0.0,
+            interval,
+        })
+    }
+
+    /// Sends the next notification; progress only ever increases.
+    async fn send(&mut self, message: String) {
+        self.step += 1.0;
+        let param = ProgressNotificationParam::new(self.token.clone(), self.step).with_message(message);
+        if let Err(error) = self.peer.notify_progress(param).await {
+            tracing::debug!(%error, "progress notification not delivered");
+        }
+    }
+}
+
+/// Sends `generating` heartbeats every `progress.interval` until `work` ends,
+/// so clients and proxies keep a long call alive.
+async fn with_heartbeats<T>(progress: &mut Option<Progress>, work: impl std::future::Future<Output = T>) -> T {
+    let Some(progress) = progress.as_mut() else {
+        return work.await;
+    };
+    let started = Instant::now();
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(progress.interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = ticker.tick() => {
+                progress.send(format!("generating ({} s)", started.elapsed().as_secs())).await;
+            }
+        }
     }
 }
 
 impl ImageTools {
     /// Generates, stores and signs; every failure is a tool error the caller sees.
-    async fn run(&self, caller: &Caller, args: &GenerateImageArgs, started: Instant) -> CallToolResult {
+    async fn run(
+        &self,
+        caller: &Caller,
+        args: &GenerateImageArgs,
+        started: Instant,
+        mut progress: Option<Progress>,
+        cancelled: CancellationToken,
+    ) -> CallToolResult {
         let _in_flight = InFlight::start(&self.state.metrics);
+        if let Some(progress) = progress.as_mut() {
+            progress
+                .send(format!("generating with {}", self.state.backend.model()))
+                .await;
+        }
         let request = ImageRequest {
             prompt: args.style.apply(&args.prompt),
             size: args.size,
@@ -141,7 +237,14 @@ impl ImageTools {
             user: caller.provider_user(),
         };
         let model_started = Instant::now();
-        let routed = self.state.backend.generate(&request).await;
+        // A cancelled call stops the backend request: nothing is stored or billed.
+        let routed = tokio::select! {
+            routed = with_heartbeats(&mut progress, self.state.backend.generate(&request)) => routed,
+            _ = cancelled.cancelled() => {
+                self.audit(caller, Some(args), started, Ended::failed(Outcome::Cancelled, "cancelled"));
+                return CallToolResult::error(vec![ContentBlock::text("The generation was cancelled; nothing was stored.")]);
+            }
+        };
         let (model_label, outcome_label) = match &routed {
             Ok(routed) => (routed.generation.model.clone(), "success"),
             Err(error) => (self.state.backend.model().to_string(), error.class()),
@@ -166,6 +269,9 @@ impl ImageTools {
                 return CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
             }
         };
+        if let Some(progress) = progress.as_mut() {
+            progress.send("storing".to_string()).await;
+        }
         let now = Utc::now();
         let pngs: Vec<_> = generation.images.iter().map(|i| i.png.clone()).collect();
         let storage_started = Instant::now();
@@ -254,6 +360,7 @@ impl ImageTools {
             Outcome::Success => "success",
             Outcome::ToolError => "tool_error",
             Outcome::Rejected => "rejected",
+            Outcome::Cancelled => "cancelled",
         };
         metrics.call_finished("generate_image", outcome, started.elapsed(), ended.error_class);
         if ended.images_stored > 0 {

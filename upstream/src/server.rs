@@ -27,6 +27,8 @@ pub struct AppState {
     pub signer: UrlSigner,
     pub url_ttl: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Interval of `generating` progress heartbeats.
+    pub progress_interval: Duration,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
             signer: UrlSigner::new(secret, &config.public_base_url)?,
             url_ttl: config.url_ttl(),
             metrics: crate::metrics::Metrics::new(),
+            progress_interval: Duration::from_secs(config.progress_interval_secs.max(1)),
         })
     }
 }
