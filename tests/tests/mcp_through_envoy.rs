@@ -317,3 +317,29 @@ async fn primary_outage_falls_back_to_the_next_model() {
     );
     client.cancel().await.unwrap();
 }
+
+/// The output cap: an image over `GATEWAY_MAX_IMAGE_BYTES` (4 MiB by default,
+/// lowered here) is a clear tool error and nothing is stored.
+#[tokio::test]
+async fn oversized_images_are_refused_and_not_stored() {
+    let options = StackOptions {
+        upstream_env: vec![("GATEWAY_MAX_IMAGE_BYTES".into(), "2000".into())],
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(options).await.unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let result = generate(&client, json!({"prompt": "a detailed map", "size": "1536x1024"}))
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(true));
+    let text = result.content.iter().find_map(|c| c.as_text()).unwrap().text.clone();
+    assert!(text.contains("over the gateway's output limit of 2000 bytes"), "{text}");
+    assert!(!stack.state_dir.join("images/acme").exists());
+    let call = stack
+        .audit_events()
+        .into_iter()
+        .find(|e| e["fields"]["event"] == "tool_call")
+        .unwrap();
+    assert_eq!(call["fields"]["error_class"], "image_too_large");
+    client.cancel().await.unwrap();
+}

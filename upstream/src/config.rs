@@ -55,6 +55,9 @@ pub struct ServeConfig {
     /// Model backend.
     #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Largest image accepted from a model; larger ones are a tool error and are not stored.
+    #[arg(long, env = "GATEWAY_MAX_IMAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_image_bytes: usize,
     /// Seconds between `generating` progress notifications (heartbeats) while a model works.
     #[arg(long, env = "GATEWAY_PROGRESS_INTERVAL_SECS", default_value_t = 10)]
     pub progress_interval_secs: u64,

@@ -269,6 +269,24 @@ impl ImageTools {
                 return CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
             }
         };
+        let largest = generation.images.iter().map(|i| i.png.len()).max().unwrap_or_default();
+        if largest > self.state.max_image_bytes {
+            self.audit(
+                caller,
+                Some(args),
+                started,
+                Ended {
+                    usage: generation.usage,
+                    model: Some(&generation.model),
+                    fallbacks: routed_fallbacks,
+                    ..Ended::failed(Outcome::ToolError, "image_too_large")
+                },
+            );
+            return CallToolResult::error(vec![ContentBlock::text(format!(
+                "The generated image is {largest} bytes, over the gateway's output limit of {} bytes; nothing was stored. Try a smaller size.",
+                self.state.max_image_bytes
+            ))]);
+        }
         if let Some(progress) = progress.as_mut() {
             progress.send("storing".to_string()).await;
         }

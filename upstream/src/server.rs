@@ -29,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Interval of `generating` progress heartbeats.
     pub progress_interval: Duration,
+    /// Largest image accepted from a model (the PRD's 4 MiB output cap).
+    pub max_image_bytes: usize,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
             url_ttl: config.url_ttl(),
             metrics: crate::metrics::Metrics::new(),
             progress_interval: Duration::from_secs(config.progress_interval_secs.max(1)),
+            max_image_bytes: config.max_image_bytes,
         })
     }
 }
