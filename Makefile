@@ -6,10 +6,11 @@ LISTEN_PORT ?= 8080
 ADMIN_PORT ?= 9901
 UPSTREAM_PORT ?= 8081
 METRICS_PORT ?= 9464
+TLS_PORT ?= 8443
 STATE_DIR ?= .state
 SUB ?= alice
 ORG ?= acme
-export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT STATE_DIR SUB ORG
+export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT TLS_PORT TLS STATE_DIR SUB ORG
 
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 BIN := target/debug/mcp-image-gateway
@@ -17,7 +18,7 @@ BIN := target/debug/mcp-image-gateway
 .PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge fuzz
 
 help:
-	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops)"
+	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT))"
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"

@@ -9,6 +9,7 @@ LISTEN_PORT="${LISTEN_PORT:-8080}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-8081}"
 METRICS_PORT="${METRICS_PORT:-9464}"
+TLS_PORT="${TLS_PORT:-8443}"
 export GATEWAY_METRICS_LISTEN="127.0.0.1:${METRICS_PORT}"
 STATE_DIR="${STATE_DIR:-.state}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
@@ -28,7 +29,8 @@ ENVOY="$(scripts/ensure-envoy.sh)"
 "${BIN}" dev-init --state-dir "${STATE_DIR}"
 "${BIN}" render-envoy --template envoy/envoy.yaml.tmpl --out "${STATE_DIR}/envoy.yaml" \
   --set "ADMIN_PORT=${ADMIN_PORT}" --set "LISTEN_PORT=${LISTEN_PORT}" \
-  --set "UPSTREAM_PORT=${UPSTREAM_PORT}" --set "WASM_PATH=$(realpath "${WASM}")"
+  --set "UPSTREAM_PORT=${UPSTREAM_PORT}" --set "WASM_PATH=$(realpath "${WASM}")" \
+  ${TLS:+--tls-port "${TLS_PORT}"}
 "${ENVOY}" --mode validate -c "${STATE_DIR}/envoy.yaml" >/dev/null
 
 pids=()
@@ -65,7 +67,8 @@ cat <<BANNER
     MCP endpoint : ${MCP_URL}
     backend      : ${BACKEND}
     Envoy admin  : http://127.0.0.1:${ADMIN_PORT}   (stats: /stats/prometheus)
-    metrics      : http://127.0.0.1:${METRICS_PORT}/metrics (upstream, not routed by Envoy)
+    metrics      : http://127.0.0.1:${METRICS_PORT}/metrics (upstream, not routed by Envoy)${TLS:+
+    TLS 1.3      : https://localhost:${TLS_PORT}/mcp (self-signed: ${STATE_DIR}/tls.crt)}
     state        : ${STATE_DIR}/ (dev keys, images)
 
   Development bearer token (sub=${SUB:-alice}, org=${ORG:-acme}, valid 24 h; more with 'make token SUB=bob ORG=acme'):

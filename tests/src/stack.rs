@@ -37,6 +37,8 @@ pub struct StackOptions {
     pub upstream_env: Vec<(String, String)>,
     /// Upstream processes behind Envoy (round robin), sharing state and storage.
     pub upstream_replicas: u16,
+    /// Also listen with TLS 1.3 (self-signed development certificate).
+    pub tls: bool,
 }
 
 impl Default for StackOptions {
@@ -49,6 +51,7 @@ impl Default for StackOptions {
             extra_clusters: String::new(),
             upstream_env: Vec::new(),
             upstream_replicas: 1,
+            tls: false,
         }
     }
 }
@@ -61,6 +64,8 @@ pub struct Stack {
     pub upstream_url: String,
     /// The first replica's Prometheus endpoint.
     pub metrics_url: String,
+    /// The TLS 1.3 listener's port (0 without TLS).
+    pub tls_port: u16,
     pub state_dir: PathBuf,
     pub fake: Option<FakeOpenAi>,
     children: Vec<(String, Child)>,
@@ -166,6 +171,7 @@ impl Stack {
             admin_url: format!("http://127.0.0.1:{admin_port}"),
             upstream_url: format!("http://127.0.0.1:{upstream_port}"),
             metrics_url: String::new(),
+            tls_port: 0,
             base_url: base_url.clone(),
             state_dir: state_dir.clone(),
             fake: None,
@@ -222,6 +228,13 @@ impl Stack {
             })
             .collect();
 
+        let extra_listeners = if options.tls {
+            let (cert, key) = devkit::ensure_dev_certificate(&state_dir)?;
+            stack.tls_port = free_port();
+            devkit::tls_listener_yaml(&cert, &key, stack.tls_port)
+        } else {
+            String::new()
+        };
         let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
         let mut filter_config = devkit::filter_config(&state_dir, &base_url)?;
         if let (Some(config), Some(patch)) = (filter_config.as_object_mut(), options.filter_patch.as_object()) {
@@ -236,6 +249,7 @@ impl Stack {
             ("WASM_PATH".to_string(), wasm_path()?.display().to_string()),
             ("EXTRA_CLUSTERS".to_string(), options.extra_clusters.clone()),
             ("EXTRA_UPSTREAM_ENDPOINTS".to_string(), extra_endpoints),
+            ("EXTRA_LISTENERS".to_string(), extra_listeners),
             ("FILTER_CONFIG".to_string(), filter_config.to_string()),
         ]);
         stack.envoy_vars = vars;

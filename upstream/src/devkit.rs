@@ -175,6 +175,79 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> anyhow::Result
     Ok(out)
 }
 
+/// Creates, once, a self-signed development certificate for `localhost` and
+/// `127.0.0.1` (P-256, via the `openssl` command). Returns (certificate, key) paths.
+pub fn ensure_dev_certificate(state_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (state_dir.join("tls.crt"), state_dir.join("tls.key"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "365",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        // A leaf, not a CA: TLS clients (rustls, browsers) refuse a CA certificate as the server's own.
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running openssl to create the development certificate")?;
+    anyhow::ensure!(status.success(), "openssl could not create the development certificate");
+    Ok((cert, key))
+}
+
+/// An extra Envoy listener on `port` terminating TLS 1.3 only (TLS 1.2 and
+/// older handshakes fail) in front of the same HTTP stack as the plain one.
+pub fn tls_listener_yaml(cert: &Path, key: &Path, port: u16) -> String {
+    format!(
+        r#"  - name: mcp_public_tls
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    per_connection_buffer_limit_bytes: 32768
+    filter_chains:
+    - filters:
+      - *mcp_http
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_params:
+              tls_minimum_protocol_version: TLSv1_3
+              tls_maximum_protocol_version: TLSv1_3
+            alpn_protocols: ["h2", "http/1.1"]
+            tls_certificates:
+            - certificate_chain: {{ filename: "{}" }}
+              private_key: {{ filename: "{}" }}
+"#,
+        cert.display(),
+        key.display()
+    )
+}
+
 /// Default location of the state folder relative to the repository.
 pub fn default_state_dir() -> PathBuf {
     PathBuf::from(".state")

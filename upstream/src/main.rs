@@ -52,6 +52,9 @@ enum Command {
         template: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Also listen with TLS 1.3 on this port (self-signed development certificate).
+        #[arg(long)]
+        tls_port: Option<u16>,
         /// NAME=VALUE for a `${NAME}` placeholder (repeatable).
         #[arg(long = "set", value_parser = parse_var)]
         vars: Vec<(String, String)>,
@@ -110,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::RenderEnvoy {
             template,
+            tls_port,
             out,
             vars,
             state_dir,
@@ -119,9 +123,17 @@ async fn main() -> anyhow::Result<()> {
             let filter_config = devkit::filter_config(&state_dir, &public_base_url)?;
             vars.entry("FILTER_CONFIG".into())
                 .or_insert_with(|| filter_config.to_string());
+            if let Some(port) = tls_port {
+                let (cert, key) = devkit::ensure_dev_certificate(&state_dir)?;
+                vars.insert(
+                    "EXTRA_LISTENERS".into(),
+                    devkit::tls_listener_yaml(&std::path::absolute(&cert)?, &std::path::absolute(&key)?, port),
+                );
+            }
             // Optional parts of the template default to nothing.
             vars.entry("EXTRA_CLUSTERS".into()).or_default();
             vars.entry("EXTRA_UPSTREAM_ENDPOINTS".into()).or_default();
+            vars.entry("EXTRA_LISTENERS".into()).or_default();
             let template =
                 std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
             std::fs::write(&out, devkit::render(&template, &vars)?)
