@@ -18,3 +18,12 @@ if ! command -v s3s-fs >/dev/null 2>&1 && [[ ! -x "${CARGO_HOME:-$HOME/.cargo}/b
   echo "installing s3s-fs 0.14.1 (S3-compatible test server) ..." >&2
   cargo install s3s-fs@0.14.1 --features binary --locked >&2
 fi
+# Prometheus and promtool (Debian) for the monitoring tests.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "installing prometheus (Debian) ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends prometheus >&2 \
+    || (apt-get update >&2 && apt-get install -y --no-install-recommends prometheus >&2)
+  # The package may start a system instance; the tests run their own.
+  (systemctl stop prometheus || pkill -x prometheus) >/dev/null 2>&1 || true
+fi

@@ -1,0 +1,195 @@
+//! The monitoring wiring, proven against a real Prometheus: the scrape config
+//! and rules pass promtool (rule unit tests included), and after some
+//! traffic every expression of the Grafana dashboard returns data.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway_tests::stack::{free_port, http_client, workspace_root};
+use gateway_tests::{Stack, StackOptions};
+use mcp_image_gateway::devkit;
+use serde_json::{json, Value};
+
+fn promtool(args: &[&str]) {
+    let output = Command::new("promtool")
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool {args:?}:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn dashboard_exprs() -> Vec<(String, String)> {
+    let path = workspace_root().join("envoy/observability/grafana/gateway.json");
+    let dashboard: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "mcp-image-gateway");
+    assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);
+    let mut exprs = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(ids.insert(panel["id"].as_u64().unwrap()), "panel ids are unique");
+        let grid = &panel["gridPos"];
+        assert!(grid["w"].as_u64().unwrap() <= 24 && grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24);
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert!(
+            ["timeseries", "stat"].contains(&panel["type"].as_str().unwrap()),
+            "{panel}"
+        );
+        assert_eq!(panel["datasource"]["uid"], "${datasource}");
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push((
+                panel["title"].as_str().unwrap().to_string(),
+                target["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    exprs
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn query(prometheus: &str, expr: &str) -> Vec<Value> {
+    let response: Value = http_client()
+        .get(format!("{prometheus}/api/v1/query?query={}", percent_encode(expr)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["status"], "success", "{expr}: {response}");
+    response["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+async fn post(stack: &Stack, token: &str, body: Value) -> u16 {
+    http_client()
+        .post(&stack.mcp_url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn prometheus_rules_and_every_dashboard_query_work() {
+    promtool(&["check", "rules", "envoy/observability/rules.yml"]);
+    promtool(&["test", "rules", "envoy/observability/rules_test.yml"]);
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 12);
+
+    let patch = json!({"rate_limits": {"per_caller": {"requests_per_second": 0.01, "burst": 3}}});
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: patch,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let admin_port = stack.admin_url.rsplit(':').next().unwrap().to_string();
+    let metrics_port = stack
+        .metrics_url
+        .trim_end_matches("/metrics")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let template = std::fs::read_to_string(workspace_root().join("envoy/observability/prometheus.yml.tmpl")).unwrap();
+    let config = devkit::render(
+        &template,
+        &BTreeMap::from([
+            ("SCRAPE_INTERVAL".to_string(), "1s".to_string()),
+            (
+                "RULES_FILE".to_string(),
+                workspace_root()
+                    .join("envoy/observability/rules.yml")
+                    .display()
+                    .to_string(),
+            ),
+            ("ADMIN_PORT".to_string(), admin_port),
+            ("METRICS_PORT".to_string(), metrics_port),
+        ]),
+    )
+    .unwrap();
+    let config_path = stack.state_dir.join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    promtool(&["check", "config", config_path.to_str().unwrap()]);
+
+    let port = free_port();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            stack.state_dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (apt-get install prometheus)");
+    let url = format!("http://127.0.0.1:{port}");
+
+    // Traffic of every kind the dashboard shows, over several scrapes.
+    let deadline = Instant::now() + Duration::from_secs(7);
+    let mut round = 0;
+    while Instant::now() < deadline {
+        round += 1;
+        let token = stack.token(&format!("user{round}"), if round % 2 == 0 { "acme" } else { "globex" });
+        let call = |args: Value| json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "generate_image", "arguments": args}});
+        assert_eq!(post(&stack, &token, call(json!({"prompt": "a kite"}))).await, 200);
+        post(&stack, &token, call(json!({"prompt": "a kite", "size": "640x480"}))).await;
+        post(
+            &stack,
+            "not-a-token",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        )
+        .await;
+        let burst = stack.token("burst", "acme");
+        for _ in 0..4 {
+            post(
+                &stack,
+                &burst,
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut empty = Vec::new();
+    for (title, expr) in &exprs {
+        if query(&url, expr).await.is_empty() {
+            empty.push(format!("{title}: {expr}"));
+        }
+    }
+    assert!(
+        query(&url, "mcp:tool_calls:rate5m").await.len() == 1,
+        "recording rules evaluate"
+    );
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+}
