@@ -15,7 +15,7 @@ export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT TLS_PORT TLS STATE_DIR 
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge fuzz
+.PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge fuzz deploy-render wasm-oci
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT))"
@@ -60,6 +60,19 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	cd filter && RUSTC_BOOTSTRAP=1 cargo fuzz run request -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
+
+# Envoy config for the Kubernetes gateway (deploy/gateway/envoy.yaml), from the
+# same template as `make run`, with deploy/gateway/filter-config.json.
+deploy-render: upstream
+	$(BIN) render-envoy --template envoy/envoy.yaml.tmpl --out deploy/gateway/envoy.yaml \
+	  --set LISTEN_ADDRESS=0.0.0.0 --set LISTEN_PORT=8080 --set ADMIN_ADDRESS=0.0.0.0 --set ADMIN_PORT=9901 \
+	  --set UPSTREAM_ADDRESS=mcp-upstream.mcp-images.svc.cluster.local --set UPSTREAM_CLUSTER_TYPE=STRICT_DNS \
+	  --set UPSTREAM_PORT=8081 --set WASM_PATH=/etc/envoy-wasm/mcp_edge_filter.wasm \
+	  --set-file FILTER_CONFIG=deploy/gateway/filter-config.json --set-file EXTRA_CLUSTERS=deploy/gateway/iam-cluster.yaml
+
+# The filter as an OCI image layout Istio's WasmPlugin can pull (target/oci/mcp-edge-filter).
+wasm-oci: wasm
+	python3 scripts/build-wasm-oci.py
 
 lint:
 	cargo fmt --all --check

@@ -27,3 +27,8 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   # The package may start a system instance; the tests run their own.
   (systemctl stop prometheus || pkill -x prometheus) >/dev/null 2>&1 || true
 fi
+# Offline Kubernetes schema validation for deploy/.
+if ! .venv/bin/python -c "import kubernetes_validate" 2>/dev/null; then
+  echo "installing kubernetes-validate into .venv ..." >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.*" >&2
+fi

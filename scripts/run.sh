@@ -17,6 +17,8 @@ BIN="${UPSTREAM_BIN:-target/debug/mcp-image-gateway}"
 WASM="${WASM:-target/wasm32-wasip1/release/mcp_edge_filter.wasm}"
 export GATEWAY_PUBLIC_BASE_URL="${GATEWAY_PUBLIC_BASE_URL:-http://127.0.0.1:${LISTEN_PORT}}"
 export GATEWAY_STATE_DIR="${STATE_DIR}"
+# No load balancer to drain from locally: stop at once on Ctrl-C.
+export GATEWAY_DRAIN_DELAY_SECS="${GATEWAY_DRAIN_DELAY_SECS:-0}"
 
 for port in "${LISTEN_PORT}" "${ADMIN_PORT}" "${UPSTREAM_PORT}" "${METRICS_PORT}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then

@@ -250,6 +250,10 @@ impl Stack {
             ("EXTRA_CLUSTERS".to_string(), options.extra_clusters.clone()),
             ("EXTRA_UPSTREAM_ENDPOINTS".to_string(), extra_endpoints),
             ("EXTRA_LISTENERS".to_string(), extra_listeners),
+            ("LISTEN_ADDRESS".to_string(), "127.0.0.1".to_string()),
+            ("ADMIN_ADDRESS".to_string(), "127.0.0.1".to_string()),
+            ("UPSTREAM_ADDRESS".to_string(), "127.0.0.1".to_string()),
+            ("UPSTREAM_CLUSTER_TYPE".to_string(), "STATIC".to_string()),
             ("FILTER_CONFIG".to_string(), filter_config.to_string()),
         ]);
         stack.envoy_vars = vars;
@@ -435,6 +439,23 @@ impl Stack {
             },
         )
         .unwrap_or_default()
+    }
+
+    /// Sends a signal (e.g. `TERM`) to a process of the stack (`upstream`, `envoy`, ...).
+    pub fn signal(&self, name: &str, signal: &str) {
+        if let Some((_, child)) = self.children.iter().find(|(n, _)| n == name) {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Whether a process of the stack has exited.
+    pub fn exited(&mut self, name: &str) -> bool {
+        self.children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, child)| matches!(child.try_wait(), Ok(Some(_))))
     }
 
     /// The development API key of this stack.

@@ -61,6 +61,10 @@ pub struct ServeConfig {
     /// Seconds between `generating` progress notifications (heartbeats) while a model works.
     #[arg(long, env = "GATEWAY_PROGRESS_INTERVAL_SECS", default_value_t = 10)]
     pub progress_interval_secs: u64,
+    /// Seconds between a stop signal and closing the listener, while readiness
+    /// already fails (load balancers stop sending new calls).
+    #[arg(long, env = "GATEWAY_DRAIN_DELAY_SECS", default_value_t = 5)]
+    pub drain_delay_secs: u64,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 330)]
     pub shutdown_grace_secs: u64,

@@ -58,6 +58,9 @@ enum Command {
         /// NAME=VALUE for a `${NAME}` placeholder (repeatable).
         #[arg(long = "set", value_parser = parse_var)]
         vars: Vec<(String, String)>,
+        /// NAME=PATH: the placeholder takes the file's contents (repeatable).
+        #[arg(long = "set-file", value_parser = parse_var)]
+        file_vars: Vec<(String, String)>,
         #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
         state_dir: PathBuf,
         #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
@@ -114,21 +117,44 @@ async fn main() -> anyhow::Result<()> {
         Command::RenderEnvoy {
             template,
             tls_port,
+            file_vars,
             out,
             vars,
             state_dir,
             public_base_url,
         } => {
             let mut vars: BTreeMap<String, String> = vars.into_iter().collect();
-            let filter_config = devkit::filter_config(&state_dir, &public_base_url)?;
-            vars.entry("FILTER_CONFIG".into())
-                .or_insert_with(|| filter_config.to_string());
             if let Some(port) = tls_port {
                 let (cert, key) = devkit::ensure_dev_certificate(&state_dir)?;
                 vars.insert(
                     "EXTRA_LISTENERS".into(),
                     devkit::tls_listener_yaml(&std::path::absolute(&cert)?, &std::path::absolute(&key)?, port),
                 );
+            }
+            for (name, path) in file_vars {
+                let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+                if name == "FILTER_CONFIG" {
+                    // One line, so it sits inside the YAML block scalar.
+                    let json: serde_json::Value =
+                        serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?;
+                    text = json.to_string();
+                }
+                vars.insert(name, text.trim_end().to_string());
+            }
+            // The development filter configuration unless one was given.
+            if !vars.contains_key("FILTER_CONFIG") {
+                vars.insert(
+                    "FILTER_CONFIG".into(),
+                    devkit::filter_config(&state_dir, &public_base_url)?.to_string(),
+                );
+            }
+            for (name, default) in [
+                ("LISTEN_ADDRESS", "127.0.0.1"),
+                ("ADMIN_ADDRESS", "127.0.0.1"),
+                ("UPSTREAM_ADDRESS", "127.0.0.1"),
+                ("UPSTREAM_CLUSTER_TYPE", "STATIC"),
+            ] {
+                vars.entry(name.into()).or_insert_with(|| default.into());
             }
             // Optional parts of the template default to nothing.
             vars.entry("EXTRA_CLUSTERS".into()).or_default();

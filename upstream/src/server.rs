@@ -31,6 +31,8 @@ pub struct AppState {
     pub progress_interval: Duration,
     /// Largest image accepted from a model (the PRD's 4 MiB output cap).
     pub max_image_bytes: usize,
+    /// Set once a stop signal arrived: readiness fails while calls drain.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
             metrics: crate::metrics::Metrics::new(),
             progress_interval: Duration::from_secs(config.progress_interval_secs.max(1)),
             max_image_bytes: config.max_image_bytes,
+            draining: Arc::default(),
         })
     }
 }
@@ -91,7 +94,17 @@ pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: Cancellatio
         .nest_service("/mcp", mcp)
         .route("/images/{*key}", get(crate::images::get_image))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readiness))
         .with_state(state)
+}
+
+/// Ready unless draining after a stop signal.
+async fn readiness(axum::extract::State(state): axum::extract::State<AppState>) -> (http::StatusCode, &'static str) {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        (http::StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (http::StatusCode::OK, "ready")
+    }
 }
 
 /// `GET /metrics` on the metrics listener (not routed by Envoy).
@@ -114,9 +127,21 @@ pub fn metrics_router(metrics: Arc<crate::metrics::Metrics>) -> Router {
 }
 
 /// Runs the service until `shutdown` is cancelled.
-pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let state = AppState::from_config(&config)?;
+    // On a stop signal: fail readiness first so load balancers take this
+    // replica out, then stop accepting and let in-flight calls finish.
+    let shutdown = CancellationToken::new();
+    let draining = state.draining.clone();
+    let drain_delay = Duration::from_secs(config.drain_delay_secs);
+    let stop_then_drain = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(drain_delay).await;
+        stop_then_drain.cancel();
+    });
     tracing::info!(
         listen = %config.listen,
         backend = state.backend.kind(),
