@@ -186,6 +186,10 @@ async fn openai_backend_through_the_provider_fake() {
     assert_eq!(result.is_error, Some(false), "{result:?}");
     let structured = result.structured_content.unwrap();
     assert_eq!(structured["model"], "gpt-image-2");
+    assert!(
+        structured["estimated_cost_usd"].as_f64().unwrap() > 0.04,
+        "{structured}"
+    );
     assert_eq!(
         fetch_all(structured["image_urls"].as_array().unwrap()).await,
         vec![(1024, 1536)]
@@ -215,6 +219,23 @@ async fn openai_backend_through_the_provider_fake() {
         .find(|e| e["fields"]["event"] == "tool_call")
         .unwrap();
     assert_eq!(call["fields"]["output_tokens"], 1056);
+    assert_eq!(call["fields"]["prompt_sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        call["fields"].get("prompt").is_none(),
+        "prompts are not logged by default"
+    );
+    // Billing: provider-reported usage times the token prices (5 / 40 USD per million by default).
+    let billing: Vec<_> = stack
+        .log("upstream")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["target"] == "billing")
+        .collect();
+    assert_eq!(billing.len(), 1);
+    assert_eq!(billing[0]["fields"]["priced_by"], "tokens");
+    let cost = billing[0]["fields"]["cost_usd"].as_f64().unwrap();
+    let expected = call["fields"]["input_tokens"].as_f64().unwrap() * 5e-6 + 1056.0 * 40e-6;
+    assert!((cost - expected).abs() < 1e-9, "{cost} vs {expected}");
 }
 
 /// Provider failures are tool errors (`isError: true`) with actionable text,

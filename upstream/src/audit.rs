@@ -38,6 +38,12 @@ pub struct ToolCallEvent<'a> {
     pub error_class: Option<&'a str>,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Estimated provider cost of the call in USD (0 when nothing was generated).
+    pub cost_usd: f64,
+    /// SHA-256 of the prompt: correlates calls without keeping their text.
+    pub prompt_sha256: &'a str,
+    /// The prompt itself, only when `GATEWAY_LOG_PROMPTS` is on.
+    pub prompt: Option<&'a str>,
 }
 
 impl ToolCallEvent<'_> {
@@ -63,6 +69,47 @@ impl ToolCallEvent<'_> {
             error_class = self.error_class,
             input_tokens = self.input_tokens,
             output_tokens = self.output_tokens,
+            cost_usd = self.cost_usd,
+            prompt_sha256 = self.prompt_sha256,
+            prompt = self.prompt,
+        );
+    }
+}
+
+/// A billable generation: images produced by a model (stored or not).
+#[derive(Debug, Clone, Serialize)]
+pub struct BillingEvent<'a> {
+    pub request_id: &'a str,
+    pub org: &'a str,
+    pub user: &'a str,
+    pub key_id: &'a str,
+    pub model: &'a str,
+    pub size: &'a str,
+    pub images: usize,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cost_usd: f64,
+    /// `tokens` (provider-reported usage × token prices) or `per_image`.
+    pub priced_by: &'a str,
+}
+
+impl BillingEvent<'_> {
+    /// Writes the event as one JSON log line on the `billing` target.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "billing",
+            event = "image_generation",
+            request_id = self.request_id,
+            org = self.org,
+            user = self.user,
+            key_id = self.key_id,
+            model = self.model,
+            size = self.size,
+            images = self.images,
+            input_tokens = self.input_tokens,
+            output_tokens = self.output_tokens,
+            cost_usd = self.cost_usd,
+            priced_by = self.priced_by,
         );
     }
 }

@@ -55,6 +55,18 @@ pub struct ServeConfig {
     /// Model backend.
     #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Log prompts in audit events (default: only their SHA-256).
+    #[arg(long, env = "GATEWAY_LOG_PROMPTS", default_value_t = false)]
+    pub log_prompts: bool,
+    /// USD per million input tokens reported by the provider.
+    #[arg(long, env = "GATEWAY_PRICE_INPUT_PER_MTOK_USD", default_value_t = 5.0)]
+    pub price_input_per_mtok: f64,
+    /// USD per million output (image) tokens reported by the provider.
+    #[arg(long, env = "GATEWAY_PRICE_OUTPUT_PER_MTOK_USD", default_value_t = 40.0)]
+    pub price_output_per_mtok: f64,
+    /// USD per image when the provider reports no usage (0 for the offline preview).
+    #[arg(long, env = "GATEWAY_PRICE_PER_IMAGE_USD", default_value_t = 0.0)]
+    pub price_per_image: f64,
     /// Largest image accepted from a model; larger ones are a tool error and are not stored.
     #[arg(long, env = "GATEWAY_MAX_IMAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_image_bytes: usize,

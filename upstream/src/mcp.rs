@@ -20,9 +20,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{self, GenerateImageArgs};
-use crate::audit::{Outcome, ToolCallEvent};
+use crate::audit::{BillingEvent, Outcome, ToolCallEvent};
 use crate::backends::{ImageBackend, ImageRequest};
-use crate::metrics::{ImageLabels, InFlight, ModelLabels, OpLabels};
+use crate::metrics::{ImageLabels, InFlight, ModelLabels, OpLabels, OrgLabels};
 use crate::server::AppState;
 
 /// Structured result of `generate_image`.
@@ -38,6 +38,8 @@ pub struct GenerateImageOutput {
     pub style: String,
     /// Image size, WIDTHxHEIGHT.
     pub size: String,
+    /// Estimated provider cost of this call in USD.
+    pub estimated_cost_usd: f64,
 }
 
 /// The verified caller, as set by the edge filter.
@@ -278,6 +280,7 @@ impl ImageTools {
                 Ended {
                     usage: generation.usage,
                     model: Some(&generation.model),
+                    generated: generation.images.len(),
                     fallbacks: routed_fallbacks,
                     ..Ended::failed(Outcome::ToolError, "image_too_large")
                 },
@@ -312,6 +315,7 @@ impl ImageTools {
                     Ended {
                         usage: generation.usage,
                         model: Some(&generation.model),
+                        generated: generation.images.len(),
                         fallbacks: routed_fallbacks,
                         ..Ended::failed(Outcome::ToolError, "storage_failed")
                     },
@@ -337,6 +341,7 @@ impl ImageTools {
                         Ended {
                             usage: generation.usage,
                             model: Some(&generation.model),
+                            generated: generation.images.len(),
                             fallbacks: routed_fallbacks,
                             ..Ended::failed(Outcome::ToolError, "storage_failed")
                         },
@@ -353,6 +358,7 @@ impl ImageTools {
             model: generation.model.clone(),
             style: args.style.as_str().to_string(),
             size: args.size.to_string(),
+            estimated_cost_usd: self.state.pricing.cost(generation.usage, generation.images.len()).0,
         };
         self.audit(
             caller,
@@ -364,6 +370,7 @@ impl ImageTools {
                 images_stored: keys.len(),
                 usage: generation.usage,
                 model: Some(&generation.model),
+                generated: generation.images.len(),
                 fallbacks: routed_fallbacks,
             },
         );
@@ -392,7 +399,39 @@ impl ImageTools {
         if ended.fallbacks > 0 && ended.outcome == Outcome::Success {
             metrics.fallbacks.inc();
         }
+        let prompt_sha256 = args
+            .map(|a| hex::encode(Sha256::digest(a.prompt.as_bytes())))
+            .unwrap_or_default();
+        let (cost_usd, priced_by) = match ended.generated {
+            0 => (0.0, "none"),
+            images => self.state.pricing.cost(ended.usage, images),
+        };
+        if ended.generated > 0 {
+            metrics
+                .cost_usd
+                .get_or_create(&OrgLabels {
+                    org: caller.org.clone(),
+                })
+                .inc_by(cost_usd);
+            BillingEvent {
+                request_id: &caller.request_id,
+                org: &caller.org,
+                user: &caller.user,
+                key_id: &caller.key_id,
+                model: ended.model.unwrap_or_default(),
+                size: &size,
+                images: ended.generated,
+                input_tokens: ended.usage.map(|u| u.input_tokens),
+                output_tokens: ended.usage.map(|u| u.output_tokens),
+                cost_usd,
+                priced_by,
+            }
+            .emit();
+        }
         ToolCallEvent {
+            cost_usd,
+            prompt_sha256: &prompt_sha256,
+            prompt: args.filter(|_| self.state.log_prompts).map(|a| a.prompt.as_str()),
             request_id: &caller.request_id,
             user: &caller.user,
             org: &caller.org,
@@ -423,6 +462,8 @@ struct Ended<'a> {
     usage: Option<crate::backends::Usage>,
     /// The model that served the call, when one did.
     model: Option<&'a str>,
+    /// Images the model produced (billed even if not stored).
+    generated: usize,
     fallbacks: u32,
 }
 
@@ -434,6 +475,7 @@ impl<'a> Ended<'a> {
             images_stored: 0,
             usage: None,
             model: None,
+            generated: 0,
             fallbacks: 0,
         }
     }

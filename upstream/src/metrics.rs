@@ -33,6 +33,11 @@ pub struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrgLabels {
+    pub org: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub class: String,
 }
@@ -53,6 +58,7 @@ pub struct Metrics {
     pub fallbacks: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub storage_seconds: Family<OpLabels, Histogram>,
+    pub cost_usd: Family<OrgLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -94,6 +100,12 @@ impl Metrics {
             "Image store latency",
             storage_seconds.clone(),
         );
+        let cost_usd = Family::<OrgLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "estimated_cost_usd",
+            "Estimated provider cost by organisation",
+            cost_usd.clone(),
+        );
         Arc::new(Self {
             registry,
             tool_calls,
@@ -104,6 +116,7 @@ impl Metrics {
             fallbacks,
             errors,
             storage_seconds,
+            cost_usd,
         })
     }
 

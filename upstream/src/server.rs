@@ -33,6 +33,9 @@ pub struct AppState {
     pub max_image_bytes: usize,
     /// Set once a stop signal arrived: readiness fails while calls drain.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    pub pricing: crate::pricing::Pricing,
+    /// Log prompt text in audit events (else only its hash).
+    pub log_prompts: bool,
 }
 
 impl AppState {
@@ -72,6 +75,12 @@ impl AppState {
             progress_interval: Duration::from_secs(config.progress_interval_secs.max(1)),
             max_image_bytes: config.max_image_bytes,
             draining: Arc::default(),
+            pricing: crate::pricing::Pricing {
+                input_per_million_tokens: config.price_input_per_mtok,
+                output_per_million_tokens: config.price_output_per_mtok,
+                per_image: config.price_per_image,
+            },
+            log_prompts: config.log_prompts,
         })
     }
 }
