@@ -5,7 +5,7 @@ use crate::config::FilterConfig;
 use crate::credentials::{self, CacheUse, TokenCache};
 use crate::jsonrpc::{self, code};
 use crate::jwt::{AuthError, Identity};
-use crate::limits::SharedStore;
+use crate::limits::{QuotaUse, SharedStore};
 use crate::policy::ToolCall;
 use crate::reply::Reject;
 use crate::transport::{self, McpHeaders};
@@ -163,6 +163,8 @@ pub struct CheckedBody {
     pub call: Option<ToolCall>,
     /// The request's id (`null` for notifications), for errors the edge sends later.
     pub reply_id: serde_json::Value,
+    /// The organisation's daily image quota after this call, when it has one.
+    pub quota: Option<QuotaUse>,
 }
 
 /// Checks a complete MCP POST body.
@@ -182,6 +184,7 @@ pub fn check_body(
         envelope.params.as_ref(),
     )?;
     let call = config.calls.check(&envelope)?;
+    let mut quota = None;
     if let Some(call) = &call {
         if let Some(scope) = &config.tools_call_scope {
             if !held.identity.scopes.iter().any(|s| s == scope) {
@@ -189,7 +192,7 @@ pub fn check_body(
             }
         }
         if call.images > 0 {
-            config
+            quota = config
                 .rate_limits
                 .check_images(host.store, &held.identity.org, call.images, host.now_ms)
                 .map_err(|reject| reject.with_key(held.identity.key_id.as_deref().unwrap_or("jwt")))?;
@@ -198,6 +201,7 @@ pub fn check_body(
     Ok(CheckedBody {
         call,
         reply_id: envelope.reply_id(),
+        quota,
     })
 }
 

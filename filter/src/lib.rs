@@ -29,7 +29,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use crate::config::FilterConfig;
 use crate::credentials::{CacheUse, TokenCache};
 use crate::gate::{Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
-use crate::limits::{CasMismatch, SharedStore};
+use crate::limits::{CasMismatch, QuotaUse, SharedStore};
 use crate::reply::Reject;
 use crate::response_cap::{ChunkAction, StreamMeter};
 
@@ -80,6 +80,27 @@ impl Metrics {
             },
         };
         let _ = hostcalls::increment_metric(id, 1);
+    }
+
+    fn set_gauge(&self, name: &str, value: u64) {
+        let existing = self.ids.borrow().get(name).copied();
+        let id = match existing {
+            Some(id) => id,
+            None => match hostcalls::define_metric(MetricType::Gauge, name) {
+                Ok(id) => {
+                    self.ids.borrow_mut().insert(name.to_string(), id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::record_metric(id, value);
+    }
+
+    /// Today's image use and quota of an organisation, as gauges.
+    fn quota(&self, org: &str, quota: QuotaUse) {
+        self.set_gauge(&format!("mcp_edge.quota_images.kind.used.org.{org}"), quota.used);
+        self.set_gauge(&format!("mcp_edge.quota_images.kind.limit.org.{org}"), quota.limit);
     }
 
     fn rejected(&self, reject: &Reject) {
@@ -391,6 +412,9 @@ impl HttpContext for EdgeRequest {
         match verdict {
             Ok(checked) => {
                 self.reply_id = checked.reply_id;
+                if let Some(quota) = checked.quota {
+                    self.metrics.quota(&held.identity.org, quota);
+                }
                 self.metrics
                     .increment("mcp_edge.requests_total.decision.forward.reason.ok");
                 self.state = RequestState::Forwarded;

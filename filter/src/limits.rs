@@ -197,6 +197,13 @@ pub struct RateLimits {
     orgs: HashMap<String, OrgLimits>,
 }
 
+/// An organisation's daily image quota after a call was charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaUse {
+    pub used: u64,
+    pub limit: u64,
+}
+
 /// A caller's own bucket override (from its API key).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallerOverride {
@@ -290,9 +297,16 @@ impl RateLimits {
     }
 
     /// Charges `images` to the organisation's daily quota.
-    pub fn check_images(&self, store: &dyn SharedStore, org: &str, images: u64, now_ms: u64) -> Result<(), Reject> {
+    /// On success, returns the organisation's quota use after this call (for metrics).
+    pub fn check_images(
+        &self,
+        store: &dyn SharedStore,
+        org: &str,
+        images: u64,
+        now_ms: u64,
+    ) -> Result<Option<QuotaUse>, Reject> {
         let Some(limit) = self.org(org).daily_images else {
-            return Ok(());
+            return Ok(None);
         };
         let day = now_ms / 86_400_000;
         let key = format!("mcp_edge:quota:{org}:{day}");
@@ -308,10 +322,10 @@ impl RateLimits {
                 (Ok(limit - used - images), Some((used + images).to_le_bytes().to_vec()))
             }
         })
-        .unwrap_or(Ok(0));
+        .unwrap_or(Ok(limit));
         let reset_secs = ((day + 1) * 86_400_000 - now_ms).div_ceil(1000);
         match outcome {
-            Ok(_) => Ok(()),
+            Ok(remaining) => Ok(Some(QuotaUse { used: limit - remaining, limit })),
             Err(used) => Err(limited(
                 org,
                 "quota_exceeded",

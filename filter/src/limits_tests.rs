@@ -128,7 +128,10 @@ fn api_key_override_and_org_override() {
         assert!(l.check_request(&store, &bot, generous, 0).is_ok());
     }
     assert!(l.check_request(&store, &bot, generous, 0).is_err());
-    assert!(l.check_images(&store, "acme", 2, 0).is_ok());
+    assert_eq!(
+        l.check_images(&store, "acme", 2, 0).unwrap(),
+        Some(QuotaUse { used: 2, limit: 3 })
+    );
     let over = l.check_images(&store, "acme", 2, 0).unwrap_err();
     assert_eq!((over.status, over.reason), (429, "quota_exceeded"));
     assert!(over.message.contains("used 2 of its 3 images"), "{}", over.message);

@@ -97,7 +97,8 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
     let exprs = dashboard_exprs();
     assert!(exprs.len() >= 12);
 
-    let patch = json!({"rate_limits": {"per_caller": {"requests_per_second": 0.01, "burst": 3}}});
+    let patch =
+        json!({"rate_limits": {"per_caller": {"requests_per_second": 0.01, "burst": 3}, "daily_images_per_org": 1000}});
     let stack = Stack::start_with(StackOptions {
         filter_patch: patch,
         ..StackOptions::default()
