@@ -37,6 +37,8 @@ fn kubernetes_manifests_validate_offline() {
         "deploy/upstream/hpa.yaml",
         "deploy/gateway/deployment.yaml",
         "deploy/gateway/service.yaml",
+        "deploy/onprem/networkpolicy.yaml",
+        "deploy/onprem/configmap-patch.yaml",
     ];
     let mut args = vec!["--strict", "-k", "1.30.0"];
     args.extend(files);

@@ -138,6 +138,10 @@ async fn generate_image_end_to_end_offline() {
     }
     assert!(metrics
         .contains(r#"mcp_gateway_model_request_duration_seconds_count{model="offline-preview",outcome="success"} 1"#));
+    for method in ["initialize", "tools/list", "tools/call"] {
+        let line = format!(r#"mcp_gateway_mcp_request_duration_seconds_count{{method="{method}",status="200"}} "#);
+        assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
+    }
     // ... and not reachable through the public listener.
     let public = http_client()
         .get(format!("{}/metrics", stack.base_url))

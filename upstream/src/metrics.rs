@@ -33,6 +33,29 @@ pub struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// The JSON-RPC method (`tools/call`, `initialize`, ...), `other` beyond the known set.
+    pub method: String,
+    pub status: String,
+}
+
+/// JSON-RPC methods kept as label values; anything else is `other`.
+pub const KNOWN_METHODS: [&str; 12] = [
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "tasks/get",
+    "tasks/result",
+    "response",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OrgLabels {
     pub org: String,
 }
@@ -59,6 +82,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub storage_seconds: Family<OpLabels, Histogram>,
     pub cost_usd: Family<OrgLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub rpc_seconds: Family<RpcLabels, Histogram>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -106,6 +130,12 @@ impl Metrics {
             "Estimated provider cost by organisation",
             cost_usd.clone(),
         );
+        let rpc_seconds = Family::<RpcLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        registry.register(
+            "mcp_request_duration_seconds",
+            "MCP requests by JSON-RPC method and HTTP status (time to the response head)",
+            rpc_seconds.clone(),
+        );
         Arc::new(Self {
             registry,
             tool_calls,
@@ -117,6 +147,7 @@ impl Metrics {
             errors,
             storage_seconds,
             cost_usd,
+            rpc_seconds,
         })
     }
 

@@ -99,12 +99,61 @@ pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: Cancellatio
         Arc::new(NeverSessionManager::default()),
         mcp_config,
     );
+    let mcp = Router::new()
+        .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            record_mcp_request,
+        ));
     Router::new()
-        .nest_service("/mcp", mcp)
+        .nest("/mcp", mcp)
         .route("/images/{*key}", get(crate::images::get_image))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readiness))
         .with_state(state)
+}
+
+/// Times each MCP request by its JSON-RPC method. Bodies are small (the
+/// edge caps them at 2 KiB), so reading one to find the method is cheap.
+async fn record_mcp_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<crate::metrics::Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, 4 * 1024 * 1024).await {
+        Ok(bytes) => bytes,
+        Err(_) => return (http::StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+    };
+    let method = if parts.method == http::Method::POST {
+        let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+        match parsed.as_ref().map(|v| v.get("method").and_then(|m| m.as_str())) {
+            Some(Some(name)) => name.to_string(),
+            Some(None) => "response".to_string(),
+            None => "other".to_string(),
+        }
+    } else {
+        format!("HTTP {}", parts.method)
+    };
+    let method = if crate::metrics::KNOWN_METHODS.contains(&method.as_str()) || method.starts_with("HTTP ") {
+        method
+    } else {
+        "other".to_string()
+    };
+    let started = std::time::Instant::now();
+    let response = next
+        .run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    let labels = crate::metrics::RpcLabels {
+        method,
+        status: response.status().as_u16().to_string(),
+    };
+    metrics
+        .rpc_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Ready unless draining after a stop signal.
