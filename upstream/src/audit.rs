@@ -52,6 +52,7 @@ impl ToolCallEvent<'_> {
         tracing::info!(
             target: "audit",
             event = "tool_call",
+            method = "tools/call",
             request_id = self.request_id,
             user = self.user,
             org = self.org,

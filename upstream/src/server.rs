@@ -221,7 +221,10 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
             tracing::error!(%error, "metrics listener failed");
         }
     });
-    let app = router(state, config.allowed_hosts(), shutdown.child_token());
+    // rmcp ends its in-flight calls when this token is cancelled: only at the
+    // hard stop, so a graceful shutdown lets running generations finish.
+    let hard_stop = CancellationToken::new();
+    let app = router(state, config.allowed_hosts(), hard_stop.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -235,5 +238,6 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting");
         }
     }
+    hard_stop.cancel();
     Ok(())
 }
