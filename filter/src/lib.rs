@@ -67,34 +67,26 @@ struct Metrics {
 }
 
 impl Metrics {
+    /// The id of metric `name`, defined with `kind` on first use.
+    fn id(&self, kind: MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.borrow().get(name).copied() {
+            return Some(id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.ids.borrow_mut().insert(name.to_string(), id);
+        Some(id)
+    }
+
     fn increment(&self, name: &str) {
-        let existing = self.ids.borrow().get(name).copied();
-        let id = match existing {
-            Some(id) => id,
-            None => match hostcalls::define_metric(MetricType::Counter, name) {
-                Ok(id) => {
-                    self.ids.borrow_mut().insert(name.to_string(), id);
-                    id
-                }
-                Err(_) => return,
-            },
-        };
-        let _ = hostcalls::increment_metric(id, 1);
+        if let Some(id) = self.id(MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
     }
 
     fn set_gauge(&self, name: &str, value: u64) {
-        let existing = self.ids.borrow().get(name).copied();
-        let id = match existing {
-            Some(id) => id,
-            None => match hostcalls::define_metric(MetricType::Gauge, name) {
-                Ok(id) => {
-                    self.ids.borrow_mut().insert(name.to_string(), id);
-                    id
-                }
-                Err(_) => return,
-            },
-        };
-        let _ = hostcalls::record_metric(id, value);
+        if let Some(id) = self.id(MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
     }
 
     /// Today's image use and quota of an organisation, as gauges.

@@ -277,13 +277,13 @@ impl ImageTools {
                 caller,
                 Some(args),
                 started,
-                Ended {
-                    usage: generation.usage,
-                    model: Some(&generation.model),
-                    generated: generation.images.len(),
-                    fallbacks: routed_fallbacks,
-                    ..Ended::failed(Outcome::ToolError, "image_too_large")
-                },
+                Ended::after(
+                    &generation,
+                    routed_fallbacks,
+                    Outcome::ToolError,
+                    Some("image_too_large"),
+                    0,
+                ),
             );
             return CallToolResult::error(vec![ContentBlock::text(format!(
                 "The generated image is {largest} bytes, over the gateway's output limit of {} bytes; nothing was stored. Try a smaller size.",
@@ -312,13 +312,13 @@ impl ImageTools {
                     caller,
                     Some(args),
                     started,
-                    Ended {
-                        usage: generation.usage,
-                        model: Some(&generation.model),
-                        generated: generation.images.len(),
-                        fallbacks: routed_fallbacks,
-                        ..Ended::failed(Outcome::ToolError, "storage_failed")
-                    },
+                    Ended::after(
+                        &generation,
+                        routed_fallbacks,
+                        Outcome::ToolError,
+                        Some("storage_failed"),
+                        0,
+                    ),
                 );
                 return CallToolResult::error(vec![ContentBlock::text(
                     "The images were generated but could not be stored; nothing was saved. Try again shortly.",
@@ -338,13 +338,13 @@ impl ImageTools {
                         caller,
                         Some(args),
                         started,
-                        Ended {
-                            usage: generation.usage,
-                            model: Some(&generation.model),
-                            generated: generation.images.len(),
-                            fallbacks: routed_fallbacks,
-                            ..Ended::failed(Outcome::ToolError, "storage_failed")
-                        },
+                        Ended::after(
+                            &generation,
+                            routed_fallbacks,
+                            Outcome::ToolError,
+                            Some("storage_failed"),
+                            0,
+                        ),
                     );
                     return CallToolResult::error(vec![ContentBlock::text(
                         "The images were generated but no link could be signed; nothing was kept. Try again shortly.",
@@ -364,15 +364,7 @@ impl ImageTools {
             caller,
             Some(args),
             started,
-            Ended {
-                outcome: Outcome::Success,
-                error_class: None,
-                images_stored: keys.len(),
-                usage: generation.usage,
-                model: Some(&generation.model),
-                generated: generation.images.len(),
-                fallbacks: routed_fallbacks,
-            },
+            Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys.len()),
         );
         result_for(&output, generation.model == crate::backends::offline_preview::MODEL)
     }
@@ -468,6 +460,25 @@ struct Ended<'a> {
 }
 
 impl<'a> Ended<'a> {
+    /// A call that got as far as a generation.
+    fn after(
+        generation: &'a crate::backends::Generation,
+        fallbacks: u32,
+        outcome: Outcome,
+        error_class: Option<&'a str>,
+        images_stored: usize,
+    ) -> Self {
+        Self {
+            outcome,
+            error_class,
+            images_stored,
+            usage: generation.usage,
+            model: Some(&generation.model),
+            generated: generation.images.len(),
+            fallbacks,
+        }
+    }
+
     fn failed(outcome: Outcome, error_class: &'a str) -> Self {
         Self {
             outcome,
