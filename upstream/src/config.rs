@@ -55,6 +55,12 @@ pub struct ServeConfig {
     /// Model backend.
     #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Days images are kept; a sweeper deletes older ones (GDPR: under 30).
+    #[arg(long, env = "GATEWAY_RETENTION_DAYS", default_value_t = 29)]
+    pub retention_days: u32,
+    /// Seconds between retention sweeps.
+    #[arg(long, env = "GATEWAY_RETENTION_SWEEP_SECS", default_value_t = 3600)]
+    pub retention_sweep_secs: u64,
     /// Log prompts in audit events (default: only their SHA-256).
     #[arg(long, env = "GATEWAY_LOG_PROMPTS", default_value_t = false)]
     pub log_prompts: bool,

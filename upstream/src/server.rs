@@ -113,6 +113,29 @@ pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: Cancellatio
         .with_state(state)
 }
 
+/// Deletes images older than `retention` every `every`, until shutdown.
+fn spawn_retention_sweeper(
+    store: ImageStore,
+    retention: chrono::Duration,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match store.sweep(chrono::Utc::now() - retention).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "retention sweep deleted expired images"),
+                Err(error) => tracing::warn!(%error, "retention sweep failed; retrying next time"),
+            }
+        }
+    });
+}
+
 /// Times each MCP request by its JSON-RPC method. Bodies are small (the
 /// edge caps them at 2 KiB), so reading one to find the method is cheap.
 async fn record_mcp_request(
@@ -221,6 +244,12 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
             tracing::error!(%error, "metrics listener failed");
         }
     });
+    spawn_retention_sweeper(
+        state.store.clone(),
+        chrono::Duration::days(i64::from(config.retention_days)),
+        Duration::from_secs(config.retention_sweep_secs.max(1)),
+        shutdown.clone(),
+    );
     // rmcp ends its in-flight calls when this token is cancelled: only at the
     // hard stop, so a graceful shutdown lets running generations finish.
     let hard_stop = CancellationToken::new();

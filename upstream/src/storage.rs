@@ -140,6 +140,24 @@ impl ImageStore {
         }
     }
 
+    /// Deletes every image last modified before `cutoff` (retention: images
+    /// are personal data and are kept for less than 30 days). Returns how
+    /// many were deleted.
+    pub async fn sweep(&self, cutoff: DateTime<Utc>) -> Result<usize, StorageError> {
+        use futures::TryStreamExt;
+        let expired: Vec<Path> = self
+            .store
+            .list(None)
+            .try_filter(|meta| futures::future::ready(meta.last_modified < cutoff))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        for path in &expired {
+            self.store.delete(path).await?;
+        }
+        Ok(expired.len())
+    }
+
     /// Reads an image.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let path = parse_key(key)?;
@@ -204,6 +222,18 @@ mod tests {
         let store = ImageStore::from_url(&format!("file://{}", dir.display())).unwrap();
         assert!(store.presigner.is_none(), "the filesystem store uses HMAC links");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn sweep_deletes_only_old_images() {
+        let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
+        let keys = store
+            .put_all("acme", &[Bytes::from_static(b"a")], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(store.sweep(Utc::now() - chrono::Duration::days(29)).await.unwrap(), 0);
+        assert_eq!(store.sweep(Utc::now() + chrono::Duration::seconds(1)).await.unwrap(), 1);
+        assert!(matches!(store.get(&keys[0]).await, Err(StorageError::NotFound)));
     }
 
     #[tokio::test]
