@@ -29,7 +29,7 @@ pub const DEFAULT_METHODS: [&str; 18] = [
     "notifications/roots/list_changed",
     "notifications/tasks/status",
 ];
-pub const DEFAULT_TOOLS: [&str; 1] = ["generate_image"];
+pub const DEFAULT_TOOLS: [&str; 2] = ["generate_image", "list_models"];
 pub const DEFAULT_MAX_PROMPT_CHARS: usize = 4000;
 pub const DEFAULT_MAX_IMAGES_PER_CALL: u64 = 4;
 

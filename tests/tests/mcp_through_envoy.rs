@@ -58,6 +58,19 @@ async fn generate_image_end_to_end_offline() {
     let output = serde_json::to_value(tool.output_schema.as_deref().expect("outputSchema")).unwrap();
     assert!(output["properties"]["image_urls"].is_object(), "{output}");
 
+    let models = client
+        .call_tool(rmcp::model::CallToolRequestParams::new("list_models"))
+        .await
+        .unwrap();
+    let models = models.structured_content.expect("list_models is structured");
+    assert_eq!(models["models"][0]["model"], "offline-preview");
+    assert_eq!(models["models"][0]["role"], "primary");
+    assert_eq!(models["sizes"], json!(["1024x1024", "1536x1024", "1024x1536"]));
+    assert_eq!(models["link_validity_secs"], 86_400);
+    assert!(tools
+        .iter()
+        .any(|t| t.name == "list_models" && t.output_schema.is_some()));
+
     let before = chrono::Utc::now();
     let result = generate(
         &client,

@@ -26,7 +26,14 @@ fn run_client(program: &str, args: &[&str]) -> Value {
 }
 
 async fn check_result(report: &Value, size: (u32, u32), images: usize) {
-    assert_eq!(report["tools"], serde_json::json!(["generate_image"]), "{report}");
+    let mut tools: Vec<&str> = report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    tools.sort();
+    assert_eq!(tools, ["generate_image", "list_models"], "{report}");
     assert_eq!(report["is_error"], false, "{report}");
     let urls = report["structured"]["image_urls"].as_array().unwrap();
     assert_eq!(urls.len(), images, "{report}");

@@ -42,6 +42,32 @@ pub struct GenerateImageOutput {
     pub estimated_cost_usd: f64,
 }
 
+/// One model the gateway routes to.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ModelInfo {
+    /// The provider's model name.
+    pub model: String,
+    /// The backend that serves it (`openai`, `offline-preview`).
+    pub backend: String,
+    /// `primary`, or `fallback` (tried in order when the primary fails).
+    pub role: String,
+}
+
+/// Structured result of `list_models`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelInfo>,
+    /// Sizes `generate_image` accepts, WIDTHxHEIGHT.
+    pub sizes: Vec<String>,
+    /// Style presets.
+    pub styles: Vec<String>,
+    pub output_formats: Vec<String>,
+    pub max_images_per_call: u8,
+    pub max_prompt_chars: u32,
+    /// How long returned links stay valid.
+    pub link_validity_secs: u64,
+}
+
 /// The verified caller, as set by the edge filter.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -99,6 +125,38 @@ impl ImageTools {
             state,
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// Lists the image models this gateway routes to and what a call may ask of them.
+    #[tool(
+        name = "list_models",
+        description = "List the image models this gateway uses (primary first, then fallbacks) and the sizes, styles and limits generate_image accepts.",
+        annotations(read_only_hint = true, idempotent_hint = true)
+    )]
+    async fn list_models(&self) -> Result<rmcp::Json<ModelList>, ErrorData> {
+        let models = self
+            .state
+            .backend
+            .backends()
+            .enumerate()
+            .map(|(index, backend)| ModelInfo {
+                model: backend.model().to_string(),
+                backend: backend.kind().to_string(),
+                role: if index == 0 { "primary" } else { "fallback" }.to_string(),
+            })
+            .collect();
+        Ok(rmcp::Json(ModelList {
+            models,
+            sizes: args::SIZES.iter().map(|s| s.to_string()).collect(),
+            styles: crate::style::Style::ALL
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect(),
+            output_formats: vec!["png".to_string()],
+            max_images_per_call: args::MAX_IMAGES as u8,
+            max_prompt_chars: args::MAX_PROMPT_CHARS as u32,
+            link_validity_secs: self.state.url_ttl.as_secs(),
+        }))
     }
 
     /// Generate images from a text prompt. Returns signed HTTPS links to PNG files.

@@ -109,6 +109,11 @@ impl ModelRouter {
         Self { routes, retry, breaker }
     }
 
+    /// Every backend in order of preference (primary first).
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<dyn ImageBackend>> {
+        self.routes.iter().map(|r| &r.backend)
+    }
+
     /// The primary backend.
     pub fn primary(&self) -> Option<&Arc<dyn ImageBackend>> {
         self.routes.first().map(|r| &r.backend)
