@@ -382,13 +382,16 @@ impl HttpContext for EdgeRequest {
         if let Err(reject) = gate::check_body_size(&self.config, body_size) {
             return self.reject(&reject);
         }
-        let RequestState::HoldingForBody(held) = &self.state else {
+        if !matches!(self.state, RequestState::HoldingForBody(_)) {
             return Action::Continue;
-        };
+        }
         if !end_of_stream {
             return Action::Pause;
         }
-        let held = held.clone();
+        // The request is decided now either way: take the held head out of the state.
+        let RequestState::HoldingForBody(held) = std::mem::replace(&mut self.state, RequestState::Forwarded) else {
+            return Action::Continue;
+        };
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         let now_ms = self.now_ms();
         let cache = self.cache.clone();

@@ -65,22 +65,14 @@ impl TransportPolicy {
             return false;
         };
         let (host, port) = split_authority(authority);
-        let port = port.or(match scheme {
-            "https" => Some("443"),
-            "http" => Some("80"),
-            _ => None,
-        });
+        let port = port.or(default_port(scheme));
         self.allowed_origins
             .iter()
             .any(|allowed| match allowed.split_once("://") {
                 None => allowed.eq_ignore_ascii_case(host),
                 Some((allowed_scheme, allowed_authority)) => {
                     let (allowed_host, allowed_port) = split_authority(allowed_authority);
-                    let allowed_port = allowed_port.or(match allowed_scheme {
-                        "https" => Some("443"),
-                        "http" => Some("80"),
-                        _ => None,
-                    });
+                    let allowed_port = allowed_port.or(default_port(allowed_scheme));
                     allowed_scheme.eq_ignore_ascii_case(scheme)
                         && allowed_host.eq_ignore_ascii_case(host)
                         && (allowed_port == Some("*") || allowed_port == port)
@@ -126,6 +118,15 @@ impl TransportPolicy {
             }
         }
         Ok(())
+    }
+}
+
+/// The port an origin without one implies.
+fn default_port(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "https" => Some("443"),
+        "http" => Some("80"),
+        _ => None,
     }
 }
 

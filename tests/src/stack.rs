@@ -254,7 +254,6 @@ impl Stack {
             ("ADMIN_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("UPSTREAM_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("UPSTREAM_CLUSTER_TYPE".to_string(), "STATIC".to_string()),
-            ("FILTER_CONFIG".to_string(), filter_config.to_string()),
         ]);
         stack.envoy_vars = vars;
         stack.filter_config = filter_config;

@@ -102,13 +102,9 @@ impl Caller {
     }
 }
 
+/// The org becomes a storage path segment: the store's rule, and a length bound.
 fn is_safe_segment(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= 128
-        && !value.starts_with('.')
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
+    value.len() <= 128 && crate::storage::is_safe_segment(value)
 }
 
 /// The MCP server handler.

@@ -169,17 +169,20 @@ impl ImageStore {
     }
 }
 
+/// A non-empty path segment of plain identifier characters, not starting
+/// with a dot (no `..`, no hidden files, nothing a URL or shell would mangle).
+pub fn is_safe_segment(value: &str) -> bool {
+    !value.is_empty()
+        && !value.starts_with('.')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
+}
+
 /// Accepts only keys of the shape this service writes.
 pub fn parse_key(key: &str) -> Result<Path, StorageError> {
     let segments: Vec<&str> = key.split('/').collect();
-    let well_formed = segments.len() == 5
-        && segments.iter().all(|s| {
-            !s.is_empty()
-                && !s.starts_with('.')
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
-        })
-        && key.ends_with(".png");
+    let well_formed = segments.len() == 5 && segments.iter().all(|s| is_safe_segment(s)) && key.ends_with(".png");
     if !well_formed {
         return Err(StorageError::InvalidKey);
     }
