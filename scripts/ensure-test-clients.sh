@@ -27,6 +27,14 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   # The package may start a system instance; the tests run their own.
   (systemctl stop prometheus || pkill -x prometheus) >/dev/null 2>&1 || true
 fi
+# Redis (Debian) behind the global rate-limit service; the tests start their own instance.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server (Debian) ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends redis-server >&2 \
+    || (apt-get update >&2 && apt-get install -y --no-install-recommends redis-server >&2)
+  (systemctl stop redis-server || pkill -x redis-server) >/dev/null 2>&1 || true
+fi
 # Offline Kubernetes schema validation for deploy/.
 if ! .venv/bin/python -c "import kubernetes_validate" 2>/dev/null; then
   echo "installing kubernetes-validate into .venv ..." >&2
