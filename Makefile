@@ -30,7 +30,7 @@ wasm:
 	cargo build --release --target wasm32-wasip1 -p mcp-edge-filter
 
 upstream:
-	cargo build -p mcp-image-gateway
+	cargo build -p mcp-image-gateway -p mcp-ratelimit
 
 build: wasm upstream
 

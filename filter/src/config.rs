@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 use crate::credentials::{ApiKeyError, ApiKeySpec, ApiKeys};
+use crate::global_limit::{GlobalRateLimit, GlobalRateLimitError, GlobalRateLimitSpec};
 use crate::jwt::{JwtVerifier, JwtVerifierError};
 use crate::limits::{LimitsError, RateLimits, RateLimitsSpec};
 use crate::policy::{self, CallPolicy};
@@ -51,6 +52,9 @@ pub struct FilterConfigSpec {
     /// Token buckets and daily quotas.
     #[serde(default)]
     pub rate_limits: RateLimitsSpec,
+    /// Image counts shared by every Envoy replica, through a ratelimit.v3 service.
+    #[serde(default)]
+    pub global_rate_limit: Option<GlobalRateLimitSpec>,
     /// Scope a caller needs for `tools/call` (403 `insufficient_scope` without it).
     #[serde(default)]
     pub tools_call_scope: Option<String>,
@@ -216,6 +220,7 @@ pub struct FilterConfig {
     pub api_keys: ApiKeys,
     /// Per-key overrides of the caller bucket, by key id.
     pub rate_limits: RateLimits,
+    pub global_rate_limit: Option<GlobalRateLimit>,
     pub tools_call_scope: Option<String>,
     pub protected_resource: Option<ProtectedResource>,
     pub token_cache_entries: usize,
@@ -247,6 +252,8 @@ pub enum ConfigError {
     ApiKeys(#[from] ApiKeyError),
     #[error("{0}")]
     Limits(#[from] LimitsError),
+    #[error("{0}")]
+    GlobalRateLimit(#[from] GlobalRateLimitError),
     #[error("`jwt`: {0}")]
     Jwt(#[from] JwtVerifierError),
 }
@@ -305,6 +312,11 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
         }
         let api_keys = ApiKeys::from_specs(&spec.api_keys)?;
         let rate_limits = RateLimits::from_spec(&spec.rate_limits)?;
+        let global_rate_limit = spec
+            .global_rate_limit
+            .as_ref()
+            .map(GlobalRateLimit::from_spec)
+            .transpose()?;
         let protected_resource = spec
             .protected_resource
             .as_ref()
@@ -327,6 +339,7 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
             realm,
             api_keys,
             rate_limits,
+            global_rate_limit,
             tools_call_scope: spec.tools_call_scope.filter(|s| !s.is_empty()),
             protected_resource,
             token_cache_entries: spec.token_cache_entries,

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod credentials;
 pub mod gate;
+pub mod global_limit;
 pub mod jsonrpc;
 pub mod jwt;
 pub mod limits;
@@ -29,6 +30,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use crate::config::FilterConfig;
 use crate::credentials::{CacheUse, TokenCache};
 use crate::gate::{Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
+use crate::global_limit::GlobalVerdict;
 use crate::limits::{CasMismatch, QuotaUse, SharedStore};
 use crate::reply::Reject;
 use crate::response_cap::{ChunkAction, StreamMeter};
@@ -252,10 +254,20 @@ enum RequestState {
     Headers,
     /// An MCP POST held until its body has been checked.
     HoldingForBody(Box<HeldRequest>),
+    /// Checked locally; held until the global rate-limit service answers.
+    AwaitingGlobalLimit(ChargedImages),
     /// Forwarded; later callbacks only watch the body size.
     Forwarded,
     /// A local reply was sent.
     Replied,
+}
+
+/// Images a held call has charged to the local daily quota, to give back
+/// if the global limit refuses it.
+struct ChargedImages {
+    org: String,
+    images: u64,
+    charged_at_ms: u64,
 }
 
 /// Per-request state.
@@ -300,7 +312,61 @@ impl EdgeRequest {
     }
 }
 
-impl Context for EdgeRequest {}
+impl EdgeRequest {
+    /// Carries out the global limit's verdict on a held call; returns what
+    /// the body callback should (when called from it) return.
+    fn apply_global_verdict(&mut self, verdict: GlobalVerdict, charged: &ChargedImages) -> Action {
+        match verdict {
+            GlobalVerdict::Allow => {
+                self.metrics.increment("mcp_edge.global_limit_checks_total.result.ok");
+            }
+            GlobalVerdict::AllowUnchecked(why) => {
+                log::warn!("global rate limit not checked ({why}); failing open on the local limits");
+                self.metrics
+                    .increment("mcp_edge.global_limit_checks_total.result.failed_open");
+            }
+            GlobalVerdict::Refuse(reject) => {
+                let result = if reject.status == 429 {
+                    "over_limit"
+                } else {
+                    "failed_closed"
+                };
+                self.metrics
+                    .increment(&format!("mcp_edge.global_limit_checks_total.result.{result}"));
+                self.config
+                    .rate_limits
+                    .refund_images(&HostStore, &charged.org, charged.images, charged.charged_at_ms);
+                let reject = reject.with_id(self.reply_id.clone());
+                return self.reject(&reject);
+            }
+        }
+        self.metrics
+            .increment("mcp_edge.requests_total.decision.forward.reason.ok");
+        self.state = RequestState::Forwarded;
+        Action::Continue
+    }
+}
+
+impl Context for EdgeRequest {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let RequestState::AwaitingGlobalLimit(charged) = std::mem::replace(&mut self.state, RequestState::Forwarded)
+        else {
+            return;
+        };
+        let Some(global) = self.config.global_rate_limit.clone() else {
+            return;
+        };
+        let body = if status_code == 0 {
+            self.get_grpc_call_response_body(0, response_size)
+        } else {
+            None
+        };
+        let verdict = global.decide(status_code, body.as_deref(), &charged.org);
+        if let Action::Continue = self.apply_global_verdict(verdict, &charged) {
+            self.resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for EdgeRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -409,6 +475,36 @@ impl HttpContext for EdgeRequest {
                 self.reply_id = checked.reply_id;
                 if let Some(quota) = checked.quota {
                     self.metrics.quota(&held.identity.org, quota);
+                }
+                let images = checked.call.as_ref().map_or(0, |call| call.images);
+                if let (Some(global), true) = (&self.config.global_rate_limit, images > 0) {
+                    let message = global.request(&held.identity, images);
+                    let call = self.dispatch_grpc_call(
+                        &global.cluster,
+                        global_limit::SERVICE,
+                        global_limit::METHOD,
+                        Vec::new(),
+                        Some(&message),
+                        global.timeout,
+                    );
+                    let charged = ChargedImages {
+                        org: held.identity.org.clone(),
+                        images,
+                        charged_at_ms: now_ms,
+                    };
+                    return match call {
+                        Ok(_) => {
+                            self.state = RequestState::AwaitingGlobalLimit(charged);
+                            Action::Pause
+                        }
+                        Err(status) => {
+                            let verdict = global.failed(
+                                format!("cannot call cluster {}: {status:?}", global.cluster),
+                                &charged.org,
+                            );
+                            self.apply_global_verdict(verdict, &charged)
+                        }
+                    };
                 }
                 self.metrics
                     .increment("mcp_edge.requests_total.decision.forward.reason.ok");

@@ -343,6 +343,29 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    /// Gives back `images` charged by `check_images` at `charged_at_ms` for a
+    /// call that was then refused (by the global limit), so refused images
+    /// never count against the day's quota.
+    pub fn refund_images(&self, store: &dyn SharedStore, org: &str, images: u64, charged_at_ms: u64) {
+        if self.org(org).daily_images.is_none() {
+            return;
+        }
+        let key = format!("mcp_edge:quota:{org}:{}", charged_at_ms / 86_400_000);
+        // Contention for every attempt leaves the charge in place: the safe side.
+        let _ = update(store, &key, |value| {
+            let used = value
+                .and_then(|v| v.get(0..8))
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes);
+            match used {
+                Some(used) => ((), Some(used.saturating_sub(images).to_le_bytes().to_vec())),
+                None => ((), None),
+            }
+        });
+    }
+}
+
 fn take_bucket(
     store: &dyn SharedStore,
     key: &str,
@@ -383,7 +406,7 @@ fn take_bucket(
 
 /// A 429 with `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields.
 #[allow(clippy::too_many_arguments)]
-fn limited(
+pub(crate) fn limited(
     org: &str,
     reason: &'static str,
     message: String,

@@ -185,3 +185,26 @@ fn config_errors() {
     }
     assert!(serde_json::from_value::<RateLimitsSpec>(serde_json::json!({"per_user": {}})).is_err());
 }
+
+#[test]
+fn refunded_images_are_free_again_on_the_day_they_were_charged() {
+    let store = MemStore::default();
+    let l = limits(serde_json::json!({"daily_images_per_org": 4}));
+    let late = 86_400_000 - 1;
+    assert!(l.check_images(&store, "acme", 3, late).is_ok());
+    assert!(l.check_images(&store, "acme", 2, late).is_err());
+    // Refunded just after midnight: still yesterday's count.
+    l.refund_images(&store, "acme", 3, late);
+    assert_eq!(
+        l.check_images(&store, "acme", 4, late).unwrap(),
+        Some(QuotaUse { used: 4, limit: 4 })
+    );
+    // Nothing charged, nothing to give back; never below zero.
+    l.refund_images(&store, "globex", 5, late);
+    assert!(store.get("mcp_edge:quota:globex:0").0.is_none());
+    l.refund_images(&store, "acme", 100, late);
+    assert_eq!(
+        l.check_images(&store, "acme", 4, late).unwrap(),
+        Some(QuotaUse { used: 4, limit: 4 })
+    );
+}

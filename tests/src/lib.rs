@@ -8,4 +8,5 @@ pub mod stack;
 pub use stack::{Backend, Stack, StackOptions};
 pub mod mcp_client;
 pub mod png_info;
+pub mod ratelimit_service;
 pub mod s3_server;

@@ -83,7 +83,7 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
@@ -309,6 +309,39 @@ impl Stack {
             .args(["--concurrency", &self.envoy_concurrency.to_string()])
             .args(["--component-log-level", "wasm:info"]);
         Ok(envoy)
+    }
+
+    /// Starts one more Envoy replica with the same configuration (filter,
+    /// clusters, upstreams) on its own ports, as a second gateway pod would
+    /// run; returns its MCP URL. Stopped with the stack.
+    pub async fn start_another_envoy(&mut self) -> anyhow::Result<String> {
+        let index = self
+            .children
+            .iter()
+            .filter(|(name, _)| name.starts_with("envoy"))
+            .count()
+            + 1;
+        let name = format!("envoy-replica{index}");
+        let (listen_port, admin_port) = (free_port(), free_port());
+        let mut vars = self.envoy_vars.clone();
+        vars.insert("LISTEN_PORT".into(), listen_port.to_string());
+        vars.insert("ADMIN_PORT".into(), admin_port.to_string());
+        vars.insert("EXTRA_LISTENERS".into(), String::new());
+        vars.insert("FILTER_CONFIG".into(), self.filter_config.to_string());
+        let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        let config = self.state_dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, devkit::render(&template, &vars)?)?;
+        let mut envoy = Command::new(envoy_binary());
+        envoy
+            .arg("-c")
+            .arg(&config)
+            .arg("--use-dynamic-base-id")
+            .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
+            .args(["--concurrency", &self.envoy_concurrency.to_string()]);
+        self.spawn(&name, envoy)?;
+        self.wait_ready(&name, &format!("http://127.0.0.1:{admin_port}/ready"))
+            .await?;
+        Ok(format!("http://127.0.0.1:{listen_port}/mcp"))
     }
 
     /// Applies new filter settings the way an admin would without downtime:

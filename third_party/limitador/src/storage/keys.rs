@@ -198,6 +198,7 @@ mod tests {
 
 // Patched: the Redis store uses `bin` too (see third_party/README.md).
 #[cfg(any(feature = "disk_storage", feature = "redis_storage"))]
+#[allow(dead_code)] // the disk store's helpers, unused by the Redis store
 pub mod bin {
     use serde::{Deserialize, Serialize};
     use std::collections::HashMap;
