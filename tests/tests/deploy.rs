@@ -37,13 +37,22 @@ fn kubernetes_manifests_validate_offline() {
         "deploy/upstream/hpa.yaml",
         "deploy/gateway/deployment.yaml",
         "deploy/gateway/service.yaml",
+        "deploy/ratelimit/deployment.yaml",
+        "deploy/ratelimit/redis.yaml",
         "deploy/onprem/networkpolicy.yaml",
         "deploy/onprem/configmap-patch.yaml",
     ];
     let mut args = vec!["--strict", "-k", "1.30.0"];
     args.extend(files);
     let out = run(validate.to_str().unwrap(), &args);
-    assert_eq!(out.matches("passed for resource").count(), files.len(), "{out}");
+    let resources: usize = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(workspace_root().join(f)).unwrap();
+            1 + text.lines().filter(|l| *l == "---").count()
+        })
+        .sum();
+    assert_eq!(out.matches("passed for resource").count(), resources, "{out}");
 }
 
 #[test]
@@ -64,6 +73,9 @@ fn filter_settings_in_deploy_are_accepted_by_the_filter() {
     FilterConfig::from_json(config.as_bytes()).unwrap_or_else(|e| panic!("WasmPlugin pluginConfig refused: {e}"));
     let gateway = std::fs::read(workspace_root().join("deploy/gateway/filter-config.json")).unwrap();
     FilterConfig::from_json(&gateway).unwrap_or_else(|e| panic!("gateway filter-config.json refused: {e}"));
+    let limits = mcp_ratelimit::limits_file::load(&workspace_root().join("deploy/ratelimit/limits.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(limits.iter().any(|l| l.name() == Some("org-daily-images")));
 }
 
 #[test]
@@ -99,7 +111,7 @@ fn gateway_envoy_config_is_current_and_valid() {
             "--set-file",
             "FILTER_CONFIG=deploy/gateway/filter-config.json",
             "--set-file",
-            "EXTRA_CLUSTERS=deploy/gateway/iam-cluster.yaml",
+            "EXTRA_CLUSTERS=deploy/gateway/clusters.yaml",
         ],
     );
     let committed = std::fs::read_to_string(workspace_root().join("deploy/gateway/envoy.yaml")).unwrap();

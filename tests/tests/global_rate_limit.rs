@@ -106,6 +106,11 @@ async fn two_envoys_share_one_image_quota() {
             .await,
         2
     );
+    let prometheus = stack.prometheus().await;
+    assert!(
+        prometheus.contains("mcp_edge_global_limit_checks_total{result=\"over_limit\"} 2"),
+        "{prometheus}"
+    );
     // Listing tools is not an image request: no call to the service.
     let list = http_client()
         .post(&second)
