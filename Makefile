@@ -53,6 +53,8 @@ token: upstream
 
 bench-edge: build envoy
 	@command -v wrk >/dev/null || (echo "bench-edge needs wrk: apt-get install wrk" >&2; exit 1)
+	@command -v oha >/dev/null || cargo install oha --locked
+	CARGO_TARGET_DIR=$(CURDIR)/target cargo build --release --target wasm32-wasip1 --manifest-path bench/edge/noop-filter/Cargo.toml
 	python3 bench/edge/run.py
 
 FUZZ_SECONDS ?= 60

@@ -239,6 +239,62 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
             "invalid_value",
         );
     }
+    #[allow(clippy::result_large_err)] // the error is the answer sent, once
+    let choice = |field: &str, allowed: &[&str], default: &'static str| -> Result<String, Response> {
+        match fields.get(field) {
+            None => Ok(default.to_string()),
+            Some(Value::String(v)) if allowed.contains(&v.as_str()) => Ok(v.clone()),
+            Some(other) => Err(invalid(
+                &format!(
+                    "Invalid value: '{}'. Supported values are: {}.",
+                    other.as_str().unwrap_or_default(),
+                    allowed.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", ")
+                ),
+                field,
+                "invalid_value",
+            )),
+        }
+    };
+    let quality = match choice("quality", &["low", "medium", "high", "auto"], "auto") {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    let background = match choice("background", &["transparent", "opaque", "auto"], "auto") {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    let output_format = match choice("output_format", &["png", "jpeg", "webp"], "png") {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    if let Err(response) = choice("moderation", &["low", "auto"], "auto") {
+        return response;
+    }
+    if let Some(compression) = fields.get("output_compression") {
+        if output_format == "png" || compression.as_u64().is_none_or(|c| c > 100) {
+            return invalid(
+                "Invalid 'output_compression': only supported for jpeg and webp output, as an integer from 0 to 100.",
+                "output_compression",
+                "invalid_value",
+            );
+        }
+    }
+    if background == "transparent" && model == "gpt-image-2" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Transparent background is not supported for this model.",
+            "image_generation_user_error",
+            Some("background"),
+            None,
+        );
+    }
+    if background == "transparent" && output_format == "jpeg" {
+        return invalid(
+            "Transparent background requires output_format png or webp.",
+            "background",
+            "invalid_value",
+        );
+    }
     if state.options.failing_models.iter().any(|m| m == model) {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -301,17 +357,21 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
             (w.parse().unwrap_or(1024), h.parse().unwrap_or(1024))
         }
     };
-    let png = solid_png(width, height);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let image = match output_format.as_str() {
+        "jpeg" => solid_jpeg(width, height),
+        "webp" => solid_webp(width, height),
+        _ => solid_png(width, height),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
     let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": b64})).collect();
     let text_tokens = (prompt.len() / 4).max(1) as u64;
     let output_tokens = 1056 * n;
     let body = json!({
         "created": chrono::Utc::now().timestamp(),
         "data": data,
-        "background": "opaque",
-        "output_format": fields.get("output_format").and_then(Value::as_str).unwrap_or("png"),
-        "quality": fields.get("quality").and_then(Value::as_str).unwrap_or("medium"),
+        "background": if background == "transparent" { "transparent" } else { "opaque" },
+        "output_format": output_format,
+        "quality": if quality == "auto" { "medium" } else { quality.as_str() },
         "size": format!("{width}x{height}"),
         "usage": {
             "input_tokens": text_tokens,
@@ -325,6 +385,28 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
         .headers_mut()
         .insert("x-request-id", HeaderValue::from_static("req_fake"));
     response
+}
+
+/// A valid baseline JPEG of the given size.
+pub fn solid_jpeg(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let pixels = vec![96u8; (width * height * 3) as usize];
+    let encoder = jpeg_encoder::Encoder::new(&mut out, 80);
+    let _ = encoder.encode(
+        &pixels,
+        width.min(65_535) as u16,
+        height.min(65_535) as u16,
+        jpeg_encoder::ColorType::Rgb,
+    );
+    out
+}
+
+/// A valid lossless WebP of the given size.
+pub fn solid_webp(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let pixels = vec![96u8; (width * height * 3) as usize];
+    let _ = image_webp::WebPEncoder::new(&mut out).encode(&pixels, width, height, image_webp::ColorType::Rgb8);
+    out
 }
 
 /// A small, valid PNG of the given size.

@@ -52,7 +52,7 @@ async fn generate_image_end_to_end_offline() {
     assert_eq!(input["required"], json!(["prompt"]));
     assert_eq!(input["properties"]["n"]["maximum"], 4);
     assert_eq!(
-        input["properties"]["size"]["enum"],
+        input["properties"]["size"]["examples"],
         json!(["1024x1024", "1536x1024", "1024x1536"])
     );
     let output = serde_json::to_value(tool.output_schema.as_deref().expect("outputSchema")).unwrap();
@@ -172,7 +172,7 @@ async fn invalid_arguments_are_invalid_params_naming_the_field() {
     let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
     let cases = [
         (json!({"prompt": "x", "n": 9}), "`n`"),
-        (json!({"prompt": "x", "size": "640x480"}), "`size`"),
+        (json!({"prompt": "x", "size": "640 by 480"}), "`size`"),
         (json!({"prompt": "x", "style": "cubism"}), "`style`"),
         (json!({"n": 1}), "`prompt`"),
     ];

@@ -156,7 +156,7 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
         let token = stack.token(&format!("user{round}"), if round % 2 == 0 { "acme" } else { "globex" });
         let call = |args: Value| json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "generate_image", "arguments": args}});
         assert_eq!(post(&stack, &token, call(json!({"prompt": "a kite"}))).await, 200);
-        post(&stack, &token, call(json!({"prompt": "a kite", "size": "640x480"}))).await;
+        post(&stack, &token, call(json!({"prompt": "a kite", "size": "640 by 480"}))).await;
         post(
             &stack,
             "not-a-token",

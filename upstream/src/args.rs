@@ -6,12 +6,15 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use crate::models::{Background, ImageOptions, OutputFormat, Quality};
 use crate::style::Style;
 
 pub const MAX_PROMPT_CHARS: usize = 4000;
 pub const MAX_IMAGES: u64 = 4;
-/// Sizes the tool offers, as `WIDTHxHEIGHT`.
+/// Sizes every model offers, as `WIDTHxHEIGHT`; models may take more (see `list_models`).
 pub const SIZES: [&str; 3] = ["1024x1024", "1536x1024", "1024x1536"];
+/// Largest side the argument parser lets through to the model check.
+const MAX_SIDE: u32 = 8192;
 
 /// An image size in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,9 +26,13 @@ pub struct ImageSize {
 impl ImageSize {
     pub fn parse(value: &str) -> Option<ImageSize> {
         let (w, h) = value.split_once('x')?;
+        let side = |s: &str| {
+            let digits = !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+            digits.then(|| s.parse::<u32>().ok()).flatten()
+        };
         Some(ImageSize {
-            width: w.parse().ok()?,
-            height: h.parse().ok()?,
+            width: side(w)?,
+            height: side(h)?,
         })
     }
 }
@@ -43,6 +50,24 @@ pub struct GenerateImageArgs {
     pub style: Style,
     pub size: ImageSize,
     pub n: u8,
+    pub quality: Quality,
+    pub background: Background,
+    pub output_format: OutputFormat,
+    pub output_compression: Option<u8>,
+}
+
+impl GenerateImageArgs {
+    /// What the model is asked for besides the prompt.
+    pub fn options(&self) -> ImageOptions {
+        ImageOptions {
+            size: self.size,
+            n: self.n,
+            quality: self.quality,
+            background: self.background,
+            output_format: self.output_format,
+            output_compression: self.output_compression,
+        }
+    }
 }
 
 /// The tool's input schema (JSON Schema 2020-12).
@@ -64,9 +89,34 @@ pub fn input_schema() -> Arc<Map<String, Value>> {
             },
             "size": {
                 "type": "string",
-                "enum": SIZES,
+                "pattern": "^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$",
+                "examples": SIZES,
                 "default": "1024x1024",
-                "description": "Image size in pixels, WIDTHxHEIGHT."
+                "description": "Image size in pixels, WIDTHxHEIGHT. 1024x1024, 1536x1024 and 1024x1536 work everywhere; list_models tells which other sizes each model takes."
+            },
+            "quality": {
+                "type": "string",
+                "enum": Quality::ALL.map(Quality::as_str),
+                "default": "auto",
+                "description": "Rendering quality: higher is slower and costs more."
+            },
+            "background": {
+                "type": "string",
+                "enum": Background::ALL.map(Background::as_str),
+                "default": "auto",
+                "description": "transparent needs a model that supports it and output_format png or webp."
+            },
+            "output_format": {
+                "type": "string",
+                "enum": OutputFormat::ALL.map(OutputFormat::as_str),
+                "default": "png",
+                "description": "File format of the images."
+            },
+            "output_compression": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 100,
+                "description": "Compression level 0-100 for jpeg and webp."
             },
             "n": {
                 "type": "integer",
@@ -89,11 +139,11 @@ pub fn input_schema() -> Arc<Map<String, Value>> {
 pub fn parse(arguments: Option<&Map<String, Value>>) -> Result<GenerateImageArgs, String> {
     let empty = Map::new();
     let arguments = arguments.unwrap_or(&empty);
-    if let Some(unknown) = arguments
-        .keys()
-        .find(|k| !matches!(k.as_str(), "prompt" | "style" | "size" | "n"))
-    {
-        return Err(format!("unknown argument `{unknown}`; expected prompt, style, size, n"));
+    if let Some(unknown) = arguments.keys().find(|k| !ARGUMENTS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown argument `{unknown}`; expected {}",
+            ARGUMENTS.join(", ")
+        ));
     }
     let prompt = match arguments.get("prompt") {
         Some(Value::String(p)) => p.clone(),
@@ -118,10 +168,15 @@ pub fn parse(arguments: Option<&Map<String, Value>>) -> Result<GenerateImageArgs
             width: 1024,
             height: 1024,
         },
-        Some(Value::String(s)) if SIZES.contains(&s.as_str()) => {
-            ImageSize::parse(s).ok_or_else(|| format!("`size` {s:?} is malformed"))?
-        }
-        Some(Value::String(s)) => return Err(format!("`size` must be one of {} (got {s:?})", SIZES.join(", "))),
+        Some(Value::String(s)) => match ImageSize::parse(s) {
+            Some(size) if size.width <= MAX_SIDE && size.height <= MAX_SIDE => size,
+            _ => {
+                return Err(format!(
+                    "`size` must be WIDTHxHEIGHT in pixels, such as {} (got {s:?})",
+                    SIZES.join(", ")
+                ))
+            }
+        },
         Some(_) => return Err("`size` must be a string".into()),
     };
     let n = match arguments.get("n") {
@@ -132,7 +187,66 @@ pub fn parse(arguments: Option<&Map<String, Value>>) -> Result<GenerateImageArgs
         },
         Some(_) => return Err(format!("`n` must be an integer from 1 to {MAX_IMAGES}")),
     };
-    Ok(GenerateImageArgs { prompt, style, size, n })
+    let quality = choice(arguments, "quality", Quality::Auto, &Quality::ALL, |q| q.as_str())?;
+    let background = choice(arguments, "background", Background::Auto, &Background::ALL, |b| {
+        b.as_str()
+    })?;
+    let output_format = choice(arguments, "output_format", OutputFormat::Png, &OutputFormat::ALL, |f| {
+        f.as_str()
+    })?;
+    let output_compression = match arguments.get("output_compression") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(c @ 0..=100) => Some(c as u8),
+            _ => {
+                return Err(format!(
+                    "`output_compression` must be an integer from 0 to 100 (got {n})"
+                ))
+            }
+        },
+        Some(_) => return Err("`output_compression` must be an integer from 0 to 100".into()),
+    };
+    Ok(GenerateImageArgs {
+        prompt,
+        style,
+        size,
+        n,
+        quality,
+        background,
+        output_format,
+        output_compression,
+    })
+}
+
+const ARGUMENTS: [&str; 8] = [
+    "prompt",
+    "style",
+    "size",
+    "n",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+];
+
+/// One of a fixed set of string values, or `default` when absent.
+fn choice<T: Copy>(
+    arguments: &Map<String, Value>,
+    field: &str,
+    default: T,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Result<T, String> {
+    let names = || all.iter().map(|v| name(*v)).collect::<Vec<_>>().join(", ");
+    match arguments.get(field) {
+        None => Ok(default),
+        Some(Value::String(s)) => all
+            .iter()
+            .copied()
+            .find(|v| name(*v) == s)
+            .ok_or_else(|| format!("`{field}` must be one of {} (got {s:?})", names())),
+        Some(_) => Err(format!("`{field}` must be a string, one of {}", names())),
+    }
 }
 
 #[cfg(test)]
@@ -172,13 +286,38 @@ mod tests {
             (json!({"prompt": "   "}), "`prompt` must be 1 to 4000"),
             (json!({"prompt": long}), "(got 4001)"),
             (json!({"prompt": "x", "style": "cubism"}), "`style` must be one of"),
-            (json!({"prompt": "x", "size": "512x512"}), "`size` must be one of"),
+            (json!({"prompt": "x", "size": "big"}), "`size` must be WIDTHxHEIGHT"),
+            (json!({"prompt": "x", "size": "0x512"}), "`size` must be WIDTHxHEIGHT"),
+            (
+                json!({"prompt": "x", "size": "99999x512"}),
+                "`size` must be WIDTHxHEIGHT",
+            ),
+            (
+                json!({"prompt": "x", "quality": "hd"}),
+                "`quality` must be one of low, medium, high, auto",
+            ),
+            (
+                json!({"prompt": "x", "background": "clear"}),
+                "`background` must be one of transparent",
+            ),
+            (
+                json!({"prompt": "x", "output_format": "gif"}),
+                "`output_format` must be one of png, jpeg, webp",
+            ),
+            (
+                json!({"prompt": "x", "output_format": 1}),
+                "`output_format` must be a string",
+            ),
+            (
+                json!({"prompt": "x", "output_compression": 101}),
+                "`output_compression` must be an integer from 0 to 100",
+            ),
             (json!({"prompt": "x", "size": 1024}), "`size` must be a string"),
             (json!({"prompt": "x", "n": 0}), "`n` must be an integer from 1 to 4"),
             (json!({"prompt": "x", "n": 5}), "`n` must be an integer from 1 to 4"),
             (json!({"prompt": "x", "n": 1.5}), "`n` must be an integer"),
             (json!({"prompt": "x", "n": "2"}), "`n` must be an integer"),
-            (json!({"prompt": "x", "quality": "hd"}), "unknown argument `quality`"),
+            (json!({"prompt": "x", "seed": 1}), "unknown argument `seed`"),
         ];
         for (input, expected) in cases {
             let err = args(input.clone()).unwrap_err();
@@ -190,7 +329,13 @@ mod tests {
     #[test]
     fn schema_matches_the_validator() {
         let schema = input_schema();
-        assert_eq!(schema["properties"]["size"]["enum"], json!(SIZES));
+        assert_eq!(schema["properties"]["size"]["examples"], json!(SIZES));
+        assert_eq!(schema["properties"]["output_format"]["default"], json!("png"));
+        let mut names: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        names.sort();
+        let mut expected = ARGUMENTS.to_vec();
+        expected.sort();
+        assert_eq!(names, expected, "the schema and the parser know the same arguments");
         assert_eq!(schema["properties"]["n"]["maximum"], json!(MAX_IMAGES));
         assert_eq!(schema["required"], json!(["prompt"]));
     }

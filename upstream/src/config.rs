@@ -96,6 +96,12 @@ pub struct ServeConfig {
     #[arg(long, env = "OPENAI_IMAGE_MODEL", default_value = openai::DEFAULT_MODEL)]
     pub openai_image_model: String,
     /// OpenAI organisation id, sent as `OpenAI-Organization`.
+    /// OpenAI's `moderation` level for generations: `auto` or `low`.
+    #[arg(long, env = "OPENAI_MODERATION", default_value = "auto", value_parser = ["auto", "low"])]
+    pub openai_moderation: String,
+    /// A JSON model capability table replacing the built-in one (see `upstream/src/models.json`).
+    #[arg(long, env = "GATEWAY_MODELS_FILE")]
+    pub models_file: Option<PathBuf>,
     #[arg(long, env = "OPENAI_ORGANIZATION")]
     pub openai_organization: Option<String>,
     /// Models tried in order when the primary fails (same provider settings), comma separated.
@@ -197,6 +203,7 @@ impl ServeConfig {
             model: self.openai_image_model.clone(),
             organization: self.openai_organization.clone(),
             timeout: Duration::from_secs(self.openai_timeout_secs),
+            moderation: self.openai_moderation.clone(),
         }
     }
 

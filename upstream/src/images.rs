@@ -42,7 +42,12 @@ pub async fn get_image(
     match state.store.get(&key).await {
         Ok(bytes) => (
             [
-                (header::CONTENT_TYPE, "image/png".to_string()),
+                (
+                    header::CONTENT_TYPE,
+                    crate::storage::format_of(&key)
+                        .map_or("application/octet-stream", |f| f.mime_type())
+                        .to_string(),
+                ),
                 (
                     header::CACHE_CONTROL,
                     format!("private, max-age={}", (expires - now).max(0)),

@@ -12,6 +12,7 @@ pub mod devkit;
 pub mod images;
 pub mod mcp;
 pub mod metrics;
+pub mod models;
 pub mod pricing;
 pub mod server;
 pub mod signed_url;

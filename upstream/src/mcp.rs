@@ -28,7 +28,7 @@ use crate::server::AppState;
 /// Structured result of `generate_image`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct GenerateImageOutput {
-    /// Signed links to the PNGs, one per image.
+    /// Signed links to the images, one per image.
     pub image_urls: Vec<String>,
     /// When the links stop working (RFC 3339, UTC).
     pub expires_at: String,
@@ -38,6 +38,8 @@ pub struct GenerateImageOutput {
     pub style: String,
     /// Image size, WIDTHxHEIGHT.
     pub size: String,
+    /// File format of the images (`png`, `jpeg` or `webp`).
+    pub output_format: String,
     /// Estimated provider cost of this call in USD.
     pub estimated_cost_usd: f64,
 }
@@ -49,8 +51,12 @@ pub struct ModelInfo {
     pub model: String,
     /// The backend that serves it (`openai`, `offline-preview`).
     pub backend: String,
-    /// `primary`, or `fallback` (tried in order when the primary fails).
+    /// `primary`, or `fallback` (tried in order when the primary fails, or
+    /// first when only it can serve what was asked).
     pub role: String,
+    /// What the model accepts (sizes, qualities, formats, transparency, prices),
+    /// when the capability table knows it.
+    pub capabilities: Option<crate::models::ModelCapabilities>,
 }
 
 /// Structured result of `list_models`.
@@ -139,6 +145,7 @@ impl ImageTools {
                 model: backend.model().to_string(),
                 backend: backend.kind().to_string(),
                 role: if index == 0 { "primary" } else { "fallback" }.to_string(),
+                capabilities: self.state.catalog.get(backend.model()).cloned(),
             })
             .collect();
         Ok(rmcp::Json(ModelList {
@@ -148,7 +155,10 @@ impl ImageTools {
                 .iter()
                 .map(|s| s.as_str().to_string())
                 .collect(),
-            output_formats: vec!["png".to_string()],
+            output_formats: crate::models::OutputFormat::ALL
+                .iter()
+                .map(|f| f.as_str().to_string())
+                .collect(),
             max_images_per_call: args::MAX_IMAGES as u8,
             max_prompt_chars: args::MAX_PROMPT_CHARS as u32,
             link_validity_secs: self.state.url_ttl.as_secs(),
@@ -158,7 +168,7 @@ impl ImageTools {
     /// Generate images from a text prompt. Returns signed HTTPS links to PNG files.
     #[tool(
         name = "generate_image",
-        description = "Generate images from a text prompt. Returns signed links to PNG files that stay valid for at least 24 hours.",
+        description = "Generate images from a text prompt. Returns signed links to the images (PNG unless output_format says otherwise) that stay valid for at least 24 hours. Sizes, qualities, formats and transparent backgrounds depend on the model: see list_models.",
         input_schema = args::input_schema(),
         output_schema = schema_for_output::<GenerateImageOutput>()
     )]
@@ -281,17 +291,33 @@ impl ImageTools {
         cancelled: CancellationToken,
     ) -> CallToolResult {
         let _in_flight = InFlight::start(&self.state.metrics);
+        let request = ImageRequest {
+            prompt: args.style.apply(&args.prompt),
+            size: args.size,
+            n: args.n,
+            quality: args.quality,
+            background: args.background,
+            output_format: args.output_format,
+            output_compression: args.output_compression,
+            user: caller.provider_user(),
+        };
+        // Checked against the capability table before any provider is called.
+        if let Err(why) = self.state.backend.check(&request) {
+            self.audit(
+                caller,
+                Some(args),
+                started,
+                Ended::failed(Outcome::Rejected, "unsupported_by_model"),
+            );
+            return CallToolResult::error(vec![ContentBlock::text(format!(
+                "{why}. Nothing was generated; call list_models to see what each model accepts."
+            ))]);
+        }
         if let Some(progress) = progress.as_mut() {
             progress
                 .send(format!("generating with {}", self.state.backend.model()))
                 .await;
         }
-        let request = ImageRequest {
-            prompt: args.style.apply(&args.prompt),
-            size: args.size,
-            n: args.n,
-            user: caller.provider_user(),
-        };
         let model_started = Instant::now();
         // A cancelled call stops the backend request: nothing is stored or billed.
         let routed = tokio::select! {
@@ -325,7 +351,12 @@ impl ImageTools {
                 return CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
             }
         };
-        let largest = generation.images.iter().map(|i| i.png.len()).max().unwrap_or_default();
+        let largest = generation
+            .images
+            .iter()
+            .map(|i| i.bytes.len())
+            .max()
+            .unwrap_or_default();
         if largest > self.state.max_image_bytes {
             self.audit(
                 caller,
@@ -348,9 +379,9 @@ impl ImageTools {
             progress.send("storing".to_string()).await;
         }
         let now = Utc::now();
-        let pngs: Vec<_> = generation.images.iter().map(|i| i.png.clone()).collect();
+        let files: Vec<_> = generation.images.iter().map(|i| (i.bytes.clone(), i.format)).collect();
         let storage_started = Instant::now();
-        let stored = self.state.store.put_all(&caller.org, &pngs, now).await;
+        let stored = self.state.store.put_all(&caller.org, &files, now).await;
         self.state
             .metrics
             .storage_seconds
@@ -412,7 +443,12 @@ impl ImageTools {
             model: generation.model.clone(),
             style: args.style.as_str().to_string(),
             size: args.size.to_string(),
-            estimated_cost_usd: self.state.pricing.cost(generation.usage, generation.images.len()).0,
+            output_format: args.output_format.as_str().to_string(),
+            estimated_cost_usd: self
+                .state
+                .pricing_for(&generation.model)
+                .cost(generation.usage, generation.images.len())
+                .0,
         };
         self.audit(
             caller,
@@ -450,7 +486,10 @@ impl ImageTools {
             .unwrap_or_default();
         let (cost_usd, priced_by) = match ended.generated {
             0 => (0.0, "none"),
-            images => self.state.pricing.cost(ended.usage, images),
+            images => self
+                .state
+                .pricing_for(ended.model.unwrap_or_default())
+                .cost(ended.usage, images),
         };
         if ended.generated > 0 {
             metrics
@@ -563,9 +602,13 @@ pub fn result_for(output: &GenerateImageOutput, offline_preview: bool) -> CallTo
     }
     let structured = serde_json::to_value(output).unwrap_or_default();
     let mut content = vec![ContentBlock::text(summary), ContentBlock::text(structured.to_string())];
+    let format = crate::models::OutputFormat::ALL
+        .into_iter()
+        .find(|f| f.as_str() == output.output_format)
+        .unwrap_or(crate::models::OutputFormat::Png);
     for (index, url) in output.image_urls.iter().enumerate() {
-        let mut link = Resource::new(url.clone(), format!("image-{}.png", index + 1));
-        link.mime_type = Some("image/png".into());
+        let mut link = Resource::new(url.clone(), format!("image-{}.{}", index + 1, format.extension()));
+        link.mime_type = Some(format.mime_type().into());
         link.title = Some(format!("Generated image {} of {count}", index + 1));
         content.push(ContentBlock::resource_link(link));
     }
@@ -580,7 +623,7 @@ impl ServerHandler for ImageTools {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("mcp-image-gateway", env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "Call generate_image with a prompt to create PNG images; the result holds signed links valid for 24 hours.",
+                "Call generate_image with a prompt to create images; the result holds signed links valid for 24 hours. list_models tells which sizes, qualities, formats and backgrounds each model supports.",
             )
     }
 }

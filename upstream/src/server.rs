@@ -15,6 +15,7 @@ use crate::backends::router::ModelRouter;
 use crate::backends::ImageBackend;
 use crate::config::{BackendChoice, ServeConfig};
 use crate::mcp::ImageTools;
+use crate::models::ModelCatalog;
 use crate::signed_url::UrlSigner;
 use crate::storage::ImageStore;
 
@@ -33,7 +34,10 @@ pub struct AppState {
     pub max_image_bytes: usize,
     /// Set once a stop signal arrived: readiness fails while calls drain.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Prices for models missing from the capability table.
     pub pricing: crate::pricing::Pricing,
+    /// What each model can do, and its prices.
+    pub catalog: Arc<ModelCatalog>,
     /// Log prompt text in audit events (else only its hash).
     pub log_prompts: bool,
 }
@@ -56,11 +60,13 @@ impl AppState {
             }
             _ => vec![Arc::new(OfflinePreview)],
         };
-        let backend = Arc::new(ModelRouter::new(
-            backends,
-            config.retry_policy(),
-            config.breaker_policy(),
-        ));
+        let catalog = Arc::new(match &config.models_file {
+            Some(path) => ModelCatalog::from_file(path)?,
+            None => ModelCatalog::builtin()?,
+        });
+        let backend = Arc::new(
+            ModelRouter::new(backends, config.retry_policy(), config.breaker_policy()).with_catalog(catalog.clone()),
+        );
         let key_file = config.url_signing_key_file();
         let secret = std::fs::read_to_string(&key_file)
             .map_err(|e| anyhow::anyhow!("cannot read the URL signing key {}: {e} (run `mcp-image-gateway dev-init` or set GATEWAY_URL_SIGNING_KEY_FILE)", key_file.display()))?;
@@ -81,7 +87,13 @@ impl AppState {
                 per_image: config.price_per_image,
             },
             log_prompts: config.log_prompts,
+            catalog,
         })
+    }
+
+    /// Prices of `model`: its row of the capability table, else the configured defaults.
+    pub fn pricing_for(&self, model: &str) -> crate::pricing::Pricing {
+        self.catalog.get(model).map_or(self.pricing, |m| m.pricing())
     }
 }
 

@@ -16,6 +16,8 @@ use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
+use crate::models::OutputFormat;
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -102,25 +104,40 @@ impl ImageStore {
         &self.description
     }
 
-    /// The key a new image of `org` gets at time `now`.
-    pub fn new_key(org: &str, now: DateTime<Utc>) -> String {
-        format!("{}/{}/{}.png", org, now.format("%Y/%m/%d"), uuid::Uuid::new_v4())
+    /// The key a new image of `org` in `format` gets at time `now`.
+    pub fn new_key(org: &str, now: DateTime<Utc>, format: OutputFormat) -> String {
+        format!(
+            "{}/{}/{}.{}",
+            org,
+            now.format("%Y/%m/%d"),
+            uuid::Uuid::new_v4(),
+            format.extension()
+        )
     }
 
     /// Stores all images of one generation, or none: on any failure the
     /// images already written are deleted again.
-    pub async fn put_all(&self, org: &str, images: &[Bytes], now: DateTime<Utc>) -> Result<Vec<String>, StorageError> {
+    pub async fn put_all(
+        &self,
+        org: &str,
+        images: &[(Bytes, OutputFormat)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StorageError> {
         let mut keys = Vec::with_capacity(images.len());
-        for png in images {
-            let key = Self::new_key(org, now);
+        for (bytes, format) in images {
+            let key = Self::new_key(org, now, *format);
             let path = parse_key(&key)?;
             let mut options = PutOptions::default();
             if self.content_type {
                 let mut attributes = Attributes::new();
-                attributes.insert(Attribute::ContentType, "image/png".into());
+                attributes.insert(Attribute::ContentType, format.mime_type().into());
                 options.attributes = attributes;
             }
-            if let Err(error) = self.store.put_opts(&path, PutPayload::from(png.clone()), options).await {
+            if let Err(error) = self
+                .store
+                .put_opts(&path, PutPayload::from(bytes.clone()), options)
+                .await
+            {
                 self.delete_all(&keys).await;
                 return Err(error.into());
             }
@@ -179,10 +196,16 @@ pub fn is_safe_segment(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
 }
 
+/// The image format of a stored key, from its extension.
+pub fn format_of(key: &str) -> Option<OutputFormat> {
+    let (_, extension) = key.rsplit_once('.')?;
+    OutputFormat::from_extension(extension)
+}
+
 /// Accepts only keys of the shape this service writes.
 pub fn parse_key(key: &str) -> Result<Path, StorageError> {
     let segments: Vec<&str> = key.split('/').collect();
-    let well_formed = segments.len() == 5 && segments.iter().all(|s| is_safe_segment(s)) && key.ends_with(".png");
+    let well_formed = segments.len() == 5 && segments.iter().all(|s| is_safe_segment(s)) && format_of(key).is_some();
     if !well_formed {
         return Err(StorageError::InvalidKey);
     }
@@ -199,9 +222,13 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let key = ImageStore::new_key("acme", now);
+        let key = ImageStore::new_key("acme", now, OutputFormat::Png);
         assert!(key.starts_with("acme/2026/11/24/") && key.ends_with(".png"), "{key}");
         assert!(parse_key(&key).is_ok());
+        let jpeg = ImageStore::new_key("acme", now, OutputFormat::Jpeg);
+        assert_eq!(format_of(&jpeg), Some(OutputFormat::Jpeg));
+        assert!(parse_key(&jpeg).is_ok() && jpeg.ends_with(".jpg"));
+        assert!(parse_key(&ImageStore::new_key("acme", now, OutputFormat::Webp)).is_ok());
         for bad in [
             "../etc/passwd",
             "acme/2026/11/24/../x.png",
@@ -231,7 +258,7 @@ mod tests {
     async fn sweep_deletes_only_old_images() {
         let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
         let keys = store
-            .put_all("acme", &[Bytes::from_static(b"a")], Utc::now())
+            .put_all("acme", &[(Bytes::from_static(b"a"), OutputFormat::Png)], Utc::now())
             .await
             .unwrap();
         assert_eq!(store.sweep(Utc::now() - chrono::Duration::days(29)).await.unwrap(), 0);
@@ -245,14 +272,18 @@ mod tests {
         let keys = store
             .put_all(
                 "acme",
-                &[Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                &[
+                    (Bytes::from_static(b"a"), OutputFormat::Png),
+                    (Bytes::from_static(b"b"), OutputFormat::Webp),
+                ],
                 Utc::now(),
             )
             .await
             .unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(store.get(&keys[1]).await.unwrap(), Bytes::from_static(b"b"));
-        let missing = ImageStore::new_key("acme", Utc::now());
+        assert!(keys[1].ends_with(".webp"), "{}", keys[1]);
+        let missing = ImageStore::new_key("acme", Utc::now(), OutputFormat::Png);
         assert!(matches!(store.get(&missing).await, Err(StorageError::NotFound)));
     }
 }

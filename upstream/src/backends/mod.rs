@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::args::ImageSize;
+use crate::models::{Background, ImageOptions, OutputFormat, Quality};
 
 /// What a backend is asked to draw.
 #[derive(Debug, Clone)]
@@ -17,14 +18,33 @@ pub struct ImageRequest {
     pub prompt: String,
     pub size: ImageSize,
     pub n: u8,
+    pub quality: Quality,
+    pub background: Background,
+    pub output_format: OutputFormat,
+    pub output_compression: Option<u8>,
     /// An opaque, stable caller id (a hash, never the raw user id).
     pub user: String,
+}
+
+impl ImageRequest {
+    /// What is asked for besides the prompt, for the capability check.
+    pub fn options(&self) -> ImageOptions {
+        ImageOptions {
+            size: self.size,
+            n: self.n,
+            quality: self.quality,
+            background: self.background,
+            output_format: self.output_format,
+            output_compression: self.output_compression,
+        }
+    }
 }
 
 /// One generated image.
 #[derive(Debug, Clone)]
 pub struct GeneratedImage {
-    pub png: Bytes,
+    pub bytes: Bytes,
+    pub format: OutputFormat,
 }
 
 /// Token usage as reported by the provider.
@@ -93,6 +113,6 @@ pub trait ImageBackend: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The model this backend is configured to use.
     fn model(&self) -> &str;
-    /// Generates `request.n` PNG images of `request.size`.
+    /// Generates `request.n` images of `request.size` in `request.output_format`.
     async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError>;
 }

@@ -90,7 +90,10 @@ pub fn render(prompt: &str, index: u8, width: u32, height: u32) -> Result<Genera
     writer
         .finish()
         .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
-    Ok(GeneratedImage { png: Bytes::from(out) })
+    Ok(GeneratedImage {
+        bytes: Bytes::from(out),
+        format: crate::models::OutputFormat::Png,
+    })
 }
 
 #[cfg(test)]
@@ -109,11 +112,11 @@ mod tests {
         let b = render("a lighthouse", 0, 64, 48).unwrap();
         let c = render("a lighthouse", 1, 64, 48).unwrap();
         let d = render("a lighthouse at night", 0, 64, 48).unwrap();
-        assert_eq!(a.png, b.png);
-        assert_ne!(a.png, c.png);
-        assert_ne!(a.png, d.png);
-        assert_eq!(&a.png[..8], b"\x89PNG\r\n\x1a\n");
-        assert_eq!(dimensions(&a.png), (64, 48));
+        assert_eq!(a.bytes, b.bytes);
+        assert_ne!(a.bytes, c.bytes);
+        assert_ne!(a.bytes, d.bytes);
+        assert_eq!(&a.bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(dimensions(&a.bytes), (64, 48));
     }
 
     #[tokio::test]
@@ -122,11 +125,15 @@ mod tests {
             prompt: "x".into(),
             size: crate::args::ImageSize { width: 32, height: 16 },
             n: 3,
+            quality: crate::models::Quality::Auto,
+            background: crate::models::Background::Auto,
+            output_format: crate::models::OutputFormat::Png,
+            output_compression: None,
             user: "u".into(),
         };
         let generation = OfflinePreview.generate(&request).await.unwrap();
         assert_eq!(generation.images.len(), 3);
         assert_eq!(generation.model, MODEL);
-        assert!(generation.images.iter().all(|i| dimensions(&i.png) == (32, 16)));
+        assert!(generation.images.iter().all(|i| dimensions(&i.bytes) == (32, 16)));
     }
 }

@@ -25,6 +25,8 @@ pub struct OpenAiSettings {
     pub model: String,
     pub organization: Option<String>,
     pub timeout: Duration,
+    /// `moderation`: `auto` (the provider's default) or `low`.
+    pub moderation: String,
 }
 
 /// Client for the OpenAI Images API.
@@ -49,7 +51,12 @@ struct GenerationBody<'a> {
     prompt: &'a str,
     n: u8,
     size: String,
+    quality: &'static str,
+    background: &'static str,
     output_format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_compression: Option<u8>,
+    moderation: &'a str,
     user: &'a str,
 }
 
@@ -102,7 +109,11 @@ impl ImageBackend for OpenAiBackend {
             prompt: &request.prompt,
             n: request.n,
             size: request.size.to_string(),
-            output_format: "png",
+            quality: request.quality.as_str(),
+            background: request.background.as_str(),
+            output_format: request.output_format.as_str(),
+            output_compression: request.output_compression,
+            moderation: &self.settings.moderation,
             user: &request.user,
         };
         let mut call = self.http.post(&url).bearer_auth(&self.settings.api_key).json(&body);
@@ -128,11 +139,13 @@ impl ImageBackend for OpenAiBackend {
         }
         let parsed: GenerationResponse = serde_json::from_slice(&bytes)
             .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
-        decode(parsed, &self.settings.model, request.n)
+        decode(parsed, &self.settings.model, request)
     }
 }
 
-fn decode(parsed: GenerationResponse, model: &str, n: u8) -> Result<Generation, BackendError> {
+fn decode(parsed: GenerationResponse, model: &str, request: &ImageRequest) -> Result<Generation, BackendError> {
+    let n = request.n;
+    let format = request.output_format;
     if parsed.data.is_empty() || parsed.data.len() > usize::from(n) {
         return Err(BackendError::InvalidResponse(format!(
             "expected {n} image(s), got {}",
@@ -144,13 +157,19 @@ fn decode(parsed: GenerationResponse, model: &str, n: u8) -> Result<Generation, 
         let b64 = item
             .b64_json
             .ok_or_else(|| BackendError::InvalidResponse("an image has no b64_json".into()))?;
-        let png = base64::engine::general_purpose::STANDARD
+        let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
             .map_err(|e| BackendError::InvalidResponse(format!("b64_json is not base64: {e}")))?;
-        if !png.starts_with(b"\x89PNG\r\n\x1a\n") {
-            return Err(BackendError::InvalidResponse("the image is not a PNG".into()));
+        if !format.matches(&bytes) {
+            return Err(BackendError::InvalidResponse(format!(
+                "the image is not {} as requested",
+                format.as_str()
+            )));
         }
-        images.push(GeneratedImage { png: Bytes::from(png) });
+        images.push(GeneratedImage {
+            bytes: Bytes::from(bytes),
+            format,
+        });
     }
     Ok(Generation {
         images,
@@ -179,7 +198,11 @@ fn map_error(status: u16, retry_after: Option<u64>, body: &[u8], model: &str) ->
         (_, Some("moderation_blocked")) | (_, Some("content_policy_violation")) => {
             BackendError::ContentRefused(message)
         }
-        (400, _) if kind == Some("image_generation_user_error") => BackendError::ContentRefused(message),
+        // The same type also covers unsupported options ("Transparent background is
+        // not supported for this model."): only moderation codes are refusals.
+        (400, _) if kind == Some("image_generation_user_error") && message.contains("safety system") => {
+            BackendError::ContentRefused(message)
+        }
         (401, _) | (403, _) => BackendError::Unauthorized(message),
         (429, Some("insufficient_quota")) => BackendError::Provider { status, message },
         (429, _) => BackendError::RateLimited {
@@ -233,6 +256,12 @@ mod tests {
                 "provider_bad_request",
             ),
             (500, None, body("server_error", "server_error"), "provider_error"),
+            (
+                400,
+                None,
+                serde_json::json!({"error": {"message": "Transparent background is not supported for this model.", "type": "image_generation_user_error", "param": "background", "code": null}}).to_string(),
+                "provider_bad_request",
+            ),
             (502, None, "<html>bad gateway</html>".to_string(), "provider_error"),
         ];
         for (status, retry, body, class) in cases {

@@ -13,6 +13,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::{BackendError, Generation, ImageBackend, ImageRequest};
+use crate::models::ModelCatalog;
 
 /// How one backend is retried.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +77,8 @@ pub struct ModelRouter {
     routes: Vec<Route>,
     retry: RetryPolicy,
     breaker: BreakerPolicy,
+    /// Models listed here are skipped for requests they cannot serve.
+    catalog: Option<Arc<ModelCatalog>>,
 }
 
 /// Whether a failure may be retried, re-routed, or is final.
@@ -106,7 +109,43 @@ impl ModelRouter {
                 breaker: Mutex::default(),
             })
             .collect();
-        Self { routes, retry, breaker }
+        Self {
+            routes,
+            retry,
+            breaker,
+            catalog: None,
+        }
+    }
+
+    /// Checks requests against each model's capabilities before calling it.
+    pub fn with_catalog(mut self, catalog: Arc<ModelCatalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// `Err` with every model's reason when no model of the chain can serve `request`.
+    pub fn check(&self, request: &ImageRequest) -> Result<(), String> {
+        let mut reasons = Vec::with_capacity(self.routes.len());
+        for route in &self.routes {
+            match self.unsupported(route.backend.model(), request) {
+                Some(reason) => reasons.push(reason),
+                None => return Ok(()),
+            }
+        }
+        match reasons.len() {
+            0 => Ok(()),
+            1 => Err(reasons.remove(0)),
+            _ => Err(format!(
+                "No configured model can serve this request: {}",
+                reasons.join("; ")
+            )),
+        }
+    }
+
+    /// Why `model` cannot serve `request`, if the capability table knows it and says so.
+    pub fn unsupported(&self, model: &str, request: &ImageRequest) -> Option<String> {
+        let capabilities = self.catalog.as_ref()?.get(model)?;
+        capabilities.check(&request.options()).err()
     }
 
     /// Every backend in order of preference (primary first).
@@ -164,6 +203,11 @@ impl ModelRouter {
         let all_open = self.routes.iter().all(|r| self.breaker_open(r));
         for (index, route) in self.routes.iter().enumerate() {
             if !all_open && self.breaker_open(route) {
+                continue;
+            }
+            // Capability routing: a model that cannot draw what was asked is skipped.
+            if let Some(why) = self.unsupported(route.backend.model(), request) {
+                tracing::info!(model = route.backend.model(), %why, "skipping a model that cannot serve the request");
                 continue;
             }
             if index > 0 {

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::*;
 use crate::args::ImageSize;
 use crate::backends::GeneratedImage;
+use crate::models::{Background, OutputFormat, Quality};
 
 /// A backend answering from a script, counting calls.
 struct Scripted {
@@ -40,7 +41,8 @@ impl ImageBackend for Scripted {
         let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
         answer.map(|_| Generation {
             images: vec![GeneratedImage {
-                png: Bytes::from_static(b"png"),
+                bytes: Bytes::from_static(b"png"),
+                format: OutputFormat::Png,
             }],
             model: self.model.to_string(),
             usage: None,
@@ -56,6 +58,10 @@ fn request() -> ImageRequest {
             height: 1024,
         },
         n: 1,
+        quality: Quality::Auto,
+        background: Background::Auto,
+        output_format: OutputFormat::Png,
+        output_compression: None,
         user: "u".into(),
     }
 }
@@ -189,4 +195,36 @@ async fn a_retry_after_longer_than_the_cap_is_not_waited_for() {
         Err(BackendError::RateLimited { .. })
     ));
     assert_eq!((primary.calls(), started.elapsed()), (1, Duration::ZERO));
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_go_to_the_first_model_that_can_serve_them() {
+    let catalog = Arc::new(crate::models::ModelCatalog::builtin().unwrap());
+    let v2 = Scripted::new("gpt-image-2", vec![]);
+    let v15 = Scripted::new("gpt-image-1.5", vec![]);
+    let r = router(vec![v2.clone(), v15.clone()], BreakerPolicy::default()).with_catalog(catalog);
+    // Both can draw a plain square: the primary does.
+    assert_eq!(r.generate(&request()).await.unwrap().fallbacks, 0);
+    // Only gpt-image-1.5 makes transparent backgrounds: the primary is not even asked.
+    let transparent = ImageRequest {
+        background: Background::Transparent,
+        ..request()
+    };
+    assert!(r.check(&transparent).is_ok());
+    let routed = r.generate(&transparent).await.unwrap();
+    assert_eq!(
+        (routed.generation.model.as_str(), routed.fallbacks),
+        ("gpt-image-1.5", 1)
+    );
+    assert_eq!((v2.calls(), v15.calls()), (1, 1));
+    // Nobody takes 1280x720 PNGs with a transparent background: the primary's reason is given.
+    let impossible = ImageRequest {
+        size: ImageSize {
+            width: 1280,
+            height: 720,
+        },
+        ..transparent
+    };
+    let why = r.check(&impossible).unwrap_err();
+    assert!(why.contains("cannot make transparent backgrounds"), "{why}");
 }
