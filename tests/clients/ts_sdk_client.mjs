@@ -14,7 +14,7 @@ const tools = await client.listTools();
 const result = await client.callTool({ name: "generate_image", arguments: { prompt: "a paper crane", n: 2 } });
 let invalid;
 try {
-  await client.callTool({ name: "generate_image", arguments: { prompt: "x", size: "10x10" } });
+  await client.callTool({ name: "generate_image", arguments: { prompt: "x", size: "ten by ten" } });
   invalid = { code: null, message: "accepted" };
 } catch (error) {
   invalid = { code: error.code ?? null, message: String(error.message) };

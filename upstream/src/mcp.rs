@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use base64::Engine;
 use chrono::{SecondsFormat, Utc};
 use http::request::Parts;
 use rmcp::handler::server::common::schema_for_output;
@@ -10,7 +11,10 @@ use rmcp::handler::server::tool::Extension;
 use rmcp::model::{
     CallToolResult, ContentBlock, Implementation, JsonObject, Resource, ServerCapabilities, ServerConfig,
 };
-use rmcp::model::{ProgressNotificationParam, ProgressToken};
+use rmcp::model::{
+    ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    ResourceContents,
+};
 use rmcp::service::{Peer, RequestContext};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
@@ -619,8 +623,56 @@ pub fn result_for(output: &GenerateImageOutput, offline_preview: bool) -> CallTo
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for ImageTools {
+    /// Generated images as MCP resources: the caller's organisation may read
+    /// its own images by the link `generate_image` returned (or `image://{key}`);
+    /// anyone else gets "not found", so existence is not revealed.
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let caller = context
+            .extensions
+            .get::<Parts>()
+            .and_then(|parts| Caller::from_headers(&parts.headers))
+            .ok_or_else(|| {
+                ErrorData::invalid_request(
+                    "no verified identity on this request; the service must be reached through the gateway",
+                    None,
+                )
+            })?;
+        let not_found = || {
+            ErrorData::resource_not_found(
+                format!("no image of yours at {}", request.uri),
+                Some(serde_json::json!({"uri": request.uri})),
+            )
+        };
+        let key = crate::storage::key_in_uri(&request.uri).ok_or_else(not_found)?;
+        if key.split('/').next() != Some(caller.org.as_str()) {
+            tracing::info!(org = %caller.org, uri = %request.uri, "resources/read of another organisation's image refused");
+            return Err(not_found());
+        }
+        let format = crate::storage::format_of(&key).ok_or_else(not_found)?;
+        let bytes = match self.state.store.get(&key).await {
+            Ok(bytes) => bytes,
+            Err(crate::storage::StorageError::NotFound | crate::storage::StorageError::InvalidKey) => {
+                return Err(not_found())
+            }
+            Err(error) => {
+                tracing::error!(%key, %error, "reading an image resource failed");
+                return Err(ErrorData::internal_error(
+                    "the image store is unavailable; try again shortly",
+                    None,
+                ));
+            }
+        };
+        let blob = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let contents = ResourceContents::blob(blob, request.uri.clone()).with_mime_type(format.mime_type());
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
             .with_server_info(Implementation::new("mcp-image-gateway", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Call generate_image with a prompt to create images; the result holds signed links valid for 24 hours. list_models tells which sizes, qualities, formats and backgrounds each model supports.",

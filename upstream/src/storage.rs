@@ -202,6 +202,23 @@ pub fn format_of(key: &str) -> Option<OutputFormat> {
     OutputFormat::from_extension(extension)
 }
 
+/// The storage key a resource URI names: `image://{key}`, or a link this
+/// service returned (`…/images/{key}?…` or a presigned `…/{bucket}/{key}?…`):
+/// the last five path segments, when they form a key of our shape.
+pub fn key_in_uri(uri: &str) -> Option<String> {
+    let path = match uri.strip_prefix("image://") {
+        Some(key) => key,
+        None => {
+            let (_, rest) = uri.split_once("://")?;
+            let path = rest.split_once('/').map(|(_, p)| p)?;
+            path.split(['?', '#']).next()?
+        }
+    };
+    let segments: Vec<&str> = path.split('/').collect();
+    let key = segments.get(segments.len().checked_sub(5)?..)?.join("/");
+    parse_key(&key).ok().map(|_| key)
+}
+
 /// Accepts only keys of the shape this service writes.
 pub fn parse_key(key: &str) -> Result<Path, StorageError> {
     let segments: Vec<&str> = key.split('/').collect();
@@ -238,6 +255,27 @@ mod tests {
             "acme/2026/11/24/.png",
         ] {
             assert!(parse_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_in_resource_uris() {
+        let key = "acme/2026/11/24/0b8f6c1e-3a1f-4e0e-9d1c-5c0a2b7e9f10.png";
+        for uri in [
+            format!("image://{key}"),
+            format!("http://127.0.0.1:8080/images/{key}?expires=1&sig=x"),
+            format!("https://s3.example.com/bucket/{key}?X-Amz-Signature=abc"),
+        ] {
+            assert_eq!(key_in_uri(&uri).as_deref(), Some(key), "{uri}");
+        }
+        for bad in [
+            "image://acme/x.png",
+            "image://../2026/11/24/x.png",
+            "https://h/images/acme/2026/11/24/x.txt",
+            "not a uri",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(key_in_uri(bad), None, "{bad}");
         }
     }
 
