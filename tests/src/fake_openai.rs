@@ -50,6 +50,10 @@ pub struct FakeOptions {
     pub latency: Duration,
     /// Models that answer 500 `server_error` (a provider outage).
     pub failing_models: Vec<String>,
+    /// Answer as a self-hosted server with the classic Images API (LocalAI):
+    /// any model name, `response_format` (`url` by default, or `b64_json`),
+    /// GPT-image parameters refused as unknown, no `usage`.
+    pub compatible: bool,
 }
 
 /// A running fake.
@@ -183,6 +187,9 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
             "invalid_type",
         );
     };
+    if state.options.compatible {
+        return classic(fields);
+    }
     if let Some(unknown) = fields.keys().find(|k| !KNOWN_PARAMS.contains(&k.as_str())) {
         return invalid(
             &format!("Unknown parameter: '{unknown}'."),
@@ -385,6 +392,46 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
         .headers_mut()
         .insert("x-request-id", HeaderValue::from_static("req_fake"));
     response
+}
+
+/// The classic Images API of self-hosted servers.
+fn classic(fields: &serde_json::Map<String, Value>) -> Response {
+    const CLASSIC_PARAMS: [&str; 6] = ["model", "prompt", "n", "size", "response_format", "user"];
+    if let Some(unknown) = fields.keys().find(|k| !CLASSIC_PARAMS.contains(&k.as_str())) {
+        return invalid(
+            &format!("Unknown parameter: '{unknown}'."),
+            unknown,
+            "unknown_parameter",
+        );
+    }
+    let Some(prompt) = fields.get("prompt").and_then(Value::as_str).filter(|p| !p.is_empty()) else {
+        return invalid(
+            "Missing required parameter: 'prompt'.",
+            "prompt",
+            "missing_required_parameter",
+        );
+    };
+    let n = fields.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 10);
+    let size = fields.get("size").and_then(Value::as_str).unwrap_or("512x512");
+    let Some((width, height)) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+    else {
+        return invalid(&format!("Invalid size: '{size}'."), "size", "invalid_value");
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(solid_png(width, height));
+    let data: Vec<Value> = match fields.get("response_format").and_then(Value::as_str) {
+        Some("b64_json") => (0..n).map(|_| json!({"b64_json": b64})).collect(),
+        _ => (0..n)
+            .map(|i| json!({"url": format!("http://127.0.0.1/generated/{i}.png")}))
+            .collect(),
+    };
+    let _ = prompt;
+    (
+        StatusCode::OK,
+        Json(json!({"created": chrono::Utc::now().timestamp(), "data": data})),
+    )
+        .into_response()
 }
 
 /// A valid baseline JPEG of the given size.

@@ -3,6 +3,7 @@
 //! wait for readiness, and stop everything on drop.
 
 pub mod fake_openai;
+pub mod fake_stability;
 pub mod stack;
 
 pub use stack::{Backend, Stack, StackOptions};

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use mcp_image_gateway::devkit;
 
 use crate::fake_openai::{FakeOpenAi, FakeOptions};
+use crate::fake_stability::FakeStability;
 
 /// Which model backend the upstream runs.
 #[derive(Debug, Clone)]
@@ -19,6 +20,10 @@ pub enum Backend {
     FakeOpenAi {
         model: String,
         options: FakeOptions,
+    },
+    /// The Stability backend against its fake (rate limit in requests, if any).
+    FakeStability {
+        rate_limit: Option<usize>,
     },
 }
 
@@ -68,6 +73,7 @@ pub struct Stack {
     pub tls_port: u16,
     pub state_dir: PathBuf,
     pub fake: Option<FakeOpenAi>,
+    pub stability: Option<FakeStability>,
     children: Vec<(String, Child)>,
     envoy_vars: BTreeMap<String, String>,
     filter_config: serde_json::Value,
@@ -175,6 +181,7 @@ impl Stack {
             base_url: base_url.clone(),
             state_dir: state_dir.clone(),
             fake: None,
+            stability: None,
             children: Vec::new(),
             envoy_vars: BTreeMap::new(),
             filter_config: serde_json::Value::Null,
@@ -191,8 +198,25 @@ impl Stack {
                     ("OPENAI_API_KEY".to_string(), fake.api_key.clone()),
                     ("OPENAI_BASE_URL".to_string(), format!("{}/v1", fake.base_url)),
                     ("OPENAI_IMAGE_MODEL".to_string(), model.clone()),
+                    // The same fake answers the classic dialect when asked to.
+                    (
+                        "OPENAI_COMPATIBLE_BASE_URL".to_string(),
+                        format!("{}/v1", fake.base_url),
+                    ),
+                    ("OPENAI_COMPATIBLE_MODEL".to_string(), model.clone()),
+                    ("OPENAI_COMPATIBLE_API_KEY".to_string(), fake.api_key.clone()),
                 ];
                 stack.fake = Some(fake);
+                env
+            }
+            Backend::FakeStability { rate_limit } => {
+                let fake = FakeStability::start(*rate_limit).await?;
+                let env = vec![
+                    ("GATEWAY_BACKEND".to_string(), "stability".to_string()),
+                    ("STABILITY_API_KEY".to_string(), fake.api_key.clone()),
+                    ("STABILITY_BASE_URL".to_string(), fake.base_url.clone()),
+                ];
+                stack.stability = Some(fake);
                 env
             }
         };

@@ -19,6 +19,10 @@ pub enum BackendChoice {
     /// `openai` when OPENAI_API_KEY is set, else `offline-preview`.
     Auto,
     Openai,
+    /// A self-hosted server speaking the OpenAI Images API (OPENAI_COMPATIBLE_*).
+    OpenaiCompatible,
+    /// Stability AI's Stable Diffusion 3.5 (STABILITY_*).
+    Stability,
     OfflinePreview,
 }
 
@@ -102,6 +106,19 @@ pub struct ServeConfig {
     /// A JSON model capability table replacing the built-in one (see `upstream/src/models.json`).
     #[arg(long, env = "GATEWAY_MODELS_FILE")]
     pub models_file: Option<PathBuf>,
+    #[arg(long, env = "STABILITY_API_KEY", hide_env_values = true)]
+    pub stability_api_key: Option<String>,
+    #[arg(long, env = "STABILITY_BASE_URL", default_value = crate::backends::stability::DEFAULT_BASE_URL)]
+    pub stability_base_url: String,
+    #[arg(long, env = "STABILITY_MODEL", default_value = crate::backends::stability::DEFAULT_MODEL)]
+    pub stability_model: String,
+    /// Base URL of an OpenAI-compatible image server, e.g. http://localai:8080/v1.
+    #[arg(long, env = "OPENAI_COMPATIBLE_BASE_URL")]
+    pub openai_compatible_base_url: Option<String>,
+    #[arg(long, env = "OPENAI_COMPATIBLE_API_KEY", hide_env_values = true)]
+    pub openai_compatible_api_key: Option<String>,
+    #[arg(long, env = "OPENAI_COMPATIBLE_MODEL", default_value = "stablediffusion")]
+    pub openai_compatible_model: String,
     #[arg(long, env = "OPENAI_ORGANIZATION")]
     pub openai_organization: Option<String>,
     /// Models tried in order when the primary fails (same provider settings), comma separated.
@@ -142,6 +159,24 @@ impl ServeConfig {
                 self.openai_api_key.as_deref().is_some_and(|k| !k.is_empty()),
                 "GATEWAY_BACKEND=openai needs OPENAI_API_KEY"
             );
+        }
+        for route in self.routes() {
+            match route.0 {
+                BackendChoice::Stability => anyhow::ensure!(
+                    self.stability_api_key.as_deref().is_some_and(|k| !k.is_empty()),
+                    "the stability backend needs STABILITY_API_KEY"
+                ),
+                BackendChoice::OpenaiCompatible => anyhow::ensure!(
+                    self.openai_compatible_base_url
+                        .as_deref()
+                        .is_some_and(|u| u.starts_with("http")),
+                    "the openai-compatible backend needs OPENAI_COMPATIBLE_BASE_URL (http:// or https://)"
+                ),
+                _ => {}
+            }
+        }
+        for entry in self.fallback_models.iter().filter(|m| !m.is_empty()) {
+            parse_route(entry)?;
         }
         anyhow::ensure!(
             !self.openai_image_model.is_empty(),
@@ -185,6 +220,30 @@ impl ServeConfig {
             .unwrap_or_else(|| self.state_dir.join("url-signing.key"))
     }
 
+    /// The chain of (provider, model): the primary, then `GATEWAY_FALLBACK_MODELS`
+    /// entries, each `model` (the primary's provider) or `provider:model`.
+    pub fn routes(&self) -> Vec<(BackendChoice, String)> {
+        let primary = self.resolved_backend();
+        let mut routes = vec![(primary, self.model_of(primary))];
+        for entry in self.fallback_models.iter().filter(|m| !m.is_empty()) {
+            match parse_route(entry) {
+                Ok((Some(provider), model)) => routes.push((provider, model)),
+                Ok((None, model)) => routes.push((primary, model)),
+                Err(_) => {}
+            }
+        }
+        routes
+    }
+
+    fn model_of(&self, provider: BackendChoice) -> String {
+        match provider {
+            BackendChoice::Stability => self.stability_model.clone(),
+            BackendChoice::OpenaiCompatible => self.openai_compatible_model.clone(),
+            BackendChoice::OfflinePreview => crate::backends::offline_preview::MODEL.to_string(),
+            _ => self.openai_image_model.clone(),
+        }
+    }
+
     /// The backend `auto` resolves to.
     pub fn resolved_backend(&self) -> BackendChoice {
         match self.backend {
@@ -204,6 +263,7 @@ impl ServeConfig {
             organization: self.openai_organization.clone(),
             timeout: Duration::from_secs(self.openai_timeout_secs),
             moderation: self.openai_moderation.clone(),
+            dialect: crate::backends::openai::Dialect::OpenAi,
         }
     }
 
@@ -217,6 +277,26 @@ impl ServeConfig {
         hosts.extend(self.allowed_hosts.iter().filter(|h| !h.is_empty()).cloned());
         hosts
     }
+}
+
+/// `model` or `provider:model` (provider: openai, openai-compatible, stability).
+fn parse_route(entry: &str) -> anyhow::Result<(Option<BackendChoice>, String)> {
+    let Some((provider, model)) = entry.split_once(':') else {
+        return Ok((None, entry.trim().to_string()));
+    };
+    let provider = match provider.trim() {
+        "openai" => BackendChoice::Openai,
+        "openai-compatible" => BackendChoice::OpenaiCompatible,
+        "stability" => BackendChoice::Stability,
+        other => anyhow::bail!(
+            "GATEWAY_FALLBACK_MODELS entry {entry:?}: unknown provider {other:?} (openai, openai-compatible, stability)"
+        ),
+    };
+    anyhow::ensure!(
+        !model.trim().is_empty(),
+        "GATEWAY_FALLBACK_MODELS entry {entry:?} names no model"
+    );
+    Ok((Some(provider), model.trim().to_string()))
 }
 
 fn absolute(path: &std::path::Path) -> PathBuf {

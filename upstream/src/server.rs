@@ -45,21 +45,32 @@ pub struct AppState {
 impl AppState {
     /// Builds the state from validated configuration.
     pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
-        let backends: Vec<Arc<dyn ImageBackend>> = match config.resolved_backend() {
-            BackendChoice::Openai => {
-                let mut chain: Vec<Arc<dyn ImageBackend>> =
-                    vec![Arc::new(OpenAiBackend::new(config.openai_settings())?)];
-                for model in config.fallback_models.iter().filter(|m| !m.is_empty()) {
-                    let settings = crate::backends::openai::OpenAiSettings {
-                        model: model.clone(),
-                        ..config.openai_settings()
-                    };
-                    chain.push(Arc::new(OpenAiBackend::new(settings)?));
-                }
-                chain
-            }
-            _ => vec![Arc::new(OfflinePreview)],
-        };
+        let mut backends: Vec<Arc<dyn ImageBackend>> = Vec::new();
+        for (provider, model) in config.routes() {
+            let timeout = Duration::from_secs(config.openai_timeout_secs);
+            let backend: Arc<dyn ImageBackend> = match provider {
+                BackendChoice::Openai => Arc::new(OpenAiBackend::new(crate::backends::openai::OpenAiSettings {
+                    model,
+                    ..config.openai_settings()
+                })?),
+                BackendChoice::OpenaiCompatible => Arc::new(crate::backends::openai_compatible::backend(
+                    config.openai_compatible_base_url.as_deref().unwrap_or_default(),
+                    config.openai_compatible_api_key.as_deref(),
+                    &model,
+                    timeout,
+                )?),
+                BackendChoice::Stability => Arc::new(crate::backends::stability::StabilityBackend::new(
+                    crate::backends::stability::StabilitySettings {
+                        api_key: config.stability_api_key.clone().unwrap_or_default(),
+                        base_url: config.stability_base_url.clone(),
+                        model,
+                        timeout,
+                    },
+                )?),
+                BackendChoice::OfflinePreview | BackendChoice::Auto => Arc::new(OfflinePreview),
+            };
+            backends.push(backend);
+        }
         let catalog = Arc::new(match &config.models_file {
             Some(path) => ModelCatalog::from_file(path)?,
             None => ModelCatalog::builtin()?,

@@ -3,7 +3,9 @@
 
 pub mod offline_preview;
 pub mod openai;
+pub mod openai_compatible;
 pub mod router;
+pub mod stability;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{BackendError, GeneratedImage, Generation, ImageBackend, ImageRequest, Usage};
+use crate::models::{Background, OutputFormat};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_MODEL: &str = "gpt-image-2";
@@ -27,6 +28,17 @@ pub struct OpenAiSettings {
     pub timeout: Duration,
     /// `moderation`: `auto` (the provider's default) or `low`.
     pub moderation: String,
+    pub dialect: Dialect,
+}
+
+/// Which flavour of the Images API the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI's GPT image models: every option, `b64_json` always.
+    OpenAi,
+    /// Self-hosted servers with the classic API (LocalAI and the like): `b64_json`
+    /// must be asked for with `response_format`, PNG only, no GPT-image options.
+    Compatible,
 }
 
 /// Client for the OpenAI Images API.
@@ -51,12 +63,18 @@ struct GenerationBody<'a> {
     prompt: &'a str,
     n: u8,
     size: String,
-    quality: &'static str,
-    background: &'static str,
-    output_format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    background: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_format: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_compression: Option<u8>,
-    moderation: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moderation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'static str>,
     user: &'a str,
 }
 
@@ -95,7 +113,10 @@ struct ErrorBody {
 #[async_trait]
 impl ImageBackend for OpenAiBackend {
     fn kind(&self) -> &'static str {
-        "openai"
+        match self.settings.dialect {
+            Dialect::OpenAi => "openai",
+            Dialect::Compatible => "openai-compatible",
+        }
     }
 
     fn model(&self) -> &str {
@@ -104,19 +125,49 @@ impl ImageBackend for OpenAiBackend {
 
     async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError> {
         let url = format!("{}/images/generations", self.settings.base_url.trim_end_matches('/'));
-        let body = GenerationBody {
-            model: &self.settings.model,
-            prompt: &request.prompt,
-            n: request.n,
-            size: request.size.to_string(),
-            quality: request.quality.as_str(),
-            background: request.background.as_str(),
-            output_format: request.output_format.as_str(),
-            output_compression: request.output_compression,
-            moderation: &self.settings.moderation,
-            user: &request.user,
+        let body = match self.settings.dialect {
+            Dialect::OpenAi => GenerationBody {
+                model: &self.settings.model,
+                prompt: &request.prompt,
+                n: request.n,
+                size: request.size.to_string(),
+                quality: Some(request.quality.as_str()),
+                background: Some(request.background.as_str()),
+                output_format: Some(request.output_format.as_str()),
+                output_compression: request.output_compression,
+                moderation: Some(&self.settings.moderation),
+                response_format: None,
+                user: &request.user,
+            },
+            Dialect::Compatible => {
+                let plain = request.output_format == OutputFormat::Png
+                    && request.background != Background::Transparent
+                    && request.output_compression.is_none();
+                if !plain {
+                    return Err(BackendError::BadRequest(format!(
+                        "{} (an OpenAI-compatible server) makes PNGs without transparency only",
+                        self.settings.model
+                    )));
+                }
+                GenerationBody {
+                    model: &self.settings.model,
+                    prompt: &request.prompt,
+                    n: request.n,
+                    size: request.size.to_string(),
+                    quality: None,
+                    background: None,
+                    output_format: None,
+                    output_compression: None,
+                    moderation: None,
+                    response_format: Some("b64_json"),
+                    user: &request.user,
+                }
+            }
         };
-        let mut call = self.http.post(&url).bearer_auth(&self.settings.api_key).json(&body);
+        let mut call = self.http.post(&url).json(&body);
+        if !self.settings.api_key.is_empty() {
+            call = call.bearer_auth(&self.settings.api_key);
+        }
         if let Some(org) = &self.settings.organization {
             call = call.header("OpenAI-Organization", org);
         }
@@ -135,7 +186,17 @@ impl ImageBackend for OpenAiBackend {
             .await
             .map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
         if !status.is_success() {
-            return Err(map_error(status.as_u16(), retry_after, &bytes, &self.settings.model));
+            let setting = match self.settings.dialect {
+                Dialect::OpenAi => MODEL_SETTING,
+                Dialect::Compatible => super::openai_compatible::MODEL_SETTING,
+            };
+            return Err(map_error(
+                status.as_u16(),
+                retry_after,
+                &bytes,
+                &self.settings.model,
+                setting,
+            ));
         }
         let parsed: GenerationResponse = serde_json::from_slice(&bytes)
             .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
@@ -182,7 +243,7 @@ fn decode(parsed: GenerationResponse, model: &str, request: &ImageRequest) -> Re
 }
 
 /// Maps an OpenAI error answer to a cause the caller can act on.
-fn map_error(status: u16, retry_after: Option<u64>, body: &[u8], model: &str) -> BackendError {
+fn map_error(status: u16, retry_after: Option<u64>, body: &[u8], model: &str, setting: &'static str) -> BackendError {
     let error = serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error);
     let message = error
         .as_ref()
@@ -193,7 +254,7 @@ fn map_error(status: u16, retry_after: Option<u64>, body: &[u8], model: &str) ->
     match (status, code) {
         (_, Some("model_not_found")) | (404, _) => BackendError::ModelNotFound {
             model: model.to_string(),
-            setting: MODEL_SETTING,
+            setting,
         },
         (_, Some("moderation_blocked")) | (_, Some("content_policy_violation")) => {
             BackendError::ContentRefused(message)
@@ -266,17 +327,24 @@ mod tests {
         ];
         for (status, retry, body, class) in cases {
             assert_eq!(
-                map_error(status, retry, body.as_bytes(), "gpt-image-2").class(),
+                map_error(status, retry, body.as_bytes(), "gpt-image-2", MODEL_SETTING).class(),
                 class,
                 "{status} {body}"
             );
         }
-        let retired = map_error(404, None, body("model_not_found", "x").as_bytes(), "gpt-image-1").to_string();
+        let retired = map_error(
+            404,
+            None,
+            body("model_not_found", "x").as_bytes(),
+            "gpt-image-1",
+            MODEL_SETTING,
+        )
+        .to_string();
         assert!(
             retired.contains("\"gpt-image-1\"") && retired.contains("OPENAI_IMAGE_MODEL"),
             "{retired}"
         );
-        let limited = map_error(429, Some(7), b"{}", "m").to_string();
+        let limited = map_error(429, Some(7), b"{}", "m", MODEL_SETTING).to_string();
         assert!(limited.contains("retry after 7 s"), "{limited}");
     }
 }
