@@ -69,21 +69,30 @@ struct FakeState {
     options: FakeOptions,
     requests: Mutex<Vec<Value>>,
     served: Mutex<VecDeque<(Instant, u32)>>,
+    /// Encoded images by (format, width, height): encoding is the fake's own
+    /// cost, and a load test should measure the gateway, not the fake.
+    images: Mutex<std::collections::HashMap<(String, u32, u32), Arc<String>>>,
 }
 
 impl FakeOpenAi {
     pub async fn start(options: FakeOptions) -> anyhow::Result<FakeOpenAi> {
+        Self::start_on("127.0.0.1:0", options).await
+    }
+
+    /// Starts on `address` (`127.0.0.1:0` picks a port).
+    pub async fn start_on(address: &str, options: FakeOptions) -> anyhow::Result<FakeOpenAi> {
         let api_key = format!("sk-test-{}", uuid::Uuid::new_v4().simple());
         let state = Arc::new(FakeState {
             api_key: api_key.clone(),
             options,
             requests: Mutex::new(Vec::new()),
             served: Mutex::new(VecDeque::new()),
+            images: Mutex::new(std::collections::HashMap::new()),
         });
         let app = Router::new()
             .route("/v1/images/generations", post(generate))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(address).await?;
         let base_url = format!("http://{}", listener.local_addr()?);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -364,13 +373,28 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
             (w.parse().unwrap_or(1024), h.parse().unwrap_or(1024))
         }
     };
-    let image = match output_format.as_str() {
-        "jpeg" => solid_jpeg(width, height),
-        "webp" => solid_webp(width, height),
-        _ => solid_png(width, height),
+    let cache_key = (output_format.clone(), width, height);
+    let cached = state
+        .images
+        .lock()
+        .ok()
+        .and_then(|images| images.get(&cache_key).cloned());
+    let b64 = match cached {
+        Some(b64) => b64,
+        None => {
+            let image = match output_format.as_str() {
+                "jpeg" => solid_jpeg(width, height),
+                "webp" => solid_webp(width, height),
+                _ => solid_png(width, height),
+            };
+            let b64 = Arc::new(base64::engine::general_purpose::STANDARD.encode(&image));
+            if let Ok(mut images) = state.images.lock() {
+                images.insert(cache_key, b64.clone());
+            }
+            b64
+        }
     };
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
-    let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": b64})).collect();
+    let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": b64.as_str()})).collect();
     let text_tokens = (prompt.len() / 4).max(1) as u64;
     let output_tokens = 1056 * n;
     let body = json!({

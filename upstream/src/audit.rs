@@ -34,6 +34,10 @@ pub struct ToolCallEvent<'a> {
     pub n: u8,
     pub images_stored: usize,
     pub latency_ms: u64,
+    /// Of which waiting for the model.
+    pub model_ms: u64,
+    /// The gateway's own time (latency less model time), with µs precision.
+    pub processing_ms: f64,
     pub outcome: Outcome,
     pub error_class: Option<&'a str>,
     pub input_tokens: Option<u64>,
@@ -66,6 +70,8 @@ impl ToolCallEvent<'_> {
             n = self.n,
             images_stored = self.images_stored,
             latency_ms = self.latency_ms,
+            model_ms = self.model_ms,
+            processing_ms = self.processing_ms,
             outcome = ?self.outcome,
             error_class = self.error_class,
             input_tokens = self.input_tokens,

@@ -331,6 +331,7 @@ impl ImageTools {
                 return CallToolResult::error(vec![ContentBlock::text("The generation was cancelled; nothing was stored.")]);
             }
         };
+        let model_time = model_started.elapsed();
         let (model_label, outcome_label) = match &routed {
             Ok(routed) => (routed.generation.model.clone(), "success"),
             Err(error) => (self.state.backend.model().to_string(), error.class()),
@@ -372,7 +373,8 @@ impl ImageTools {
                     Outcome::ToolError,
                     Some("image_too_large"),
                     0,
-                ),
+                )
+                .model_time(model_time),
             );
             return CallToolResult::error(vec![ContentBlock::text(format!(
                 "The generated image is {largest} bytes, over the gateway's output limit of {} bytes; nothing was stored. Try a smaller size.",
@@ -407,7 +409,8 @@ impl ImageTools {
                         Outcome::ToolError,
                         Some("storage_failed"),
                         0,
-                    ),
+                    )
+                    .model_time(model_time),
                 );
                 return CallToolResult::error(vec![ContentBlock::text(
                     "The images were generated but could not be stored; nothing was saved. Try again shortly.",
@@ -433,7 +436,8 @@ impl ImageTools {
                             Outcome::ToolError,
                             Some("storage_failed"),
                             0,
-                        ),
+                        )
+                        .model_time(model_time),
                     );
                     return CallToolResult::error(vec![ContentBlock::text(
                         "The images were generated but no link could be signed; nothing was kept. Try again shortly.",
@@ -458,7 +462,7 @@ impl ImageTools {
             caller,
             Some(args),
             started,
-            Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys.len()),
+            Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys.len()).model_time(model_time),
         );
         result_for(&output, generation.model == crate::backends::offline_preview::MODEL)
     }
@@ -534,6 +538,8 @@ impl ImageTools {
             n: args.map(|a| a.n).unwrap_or_default(),
             images_stored: ended.images_stored,
             latency_ms: started.elapsed().as_millis() as u64,
+            model_ms: ended.model_us / 1000,
+            processing_ms: (started.elapsed().as_micros() as u64).saturating_sub(ended.model_us) as f64 / 1000.0,
             outcome: ended.outcome,
             error_class: ended.error_class,
             input_tokens: ended.usage.map(|u| u.input_tokens),
@@ -554,6 +560,8 @@ struct Ended<'a> {
     /// Images the model produced (billed even if not stored).
     generated: usize,
     fallbacks: u32,
+    /// Time spent waiting for the model (and its retries and fallbacks), µs.
+    model_us: u64,
 }
 
 impl<'a> Ended<'a> {
@@ -573,7 +581,13 @@ impl<'a> Ended<'a> {
             model: Some(&generation.model),
             generated: generation.images.len(),
             fallbacks,
+            model_us: 0,
         }
+    }
+
+    fn model_time(mut self, elapsed: Duration) -> Self {
+        self.model_us = elapsed.as_micros() as u64;
+        self
     }
 
     fn failed(outcome: Outcome, error_class: &'a str) -> Self {
@@ -585,6 +599,7 @@ impl<'a> Ended<'a> {
             model: None,
             generated: 0,
             fallbacks: 0,
+            model_us: 0,
         }
     }
 }
