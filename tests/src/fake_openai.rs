@@ -365,7 +365,18 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
         }
         served.push_back((now, n as u32));
     }
-    tokio::time::sleep(state.options.latency).await;
+    let stream = fields.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let partial_images = fields.get("partial_images").and_then(Value::as_u64).unwrap_or(0);
+    if partial_images > 3 {
+        return invalid(
+            &format!("Invalid 'partial_images': integer above maximum value. Expected a value <= 3, but got {partial_images} instead."),
+            "partial_images",
+            "integer_above_max_value",
+        );
+    }
+    if !stream {
+        tokio::time::sleep(state.options.latency).await;
+    }
     let (width, height) = match size {
         "auto" => (1024, 1024),
         other => {
@@ -397,6 +408,16 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
     let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": b64.as_str()})).collect();
     let text_tokens = (prompt.len() / 4).max(1) as u64;
     let output_tokens = 1056 * n;
+    if stream {
+        return streamed(
+            state.options.latency,
+            partial_images,
+            b64.as_str(),
+            &fields_for_stream(fields, width, height),
+            output_tokens_for(n),
+            (prompt.len() / 4).max(1) as u64,
+        );
+    }
     let body = json!({
         "created": chrono::Utc::now().timestamp(),
         "data": data,
@@ -415,6 +436,67 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
     response
         .headers_mut()
         .insert("x-request-id", HeaderValue::from_static("req_fake"));
+    response
+}
+
+fn output_tokens_for(n: u64) -> u64 {
+    1056 * n
+}
+
+/// The image fields every stream event repeats.
+fn fields_for_stream(fields: &serde_json::Map<String, Value>, width: u32, height: u32) -> Value {
+    json!({
+        "size": format!("{width}x{height}"),
+        "quality": fields.get("quality").and_then(Value::as_str).map(|q| if q == "auto" { "medium" } else { q }).unwrap_or("medium"),
+        "background": "opaque",
+        "output_format": fields.get("output_format").and_then(Value::as_str).unwrap_or("png"),
+    })
+}
+
+/// `stream: true`: `image_generation.partial_image` events spread over the
+/// generation time, then `image_generation.completed` with the usage.
+fn streamed(
+    latency: Duration,
+    partials: u64,
+    b64: &str,
+    image: &Value,
+    output_tokens: u64,
+    text_tokens: u64,
+) -> Response {
+    let step = latency / (partials as u32 + 1);
+    let mut events = Vec::new();
+    for index in 0..partials {
+        let mut event = image.clone();
+        event["type"] = json!("image_generation.partial_image");
+        event["b64_json"] = json!(b64);
+        event["created_at"] = json!(chrono::Utc::now().timestamp());
+        event["partial_image_index"] = json!(index);
+        events.push(("image_generation.partial_image", event));
+    }
+    let mut completed = image.clone();
+    completed["type"] = json!("image_generation.completed");
+    completed["b64_json"] = json!(b64);
+    completed["created_at"] = json!(chrono::Utc::now().timestamp());
+    completed["usage"] = json!({
+        "input_tokens": text_tokens,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": text_tokens},
+        "output_tokens": output_tokens,
+        "total_tokens": text_tokens + output_tokens
+    });
+    events.push(("image_generation.completed", completed));
+    let body = futures::stream::unfold(events.into_iter(), move |mut events| async move {
+        let (name, data) = events.next()?;
+        tokio::time::sleep(step).await;
+        let chunk = format!("event: {name}\ndata: {data}\n\n");
+        Some((
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+            events,
+        ))
+    });
+    let mut response = axum::body::Body::from_stream(body).into_response();
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/event-stream"));
     response
 }
 

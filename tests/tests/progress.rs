@@ -7,7 +7,7 @@ use std::time::Duration;
 use gateway_tests::fake_openai::FakeOptions;
 use gateway_tests::stack::workspace_root;
 use gateway_tests::{Backend, Stack, StackOptions};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn progress_heartbeats_reach_the_client() {
@@ -53,6 +53,10 @@ async fn progress_heartbeats_reach_the_client() {
             "{mode}: {messages:?}"
         );
         assert_eq!(messages.last(), Some(&"storing"), "{mode}: {messages:?}");
+        // The backend streamed (the client asked for progress): both partial images were announced.
+        for partial in ["partial image 1 received", "partial image 2 received"] {
+            assert!(messages.contains(&partial), "{mode}: {messages:?}");
+        }
         let heartbeats = messages.iter().filter(|m| m.starts_with("generating (")).count();
         assert!(
             heartbeats >= 2,
@@ -69,6 +73,20 @@ async fn progress_heartbeats_reach_the_client() {
             "{mode}: progress increases: {progress:?}"
         );
     }
+    for sent in stack.fake.as_ref().unwrap().requests() {
+        assert_eq!(
+            (sent["stream"].clone(), sent["partial_images"].clone()),
+            (json!(true), json!(2)),
+            "{sent}"
+        );
+    }
+    // The streamed usage still prices the call.
+    let billed = stack
+        .log("upstream")
+        .lines()
+        .filter(|l| l.contains("\"billing\"") && l.contains("\"priced_by\":\"tokens\""))
+        .count();
+    assert_eq!(billed, 2);
 }
 
 /// A client that gives up mid-generation: the backend call stops, nothing is

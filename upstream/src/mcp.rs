@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{self, GenerateImageArgs};
 use crate::audit::{BillingEvent, Outcome, ToolCallEvent};
-use crate::backends::{ImageBackend, ImageRequest};
+use crate::backends::{ImageBackend, ImageRequest, PartialImage};
 use crate::metrics::{ImageLabels, InFlight, ModelLabels, OpLabels, OrgLabels};
 use crate::server::AppState;
 
@@ -266,7 +266,12 @@ impl Progress {
 
 /// Sends `generating` heartbeats every `progress.interval` until `work` ends,
 /// so clients and proxies keep a long call alive.
-async fn with_heartbeats<T>(progress: &mut Option<Progress>, work: impl std::future::Future<Output = T>) -> T {
+/// Also reports partial images as a streaming backend announces them.
+async fn with_heartbeats<T>(
+    progress: &mut Option<Progress>,
+    mut partials: Option<tokio::sync::mpsc::UnboundedReceiver<PartialImage>>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
     let Some(progress) = progress.as_mut() else {
         return work.await;
     };
@@ -279,6 +284,9 @@ async fn with_heartbeats<T>(progress: &mut Option<Progress>, work: impl std::fut
             output = &mut work => return output,
             _ = ticker.tick() => {
                 progress.send(format!("generating ({} s)", started.elapsed().as_secs())).await;
+            }
+            Some(partial) = async { match partials.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                progress.send(format!("partial image {} received", partial.index + 1)).await;
             }
         }
     }
@@ -304,6 +312,7 @@ impl ImageTools {
             output_format: args.output_format,
             output_compression: args.output_compression,
             user: caller.provider_user(),
+            partials: None,
         };
         // Checked against the capability table before any provider is called.
         if let Err(why) = self.state.backend.check(&request) {
@@ -322,10 +331,23 @@ impl ImageTools {
                 .send(format!("generating with {}", self.state.backend.model()))
                 .await;
         }
+        // With a progress token, a streaming backend reports partial images.
+        let (request, partials) = if progress.is_some() {
+            let (sink, partials) = tokio::sync::mpsc::unbounded_channel();
+            (
+                ImageRequest {
+                    partials: Some(sink),
+                    ..request
+                },
+                Some(partials),
+            )
+        } else {
+            (request, None)
+        };
         let model_started = Instant::now();
         // A cancelled call stops the backend request: nothing is stored or billed.
         let routed = tokio::select! {
-            routed = with_heartbeats(&mut progress, self.state.backend.generate(&request)) => routed,
+            routed = with_heartbeats(&mut progress, partials, self.state.backend.generate(&request)) => routed,
             _ = cancelled.cancelled() => {
                 self.audit(caller, Some(args), started, Ended::failed(Outcome::Cancelled, "cancelled"));
                 return CallToolResult::error(vec![ContentBlock::text("The generation was cancelled; nothing was stored.")]);

@@ -26,7 +26,17 @@ pub struct ImageRequest {
     pub output_compression: Option<u8>,
     /// An opaque, stable caller id (a hash, never the raw user id).
     pub user: String,
+    /// Where a streaming backend reports partial images (the caller asked for progress).
+    pub partials: Option<PartialSink>,
 }
+
+/// A partial image arrived (index from 0); the image itself is not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialImage {
+    pub index: u32,
+}
+
+pub type PartialSink = tokio::sync::mpsc::UnboundedSender<PartialImage>;
 
 impl ImageRequest {
     /// What is asked for besides the prompt, for the capability check.

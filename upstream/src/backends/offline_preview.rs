@@ -130,6 +130,7 @@ mod tests {
             output_format: crate::models::OutputFormat::Png,
             output_compression: None,
             user: "u".into(),
+            partials: None,
         };
         let generation = OfflinePreview.generate(&request).await.unwrap();
         assert_eq!(generation.images.len(), 3);

@@ -75,7 +75,26 @@ struct GenerationBody<'a> {
     moderation: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partial_images: Option<u8>,
     user: &'a str,
+}
+
+/// Partial images asked for when streaming (the API allows 0 to 3).
+const PARTIAL_IMAGES: u8 = 2;
+
+/// One event of a streamed generation (`image_generation.partial_image`,
+/// `image_generation.completed`, or `error`).
+#[derive(Deserialize)]
+struct StreamEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    b64_json: Option<String>,
+    partial_image_index: Option<u32>,
+    usage: Option<UsageBody>,
+    error: Option<ErrorBody>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +144,8 @@ impl ImageBackend for OpenAiBackend {
 
     async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError> {
         let url = format!("{}/images/generations", self.settings.base_url.trim_end_matches('/'));
+        // Stream when someone listens for progress (one image per streamed call).
+        let streaming = self.settings.dialect == Dialect::OpenAi && request.partials.is_some() && request.n == 1;
         let body = match self.settings.dialect {
             Dialect::OpenAi => GenerationBody {
                 model: &self.settings.model,
@@ -137,6 +158,8 @@ impl ImageBackend for OpenAiBackend {
                 output_compression: request.output_compression,
                 moderation: Some(&self.settings.moderation),
                 response_format: None,
+                stream: streaming.then_some(true),
+                partial_images: streaming.then_some(PARTIAL_IMAGES),
                 user: &request.user,
             },
             Dialect::Compatible => {
@@ -160,6 +183,8 @@ impl ImageBackend for OpenAiBackend {
                     output_compression: None,
                     moderation: None,
                     response_format: Some("b64_json"),
+                    stream: None,
+                    partial_images: None,
                     user: &request.user,
                 }
             }
@@ -181,6 +206,9 @@ impl ImageBackend for OpenAiBackend {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        if streaming && status.is_success() {
+            return self.read_stream(response, request).await;
+        }
         let bytes = response
             .bytes()
             .await
@@ -201,6 +229,54 @@ impl ImageBackend for OpenAiBackend {
         let parsed: GenerationResponse = serde_json::from_slice(&bytes)
             .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
         decode(parsed, &self.settings.model, request)
+    }
+}
+
+impl OpenAiBackend {
+    /// Reads `image_generation.*` server-sent events: partial images are
+    /// announced to the caller, the completed one is the result.
+    async fn read_stream(
+        &self,
+        response: reqwest::Response,
+        request: &ImageRequest,
+    ) -> Result<Generation, BackendError> {
+        use futures::StreamExt;
+        let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| BackendError::Transport(format!("the image stream broke: {e}")))?;
+            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+                continue;
+            };
+            let parsed: StreamEvent = serde_json::from_str(&data)
+                .map_err(|e| BackendError::InvalidResponse(format!("unexpected stream event: {e}")))?;
+            match parsed.kind.as_str() {
+                "image_generation.partial_image" => {
+                    if let Some(sink) = &request.partials {
+                        let _ = sink.send(super::PartialImage {
+                            index: parsed.partial_image_index.unwrap_or_default(),
+                        });
+                    }
+                }
+                "image_generation.completed" => {
+                    let completed = GenerationResponse {
+                        created: 0,
+                        data: vec![ImageData {
+                            b64_json: parsed.b64_json,
+                        }],
+                        usage: parsed.usage,
+                    };
+                    return decode(completed, &self.settings.model, request);
+                }
+                "error" => {
+                    let message = parsed.error.map(|e| e.message).unwrap_or_else(|| data.clone());
+                    return Err(BackendError::Provider { status: 200, message });
+                }
+                _ => {}
+            }
+        }
+        Err(BackendError::InvalidResponse(
+            "the image stream ended without a completed image".into(),
+        ))
     }
 }
 

@@ -63,6 +63,7 @@ fn request() -> ImageRequest {
         output_format: OutputFormat::Png,
         output_compression: None,
         user: "u".into(),
+        partials: None,
     }
 }
 
