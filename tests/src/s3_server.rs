@@ -69,6 +69,12 @@ impl S3Server {
         bail!("s3s-fs did not listen on {port}")
     }
 
+    /// Stops the server (an outage); the stored files stay.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Upstream environment selecting this server as the image store.
     pub fn upstream_env(&self) -> Vec<(String, String)> {
         [

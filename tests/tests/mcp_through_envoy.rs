@@ -381,3 +381,38 @@ async fn oversized_images_are_refused_and_not_stored() {
     assert_eq!(call["fields"]["error_class"], "image_too_large");
     client.cancel().await.unwrap();
 }
+
+/// A provider that does not answer within `OPENAI_TIMEOUT_SECS`: the call is
+/// abandoned (after the configured attempts) and is a tool error that says so.
+#[tokio::test]
+async fn provider_timeout_is_a_tool_error() {
+    let slow = FakeOptions {
+        latency: std::time::Duration::from_secs(5),
+        ..FakeOptions::default()
+    };
+    let mut options = openai("gpt-image-2", slow);
+    options.upstream_env = vec![
+        ("OPENAI_TIMEOUT_SECS".into(), "1".into()),
+        ("GATEWAY_MAX_ATTEMPTS".into(), "2".into()),
+        ("GATEWAY_RETRY_MAX_DELAY_SECS".into(), "1".into()),
+    ];
+    let stack = Stack::start_with(options).await.unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let started = std::time::Instant::now();
+    let result = generate(&client, json!({"prompt": "a slow lighthouse"})).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(result.is_error, Some(true), "{result:?}");
+    let text = result.content.iter().find_map(|c| c.as_text()).unwrap().text.clone();
+    assert!(
+        text.contains("could not be reached") && text.contains("timed out"),
+        "{text}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "two 1 s attempts, not the model's 5 s: {elapsed:?}"
+    );
+    assert_eq!(stack.fake.as_ref().unwrap().requests().len(), 2, "retried once");
+    let events = stack.audit_events();
+    assert_eq!(events[0]["fields"]["error_class"], "provider_unreachable", "{events:?}");
+    client.cancel().await.unwrap();
+}

@@ -66,3 +66,43 @@ async fn presigned_links_work_and_refuse_tampering_and_expiry() {
     assert!(expired.text().await.unwrap().contains("expired"));
     client.cancel().await.unwrap();
 }
+
+/// The store goes down: the call is a tool error that says so, nothing is
+/// billed, and the audit event records the storage failure.
+#[tokio::test]
+async fn store_outage_is_a_clear_error_and_nothing_is_billed() {
+    let mut s3 = S3Server::start("images").await.unwrap();
+    let options = StackOptions {
+        upstream_env: s3.upstream_env(),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(options).await.unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let ok = generate(&client, json!({"prompt": "a harbour"})).await.unwrap();
+    assert_eq!(ok.is_error, Some(false), "{ok:?}");
+
+    s3.stop();
+    let failed = generate(&client, json!({"prompt": "a harbour", "n": 2})).await.unwrap();
+    assert_eq!(failed.is_error, Some(true), "{failed:?}");
+    let text = serde_json::to_string(&failed.content).unwrap();
+    assert!(text.contains("could not be stored; nothing was saved"), "{text}");
+
+    let events = stack.audit_events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        (
+            events[1]["fields"]["outcome"].clone(),
+            events[1]["fields"]["error_class"].clone()
+        ),
+        (json!("ToolError"), json!("storage_failed"))
+    );
+    assert_eq!(events[1]["fields"]["images_stored"], 0);
+    let billed: Vec<serde_json::Value> = stack
+        .log("upstream")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["target"] == "billing")
+        .collect();
+    assert_eq!(billed.len(), 1, "only the delivered call is billed: {billed:?}");
+    client.cancel().await.unwrap();
+}

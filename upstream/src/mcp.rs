@@ -528,6 +528,10 @@ impl ImageTools {
                     org: caller.org.clone(),
                 })
                 .inc_by(cost_usd);
+        }
+        // The caller is billed for delivered images only; what the provider
+        // charged for undelivered ones shows in the audit event's cost.
+        if ended.outcome == Outcome::Success {
             BillingEvent {
                 request_id: &caller.request_id,
                 org: &caller.org,

@@ -199,7 +199,7 @@ impl ImageBackend for OpenAiBackend {
         let response = call
             .send()
             .await
-            .map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -212,7 +212,7 @@ impl ImageBackend for OpenAiBackend {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| self.transport_error(&e))?;
         if !status.is_success() {
             let setting = match self.settings.dialect {
                 Dialect::OpenAi => MODEL_SETTING,
@@ -233,6 +233,23 @@ impl ImageBackend for OpenAiBackend {
 }
 
 impl OpenAiBackend {
+    /// A transport failure in words: a timeout says so, with the limit.
+    fn transport_error(&self, error: &(dyn std::error::Error + 'static)) -> BackendError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(current) = cause {
+            if let Some(http) = current.downcast_ref::<reqwest::Error>() {
+                if http.is_timeout() {
+                    return BackendError::Transport(format!(
+                        "no answer within {} s (timed out; OPENAI_TIMEOUT_SECS)",
+                        self.settings.timeout.as_secs()
+                    ));
+                }
+            }
+            cause = current.source();
+        }
+        BackendError::Transport(error.to_string())
+    }
+
     /// Reads `image_generation.*` server-sent events: partial images are
     /// announced to the caller, the completed one is the result.
     async fn read_stream(
@@ -243,7 +260,7 @@ impl OpenAiBackend {
         use futures::StreamExt;
         let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| BackendError::Transport(format!("the image stream broke: {e}")))?;
+            let event = event.map_err(|e| self.transport_error(&e))?;
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
                 continue;
             };
