@@ -196,10 +196,7 @@ impl ImageBackend for OpenAiBackend {
         if let Some(org) = &self.settings.organization {
             call = call.header("OpenAI-Organization", org);
         }
-        let response = call
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let response = call.send().await.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -209,10 +206,7 @@ impl ImageBackend for OpenAiBackend {
         if streaming && status.is_success() {
             return self.read_stream(response, request).await;
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
         if !status.is_success() {
             let setting = match self.settings.dialect {
                 Dialect::OpenAi => MODEL_SETTING,
