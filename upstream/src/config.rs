@@ -103,6 +103,9 @@ pub struct ServeConfig {
     /// OpenAI's `moderation` level for generations: `auto` or `low`.
     #[arg(long, env = "OPENAI_MODERATION", default_value = "auto", value_parser = ["auto", "low"])]
     pub openai_moderation: String,
+    /// Model chains by rule, organisation or style (JSON; see `upstream/src/routing.rs`).
+    #[arg(long, env = "GATEWAY_ROUTES_FILE")]
+    pub routes_file: Option<PathBuf>,
     /// A JSON model capability table replacing the built-in one (see `upstream/src/models.json`).
     #[arg(long, env = "GATEWAY_MODELS_FILE")]
     pub models_file: Option<PathBuf>,
@@ -233,6 +236,12 @@ impl ServeConfig {
             }
         }
         routes
+    }
+
+    /// A routes-file entry: `model` (the primary's provider) or `provider:model`.
+    pub fn route_entry(&self, entry: &str) -> anyhow::Result<(BackendChoice, String)> {
+        let (provider, model) = parse_route(entry)?;
+        Ok((provider.unwrap_or_else(|| self.resolved_backend()), model))
     }
 
     fn model_of(&self, provider: BackendChoice) -> String {

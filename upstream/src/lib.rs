@@ -14,6 +14,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod models;
 pub mod pricing;
+pub mod routing;
 pub mod server;
 pub mod signed_url;
 pub mod storage;

@@ -76,6 +76,15 @@ pub struct ModelList {
     pub max_prompt_chars: u32,
     /// How long returned links stay valid.
     pub link_validity_secs: u64,
+    /// Chains that replace the models above for some calls (by rule, organisation or style).
+    pub routes: Vec<RouteInfo>,
+}
+
+/// A routing rule and the chain it selects.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RouteInfo {
+    pub when: String,
+    pub models: Vec<String>,
 }
 
 /// The verified caller, as set by the edge filter.
@@ -166,6 +175,13 @@ impl ImageTools {
             max_images_per_call: args::MAX_IMAGES as u8,
             max_prompt_chars: args::MAX_PROMPT_CHARS as u32,
             link_validity_secs: self.state.url_ttl.as_secs(),
+            routes: self
+                .state
+                .routes
+                .describe()
+                .into_iter()
+                .map(|(when, models)| RouteInfo { when, models })
+                .collect(),
         }))
     }
 
@@ -314,8 +330,16 @@ impl ImageTools {
             user: caller.provider_user(),
             partials: None,
         };
+        // The chain for this call: a rule, the organisation's or the style's, else the default.
+        let router = match self.state.routes.select(&caller.org, args) {
+            Some((why, router)) => {
+                tracing::debug!(route = %why, "routed");
+                router
+            }
+            None => self.state.backend.clone(),
+        };
         // Checked against the capability table before any provider is called.
-        if let Err(why) = self.state.backend.check(&request) {
+        if let Err(why) = router.check(&request) {
             self.audit(
                 caller,
                 Some(args),
@@ -327,9 +351,7 @@ impl ImageTools {
             ))]);
         }
         if let Some(progress) = progress.as_mut() {
-            progress
-                .send(format!("generating with {}", self.state.backend.model()))
-                .await;
+            progress.send(format!("generating with {}", router.model())).await;
         }
         // With a progress token, a streaming backend reports partial images.
         let (request, partials) = if progress.is_some() {
@@ -347,7 +369,7 @@ impl ImageTools {
         let model_started = Instant::now();
         // A cancelled call stops the backend request: nothing is stored or billed.
         let routed = tokio::select! {
-            routed = with_heartbeats(&mut progress, partials, self.state.backend.generate(&request)) => routed,
+            routed = with_heartbeats(&mut progress, partials, router.generate(&request)) => routed,
             _ = cancelled.cancelled() => {
                 self.audit(caller, Some(args), started, Ended::failed(Outcome::Cancelled, "cancelled"));
                 return CallToolResult::error(vec![ContentBlock::text("The generation was cancelled; nothing was stored.")]);
@@ -356,7 +378,7 @@ impl ImageTools {
         let model_time = model_started.elapsed();
         let (model_label, outcome_label) = match &routed {
             Ok(routed) => (routed.generation.model.clone(), "success"),
-            Err(error) => (self.state.backend.model().to_string(), error.class()),
+            Err(error) => (router.model().to_string(), error.class()),
         };
         self.state
             .metrics

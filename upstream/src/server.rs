@@ -16,6 +16,7 @@ use crate::backends::ImageBackend;
 use crate::config::{BackendChoice, ServeConfig};
 use crate::mcp::ImageTools;
 use crate::models::ModelCatalog;
+use crate::routing::{Routes, RoutesSpec};
 use crate::signed_url::UrlSigner;
 use crate::storage::ImageStore;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub pricing: crate::pricing::Pricing,
     /// What each model can do, and its prices.
     pub catalog: Arc<ModelCatalog>,
+    /// Chains chosen by rule, organisation or style (`GATEWAY_ROUTES_FILE`).
+    pub routes: Arc<Routes>,
     /// Log prompt text in audit events (else only its hash).
     pub log_prompts: bool,
 }
@@ -45,39 +48,41 @@ pub struct AppState {
 impl AppState {
     /// Builds the state from validated configuration.
     pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
-        let mut backends: Vec<Arc<dyn ImageBackend>> = Vec::new();
-        for (provider, model) in config.routes() {
-            let timeout = Duration::from_secs(config.openai_timeout_secs);
-            let backend: Arc<dyn ImageBackend> = match provider {
-                BackendChoice::Openai => Arc::new(OpenAiBackend::new(crate::backends::openai::OpenAiSettings {
-                    model,
-                    ..config.openai_settings()
-                })?),
-                BackendChoice::OpenaiCompatible => Arc::new(crate::backends::openai_compatible::backend(
-                    config.openai_compatible_base_url.as_deref().unwrap_or_default(),
-                    config.openai_compatible_api_key.as_deref(),
-                    &model,
-                    timeout,
-                )?),
-                BackendChoice::Stability => Arc::new(crate::backends::stability::StabilityBackend::new(
-                    crate::backends::stability::StabilitySettings {
-                        api_key: config.stability_api_key.clone().unwrap_or_default(),
-                        base_url: config.stability_base_url.clone(),
-                        model,
-                        timeout,
-                    },
-                )?),
-                BackendChoice::OfflinePreview | BackendChoice::Auto => Arc::new(OfflinePreview),
-            };
-            backends.push(backend);
-        }
         let catalog = Arc::new(match &config.models_file {
             Some(path) => ModelCatalog::from_file(path)?,
             None => ModelCatalog::builtin()?,
         });
+        let mut built: std::collections::HashMap<String, Arc<dyn ImageBackend>> = std::collections::HashMap::new();
+        let mut backend_for = |provider: BackendChoice, model: String| -> anyhow::Result<Arc<dyn ImageBackend>> {
+            let key = format!("{provider:?}:{model}");
+            if let Some(backend) = built.get(&key) {
+                return Ok(backend.clone());
+            }
+            let backend = build_backend(config, provider, model)?;
+            built.insert(key, backend.clone());
+            Ok(backend)
+        };
+        let mut backends: Vec<Arc<dyn ImageBackend>> = Vec::new();
+        for (provider, model) in config.routes() {
+            backends.push(backend_for(provider, model)?);
+        }
         let backend = Arc::new(
             ModelRouter::new(backends, config.retry_policy(), config.breaker_policy()).with_catalog(catalog.clone()),
         );
+        let routes = match &config.routes_file {
+            Some(path) => Routes::new(RoutesSpec::from_file(path)?, |chain| {
+                let mut chain_backends = Vec::with_capacity(chain.len());
+                for entry in chain {
+                    let (provider, model) = config.route_entry(entry)?;
+                    chain_backends.push(backend_for(provider, model)?);
+                }
+                Ok(
+                    ModelRouter::new(chain_backends, config.retry_policy(), config.breaker_policy())
+                        .with_catalog(catalog.clone()),
+                )
+            })?,
+            None => Routes::none(),
+        };
         let key_file = config.url_signing_key_file();
         let secret = std::fs::read_to_string(&key_file)
             .map_err(|e| anyhow::anyhow!("cannot read the URL signing key {}: {e} (run `mcp-image-gateway dev-init` or set GATEWAY_URL_SIGNING_KEY_FILE)", key_file.display()))?;
@@ -99,6 +104,7 @@ impl AppState {
             },
             log_prompts: config.log_prompts,
             catalog,
+            routes: Arc::new(routes),
         })
     }
 
@@ -106,6 +112,36 @@ impl AppState {
     pub fn pricing_for(&self, model: &str) -> crate::pricing::Pricing {
         self.catalog.get(model).map_or(self.pricing, |m| m.pricing())
     }
+}
+
+/// One provider client for `model`.
+fn build_backend(
+    config: &ServeConfig,
+    provider: BackendChoice,
+    model: String,
+) -> anyhow::Result<Arc<dyn ImageBackend>> {
+    let timeout = Duration::from_secs(config.openai_timeout_secs);
+    Ok(match provider {
+        BackendChoice::Openai => Arc::new(OpenAiBackend::new(crate::backends::openai::OpenAiSettings {
+            model,
+            ..config.openai_settings()
+        })?),
+        BackendChoice::OpenaiCompatible => Arc::new(crate::backends::openai_compatible::backend(
+            config.openai_compatible_base_url.as_deref().unwrap_or_default(),
+            config.openai_compatible_api_key.as_deref(),
+            &model,
+            timeout,
+        )?),
+        BackendChoice::Stability => Arc::new(crate::backends::stability::StabilityBackend::new(
+            crate::backends::stability::StabilitySettings {
+                api_key: config.stability_api_key.clone().unwrap_or_default(),
+                base_url: config.stability_base_url.clone(),
+                model,
+                timeout,
+            },
+        )?),
+        BackendChoice::OfflinePreview | BackendChoice::Auto => Arc::new(OfflinePreview),
+    })
 }
 
 /// The service's router.
