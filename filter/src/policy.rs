@@ -9,7 +9,7 @@ use crate::jsonrpc::{code, Envelope, Message};
 use crate::reply::Reject;
 
 /// Methods the upstream serves, allowed unless the config says otherwise.
-pub const DEFAULT_METHODS: [&str; 18] = [
+pub const DEFAULT_METHODS: [&str; 19] = [
     "initialize",
     "ping",
     "server/discover",
@@ -22,6 +22,7 @@ pub const DEFAULT_METHODS: [&str; 18] = [
     "tasks/list",
     "tasks/result",
     "tasks/cancel",
+    "tasks/update",
     "logging/setLevel",
     "notifications/initialized",
     "notifications/cancelled",

@@ -22,6 +22,24 @@ pub async fn connect(mcp_url: &str, token: &str) -> anyhow::Result<McpClient> {
     Ok(info.serve(transport).await?)
 }
 
+/// Connects declaring the Tasks extension (SEP-2663): long calls may come
+/// back as tasks to poll.
+pub async fn connect_with_tasks(mcp_url: &str, token: &str) -> anyhow::Result<McpClient> {
+    let config = StreamableHttpClientTransportConfig::with_uri(mcp_url.to_string()).auth_header(token.to_string());
+    let transport = StreamableHttpClientTransport::with_client(http_client(), config);
+    // Stateless 2026-07-28 (`server/discover`): capabilities travel in every
+    // request's `_meta`, so whichever replica gets `tools/call` knows the
+    // client handles tasks.
+    let info = ClientConfig::new(
+        ClientCapabilities::builder().enable_tasks().build(),
+        Implementation::new("gateway-tests", "0.1.0"),
+    );
+    let lifecycle = rmcp::service::ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+    };
+    Ok(rmcp::service::ClientServiceExt::serve_with_lifecycle(info, transport, lifecycle).await?)
+}
+
 /// Calls `generate_image` with JSON arguments.
 pub async fn generate(client: &McpClient, arguments: Value) -> Result<CallToolResult, ServiceError> {
     let arguments = arguments.as_object().cloned().unwrap_or_default();

@@ -69,6 +69,8 @@ pub struct Stack {
     pub upstream_url: String,
     /// The first replica's Prometheus endpoint.
     pub metrics_url: String,
+    /// Every replica's metrics URL (the first is `metrics_url`).
+    pub metrics_urls: Vec<String>,
     /// The TLS 1.3 listener's port (0 without TLS).
     pub tls_port: u16,
     pub state_dir: PathBuf,
@@ -177,6 +179,7 @@ impl Stack {
             admin_url: format!("http://127.0.0.1:{admin_port}"),
             upstream_url: format!("http://127.0.0.1:{upstream_port}"),
             metrics_url: String::new(),
+            metrics_urls: Vec::new(),
             tls_port: 0,
             base_url: base_url.clone(),
             state_dir: state_dir.clone(),
@@ -224,6 +227,10 @@ impl Stack {
         upstream_ports.extend((1..options.upstream_replicas).map(|_| free_port()));
         let metrics_ports: Vec<u16> = upstream_ports.iter().map(|_| free_port()).collect();
         stack.metrics_url = format!("http://127.0.0.1:{}/metrics", metrics_ports[0]);
+        stack.metrics_urls = metrics_ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}/metrics"))
+            .collect();
         for (index, port) in upstream_ports.iter().enumerate() {
             let mut upstream = Command::new(upstream_binary()?);
             upstream

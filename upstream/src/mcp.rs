@@ -9,11 +9,12 @@ use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, JsonObject, Resource, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CancelTaskParams, CreateTaskResult, DetailedTask, GetTaskParams,
+    GetTaskResult, ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ResourceContents, Task, TaskPayload, TaskStatus,
 };
 use rmcp::model::{
-    ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    ResourceContents,
+    CallToolResult, ContentBlock, Implementation, JsonObject, Resource, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{Peer, RequestContext};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
@@ -231,6 +232,135 @@ impl ImageTools {
         unfinished.armed = false;
         Ok(result)
     }
+}
+
+/// The poll interval suggested to clients.
+const TASK_POLL: Duration = Duration::from_secs(2);
+/// How often a running task's record is re-read for a cancellation mark (one
+/// small read per running task; generations take seconds to minutes).
+const CANCEL_CHECK: Duration = Duration::from_secs(1);
+/// How long task records are kept (the retention sweeper removes them later).
+const TASK_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// The verified caller of a request.
+fn caller_of(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
+    context
+        .extensions
+        .get::<Parts>()
+        .and_then(|parts| Caller::from_headers(&parts.headers))
+        .ok_or_else(|| {
+            ErrorData::invalid_request(
+                "no verified identity on this request; the service must be reached through the gateway",
+                None,
+            )
+        })
+}
+
+impl ImageTools {
+    async fn start_task(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let started = Instant::now();
+        let caller = caller_of(&context)?;
+        let args = match args::parse(request.arguments.as_ref()) {
+            Ok(args) => args,
+            Err(message) => {
+                self.audit(
+                    &caller,
+                    None,
+                    started,
+                    Ended::failed(Outcome::Rejected, "invalid_arguments"),
+                );
+                return Err(ErrorData::invalid_params(message, None));
+            }
+        };
+        let now = Utc::now().to_rfc3339();
+        let task = Task::new(uuid::Uuid::new_v4().to_string(), TaskStatus::Working, now.clone(), now)
+            .with_ttl_ms(TASK_TTL_MS)
+            .with_poll_interval_ms(TASK_POLL.as_millis() as u64)
+            .with_status_message("generating");
+        // Durable before the client hears of it, so tasks/get on any replica finds it.
+        self.write_task(&caller, &DetailedTask::new(task.clone(), TaskPayload::Working))
+            .await?;
+        let tools = self.clone();
+        let seed = task.clone();
+        tokio::spawn(async move {
+            let cancelled = CancellationToken::new();
+            let watch = tools.watch_for_cancel(caller.clone(), seed.task_id.clone(), cancelled.clone());
+            // The watcher only trips the token (run then stops the provider
+            // call, stores nothing and audits); it never finishes by itself.
+            let result = tokio::select! {
+                result = tools.run(&caller, &args, started, None, cancelled.clone()) => result,
+                _ = watch => return,
+            };
+            cancelled.cancel();
+            if cancelled_in_store(&tools, &caller, &seed.task_id).await {
+                return;
+            }
+            let result = match serde_json::to_value(&result) {
+                Ok(serde_json::Value::Object(result)) => result,
+                _ => JsonObject::new(),
+            };
+            let mut finished = seed;
+            finished.last_updated_at = Utc::now().to_rfc3339();
+            finished.status_message = None;
+            let done = DetailedTask::new(finished, TaskPayload::Completed { result });
+            if let Err(error) = tools.write_task(&caller, &done).await {
+                tracing::error!(?error, "recording a finished task failed");
+            }
+        });
+        Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+
+    /// Resolves when the task's record says it was cancelled (by any replica).
+    async fn watch_for_cancel(&self, caller: Caller, task_id: String, cancelled: CancellationToken) {
+        loop {
+            tokio::time::sleep(CANCEL_CHECK).await;
+            if cancelled.is_cancelled() {
+                std::future::pending::<()>().await;
+            }
+            if cancelled_in_store(self, &caller, &task_id).await {
+                cancelled.cancel();
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    async fn read_task(&self, caller: &Caller, task_id: &str) -> Result<DetailedTask, ErrorData> {
+        let unknown = || ErrorData::invalid_params(format!("no task {task_id} of yours"), None);
+        let bytes = match self.state.store.get_task(&caller.org, task_id).await {
+            Ok(bytes) => bytes,
+            Err(crate::storage::StorageError::NotFound | crate::storage::StorageError::InvalidKey) => {
+                return Err(unknown())
+            }
+            Err(error) => {
+                tracing::error!(%error, "reading a task failed");
+                return Err(ErrorData::internal_error(
+                    "the task store is unavailable; try again shortly",
+                    None,
+                ));
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|_| unknown())
+    }
+
+    async fn write_task(&self, caller: &Caller, task: &DetailedTask) -> Result<(), ErrorData> {
+        let bytes = serde_json::to_vec(task).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        self.state
+            .store
+            .put_task(&caller.org, &task.task.task_id, bytes.into())
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "writing a task failed");
+                ErrorData::internal_error("the task store is unavailable; try again shortly", None)
+            })
+    }
+}
+
+async fn cancelled_in_store(tools: &ImageTools, caller: &Caller, task_id: &str) -> bool {
+    matches!(tools.read_task(caller, task_id).await, Ok(task) if task.status() == TaskStatus::Cancelled)
 }
 
 /// A call whose future may be dropped before it ends (client disconnect).
@@ -686,6 +816,52 @@ pub fn result_for(output: &GenerateImageOutput, offline_preview: bool) -> CallTo
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for ImageTools {
+    /// Tools run as usual; a `generate_image` call from a client that declared
+    /// the Tasks extension becomes a task: the call returns at once and the
+    /// client polls `tasks/get` (on any replica) for the result.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let wants_task = context.client_capabilities().is_some_and(|c| c.supports_tasks());
+        if wants_task && request.name == "generate_image" {
+            return self.start_task(request, context).await;
+        }
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let caller = caller_of(&context)?;
+        let task = self.read_task(&caller, &request.task_id).await?;
+        Ok(GetTaskResult::new(task))
+    }
+
+    /// Marks the task cancelled in the shared record; the replica running it
+    /// sees the mark within a poll interval, stops the provider call and
+    /// stores nothing.
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let caller = caller_of(&context)?;
+        let task = self.read_task(&caller, &request.task_id).await?;
+        if task.status().is_terminal() {
+            return Ok(());
+        }
+        let mut marked = task.task;
+        marked.last_updated_at = Utc::now().to_rfc3339();
+        marked.status_message = Some("cancelled by the client".into());
+        let cancelled = DetailedTask::new(marked, TaskPayload::Cancelled);
+        self.write_task(&caller, &cancelled).await
+    }
+
     /// Generated images as MCP resources: the caller's organisation may read
     /// its own images by the link `generate_image` returned (or `image://{key}`);
     /// anyone else gets "not found", so existence is not revealed.
@@ -735,7 +911,13 @@ impl ServerHandler for ImageTools {
     }
 
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_tasks()
+                .build(),
+        )
             .with_server_info(Implementation::new("mcp-image-gateway", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Call generate_image with a prompt to create images; the result holds signed links valid for 24 hours. list_models tells which sizes, qualities, formats and backgrounds each model supports.",

@@ -175,6 +175,24 @@ impl ImageStore {
         Ok(expired.len())
     }
 
+    /// Writes a task record (`tasks/{org}/{task_id}.json`): shared by every
+    /// replica, so any of them answers `tasks/get`.
+    pub async fn put_task(&self, org: &str, task_id: &str, record: Bytes) -> Result<(), StorageError> {
+        let path = task_path(org, task_id)?;
+        self.store.put(&path, PutPayload::from(record)).await?;
+        Ok(())
+    }
+
+    /// Reads a task record of `org`.
+    pub async fn get_task(&self, org: &str, task_id: &str) -> Result<Bytes, StorageError> {
+        let path = task_path(org, task_id)?;
+        match self.store.get(&path).await {
+            Ok(result) => Ok(result.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Reads an image.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let path = parse_key(key)?;
@@ -217,6 +235,14 @@ pub fn key_in_uri(uri: &str) -> Option<String> {
     let segments: Vec<&str> = path.split('/').collect();
     let key = segments.get(segments.len().checked_sub(5)?..)?.join("/");
     parse_key(&key).ok().map(|_| key)
+}
+
+/// Where a task record lives; the id must be a UUID we issued.
+fn task_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
+    if !is_safe_segment(org) || uuid::Uuid::parse_str(task_id).is_err() {
+        return Err(StorageError::InvalidKey);
+    }
+    Path::parse(format!("tasks/{org}/{task_id}.json")).map_err(|_| StorageError::InvalidKey)
 }
 
 /// Accepts only keys of the shape this service writes.

@@ -1,0 +1,123 @@
+//! The Tasks extension (SEP-2663) through Envoy: a client that declares it
+//! gets a task for `generate_image`, polls `tasks/get` — answered by either
+//! of two upstream replicas from the shared store — and can cancel.
+
+use std::time::{Duration, Instant};
+
+use gateway_tests::fake_openai::FakeOptions;
+use gateway_tests::mcp_client::{connect_with_tasks, McpClient};
+use gateway_tests::stack::http_client;
+use gateway_tests::{Backend, Stack, StackOptions};
+use rmcp::model::{CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, TaskPayload, TaskStatus};
+use rmcp::ServiceError;
+use serde_json::json;
+
+async fn start_task(client: &McpClient, prompt: &str) -> String {
+    let arguments = json!({"prompt": prompt}).as_object().cloned().unwrap();
+    match client
+        .call_tool_once(CallToolRequestParams::new("generate_image").with_arguments(arguments))
+        .await
+        .unwrap()
+    {
+        CallToolResponse::Task(created) => {
+            assert_eq!(created.task.status, TaskStatus::Working);
+            assert!(created.task.poll_interval_ms.is_some());
+            created.task.task_id
+        }
+        other => panic!("expected a task, got {other:?}"),
+    }
+}
+
+async fn wait_for_terminal(client: &McpClient, task_id: &str) -> rmcp::model::DetailedTask {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let task = client.get_task(GetTaskParams::new(task_id)).await.unwrap().task;
+        if task.status().is_terminal() || Instant::now() > deadline {
+            return task;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn generations_run_as_tasks_any_replica_answers_and_cancel_works() {
+    let stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: FakeOptions {
+                latency: Duration::from_millis(3000),
+                ..FakeOptions::default()
+            },
+        },
+        upstream_replicas: 2,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = connect_with_tasks(&stack.mcp_url, &stack.token("alice", "acme"))
+        .await
+        .unwrap();
+    let capabilities = client.peer_info().unwrap().capabilities.clone();
+    assert!(
+        capabilities.supports_tasks(),
+        "the server announces the Tasks extension"
+    );
+
+    let task_id = start_task(&client, "a lighthouse at night").await;
+    let done = wait_for_terminal(&client, &task_id).await;
+    let TaskPayload::Completed { result } = &done.payload else {
+        panic!("expected completed, got {done:?}");
+    };
+    assert_eq!(result["isError"], false, "{result:?}");
+    let url = result["structuredContent"]["image_urls"][0].as_str().unwrap();
+    assert_eq!(http_client().get(url).send().await.unwrap().status(), 200);
+    // Envoy spread the polls over both replicas, and both answered from the shared record.
+    for metrics in &stack.metrics_urls {
+        let text = http_client().get(metrics).send().await.unwrap().text().await.unwrap();
+        let answered = text.lines().any(|l| {
+            l.contains("mcp_request_duration_seconds_count") && l.contains("tasks/get") && l.contains("status=\"200\"")
+        });
+        assert!(answered, "{metrics} answered no tasks/get:\n{text}");
+    }
+
+    // Another organisation cannot see it.
+    let mallory = connect_with_tasks(&stack.mcp_url, &stack.token("mallory", "globex"))
+        .await
+        .unwrap();
+    match mallory.get_task(GetTaskParams::new(task_id.clone())).await {
+        Err(ServiceError::McpError(error)) => assert!(error.message.contains("no task"), "{error:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+
+    // Cancelled mid-generation: the task says so, nothing is stored, one audit event.
+    let images_before = stack
+        .audit_events()
+        .iter()
+        .filter(|e| e["fields"]["outcome"] == "Success")
+        .count();
+    let doomed = start_task(&client, "a storm that never ends").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.cancel_task(CancelTaskParams::new(doomed.clone())).await.unwrap();
+    let cancelled = wait_for_terminal(&client, &doomed).await;
+    assert_eq!(cancelled.status(), TaskStatus::Cancelled, "{cancelled:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let events = stack.audit_events();
+    assert_eq!(
+        events.iter().filter(|e| e["fields"]["outcome"] == "Success").count(),
+        images_before,
+        "the cancelled generation stored nothing: {events:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e["fields"]["outcome"] == "Cancelled").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        wait_for_terminal(&client, &doomed).await.status(),
+        TaskStatus::Cancelled,
+        "the finished run did not overwrite the cancellation"
+    );
+    for c in [client, mallory] {
+        c.cancel().await.unwrap();
+    }
+}
