@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::aws::AmazonS3Builder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::signer::Signer;
@@ -41,10 +42,22 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// Opens a store from a URL: `file:///path` (or a bare path), or
+    /// Opens a store from a URL: `file:///path` (or a bare path),
     /// `s3://bucket` configured by the standard `AWS_*` variables
-    /// (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for S3-compatible stores).
+    /// (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for S3-compatible stores), or
+    /// `gs://bucket` configured by the `GOOGLE_*` variables (a service account
+    /// key, `GOOGLE_SERVICE_ACCOUNT`, signs the links).
     pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        if let Some(bucket) = url.strip_prefix("gs://").or_else(|| url.strip_prefix("gcs://")) {
+            anyhow::ensure!(
+                !bucket.trim_end_matches('/').contains('/'),
+                "GATEWAY_STORAGE_URL {url:?}: key prefixes are not supported; give images a bucket of their own"
+            );
+            return Self::gcs(
+                url,
+                GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket.trim_end_matches('/')),
+            );
+        }
         if url.starts_with("s3://") {
             let has_prefix = url
                 .trim_start_matches("s3://")
@@ -69,7 +82,7 @@ impl ImageStore {
         let path = url.strip_prefix("file://").unwrap_or(url);
         anyhow::ensure!(
             !path.contains("://"),
-            "storage URL {url:?} is not supported; use file:///absolute/path or s3://bucket"
+            "storage URL {url:?} is not supported; use file:///absolute/path, s3://bucket or gs://bucket"
         );
         std::fs::create_dir_all(path).map_err(|e| anyhow::anyhow!("cannot create image directory {path:?}: {e}"))?;
         let store = LocalFileSystem::new_with_prefix(path)?;
@@ -78,6 +91,20 @@ impl ImageStore {
             presigner: None,
             content_type: false,
             description: format!("file://{path}"),
+        })
+    }
+
+    /// A GCS bucket; links are V4-signed with the service account's key.
+    fn gcs(url: &str, builder: GoogleCloudStorageBuilder) -> anyhow::Result<Self> {
+        let gcs = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("GATEWAY_STORAGE_URL {url:?}: {e}"))?;
+        let gcs = Arc::new(gcs);
+        Ok(Self {
+            store: gcs.clone(),
+            presigner: Some(gcs),
+            content_type: true,
+            description: url.to_string(),
         })
     }
 
@@ -311,7 +338,20 @@ mod tests {
             ImageStore::from_url("s3://bucket/prefix").is_err(),
             "prefixes are refused"
         );
-        assert!(ImageStore::from_url("gcs://bucket").is_err());
+        assert!(
+            ImageStore::from_url("gs://bucket/prefix").is_err(),
+            "prefixes are refused"
+        );
+        let gcs = ImageStore::gcs(
+            "gs://images",
+            GoogleCloudStorageBuilder::new().with_bucket_name("images"),
+        )
+        .unwrap();
+        assert!(
+            gcs.presigner.is_some() && gcs.content_type,
+            "GCS presigns and keeps content types"
+        );
+        assert!(ImageStore::from_url("ftp://bucket").is_err());
         let dir = std::env::temp_dir().join(format!("store-{}", uuid::Uuid::new_v4()));
         let store = ImageStore::from_url(&format!("file://{}", dir.display())).unwrap();
         assert!(store.presigner.is_none(), "the filesystem store uses HMAC links");
