@@ -115,6 +115,12 @@ pub struct ServeConfig {
     pub stability_base_url: String,
     #[arg(long, env = "STABILITY_MODEL", default_value = crate::backends::stability::DEFAULT_MODEL)]
     pub stability_model: String,
+    /// Timeout for one Stability call, in seconds (SD3.5 answers in seconds).
+    #[arg(long, env = "STABILITY_TIMEOUT_SECS", default_value_t = 120)]
+    pub stability_timeout_secs: u64,
+    /// Timeout for one call to the OpenAI-compatible server, in seconds.
+    #[arg(long, env = "OPENAI_COMPATIBLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub openai_compatible_timeout_secs: u64,
     /// Base URL of an OpenAI-compatible image server, e.g. http://localai:8080/v1.
     #[arg(long, env = "OPENAI_COMPATIBLE_BASE_URL")]
     pub openai_compatible_base_url: Option<String>,

@@ -120,7 +120,6 @@ fn build_backend(
     provider: BackendChoice,
     model: String,
 ) -> anyhow::Result<Arc<dyn ImageBackend>> {
-    let timeout = Duration::from_secs(config.openai_timeout_secs);
     Ok(match provider {
         BackendChoice::Openai => Arc::new(OpenAiBackend::new(crate::backends::openai::OpenAiSettings {
             model,
@@ -130,14 +129,14 @@ fn build_backend(
             config.openai_compatible_base_url.as_deref().unwrap_or_default(),
             config.openai_compatible_api_key.as_deref(),
             &model,
-            timeout,
+            Duration::from_secs(config.openai_compatible_timeout_secs),
         )?),
         BackendChoice::Stability => Arc::new(crate::backends::stability::StabilityBackend::new(
             crate::backends::stability::StabilitySettings {
                 api_key: config.stability_api_key.clone().unwrap_or_default(),
                 base_url: config.stability_base_url.clone(),
                 model,
-                timeout,
+                timeout: Duration::from_secs(config.stability_timeout_secs),
             },
         )?),
         BackendChoice::OfflinePreview | BackendChoice::Auto => Arc::new(OfflinePreview),
