@@ -47,3 +47,13 @@ pub async fn generate(client: &McpClient, arguments: Value) -> Result<CallToolRe
         .call_tool(CallToolRequestParams::new("generate_image").with_arguments(arguments))
         .await
 }
+
+/// The text blocks of a tool result, joined.
+pub fn text_of(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -3,24 +3,11 @@
 
 use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
 use gateway_tests::fake_stability::FILTERED_MARKER;
-use gateway_tests::mcp_client::{connect, generate};
+use gateway_tests::mcp_client::{connect, generate, text_of};
 use gateway_tests::png_info::dimensions;
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
-use rmcp::model::ContentBlock;
 use serde_json::json;
-
-fn text_of(result: &rmcp::model::CallToolResult) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| match c {
-            ContentBlock::Text(t) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 #[tokio::test]
 async fn stability_sd3_end_to_end() {

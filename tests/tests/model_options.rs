@@ -3,7 +3,7 @@
 //! cannot serve go to one that can or are refused before any provider call.
 
 use gateway_tests::fake_openai::FakeOptions;
-use gateway_tests::mcp_client::{connect, generate};
+use gateway_tests::mcp_client::{connect, generate, text_of};
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
 use rmcp::model::ContentBlock;
@@ -20,18 +20,6 @@ async fn stack_with(primary: &str, fallbacks: &str) -> Stack {
     })
     .await
     .unwrap()
-}
-
-fn text_of(result: &rmcp::model::CallToolResult) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| match c {
-            ContentBlock::Text(t) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[tokio::test]

@@ -206,18 +206,7 @@ impl ImageTools {
                 None,
             ));
         };
-        let args = match args::parse(Some(&arguments)) {
-            Ok(args) => args,
-            Err(message) => {
-                self.audit(
-                    &caller,
-                    None,
-                    started,
-                    Ended::failed(Outcome::Rejected, "invalid_arguments"),
-                );
-                return Err(ErrorData::invalid_params(message, None));
-            }
-        };
+        let args = self.parse_arguments(&caller, Some(&arguments), started)?;
         let progress = Progress::for_request(&context, self.state.progress_interval);
         // If the client goes away mid-call, the transport drops this future:
         // the guard still writes the call's one audit event.
@@ -257,6 +246,24 @@ fn caller_of(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> 
 }
 
 impl ImageTools {
+    /// Validated arguments, or -32602 naming the field (audited as rejected).
+    fn parse_arguments(
+        &self,
+        caller: &Caller,
+        arguments: Option<&JsonObject>,
+        started: Instant,
+    ) -> Result<GenerateImageArgs, ErrorData> {
+        args::parse(arguments).map_err(|message| {
+            self.audit(
+                caller,
+                None,
+                started,
+                Ended::failed(Outcome::Rejected, "invalid_arguments"),
+            );
+            ErrorData::invalid_params(message, None)
+        })
+    }
+
     async fn start_task(
         &self,
         request: CallToolRequestParams,
@@ -264,18 +271,7 @@ impl ImageTools {
     ) -> Result<CallToolResponse, ErrorData> {
         let started = Instant::now();
         let caller = caller_of(&context)?;
-        let args = match args::parse(request.arguments.as_ref()) {
-            Ok(args) => args,
-            Err(message) => {
-                self.audit(
-                    &caller,
-                    None,
-                    started,
-                    Ended::failed(Outcome::Rejected, "invalid_arguments"),
-                );
-                return Err(ErrorData::invalid_params(message, None));
-            }
-        };
+        let args = self.parse_arguments(&caller, request.arguments.as_ref(), started)?;
         let now = Utc::now().to_rfc3339();
         let task = Task::new(uuid::Uuid::new_v4().to_string(), TaskStatus::Working, now.clone(), now)
             .with_ttl_ms(TASK_TTL_MS)
@@ -870,16 +866,7 @@ impl ServerHandler for ImageTools {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let caller = context
-            .extensions
-            .get::<Parts>()
-            .and_then(|parts| Caller::from_headers(&parts.headers))
-            .ok_or_else(|| {
-                ErrorData::invalid_request(
-                    "no verified identity on this request; the service must be reached through the gateway",
-                    None,
-                )
-            })?;
+        let caller = caller_of(&context)?;
         let not_found = || {
             ErrorData::resource_not_found(
                 format!("no image of yours at {}", request.uri),
