@@ -121,3 +121,36 @@ async fn generations_run_as_tasks_any_replica_answers_and_cancel_works() {
         c.cancel().await.unwrap();
     }
 }
+
+/// A stop signal while a generation runs as a task: the replica finishes it
+/// and records the result before it exits.
+#[tokio::test]
+async fn a_stopping_replica_finishes_its_tasks() {
+    let mut stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: FakeOptions {
+                latency: Duration::from_secs(3),
+                ..FakeOptions::default()
+            },
+        },
+        upstream_env: vec![("GATEWAY_DRAIN_DELAY_SECS".into(), "0".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = connect_with_tasks(&stack.mcp_url, &stack.token("alice", "acme"))
+        .await
+        .unwrap();
+    let task_id = start_task(&client, "a last lighthouse").await;
+    stack.signal("upstream", "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stack.exited("upstream") {
+        assert!(Instant::now() < deadline, "the upstream did not exit after its task");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let record = stack.state_dir.join(format!("images/tasks/acme/{task_id}.json"));
+    let task: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["result"]["isError"], false, "{task}");
+}

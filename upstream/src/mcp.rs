@@ -282,7 +282,7 @@ impl ImageTools {
             .await?;
         let tools = self.clone();
         let seed = task.clone();
-        tokio::spawn(async move {
+        self.state.tasks.spawn(async move {
             let cancelled = CancellationToken::new();
             let watch = tools.watch_for_cancel(caller.clone(), seed.task_id.clone(), cancelled.clone());
             // The watcher only trips the token (run then stops the provider

@@ -41,6 +41,9 @@ pub struct AppState {
     pub catalog: Arc<ModelCatalog>,
     /// Chains chosen by rule, organisation or style (`GATEWAY_ROUTES_FILE`).
     pub routes: Arc<Routes>,
+    /// Generations running as tasks (they outlive their request); a graceful
+    /// shutdown waits for them like for in-flight calls.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Log prompt text in audit events (else only its hash).
     pub log_prompts: bool,
 }
@@ -105,6 +108,7 @@ impl AppState {
             log_prompts: config.log_prompts,
             catalog,
             routes: Arc::new(routes),
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -311,6 +315,7 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
     // rmcp ends its in-flight calls when this token is cancelled: only at the
     // hard stop, so a graceful shutdown lets running generations finish.
     let hard_stop = CancellationToken::new();
+    let tasks = state.tasks.clone();
     let app = router(state, config.allowed_hosts(), hard_stop.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -318,9 +323,16 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
     let grace = config.shutdown_grace();
     let stopping = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move { stopping.cancelled().await });
-    // In-flight generations get `grace` to finish after a stop signal; then we exit regardless.
+    // In-flight generations (calls and tasks) get `grace` to finish after a
+    // stop signal; then we exit regardless.
+    let drained = async {
+        server.await?;
+        tasks.close();
+        tasks.wait().await;
+        Ok::<(), std::io::Error>(())
+    };
     tokio::select! {
-        result = server => result?,
+        result = drained => result?,
         _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting");
         }
