@@ -22,7 +22,7 @@ help:
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"
-	@echo "make bench-edge  bare Envoy vs jwt_authn+local_ratelimit vs our filter (bench/results/edge.md)"
+	@echo "make bench-edge  bare Envoy vs jwt_authn+local_ratelimit vs a no-op Wasm filter vs ours (bench/results/edge.md)"
 	@echo "make bench-stack  the whole stack under load: instant model, and a 500/s burst with 10 s model latency (bench/results/stack.md)"
 	@echo "make fuzz    fuzz the filter's request decisions (FUZZ_SECONDS=60)"
 
