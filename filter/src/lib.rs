@@ -353,7 +353,8 @@ impl Context for EdgeRequest {
         else {
             return;
         };
-        let Some(global) = self.config.global_rate_limit.clone() else {
+        let config = self.config.clone();
+        let Some(global) = config.global_rate_limit.as_ref() else {
             return;
         };
         let body = if status_code == 0 {

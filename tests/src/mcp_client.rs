@@ -57,3 +57,9 @@ pub fn text_of(result: &CallToolResult) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Calls `list_models` and returns its structured content.
+pub async fn list_models(client: &McpClient) -> Result<Value, ServiceError> {
+    let result = client.call_tool(CallToolRequestParams::new("list_models")).await?;
+    Ok(result.structured_content.unwrap_or(Value::Null))
+}

@@ -3,7 +3,7 @@
 
 use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
 use gateway_tests::fake_stability::FILTERED_MARKER;
-use gateway_tests::mcp_client::{connect, generate, text_of};
+use gateway_tests::mcp_client::{connect, generate, list_models, text_of};
 use gateway_tests::png_info::dimensions;
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
@@ -134,12 +134,7 @@ async fn openai_compatible_server_end_to_end() {
         "{}",
         text_of(&result)
     );
-    let listed = client
-        .call_tool(rmcp::model::CallToolRequestParams::new("list_models"))
-        .await
-        .unwrap()
-        .structured_content
-        .unwrap();
+    let listed = list_models(&client).await.unwrap();
     assert_eq!(listed["models"][0]["backend"], "openai-compatible");
     client.cancel().await.unwrap();
 }

@@ -3,7 +3,7 @@
 //! against the provider fake.
 
 use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
-use gateway_tests::mcp_client::{connect, generate};
+use gateway_tests::mcp_client::{connect, generate, list_models};
 use gateway_tests::png_info::dimensions;
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
@@ -58,11 +58,8 @@ async fn generate_image_end_to_end_offline() {
     let output = serde_json::to_value(tool.output_schema.as_deref().expect("outputSchema")).unwrap();
     assert!(output["properties"]["image_urls"].is_object(), "{output}");
 
-    let models = client
-        .call_tool(rmcp::model::CallToolRequestParams::new("list_models"))
-        .await
-        .unwrap();
-    let models = models.structured_content.expect("list_models is structured");
+    let models = list_models(&client).await.unwrap();
+    assert!(models.is_object(), "list_models is structured: {models}");
     assert_eq!(models["models"][0]["model"], "offline-preview");
     assert_eq!(models["models"][0]["role"], "primary");
     assert_eq!(models["sizes"], json!(["1024x1024", "1536x1024", "1024x1536"]));

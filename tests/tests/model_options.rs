@@ -3,7 +3,7 @@
 //! cannot serve go to one that can or are refused before any provider call.
 
 use gateway_tests::fake_openai::FakeOptions;
-use gateway_tests::mcp_client::{connect, generate, text_of};
+use gateway_tests::mcp_client::{connect, generate, list_models, text_of};
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
 use rmcp::model::ContentBlock;
@@ -130,12 +130,7 @@ async fn requests_a_model_cannot_serve_are_routed_or_refused_before_any_call() {
     assert_eq!(refused, 4, "{:?}", stack.audit_events());
 
     // list_models tells what each routed model accepts.
-    let listed = client
-        .call_tool(rmcp::model::CallToolRequestParams::new("list_models"))
-        .await
-        .unwrap()
-        .structured_content
-        .unwrap();
+    let listed = list_models(&client).await.unwrap();
     let first = &listed["models"][0];
     assert_eq!(first["model"], "gpt-image-2");
     assert_eq!(first["capabilities"]["transparent_background"], false);

@@ -2,7 +2,7 @@
 //! through Envoy against the OpenAI fake.
 
 use gateway_tests::fake_openai::FakeOptions;
-use gateway_tests::mcp_client::{connect, generate};
+use gateway_tests::mcp_client::{connect, generate, list_models};
 use gateway_tests::{Backend, Stack, StackOptions};
 use serde_json::{json, Value};
 
@@ -60,12 +60,7 @@ async fn calls_take_the_chain_their_rule_org_or_style_selects() {
             json!("gpt-image-1.5")
         ]
     );
-    let listed = acme
-        .call_tool(rmcp::model::CallToolRequestParams::new("list_models"))
-        .await
-        .unwrap()
-        .structured_content
-        .unwrap();
+    let listed = list_models(&acme).await.unwrap();
     assert_eq!(listed["routes"][0]["when"], "rule 0: prompt of at least 200 characters");
     assert_eq!(
         listed["routes"][1],

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::models::{Background, ImageOptions, OutputFormat, Quality};
+use crate::models::{Background, OutputFormat, Quality};
 use crate::style::Style;
 
 pub const MAX_PROMPT_CHARS: usize = 4000;
@@ -54,20 +54,6 @@ pub struct GenerateImageArgs {
     pub background: Background,
     pub output_format: OutputFormat,
     pub output_compression: Option<u8>,
-}
-
-impl GenerateImageArgs {
-    /// What the model is asked for besides the prompt.
-    pub fn options(&self) -> ImageOptions {
-        ImageOptions {
-            size: self.size,
-            n: self.n,
-            quality: self.quality,
-            background: self.background,
-            output_format: self.output_format,
-            output_compression: self.output_compression,
-        }
-    }
 }
 
 /// The tool's input schema (JSON Schema 2020-12).

@@ -48,36 +48,17 @@ impl ImageStore {
     /// `gs://bucket` configured by the `GOOGLE_*` variables (a service account
     /// key, `GOOGLE_SERVICE_ACCOUNT`, signs the links).
     pub fn from_url(url: &str) -> anyhow::Result<Self> {
-        if let Some(bucket) = url.strip_prefix("gs://").or_else(|| url.strip_prefix("gcs://")) {
-            anyhow::ensure!(
-                !bucket.trim_end_matches('/').contains('/'),
-                "GATEWAY_STORAGE_URL {url:?}: key prefixes are not supported; give images a bucket of their own"
-            );
-            return Self::gcs(
-                url,
-                GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket.trim_end_matches('/')),
-            );
+        if let Some(rest) = url.strip_prefix("gs://").or_else(|| url.strip_prefix("gcs://")) {
+            let bucket = bucket_of(url, rest)?;
+            return Self::gcs(url, GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket));
         }
-        if url.starts_with("s3://") {
-            let has_prefix = url
-                .trim_start_matches("s3://")
-                .split_once('/')
-                .is_some_and(|(_, prefix)| !prefix.trim_matches('/').is_empty());
-            anyhow::ensure!(
-                !has_prefix,
-                "GATEWAY_STORAGE_URL {url:?}: key prefixes are not supported; give images a bucket of their own"
-            );
+        if let Some(rest) = url.strip_prefix("s3://") {
+            bucket_of(url, rest)?;
             let s3 = AmazonS3Builder::from_env()
                 .with_url(url)
                 .build()
                 .map_err(|e| anyhow::anyhow!("GATEWAY_STORAGE_URL {url:?}: {e}"))?;
-            let s3 = Arc::new(s3);
-            return Ok(Self {
-                store: s3.clone(),
-                presigner: Some(s3),
-                content_type: true,
-                description: url.to_string(),
-            });
+            return Ok(Self::presigning(url, s3));
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
         anyhow::ensure!(
@@ -99,13 +80,18 @@ impl ImageStore {
         let gcs = builder
             .build()
             .map_err(|e| anyhow::anyhow!("GATEWAY_STORAGE_URL {url:?}: {e}"))?;
-        let gcs = Arc::new(gcs);
-        Ok(Self {
-            store: gcs.clone(),
-            presigner: Some(gcs),
+        Ok(Self::presigning(url, gcs))
+    }
+
+    /// A cloud store that presigns its links and keeps content types.
+    fn presigning<S: ObjectStore + Signer>(url: &str, store: S) -> Self {
+        let store = Arc::new(store);
+        Self {
+            store: store.clone(),
+            presigner: Some(store),
             content_type: true,
             description: url.to_string(),
-        })
+        }
     }
 
     /// Wraps any object store (tests, other backends).
@@ -212,18 +198,16 @@ impl ImageStore {
 
     /// Reads a task record of `org`.
     pub async fn get_task(&self, org: &str, task_id: &str) -> Result<Bytes, StorageError> {
-        let path = task_path(org, task_id)?;
-        match self.store.get(&path).await {
-            Ok(result) => Ok(result.bytes().await?),
-            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound),
-            Err(error) => Err(error.into()),
-        }
+        self.read(&task_path(org, task_id)?).await
     }
 
     /// Reads an image.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        let path = parse_key(key)?;
-        match self.store.get(&path).await {
+        self.read(&parse_key(key)?).await
+    }
+
+    async fn read(&self, path: &Path) -> Result<Bytes, StorageError> {
+        match self.store.get(path).await {
             Ok(result) => Ok(result.bytes().await?),
             Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound),
             Err(error) => Err(error.into()),
@@ -239,6 +223,17 @@ pub fn is_safe_segment(value: &str) -> bool {
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
+}
+
+/// The bucket of `scheme://bucket` (`rest` is the part after the scheme);
+/// images need a bucket of their own, so key prefixes are refused.
+fn bucket_of<'a>(url: &str, rest: &'a str) -> anyhow::Result<&'a str> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    anyhow::ensure!(
+        prefix.trim_matches('/').is_empty(),
+        "GATEWAY_STORAGE_URL {url:?}: key prefixes are not supported; give images a bucket of their own"
+    );
+    Ok(bucket)
 }
 
 /// The image format of a stored key, from its extension.
