@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 
+use crate::assertion::{self, AssertionSigner};
 use crate::credentials::{ApiKeyError, ApiKeySpec, ApiKeys};
 use crate::global_limit::{GlobalRateLimit, GlobalRateLimitError, GlobalRateLimitSpec};
 use crate::jwt::{JwtVerifier, JwtVerifierError};
@@ -67,6 +68,9 @@ pub struct FilterConfigSpec {
     /// Verified JWTs kept per worker (0 disables the cache).
     #[serde(default = "default_token_cache_entries")]
     pub token_cache_entries: usize,
+    /// The signed identity assertion sent to the upstream (`assertion.rs`).
+    #[serde(default)]
+    pub identity_assertion: Option<assertion::Settings>,
 }
 
 /// RFC 9728 metadata for this MCP server.
@@ -225,6 +229,7 @@ pub struct FilterConfig {
     pub protected_resource: Option<ProtectedResource>,
     pub token_cache_entries: usize,
     pub max_response_bytes: usize,
+    pub assertion: Option<AssertionSigner>,
 }
 
 /// Why a configuration was refused.
@@ -256,6 +261,8 @@ pub enum ConfigError {
     GlobalRateLimit(#[from] GlobalRateLimitError),
     #[error("`jwt`: {0}")]
     Jwt(#[from] JwtVerifierError),
+    #[error("{0}")]
+    Assertion(#[from] assertion::SettingsError),
 }
 
 impl FilterConfig {
@@ -344,6 +351,11 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
             protected_resource,
             token_cache_entries: spec.token_cache_entries,
             max_response_bytes: spec.max_response_bytes,
+            assertion: spec
+                .identity_assertion
+                .as_ref()
+                .map(AssertionSigner::from_settings)
+                .transpose()?,
         })
     }
 }

@@ -10,8 +10,15 @@ use crate::policy::ToolCall;
 use crate::reply::Reject;
 use crate::transport::{self, McpHeaders};
 
-/// Identity headers the upstream trusts; any client-supplied copy is removed.
-pub const IDENTITY_HEADERS: [&str; 4] = ["x-mcp-user", "x-mcp-org", "x-mcp-key-id", "x-mcp-scopes"];
+/// Identity headers: the signed assertion, and the bare headers older
+/// upstreams read. Any client-supplied copy is removed; only the assertion is set.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    crate::assertion::HEADER,
+    "x-mcp-user",
+    "x-mcp-org",
+    "x-mcp-key-id",
+    "x-mcp-scopes",
+];
 
 /// What the filter needs from the request head.
 #[derive(Debug, Default)]
@@ -66,14 +73,35 @@ pub enum HeadVerdict {
     /// Answer locally with this JSON document (protected-resource metadata).
     Serve(String),
     Reject(Reject),
+    /// Refused on its headers, but answered once the (small) body has been
+    /// read, so the JSON-RPC error carries the request's id.
+    RejectAfterBody(Reject),
 }
 
 /// Decides on a request from its head.
 pub fn check_head(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Host<'_>) -> HeadVerdict {
     match check_head_inner(config, head, host) {
         Ok(verdict) => verdict,
+        Err(reject) if answers_after_body(config, head, &reject) => HeadVerdict::RejectAfterBody(reject),
         Err(reject) => HeadVerdict::Reject(reject),
     }
+}
+
+/// Whether a head-time refusal waits for the body to learn the request id:
+/// MCP POSTs with a body, except 401/503 (no caller yet: nothing of theirs is
+/// read) and 413 (the body is too large to read).
+fn answers_after_body(config: &FilterConfig, head: &RequestHead<'_>, reject: &Reject) -> bool {
+    let path = head.path.split_once('?').map_or(head.path, |(path, _)| path);
+    head.method == "POST" && path == config.mcp_path && !head.end_of_stream && !matches!(reject.status, 401 | 413 | 503)
+}
+
+/// The id to answer a deferred refusal with: the request's when the body is
+/// a readable JSON-RPC request, else `null`.
+pub fn reply_id_of(config: &FilterConfig, body: &[u8]) -> serde_json::Value {
+    if body.len() > config.max_body_bytes {
+        return serde_json::Value::Null;
+    }
+    jsonrpc::parse_envelope(body).map_or(serde_json::Value::Null, |envelope| envelope.reply_id())
 }
 
 fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Host<'_>) -> Result<HeadVerdict, Reject> {
@@ -183,7 +211,7 @@ pub fn check_body(
         &envelope.message,
         envelope.params.as_ref(),
     )?;
-    let call = config.calls.check(&envelope)?;
+    let call = config.calls.check(&envelope, held.protocol_version.as_deref())?;
     let mut quota = None;
     if let Some(call) = &call {
         if let Some(scope) = &config.tools_call_scope {
@@ -205,17 +233,18 @@ pub fn check_body(
     })
 }
 
-/// The identity headers to set for the upstream.
-pub fn identity_headers(identity: &Identity) -> Vec<(&'static str, String)> {
-    let mut headers = vec![
-        ("x-mcp-user", identity.user.clone()),
-        ("x-mcp-org", identity.org.clone()),
-        ("x-mcp-scopes", identity.scopes.join(" ")),
-    ];
-    if let Some(key_id) = &identity.key_id {
-        headers.push(("x-mcp-key-id", key_id.clone()));
-    }
-    headers
+/// The signed identity assertion for the upstream, when the config has a key.
+pub fn identity_assertion(
+    config: &FilterConfig,
+    identity: &Identity,
+    request_id: &str,
+    nonce: &[u8; 16],
+    now_ms: u64,
+) -> Option<String> {
+    config
+        .assertion
+        .as_ref()
+        .and_then(|signer| signer.sign(identity, request_id, nonce, now_ms))
 }
 
 fn too_large(config: &FilterConfig) -> Reject {
@@ -398,7 +427,7 @@ mod tests {
             ),
             ("declared size over limit, before auth", post(None, Some("2049")), "413"),
             ("size at limit", post(a, Some("2048")), "inspect"),
-            ("garbage content length", post(a, Some("12x")), "400"),
+            ("garbage content length", post(a, Some("12x")), "400 after body"),
             ("no token", post(None, Some("10")), "401"),
             (
                 "empty post",
@@ -414,7 +443,7 @@ mod tests {
                     origin: Some("https://evil.example.com"),
                     ..post(a, None)
                 },
-                "403",
+                "403 after body",
             ),
             (
                 "local origin",
@@ -430,7 +459,7 @@ mod tests {
                     content_type: Some("text/plain"),
                     ..post(a, None)
                 },
-                "415",
+                "415 after body",
             ),
             (
                 "accept json only",
@@ -438,7 +467,7 @@ mod tests {
                     accept: Some("application/json"),
                     ..post(a, None)
                 },
-                "406",
+                "406 after body",
             ),
             (
                 "unsupported version",
@@ -446,7 +475,7 @@ mod tests {
                     protocol_version: Some("2024-11-05"),
                     ..post(a, None)
                 },
-                "400",
+                "400 after body",
             ),
             (
                 "other paths still need a token",
@@ -465,6 +494,7 @@ mod tests {
                 HeadVerdict::InspectBody(..) => "inspect".to_string(),
                 HeadVerdict::Serve(_) => "serve".to_string(),
                 HeadVerdict::Reject(r) => r.status.to_string(),
+                HeadVerdict::RejectAfterBody(r) => format!("{} after body", r.status),
             };
             assert_eq!(got, expected, "case: {name}");
         }
@@ -575,9 +605,8 @@ mod tests {
         let HeadVerdict::InspectBody(Admitted { identity, .. }, _) = run(&config, &head) else {
             panic!("valid token refused");
         };
-        let headers = identity_headers(&identity);
-        assert_eq!(headers[0], ("x-mcp-user", "alice".to_string()));
-        assert_eq!(headers[1], ("x-mcp-org", "acme".to_string()));
+        assert_eq!((identity.user.as_str(), identity.org.as_str()), ("alice", "acme"));
+        assert_eq!(identity_assertion(&config, &identity, "r", &[0; 16], NOW * 1000), None);
     }
 
     #[test]
@@ -643,7 +672,7 @@ mod limit_tests {
                 now_ms: now * 1000 + i,
             };
             statuses.push(match check_head(&config, &head, &mut host) {
-                HeadVerdict::Reject(r) => r.status,
+                HeadVerdict::Reject(r) | HeadVerdict::RejectAfterBody(r) => r.status,
                 _ => 200,
             });
         }

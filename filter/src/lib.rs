@@ -4,6 +4,7 @@
 //! that build and test on the host; this file is only the proxy-wasm glue:
 //! read headers and body, ask `gate`, and carry out the verdict.
 
+pub mod assertion;
 pub mod config;
 pub mod credentials;
 pub mod gate;
@@ -254,6 +255,8 @@ enum RequestState {
     Headers,
     /// An MCP POST held until its body has been checked.
     HoldingForBody(Box<HeldRequest>),
+    /// Refused on its headers; held only to read the request id from the body.
+    RejectingAfterBody(Box<Reject>),
     /// Checked locally; held until the global rate-limit service answers.
     AwaitingGlobalLimit(ChargedImages),
     /// Forwarded; later callbacks only watch the body size.
@@ -300,14 +303,20 @@ impl EdgeRequest {
     }
 
     /// Replaces credentials and client-supplied identity headers (those in
-    /// `present`) with the verified identity.
-    fn forward(&mut self, admitted: &Admitted, present: &[&str]) {
+    /// `present`) with the signed identity assertion.
+    fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str, now_ms: u64) {
         // The client's credentials are for this gateway only; never pass them on.
         for name in present {
             self.remove_http_request_header(name);
         }
-        for (name, value) in gate::identity_headers(&admitted.identity) {
-            self.set_http_request_header(name, Some(&value));
+        let mut nonce = [0u8; 16];
+        if getrandom::fill(&mut nonce).is_err() {
+            // Without randomness the jti could repeat; the upstream then refuses it as a replay.
+            log::warn!("no randomness for the identity assertion's jti");
+        }
+        if let Some(assertion) = gate::identity_assertion(&self.config, &admitted.identity, request_id, &nonce, now_ms)
+        {
+            self.set_http_request_header(assertion::HEADER, Some(&assertion));
         }
     }
 }
@@ -416,6 +425,10 @@ impl HttpContext for EdgeRequest {
         };
         match verdict {
             HeadVerdict::Reject(reject) => self.reject(&reject),
+            HeadVerdict::RejectAfterBody(reject) => {
+                self.state = RequestState::RejectingAfterBody(Box::new(reject));
+                Action::Pause
+            }
             HeadVerdict::Serve(document) => {
                 self.send_http_response(
                     200,
@@ -427,7 +440,7 @@ impl HttpContext for EdgeRequest {
             }
             HeadVerdict::Forward(admitted) => {
                 self.metrics.admitted(&admitted);
-                self.forward(&admitted, &present);
+                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
                 self.metrics
                     .increment("mcp_edge.requests_total.decision.forward.reason.ok");
                 self.state = RequestState::Forwarded;
@@ -435,7 +448,7 @@ impl HttpContext for EdgeRequest {
             }
             HeadVerdict::InspectBody(admitted, held) => {
                 self.metrics.admitted(&admitted);
-                self.forward(&admitted, &present);
+                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
                 self.state = RequestState::HoldingForBody(Box::new(held));
                 Action::Pause
             }
@@ -445,6 +458,20 @@ impl HttpContext for EdgeRequest {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if matches!(self.state, RequestState::Replied) {
             return Action::Pause;
+        }
+        if let RequestState::RejectingAfterBody(reject) = &self.state {
+            let too_large = gate::check_body_size(&self.config, body_size).is_err();
+            if !end_of_stream && !too_large {
+                return Action::Pause;
+            }
+            let reject = (**reject).clone();
+            let id = if too_large {
+                serde_json::Value::Null
+            } else {
+                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                gate::reply_id_of(&self.config, &body)
+            };
+            return self.reject(&reject.with_id(id));
         }
         if let Err(reject) = gate::check_body_size(&self.config, body_size) {
             return self.reject(&reject);

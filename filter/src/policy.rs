@@ -6,7 +6,26 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use crate::jsonrpc::{code, Envelope, Message};
-use crate::reply::Reject;
+use crate::reply::{Reject, ToolErrorShape};
+
+/// The first revision where argument errors are tool results (SEP-1303).
+const TOOL_ERRORS_SINCE: &str = "2025-11-25";
+/// The first revision whose results carry `resultType`.
+const RESULT_TYPE_SINCE: &str = "2026-07-28";
+
+/// How a client of `protocol_version` wants argument errors; `None`: as
+/// JSON-RPC -32602 (2025-06-18 and older, or no version header).
+pub fn tool_error_shape(protocol_version: Option<&str>) -> Option<ToolErrorShape> {
+    // Versions are dates (YYYY-MM-DD): they order as strings.
+    let version = protocol_version?.trim();
+    if version >= RESULT_TYPE_SINCE {
+        Some(ToolErrorShape::WithResultType)
+    } else if version >= TOOL_ERRORS_SINCE {
+        Some(ToolErrorShape::Plain)
+    } else {
+        None
+    }
+}
 
 /// Methods the upstream serves, allowed unless the config says otherwise.
 pub const DEFAULT_METHODS: [&str; 19] = [
@@ -63,8 +82,9 @@ pub struct ToolCall {
 }
 
 impl CallPolicy {
-    /// Checks a well-formed message; returns the tool call it makes, if any.
-    pub fn check(&self, envelope: &Envelope) -> Result<Option<ToolCall>, Reject> {
+    /// Checks a well-formed message from a client speaking `protocol_version`;
+    /// returns the tool call it makes, if any.
+    pub fn check(&self, envelope: &Envelope, protocol_version: Option<&str>) -> Result<Option<ToolCall>, Reject> {
         let method = match &envelope.message {
             Message::Request { method, .. } | Message::Notification { method } => method,
             Message::Response { .. } => return Ok(None),
@@ -98,8 +118,14 @@ impl CallPolicy {
         if arguments.is_some_and(|a| !a.is_object()) {
             return Err(invalid("params.arguments must be an object".into()));
         }
+        // Bad argument values: a tool error the model can read and correct
+        // (SEP-1303), or -32602 for clients before 2025-11-25.
+        let bad_argument = |message: String| match tool_error_shape(protocol_version) {
+            Some(shape) => invalid(message).with_reason("invalid_arguments").as_tool_error(shape),
+            None => invalid(message),
+        };
         let images = if tool == "generate_image" {
-            self.check_generate_image(arguments).map_err(invalid)?
+            self.check_generate_image(arguments).map_err(bad_argument)?
         } else {
             0
         };
@@ -141,7 +167,7 @@ mod tests {
     fn check(body: Value) -> Result<Option<ToolCall>, (u32, i32, String)> {
         let envelope = parse_envelope(body.to_string().as_bytes()).unwrap();
         CallPolicy::default()
-            .check(&envelope)
+            .check(&envelope, None)
             .map_err(|r| (r.status, r.code, r.message))
     }
 
@@ -209,5 +235,38 @@ mod tests {
             assert_eq!((got_status, got_code), (status, code), "{body}");
             assert!(message.contains(text), "{body}: {message}");
         }
+    }
+
+    #[test]
+    fn argument_errors_follow_the_clients_revision() {
+        let body = call(json!({"prompt": "x", "n": 99}));
+        let envelope = parse_envelope(body.to_string().as_bytes()).unwrap();
+        let policy = CallPolicy::default();
+        let cases = [
+            (None, None),
+            (Some("2025-06-18"), None),
+            (Some("2025-11-25"), Some(ToolErrorShape::Plain)),
+            (Some("2026-07-28"), Some(ToolErrorShape::WithResultType)),
+        ];
+        for (version, shape) in cases {
+            let reject = policy.check(&envelope, version).unwrap_err();
+            assert_eq!(reject.tool_error, shape, "version {version:?}");
+            let reply: Value = serde_json::from_str(&reject.body()).unwrap();
+            assert_eq!(reply["id"], 3);
+            match shape {
+                None => assert_eq!(reply["error"]["code"], -32602),
+                Some(shape) => {
+                    assert_eq!(reply["result"]["isError"], true);
+                    assert!(reply["result"]["content"][0]["text"].as_str().unwrap().contains("`n`"));
+                    let result_type = reply["result"].get("resultType").cloned();
+                    assert_eq!(result_type.is_some(), shape == ToolErrorShape::WithResultType);
+                }
+            }
+        }
+        // Unknown tools stay protocol errors in every revision.
+        let unknown = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "rm_rf"}});
+        let envelope = parse_envelope(unknown.to_string().as_bytes()).unwrap();
+        let reject = policy.check(&envelope, Some("2026-07-28")).unwrap_err();
+        assert_eq!((reject.code, reject.tool_error), (-32602, None));
     }
 }

@@ -20,6 +20,18 @@ pub struct Reject {
     pub org: Option<String>,
     /// The caller's API key id (`jwt` for token callers), for per-key metrics.
     pub key: Option<String>,
+    /// Written as a tool result with `isError: true` instead of a JSON-RPC
+    /// error (SEP-1303: argument errors the model can correct).
+    pub tool_error: Option<ToolErrorShape>,
+}
+
+/// How a tool error result is written for the client's protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolErrorShape {
+    /// 2025-11-25.
+    Plain,
+    /// 2026-07-28 and later: every result carries `resultType`.
+    WithResultType,
 }
 
 impl Reject {
@@ -34,6 +46,7 @@ impl Reject {
             data: None,
             org: None,
             key: None,
+            tool_error: None,
         }
     }
 
@@ -76,8 +89,21 @@ impl Reject {
         self
     }
 
-    /// The JSON-RPC error body.
+    /// Answers with a tool error result of this shape instead of an error.
+    pub fn as_tool_error(mut self, shape: ToolErrorShape) -> Self {
+        self.tool_error = Some(shape);
+        self
+    }
+
+    /// The JSON-RPC body: an error, or a tool error result.
     pub fn body(&self) -> String {
+        if let Some(shape) = self.tool_error {
+            let mut result = json!({"content": [{"type": "text", "text": self.message}], "isError": true});
+            if let (ToolErrorShape::WithResultType, Some(result)) = (shape, result.as_object_mut()) {
+                result.insert("resultType".into(), "complete".into());
+            }
+            return json!({"jsonrpc": "2.0", "id": self.id, "result": result}).to_string();
+        }
         let mut error = json!({"code": self.code, "message": self.message});
         if let (Some(data), Some(error)) = (&self.data, error.as_object_mut()) {
             error.insert("data".into(), data.clone());

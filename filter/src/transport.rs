@@ -114,7 +114,7 @@ impl TransportPolicy {
                         self.protocol_versions.join(", ")
                     ),
                 )
-                .with_data(serde_json::json!({"supported": self.protocol_versions})));
+                .with_data(serde_json::json!({"supported": self.protocol_versions, "requested": version})));
             }
         }
         Ok(())

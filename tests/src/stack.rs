@@ -77,6 +77,10 @@ pub struct Stack {
     pub fake: Option<FakeOpenAi>,
     pub stability: Option<FakeStability>,
     children: Vec<(String, Child)>,
+    /// Each upstream replica: name, port, metrics port.
+    upstreams: Vec<(String, u16, u16)>,
+    /// Environment every upstream replica starts with.
+    upstream_env: Vec<(String, String)>,
     envoy_vars: BTreeMap<String, String>,
     filter_config: serde_json::Value,
     envoy_concurrency: u32,
@@ -186,6 +190,8 @@ impl Stack {
             fake: None,
             stability: None,
             children: Vec::new(),
+            upstreams: Vec::new(),
+            upstream_env: Vec::new(),
             envoy_vars: BTreeMap::new(),
             filter_config: serde_json::Value::Null,
             envoy_concurrency: options.envoy_concurrency,
@@ -231,25 +237,24 @@ impl Stack {
             .iter()
             .map(|port| format!("http://127.0.0.1:{port}/metrics"))
             .collect();
+        let mut upstream_env: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("RUST_LOG".into(), "info,rmcp=warn".into()),
+            ("GATEWAY_PUBLIC_BASE_URL".into(), base_url.clone()),
+            ("GATEWAY_STATE_DIR".into(), state_dir.display().to_string()),
+            ("GATEWAY_URL_TTL_SECS".into(), options.url_ttl_secs.to_string()),
+        ];
+        upstream_env.extend(fake_env.iter().cloned());
+        upstream_env.extend(options.upstream_env.iter().cloned());
+        stack.upstream_env = upstream_env;
         for (index, port) in upstream_ports.iter().enumerate() {
-            let mut upstream = Command::new(upstream_binary()?);
-            upstream
-                .arg("serve")
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("RUST_LOG", "info,rmcp=warn")
-                .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
-                .env("GATEWAY_METRICS_LISTEN", format!("127.0.0.1:{}", metrics_ports[index]))
-                .env("GATEWAY_PUBLIC_BASE_URL", &base_url)
-                .env("GATEWAY_STATE_DIR", &state_dir)
-                .env("GATEWAY_URL_TTL_SECS", options.url_ttl_secs.to_string())
-                .envs(fake_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .envs(options.upstream_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             let name = if index == 0 {
                 "upstream".to_string()
             } else {
                 format!("upstream-{}", index + 1)
             };
+            stack.upstreams.push((name.clone(), *port, metrics_ports[index]));
+            let upstream = stack.upstream_command(&name, &[])?;
             stack.spawn(&name, upstream)?;
         }
         let extra_endpoints: String = upstream_ports[1..]
@@ -411,8 +416,64 @@ impl Stack {
         )
     }
 
-    fn spawn(&mut self, name: &str, mut command: Command) -> anyhow::Result<()> {
+    /// The command line of upstream replica `name`, with `extra_env` on top.
+    fn upstream_command(&self, name: &str, extra_env: &[(&str, &str)]) -> anyhow::Result<Command> {
+        let (_, port, metrics_port) = self
+            .upstreams
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .with_context(|| format!("no upstream replica {name}"))?;
+        let mut upstream = Command::new(upstream_binary()?);
+        upstream
+            .arg("serve")
+            .env_clear()
+            .envs(self.upstream_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GATEWAY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+            .envs(extra_env.iter().copied());
+        Ok(upstream)
+    }
+
+    /// Stops upstream replica `name` with `signal` (`KILL` for a crash) and
+    /// starts it again on the same ports with `extra_env` added; its log
+    /// continues in `{name}.log`.
+    pub async fn restart_upstream(
+        &mut self,
+        name: &str,
+        signal: &str,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        self.signal(name, signal);
+        if let Some(index) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.remove(index);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let command = self.upstream_command(name, extra_env)?;
+        self.spawn_appending(name, command)?;
+        let port = self.upstreams.iter().find(|(n, _, _)| n == name).map_or(0, |u| u.1);
+        self.wait_ready(name, &format!("http://127.0.0.1:{port}/healthz")).await
+    }
+
+    fn spawn(&mut self, name: &str, command: Command) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.state_dir.join(format!("{name}.log")))?;
+        self.spawn_logging(name, command, log)
+    }
+
+    fn spawn_appending(&mut self, name: &str, command: Command) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.state_dir.join(format!("{name}.log")))?;
+        self.spawn_logging(name, command, log)
+    }
+
+    fn spawn_logging(&mut self, name: &str, mut command: Command, log: std::fs::File) -> anyhow::Result<()> {
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -538,12 +599,12 @@ impl Stack {
         }
     }
 
-    /// The URL-signing secret of this stack (to forge links in tests).
-    pub fn url_secret(&self) -> Vec<u8> {
-        let hex_text = std::fs::read_to_string(self.state_dir.join("url-signing.key")).unwrap_or_default();
-        (0..hex_text.trim().len() / 2)
-            .filter_map(|i| u8::from_str_radix(&hex_text.trim()[2 * i..2 * i + 2], 16).ok())
-            .collect()
+    /// The URL-signing keys of this stack (to forge links in tests).
+    pub fn url_keys(&self) -> anyhow::Result<mcp_image_gateway::keyring::Keyring> {
+        mcp_image_gateway::keyring::Keyring::from_file(
+            &self.state_dir.join("url-signing.key"),
+            mcp_image_gateway::signed_url::MIN_SECRET_BYTES,
+        )
     }
 
     /// A counter from Envoy's admin `/stats`.

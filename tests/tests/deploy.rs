@@ -25,6 +25,12 @@ fn run(program: &str, args: &[&str]) -> String {
     text
 }
 
+/// The gateway's filter settings read the identity assertion key from
+/// Envoy's environment (a Secret in the cluster); give it one here.
+fn with_assertion_key_env() {
+    std::env::set_var("MCP_IDENTITY_ASSERTION_KEY", "ab".repeat(32));
+}
+
 #[test]
 fn kubernetes_manifests_validate_offline() {
     let validate = workspace_root().join(".venv/bin/kubernetes-validate");
@@ -35,6 +41,7 @@ fn kubernetes_manifests_validate_offline() {
         "deploy/upstream/service.yaml",
         "deploy/upstream/pdb.yaml",
         "deploy/upstream/hpa.yaml",
+        "deploy/upstream/networkpolicy.yaml",
         "deploy/gateway/deployment.yaml",
         "deploy/gateway/service.yaml",
         "deploy/ratelimit/deployment.yaml",
@@ -57,6 +64,7 @@ fn kubernetes_manifests_validate_offline() {
 
 #[test]
 fn filter_settings_in_deploy_are_accepted_by_the_filter() {
+    with_assertion_key_env();
     let python = workspace_root().join(".venv/bin/python");
     let plugin = run(
         python.to_str().unwrap(),
@@ -76,10 +84,73 @@ fn filter_settings_in_deploy_are_accepted_by_the_filter() {
     let limits = mcp_ratelimit::limits_file::load(&workspace_root().join("deploy/ratelimit/limits.json"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(limits.iter().any(|l| l.name() == Some("org-daily-images")));
+    let config = FilterConfig::from_json(&gateway).unwrap();
+    assert!(config.assertion.is_some(), "the gateway signs identity assertions");
+    let unset = String::from_utf8(gateway)
+        .unwrap()
+        .replace("MCP_IDENTITY_ASSERTION_KEY", "MCP_IDENTITY_ASSERTION_KEY_UNSET");
+    assert!(
+        FilterConfig::from_json(unset.as_bytes()).is_err(),
+        "a missing key is refused at configure time"
+    );
+}
+
+/// The upstream takes MCP traffic only from the gateway, in both variants:
+/// a NetworkPolicy in the base manifests, and in Istio an AuthorizationPolicy
+/// for the ingress gateway's identity with mTLS required.
+#[test]
+fn only_the_gateway_reaches_the_upstream() {
+    let python = workspace_root().join(".venv/bin/python");
+    let load = |file: &str| -> Vec<Value> {
+        let script = format!("import json,yaml; print(json.dumps(list(yaml.safe_load_all(open('{file}')))))");
+        serde_json::from_str(run(python.to_str().unwrap(), &["-c", &script]).trim()).unwrap()
+    };
+    let kustomization = std::fs::read_to_string(workspace_root().join("deploy/kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("upstream/networkpolicy.yaml"));
+    let policy = &load("deploy/upstream/networkpolicy.yaml")[0];
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "mcp-upstream"
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let port_of = |rule: &Value| rule["ports"][0]["port"].as_u64().unwrap();
+    let mcp = rules.iter().find(|r| port_of(r) == 8081).unwrap();
+    assert_eq!(
+        mcp["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "mcp-gateway"
+    );
+    let metrics = rules.iter().find(|r| port_of(r) == 9464).unwrap();
+    assert_eq!(
+        metrics["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert_eq!(rules.len(), 2, "no other ingress");
+
+    let istio = load("deploy/istio/authorizationpolicy.yaml");
+    let authz = istio.iter().find(|d| d["kind"] == "AuthorizationPolicy").unwrap();
+    assert_eq!(authz["apiVersion"], "security.istio.io/v1");
+    assert_eq!(authz["spec"]["action"], "ALLOW");
+    let rules = authz["spec"]["rules"].as_array().unwrap();
+    let to_port = |rule: &Value| rule["to"][0]["operation"]["ports"][0].as_str().unwrap().to_string();
+    let mcp = rules.iter().find(|r| to_port(r) == "8081").unwrap();
+    assert_eq!(
+        mcp["from"][0]["source"]["principals"],
+        serde_json::json!(["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"])
+    );
+    assert!(rules.iter().all(|r| ["8081", "9464"].contains(&to_port(r).as_str())));
+    let peer = istio.iter().find(|d| d["kind"] == "PeerAuthentication").unwrap();
+    assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");
+    for doc in &istio {
+        assert_eq!(
+            doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+            "mcp-upstream"
+        );
+    }
 }
 
 #[test]
 fn gateway_envoy_config_is_current_and_valid() {
+    with_assertion_key_env();
     let dir = std::env::temp_dir().join(format!("deploy-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let fresh = dir.join("envoy.yaml");

@@ -316,6 +316,18 @@ async fn bad_requests_are_rejected_at_the_edge() {
         assert_eq!(body["jsonrpc"], "2.0", "case: {}", case.name);
         assert_eq!(body["error"]["code"].as_i64(), case.code, "case: {}: {body}", case.name);
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+        // Every error answering a readable POSTed request carries its id,
+        // even when decided on the headers (401 and 413 answer before reading).
+        let request: Option<Value> = serde_json::from_slice(&case.body).ok();
+        let expected_id = match (&request, case.method, case.status) {
+            (Some(request), "POST", status) if status != 401 && status != 413 => request
+                .get("id")
+                .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
+                .cloned()
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        assert_eq!(body["id"], expected_id, "case: {}: {body}", case.name);
     }
     assert_eq!(
         stack.envoy_stat(UPSTREAM_REQUESTS).await,
@@ -422,7 +434,8 @@ async fn image_links_need_a_valid_unexpired_signature() {
         .unwrap()
         .parse()
         .unwrap();
-    let signer = UrlSigner::new(stack.url_secret(), &stack.base_url).unwrap();
+    let kid = query.split('&').find_map(|p| p.strip_prefix("kid=")).unwrap();
+    let signer = UrlSigner::new(stack.url_keys().unwrap(), &stack.base_url).unwrap();
     let past = chrono::Utc::now().timestamp() - 60;
     let other_key = key.replace(".png", "0.png");
 
@@ -431,19 +444,22 @@ async fn image_links_need_a_valid_unexpired_signature() {
         ("valid link, no bearer token", url.clone(), 200, ""),
         (
             "tampered signature",
-            format!("{path}?expires={expires}&sig={flipped}"),
+            format!("{path}?expires={expires}&kid={kid}&sig={flipped}"),
             403,
             "signature is invalid",
         ),
         (
             "extended expiry",
-            format!("{path}?expires={}&sig={sig}", expires + 3600),
+            format!("{path}?expires={}&kid={kid}&sig={sig}", expires + 3600),
             403,
             "signature is invalid",
         ),
         (
             "other key, same signature",
-            format!("{}/images/{other_key}?expires={expires}&sig={sig}", stack.base_url),
+            format!(
+                "{}/images/{other_key}?expires={expires}&kid={kid}&sig={sig}",
+                stack.base_url
+            ),
             403,
             "signature is invalid",
         ),

@@ -154,3 +154,95 @@ async fn a_stopping_replica_finishes_its_tasks() {
     assert_eq!(task["status"], "completed", "{task}");
     assert_eq!(task["result"]["isError"], false, "{task}");
 }
+
+/// A replica killed (SIGKILL) in the middle of a task: its lease stops being
+/// renewed, and once it lapses the other replica reports the task failed with
+/// a clear message; nothing is stored or billed for it.
+#[tokio::test]
+async fn a_crashed_replicas_task_fails_once_its_lease_lapses() {
+    let mut stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: FakeOptions {
+                latency: Duration::from_secs(60),
+                ..FakeOptions::default()
+            },
+        },
+        upstream_replicas: 2,
+        upstream_env: vec![("GATEWAY_TASK_LEASE_SECS".into(), "3".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = connect_with_tasks(&stack.mcp_url, &stack.token("alice", "acme"))
+        .await
+        .unwrap();
+    let task_id = start_task(&client, "a lighthouse in a storm").await;
+    let runner = ["upstream", "upstream-2"]
+        .into_iter()
+        .find(|name| stack.log(name).contains(&task_id))
+        .expect("a replica logged the task's start");
+    let survivor = if runner == "upstream" { "upstream-2" } else { "upstream" };
+    // Still working while the runner renews its lease.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let task = get_task_retrying(&client, &task_id).await;
+    assert_eq!(task.status(), TaskStatus::Working, "{task:?}");
+
+    stack.signal(runner, "KILL");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let task = get_task_retrying(&client, &task_id).await;
+        if task.status().is_terminal() {
+            break task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task stayed working after its replica died: {task:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(failed.status(), TaskStatus::Failed, "{failed:?}");
+    let TaskPayload::Failed { error } = &failed.payload else {
+        panic!("{failed:?}")
+    };
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("lease lapsed") && message.contains("nothing was stored or billed"),
+        "{message}"
+    );
+    assert!(
+        stack.log(survivor).contains("task lease lapsed"),
+        "the surviving replica recorded the lapse"
+    );
+    assert_eq!(
+        stack.fake.as_ref().unwrap().requests().len(),
+        1,
+        "the provider call was in flight"
+    );
+    let billed: usize = ["upstream", "upstream-2"]
+        .iter()
+        .flat_map(|name| stack.log(name).lines().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+        .filter(|event| event["target"] == "billing")
+        .count();
+    assert_eq!(billed, 0, "nothing billed");
+    // The record stays failed for every later reader.
+    let again = get_task_retrying(&client, &task_id).await;
+    assert_eq!(again.status(), TaskStatus::Failed);
+    client.cancel().await.unwrap();
+}
+
+/// `tasks/get`, retried while Envoy still routes some attempts to a dead replica.
+async fn get_task_retrying(client: &McpClient, task_id: &str) -> rmcp::model::DetailedTask {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.get_task(GetTaskParams::new(task_id)).await {
+            Ok(result) => return result.task,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("tasks/get failed, retrying: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("tasks/get kept failing: {error}"),
+        }
+    }
+}

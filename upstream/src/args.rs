@@ -56,6 +56,14 @@ pub struct GenerateImageArgs {
     pub output_compression: Option<u8>,
 }
 
+/// Whether a client speaking `protocol_version` hears of bad arguments as a
+/// tool result with `isError: true` (SEP-1303, 2025-11-25 and later) rather
+/// than JSON-RPC -32602. Versions are dates, so they order as strings; no
+/// header means 2025-03-26.
+pub fn errors_are_tool_results(protocol_version: Option<&str>) -> bool {
+    protocol_version.is_some_and(|version| version.trim() >= "2025-11-25")
+}
+
 /// The tool's input schema (JSON Schema 2020-12).
 pub fn input_schema() -> Arc<Map<String, Value>> {
     let schema = json!({
@@ -241,6 +249,20 @@ mod tests {
 
     fn args(v: Value) -> Result<GenerateImageArgs, String> {
         parse(v.as_object())
+    }
+
+    #[test]
+    fn argument_errors_are_tool_results_from_2025_11_25() {
+        let cases = [
+            (None, false),
+            (Some("2025-03-26"), false),
+            (Some("2025-06-18"), false),
+            (Some("2025-11-25"), true),
+            (Some("2026-07-28"), true),
+        ];
+        for (version, expected) in cases {
+            assert_eq!(errors_are_tool_results(version), expected, "{version:?}");
+        }
     }
 
     #[test]

@@ -45,10 +45,18 @@ pub struct ServeConfig {
     /// variables); default `file://{state_dir}/images`.
     #[arg(long, env = "GATEWAY_STORAGE_URL")]
     pub storage_url: Option<String>,
-    /// File holding the secret (hex, at least 32 bytes) for signed image links;
-    /// default `{state_dir}/url-signing.key`.
+    /// Keys for signed image links, one `KEY_ID HEX` line each (at least 32
+    /// bytes), the newest last: it signs, all verify; default `{state_dir}/url-signing.key`.
     #[arg(long, env = "GATEWAY_URL_SIGNING_KEY_FILE")]
     pub url_signing_key_file: Option<PathBuf>,
+    /// Seconds a running task's lease lasts; renewed every third of it. A task
+    /// whose replica died is reported failed once its lease lapses.
+    #[arg(long, env = "GATEWAY_TASK_LEASE_SECS", default_value_t = 30)]
+    pub task_lease_secs: u64,
+    /// Keys the edge filter signs identity assertions with, one `KEY_ID HEX`
+    /// line each (two during a rotation); default `{state_dir}/identity.keys`.
+    #[arg(long, env = "GATEWAY_IDENTITY_KEYS_FILE")]
+    pub identity_keys_file: Option<PathBuf>,
     /// Lifetime of signed image links, in seconds (at most 7 days).
     #[arg(long, env = "GATEWAY_URL_TTL_SECS", default_value_t = 86_400)]
     pub url_ttl_secs: u64,
@@ -221,6 +229,12 @@ impl ServeConfig {
         self.storage_url
             .clone()
             .unwrap_or_else(|| format!("file://{}", absolute(&self.state_dir.join("images")).display()))
+    }
+
+    pub fn identity_keys_file(&self) -> PathBuf {
+        self.identity_keys_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("identity.keys"))
     }
 
     pub fn url_signing_key_file(&self) -> PathBuf {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 pub const DEV_ISSUER: &str = "https://dev-iam.mcp-image-gateway.local";
 const SIGNING_KEY_FILE: &str = "dev-signing-key.jwk";
 const URL_KEY_FILE: &str = "url-signing.key";
+const IDENTITY_KEYS_FILE: &str = "identity.keys";
 const API_KEY_FILE: &str = "dev-api-key";
 /// Scope dev tokens carry and `tools/call` requires.
 pub const TOOLS_SCOPE: &str = "images:generate";
@@ -36,13 +37,23 @@ pub fn init(state_dir: &Path) -> anyhow::Result<()> {
     if !api_key_path.exists() {
         write_secret(&api_key_path, &new_api_key())?;
     }
-    let url_key_path = state_dir.join(URL_KEY_FILE);
-    if !url_key_path.exists() {
-        let mut secret = [0u8; 32];
-        rand::rng().fill_bytes(&mut secret);
-        write_secret(&url_key_path, &hex::encode(secret))?;
+    for (file, key_id) in [(URL_KEY_FILE, "url-1"), (IDENTITY_KEYS_FILE, "edge-1")] {
+        let path = state_dir.join(file);
+        if !path.exists() {
+            let mut secret = [0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            write_secret(&path, &format!("{key_id} {}\n", hex::encode(secret)))?;
+        }
     }
     Ok(())
+}
+
+/// The filter's `identity_assertion` settings: the newest key of the
+/// upstream's identity key file, so both ends share it with no extra step.
+pub fn identity_assertion_settings(state_dir: &Path) -> anyhow::Result<Value> {
+    let ring = crate::keyring::Keyring::from_file(&state_dir.join(IDENTITY_KEYS_FILE), crate::identity::MIN_KEY_BYTES)?;
+    let (key_id, secret) = ring.newest();
+    Ok(json!({"key_id": key_id, "key": hex::encode(secret)}))
 }
 
 /// A fresh API key: a prefix that says what it is, then 32 random bytes.
@@ -111,6 +122,7 @@ pub fn filter_config(state_dir: &Path, public_base_url: &str) -> anyhow::Result<
             "scopes": [TOOLS_SCOPE],
         }],
         "tools_call_scope": TOOLS_SCOPE,
+        "identity_assertion": identity_assertion_settings(state_dir)?,
         "protected_resource": {
             "resource": audience(public_base_url),
             "authorization_servers": [DEV_ISSUER],

@@ -1,4 +1,4 @@
-//! `GET /images/{key}?expires=…&sig=…`: serves a stored image to anyone
+//! `GET /images/{key}?expires=…&kid=…&sig=…`: serves a stored image to anyone
 //! holding a valid signed link (no bearer token; Envoy routes this path
 //! around the edge filter).
 
@@ -29,7 +29,8 @@ pub async fn get_image(
         return refuse(StatusCode::FORBIDDEN, "the link's `expires` is not a Unix timestamp");
     };
     let now = chrono::Utc::now().timestamp();
-    match state.signer.verify(&key, expires, sig, now) {
+    let kid = query.get("kid").map(String::as_str);
+    match state.signer.verify(&key, expires, kid, sig, now) {
         Ok(()) => {}
         Err(LinkError::Expired) => {
             return refuse(
@@ -38,6 +39,12 @@ pub async fn get_image(
             )
         }
         Err(LinkError::BadSignature) => return refuse(StatusCode::FORBIDDEN, "the link signature is invalid"),
+        Err(LinkError::UnknownKey) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "the link was signed with a retired key; call generate_image again for a fresh one",
+            )
+        }
     }
     match state.store.get(&key).await {
         Ok(bytes) => (

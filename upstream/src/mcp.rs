@@ -1,5 +1,7 @@
 //! The MCP tool surface: `generate_image`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
@@ -27,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::args::{self, GenerateImageArgs};
 use crate::audit::{BillingEvent, Outcome, ToolCallEvent};
 use crate::backends::{ImageBackend, ImageRequest, PartialImage};
+use crate::identity::Caller;
 use crate::metrics::{ImageLabels, InFlight, ModelLabels, OpLabels, OrgLabels};
 use crate::server::AppState;
+use crate::task_lease::Lease;
 
 /// Structured result of `generate_image`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -88,45 +92,6 @@ pub struct RouteInfo {
     pub models: Vec<String>,
 }
 
-/// The verified caller, as set by the edge filter.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub user: String,
-    pub org: String,
-    pub key_id: String,
-    pub request_id: String,
-}
-
-impl Caller {
-    /// Reads the identity headers the edge filter sets; `None` without them.
-    pub fn from_headers(headers: &http::HeaderMap) -> Option<Caller> {
-        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let user = get("x-mcp-user").filter(|v| !v.is_empty())?;
-        let org = get("x-mcp-org").filter(|v| is_safe_segment(v))?;
-        Some(Caller {
-            user,
-            org,
-            key_id: get("x-mcp-key-id").unwrap_or_default(),
-            request_id: get("x-request-id").unwrap_or_default(),
-        })
-    }
-
-    /// A stable opaque id for the provider's abuse monitoring (never the raw id).
-    pub fn provider_user(&self) -> String {
-        let digest = Sha256::new()
-            .chain_update(self.org.as_bytes())
-            .chain_update(b"/")
-            .chain_update(self.user.as_bytes())
-            .finalize();
-        hex::encode(&digest[..16])
-    }
-}
-
-/// The org becomes a storage path segment: the store's rule, and a length bound.
-fn is_safe_segment(value: &str) -> bool {
-    value.len() <= 128 && crate::storage::is_safe_segment(value)
-}
-
 /// The MCP server handler.
 #[derive(Clone)]
 pub struct ImageTools {
@@ -137,10 +102,13 @@ pub struct ImageTools {
 #[tool_router]
 impl ImageTools {
     pub fn new(state: AppState) -> Self {
-        Self {
-            state,
-            tool_router: Self::tool_router(),
+        let mut tool_router = Self::tool_router();
+        for route in tool_router.map.values_mut() {
+            let (input, output) = portable_schemas(&route.attr);
+            route.attr.input_schema = input;
+            route.attr.output_schema = output;
         }
+        Self { state, tool_router }
     }
 
     /// Lists the image models this gateway routes to and what a call may ask of them.
@@ -200,13 +168,11 @@ impl ImageTools {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let started = Instant::now();
-        let Some(caller) = Caller::from_headers(&parts.headers) else {
-            return Err(ErrorData::invalid_request(
-                "no verified identity on this request; the service must be reached through the gateway",
-                None,
-            ));
+        let caller = caller_in(&parts)?;
+        let args = match self.parse_arguments(&caller, Some(&arguments), started, &parts) {
+            Ok(args) => args,
+            Err(refusal) => return refusal,
         };
-        let args = self.parse_arguments(&caller, Some(&arguments), started)?;
         let progress = Progress::for_request(&context, self.state.progress_interval);
         // If the client goes away mid-call, the transport drops this future:
         // the guard still writes the call's one audit event.
@@ -223,6 +189,29 @@ impl ImageTools {
     }
 }
 
+/// A tool's schemas without `type` arrays, computed once per tool (a router
+/// is built per request).
+fn portable_schemas(tool: &rmcp::model::Tool) -> (std::sync::Arc<JsonObject>, Option<std::sync::Arc<JsonObject>>) {
+    type Schemas = (std::sync::Arc<JsonObject>, Option<std::sync::Arc<JsonObject>>);
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Schemas>>> =
+        std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    cache
+        .entry(tool.name.to_string())
+        .or_insert_with(|| {
+            let input = std::sync::Arc::new(crate::portable_schema::portable(&tool.input_schema));
+            let output = tool
+                .output_schema
+                .as_ref()
+                .map(|schema| std::sync::Arc::new(crate::portable_schema::portable(schema)));
+            (input, output)
+        })
+        .clone()
+}
+
+/// Clock skew allowed between replicas when judging a lease.
+const LEASE_SKEW_MS: u64 = 2_000;
 /// The poll interval suggested to clients.
 const TASK_POLL: Duration = Duration::from_secs(2);
 /// How often a running task's record is re-read for a cancellation mark (one
@@ -233,26 +222,36 @@ const TASK_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// The verified caller of a request.
 fn caller_of(context: &RequestContext<RoleServer>) -> Result<Caller, ErrorData> {
-    context
-        .extensions
-        .get::<Parts>()
-        .and_then(|parts| Caller::from_headers(&parts.headers))
-        .ok_or_else(|| {
-            ErrorData::invalid_request(
-                "no verified identity on this request; the service must be reached through the gateway",
-                None,
-            )
-        })
+    let parts = context.extensions.get::<Parts>().ok_or_else(no_identity)?;
+    caller_in(parts)
 }
 
+/// The caller `identity::require_assertion` verified; never anything the client sent.
+pub(crate) fn caller_in(parts: &Parts) -> Result<Caller, ErrorData> {
+    parts.extensions.get::<Caller>().cloned().ok_or_else(no_identity)
+}
+
+fn no_identity() -> ErrorData {
+    ErrorData::invalid_request(
+        "no verified identity on this request; the service must be reached through the gateway",
+        None,
+    )
+}
+
+/// What a call with bad arguments answers: a tool error result or a JSON-RPC error.
+type Refusal = Result<CallToolResult, ErrorData>;
+
 impl ImageTools {
-    /// Validated arguments, or -32602 naming the field (audited as rejected).
+    /// Validated arguments, or the refusal naming the field (audited as
+    /// rejected): a tool error the model can correct for clients on
+    /// 2025-11-25 and later (SEP-1303), -32602 for older ones.
     fn parse_arguments(
         &self,
         caller: &Caller,
         arguments: Option<&JsonObject>,
         started: Instant,
-    ) -> Result<GenerateImageArgs, ErrorData> {
+        parts: &Parts,
+    ) -> Result<GenerateImageArgs, Refusal> {
         args::parse(arguments).map_err(|message| {
             self.audit(
                 caller,
@@ -260,7 +259,12 @@ impl ImageTools {
                 started,
                 Ended::failed(Outcome::Rejected, "invalid_arguments"),
             );
-            ErrorData::invalid_params(message, None)
+            let version = parts.headers.get("mcp-protocol-version").and_then(|v| v.to_str().ok());
+            if args::errors_are_tool_results(version) {
+                Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
+            } else {
+                Err(ErrorData::invalid_params(message, None))
+            }
         })
     }
 
@@ -271,20 +275,33 @@ impl ImageTools {
     ) -> Result<CallToolResponse, ErrorData> {
         let started = Instant::now();
         let caller = caller_of(&context)?;
-        let args = self.parse_arguments(&caller, request.arguments.as_ref(), started)?;
+        let parts = context.extensions.get::<Parts>().ok_or_else(no_identity)?;
+        let args = match self.parse_arguments(&caller, request.arguments.as_ref(), started, parts) {
+            Ok(args) => args,
+            Err(refusal) => return refusal.map(CallToolResponse::Complete),
+        };
         let now = Utc::now().to_rfc3339();
         let task = Task::new(uuid::Uuid::new_v4().to_string(), TaskStatus::Working, now.clone(), now)
             .with_ttl_ms(TASK_TTL_MS)
             .with_poll_interval_ms(TASK_POLL.as_millis() as u64)
             .with_status_message("generating");
-        // Durable before the client hears of it, so tasks/get on any replica finds it.
+        // Durable before the client hears of it, so tasks/get on any replica
+        // finds it; the lease first, so a record never exists without one.
+        self.renew_lease(&caller, &task.task_id).await?;
         self.write_task(&caller, &DetailedTask::new(task.clone(), TaskPayload::Working))
             .await?;
+        tracing::info!(task_id = %task.task_id, org = %caller.org, "task started");
         let tools = self.clone();
         let seed = task.clone();
         self.state.tasks.spawn(async move {
             let cancelled = CancellationToken::new();
-            let watch = tools.watch_for_cancel(caller.clone(), seed.task_id.clone(), cancelled.clone());
+            let lease_lost = Arc::new(AtomicBool::new(false));
+            let watch = tools.watch_task(
+                caller.clone(),
+                seed.task_id.clone(),
+                cancelled.clone(),
+                lease_lost.clone(),
+            );
             // The watcher only trips the token (run then stops the provider
             // call, stores nothing and audits); it never finishes by itself.
             let result = tokio::select! {
@@ -292,6 +309,10 @@ impl ImageTools {
                 _ = watch => return,
             };
             cancelled.cancel();
+            // Stopped for a lost lease: readers report the lapse; nothing was stored.
+            if lease_lost.load(Ordering::SeqCst) && result.is_error == Some(true) {
+                return;
+            }
             if cancelled_in_store(&tools, &caller, &seed.task_id).await {
                 return;
             }
@@ -310,18 +331,87 @@ impl ImageTools {
         Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
     }
 
-    /// Resolves when the task's record says it was cancelled (by any replica).
-    async fn watch_for_cancel(&self, caller: Caller, task_id: String, cancelled: CancellationToken) {
+    /// Keeps a running task's lease fresh and trips `cancelled` when the
+    /// task's record says it was cancelled (by any replica), or when the lease
+    /// could not be renewed before it lapses (then `lease_lost` is set).
+    async fn watch_task(
+        &self,
+        caller: Caller,
+        task_id: String,
+        cancelled: CancellationToken,
+        lease_lost: Arc<AtomicBool>,
+    ) {
+        let period = self.state.task_lease;
+        let mut renewed_at = Instant::now();
         loop {
             tokio::time::sleep(CANCEL_CHECK).await;
             if cancelled.is_cancelled() {
                 std::future::pending::<()>().await;
+            }
+            if renewed_at.elapsed() >= period / 3 {
+                match self.renew_lease(&caller, &task_id).await {
+                    Ok(()) => renewed_at = Instant::now(),
+                    Err(_) if renewed_at.elapsed() + 2 * CANCEL_CHECK >= period => {
+                        tracing::error!(task_id, "the task's lease could not be renewed; stopping it");
+                        lease_lost.store(true, Ordering::SeqCst);
+                        cancelled.cancel();
+                        std::future::pending::<()>().await;
+                    }
+                    Err(_) => {}
+                }
             }
             if cancelled_in_store(self, &caller, &task_id).await {
                 cancelled.cancel();
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Extends the task's lease by one period from now.
+    async fn renew_lease(&self, caller: &Caller, task_id: &str) -> Result<(), ErrorData> {
+        let until_ms = Utc::now().timestamp_millis().max(0) as u64 + self.state.task_lease.as_millis() as u64;
+        let lease =
+            serde_json::to_vec(&Lease { until_ms }).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        self.state
+            .store
+            .put_task_lease(&caller.org, task_id, lease.into())
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, task_id, "renewing a task lease failed");
+                ErrorData::internal_error("the task store is unavailable; try again shortly", None)
+            })
+    }
+
+    /// A `working` record whose lease lapsed (its replica died) becomes
+    /// `failed`, recorded so every replica answers the same.
+    async fn settle_lapsed(&self, caller: &Caller, task: DetailedTask) -> DetailedTask {
+        if task.status() != TaskStatus::Working {
+            return task;
+        }
+        let lease = match self.state.store.get_task_lease(&caller.org, &task.task.task_id).await {
+            Ok(bytes) => serde_json::from_slice::<Lease>(&bytes).ok(),
+            Err(crate::storage::StorageError::NotFound) => None,
+            // Unknown: do not declare a task dead on a store hiccup.
+            Err(_) => return task,
+        };
+        let created_ms = chrono::DateTime::parse_from_rfc3339(&task.task.created_at)
+            .map_or(0, |t| t.timestamp_millis().max(0) as u64);
+        let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+        let period_ms = self.state.task_lease.as_millis() as u64;
+        // Allow for clock skew between the replica that renews and this one.
+        if !crate::task_lease::lapsed(lease, created_ms, now_ms.saturating_sub(LEASE_SKEW_MS), period_ms) {
+            return task;
+        }
+        let until = lease.map_or(created_ms + period_ms, |l| l.until_ms);
+        let failed = crate::task_lease::failed(&task, until, Utc::now().to_rfc3339());
+        tracing::warn!(
+            task_id = task.task.task_id,
+            "task lease lapsed; recording the task as failed"
+        );
+        if let Err(error) = self.write_task(caller, &failed).await {
+            tracing::warn!(?error, "recording a lapsed task failed");
+        }
+        failed
     }
 
     async fn read_task(&self, caller: &Caller, task_id: &str) -> Result<DetailedTask, ErrorData> {
@@ -339,7 +429,8 @@ impl ImageTools {
                 ));
             }
         };
-        serde_json::from_slice(&bytes).map_err(|_| unknown())
+        let task: DetailedTask = serde_json::from_slice(&bytes).map_err(|_| unknown())?;
+        Ok(self.settle_lapsed(caller, task).await)
     }
 
     async fn write_task(&self, caller: &Caller, task: &DetailedTask) -> Result<(), ErrorData> {

@@ -66,6 +66,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub operation: String,
 }
@@ -83,6 +88,7 @@ pub struct Metrics {
     pub storage_seconds: Family<OpLabels, Histogram>,
     pub cost_usd: Family<OrgLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub rpc_seconds: Family<RpcLabels, Histogram>,
+    pub identity_assertions: Family<ResultLabels, Counter>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -136,7 +142,14 @@ impl Metrics {
             "MCP requests by JSON-RPC method and HTTP status (time to the response head)",
             rpc_seconds.clone(),
         );
+        let identity_assertions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "identity_assertions",
+            "Identity assertions checked on MCP requests, by result (anything but ok is a 401)",
+            identity_assertions.clone(),
+        );
         Arc::new(Self {
+            identity_assertions,
             registry,
             tool_calls,
             tool_call_seconds,
@@ -156,6 +169,13 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts one identity assertion check (`ok` or the refusal's label).
+    pub fn identity_assertion(&self, result: &str) {
+        self.identity_assertions
+            .get_or_create(&ResultLabels { result: result.into() })
+            .inc();
     }
 
     pub fn call_finished(&self, tool: &str, outcome: &str, elapsed: Duration, error_class: Option<&str>) {

@@ -14,6 +14,8 @@ use crate::backends::openai::OpenAiBackend;
 use crate::backends::router::ModelRouter;
 use crate::backends::ImageBackend;
 use crate::config::{BackendChoice, ServeConfig};
+use crate::identity::AssertionVerifier;
+use crate::keyring::Keyring;
 use crate::mcp::ImageTools;
 use crate::models::ModelCatalog;
 use crate::routing::{Routes, RoutesSpec};
@@ -27,6 +29,8 @@ pub struct AppState {
     pub backend: Arc<ModelRouter>,
     pub store: ImageStore,
     pub signer: UrlSigner,
+    /// Checks the edge's signed identity assertion on every MCP request.
+    pub identity: Arc<AssertionVerifier>,
     pub url_ttl: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Interval of `generating` progress heartbeats.
@@ -46,6 +50,8 @@ pub struct AppState {
     pub tasks: tokio_util::task::TaskTracker,
     /// Log prompt text in audit events (else only its hash).
     pub log_prompts: bool,
+    /// Lifetime of a running task's lease (`task_lease.rs`).
+    pub task_lease: Duration,
 }
 
 impl AppState {
@@ -86,15 +92,19 @@ impl AppState {
             })?,
             None => Routes::none(),
         };
-        let key_file = config.url_signing_key_file();
-        let secret = std::fs::read_to_string(&key_file)
-            .map_err(|e| anyhow::anyhow!("cannot read the URL signing key {}: {e} (run `mcp-image-gateway dev-init` or set GATEWAY_URL_SIGNING_KEY_FILE)", key_file.display()))?;
-        let secret = hex::decode(secret.trim())
-            .map_err(|e| anyhow::anyhow!("the URL signing key {} is not hex: {e}", key_file.display()))?;
+        let url_keys = Keyring::from_file(&config.url_signing_key_file(), crate::signed_url::MIN_SECRET_BYTES)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "URL signing keys: {e:#} (run `mcp-image-gateway dev-init` or set GATEWAY_URL_SIGNING_KEY_FILE)"
+                )
+            })?;
+        let identity_keys = Keyring::from_file(&config.identity_keys_file(), crate::identity::MIN_KEY_BYTES)
+            .map_err(|e| anyhow::anyhow!("identity assertion keys: {e:#} (run `mcp-image-gateway dev-init` or set GATEWAY_IDENTITY_KEYS_FILE)"))?;
         Ok(Self {
             backend,
             store: ImageStore::from_url(&config.storage_url())?,
-            signer: UrlSigner::new(secret, &config.public_base_url)?,
+            signer: UrlSigner::new(url_keys, &config.public_base_url)?,
+            identity: Arc::new(AssertionVerifier::new(&identity_keys)),
             url_ttl: config.url_ttl(),
             metrics: crate::metrics::Metrics::new(),
             progress_interval: Duration::from_secs(config.progress_interval_secs.max(1)),
@@ -106,6 +116,7 @@ impl AppState {
                 per_image: config.price_per_image,
             },
             log_prompts: config.log_prompts,
+            task_lease: Duration::from_secs(config.task_lease_secs.clamp(3, 3600)),
             catalog,
             routes: Arc::new(routes),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -161,8 +172,14 @@ pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: Cancellatio
         Arc::new(NeverSessionManager::default()),
         mcp_config,
     );
+    // Outermost first: time every request, then refuse any without a valid
+    // identity assertion before rmcp sees it.
     let mcp = Router::new()
         .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::identity::require_assertion,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             record_mcp_request,

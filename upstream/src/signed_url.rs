@@ -1,9 +1,14 @@
 //! HMAC-signed image links for stores that cannot presign (the local
-//! filesystem): `{base}/images/{key}?expires={unix}&sig={hex}` where `sig` is
-//! HMAC-SHA256 over `"{key}\n{expires}"` with a server secret.
+//! filesystem): `{base}/images/{key}?expires={unix}&kid={id}&sig={hex}` where
+//! `sig` is HMAC-SHA256 over `"{key}\n{expires}"` with the secret named `kid`.
+//! The newest key of the ring signs; links of any listed key verify, so
+//! keys rotate without breaking links (a link without `kid` predates
+//! rotation and names the legacy key).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::keyring::{Keyring, LEGACY_KEY_ID};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -17,57 +22,65 @@ pub enum LinkError {
     Expired,
     #[error("the link signature is invalid")]
     BadSignature,
+    #[error("the link was signed with a key that has been retired")]
+    UnknownKey,
 }
 
 /// Signs and verifies image links.
 #[derive(Clone)]
 pub struct UrlSigner {
-    secret: Vec<u8>,
+    keys: Keyring,
     base_url: String,
 }
 
 impl UrlSigner {
     /// `base_url` is the public origin clients use (scheme, host, port).
-    pub fn new(secret: Vec<u8>, base_url: &str) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            secret.len() >= MIN_SECRET_BYTES,
-            "the URL signing secret must be at least {MIN_SECRET_BYTES} bytes"
-        );
+    pub fn new(keys: Keyring, base_url: &str) -> anyhow::Result<Self> {
+        for (id, secret) in keys.iter() {
+            anyhow::ensure!(
+                secret.len() >= MIN_SECRET_BYTES,
+                "the URL signing secret {id:?} must be at least {MIN_SECRET_BYTES} bytes"
+            );
+        }
         Ok(Self {
-            secret,
+            keys,
             base_url: base_url.trim_end_matches('/').to_string(),
         })
     }
 
-    fn mac(&self, key: &str, expires: i64) -> HmacSha256 {
+    fn mac(secret: &[u8], key: &str, expires: i64) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!());
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
         mac.update(key.as_bytes());
         mac.update(b"\n");
         mac.update(expires.to_string().as_bytes());
         mac
     }
 
-    /// The signature for `key` valid until `expires` (Unix seconds).
-    pub fn signature(&self, key: &str, expires: i64) -> String {
-        hex::encode(self.mac(key, expires).finalize().into_bytes())
+    /// The signing key's id and the signature for `key` valid until `expires` (Unix seconds).
+    pub fn signature(&self, key: &str, expires: i64) -> (&str, String) {
+        let (kid, secret) = self.keys.newest();
+        (
+            kid,
+            hex::encode(Self::mac(secret, key, expires).finalize().into_bytes()),
+        )
     }
 
     /// The full public URL for `key`, valid until `expires`.
     pub fn url(&self, key: &str, expires: i64) -> String {
-        format!(
-            "{}/images/{}?expires={}&sig={}",
-            self.base_url,
-            key,
-            expires,
-            self.signature(key, expires)
-        )
+        let (kid, sig) = self.signature(key, expires);
+        format!("{}/images/{key}?expires={expires}&kid={kid}&sig={sig}", self.base_url)
     }
 
-    /// Checks a presented link at time `now` (Unix seconds), in constant time.
-    pub fn verify(&self, key: &str, expires: i64, sig: &str, now: i64) -> Result<(), LinkError> {
+    /// Checks a presented link at time `now` (Unix seconds), in constant time;
+    /// `kid` is `None` for links from before key rotation.
+    pub fn verify(&self, key: &str, expires: i64, kid: Option<&str>, sig: &str, now: i64) -> Result<(), LinkError> {
+        let secret = self
+            .keys
+            .get(kid.unwrap_or(LEGACY_KEY_ID))
+            .ok_or(LinkError::UnknownKey)?;
         let sig = hex::decode(sig).map_err(|_| LinkError::BadSignature)?;
-        self.mac(key, expires)
+        Self::mac(secret, key, expires)
             .verify_slice(&sig)
             .map_err(|_| LinkError::BadSignature)?;
         // Checked after the MAC so a forged far-future expiry is a bad signature.
@@ -82,8 +95,12 @@ impl UrlSigner {
 mod tests {
     use super::*;
 
+    fn ring(text: &str) -> Keyring {
+        Keyring::parse(text, MIN_SECRET_BYTES).unwrap()
+    }
+
     fn signer() -> UrlSigner {
-        UrlSigner::new(vec![7u8; 32], "http://127.0.0.1:8080/").unwrap()
+        UrlSigner::new(ring(&"07".repeat(32)), "http://127.0.0.1:8080/").unwrap()
     }
 
     #[test]
@@ -91,19 +108,22 @@ mod tests {
         let s = signer();
         let url = s.url("acme/2026/11/24/x.png", 2_000);
         assert!(
-            url.starts_with("http://127.0.0.1:8080/images/acme/2026/11/24/x.png?expires=2000&sig="),
+            url.starts_with("http://127.0.0.1:8080/images/acme/2026/11/24/x.png?expires=2000&kid=default&sig="),
             "{url}"
         );
         let sig = url.rsplit_once("sig=").unwrap().1;
         assert_eq!(sig.len(), 64);
-        assert_eq!(s.verify("acme/2026/11/24/x.png", 2_000, sig, 1_999), Ok(()));
-        assert_eq!(s.verify("acme/2026/11/24/x.png", 2_000, sig, 2_000), Ok(()));
+        assert_eq!(s.verify("acme/2026/11/24/x.png", 2_000, None, sig, 1_999), Ok(()));
+        assert_eq!(
+            s.verify("acme/2026/11/24/x.png", 2_000, Some("default"), sig, 2_000),
+            Ok(())
+        );
     }
 
     #[test]
     fn refusals() {
         let s = signer();
-        let sig = s.signature("k.png", 2_000);
+        let (_, sig) = s.signature("k.png", 2_000);
         let cases = [
             ("expired", "k.png", 2_000, sig.clone(), 2_001, LinkError::Expired),
             ("other key", "j.png", 2_000, sig.clone(), 1_000, LinkError::BadSignature),
@@ -134,14 +154,32 @@ mod tests {
             ("empty", "k.png", 2_000, String::new(), 1_000, LinkError::BadSignature),
         ];
         for (name, key, expires, sig, now, expected) in cases {
-            assert_eq!(s.verify(key, expires, &sig, now), Err(expected), "case: {name}");
+            assert_eq!(s.verify(key, expires, None, &sig, now), Err(expected), "case: {name}");
         }
-        let other = UrlSigner::new(vec![8u8; 32], "http://x").unwrap();
-        assert_eq!(other.verify("k.png", 2_000, &sig, 1_000), Err(LinkError::BadSignature));
+        let other = UrlSigner::new(ring(&"08".repeat(32)), "http://x").unwrap();
+        assert_eq!(
+            other.verify("k.png", 2_000, None, &sig, 1_000),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            s.verify("k.png", 2_000, Some("nope"), &sig, 1_000),
+            Err(LinkError::UnknownKey)
+        );
     }
 
     #[test]
-    fn short_secret_is_refused() {
-        assert!(UrlSigner::new(vec![1; 16], "http://x").is_err());
+    fn links_survive_a_rotation_until_their_key_is_removed() {
+        let (a, b) = ("aa".repeat(32), "bb".repeat(32));
+        let before = UrlSigner::new(ring(&format!("k1 {a}")), "http://x").unwrap();
+        let (kid, sig) = before.signature("k.png", 2_000);
+        assert_eq!(kid, "k1");
+        let rotated = UrlSigner::new(ring(&format!("k1 {a}\nk2 {b}")), "http://x").unwrap();
+        assert_eq!(rotated.signature("k.png", 2_000).0, "k2", "the newest key signs");
+        assert_eq!(rotated.verify("k.png", 2_000, Some("k1"), &sig, 1_000), Ok(()));
+        let retired = UrlSigner::new(ring(&format!("k2 {b}")), "http://x").unwrap();
+        assert_eq!(
+            retired.verify("k.png", 2_000, Some("k1"), &sig, 1_000),
+            Err(LinkError::UnknownKey)
+        );
     }
 }

@@ -196,6 +196,18 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Writes the lease of a running task (`tasks/{org}/{task_id}.lease`).
+    pub async fn put_task_lease(&self, org: &str, task_id: &str, lease: Bytes) -> Result<(), StorageError> {
+        let path = task_lease_path(org, task_id)?;
+        self.store.put(&path, PutPayload::from(lease)).await?;
+        Ok(())
+    }
+
+    /// Reads the lease of a task of `org`.
+    pub async fn get_task_lease(&self, org: &str, task_id: &str) -> Result<Bytes, StorageError> {
+        self.read(&task_lease_path(org, task_id)?).await
+    }
+
     /// Reads a task record of `org`.
     pub async fn get_task(&self, org: &str, task_id: &str) -> Result<Bytes, StorageError> {
         self.read(&task_path(org, task_id)?).await
@@ -265,6 +277,12 @@ fn task_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
         return Err(StorageError::InvalidKey);
     }
     Path::parse(format!("tasks/{org}/{task_id}.json")).map_err(|_| StorageError::InvalidKey)
+}
+
+/// Where a task's lease lives, beside its record.
+fn task_lease_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
+    task_path(org, task_id)?;
+    Path::parse(format!("tasks/{org}/{task_id}.lease")).map_err(|_| StorageError::InvalidKey)
 }
 
 /// Accepts only keys of the shape this service writes.

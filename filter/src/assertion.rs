@@ -1,0 +1,226 @@
+//! The signed identity assertion the filter attaches to every request it
+//! admits, so the upstream never has to believe bare headers.
+//!
+//! It is a short-lived HS256 JWT in `x-mcp-identity`: `sub` the user, `org`,
+//! `key_id` (API-key callers), `scope`, `rid` (Envoy's request id, for logs),
+//! a random `jti` (the upstream refuses a second use), `iat`/`exp`
+//! (`ttl_seconds`, default 30), `iss` `mcp-edge` and `aud` `mcp-upstream`.
+//! The key is shared with the upstream (a Kubernetes Secret); its `kid` lets
+//! the upstream accept the old and the new key while one rotates.
+
+use jwt_simple::prelude::{Audiences, HS256Key, JWTClaims, MACLike, UnixTimeStamp};
+use serde::{Deserialize, Serialize};
+
+use crate::jwt::Identity;
+
+/// Header carrying the assertion.
+pub const HEADER: &str = "x-mcp-identity";
+/// `iss` of every assertion.
+pub const ISSUER: &str = "mcp-edge";
+/// `aud` of every assertion.
+pub const AUDIENCE: &str = "mcp-upstream";
+/// Shortest key accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// What the admin writes under `identity_assertion`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Id of the signing key (the upstream looks the key up by it).
+    pub key_id: String,
+    /// The key, hex-encoded, inline...
+    #[serde(default)]
+    pub key: Option<String>,
+    /// ...or the name of an environment variable of Envoy's holding it
+    /// (exposed to the VM with `vm_config.environment_variables.host_env_keys`).
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// Lifetime of an assertion.
+    #[serde(default = "default_ttl_seconds")]
+    pub ttl_seconds: u64,
+}
+
+fn default_ttl_seconds() -> u64 {
+    30
+}
+
+/// Why the assertion settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("`identity_assertion`: give exactly one of `key` or `key_env`")]
+    KeySource,
+    #[error("`identity_assertion`: environment variable {0:?} is not set in Envoy's Wasm VM (list it in vm_config.environment_variables.host_env_keys)")]
+    MissingEnv(String),
+    #[error("`identity_assertion`: the key must be hex of at least {MIN_KEY_BYTES} bytes")]
+    Key,
+    #[error("`identity_assertion`: `key_id` must be 1-64 characters of A-Z a-z 0-9 . _ -")]
+    KeyId,
+    #[error("`identity_assertion`: `ttl_seconds` must be from 1 to 300")]
+    Ttl,
+}
+
+/// Claims beyond the registered ones.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AssertionClaims {
+    pub org: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// Envoy's `x-request-id`.
+    pub rid: String,
+}
+
+/// The compiled signer.
+pub struct AssertionSigner {
+    key: HS256Key,
+    ttl_seconds: u64,
+}
+
+impl std::fmt::Debug for AssertionSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssertionSigner")
+            .field("key_id", &self.key.key_id())
+            .field("ttl_seconds", &self.ttl_seconds)
+            .finish()
+    }
+}
+
+impl AssertionSigner {
+    pub fn from_settings(settings: &Settings) -> Result<Self, SettingsError> {
+        let hex_key = match (&settings.key, &settings.key_env) {
+            (Some(key), None) => key.clone(),
+            (None, Some(name)) => std::env::var(name).map_err(|_| SettingsError::MissingEnv(name.clone()))?,
+            _ => return Err(SettingsError::KeySource),
+        };
+        let key = hex::decode(hex_key.trim()).map_err(|_| SettingsError::Key)?;
+        if key.len() < MIN_KEY_BYTES {
+            return Err(SettingsError::Key);
+        }
+        let id_ok = (1..=64).contains(&settings.key_id.len())
+            && settings
+                .key_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !id_ok {
+            return Err(SettingsError::KeyId);
+        }
+        if !(1..=300).contains(&settings.ttl_seconds) {
+            return Err(SettingsError::Ttl);
+        }
+        Ok(Self {
+            key: HS256Key::from_bytes(&key).with_key_id(&settings.key_id),
+            ttl_seconds: settings.ttl_seconds,
+        })
+    }
+
+    /// The assertion for `identity` on request `request_id` at `now_ms`;
+    /// `nonce` must be unpredictable and never reused (the `jti`).
+    pub fn sign(&self, identity: &Identity, request_id: &str, nonce: &[u8; 16], now_ms: u64) -> Option<String> {
+        let now = now_ms / 1000;
+        let claims = JWTClaims {
+            issued_at: Some(UnixTimeStamp::from_secs(now)),
+            expires_at: Some(UnixTimeStamp::from_secs(now + self.ttl_seconds)),
+            invalid_before: None,
+            issuer: Some(ISSUER.to_string()),
+            subject: Some(identity.user.clone()),
+            audiences: Some(Audiences::AsString(AUDIENCE.to_string())),
+            jwt_id: Some(hex::encode(nonce)),
+            nonce: None,
+            custom: AssertionClaims {
+                org: identity.org.clone(),
+                key_id: identity.key_id.clone(),
+                scope: identity.scopes.join(" "),
+                rid: request_id.to_string(),
+            },
+        };
+        self.key.authenticate(claims).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jwt_simple::prelude::{NoCustomClaims, VerificationOptions};
+
+    fn settings(key: &str) -> Settings {
+        Settings {
+            key_id: "k1".into(),
+            key: Some(key.into()),
+            key_env: None,
+            ttl_seconds: 30,
+        }
+    }
+
+    #[test]
+    fn signs_a_token_the_shared_key_verifies() {
+        let hex_key = "ab".repeat(32);
+        let signer = AssertionSigner::from_settings(&settings(&hex_key)).unwrap();
+        let identity = Identity {
+            user: "alice".into(),
+            org: "acme".into(),
+            scopes: vec!["images:generate".into(), "x".into()],
+            expires_at: u64::MAX,
+            key_id: Some("dev-key".into()),
+        };
+        let now = jwt_simple::prelude::Clock::now_since_epoch().as_secs();
+        let token = signer.sign(&identity, "rid-1", &[7; 16], now * 1000).unwrap();
+        let key = HS256Key::from_bytes(&hex::decode(&hex_key).unwrap());
+        let claims = key
+            .verify_token::<AssertionClaims>(&token, Some(VerificationOptions::default()))
+            .unwrap();
+        assert_eq!(claims.subject.as_deref(), Some("alice"));
+        assert_eq!(claims.jwt_id.as_deref(), Some("07".repeat(16).as_str()));
+        assert_eq!(
+            claims.custom,
+            AssertionClaims {
+                org: "acme".into(),
+                key_id: Some("dev-key".into()),
+                scope: "images:generate x".into(),
+                rid: "rid-1".into()
+            }
+        );
+        let other = HS256Key::from_bytes(&[1; 32]);
+        assert!(other.verify_token::<NoCustomClaims>(&token, None).is_err());
+    }
+
+    #[test]
+    fn refuses_bad_settings() {
+        let cases = [
+            ("short key", settings(&"ab".repeat(16))),
+            ("not hex", settings(&"zz".repeat(32))),
+            (
+                "both sources",
+                Settings {
+                    key_env: Some("X".into()),
+                    ..settings(&"ab".repeat(32))
+                },
+            ),
+            (
+                "bad id",
+                Settings {
+                    key_id: "a b".into(),
+                    ..settings(&"ab".repeat(32))
+                },
+            ),
+            (
+                "long ttl",
+                Settings {
+                    ttl_seconds: 3600,
+                    ..settings(&"ab".repeat(32))
+                },
+            ),
+            (
+                "unset env",
+                Settings {
+                    key: None,
+                    key_env: Some("MCP_TEST_SURELY_UNSET".into()),
+                    ..settings("")
+                },
+            ),
+        ];
+        for (name, case) in cases {
+            assert!(AssertionSigner::from_settings(&case).is_err(), "case: {name}");
+        }
+    }
+}
