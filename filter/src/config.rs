@@ -25,6 +25,10 @@ pub struct FilterConfigSpec {
     /// Largest accepted request body in bytes; larger bodies get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Larger limits for calls of some tools (`{"edit_image": 4096}`): the
+    /// edge reads bodies up to the largest, then holds each call to its tool's.
+    #[serde(default)]
+    pub max_body_bytes_per_tool: std::collections::BTreeMap<String, usize>,
     /// Where the MCP endpoint lives; used to scope JSON-RPC checks.
     #[serde(default = "default_mcp_path")]
     pub mcp_path: String,
@@ -215,7 +219,12 @@ fn default_realm() -> String {
 
 /// The compiled configuration the filter runs on.
 pub struct FilterConfig {
+    /// The body limit of every request but the tools listed below.
     pub max_body_bytes: usize,
+    /// Per-tool limits of `tools/call` bodies.
+    pub tool_body_limits: std::collections::BTreeMap<String, usize>,
+    /// The largest of all limits: what is read before the tool is known.
+    pub body_read_limit: usize,
     pub mcp_path: String,
     pub transport: TransportPolicy,
     pub calls: CallPolicy,
@@ -283,6 +292,18 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
         if spec.max_body_bytes == 0 || spec.max_body_bytes > 1024 * 1024 {
             return Err(ConfigError::MaxBodyBytes(spec.max_body_bytes));
         }
+        if let Some((_, &bad)) = spec
+            .max_body_bytes_per_tool
+            .iter()
+            .find(|(_, &limit)| limit == 0 || limit > 1024 * 1024)
+        {
+            return Err(ConfigError::MaxBodyBytes(bad));
+        }
+        let body_read_limit = spec
+            .max_body_bytes_per_tool
+            .values()
+            .copied()
+            .fold(spec.max_body_bytes, usize::max);
         if !spec.mcp_path.starts_with('/') {
             return Err(ConfigError::McpPath(spec.mcp_path));
         }
@@ -331,6 +352,8 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
             .transpose()?;
         Ok(Self {
             max_body_bytes: spec.max_body_bytes,
+            tool_body_limits: spec.max_body_bytes_per_tool,
+            body_read_limit,
             mcp_path: spec.mcp_path,
             transport: TransportPolicy {
                 protocol_versions,

@@ -98,7 +98,7 @@ fn answers_after_body(config: &FilterConfig, head: &RequestHead<'_>, reject: &Re
 /// The id to answer a deferred refusal with: the request's when the body is
 /// a readable JSON-RPC request, else `null`.
 pub fn reply_id_of(config: &FilterConfig, body: &[u8]) -> serde_json::Value {
-    if body.len() > config.max_body_bytes {
+    if body.len() > config.body_read_limit {
         return serde_json::Value::Null;
     }
     jsonrpc::parse_envelope(body).map_or(serde_json::Value::Null, |envelope| envelope.reply_id())
@@ -129,7 +129,7 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
     }
     if let Some(length) = head.content_length {
         match length.trim().parse::<u64>() {
-            Ok(length) if length > config.max_body_bytes as u64 => return Err(too_large(config)),
+            Ok(length) if length > config.body_read_limit as u64 => return Err(too_large(config.body_read_limit)),
             Ok(_) => {}
             Err(_) => {
                 return Err(Reject::bad_request(
@@ -177,10 +177,11 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
     Ok(HeadVerdict::InspectBody(admitted, held))
 }
 
-/// Checks the size of the body received so far.
+/// Checks the size of the body received so far (against the largest limit:
+/// which tool it calls is not known yet).
 pub fn check_body_size(config: &FilterConfig, received: usize) -> Result<(), Reject> {
-    if received > config.max_body_bytes {
-        return Err(too_large(config));
+    if received > config.body_read_limit {
+        return Err(too_large(config.body_read_limit));
     }
     Ok(())
 }
@@ -212,6 +213,15 @@ pub fn check_body(
         envelope.params.as_ref(),
     )?;
     let call = config.calls.check(&envelope, held.protocol_version.as_deref())?;
+    // Now that the tool is known, hold the body to its own limit.
+    let limit = call
+        .as_ref()
+        .and_then(|call| config.tool_body_limits.get(&call.tool))
+        .copied()
+        .unwrap_or(config.max_body_bytes);
+    if body.len() > limit {
+        return Err(too_large(limit).with_id(envelope.reply_id()));
+    }
     let mut quota = None;
     if let Some(call) = &call {
         if let Some(scope) = &config.tools_call_scope {
@@ -247,15 +257,12 @@ pub fn identity_assertion(
         .and_then(|signer| signer.sign(identity, request_id, nonce, now_ms))
 }
 
-fn too_large(config: &FilterConfig) -> Reject {
+fn too_large(limit: usize) -> Reject {
     Reject::new(
         413,
         code::TOO_LARGE,
         "body_too_large",
-        format!(
-            "Request body exceeds the gateway limit of {} bytes; shorten the prompt or arguments",
-            config.max_body_bytes
-        ),
+        format!("Request body exceeds the gateway limit of {limit} bytes; shorten the prompt or arguments"),
     )
 }
 
@@ -607,6 +614,50 @@ mod tests {
         };
         assert_eq!((identity.user.as_str(), identity.org.as_str()), ("alice", "acme"));
         assert_eq!(identity_assertion(&config, &identity, "r", &[0; 16], NOW * 1000), None);
+    }
+
+    #[test]
+    fn a_tool_can_have_a_larger_body_limit() {
+        let (config, _) = setup();
+        let key = Ed25519KeyPair::generate();
+        let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+        let spec = json!({
+            "max_body_bytes_per_tool": {"edit_image": 4096},
+            "jwt": {"issuer": "iss", "audiences": ["aud"], "jwks": {"keys": [jwk]}}
+        });
+        let config_per_tool = FilterConfig::from_json(spec.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (config_per_tool.max_body_bytes, config_per_tool.body_read_limit),
+            (2048, 4096)
+        );
+        let body_of = |tool: &str, len: usize| {
+            let head = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"prompt":""#
+            );
+            let tail = r#"","images":["upload://x"]}}}"#;
+            let mut body = head.into_bytes();
+            body.resize(len - tail.len(), b'a');
+            body.extend_from_slice(tail.as_bytes());
+            body
+        };
+        let edit = body_of("edit_image", 3000);
+        assert!(
+            body(&config_per_tool, &edit, &held(&[])).is_ok(),
+            "edit_image may use 4 KiB"
+        );
+        let generate = body_of("generate_image", 3000);
+        let refused = body(&config_per_tool, &generate, &held(&[])).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.id.clone()),
+            (413, json!(1)),
+            "others keep 2 KiB"
+        );
+        assert!(refused.message.contains("2048"));
+        assert_eq!(
+            body(&config, &edit, &held(&[])).unwrap_err().status,
+            413,
+            "the default is 2 KiB for all"
+        );
     }
 
     #[test]

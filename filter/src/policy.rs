@@ -49,7 +49,9 @@ pub const DEFAULT_METHODS: [&str; 19] = [
     "notifications/roots/list_changed",
     "notifications/tasks/status",
 ];
-pub const DEFAULT_TOOLS: [&str; 2] = ["generate_image", "list_models"];
+pub const DEFAULT_TOOLS: [&str; 4] = ["generate_image", "edit_image", "create_upload", "list_models"];
+/// Most image references one `edit_image` takes (the upstream's limit too).
+pub const MAX_EDIT_IMAGES: usize = 16;
 pub const DEFAULT_MAX_PROMPT_CHARS: usize = 4000;
 pub const DEFAULT_MAX_IMAGES_PER_CALL: u64 = 4;
 
@@ -73,11 +75,12 @@ impl Default for CallPolicy {
     }
 }
 
-/// What a `tools/call` of `generate_image` asks for, for limits and quotas.
+/// What a `tools/call` asks for, for limits and quotas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCall {
     pub tool: String,
-    /// Images requested (`n`, default 1).
+    /// Images it makes (`n`, default 1, for `generate_image` and
+    /// `edit_image`; 0 for other tools): what the daily quota counts.
     pub images: u64,
 }
 
@@ -124,15 +127,30 @@ impl CallPolicy {
             Some(shape) => invalid(message).with_reason("invalid_arguments").as_tool_error(shape),
             None => invalid(message),
         };
-        let images = if tool == "generate_image" {
-            self.check_generate_image(arguments).map_err(bad_argument)?
-        } else {
-            0
+        let images = match tool {
+            "generate_image" => self.check_generate_image(arguments).map_err(bad_argument)?,
+            "edit_image" => self.check_edit_image(arguments).map_err(bad_argument)?,
+            _ => 0,
         };
         Ok(Some(ToolCall {
             tool: tool.to_string(),
             images,
         }))
+    }
+
+    /// An edit is checked like a generation (prompt, `n`) plus the shape of
+    /// `images`; the references themselves are the upstream's to resolve.
+    fn check_edit_image(&self, arguments: Option<&Value>) -> Result<u64, String> {
+        match arguments.and_then(|a| a.get("images")) {
+            Some(Value::Array(images))
+                if (1..=MAX_EDIT_IMAGES).contains(&images.len()) && images.iter().all(Value::is_string) => {}
+            _ => {
+                return Err(format!(
+                "`images` must list 1 to {MAX_EDIT_IMAGES} image references (strings); the first is the image to edit"
+            ))
+            }
+        }
+        self.check_generate_image(arguments)
     }
 
     fn check_generate_image(&self, arguments: Option<&Value>) -> Result<u64, String> {
@@ -175,6 +193,34 @@ mod tests {
         json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "generate_image", "arguments": arguments}})
     }
 
+    fn edit(arguments: Value) -> Value {
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "edit_image", "arguments": arguments}})
+    }
+
+    #[test]
+    fn edits_are_checked_like_generations_plus_their_references() {
+        let refs = |n: usize| Value::Array((0..n).map(|i| json!(format!("upload://{i}"))).collect());
+        let cases = [
+            (json!({"prompt": "x"}), "`images`"),
+            (json!({"prompt": "x", "images": []}), "`images`"),
+            (json!({"prompt": "x", "images": refs(17)}), "`images`"),
+            (json!({"prompt": "x", "images": [1]}), "`images`"),
+            (json!({"prompt": "x", "images": refs(16), "n": 9}), "`n`"),
+        ];
+        for (arguments, field) in cases {
+            let (status, code, message) = check(edit(arguments.clone())).unwrap_err();
+            assert_eq!((status, code), (200, -32602), "{arguments}");
+            assert!(message.contains(field), "{arguments}: {message}");
+        }
+        assert_eq!(
+            check(edit(json!({"prompt": "x", "images": refs(16)})))
+                .unwrap()
+                .unwrap()
+                .images,
+            1
+        );
+    }
+
     #[test]
     fn allowed_calls() {
         let ok = [
@@ -184,6 +230,11 @@ mod tests {
             (call(json!({"prompt": "x"})), Some(1)),
             (call(json!({"prompt": "x", "n": 4})), Some(4)),
             (call(json!({"prompt": "é".repeat(4000)})), Some(1)),
+            (edit(json!({"prompt": "x", "images": ["image://a"], "n": 2})), Some(2)),
+            (
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "create_upload", "arguments": {"content_type": "image/png"}}}),
+                Some(0),
+            ),
         ];
         for (body, images) in ok {
             let got = check(body.clone()).unwrap_or_else(|e| panic!("{body}: {e:?}"));

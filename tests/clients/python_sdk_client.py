@@ -23,10 +23,11 @@ async def main(url: str, token: str, mode: str) -> None:
             tools = await client.list_tools()
             result = await client.call_tool("generate_image", {"prompt": "a paper boat", "size": "1024x1536"})
             try:
-                await client.call_tool("generate_image", {"prompt": "x", "n": 9})
-                bad = {"code": None, "message": "accepted"}
+                refused = await client.call_tool("generate_image", {"prompt": "x", "n": 9})
+                text = " ".join(getattr(c, "text", "") for c in refused.content)
+                bad = {"code": None, "tool_error": bool(refused.is_error), "message": text}
             except MCPError as error:
-                bad = {"code": error.code, "message": str(error)}
+                bad = {"code": error.code, "tool_error": False, "message": str(error)}
             print(json.dumps({
                 "protocol_version": getattr(client, "protocol_version", None),
                 "tools": [t.name for t in tools.tools],

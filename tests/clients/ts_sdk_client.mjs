@@ -14,10 +14,11 @@ const tools = await client.listTools();
 const result = await client.callTool({ name: "generate_image", arguments: { prompt: "a paper crane", n: 2 } });
 let invalid;
 try {
-  await client.callTool({ name: "generate_image", arguments: { prompt: "x", size: "ten by ten" } });
-  invalid = { code: null, message: "accepted" };
+  const refused = await client.callTool({ name: "generate_image", arguments: { prompt: "x", size: "ten by ten" } });
+  const text = (refused.content ?? []).map((c) => c.text ?? "").join(" ");
+  invalid = { code: null, tool_error: refused.isError === true, message: text };
 } catch (error) {
-  invalid = { code: error.code ?? null, message: String(error.message) };
+  invalid = { code: error.code ?? null, tool_error: false, message: String(error.message) };
 }
 console.log(JSON.stringify({
   protocol_version: transport.protocolVersion ?? null,

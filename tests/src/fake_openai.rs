@@ -64,7 +64,21 @@ pub struct FakeOpenAi {
     _server: tokio::task::JoinHandle<()>,
 }
 
+/// A provider fault switched on for a while (`make soak`, through
+/// `POST /_fake/fault`; not part of OpenAI's API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 500 `server_error`, as during an outage.
+    ServerError,
+    /// 429 `rate_limit_exceeded` with `retry-after: 1` and the `x-ratelimit-*` headers.
+    RateLimited,
+    /// No answer for ten minutes (the client's timeout decides).
+    Hang,
+}
+
 struct FakeState {
+    /// The fault in force and until when.
+    fault: Mutex<Option<(Fault, Instant)>>,
     api_key: String,
     options: FakeOptions,
     requests: Mutex<Vec<Value>>,
@@ -83,6 +97,7 @@ impl FakeOpenAi {
     pub async fn start_on(address: &str, options: FakeOptions) -> anyhow::Result<FakeOpenAi> {
         let api_key = format!("sk-test-{}", uuid::Uuid::new_v4().simple());
         let state = Arc::new(FakeState {
+            fault: Mutex::new(None),
             api_key: api_key.clone(),
             options,
             requests: Mutex::new(Vec::new()),
@@ -91,6 +106,8 @@ impl FakeOpenAi {
         });
         let app = Router::new()
             .route("/v1/images/generations", post(generate))
+            .route("/v1/images/edits", post(edit))
+            .route("/_fake/fault", post(set_fault_route))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(address).await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -105,10 +122,77 @@ impl FakeOpenAi {
         })
     }
 
+    /// Switches `fault` on for `duration` (`None` clears it).
+    pub fn set_fault(&self, fault: Option<Fault>, duration: Duration) {
+        set_fault(&self.state, fault, duration);
+    }
+
     /// JSON bodies of every request received, in order.
     pub fn requests(&self) -> Vec<Value> {
         self.state.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
+}
+
+fn set_fault(state: &FakeState, fault: Option<Fault>, duration: Duration) {
+    if let Ok(mut current) = state.fault.lock() {
+        *current = fault.map(|f| (f, Instant::now() + duration));
+    }
+}
+
+/// `POST /_fake/fault {"kind": "server_error"|"rate_limited"|"hang"|"none", "seconds": N}`.
+async fn set_fault_route(State(state): State<Arc<FakeState>>, Json(body): Json<Value>) -> StatusCode {
+    let fault = match body["kind"].as_str() {
+        Some("server_error") => Some(Fault::ServerError),
+        Some("rate_limited") => Some(Fault::RateLimited),
+        Some("hang") => Some(Fault::Hang),
+        Some("none") => None,
+        _ => return StatusCode::BAD_REQUEST,
+    };
+    set_fault(
+        &state,
+        fault,
+        Duration::from_secs(body["seconds"].as_u64().unwrap_or(10)),
+    );
+    StatusCode::NO_CONTENT
+}
+
+/// The injected fault's answer, while one is in force.
+async fn injected_fault(state: &FakeState, model: &str) -> Option<Response> {
+    let fault = state
+        .fault
+        .lock()
+        .ok()
+        .and_then(|f| *f)
+        .filter(|(_, until)| Instant::now() < *until)
+        .map(|(fault, _)| fault)?;
+    Some(match fault {
+        Fault::ServerError => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+            None,
+        ),
+        Fault::RateLimited => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Rate limit reached for {model} in organization org-test on requests per min (RPM): Limit 5, Used 5, Requested 1. Please try again in 1s."),
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            );
+            let h = response.headers_mut();
+            h.insert("retry-after", HeaderValue::from(1));
+            h.insert("x-ratelimit-limit-requests", HeaderValue::from(5));
+            h.insert("x-ratelimit-remaining-requests", HeaderValue::from(0));
+            h.insert("x-ratelimit-reset-requests", HeaderValue::from_static("1s"));
+            response
+        }
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            error(StatusCode::GATEWAY_TIMEOUT, "timeout", "server_error", None, None)
+        }
+    })
 }
 
 fn error(status: StatusCode, message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Response {
@@ -152,30 +236,8 @@ fn custom_size_ok(model: &str, size: &str) -> bool {
 }
 
 async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let key = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match key {
-        None => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-                "invalid_request_error",
-                None,
-                None,
-            )
-        }
-        Some(key) if key != state.api_key => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                &format!("Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."),
-                "invalid_request_error",
-                None,
-                Some("invalid_api_key"),
-            )
-        }
-        Some(_) => {}
+    if let Some(refused) = unauthorized(&state, &headers) {
+        return refused;
     }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return error(
@@ -189,6 +251,188 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
     if let Ok(mut requests) = state.requests.lock() {
         requests.push(request.clone());
     }
+    respond(&state, &request).await
+}
+
+/// `POST /v1/images/edits`, multipart, as documented for GPT image models:
+/// `image[]` files (PNG, JPEG or WebP; 1 to 16), an optional `mask` (a PNG
+/// with an alpha channel, the first image's size), `prompt`, the generation
+/// options, and `input_fidelity`. Files are checked by their bytes; the
+/// request is recorded as JSON with an `edit` summary of its files.
+async fn edit(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    mut multipart: axum::extract::Multipart,
+) -> Response {
+    if let Some(refused) = unauthorized(&state, &headers) {
+        return refused;
+    }
+    let mut fields = serde_json::Map::new();
+    let mut images: Vec<(String, axum::body::Bytes)> = Vec::new();
+    let mut mask: Option<(String, axum::body::Bytes)> = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => {
+                return invalid(
+                    &format!("Invalid multipart form data: {e}"),
+                    "body",
+                    "invalid_multipart",
+                )
+            }
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let content_type = field.content_type().unwrap_or_default().to_string();
+        let is_file = field.file_name().is_some();
+        let Ok(bytes) = field.bytes().await else {
+            return invalid("Invalid multipart form data.", &name, "invalid_multipart");
+        };
+        match name.as_str() {
+            "image[]" | "image" if is_file => images.push((content_type, bytes)),
+            "mask" if is_file => mask = Some((content_type, bytes)),
+            _ if is_file => return invalid(&format!("Unknown parameter: '{name}'."), &name, "unknown_parameter"),
+            "n" | "output_compression" | "partial_images" => {
+                let text = String::from_utf8_lossy(&bytes).to_string();
+                let Ok(number) = text.parse::<u64>() else {
+                    return invalid(
+                        &format!("Invalid '{name}': expected an integer, but got '{text}' instead."),
+                        &name,
+                        "invalid_type",
+                    );
+                };
+                fields.insert(name, number.into());
+            }
+            "stream" => {
+                fields.insert(name, (bytes.as_ref() == b"true").into());
+            }
+            _ => {
+                fields.insert(name, String::from_utf8_lossy(&bytes).to_string().into());
+            }
+        }
+    }
+    let describe = |(content_type, bytes): &(String, axum::body::Bytes)| {
+        let dims = crate::png_info::dimensions(bytes).ok();
+        json!({"content_type": content_type, "bytes": bytes.len(),
+               "width": dims.map(|d| d.0), "height": dims.map(|d| d.1)})
+    };
+    let mut recorded = fields.clone();
+    recorded.insert(
+        "edit".into(),
+        json!({"images": images.iter().map(describe).collect::<Vec<_>>(), "mask": mask.as_ref().map(describe)}),
+    );
+    if let Ok(mut requests) = state.requests.lock() {
+        requests.push(Value::Object(recorded));
+    }
+    if images.is_empty() {
+        return invalid(
+            "Missing required parameter: 'image'.",
+            "image",
+            "missing_required_parameter",
+        );
+    }
+    if images.len() > 16 {
+        return invalid(
+            &format!("Invalid 'image': array too long. Expected an array with maximum length 16, but got an array with length {} instead.", images.len()),
+            "image",
+            "array_above_max_length",
+        );
+    }
+    for (index, (content_type, bytes)) in images.iter().enumerate() {
+        let kind = image_kind(bytes);
+        if kind.is_none() || kind != Some(content_type.as_str()) {
+            return invalid(
+                &format!(
+                    "Invalid image file or mode for image {}, please check your image file.",
+                    index + 1
+                ),
+                "image",
+                "invalid_image_file",
+            );
+        }
+    }
+    if let Some((_, bytes)) = &mask {
+        let alpha = png::Decoder::new(std::io::Cursor::new(bytes.as_ref()))
+            .read_info()
+            .map(|reader| {
+                let info = reader.info();
+                matches!(info.color_type, png::ColorType::Rgba | png::ColorType::GrayscaleAlpha) || info.trns.is_some()
+            })
+            .unwrap_or(false);
+        if image_kind(bytes) != Some("image/png") || !alpha {
+            return invalid(
+                "Invalid mask image format - mask must be a PNG with an alpha channel.",
+                "mask",
+                "invalid_image_format",
+            );
+        }
+        let first = crate::png_info::dimensions(&images[0].1).ok();
+        if first.is_some() && first != crate::png_info::dimensions(bytes).ok() {
+            return invalid(
+                "Invalid mask image format - mask size does not match image size",
+                "mask",
+                "invalid_image_format",
+            );
+        }
+    }
+    match fields.remove("input_fidelity") {
+        None => {}
+        Some(Value::String(v)) if v == "low" || v == "high" => {}
+        Some(other) => {
+            return invalid(
+                &format!(
+                    "Invalid value: '{}'. Supported values are: 'low' and 'high'.",
+                    other.as_str().unwrap_or_default()
+                ),
+                "input_fidelity",
+                "invalid_value",
+            )
+        }
+    }
+    respond(&state, &Value::Object(fields)).await
+}
+
+/// The type of an image file by its first bytes.
+fn image_kind(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("image/jpeg")
+    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
+/// The 401 answers of the API, for a missing or wrong key.
+fn unauthorized(state: &FakeState, headers: &HeaderMap) -> Option<Response> {
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match key {
+        None => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            "invalid_request_error",
+            None,
+            None,
+        )),
+        Some(key) if key != state.api_key => Some(error(
+            StatusCode::UNAUTHORIZED,
+            &format!("Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."),
+            "invalid_request_error",
+            None,
+            Some("invalid_api_key"),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Checks the parameters of a generation (or of an edit, once its files
+/// were checked) and answers with images, as the Images API does.
+async fn respond(state: &FakeState, request: &Value) -> Response {
     let Some(fields) = request.as_object() else {
         return invalid(
             "Invalid type for request body: expected an object.",
@@ -310,6 +554,9 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
             "background",
             "invalid_value",
         );
+    }
+    if let Some(response) = injected_fault(state, model).await {
+        return response;
     }
     if state.options.failing_models.iter().any(|m| m == model) {
         return error(

@@ -3,12 +3,11 @@
 //! against the provider fake.
 
 use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
-use gateway_tests::mcp_client::{connect, generate, list_models};
+use gateway_tests::mcp_client::{connect, generate, list_models, text_of};
 use gateway_tests::png_info::dimensions;
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
 use rmcp::model::ContentBlock;
-use rmcp::ServiceError;
 use serde_json::{json, Value};
 
 fn openai(model: &str, options: FakeOptions) -> StackOptions {
@@ -163,10 +162,14 @@ async fn generate_image_end_to_end_offline() {
     client.cancel().await.unwrap();
 }
 
+/// rmcp negotiates 2025-11-25: bad argument values are tool errors the
+/// model can read and correct (SEP-1303), from the edge (`n`) and from the
+/// upstream (the rest); `trust.rs` covers -32602 for 2025-06-18 clients.
 #[tokio::test]
-async fn invalid_arguments_are_invalid_params_naming_the_field() {
+async fn invalid_arguments_are_tool_errors_naming_the_field() {
     let stack = Stack::start().await.unwrap();
     let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    assert_eq!(client.peer_info().unwrap().protocol_version.to_string(), "2025-11-25");
     let cases = [
         (json!({"prompt": "x", "n": 9}), "`n`"),
         (json!({"prompt": "x", "size": "640 by 480"}), "`size`"),
@@ -175,11 +178,12 @@ async fn invalid_arguments_are_invalid_params_naming_the_field() {
     ];
     for (arguments, field) in cases {
         match generate(&client, arguments.clone()).await {
-            Err(ServiceError::McpError(error)) => {
-                assert_eq!(error.code.0, -32602, "{arguments}");
-                assert!(error.message.contains(field), "{arguments}: {}", error.message);
+            Ok(result) => {
+                assert_eq!(result.is_error, Some(true), "{arguments}: {result:?}");
+                let text = text_of(&result);
+                assert!(text.contains(field), "{arguments}: {text}");
             }
-            other => panic!("{arguments}: expected -32602, got {other:?}"),
+            other => panic!("{arguments}: expected a tool error, got {other:?}"),
         }
     }
     client.cancel().await.unwrap();

@@ -25,7 +25,7 @@ fn run_client(program: &str, args: &[&str]) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
 }
 
-async fn check_result(report: &Value, size: (u32, u32), images: usize) {
+async fn check_result(report: &Value, size: (u32, u32), images: usize, field: &str) {
     let mut tools: Vec<&str> = report["tools"]
         .as_array()
         .unwrap()
@@ -48,7 +48,11 @@ async fn check_result(report: &Value, size: (u32, u32), images: usize) {
             .unwrap();
         assert_eq!(dimensions(&bytes).unwrap(), size);
     }
-    assert_eq!(report["invalid_arguments"]["code"], -32602, "{report}");
+    // Every SDK here speaks 2025-11-25 or later: a bad argument is a tool
+    // error the model can read (SEP-1303), naming the field.
+    assert_eq!(report["invalid_arguments"]["tool_error"], true, "{report}");
+    let message = report["invalid_arguments"]["message"].as_str().unwrap();
+    assert!(message.contains(field), "{report}");
 }
 
 #[tokio::test]
@@ -64,7 +68,7 @@ async fn python_sdk_in_every_protocol_era() {
     ] {
         let report = run_client(python.to_str().unwrap(), &[script, &stack.mcp_url, &token, mode]);
         assert_eq!(report["protocol_version"], expected_version, "mode {mode}: {report}");
-        check_result(&report, (1024, 1536), 1).await;
+        check_result(&report, (1024, 1536), 1, "`n`").await;
     }
     // `n: 9` dies at the edge, so only the three successes reach the upstream's audit log.
     assert_eq!(stack.audit_events().len(), 3);
@@ -75,5 +79,5 @@ async fn typescript_sdk() {
     let stack = Stack::start().await.unwrap();
     let token = stack.token("tess", "acme");
     let report = run_client("node", &["tests/clients/ts_sdk_client.mjs", &stack.mcp_url, &token]);
-    check_result(&report, (1024, 1024), 2).await;
+    check_result(&report, (1024, 1024), 2, "`size`").await;
 }

@@ -160,7 +160,7 @@ async fn a_stopping_replica_finishes_its_tasks() {
 /// a clear message; nothing is stored or billed for it.
 #[tokio::test]
 async fn a_crashed_replicas_task_fails_once_its_lease_lapses() {
-    let mut stack = Stack::start_with(StackOptions {
+    let stack = Stack::start_with(StackOptions {
         backend: Backend::FakeOpenAi {
             model: "gpt-image-2".into(),
             options: FakeOptions {

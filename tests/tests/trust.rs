@@ -166,8 +166,7 @@ async fn the_upstream_believes_only_fresh_signed_assertions() {
     let last = stack
         .audit_events()
         .into_iter()
-        .filter(|e| e["fields"]["event"] == "tool_call")
-        .last()
+        .rfind(|e| e["fields"]["event"] == "tool_call")
         .unwrap();
     assert_eq!(
         (last["fields"]["user"].as_str(), last["fields"]["org"].as_str()),
@@ -342,10 +341,10 @@ async fn replies_strict_clients_can_match() {
         "the edge answered"
     );
 
-    // SEP-1303 in the upstream: a size the edge does not check.
+    // SEP-1303 in the upstream: a style the edge does not check.
     let reply: Value = send(
         headers(Some(&token), "2025-11-25"),
-        generate(42, json!({"prompt": "x", "size": "77x77"})),
+        generate(42, json!({"prompt": "x", "style": "cubism"})),
     )
     .await
     .unwrap()
@@ -355,12 +354,15 @@ async fn replies_strict_clients_can_match() {
     assert_eq!(reply["id"], 42);
     assert_eq!(reply["result"]["isError"], true, "{reply}");
     assert!(
-        reply["result"]["content"][0]["text"].as_str().unwrap().contains("size"),
+        reply["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("`style`"),
         "{reply}"
     );
     let legacy: Value = send(
         headers(Some(&token), "2025-06-18"),
-        generate(43, json!({"prompt": "x", "size": "77x77"})),
+        generate(43, json!({"prompt": "x", "style": "cubism"})),
     )
     .await
     .unwrap()

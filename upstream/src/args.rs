@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::models::{Background, OutputFormat, Quality};
+use crate::image_input::Region;
+use crate::image_types::{Background, ImageSize, InputFidelity, OutputFormat, Quality};
 use crate::style::Style;
 
 pub const MAX_PROMPT_CHARS: usize = 4000;
@@ -15,33 +15,6 @@ pub const MAX_IMAGES: u64 = 4;
 pub const SIZES: [&str; 3] = ["1024x1024", "1536x1024", "1024x1536"];
 /// Largest side the argument parser lets through to the model check.
 const MAX_SIDE: u32 = 8192;
-
-/// An image size in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ImageSize {
-    pub width: u32,
-    pub height: u32,
-}
-
-impl ImageSize {
-    pub fn parse(value: &str) -> Option<ImageSize> {
-        let (w, h) = value.split_once('x')?;
-        let side = |s: &str| {
-            let digits = !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
-            digits.then(|| s.parse::<u32>().ok()).flatten()
-        };
-        Some(ImageSize {
-            width: side(w)?,
-            height: side(h)?,
-        })
-    }
-}
-
-impl std::fmt::Display for ImageSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}", self.width, self.height)
-    }
-}
 
 /// Validated arguments of one `generate_image` call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,15 +102,16 @@ pub fn input_schema() -> Arc<Map<String, Value>> {
     }
 }
 
-/// Validates raw tool arguments. The error names the field and the rule.
+/// Validates raw `generate_image` arguments. The error names the field and the rule.
 pub fn parse(arguments: Option<&Map<String, Value>>) -> Result<GenerateImageArgs, String> {
     let empty = Map::new();
-    let arguments = arguments.unwrap_or(&empty);
-    if let Some(unknown) = arguments.keys().find(|k| !ARGUMENTS.contains(&k.as_str())) {
-        return Err(format!(
-            "unknown argument `{unknown}`; expected {}",
-            ARGUMENTS.join(", ")
-        ));
+    parse_common(arguments.unwrap_or(&empty), &ARGUMENTS)
+}
+
+/// The arguments both tools share; `allowed` lists every argument the tool takes.
+fn parse_common(arguments: &Map<String, Value>, allowed: &[&str]) -> Result<GenerateImageArgs, String> {
+    if let Some(unknown) = arguments.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!("unknown argument `{unknown}`; expected {}", allowed.join(", ")));
     }
     let prompt = match arguments.get("prompt") {
         Some(Value::String(p)) => p.clone(),
@@ -240,6 +214,205 @@ fn choice<T: Copy>(
             .find(|v| name(*v) == s)
             .ok_or_else(|| format!("`{field}` must be one of {} (got {s:?})", names())),
         Some(_) => Err(format!("`{field}` must be a string, one of {}", names())),
+    }
+}
+
+/// Most image references one edit takes (the first is edited, the rest guide it).
+pub const MAX_EDIT_IMAGES: usize = 16;
+/// Longest reference accepted (a signed link is about 200 characters).
+const MAX_REFERENCE_CHARS: usize = 2048;
+const EDIT_ARGUMENTS: [&str; 12] = [
+    "prompt",
+    "style",
+    "size",
+    "n",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "images",
+    "mask",
+    "mask_region",
+    "input_fidelity",
+];
+
+/// Validated arguments of one `edit_image` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditImageArgs {
+    /// The shared arguments; `base.size` is only meaningful when `size_given`.
+    pub base: GenerateImageArgs,
+    pub size_given: bool,
+    pub images: Vec<String>,
+    pub mask: Option<String>,
+    pub mask_region: Option<Region>,
+    pub input_fidelity: Option<InputFidelity>,
+}
+
+/// Validates raw `edit_image` arguments.
+pub fn parse_edit(arguments: Option<&Map<String, Value>>) -> Result<EditImageArgs, String> {
+    let empty = Map::new();
+    let arguments = arguments.unwrap_or(&empty);
+    let base = parse_common(arguments, &EDIT_ARGUMENTS)?;
+    let images = match arguments.get("images") {
+        Some(Value::Array(items)) if (1..=MAX_EDIT_IMAGES).contains(&items.len()) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_REFERENCE_CHARS => Ok(s.clone()),
+                _ => Err(format!(
+                    "every entry of `images` must be an image reference (a string of 1 to {MAX_REFERENCE_CHARS} characters)"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => {
+            return Err(format!(
+                "`images` must list 1 to {MAX_EDIT_IMAGES} image references; the first is the image to edit"
+            ))
+        }
+        None => return Err("`images` is required: the image to edit first (image://…, upload://… or a link from generate_image)".into()),
+    };
+    let mask = match arguments.get("mask") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_REFERENCE_CHARS => Some(s.clone()),
+        Some(_) => return Err("`mask` must be an image reference (a PNG with an alpha channel)".into()),
+    };
+    let mask_region = match arguments.get("mask_region") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(region)) => {
+            let field = |name: &str| {
+                region
+                    .get(name)
+                    .and_then(Value::as_u64)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| {
+                        format!("`mask_region.{name}` must be a non-negative integer (pixels of the first image)")
+                    })
+            };
+            if let Some(unknown) = region
+                .keys()
+                .find(|k| !["x", "y", "width", "height"].contains(&k.as_str()))
+            {
+                return Err(format!(
+                    "unknown field `mask_region.{unknown}`; expected x, y, width, height"
+                ));
+            }
+            Some(Region {
+                x: field("x")?,
+                y: field("y")?,
+                width: field("width")?,
+                height: field("height")?,
+            })
+        }
+        Some(_) => return Err("`mask_region` must be an object {x, y, width, height} in pixels".into()),
+    };
+    if mask.is_some() && mask_region.is_some() {
+        return Err("give `mask` or `mask_region`, not both".into());
+    }
+    let input_fidelity = match arguments.get("input_fidelity") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(choice(
+            arguments,
+            "input_fidelity",
+            InputFidelity::Low,
+            &InputFidelity::ALL,
+            |f| f.as_str(),
+        )?),
+    };
+    Ok(EditImageArgs {
+        size_given: arguments.contains_key("size"),
+        base,
+        images,
+        mask,
+        mask_region,
+        input_fidelity,
+    })
+}
+
+/// The input schema of `edit_image`: the shared fields plus the edit's own.
+pub fn edit_input_schema() -> Arc<Map<String, Value>> {
+    let mut schema = (*input_schema()).clone();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        if let Some(Value::Object(size)) = properties.get_mut("size") {
+            size.remove("default");
+            size.insert(
+                "description".into(),
+                "Output size, WIDTHxHEIGHT. Default: the first image's size where the model allows it, else the nearest size it allows (the result says which).".into(),
+            );
+        }
+        let reference = json!({"type": "string", "minLength": 1, "maxLength": MAX_REFERENCE_CHARS});
+        properties.insert(
+            "images".into(),
+            json!({
+                "type": "array",
+                "items": reference,
+                "minItems": 1,
+                "maxItems": MAX_EDIT_IMAGES,
+                "description": "Image references: image://… or a link returned by generate_image/edit_image, upload://… from create_upload, or an https URL on the operator's allow-list. The first image is edited; the others are references the model may draw on."
+            }),
+        );
+        properties.insert(
+            "mask".into(),
+            json!({"type": "string", "minLength": 1, "maxLength": MAX_REFERENCE_CHARS,
+                   "description": "Reference to a PNG with an alpha channel, the size of the first image: its fully transparent pixels mark the area to change. Not with mask_region."}),
+        );
+        properties.insert(
+            "mask_region".into(),
+            json!({
+                "type": "object",
+                "properties": {
+                    "x": {"type": "integer", "minimum": 0},
+                    "y": {"type": "integer", "minimum": 0},
+                    "width": {"type": "integer", "minimum": 1},
+                    "height": {"type": "integer", "minimum": 1}
+                },
+                "required": ["x", "y", "width", "height"],
+                "additionalProperties": false,
+                "description": "The rectangle of the first image to change, in pixels; the gateway draws the mask. Not with mask."
+            }),
+        );
+        properties.insert(
+            "input_fidelity".into(),
+            json!({"type": "string", "enum": InputFidelity::ALL.map(InputFidelity::as_str),
+                   "description": "How closely to keep faces and details of the input (models that support it)."}),
+        );
+    }
+    schema.insert("required".into(), json!(["prompt", "images"]));
+    Arc::new(schema)
+}
+
+/// The input schema of `create_upload`.
+pub fn upload_input_schema() -> Arc<Map<String, Value>> {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "content_type": {
+                "type": "string",
+                "enum": OutputFormat::ALL.map(OutputFormat::mime_type),
+                "description": "The image type you will upload."
+            }
+        },
+        "required": ["content_type"],
+        "additionalProperties": false
+    });
+    match schema {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(Map::new()),
+    }
+}
+
+/// Validates `create_upload` arguments: the format of the coming upload.
+pub fn parse_upload(arguments: Option<&Map<String, Value>>) -> Result<OutputFormat, String> {
+    let empty = Map::new();
+    let arguments = arguments.unwrap_or(&empty);
+    if let Some(unknown) = arguments.keys().find(|k| k.as_str() != "content_type") {
+        return Err(format!("unknown argument `{unknown}`; expected content_type"));
+    }
+    let types = OutputFormat::ALL.map(OutputFormat::mime_type).join(", ");
+    match arguments.get("content_type") {
+        Some(Value::String(value)) => OutputFormat::ALL
+            .into_iter()
+            .find(|f| f.mime_type() == value)
+            .ok_or_else(|| format!("`content_type` must be one of {types} (got {value:?})")),
+        _ => Err(format!("`content_type` is required: one of {types}")),
     }
 }
 

@@ -70,6 +70,25 @@ pub struct ServeConfig {
     /// Days images are kept; a sweeper deletes older ones (GDPR: under 30).
     #[arg(long, env = "GATEWAY_RETENTION_DAYS", default_value_t = 29)]
     pub retention_days: u32,
+    /// Hours uploads (`create_upload`) are kept before the sweeper deletes them.
+    #[arg(long, env = "GATEWAY_UPLOAD_RETENTION_HOURS", default_value_t = 24)]
+    pub upload_retention_hours: u32,
+    /// How long an upload URL stays valid, in seconds.
+    #[arg(long, env = "GATEWAY_UPLOAD_TTL_SECS", default_value_t = 900)]
+    pub upload_ttl_secs: u64,
+    /// Largest upload, in bytes (also the largest input image of an edit).
+    #[arg(long, env = "GATEWAY_UPLOAD_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub upload_max_bytes: usize,
+    /// Largest total of input bytes one edit reads, across its references.
+    #[arg(long, env = "GATEWAY_EDIT_MAX_INPUT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub edit_max_input_bytes: usize,
+    /// Largest input image in pixels (header-checked before decoding: bombs).
+    #[arg(long, env = "GATEWAY_EDIT_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub edit_max_pixels: u64,
+    /// Hosts whose https URLs edit_image may fetch (`cdn.example.com`, or
+    /// `.example.com` for subdomains); comma separated; empty turns https references off.
+    #[arg(long, env = "GATEWAY_EDIT_URL_HOSTS", value_delimiter = ',')]
+    pub edit_url_hosts: Vec<String>,
     /// Seconds between retention sweeps.
     #[arg(long, env = "GATEWAY_RETENTION_SWEEP_SECS", default_value_t = 3600)]
     pub retention_sweep_secs: u64,

@@ -12,104 +12,10 @@ use std::path::Path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::args::ImageSize;
+use crate::image_types::{Background, ImageOptions, ImageSize, OutputFormat, Quality};
 use crate::pricing::Pricing;
 
 const BUILTIN: &str = include_str!("models.json");
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Quality {
-    Low,
-    Medium,
-    High,
-    Auto,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Background {
-    Transparent,
-    Opaque,
-    Auto,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    Png,
-    Jpeg,
-    Webp,
-}
-
-impl Quality {
-    pub const ALL: [Quality; 4] = [Quality::Low, Quality::Medium, Quality::High, Quality::Auto];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Quality::Low => "low",
-            Quality::Medium => "medium",
-            Quality::High => "high",
-            Quality::Auto => "auto",
-        }
-    }
-}
-
-impl Background {
-    pub const ALL: [Background; 3] = [Background::Transparent, Background::Opaque, Background::Auto];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Background::Transparent => "transparent",
-            Background::Opaque => "opaque",
-            Background::Auto => "auto",
-        }
-    }
-}
-
-impl OutputFormat {
-    pub const ALL: [OutputFormat; 3] = [OutputFormat::Png, OutputFormat::Jpeg, OutputFormat::Webp];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutputFormat::Png => "png",
-            OutputFormat::Jpeg => "jpeg",
-            OutputFormat::Webp => "webp",
-        }
-    }
-
-    pub fn mime_type(self) -> &'static str {
-        match self {
-            OutputFormat::Png => "image/png",
-            OutputFormat::Jpeg => "image/jpeg",
-            OutputFormat::Webp => "image/webp",
-        }
-    }
-
-    /// The file extension of stored images.
-    pub fn extension(self) -> &'static str {
-        match self {
-            OutputFormat::Png => "png",
-            OutputFormat::Jpeg => "jpg",
-            OutputFormat::Webp => "webp",
-        }
-    }
-
-    pub fn from_extension(extension: &str) -> Option<OutputFormat> {
-        OutputFormat::ALL.into_iter().find(|f| f.extension() == extension)
-    }
-
-    /// Whether `bytes` start like a file of this format.
-    pub fn matches(self, bytes: &[u8]) -> bool {
-        match self {
-            OutputFormat::Png => bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
-            OutputFormat::Jpeg => bytes.starts_with(&[0xFF, 0xD8, 0xFF]),
-            OutputFormat::Webp => bytes.len() >= 12 && bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP"),
-        }
-    }
-
-    /// Whether the format can carry an alpha channel.
-    pub fn has_alpha(self) -> bool {
-        !matches!(self, OutputFormat::Jpeg)
-    }
-}
 
 /// Sizes beyond the fixed list: any `WxH` within these bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -165,7 +71,7 @@ pub struct ModelCapabilities {
     pub output_formats: Vec<OutputFormat>,
     /// Whether `background: "transparent"` works.
     pub transparent_background: bool,
-    /// Whether the model edits images (not exposed as a tool yet).
+    /// Whether the model edits images (`edit_image`).
     #[serde(default)]
     pub edits: bool,
     pub max_images: u8,
@@ -181,22 +87,13 @@ pub struct ModelCapabilities {
     pub shutdown: Option<String>,
 }
 
-/// What a `generate_image` call asks for, beyond the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageOptions {
-    pub size: ImageSize,
-    pub n: u8,
-    pub quality: Quality,
-    pub background: Background,
-    pub output_format: OutputFormat,
-    /// 0-100, JPEG and WebP only.
-    pub output_compression: Option<u8>,
-}
-
 impl ModelCapabilities {
     /// Why this model cannot serve `options`, in words a caller can act on.
     pub fn check(&self, options: &ImageOptions) -> Result<(), String> {
         let model = &self.model;
+        if options.edit && !self.edits {
+            return Err(format!("{model} does not edit images"));
+        }
         let size = options.size;
         let fixed = self.sizes.iter().any(|s| ImageSize::parse(s) == Some(size));
         if !fixed && !self.custom_sizes.is_some_and(|c| c.accepts(size)) {
@@ -355,6 +252,7 @@ mod tests {
             background: Background::Auto,
             output_format: OutputFormat::Png,
             output_compression: None,
+            edit: false,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Cost estimates: provider-reported token usage times the configured token
 //! prices when the provider reports usage, else a price per image.
 
-use crate::backends::Usage;
+use crate::image_types::Usage;
 
 /// Prices in USD.
 #[derive(Debug, Clone, Copy, PartialEq)]

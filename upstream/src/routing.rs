@@ -19,8 +19,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::args::{GenerateImageArgs, ImageSize};
+use crate::args::GenerateImageArgs;
 use crate::backends::router::ModelRouter;
+use crate::image_types::ImageSize;
 use crate::style::Style;
 
 /// The routes file.
@@ -205,7 +206,7 @@ fn describe_rule(rule: &RuleSpec) -> String {
 mod tests {
     use super::*;
     use crate::backends::router::{BreakerPolicy, RetryPolicy};
-    use crate::models::{Background, OutputFormat, Quality};
+    use crate::image_types::{Background, OutputFormat, Quality};
 
     fn args(prompt: &str, style: Style, size: &str, n: u8) -> GenerateImageArgs {
         GenerateImageArgs {

@@ -52,6 +52,12 @@ pub struct AppState {
     pub log_prompts: bool,
     /// Lifetime of a running task's lease (`task_lease.rs`).
     pub task_lease: Duration,
+    /// Upload URLs: lifetime and size limit.
+    pub uploads: crate::uploads::UploadSettings,
+    /// Bounds on an edit's input images.
+    pub edit_limits: crate::edit::EditLimits,
+    /// `https://` references of edits (off without an allow-list).
+    pub remote: crate::remote_fetch::RemoteFetch,
 }
 
 impl AppState {
@@ -117,6 +123,27 @@ impl AppState {
             },
             log_prompts: config.log_prompts,
             task_lease: Duration::from_secs(config.task_lease_secs.clamp(3, 3600)),
+            uploads: crate::uploads::UploadSettings {
+                ttl: Duration::from_secs(config.upload_ttl_secs.max(1)),
+                max_bytes: config.upload_max_bytes,
+            },
+            edit_limits: crate::edit::EditLimits {
+                input: crate::image_input::InputLimits {
+                    max_bytes: config.upload_max_bytes,
+                    max_pixels: config.edit_max_pixels,
+                },
+                max_total_bytes: config.edit_max_input_bytes,
+            },
+            remote: crate::remote_fetch::RemoteFetch {
+                hosts: config
+                    .edit_url_hosts
+                    .iter()
+                    .filter(|h| !h.is_empty())
+                    .cloned()
+                    .collect(),
+                timeout: Duration::from_secs(10),
+                max_bytes: config.upload_max_bytes,
+            },
             catalog,
             routes: Arc::new(routes),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -187,15 +214,17 @@ pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: Cancellatio
     Router::new()
         .nest("/mcp", mcp)
         .route("/images/{*key}", get(crate::images::get_image))
+        .route("/uploads/{org}/{id}", axum::routing::put(crate::uploads::put_upload))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readiness))
         .with_state(state)
 }
 
-/// Deletes images older than `retention` every `every`, until shutdown.
+/// Deletes images older than `retention` and uploads older than
+/// `upload_retention` every `every`, until shutdown.
 fn spawn_retention_sweeper(
     store: ImageStore,
-    retention: chrono::Duration,
+    (retention, upload_retention): (chrono::Duration, chrono::Duration),
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -206,7 +235,8 @@ fn spawn_retention_sweeper(
                 _ = ticker.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            match store.sweep(chrono::Utc::now() - retention).await {
+            let now = chrono::Utc::now();
+            match store.sweep(now - retention, now - upload_retention).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "retention sweep deleted expired images"),
                 Err(error) => tracing::warn!(%error, "retention sweep failed; retrying next time"),
@@ -325,7 +355,10 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
     });
     spawn_retention_sweeper(
         state.store.clone(),
-        chrono::Duration::days(i64::from(config.retention_days)),
+        (
+            chrono::Duration::days(i64::from(config.retention_days)),
+            chrono::Duration::hours(i64::from(config.upload_retention_hours)),
+        ),
         Duration::from_secs(config.retention_sweep_secs.max(1)),
         shutdown.clone(),
     );

@@ -48,6 +48,11 @@ impl UrlSigner {
         })
     }
 
+    /// The public origin links are made for.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     fn mac(secret: &[u8], key: &str, expires: i64) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
@@ -55,6 +60,43 @@ impl UrlSigner {
         mac.update(b"\n");
         mac.update(expires.to_string().as_bytes());
         mac
+    }
+
+    /// An upload URL: `PUT {base}/uploads/{org}/{id}?ct=…&max=…&expires=…&kid=…&sig=…`.
+    /// The MAC covers a message no image key can spell (it starts with
+    /// `upload\n`), so an image link's signature never opens an upload.
+    pub fn upload_url(&self, org: &str, id: &str, format: &str, max_bytes: usize, expires: i64) -> String {
+        let (kid, secret) = self.keys.newest();
+        let message = upload_message(org, id, format, max_bytes);
+        let sig = hex::encode(Self::mac(secret, &message, expires).finalize().into_bytes());
+        format!(
+            "{}/uploads/{org}/{id}?ct={format}&max={max_bytes}&expires={expires}&kid={kid}&sig={sig}",
+            self.base_url
+        )
+    }
+
+    /// Checks a presented upload URL at `now` (Unix seconds).
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify_upload(
+        &self,
+        org: &str,
+        id: &str,
+        format: &str,
+        max_bytes: usize,
+        expires: i64,
+        kid: &str,
+        sig: &str,
+        now: i64,
+    ) -> Result<(), LinkError> {
+        let secret = self.keys.get(kid).ok_or(LinkError::UnknownKey)?;
+        let sig = hex::decode(sig).map_err(|_| LinkError::BadSignature)?;
+        Self::mac(secret, &upload_message(org, id, format, max_bytes), expires)
+            .verify_slice(&sig)
+            .map_err(|_| LinkError::BadSignature)?;
+        if now > expires {
+            return Err(LinkError::Expired);
+        }
+        Ok(())
     }
 
     /// The signing key's id and the signature for `key` valid until `expires` (Unix seconds).
@@ -89,6 +131,10 @@ impl UrlSigner {
         }
         Ok(())
     }
+}
+
+fn upload_message(org: &str, id: &str, format: &str, max_bytes: usize) -> String {
+    format!("upload\n{org}/{id}\n{format}\n{max_bytes}")
 }
 
 #[cfg(test)]
@@ -164,6 +210,80 @@ mod tests {
         assert_eq!(
             s.verify("k.png", 2_000, Some("nope"), &sig, 1_000),
             Err(LinkError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn upload_urls_bind_org_id_type_and_size() {
+        let s = signer();
+        let url = s.upload_url("acme", "u1", "png", 100, 2_000);
+        let query: std::collections::HashMap<_, _> = url
+            .split_once('?')
+            .unwrap()
+            .1
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .collect();
+        let (kid, sig) = (query["kid"], query["sig"]);
+        assert_eq!(
+            s.verify_upload("acme", "u1", "png", 100, 2_000, kid, sig, 1_000),
+            Ok(())
+        );
+        let cases = [
+            (
+                "other org",
+                "globex",
+                "u1",
+                "png",
+                100,
+                2_000,
+                1_000,
+                LinkError::BadSignature,
+            ),
+            (
+                "other id",
+                "acme",
+                "u2",
+                "png",
+                100,
+                2_000,
+                1_000,
+                LinkError::BadSignature,
+            ),
+            (
+                "other type",
+                "acme",
+                "u1",
+                "jpeg",
+                100,
+                2_000,
+                1_000,
+                LinkError::BadSignature,
+            ),
+            (
+                "bigger",
+                "acme",
+                "u1",
+                "png",
+                101,
+                2_000,
+                1_000,
+                LinkError::BadSignature,
+            ),
+            ("expired", "acme", "u1", "png", 100, 2_000, 2_001, LinkError::Expired),
+        ];
+        for (name, org, id, format, max, expires, now, expected) in cases {
+            assert_eq!(
+                s.verify_upload(org, id, format, max, expires, kid, sig, now),
+                Err(expected),
+                "case: {name}"
+            );
+        }
+        // An image link's signature does not open an upload, nor the reverse.
+        let (_, image_sig) = s.signature("acme/u1", 2_000);
+        assert_eq!(
+            s.verify_upload("acme", "u1", "png", 100, 2_000, kid, &image_sig, 1_000),
+            Err(LinkError::BadSignature)
         );
     }
 

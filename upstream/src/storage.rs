@@ -17,7 +17,7 @@ use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
-use crate::models::OutputFormat;
+use crate::image_types::OutputFormat;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,10 @@ pub enum StorageError {
     NotFound,
     #[error("invalid image key")]
     InvalidKey,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("object of {size} bytes is over the limit of {limit}")]
+    TooLarge { size: u64, limit: usize },
     #[error("storage failed: {0}")]
     Backend(#[from] object_store::Error),
 }
@@ -170,15 +174,20 @@ impl ImageStore {
         }
     }
 
-    /// Deletes every image last modified before `cutoff` (retention: images
-    /// are personal data and are kept for less than 30 days). Returns how
-    /// many were deleted.
-    pub async fn sweep(&self, cutoff: DateTime<Utc>) -> Result<usize, StorageError> {
+    /// Deletes every image last modified before `cutoff`, and every upload
+    /// before `uploads_cutoff` (retention: images are personal data and are
+    /// kept for less than 30 days; uploads only as long as an edit needs
+    /// them). Returns how many were deleted.
+    pub async fn sweep(&self, cutoff: DateTime<Utc>, uploads_cutoff: DateTime<Utc>) -> Result<usize, StorageError> {
         use futures::TryStreamExt;
         let expired: Vec<Path> = self
             .store
             .list(None)
-            .try_filter(|meta| futures::future::ready(meta.last_modified < cutoff))
+            .try_filter(|meta| {
+                let is_upload = meta.location.as_ref().starts_with(UPLOADS_PREFIX);
+                let limit = if is_upload { uploads_cutoff } else { cutoff };
+                futures::future::ready(meta.last_modified < limit)
+            })
             .map_ok(|meta| meta.location)
             .try_collect()
             .await?;
@@ -216,6 +225,60 @@ impl ImageStore {
     /// Reads an image.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         self.read(&parse_key(key)?).await
+    }
+
+    /// Reads an image of at most `limit` bytes (checked before reading it).
+    pub async fn get_limited(&self, key: &str, limit: usize) -> Result<Bytes, StorageError> {
+        self.read_limited(&parse_key(key)?, limit).await
+    }
+
+    /// Stores an upload once: a second write to the same id is refused
+    /// (`AlreadyExists`), so an upload URL works one time.
+    pub async fn put_upload(&self, org: &str, id: &str, bytes: Bytes, mime: &str) -> Result<(), StorageError> {
+        let path = upload_path(org, id)?;
+        let mut options = PutOptions::from(object_store::PutMode::Create);
+        if self.content_type {
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::ContentType, mime.to_string().into());
+            options.attributes = attributes;
+        }
+        match self.store.put_opts(&path, PutPayload::from(bytes), options).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StorageError::AlreadyExists),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Reads an upload of `org` of at most `limit` bytes.
+    pub async fn get_upload(&self, org: &str, id: &str, limit: usize) -> Result<Bytes, StorageError> {
+        self.read_limited(&upload_path(org, id)?, limit).await
+    }
+
+    /// A presigned PUT URL for an upload, on stores that presign (S3, GCS):
+    /// the bytes then go straight to the bucket.
+    pub async fn presigned_upload_url(
+        &self,
+        org: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        let Some(signer) = &self.presigner else { return Ok(None) };
+        let url = signer
+            .signed_url(object_store::signer::Method::PUT, &upload_path(org, id)?, ttl)
+            .await?;
+        Ok(Some(url.to_string()))
+    }
+
+    async fn read_limited(&self, path: &Path, limit: usize) -> Result<Bytes, StorageError> {
+        let meta = match self.store.head(path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Err(StorageError::NotFound),
+            Err(error) => return Err(error.into()),
+        };
+        if meta.size > limit as u64 {
+            return Err(StorageError::TooLarge { size: meta.size, limit });
+        }
+        self.read(path).await
     }
 
     async fn read(&self, path: &Path) -> Result<Bytes, StorageError> {
@@ -283,6 +346,17 @@ fn task_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
 fn task_lease_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
     task_path(org, task_id)?;
     Path::parse(format!("tasks/{org}/{task_id}.lease")).map_err(|_| StorageError::InvalidKey)
+}
+
+/// Where uploads live: a prefix of their own, swept on a shorter retention.
+const UPLOADS_PREFIX: &str = "uploads/";
+
+/// Where an upload lives; the id must be a UUID we issued.
+fn upload_path(org: &str, id: &str) -> Result<Path, StorageError> {
+    if !is_safe_segment(org) || uuid::Uuid::parse_str(id).is_err() {
+        return Err(StorageError::InvalidKey);
+    }
+    Path::parse(format!("{UPLOADS_PREFIX}{org}/{id}")).map_err(|_| StorageError::InvalidKey)
 }
 
 /// Accepts only keys of the shape this service writes.
@@ -378,9 +452,54 @@ mod tests {
             .put_all("acme", &[(Bytes::from_static(b"a"), OutputFormat::Png)], Utc::now())
             .await
             .unwrap();
-        assert_eq!(store.sweep(Utc::now() - chrono::Duration::days(29)).await.unwrap(), 0);
-        assert_eq!(store.sweep(Utc::now() + chrono::Duration::seconds(1)).await.unwrap(), 1);
+        let upload = uuid::Uuid::new_v4().to_string();
+        store
+            .put_upload("acme", &upload, Bytes::from_static(b"u"), "image/png")
+            .await
+            .unwrap();
+        let old = Utc::now() - chrono::Duration::days(29);
+        assert_eq!(store.sweep(old, old).await.unwrap(), 0);
+        // Uploads go on their shorter retention; images stay.
+        assert_eq!(
+            store
+                .sweep(old, Utc::now() + chrono::Duration::seconds(1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(matches!(
+            store.get_upload("acme", &upload, 10).await,
+            Err(StorageError::NotFound)
+        ));
+        assert_eq!(store.get(&keys[0]).await.unwrap(), Bytes::from_static(b"a"));
+        let later = Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(store.sweep(later, later).await.unwrap(), 1);
         assert!(matches!(store.get(&keys[0]).await, Err(StorageError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn uploads_are_written_once_and_read_within_a_limit() {
+        let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
+        let id = uuid::Uuid::new_v4().to_string();
+        let bytes = Bytes::from_static(b"0123456789");
+        store.put_upload("acme", &id, bytes.clone(), "image/png").await.unwrap();
+        assert!(matches!(
+            store.put_upload("acme", &id, bytes.clone(), "image/png").await,
+            Err(StorageError::AlreadyExists)
+        ));
+        assert_eq!(store.get_upload("acme", &id, 10).await.unwrap(), bytes);
+        assert!(matches!(
+            store.get_upload("acme", &id, 9).await,
+            Err(StorageError::TooLarge { size: 10, limit: 9 })
+        ));
+        assert!(matches!(
+            store.get_upload("globex", &id, 10).await,
+            Err(StorageError::NotFound)
+        ));
+        assert!(matches!(
+            store.get_upload("acme", "../x", 10).await,
+            Err(StorageError::InvalidKey)
+        ));
     }
 
     #[tokio::test]

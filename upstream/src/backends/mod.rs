@@ -7,11 +7,14 @@ pub mod openai_compatible;
 pub mod router;
 pub mod stability;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::args::ImageSize;
-use crate::models::{Background, ImageOptions, OutputFormat, Quality};
+use crate::image_input::InputImage;
+
+use crate::image_types::{Background, ImageOptions, ImageSize, InputFidelity, OutputFormat, Quality, Usage};
 
 /// What a backend is asked to draw.
 #[derive(Debug, Clone)]
@@ -28,6 +31,18 @@ pub struct ImageRequest {
     pub user: String,
     /// Where a streaming backend reports partial images (the caller asked for progress).
     pub partials: Option<PartialSink>,
+    /// The inputs of an edit (`edit_image`); `None` draws from the prompt alone.
+    pub edit: Option<Arc<EditInputs>>,
+}
+
+/// What an edit starts from, checked before any provider sees it
+/// (`image_input.rs`): the image to change first, then references the model
+/// may draw on, and the mask (a PNG with alpha, the first image's size).
+#[derive(Debug)]
+pub struct EditInputs {
+    pub images: Vec<InputImage>,
+    pub mask: Option<Bytes>,
+    pub input_fidelity: Option<InputFidelity>,
 }
 
 /// A partial image arrived (index from 0); the image itself is not kept.
@@ -48,6 +63,7 @@ impl ImageRequest {
             background: self.background,
             output_format: self.output_format,
             output_compression: self.output_compression,
+            edit: self.edit.is_some(),
         }
     }
 }
@@ -57,13 +73,6 @@ impl ImageRequest {
 pub struct GeneratedImage {
     pub bytes: Bytes,
     pub format: OutputFormat,
-}
-
-/// Token usage as reported by the provider.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
 }
 
 /// A finished generation.
@@ -125,6 +134,7 @@ pub trait ImageBackend: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The model this backend is configured to use.
     fn model(&self) -> &str;
-    /// Generates `request.n` images of `request.size` in `request.output_format`.
+    /// Generates `request.n` images of `request.size` in `request.output_format`,
+    /// or, when `request.edit` is set, edits its first image.
     async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError>;
 }

@@ -1,12 +1,17 @@
 //! `offline-preview`: renders a deterministic PNG from the prompt, so the
 //! whole gateway runs without a model provider. Not a model: the picture is
 //! an abstract pattern seeded by the prompt's hash, labelled as a preview.
+//! Its edit is as plain and as visible: every pixel of the masked area (the
+//! whole image without a mask) has its colour bits flipped by a pattern
+//! seeded by the prompt, and every pixel outside it is left exactly as it
+//! was, so anyone can see that the mask was honoured.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{BackendError, GeneratedImage, Generation, ImageBackend, ImageRequest};
+use super::{BackendError, EditInputs, GeneratedImage, Generation, ImageBackend, ImageRequest};
+use crate::image_input::decode_rgba;
 
 pub const MODEL: &str = "offline-preview";
 
@@ -26,10 +31,13 @@ impl ImageBackend for OfflinePreview {
 
     async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError> {
         let request = request.clone();
-        let images = tokio::task::spawn_blocking(move || {
-            (0..request.n)
+        let images = tokio::task::spawn_blocking(move || match &request.edit {
+            Some(edit) => (0..request.n)
+                .map(|index| render_edit(&request, edit, index))
+                .collect::<Result<Vec<_>, _>>(),
+            None => (0..request.n)
                 .map(|index| render(&request.prompt, index, request.size.width, request.size.height))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>(),
         })
         .await
         .map_err(|e| BackendError::InvalidResponse(format!("preview renderer stopped: {e}")))??;
@@ -72,9 +80,55 @@ pub fn render(prompt: &str, index: u8, width: u32, height: u32) -> Result<Genera
             pixels.extend_from_slice(&px);
         }
     }
+    encode(&pixels, width, height, png::ColorType::Rgb)
+}
+
+/// Edit `index` of `request`: the masked pixels of the first input image
+/// flipped by a prompt-seeded pattern, the rest unchanged, at `request.size`.
+fn render_edit(request: &ImageRequest, edit: &EditInputs, index: u8) -> Result<GeneratedImage, BackendError> {
+    let invalid = |e: String| BackendError::BadRequest(e);
+    let first = edit.images.first().ok_or_else(|| invalid("no image to edit".into()))?;
+    let pixels_limit = u64::from(first.width) * u64::from(first.height);
+    let mut picture = decode_rgba(first, pixels_limit).map_err(invalid)?;
+    let mask = match &edit.mask {
+        Some(mask) => {
+            let checked = crate::image_input::inspect(
+                mask.clone(),
+                &crate::image_input::InputLimits {
+                    max_bytes: usize::MAX,
+                    max_pixels: pixels_limit,
+                },
+            )
+            .map_err(|e| invalid(format!("the mask {e}")))?;
+            Some(decode_rgba(&checked, pixels_limit).map_err(invalid)?)
+        }
+        None => None,
+    };
+    let seed: [u8; 32] = Sha256::new()
+        .chain_update(request.prompt.as_bytes())
+        .chain_update([index])
+        .finalize()
+        .into();
+    for (x, y, pixel) in picture.enumerate_pixels_mut() {
+        let editable = mask.as_ref().is_none_or(|m| m.get_pixel(x, y)[3] == 0);
+        if editable {
+            let flip = seed[((x / 16 + y / 16) % 32) as usize] | 0x80;
+            for channel in 0..3 {
+                pixel[channel] ^= flip;
+            }
+        }
+    }
+    let (width, height) = (request.size.width, request.size.height);
+    if (width, height) != picture.dimensions() {
+        picture = image::imageops::resize(&picture, width, height, image::imageops::FilterType::Triangle);
+    }
+    encode(picture.as_raw(), width, height, png::ColorType::Rgba)
+}
+
+fn encode(pixels: &[u8], width: u32, height: u32, color: png::ColorType) -> Result<GeneratedImage, BackendError> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_color(color);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_compression(png::Compression::Fast);
     encoder
@@ -85,14 +139,14 @@ pub fn render(prompt: &str, index: u8, width: u32, height: u32) -> Result<Genera
         .write_header()
         .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
     writer
-        .write_image_data(&pixels)
+        .write_image_data(pixels)
         .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
     writer
         .finish()
         .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
     Ok(GeneratedImage {
         bytes: Bytes::from(out),
-        format: crate::models::OutputFormat::Png,
+        format: crate::image_types::OutputFormat::Png,
     })
 }
 
@@ -123,14 +177,15 @@ mod tests {
     async fn generates_n_images() {
         let request = ImageRequest {
             prompt: "x".into(),
-            size: crate::args::ImageSize { width: 32, height: 16 },
+            size: crate::image_types::ImageSize { width: 32, height: 16 },
             n: 3,
-            quality: crate::models::Quality::Auto,
-            background: crate::models::Background::Auto,
-            output_format: crate::models::OutputFormat::Png,
+            quality: crate::image_types::Quality::Auto,
+            background: crate::image_types::Background::Auto,
+            output_format: crate::image_types::OutputFormat::Png,
             output_compression: None,
             user: "u".into(),
             partials: None,
+            edit: None,
         };
         let generation = OfflinePreview.generate(&request).await.unwrap();
         assert_eq!(generation.images.len(), 3);

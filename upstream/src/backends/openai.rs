@@ -1,5 +1,6 @@
-//! OpenAI's GPT image models on `POST {base}/images/generations`
-//! (https://platform.openai.com/docs/api-reference/images/create).
+//! OpenAI's GPT image models on `POST {base}/images/generations` and, for
+//! edits, `POST {base}/images/edits` (multipart)
+//! (https://platform.openai.com/docs/api-reference/images/create, /createEdit).
 //! GPT image models always answer with `b64_json`; errors come as
 //! `{"error": {"message", "type", "param", "code"}}`.
 
@@ -10,8 +11,9 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{BackendError, GeneratedImage, Generation, ImageBackend, ImageRequest, Usage};
-use crate::models::{Background, OutputFormat};
+use super::{BackendError, EditInputs, GeneratedImage, Generation, ImageBackend, ImageRequest};
+use crate::image_types::Usage;
+use crate::image_types::{Background, OutputFormat};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_MODEL: &str = "gpt-image-2";
@@ -143,9 +145,56 @@ impl ImageBackend for OpenAiBackend {
     }
 
     async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError> {
-        let url = format!("{}/images/generations", self.settings.base_url.trim_end_matches('/'));
         // Stream when someone listens for progress (one image per streamed call).
         let streaming = self.settings.dialect == Dialect::OpenAi && request.partials.is_some() && request.n == 1;
+        let mut call = match &request.edit {
+            Some(edit) => self.edit_call(request, edit, streaming)?,
+            None => self.generation_call(request, streaming)?,
+        };
+        if !self.settings.api_key.is_empty() {
+            call = call.bearer_auth(&self.settings.api_key);
+        }
+        if let Some(org) = &self.settings.organization {
+            call = call.header("OpenAI-Organization", org);
+        }
+        let response = call.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if streaming && status.is_success() {
+            return self.read_stream(response, request).await;
+        }
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        if !status.is_success() {
+            let setting = match self.settings.dialect {
+                Dialect::OpenAi => MODEL_SETTING,
+                Dialect::Compatible => super::openai_compatible::MODEL_SETTING,
+            };
+            return Err(map_error(
+                status.as_u16(),
+                retry_after,
+                &bytes,
+                &self.settings.model,
+                setting,
+            ));
+        }
+        let parsed: GenerationResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
+        decode(parsed, &self.settings.model, request)
+    }
+}
+
+impl OpenAiBackend {
+    /// `POST /images/generations` with a JSON body.
+    fn generation_call(
+        &self,
+        request: &ImageRequest,
+        streaming: bool,
+    ) -> Result<reqwest::RequestBuilder, BackendError> {
+        let url = format!("{}/images/generations", self.settings.base_url.trim_end_matches('/'));
         let body = match self.settings.dialect {
             Dialect::OpenAi => GenerationBody {
                 model: &self.settings.model,
@@ -189,44 +238,69 @@ impl ImageBackend for OpenAiBackend {
                 }
             }
         };
-        let mut call = self.http.post(&url).json(&body);
-        if !self.settings.api_key.is_empty() {
-            call = call.bearer_auth(&self.settings.api_key);
-        }
-        if let Some(org) = &self.settings.organization {
-            call = call.header("OpenAI-Organization", org);
-        }
-        let response = call.send().await.map_err(|e| self.transport_error(&e))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if streaming && status.is_success() {
-            return self.read_stream(response, request).await;
-        }
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
-        if !status.is_success() {
-            let setting = match self.settings.dialect {
-                Dialect::OpenAi => MODEL_SETTING,
-                Dialect::Compatible => super::openai_compatible::MODEL_SETTING,
-            };
-            return Err(map_error(
-                status.as_u16(),
-                retry_after,
-                &bytes,
-                &self.settings.model,
-                setting,
-            ));
-        }
-        let parsed: GenerationResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
-        decode(parsed, &self.settings.model, request)
+        Ok(self.http.post(&url).json(&body))
     }
-}
 
-impl OpenAiBackend {
+    /// `POST /images/edits` as multipart: `image[]` parts (the image to edit
+    /// first), `mask`, and the options; the classic dialect takes one `image`.
+    fn edit_call(
+        &self,
+        request: &ImageRequest,
+        edit: &EditInputs,
+        streaming: bool,
+    ) -> Result<reqwest::RequestBuilder, BackendError> {
+        let url = format!("{}/images/edits", self.settings.base_url.trim_end_matches('/'));
+        let file = |bytes: &Bytes, name: String, mime: &str| {
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::from(bytes.clone()), bytes.len() as u64)
+                .file_name(name)
+                .mime_str(mime)
+                .map_err(|e| BackendError::InvalidResponse(format!("cannot build the edit request: {e}")))
+        };
+        let mut form = reqwest::multipart::Form::new()
+            .text("model", self.settings.model.clone())
+            .text("prompt", request.prompt.clone())
+            .text("n", request.n.to_string())
+            .text("size", request.size.to_string())
+            .text("user", request.user.clone());
+        let images: Vec<_> = match self.settings.dialect {
+            Dialect::OpenAi => edit.images.iter().collect(),
+            Dialect::Compatible => edit.images.iter().take(1).collect(),
+        };
+        let part_name = match self.settings.dialect {
+            Dialect::OpenAi => "image[]",
+            Dialect::Compatible => "image",
+        };
+        for (index, image) in images.into_iter().enumerate() {
+            let name = format!("image-{}.{}", index + 1, image.format.extension());
+            form = form.part(part_name, file(&image.bytes, name, image.format.mime_type())?);
+        }
+        if let Some(mask) = &edit.mask {
+            form = form.part("mask", file(mask, "mask.png".into(), "image/png")?);
+        }
+        form = match self.settings.dialect {
+            Dialect::OpenAi => {
+                let mut form = form
+                    .text("quality", request.quality.as_str())
+                    .text("background", request.background.as_str())
+                    .text("output_format", request.output_format.as_str());
+                if let Some(compression) = request.output_compression {
+                    form = form.text("output_compression", compression.to_string());
+                }
+                if let Some(fidelity) = edit.input_fidelity {
+                    form = form.text("input_fidelity", fidelity.as_str());
+                }
+                if streaming {
+                    form = form
+                        .text("stream", "true")
+                        .text("partial_images", PARTIAL_IMAGES.to_string());
+                }
+                form
+            }
+            Dialect::Compatible => form.text("response_format", "b64_json"),
+        };
+        Ok(self.http.post(&url).multipart(form))
+    }
+
     /// A transport failure in words: a timeout says so, with the limit.
     fn transport_error(&self, error: &(dyn std::error::Error + 'static)) -> BackendError {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);

@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bytes::Bytes;
 
 use super::*;
-use crate::args::ImageSize;
 use crate::backends::GeneratedImage;
-use crate::models::{Background, OutputFormat, Quality};
+use crate::image_types::ImageSize;
+use crate::image_types::{Background, OutputFormat, Quality};
 
 /// A backend answering from a script, counting calls.
 struct Scripted {
@@ -64,6 +64,7 @@ fn request() -> ImageRequest {
         output_compression: None,
         user: "u".into(),
         partials: None,
+        edit: None,
     }
 }
 

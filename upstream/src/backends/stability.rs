@@ -16,8 +16,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{BackendError, GeneratedImage, Generation, ImageBackend, ImageRequest};
-use crate::args::ImageSize;
-use crate::models::OutputFormat;
+use crate::image_types::ImageSize;
+use crate::image_types::OutputFormat;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.stability.ai";
 pub const DEFAULT_MODEL: &str = "sd3.5-large";
