@@ -9,6 +9,12 @@
 //! 401 `unauthorized`, 403 `content_moderation`, 429 `rate_limit_exceeded`,
 //! 500 `internal_error`.
 //!
+//! Also the in-painting service, `POST /v2beta/stable-image/edit/inpaint`
+//! ("Edit → Inpaint"): `image` (PNG, JPEG or WebP, 4,096 to 9,437,184 pixels,
+//! aspect ratio within 1:2.5 to 2.5:1), optional `mask` (greyscale, white
+//! where to paint, the image's size), `prompt`, `output_format`
+//! (`png` | `jpeg` | `webp`); the answer is an image of the input's size.
+//!
 //! A prompt containing `[[blocked]]` stands for one the moderation refuses,
 //! `[[filtered]]` for one whose image comes back blurred (`CONTENT_FILTERED`).
 
@@ -61,6 +67,7 @@ impl FakeStability {
         });
         let app = Router::new()
             .route("/v2beta/stable-image/generate/sd3", post(generate))
+            .route("/v2beta/stable-image/edit/inpaint", post(inpaint))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -222,5 +229,139 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, mut f
     );
     h.insert("finish-reason", HeaderValue::from_static(finish));
     h.insert("seed", HeaderValue::from(seed));
+    response
+}
+
+/// `POST /v2beta/stable-image/edit/inpaint`.
+async fn inpaint(State(state): State<Arc<FakeState>>, headers: HeaderMap, mut form: Multipart) -> Response {
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if key != Some(state.api_key.as_str()) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid API key");
+    }
+    if headers.get("accept").and_then(|v| v.to_str().ok()) != Some("image/*") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "accept: must be one of image/* or application/json",
+        );
+    }
+    let mut fields = serde_json::Map::new();
+    let mut image: Option<(String, Vec<u8>)> = None;
+    let mut mask: Option<Vec<u8>> = None;
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_string();
+                let content_type = field.content_type().unwrap_or_default().to_string();
+                let bytes = field.bytes().await.unwrap_or_default().to_vec();
+                match name.as_str() {
+                    "image" => image = Some((content_type, bytes)),
+                    "mask" => mask = Some(bytes),
+                    _ => {
+                        fields.insert(name, Value::String(String::from_utf8_lossy(&bytes).to_string()));
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "body: must be multipart/form-data",
+                )
+            }
+        }
+    }
+    let png_info = |bytes: &[u8]| {
+        png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .ok()
+            .map(|r| (r.info().width, r.info().height, r.info().color_type))
+    };
+    let mut recorded = fields.clone();
+    recorded.insert("endpoint".into(), "inpaint".into());
+    recorded.insert(
+        "image".into(),
+        json!(image
+            .as_ref()
+            .map(|(ct, b)| json!({"content_type": ct, "size": png_info(b).map(|(w, h, _)| [w, h])}))),
+    );
+    recorded.insert(
+        "mask".into(),
+        json!(mask
+            .as_ref()
+            .map(|b| json!({"size": png_info(b).map(|(w, h, _)| [w, h]),
+            "greyscale": png_info(b).is_some_and(|(_, _, c)| c == png::ColorType::Grayscale)}))),
+    );
+    if let Ok(mut requests) = state.requests.lock() {
+        requests.push(Value::Object(recorded));
+    }
+    let Some((_, image)) = image else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "image: is required");
+    };
+    let Some((width, height, _)) = png_info(&image) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "image: must be a valid png, jpeg or webp image",
+        );
+    };
+    let pixels = u64::from(width) * u64::from(height);
+    let ratio = f64::from(width.max(height)) / f64::from(width.min(height).max(1));
+    if !(4096..=9_437_184).contains(&pixels) || ratio > 2.5 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "image: must have between 4,096 and 9,437,184 pixels and an aspect ratio between 1:2.5 and 2.5:1",
+        );
+    }
+    if let Some(mask) = &mask {
+        match png_info(mask) {
+            Some((w, h, png::ColorType::Grayscale)) if (w, h) == (width, height) => {}
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "mask: must be a greyscale image the size of image",
+                )
+            }
+        }
+    }
+    let prompt = fields.get("prompt").and_then(Value::as_str).unwrap_or_default();
+    if prompt.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "prompt: cannot be empty");
+    }
+    if prompt.contains(BLOCKED_MARKER) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "content_moderation",
+            "Your request was flagged by our content moderation system, as a result your request was denied and you were not charged.",
+        );
+    }
+    let format = fields
+        .get("output_format")
+        .and_then(Value::as_str)
+        .unwrap_or("png")
+        .to_string();
+    let (bytes, content_type) = match format.as_str() {
+        "png" => (solid_png(width, height), "image/png"),
+        "jpeg" => (solid_jpeg(width, height), "image/jpeg"),
+        "webp" => (crate::fake_openai::solid_webp(width, height), "image/webp"),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "output_format: must be one of jpeg, png, webp",
+            )
+        }
+    };
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let h = response.headers_mut();
+    h.insert("content-type", HeaderValue::from_static(content_type));
+    h.insert("finish-reason", HeaderValue::from_static("SUCCESS"));
+    h.insert("seed", HeaderValue::from(54321u32));
     response
 }

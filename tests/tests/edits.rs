@@ -479,3 +479,69 @@ async fn an_edit_runs_as_a_task_on_either_replica() {
     fetch(url).await;
     client.cancel().await.unwrap();
 }
+
+/// Stability's in-painting service serves edits (`stable-image-inpaint`
+/// behind SD3.5, which does not edit): our transparent-where-to-paint mask
+/// goes out as its greyscale white-where-to-paint mask, the size kept.
+#[tokio::test]
+async fn stability_in_paints_with_its_own_mask_form() {
+    let stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeStability { rate_limit: None },
+        upstream_env: vec![(
+            "GATEWAY_FALLBACK_MODELS".into(),
+            "stability:stable-image-inpaint".into(),
+        )],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let original = generate(&stack, &token).await;
+    let reply = call(
+        &stack,
+        &token,
+        "edit_image",
+        json!({"prompt": "a red door", "images": [original],
+               "mask_region": {"x": 10, "y": 10, "width": 100, "height": 100}}),
+    )
+    .await;
+    let out = structured(&reply);
+    assert_eq!(
+        out["model"], "stable-image-inpaint",
+        "sd3.5-large was skipped: it does not edit"
+    );
+    assert_eq!(out["size"], "1024x1024");
+    let fake = stack.stability.as_ref().unwrap();
+    let sent = fake
+        .requests()
+        .into_iter()
+        .find(|r| r["endpoint"] == "inpaint")
+        .unwrap();
+    assert_eq!(sent["prompt"], "a red door");
+    assert_eq!(sent["image"]["size"], json!([1024, 1024]));
+    assert_eq!(sent["mask"]["size"], json!([1024, 1024]));
+    assert_eq!(sent["mask"]["greyscale"], true);
+    // Generations still go to SD3.5: the in-painting model does not draw from a prompt alone.
+    let generated = call(&stack, &token, "generate_image", json!({"prompt": "x"})).await;
+    assert_eq!(structured(&generated)["model"], "sd3.5-large");
+}
+
+/// Edits draw on the organisation's daily image quota at the edge, like generations.
+#[tokio::test]
+async fn edits_count_against_the_daily_image_quota() {
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: json!({"rate_limits": {"daily_images_per_org": 3}}),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let original = generate(&stack, &token).await;
+    let edit = json!({"prompt": "x", "images": [original], "n": 2});
+    structured(&call(&stack, &token, "edit_image", edit.clone()).await);
+    let refused = call(&stack, &token, "edit_image", edit).await;
+    assert_eq!(
+        refused["error"]["code"], -32029,
+        "1 + 2 images used, 2 more would pass 3: {refused}"
+    );
+}

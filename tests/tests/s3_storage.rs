@@ -106,3 +106,55 @@ async fn store_outage_is_a_clear_error_and_nothing_is_billed() {
     assert_eq!(billed.len(), 1, "only the delivered call is billed: {billed:?}");
     client.cancel().await.unwrap();
 }
+
+/// Uploads for edits on S3 are presigned PUTs: the bytes go straight to the
+/// bucket (the store checks the signature), then edit_image reads them.
+#[tokio::test]
+async fn uploads_go_straight_to_the_bucket_with_a_presigned_put() {
+    let s3 = S3Server::start("images").await.unwrap();
+    let stack = Stack::start_with(StackOptions {
+        upstream_env: s3.upstream_env(),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let call = |tool: &str, arguments: serde_json::Value| {
+        let request = http_client()
+            .post(&stack.mcp_url)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": tool, "arguments": arguments}}));
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let ticket = call("create_upload", json!({"content_type": "image/png"})).await;
+    let ticket = &ticket["result"]["structuredContent"];
+    let url = ticket["upload_url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{}/images/uploads/acme/", s3.endpoint)),
+        "{url}"
+    );
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let image = gateway_tests::fake_openai::solid_png(1024, 1024);
+    let tampered = url.replacen("/uploads/acme/", "/uploads/globex/", 1);
+    let refused = http_client().put(&tampered).body(image.clone()).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "the store checks the signature");
+    let put = http_client()
+        .put(&url)
+        .header("content-type", "image/png")
+        .body(image)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let reference = ticket["reference"].as_str().unwrap();
+    let edited = call("edit_image", json!({"prompt": "a boat", "images": [reference]})).await;
+    assert_eq!(edited["result"]["isError"], false, "{edited}");
+    let link = edited["result"]["structuredContent"]["image_urls"][0].as_str().unwrap();
+    assert!(link.starts_with(&s3.endpoint), "{link}");
+    let bytes = http_client().get(link).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(dimensions(&bytes).unwrap(), (1024, 1024));
+}

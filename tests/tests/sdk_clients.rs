@@ -33,7 +33,11 @@ async fn check_result(report: &Value, size: (u32, u32), images: usize, field: &s
         .filter_map(|t| t.as_str())
         .collect();
     tools.sort();
-    assert_eq!(tools, ["generate_image", "list_models"], "{report}");
+    assert_eq!(
+        tools,
+        ["create_upload", "edit_image", "generate_image", "list_models"],
+        "{report}"
+    );
     assert_eq!(report["is_error"], false, "{report}");
     let urls = report["structured"]["image_urls"].as_array().unwrap();
     assert_eq!(urls.len(), images, "{report}");
@@ -80,4 +84,41 @@ async fn typescript_sdk() {
     let token = stack.token("tess", "acme");
     let report = run_client("node", &["tests/clients/ts_sdk_client.mjs", &stack.mcp_url, &token]);
     check_result(&report, (1024, 1024), 2, "`size`").await;
+}
+
+/// The edit flow as a Python SDK user writes it: generate, create_upload +
+/// PUT, edit the upload by region, edit the generated image by its link.
+#[tokio::test]
+async fn python_sdk_edits_by_upload_and_by_link() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack.token("pat", "acme");
+    let png = stack.state_dir.join("photo.png");
+    std::fs::write(&png, gateway_tests::fake_openai::solid_png(1024, 768)).unwrap();
+    let python = workspace_root().join(".venv/bin/python");
+    let report = run_client(
+        python.to_str().unwrap(),
+        &[
+            "tests/clients/python_edit_client.py",
+            &stack.mcp_url,
+            &token,
+            png.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(report["put_status"], 201, "{report}");
+    assert_eq!(
+        report["tools"],
+        serde_json::json!(["create_upload", "edit_image", "generate_image", "list_models"])
+    );
+    for (step, size) in [("from_upload", (1024, 768)), ("from_link", (1024, 1024))] {
+        assert_eq!(report[step]["is_error"], false, "{step}: {report}");
+        let out = &report[step]["structured"];
+        assert_eq!(
+            out["size"],
+            format!("{}x{}", size.0, size.1),
+            "{step}: the input's size is kept"
+        );
+        let url = out["image_urls"][0].as_str().unwrap();
+        let bytes = http_client().get(url).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(dimensions(&bytes).unwrap(), size, "{step}");
+    }
 }

@@ -137,6 +137,27 @@ pub fn region_mask(region: Region, width: u32, height: u32) -> Result<Bytes, Str
     Ok(Bytes::from(out))
 }
 
+/// Our mask (fully transparent where to paint) as the greyscale mask
+/// Stability's in-painting takes (white where to paint, black elsewhere).
+pub fn paint_where_transparent(mask: &Bytes) -> Result<Bytes, String> {
+    let decoded = image::load_from_memory_with_format(mask, ImageFormat::Png)
+        .map_err(|e| format!("the mask is not a readable PNG ({e})"))?
+        .to_rgba8();
+    let (width, height) = decoded.dimensions();
+    let grey: Vec<u8> = decoded
+        .pixels()
+        .map(|pixel| if pixel[3] == 0 { 255 } else { 0 })
+        .collect();
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(&grey).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(Bytes::from(out))
+}
+
 /// Decodes a checked image to RGBA within `max_pixels` (the offline preview's edit).
 pub fn decode_rgba(image: &InputImage, max_pixels: u64) -> Result<image::RgbaImage, String> {
     let mut reader = ImageReader::with_format(Cursor::new(&image.bytes[..]), image_format(image.format));
@@ -267,5 +288,12 @@ mod tests {
             height: 1,
         };
         assert!(region_mask(outside, 8, 4).is_err());
+        // Stability's form of the same mask: white exactly where ours is clear.
+        let painted = paint_where_transparent(&region_mask(region, 8, 4).unwrap()).unwrap();
+        let grey = image::load_from_memory(&painted).unwrap().to_luma8();
+        for (x, y, pixel) in grey.enumerate_pixels() {
+            let inside = (2..5).contains(&x) && (1..3).contains(&y);
+            assert_eq!(pixel[0], if inside { 255 } else { 0 }, "({x}, {y})");
+        }
     }
 }

@@ -74,6 +74,10 @@ pub struct ModelCapabilities {
     /// Whether the model edits images (`edit_image`).
     #[serde(default)]
     pub edits: bool,
+    /// Whether the model draws from a prompt alone (`generate_image`);
+    /// false for edit-only services such as Stability's in-painting.
+    #[serde(default = "yes")]
+    pub generates: bool,
     pub max_images: u8,
     #[serde(default)]
     pub usd_per_million_input_tokens: f64,
@@ -93,6 +97,9 @@ impl ModelCapabilities {
         let model = &self.model;
         if options.edit && !self.edits {
             return Err(format!("{model} does not edit images"));
+        }
+        if !options.edit && !self.generates {
+            return Err(format!("{model} only edits images (edit_image)"));
         }
         let size = options.size;
         let fixed = self.sizes.iter().any(|s| ImageSize::parse(s) == Some(size));
@@ -151,6 +158,10 @@ impl ModelCapabilities {
             per_image: self.usd_per_image,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {

@@ -8,6 +8,12 @@
 //!
 //! The model draws at about one megapixel in a fixed set of aspect ratios:
 //! the capability table lists those sizes, and a size maps to its ratio.
+//!
+//! Edits go to the in-painting service, `POST {base}/v2beta/stable-image/edit/inpaint`
+//! (model `stable-image-inpaint` in the capability table): `image`, `mask`,
+//! `prompt`, `output_format`. Its mask is greyscale, white where to paint;
+//! ours is alpha-transparent where to paint, so it is converted. The result
+//! has the input image's size.
 
 use std::time::Duration;
 
@@ -15,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{BackendError, GeneratedImage, Generation, ImageBackend, ImageRequest};
+use super::{BackendError, EditInputs, GeneratedImage, Generation, ImageBackend, ImageRequest};
 use crate::image_types::ImageSize;
 use crate::image_types::OutputFormat;
 
@@ -67,16 +73,56 @@ impl StabilityBackend {
     }
 
     async fn one(&self, request: &ImageRequest, ratio: &'static str) -> Result<GeneratedImage, BackendError> {
-        let url = format!(
-            "{}/v2beta/stable-image/generate/sd3",
-            self.settings.base_url.trim_end_matches('/')
-        );
         let form = reqwest::multipart::Form::new()
             .text("prompt", request.prompt.clone())
             .text("mode", "text-to-image")
             .text("aspect_ratio", ratio)
             .text("model", self.settings.model.clone())
             .text("output_format", request.output_format.as_str());
+        self.send("generate/sd3", form, request).await
+    }
+
+    /// One in-painted image of `edit`'s first image.
+    async fn inpaint(&self, request: &ImageRequest, edit: &EditInputs) -> Result<GeneratedImage, BackendError> {
+        let first = edit
+            .images
+            .first()
+            .ok_or_else(|| BackendError::BadRequest("no image to edit".into()))?;
+        let file = |bytes: Bytes, name: &str, mime: &str| {
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::from(bytes.clone()), bytes.len() as u64)
+                .file_name(name.to_string())
+                .mime_str(mime)
+                .map_err(|e| BackendError::InvalidResponse(format!("cannot build the in-painting request: {e}")))
+        };
+        let mut form = reqwest::multipart::Form::new()
+            .part(
+                "image",
+                file(
+                    first.bytes.clone(),
+                    &format!("image.{}", first.format.extension()),
+                    first.format.mime_type(),
+                )?,
+            )
+            .text("prompt", request.prompt.clone())
+            .text("output_format", request.output_format.as_str());
+        if let Some(mask) = &edit.mask {
+            let painted = crate::image_input::paint_where_transparent(mask).map_err(BackendError::BadRequest)?;
+            form = form.part("mask", file(painted, "mask.png", "image/png")?);
+        }
+        self.send("edit/inpaint", form, request).await
+    }
+
+    /// Sends one form to `{base}/v2beta/stable-image/{path}` and reads the image.
+    async fn send(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+        request: &ImageRequest,
+    ) -> Result<GeneratedImage, BackendError> {
+        let url = format!(
+            "{}/v2beta/stable-image/{path}",
+            self.settings.base_url.trim_end_matches('/')
+        );
         let response = self
             .http
             .post(&url)
@@ -168,6 +214,22 @@ impl ImageBackend for StabilityBackend {
     }
 
     async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError> {
+        if let Some(edit) = &request.edit {
+            let first = edit.images.first().map(|i| (i.width, i.height));
+            if first != Some((request.size.width, request.size.height)) {
+                return Err(BackendError::BadRequest(format!(
+                    "Stability in-painting keeps the input's size{}; omit `size` or pass that size",
+                    first.map(|(w, h)| format!(" ({w}x{h})")).unwrap_or_default()
+                )));
+            }
+            let calls = (0..request.n).map(|_| self.inpaint(request, edit));
+            let images = futures::future::try_join_all(calls).await?;
+            return Ok(Generation {
+                images,
+                model: self.settings.model.clone(),
+                usage: None,
+            });
+        }
         let ratio = aspect_ratio(request.size).ok_or_else(|| {
             BackendError::BadRequest(format!(
                 "{} draws only these sizes: {}",
