@@ -5,8 +5,8 @@ Real processes on loopback: Envoy 1.40 with the filter (2 workers, global
 rate limit on), two upstream replicas sharing one image store, Redis and
 mcp-ratelimit, and the OpenAI fake at 2 s per generation. Several identities
 (three JWT users in two orgs, one API key) send a steady mix of generate_image,
-list_models and generate_image-as-a-task calls (2026-07-28, polled with
-tasks/get). On a schedule spread over SOAK_SECONDS (default 600) the script
+edit_image (in-painting the identity's last image by region), list_models and
+generate_image-as-a-task calls (2026-07-28, polled with tasks/get). On a schedule spread over SOAK_SECONDS (default 600) the script
 injects, one at a time:
 
   provider 500s      the fake answers server_error for 10 s
@@ -29,10 +29,7 @@ bench/results/soak.md. Not part of `make test`.
 import json
 import os
 import random
-import re
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -40,6 +37,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import free_port, wait_port, wait_http, stop, rss_mib, open_fds, percentile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = ROOT / ".state" / "soak"
@@ -52,60 +52,18 @@ SETTLE = 20.0
 WARMUP = min(30.0, SECONDS / 10)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready")
 
 
-def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
-def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def percentile(values: list, p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 class Stack:
@@ -245,6 +203,8 @@ class Traffic:
         self.running = True
         self.paused = threading.Event()
         self.next_id = 0
+        # The last image each identity made, for edits to start from.
+        self.last_image = {}
 
     def request_id(self) -> int:
         with self.lock:
@@ -264,16 +224,38 @@ class Traffic:
             except ValueError:
                 return error.code, None
 
-    def credentials(self, rng: random.Random) -> dict:
+    def identity(self, rng: random.Random) -> tuple:
         who = rng.choice(list(self.stack.tokens) + ["api-key"])
         if who == "api-key":
-            return {"x-api-key": self.stack.api_key}
-        return {"authorization": f"Bearer {self.stack.tokens[who]}"}
+            return who, {"x-api-key": self.stack.api_key}
+        return who, {"authorization": f"Bearer {self.stack.tokens[who]}"}
+
+    def credentials(self, rng: random.Random) -> dict:
+        return self.identity(rng)[1]
 
     def generate(self, rng: random.Random) -> tuple:
-        headers = {"mcp-protocol-version": "2025-11-25", **self.credentials(rng)}
+        who, credentials = self.identity(rng)
+        headers = {"mcp-protocol-version": "2025-11-25", **credentials}
         body = {"jsonrpc": "2.0", "id": self.request_id(), "method": "tools/call",
                 "params": {"name": "generate_image", "arguments": {"prompt": f"a soak test kite {rng.random()}"}}}
+        status, reply = self.post(headers, body)
+        outcome = classify(status, reply)
+        if outcome[0] == "ok":
+            with self.lock:
+                self.last_image[who] = reply["result"]["structuredContent"]["image_urls"][0]
+        return outcome
+
+    def edit(self, rng: random.Random) -> tuple:
+        who, credentials = self.identity(rng)
+        with self.lock:
+            image = self.last_image.get(who)
+        if image is None:
+            return self.generate(rng)
+        headers = {"mcp-protocol-version": "2025-11-25", **credentials}
+        region = {"x": 0, "y": 0, "width": 256, "height": 256}
+        body = {"jsonrpc": "2.0", "id": self.request_id(), "method": "tools/call",
+                "params": {"name": "edit_image", "arguments": {"prompt": "add a kite", "images": [image],
+                                                               "mask_region": region}}}
         status, reply = self.post(headers, body)
         return classify(status, reply)
 
@@ -317,7 +299,8 @@ class Traffic:
 
     def worker(self, seed: int) -> None:
         rng = random.Random(seed)
-        ops = [("generate", self.generate, 5), ("list_models", self.list_models, 2), ("task", self.task, 2)]
+        ops = [("generate", self.generate, 4), ("edit", self.edit, 2), ("list_models", self.list_models, 2),
+               ("task", self.task, 2)]
         while self.running:
             if self.paused.is_set():
                 time.sleep(0.2)
@@ -354,17 +337,31 @@ def measure(stack: Stack, traffic: Traffic, label: str) -> dict:
     """RSS and fds of upstream-1 and Envoy with traffic paused (in-flight calls finish)."""
     traffic.paused.set()
     time.sleep(12)
+    upstream, envoy = stack.children["upstream-1"].pid, stack.envoy_pid()
     sample = {
         "label": label,
-        "envoy_pid": stack.envoy_pid(),
-        "upstream_rss": rss_mib(stack.children["upstream-1"].pid),
-        "upstream_fds": open_fds(stack.children["upstream-1"].pid),
-        "envoy_rss": rss_mib(stack.envoy_pid()),
-        "envoy_fds": open_fds(stack.envoy_pid()),
+        "envoy_pid": envoy,
+        "upstream_rss": rss_mib(upstream),
+        "upstream_fds": open_fds(upstream),
+        "upstream_sockets": sockets(upstream),
+        "envoy_rss": rss_mib(envoy),
+        "envoy_fds": open_fds(envoy),
+        "envoy_sockets": sockets(envoy),
     }
     traffic.paused.clear()
     print(json.dumps(sample), flush=True)
     return sample
+
+
+def sockets(pid: int) -> int:
+    """Open sockets (pooled connections come and go with load; files must not)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
 
 
 def main() -> int:
@@ -459,8 +456,9 @@ def main() -> int:
     lines = [
         f"Envoy 1.40 (2 workers) with the filter and the global rate limit, two upstream replicas (debug builds), "
         f"Redis + mcp-ratelimit, the OpenAI fake at {MODEL_LATENCY_MS / 1000:.0f} s per image; {WORKERS} clients "
-        f"(three JWT users in two orgs and an API key) for {SECONDS} s: generate_image (2025-11-25), list_models "
-        f"(2025-06-18) and generate_image as a task (2026-07-28, polled). One 2-core machine.",
+        f"(three JWT users in two orgs and an API key) for {SECONDS} s: generate_image and edit_image (in-painting the "
+        f"caller's last image by region; 2025-11-25), list_models (2025-06-18) and generate_image as a task "
+        f"(2026-07-28, polled). One 2-core machine.",
         "",
         "## Faults injected",
         "",
@@ -494,17 +492,24 @@ def main() -> int:
         "",
         "## Resources (traffic paused, in-flight calls finished)",
         "",
-        "| when | upstream-1 RSS MiB | upstream-1 fds | Envoy RSS MiB | Envoy fds |",
+        "| when | upstream-1 RSS MiB | upstream-1 fds (sockets) | Envoy RSS MiB | Envoy fds (sockets) |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {s['label']} | {s['upstream_rss']:.1f} | {s['upstream_fds']} | {s['envoy_rss']:.1f} (pid {s['envoy_pid']}) "
-              f"| {s['envoy_fds']} |" for s in samples]
+    lines += [f"| {s['label']} | {s['upstream_rss']:.1f} | {s['upstream_fds']} ({s['upstream_sockets']}) | "
+              f"{s['envoy_rss']:.1f} (pid {s['envoy_pid']}) | {s['envoy_fds']} ({s['envoy_sockets']}) |" for s in samples]
     first, envoy_base, last = samples[0], samples[-2] if len(samples) > 2 else samples[0], samples[-1]
     up_growth = (last["upstream_rss"] - first["upstream_rss"]) / first["upstream_rss"] * 100
     envoy_growth = (last["envoy_rss"] - envoy_base["envoy_rss"]) / envoy_base["envoy_rss"] * 100
-    lines += ["", f"Growth from start to end: upstream-1 RSS {up_growth:+.1f} % (target < 10 %), fds "
-                  f"{last['upstream_fds'] - first['upstream_fds']:+d} (target 0); Envoy (since its hot restart) RSS "
-                  f"{envoy_growth:+.1f} %, fds {last['envoy_fds'] - envoy_base['envoy_fds']:+d}."]
+    files = lambda s, who: s[f"{who}_fds"] - s[f"{who}_sockets"]  # noqa: E731
+    lines += ["", f"Growth from start to end: upstream-1 RSS {up_growth:+.1f} % (target < 10 %), descriptors other "
+                  f"than sockets {files(last, 'upstream') - files(first, 'upstream'):+d} (target 0), sockets "
+                  f"{last['upstream_sockets'] - first['upstream_sockets']:+d}; Envoy (since its hot restart) RSS "
+                  f"{envoy_growth:+.1f} %, descriptors other than sockets "
+                  f"{files(last, 'envoy') - files(envoy_base, 'envoy'):+d}, sockets "
+                  f"{last['envoy_sockets'] - envoy_base['envoy_sockets']:+d}. Sockets are pooled keep-alive "
+                  f"connections (to the provider, between Envoy and the replicas) and follow the peak concurrency "
+                  f"of the last minute or two; a leak shows as descriptors other than sockets, or as RSS that keeps "
+                  f"climbing between the last two samples."]
     lines += ["", "## Latency per minute (all calls, client side)", "", "| minute | calls | p50 ms | p99 ms |",
               "|---|---|---|---|"]
     minutes = {}

@@ -8,15 +8,13 @@ use serde::Deserialize;
 use crate::assertion::{self, AssertionSigner};
 use crate::credentials::{ApiKeyError, ApiKeySpec, ApiKeys};
 use crate::global_limit::{GlobalRateLimit, GlobalRateLimitError, GlobalRateLimitSpec};
-use crate::jwt::{JwtVerifier, JwtVerifierError};
+use crate::jwt::{JwtSpec, JwtVerifier, JwtVerifierError};
 use crate::limits::{LimitsError, RateLimits, RateLimitsSpec};
 use crate::policy::{self, CallPolicy};
 use crate::transport::{self, TransportPolicy};
 
 /// Default cap on a request body, from the PRD (2 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2048;
-/// Default allowance for clock skew between the IAM and Envoy.
-pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 
 /// What the admin writes, as JSON.
 #[derive(Debug, Deserialize)]
@@ -134,61 +132,6 @@ impl ProtectedResource {
     }
 }
 
-/// IAM JWT verification settings.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtSpec {
-    /// Required `iss` claim.
-    pub issuer: String,
-    /// Accepted `aud` values (the MCP server's resource URL, RFC 8707).
-    pub audiences: Vec<String>,
-    /// Claim carrying the caller's organisation.
-    #[serde(default = "default_org_claim")]
-    pub org_claim: String,
-    /// Allowed clock skew for `exp` / `nbf`.
-    #[serde(default = "default_leeway_seconds")]
-    pub leeway_seconds: u64,
-    /// Public keys as a JWKS document (`{"keys": [...]}`), inline.
-    #[serde(default)]
-    pub jwks: Option<serde_json::Value>,
-    /// Or: where to fetch the JWKS, through an Envoy cluster, refreshed on a timer.
-    #[serde(default)]
-    pub jwks_uri: Option<JwksUriSpec>,
-    /// Optional realm for `WWW-Authenticate`.
-    #[serde(default = "default_realm")]
-    pub realm: String,
-}
-
-/// A JWKS fetched from the IAM through an Envoy cluster.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwksUriSpec {
-    /// Envoy cluster that reaches the IAM.
-    pub cluster: String,
-    /// Path of the JWKS, e.g. `/.well-known/jwks.json`.
-    pub path: String,
-    /// `Host`/`:authority` to send.
-    pub authority: String,
-    /// Seconds between refreshes after a successful fetch.
-    #[serde(default = "default_jwks_refresh_seconds")]
-    pub refresh_seconds: u64,
-    /// Seconds between retries while fetches fail.
-    #[serde(default = "default_jwks_retry_seconds")]
-    pub retry_seconds: u64,
-    #[serde(default = "default_jwks_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_jwks_refresh_seconds() -> u64 {
-    300
-}
-fn default_jwks_retry_seconds() -> u64 {
-    5
-}
-fn default_jwks_timeout_ms() -> u64 {
-    5000
-}
-
 fn default_max_body_bytes() -> usize {
     DEFAULT_MAX_BODY_BYTES
 }
@@ -206,15 +149,6 @@ fn default_max_response_bytes() -> usize {
 }
 fn default_token_cache_entries() -> usize {
     10_000
-}
-fn default_org_claim() -> String {
-    "org".to_string()
-}
-fn default_leeway_seconds() -> u64 {
-    DEFAULT_LEEWAY_SECONDS
-}
-fn default_realm() -> String {
-    "mcp-image-gateway".to_string()
 }
 
 /// The compiled configuration the filter runs on.

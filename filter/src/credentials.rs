@@ -206,7 +206,7 @@ fn api_key_identity(api_keys: &ApiKeys, key: &str) -> Result<(Identity, CacheUse
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::JwtSpec;
+    use crate::jwt::JwtSpec;
     use jwt_simple::prelude::*;
     use serde_json::json;
 

@@ -2,7 +2,7 @@ use jwt_simple::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::config::JwtSpec;
+use crate::jwt::JwtSpec;
 
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://iam.example.test";
@@ -314,7 +314,7 @@ fn fetched_key_sets_replace_the_old_and_bad_ones_are_ignored() {
         org_claim: "org".into(),
         leeway_seconds: 30,
         jwks: None,
-        jwks_uri: Some(crate::config::JwksUriSpec {
+        jwks_uri: Some(crate::jwt::JwksUriSpec {
             cluster: "iam".into(),
             path: "/jwks".into(),
             authority: "iam".into(),

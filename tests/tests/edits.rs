@@ -14,12 +14,17 @@ use serde_json::{json, Value};
 
 /// One `tools/call` through Envoy (2025-11-25); returns the JSON-RPC reply.
 async fn call(stack: &Stack, token: &str, tool: &str, arguments: Value) -> Value {
+    call_as(stack, token, "2025-11-25", tool, arguments).await
+}
+
+/// The same in a given protocol revision (of the initialize era).
+async fn call_as(stack: &Stack, token: &str, version: &str, tool: &str, arguments: Value) -> Value {
     http_client()
         .post(&stack.mcp_url)
         .bearer_auth(token)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-protocol-version", version)
         .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": tool, "arguments": arguments}}))
         .send()
@@ -176,11 +181,13 @@ async fn in_painting_a_region_changes_only_that_region() {
     assert_eq!(outside_changed, 0, "pixels outside the region are untouched");
     assert_eq!(inside_changed, 320 * 200, "every pixel inside the region changed");
 
-    // The short image:// form works as well, and the edit of an edit.
+    // The short image:// form works as well, and the edit of an edit, from
+    // a 2025-06-18 client too (the 2026-07-28 era is the task test's).
     let key = edited.split_once("/images/").unwrap().1.split('?').next().unwrap();
-    let again = call(
+    let again = call_as(
         &stack,
         &token,
+        "2025-06-18",
         "edit_image",
         json!({"prompt": "make it night", "images": [format!("image://{key}")]}),
     )
@@ -544,4 +551,44 @@ async fn edits_count_against_the_daily_image_quota() {
         refused["error"]["code"], -32029,
         "1 + 2 images used, 2 more would pass 3: {refused}"
     );
+}
+
+/// Self-hosted OpenAI-compatible servers get the classic edits dialect:
+/// one `image` part, the mask, `response_format: b64_json`.
+#[tokio::test]
+async fn openai_compatible_servers_get_the_classic_edit_form() {
+    let stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "sdxl-local".into(),
+            options: FakeOptions {
+                compatible: true,
+                ..FakeOptions::default()
+            },
+        },
+        upstream_env: vec![("GATEWAY_BACKEND".into(), "openai-compatible".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let original = generate(&stack, &token).await;
+    let reply = call(
+        &stack,
+        &token,
+        "edit_image",
+        json!({"prompt": "x", "images": [original.clone(), original],
+               "mask_region": {"x": 0, "y": 0, "width": 8, "height": 8}}),
+    )
+    .await;
+    assert_eq!(structured(&reply)["model"], "sdxl-local");
+    let fake = stack.fake.as_ref().unwrap();
+    let sent = fake.requests().into_iter().find(|r| r.get("edit").is_some()).unwrap();
+    assert_eq!(
+        sent["edit"]["images"].as_array().unwrap().len(),
+        1,
+        "the classic API takes one image"
+    );
+    assert_eq!(sent["edit"]["mask"]["width"], 1024);
+    assert_eq!(sent["response_format"], "b64_json");
+    assert!(sent.get("quality").is_none());
 }

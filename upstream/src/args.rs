@@ -96,6 +96,11 @@ pub fn input_schema() -> Arc<Map<String, Value>> {
         "required": ["prompt"],
         "additionalProperties": false
     });
+    object(schema)
+}
+
+/// A schema written as `json!` as the map rmcp takes.
+fn object(schema: Value) -> Arc<Map<String, Value>> {
     match schema {
         Value::Object(map) => Arc::new(map),
         _ => Arc::new(Map::new()),
@@ -393,10 +398,7 @@ pub fn upload_input_schema() -> Arc<Map<String, Value>> {
         "required": ["content_type"],
         "additionalProperties": false
     });
-    match schema {
-        Value::Object(map) => Arc::new(map),
-        _ => Arc::new(Map::new()),
-    }
+    object(schema)
 }
 
 /// Validates `create_upload` arguments: the format of the coming upload.
