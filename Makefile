@@ -15,7 +15,7 @@ export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT TLS_PORT TLS STATE_DIR 
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge bench-stack soak fuzz deploy-render wasm-oci
+.PHONY: cost-sim help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge bench-stack soak fuzz deploy-render wasm-oci
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT))"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint    rustfmt and clippy (-D warnings)"
 	@echo "make bench-edge  bare Envoy vs jwt_authn+local_ratelimit vs a no-op Wasm filter vs ours (bench/results/edge.md)"
 	@echo "make bench-stack  the whole stack under load: instant model, and a 500/s burst with 10 s model latency (bench/results/stack.md)"
+	@echo "make cost-sim  weighted cost per image of the example routing configurations"
 	@echo "make soak    steady mixed traffic for SOAK_SECONDS (600) while faults are injected (bench/results/soak.md)"
 	@echo "make fuzz    fuzz the filter's request decisions (FUZZ_SECONDS=60)"
 
@@ -63,6 +64,12 @@ bench-stack: wasm envoy
 	@command -v oha >/dev/null || cargo install oha --locked
 	cargo build --release -p mcp-image-gateway -p gateway-tests --bin mcp-image-gateway --bin fake-openai
 	python3 bench/stack/run.py
+
+# The weighted cost per image of the example routing configurations (deploy/examples/cost).
+COST := deploy/examples/cost
+cost-sim: upstream
+	$(BIN) cost-sim --mix $(COST)/mix.json --models $(COST)/models.json --default-chain openai:gpt-image-1-mini \
+	  --routes "hosted only=$(COST)/routes-hosted.json" --routes "on-prem first=$(COST)/routes.json"
 
 # Not part of `make test`: ten minutes of traffic and faults (SOAK_SECONDS).
 soak: build envoy

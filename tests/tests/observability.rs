@@ -99,8 +99,30 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
 
     let patch =
         json!({"rate_limits": {"per_caller": {"requests_per_second": 0.01, "burst": 3}, "daily_images_per_org": 1000}});
+    // Budgets and a route with arms, so the cost and budget panels have data.
+    let config_dir = std::env::temp_dir().join(format!("obs-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("budgets.json"), r#"{"default_usd": 100}"#).unwrap();
+    std::fs::write(
+        config_dir.join("routes.json"),
+        json!({"default": {"arms": [
+            {"name": "a", "weight": 50, "models": ["offline-preview:offline-preview"]},
+            {"name": "b", "weight": 50, "models": ["offline-preview:offline-preview"]}]}})
+        .to_string(),
+    )
+    .unwrap();
     let stack = Stack::start_with(StackOptions {
         filter_patch: patch,
+        upstream_env: vec![
+            (
+                "GATEWAY_BUDGETS_FILE".into(),
+                config_dir.join("budgets.json").display().to_string(),
+            ),
+            (
+                "GATEWAY_ROUTES_FILE".into(),
+                config_dir.join("routes.json").display().to_string(),
+            ),
+        ],
         ..StackOptions::default()
     })
     .await
@@ -188,6 +210,7 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
     );
     let _ = prometheus.kill();
     let _ = prometheus.wait();
+    let _ = std::fs::remove_dir_all(&config_dir);
     assert!(
         empty.is_empty(),
         "dashboard queries without data:\n{}",

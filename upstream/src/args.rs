@@ -27,6 +27,8 @@ pub struct GenerateImageArgs {
     pub background: Background,
     pub output_format: OutputFormat,
     pub output_compression: Option<u8>,
+    /// A model the caller asked for by name (one its organisation may choose).
+    pub model: Option<String>,
 }
 
 /// Whether a client speaking `protocol_version` hears of bad arguments as a
@@ -91,6 +93,12 @@ pub fn input_schema() -> Arc<Map<String, Value>> {
                 "maximum": MAX_IMAGES,
                 "default": 1,
                 "description": "How many images to generate."
+            },
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 100,
+                "description": "Optional: a model list_models offers your organisation (`selectable`); the gateway chooses when it is left out. Fallbacks still apply, and the result names the model that served."
             }
         },
         "required": ["prompt"],
@@ -179,6 +187,11 @@ fn parse_common(arguments: &Map<String, Value>, allowed: &[&str]) -> Result<Gene
         },
         Some(_) => return Err("`output_compression` must be an integer from 0 to 100".into()),
     };
+    let model = match arguments.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) if (1..=100).contains(&m.len()) => Some(m.clone()),
+        Some(_) => return Err("`model` must be a model name from list_models".into()),
+    };
     Ok(GenerateImageArgs {
         prompt,
         style,
@@ -188,10 +201,11 @@ fn parse_common(arguments: &Map<String, Value>, allowed: &[&str]) -> Result<Gene
         background,
         output_format,
         output_compression,
+        model,
     })
 }
 
-const ARGUMENTS: [&str; 8] = [
+const ARGUMENTS: [&str; 9] = [
     "prompt",
     "style",
     "size",
@@ -200,6 +214,7 @@ const ARGUMENTS: [&str; 8] = [
     "background",
     "output_format",
     "output_compression",
+    "model",
 ];
 
 /// One of a fixed set of string values, or `default` when absent.
@@ -226,7 +241,7 @@ fn choice<T: Copy>(
 pub const MAX_EDIT_IMAGES: usize = 16;
 /// Longest reference accepted (a signed link is about 200 characters).
 const MAX_REFERENCE_CHARS: usize = 2048;
-const EDIT_ARGUMENTS: [&str; 12] = [
+const EDIT_ARGUMENTS: [&str; 13] = [
     "prompt",
     "style",
     "size",
@@ -239,6 +254,7 @@ const EDIT_ARGUMENTS: [&str; 12] = [
     "mask",
     "mask_region",
     "input_fidelity",
+    "model",
 ];
 
 /// Validated arguments of one `edit_image` call.

@@ -48,6 +48,10 @@ pub struct ToolCallEvent<'a> {
     pub prompt_sha256: &'a str,
     /// The prompt itself, only when `GATEWAY_LOG_PROMPTS` is on.
     pub prompt: Option<&'a str>,
+    /// The arm of a weighted route that served the call.
+    pub arm: Option<&'a str>,
+    /// The model the caller asked for, when it did.
+    pub requested_model: Option<&'a str>,
 }
 
 impl ToolCallEvent<'_> {
@@ -79,6 +83,8 @@ impl ToolCallEvent<'_> {
             cost_usd = self.cost_usd,
             prompt_sha256 = self.prompt_sha256,
             prompt = self.prompt,
+            arm = self.arm,
+            requested_model = self.requested_model,
         );
     }
 }

@@ -49,6 +49,13 @@ pub struct ServeConfig {
     /// bytes), the newest last: it signs, all verify; default `{state_dir}/url-signing.key`.
     #[arg(long, env = "GATEWAY_URL_SIGNING_KEY_FILE")]
     pub url_signing_key_file: Option<PathBuf>,
+    /// Per-organisation monthly budgets in USD (`{"default_usd": 50, "orgs": {"acme": 500}}`).
+    #[arg(long, env = "GATEWAY_BUDGETS_FILE")]
+    pub budgets_file: Option<PathBuf>,
+    /// Redis shared by every replica for budget totals (`redis://host:6379`);
+    /// without it one replica keeps them in memory.
+    #[arg(long, env = "GATEWAY_BUDGET_REDIS_URL")]
+    pub budget_redis_url: Option<String>,
     /// Seconds a running task's lease lasts; renewed every third of it. A task
     /// whose replica died is reported failed once its lease lapses.
     #[arg(long, env = "GATEWAY_TASK_LEASE_SECS", default_value_t = 30)]
@@ -278,6 +285,14 @@ impl ServeConfig {
     }
 
     /// A routes-file entry: `model` (the primary's provider) or `provider:model`.
+    /// The built-in chain as route entries (`provider:model`).
+    pub fn default_chain_entries(&self) -> Vec<String> {
+        self.routes()
+            .into_iter()
+            .map(|(provider, model)| format!("{}:{model}", provider.entry_name()))
+            .collect()
+    }
+
     pub fn route_entry(&self, entry: &str) -> anyhow::Result<(BackendChoice, String)> {
         let (provider, model) = parse_route(entry)?;
         Ok((provider.unwrap_or_else(|| self.resolved_backend()), model))
@@ -328,6 +343,18 @@ impl ServeConfig {
 }
 
 /// `model` or `provider:model` (provider: openai, openai-compatible, stability).
+impl BackendChoice {
+    /// The provider's name in route entries (`provider:model`).
+    pub fn entry_name(self) -> &'static str {
+        match self {
+            BackendChoice::Openai | BackendChoice::Auto => "openai",
+            BackendChoice::OpenaiCompatible => "openai-compatible",
+            BackendChoice::Stability => "stability",
+            BackendChoice::OfflinePreview => "offline-preview",
+        }
+    }
+}
+
 fn parse_route(entry: &str) -> anyhow::Result<(Option<BackendChoice>, String)> {
     let Some((provider, model)) = entry.split_once(':') else {
         return Ok((None, entry.trim().to_string()));
@@ -336,6 +363,7 @@ fn parse_route(entry: &str) -> anyhow::Result<(Option<BackendChoice>, String)> {
         "openai" => BackendChoice::Openai,
         "openai-compatible" => BackendChoice::OpenaiCompatible,
         "stability" => BackendChoice::Stability,
+        "offline-preview" => BackendChoice::OfflinePreview,
         other => anyhow::bail!(
             "GATEWAY_FALLBACK_MODELS entry {entry:?}: unknown provider {other:?} (openai, openai-compatible, stability)"
         ),

@@ -127,11 +127,16 @@ const NOT_FOUND: &str = "was not found: no image of your organisation has that r
 
 /// The capability row of the model this call would be routed to first.
 fn routed_model<'a>(state: &'a AppState, caller: &Caller, args: &GenerateImageArgs) -> Option<&'a ModelCapabilities> {
-    let router = state
-        .routes
-        .select(&caller.org, args)
-        .map(|(_, router)| router)
-        .unwrap_or_else(|| state.backend.clone());
+    let facts = crate::routing::CallFacts {
+        org: &caller.org,
+        user: &caller.user,
+        tool: "edit_image",
+        args,
+    };
+    let router = match state.routes.select(&facts) {
+        Ok(Some(selected)) => selected.router,
+        _ => state.backend.clone(),
+    };
     let model = router
         .backends()
         .find(|backend| {

@@ -120,20 +120,29 @@ pub fn check_region(region: Region, width: u32, height: u32) -> Result<(), Strin
 /// `height`, opaque everywhere but fully transparent inside the region.
 pub fn region_mask(region: Region, width: u32, height: u32) -> Result<Bytes, String> {
     check_region(region, width, height)?;
-    let mut pixels = vec![0u8; width as usize * height as usize * 4];
-    for (index, pixel) in pixels.chunks_exact_mut(4).enumerate() {
-        let (x, y) = ((index % width as usize) as u32, (index / width as usize) as u32);
-        let inside =
-            (region.x..region.x + region.width).contains(&x) && (region.y..region.y + region.height).contains(&y);
-        pixel[3] = if inside { 0 } else { 255 };
+    // Two kinds of row: fully opaque, and opaque with a transparent run.
+    let opaque_row = [0u8, 0, 0, 255].repeat(width as usize);
+    let mut cut_row = opaque_row.clone();
+    let (start, end) = (region.x as usize * 4, (region.x + region.width) as usize * 4);
+    if let Some(run) = cut_row.get_mut(start..end) {
+        run.chunks_exact_mut(4).for_each(|pixel| pixel[3] = 0);
     }
     let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(png::ColorType::Rgba);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
-    writer.write_image_data(&pixels).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())?;
+    {
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        // Long runs compress well even at the fastest level; this is on the request path.
+        encoder.set_compression(png::Compression::Fast);
+        let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+        let mut stream = writer.stream_writer().map_err(|e| e.to_string())?;
+        for y in 0..height {
+            let inside = (region.y..region.y + region.height).contains(&y);
+            let row = if inside { &cut_row } else { &opaque_row };
+            std::io::Write::write_all(&mut stream, row).map_err(|e| e.to_string())?;
+        }
+        stream.finish().map_err(|e| e.to_string())?;
+    }
     Ok(Bytes::from(out))
 }
 

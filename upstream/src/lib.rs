@@ -7,7 +7,10 @@
 pub mod args;
 pub mod audit;
 pub mod backends;
+pub mod budget;
 pub mod config;
+pub mod cost;
+pub mod cost_sim;
 pub mod devkit;
 pub mod edit;
 pub mod identity;

@@ -46,6 +46,25 @@ enum Command {
         #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
         public_base_url: String,
     },
+    /// The weighted cost per image routing configurations would give for a
+    /// traffic mix, offline (see `cost_sim.rs`); prints a markdown table.
+    CostSim {
+        /// The traffic mix (JSON).
+        #[arg(long)]
+        mix: PathBuf,
+        /// Routes files to compare (repeatable): `NAME=PATH` or `PATH`.
+        #[arg(long = "routes", value_parser = parse_named)]
+        routes: Vec<(String, PathBuf)>,
+        /// The chain for calls no route matches, as `provider:model` entries.
+        #[arg(long, value_delimiter = ',', default_value = "openai:gpt-image-2")]
+        default_chain: Vec<String>,
+        /// A capability table to use instead of the built-in one.
+        #[arg(long, env = "GATEWAY_MODELS_FILE")]
+        models: Option<PathBuf>,
+        /// The cost KPI in USD per image.
+        #[arg(long, default_value_t = 0.002)]
+        kpi: f64,
+    },
     /// Render an Envoy config template; FILTER_CONFIG comes from the dev state.
     RenderEnvoy {
         #[arg(long)]
@@ -68,6 +87,13 @@ enum Command {
     },
 }
 
+fn parse_named(value: &str) -> Result<(String, PathBuf), String> {
+    Ok(match value.split_once('=') {
+        Some((name, path)) => (name.to_string(), PathBuf::from(path)),
+        None => (value.to_string(), PathBuf::from(value)),
+    })
+}
+
 fn parse_var(value: &str) -> Result<(String, String), String> {
     value
         .split_once('=')
@@ -85,6 +111,44 @@ async fn main() -> anyhow::Result<()> {
             server::serve(*config, shutdown).await
         }
         Command::DevInit { state_dir } => devkit::init(&state_dir),
+        Command::CostSim {
+            mix,
+            routes,
+            default_chain,
+            models,
+            kpi,
+        } => {
+            use mcp_image_gateway::{cost_sim, models::ModelCatalog, pricing::Pricing, routing::RoutesSpec};
+            let mix: cost_sim::Mix = serde_json::from_str(
+                &std::fs::read_to_string(&mix).with_context(|| format!("reading {}", mix.display()))?,
+            )
+            .with_context(|| format!("the mix {} is not valid", mix.display()))?;
+            let catalog = std::sync::Arc::new(match models {
+                Some(path) => ModelCatalog::from_file(&path)?,
+                None => ModelCatalog::builtin()?,
+            });
+            let free = Pricing {
+                input_per_million_tokens: 0.0,
+                output_per_million_tokens: 0.0,
+                per_image: 0.0,
+            };
+            let mut results = Vec::new();
+            let configs = if routes.is_empty() {
+                vec![("default chain".to_string(), None)]
+            } else {
+                routes.into_iter().map(|(name, path)| (name, Some(path))).collect()
+            };
+            for (name, path) in configs {
+                let spec = match path {
+                    Some(path) => RoutesSpec::from_file(&path)?,
+                    None => RoutesSpec::default(),
+                };
+                let (routes, default) = cost_sim::routes(spec, default_chain.clone(), &catalog)?;
+                results.push((name, cost_sim::simulate(&mix, &routes, &default, &catalog, free)?));
+            }
+            print!("{}", cost_sim::table(&results, kpi));
+            Ok(())
+        }
         Command::Token {
             sub,
             org,

@@ -47,6 +47,9 @@ pub struct GenerateImageOutput {
     /// `edit_image` only: the references the edit started from (the edited image first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_images: Vec<String>,
+    /// The arm of a weighted route that served the call (for comparing arms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
 }
 
 /// One model the gateway routes to.
@@ -79,6 +82,11 @@ pub struct ModelList {
     pub link_validity_secs: u64,
     /// Chains that replace the models above for some calls (by rule, organisation or style).
     pub routes: Vec<RouteInfo>,
+    /// Models your organisation may ask for by name (`model` of generate_image and edit_image).
+    pub selectable: Vec<String>,
+    /// Your organisation's monthly budget, when one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::budget::BudgetStatus>,
 }
 
 /// A routing rule and the chain it selects.
@@ -110,10 +118,11 @@ impl ImageTools {
     /// Lists the image models this gateway routes to and what a call may ask of them.
     #[tool(
         name = "list_models",
-        description = "List the image models this gateway uses (primary first, then fallbacks) and the sizes, styles and limits generate_image accepts.",
+        description = "List the image models this gateway uses (primary first, then fallbacks), the models your organisation may ask for by name, and the sizes, styles and limits generate_image and edit_image accept.",
         annotations(read_only_hint = true, idempotent_hint = true)
     )]
-    async fn list_models(&self) -> Result<rmcp::Json<ModelList>, ErrorData> {
+    async fn list_models(&self, Extension(parts): Extension<Parts>) -> Result<rmcp::Json<ModelList>, ErrorData> {
+        let caller = caller_in(&parts)?;
         let models = self
             .state
             .backend
@@ -147,6 +156,8 @@ impl ImageTools {
                 .into_iter()
                 .map(|(when, models)| RouteInfo { when, models })
                 .collect(),
+            selectable: self.state.routes.selectable(&caller.org),
+            budget: self.state.budgets.status(&caller.org).await,
         }))
     }
 
@@ -218,6 +229,23 @@ impl ImageTools {
     }
 }
 
+impl ImageTools {
+    /// A `model` the caller's organisation may not choose is refused before
+    /// anything else happens (the pipeline selects by the same rule).
+    fn check_model_choice(&self, caller: &Caller, args: &args::GenerateImageArgs) -> Result<(), String> {
+        let facts = crate::routing::CallFacts {
+            org: &caller.org,
+            user: &caller.user,
+            tool: "generate_image",
+            args,
+        };
+        match &args.model {
+            Some(_) => self.state.routes.select(&facts).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Tools that make images (and may run as tasks).
 const IMAGE_TOOLS: [&str; 2] = ["generate_image", "edit_image"];
 
@@ -280,6 +308,10 @@ impl ImageTools {
         let args = args::parse(arguments).map_err(|message| {
             rejected("invalid_arguments");
             argument_refusal(parts, message)
+        })?;
+        self.check_model_choice(caller, &args).map_err(|message| {
+            rejected("model_not_allowed");
+            Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
         })?;
         Ok(ImageCall {
             tool: "generate_image",

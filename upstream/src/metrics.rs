@@ -24,6 +24,21 @@ pub struct ImageLabels {
     pub org: String,
     pub model: String,
     pub size: String,
+    /// The arm of a weighted route (empty without one).
+    pub arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub org: String,
+    pub model: String,
+    pub arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ArmLabels {
+    pub arm: String,
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,7 +101,12 @@ pub struct Metrics {
     pub fallbacks: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub storage_seconds: Family<OpLabels, Histogram>,
-    pub cost_usd: Family<OrgLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub cost_usd: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub arm_calls: Family<ArmLabels, Counter>,
+    pub budget_usd: Family<OrgLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub budget_spent_usd: Family<OrgLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub budget_refusals: Family<OrgLabels, Counter>,
+    pub budget_store_errors: Counter,
     pub rpc_seconds: Family<RpcLabels, Histogram>,
     pub identity_assertions: Family<ResultLabels, Counter>,
 }
@@ -130,11 +150,37 @@ impl Metrics {
             "Image store latency",
             storage_seconds.clone(),
         );
-        let cost_usd = Family::<OrgLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let cost_usd = Family::<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "estimated_cost_usd",
-            "Estimated provider cost by organisation",
+            "Estimated provider cost by organisation, model and route arm",
             cost_usd.clone(),
+        );
+        let arm_calls = Family::<ArmLabels, Counter>::default();
+        registry.register(
+            "route_arm_calls",
+            "Image tool calls by the arm of a weighted route and outcome",
+            arm_calls.clone(),
+        );
+        let budget_usd = Family::<OrgLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register("budget_usd", "Monthly budget by organisation", budget_usd.clone());
+        let budget_spent_usd = Family::<OrgLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "budget_spent_usd",
+            "Spent or reserved this month by organisation (as last seen by this replica)",
+            budget_spent_usd.clone(),
+        );
+        let budget_refusals = Family::<OrgLabels, Counter>::default();
+        registry.register(
+            "budget_refusals",
+            "Calls refused because the organisation's monthly budget would be exceeded",
+            budget_refusals.clone(),
+        );
+        let budget_store_errors = Counter::default();
+        registry.register(
+            "budget_store_errors",
+            "Budget store failures (calls then go ahead unchecked)",
+            budget_store_errors.clone(),
         );
         let rpc_seconds = Family::<RpcLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
         registry.register(
@@ -149,6 +195,11 @@ impl Metrics {
             identity_assertions.clone(),
         );
         Arc::new(Self {
+            arm_calls,
+            budget_usd,
+            budget_spent_usd,
+            budget_refusals,
+            budget_store_errors,
             identity_assertions,
             registry,
             tool_calls,
@@ -169,6 +220,24 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn budget_limit(&self, org: &str, usd: f64) {
+        self.budget_usd.get_or_create(&OrgLabels { org: org.into() }).set(usd);
+    }
+
+    pub fn budget_spent(&self, org: &str, usd: f64) {
+        self.budget_spent_usd
+            .get_or_create(&OrgLabels { org: org.into() })
+            .set(usd);
+    }
+
+    pub fn budget_refused(&self, org: &str) {
+        self.budget_refusals.get_or_create(&OrgLabels { org: org.into() }).inc();
+    }
+
+    pub fn budget_store_error(&self) {
+        self.budget_store_errors.inc();
     }
 
     /// Counts one identity assertion check (`ok` or the refusal's label).

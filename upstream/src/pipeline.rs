@@ -16,8 +16,9 @@ use crate::audit::{BillingEvent, Outcome, ToolCallEvent};
 use crate::backends::{EditInputs, ImageBackend, ImageRequest};
 use crate::identity::Caller;
 use crate::mcp::{GenerateImageOutput, ImageTools};
-use crate::metrics::{ImageLabels, InFlight, ModelLabels, OpLabels, OrgLabels};
+use crate::metrics::{ArmLabels, CostLabels, ImageLabels, InFlight, ModelLabels, OpLabels};
 use crate::progress::{with_heartbeats, Progress};
+use crate::routing::{CallFacts, Strategy};
 
 /// One call of an image tool, validated and with its inputs read.
 #[derive(Debug, Clone)]
@@ -78,13 +79,29 @@ impl ImageTools {
             partials: None,
             edit: call.edit.clone(),
         };
-        // The chain for this call: a rule, the organisation's or the style's, else the default.
-        let router = match self.state.routes.select(&caller.org, args) {
-            Some((why, router)) => {
-                tracing::debug!(route = %why, "routed");
-                router
+        // The chain: the caller's choice, a rule, the organisation's, the style's, else the default.
+        let facts = CallFacts {
+            org: &caller.org,
+            user: &caller.user,
+            tool: call.tool,
+            args,
+        };
+        let selected = match self.state.routes.select(&facts) {
+            Ok(selected) => selected,
+            Err(message) => {
+                audit(Ended::failed(Outcome::Rejected, "model_not_allowed"));
+                return CallToolResult::error(vec![ContentBlock::text(message)]);
             }
-            None => self.state.backend.clone(),
+        };
+        let arm = selected.as_ref().and_then(|s| s.arm.clone());
+        let requested = selected.as_ref().and_then(|s| s.requested.clone());
+        let audit = |ended: Ended<'_>| audit(ended.route(arm.as_deref(), requested.as_deref()));
+        let (router, strategy) = match &selected {
+            Some(selected) => {
+                tracing::debug!(route = %selected.why, arm = ?selected.arm, "routed");
+                (selected.router.clone(), selected.strategy)
+            }
+            None => (self.state.backend.clone(), Strategy::InOrder),
         };
         // Checked against the capability table before any provider is called.
         if let Err(why) = router.check(&request) {
@@ -93,6 +110,16 @@ impl ImageTools {
                 "{why}. Nothing was generated; call list_models to see what each model accepts."
             ))]);
         }
+        // Reserve the call's estimated cost against the organisation's month.
+        let estimates = self.estimates(&router, call, &request);
+        let dearest = estimates.iter().map(|(_, cost)| *cost).fold(0.0, f64::max);
+        let reservation = match self.state.budgets.reserve(&caller.org, dearest).await {
+            Ok(reservation) => reservation,
+            Err(exceeded) => {
+                audit(Ended::failed(Outcome::Rejected, "budget_exceeded"));
+                return CallToolResult::error(vec![ContentBlock::text(exceeded.to_string())]);
+            }
+        };
         if let Some(progress) = progress.as_mut() {
             progress.send(format!("generating with {}", router.model())).await;
         }
@@ -109,11 +136,20 @@ impl ImageTools {
         } else {
             (request, None)
         };
+        // `cheapest`: the chain's models in order of this request's estimated cost.
+        let order = (strategy == Strategy::Cheapest).then(|| {
+            let mut by_cost = estimates.clone();
+            by_cost.sort_by(|a, b| a.1.total_cmp(&b.1));
+            by_cost.into_iter().map(|(index, _)| index).collect::<Vec<_>>()
+        });
         let model_started = Instant::now();
         // A cancelled call stops the backend request: nothing is stored or billed.
         let routed = tokio::select! {
-            routed = with_heartbeats(&mut progress, partials, router.generate(&request)) => routed,
+            routed = with_heartbeats(&mut progress, partials, router.generate_in(&request, order.as_deref())) => routed,
             _ = cancelled.cancelled() => {
+                if let Some(reservation) = reservation {
+                    self.state.budgets.release(reservation).await;
+                }
                 audit(Ended::failed(Outcome::Cancelled, "cancelled"));
                 return CallToolResult::error(vec![ContentBlock::text("The generation was cancelled; nothing was stored.")]);
             }
@@ -131,6 +167,20 @@ impl ImageTools {
                 outcome: outcome_label.into(),
             })
             .observe(model_started.elapsed().as_secs_f64());
+        // Settle the reservation to what the provider says it cost, or give it back.
+        if let Some(reservation) = reservation {
+            match &routed {
+                Ok(routed) => {
+                    let generation = &routed.generation;
+                    let (cost, _) = self
+                        .state
+                        .pricing_for(&generation.model)
+                        .cost(generation.usage, generation.images.len());
+                    self.state.budgets.settle(reservation, cost).await;
+                }
+                Err(_) => self.state.budgets.release(reservation).await,
+            }
+        }
         let (generation, routed_fallbacks) = match routed {
             Ok(routed) => (routed.generation, routed.fallbacks),
             Err(error) => {
@@ -231,13 +281,49 @@ impl ImageTools {
                 .cost(generation.usage, generation.images.len())
                 .0,
             source_images: call.sources.clone(),
+            arm: arm.clone(),
         };
         audit(Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys.len()).model_time(model_time));
+        let mut notes = call.notes.clone();
+        if let Some(requested) = requested.as_deref().filter(|m| *m != generation.model) {
+            notes.push(format!(
+                "The requested model {requested} could not serve this call; {} did (a fallback).",
+                generation.model
+            ));
+        }
         result_for(
             &output,
-            call,
+            call.edit.is_some(),
+            &notes,
             generation.model == crate::backends::offline_preview::MODEL,
         )
+    }
+
+    /// The estimated cost of this call on each model of the chain that can
+    /// serve it, by position in the chain (the capability table's prices; a
+    /// model without prices counts as free).
+    fn estimates(
+        &self,
+        router: &crate::backends::router::ModelRouter,
+        call: &ImageCall,
+        request: &ImageRequest,
+    ) -> Vec<(usize, f64)> {
+        let inputs = crate::cost::CostInputs {
+            size: call.args.size,
+            quality: call.args.quality,
+            n: call.args.n,
+            prompt_chars: call.args.prompt.chars().count(),
+            input_images: call.edit.as_ref().map_or(0, |e| e.images.len()),
+        };
+        router
+            .backends()
+            .enumerate()
+            .filter(|(_, backend)| router.unsupported(backend.model(), request).is_none())
+            .map(|(index, backend)| {
+                let pricing = self.state.pricing_for(backend.model());
+                (index, crate::cost::estimate(&pricing, &inputs))
+            })
+            .collect()
     }
 
     /// Metrics, the audit event and (for delivered images) the billing event of one call.
@@ -259,13 +345,24 @@ impl ImageTools {
             Outcome::Cancelled => "cancelled",
         };
         metrics.call_finished(tool, outcome, started.elapsed(), ended.error_class);
+        let arm = ended.arm.clone().unwrap_or_default();
         if ended.images_stored > 0 {
             let labels = ImageLabels {
                 org: caller.org.clone(),
                 model: ended.model.unwrap_or_default().to_string(),
                 size: size.clone(),
+                arm: arm.clone(),
             };
             metrics.images.get_or_create(&labels).inc_by(ended.images_stored as u64);
+        }
+        if !arm.is_empty() {
+            metrics
+                .arm_calls
+                .get_or_create(&ArmLabels {
+                    arm: arm.clone(),
+                    outcome: outcome.into(),
+                })
+                .inc();
         }
         if ended.fallbacks > 0 && ended.outcome == Outcome::Success {
             metrics.fallbacks.inc();
@@ -283,8 +380,10 @@ impl ImageTools {
         if ended.generated > 0 {
             metrics
                 .cost_usd
-                .get_or_create(&OrgLabels {
+                .get_or_create(&CostLabels {
                     org: caller.org.clone(),
+                    model: ended.model.unwrap_or_default().to_string(),
+                    arm,
                 })
                 .inc_by(cost_usd);
         }
@@ -310,6 +409,8 @@ impl ImageTools {
             cost_usd,
             prompt_sha256: &prompt_sha256,
             prompt: args.filter(|_| self.state.log_prompts).map(|a| a.prompt.as_str()),
+            arm: ended.arm.as_deref(),
+            requested_model: ended.requested.as_deref(),
             request_id: &caller.request_id,
             user: &caller.user,
             org: &caller.org,
@@ -347,6 +448,9 @@ pub(crate) struct Ended<'a> {
     fallbacks: u32,
     /// Time spent waiting for the model (and its retries and fallbacks), µs.
     model_us: u64,
+    /// The arm of a weighted route, and the model the caller asked for.
+    arm: Option<String>,
+    requested: Option<String>,
 }
 
 impl<'a> Ended<'a> {
@@ -367,7 +471,16 @@ impl<'a> Ended<'a> {
             generated: generation.images.len(),
             fallbacks,
             model_us: 0,
+            arm: None,
+            requested: None,
         }
+    }
+
+    /// Notes the route that served the call.
+    fn route(mut self, arm: Option<&str>, requested: Option<&str>) -> Self {
+        self.arm = arm.map(str::to_string);
+        self.requested = requested.map(str::to_string);
+        self
     }
 
     fn model_time(mut self, elapsed: Duration) -> Self {
@@ -385,33 +498,31 @@ impl<'a> Ended<'a> {
             generated: 0,
             fallbacks: 0,
             model_us: 0,
+            arm: None,
+            requested: None,
         }
     }
 }
 
 /// Shapes the tool result: structured content, a short text, the same JSON
 /// as text for clients without `structuredContent`, and a link per image.
-pub fn result_for(output: &GenerateImageOutput, call: &ImageCall, offline_preview: bool) -> CallToolResult {
+pub fn result_for(output: &GenerateImageOutput, edit: bool, notes: &[String], offline_preview: bool) -> CallToolResult {
     let count = output.image_urls.len();
     let mut summary = format!(
         "{} {count} image{} ({}, style {}) with {}. Links expire at {}.",
-        if call.edit.is_some() {
-            "Edited into"
-        } else {
-            "Generated"
-        },
+        if edit { "Edited into" } else { "Generated" },
         if count == 1 { "" } else { "s" },
         output.size,
         output.style,
         output.model,
         output.expires_at
     );
-    for note in &call.notes {
+    for note in notes {
         summary.push(' ');
         summary.push_str(note);
     }
     if offline_preview {
-        summary.push_str(if call.edit.is_some() {
+        summary.push_str(if edit {
             " Note: offline-preview's edit flips the colours of the masked area and leaves the rest untouched; it is not a model edit. Set OPENAI_API_KEY for real edits."
         } else {
             " Note: offline-preview renders a placeholder pattern from the prompt, not a model image; set OPENAI_API_KEY for real images."

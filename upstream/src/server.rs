@@ -58,11 +58,26 @@ pub struct AppState {
     pub edit_limits: crate::edit::EditLimits,
     /// `https://` references of edits (off without an allow-list).
     pub remote: crate::remote_fetch::RemoteFetch,
+    /// Per-organisation monthly budgets.
+    pub budgets: crate::budget::Budgets,
 }
 
 impl AppState {
-    /// Builds the state from validated configuration.
-    pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
+    /// Builds the state from validated configuration (connecting to the
+    /// budget store when one is configured).
+    pub async fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
+        let metrics = crate::metrics::Metrics::new();
+        let budgets = match &config.budgets_file {
+            None => crate::budget::Budgets::none(metrics.clone()),
+            Some(path) => {
+                let settings = crate::budget::BudgetSettings::from_file(path)?;
+                let store: Arc<dyn crate::budget::BudgetStore> = match &config.budget_redis_url {
+                    Some(url) => Arc::new(crate::budget::redis::RedisBudgets::connect(url).await?),
+                    None => Arc::new(crate::budget::memory::MemoryBudgets::default()),
+                };
+                crate::budget::Budgets::new(settings, store, Arc::new(chrono::Utc::now), metrics.clone())
+            }
+        };
         let catalog = Arc::new(match &config.models_file {
             Some(path) => ModelCatalog::from_file(path)?,
             None => ModelCatalog::builtin()?,
@@ -85,7 +100,7 @@ impl AppState {
             ModelRouter::new(backends, config.retry_policy(), config.breaker_policy()).with_catalog(catalog.clone()),
         );
         let routes = match &config.routes_file {
-            Some(path) => Routes::new(RoutesSpec::from_file(path)?, |chain| {
+            Some(path) => Routes::new(RoutesSpec::from_file(path)?, config.default_chain_entries(), |chain| {
                 let mut chain_backends = Vec::with_capacity(chain.len());
                 for entry in chain {
                     let (provider, model) = config.route_entry(entry)?;
@@ -96,7 +111,7 @@ impl AppState {
                         .with_catalog(catalog.clone()),
                 )
             })?,
-            None => Routes::none(),
+            None => Routes::none(config.default_chain_entries()),
         };
         let url_keys = Keyring::from_file(&config.url_signing_key_file(), crate::signed_url::MIN_SECRET_BYTES)
             .map_err(|e| {
@@ -112,7 +127,8 @@ impl AppState {
             signer: UrlSigner::new(url_keys, &config.public_base_url)?,
             identity: Arc::new(AssertionVerifier::new(&identity_keys)),
             url_ttl: config.url_ttl(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
+            budgets,
             progress_interval: Duration::from_secs(config.progress_interval_secs.max(1)),
             max_image_bytes: config.max_image_bytes,
             draining: Arc::default(),
@@ -319,7 +335,7 @@ pub fn metrics_router(metrics: Arc<crate::metrics::Metrics>) -> Router {
 /// Runs the service until `shutdown` is cancelled.
 pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
-    let state = AppState::from_config(&config)?;
+    let state = AppState::from_config(&config).await?;
     // On a stop signal: fail readiness first so load balancers take this
     // replica out, then stop accepting and let in-flight calls finish.
     let shutdown = CancellationToken::new();

@@ -198,10 +198,18 @@ impl ModelRouter {
 
     /// Runs the request down the chain.
     pub async fn generate(&self, request: &ImageRequest) -> Result<Routed, BackendError> {
+        self.generate_in(request, None).await
+    }
+
+    /// Runs the request down the chain in `order` (positions in the chain,
+    /// e.g. cheapest first; `None` as configured).
+    pub async fn generate_in(&self, request: &ImageRequest, order: Option<&[usize]>) -> Result<Routed, BackendError> {
         let mut last_error = BackendError::Transport("no image backend is configured".into());
         // With every breaker open, still try the chain rather than fail without asking anyone.
         let all_open = self.routes.iter().all(|r| self.breaker_open(r));
-        for (index, route) in self.routes.iter().enumerate() {
+        let configured: Vec<usize> = (0..self.routes.len()).collect();
+        let order = order.unwrap_or(&configured);
+        for (index, route) in order.iter().filter_map(|&i| self.routes.get(i)).enumerate() {
             if !all_open && self.breaker_open(route) {
                 continue;
             }
