@@ -140,7 +140,7 @@ async fn generate_image_end_to_end_offline() {
         .unwrap();
     for line in [
         r#"mcp_gateway_tool_calls_total{tool="generate_image",outcome="success"} 1"#,
-        r#"mcp_gateway_images_generated_total{org="acme",model="offline-preview",size="1536x1024"} 2"#,
+        r#"mcp_gateway_images_generated_total{org="acme",model="offline-preview",size="1536x1024",arm=""} 2"#,
         r#"mcp_gateway_tool_calls_in_flight 0"#,
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} missing in:\n{metrics}");
