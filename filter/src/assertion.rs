@@ -7,9 +7,18 @@
 //! (`ttl_seconds`, default 30), `iss` `mcp-edge` and `aud` `mcp-upstream`.
 //! The key is shared with the upstream (a Kubernetes Secret); its `kid` lets
 //! the upstream accept the old and the new key while one rotates.
+//!
+//! It runs on every admitted request, so it is built by hand rather than
+//! through a JWT library: the header is encoded once, the claims are one
+//! small serde struct, and the MAC is `hmac` over SHA-256. The result is a
+//! standard HS256 JWT (the upstream verifies it with jwt-simple; a test here
+//! does too).
 
-use jwt_simple::prelude::{Audiences, HS256Key, JWTClaims, MACLike, UnixTimeStamp};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::jwt::Identity;
 
@@ -71,16 +80,35 @@ pub struct AssertionClaims {
     pub rid: String,
 }
 
+/// Every claim of one assertion, in the order they are written.
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'static str,
+    aud: &'static str,
+    sub: &'a str,
+    org: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<&'a str>,
+    scope: &'a str,
+    rid: &'a str,
+    jti: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
 /// The compiled signer.
 pub struct AssertionSigner {
-    key: HS256Key,
+    key_id: String,
+    mac: Hmac<Sha256>,
+    /// `base64url({"alg":"HS256","typ":"JWT","kid":…})`, encoded once.
+    header: String,
     ttl_seconds: u64,
 }
 
 impl std::fmt::Debug for AssertionSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AssertionSigner")
-            .field("key_id", &self.key.key_id())
+            .field("key_id", &self.key_id)
             .field("ttl_seconds", &self.ttl_seconds)
             .finish()
     }
@@ -108,40 +136,50 @@ impl AssertionSigner {
         if !(1..=300).contains(&settings.ttl_seconds) {
             return Err(SettingsError::Ttl);
         }
+        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": settings.key_id}).to_string();
         Ok(Self {
-            key: HS256Key::from_bytes(&key).with_key_id(&settings.key_id),
+            key_id: settings.key_id.clone(),
+            mac: Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SettingsError::Key)?,
+            header: URL_SAFE_NO_PAD.encode(header),
             ttl_seconds: settings.ttl_seconds,
         })
     }
 
     /// The assertion for `identity` on request `request_id` at `now_ms`;
-    /// `nonce` must be unpredictable and never reused (the `jti`).
-    pub fn sign(&self, identity: &Identity, request_id: &str, nonce: &[u8; 16], now_ms: u64) -> Option<String> {
+    /// `jti` must never repeat (the upstream refuses a second use).
+    pub fn sign(&self, identity: &Identity, request_id: &str, jti: &str, now_ms: u64) -> Option<String> {
         let now = now_ms / 1000;
-        let claims = JWTClaims {
-            issued_at: Some(UnixTimeStamp::from_secs(now)),
-            expires_at: Some(UnixTimeStamp::from_secs(now + self.ttl_seconds)),
-            invalid_before: None,
-            issuer: Some(ISSUER.to_string()),
-            subject: Some(identity.user.clone()),
-            audiences: Some(Audiences::AsString(AUDIENCE.to_string())),
-            jwt_id: Some(hex::encode(nonce)),
-            nonce: None,
-            custom: AssertionClaims {
-                org: identity.org.clone(),
-                key_id: identity.key_id.clone(),
-                scope: identity.scopes.join(" "),
-                rid: request_id.to_string(),
-            },
+        let scope = identity.scopes.join(" ");
+        let claims = Claims {
+            iss: ISSUER,
+            aud: AUDIENCE,
+            sub: &identity.user,
+            org: &identity.org,
+            key_id: identity.key_id.as_deref(),
+            scope: &scope,
+            rid: request_id,
+            jti,
+            iat: now,
+            exp: now + self.ttl_seconds,
         };
-        self.key.authenticate(claims).ok()
+        let payload = serde_json::to_vec(&claims).ok()?;
+        let mut token = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 48);
+        token.push_str(&self.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let mut mac = self.mac.clone();
+        mac.update(token.as_bytes());
+        let signature = mac.finalize().into_bytes();
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Some(token)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jwt_simple::prelude::{NoCustomClaims, VerificationOptions};
+    use jwt_simple::prelude::{HS256Key, MACLike, NoCustomClaims, VerificationOptions};
 
     fn settings(key: &str) -> Settings {
         Settings {
@@ -164,13 +202,22 @@ mod tests {
             key_id: Some("dev-key".into()),
         };
         let now = jwt_simple::prelude::Clock::now_since_epoch().as_secs();
-        let token = signer.sign(&identity, "rid-1", &[7; 16], now * 1000).unwrap();
-        let key = HS256Key::from_bytes(&hex::decode(&hex_key).unwrap());
+        let token = signer.sign(&identity, "rid-1", "0707", now * 1000).unwrap();
+        let key = HS256Key::from_bytes(&hex::decode(&hex_key).unwrap()).with_key_id("k1");
         let claims = key
             .verify_token::<AssertionClaims>(&token, Some(VerificationOptions::default()))
             .unwrap();
         assert_eq!(claims.subject.as_deref(), Some("alice"));
-        assert_eq!(claims.jwt_id.as_deref(), Some("07".repeat(16).as_str()));
+        assert_eq!(claims.jwt_id.as_deref(), Some("0707"));
+        assert_eq!(claims.issuer.as_deref(), Some(ISSUER));
+        assert!(claims
+            .audiences
+            .unwrap()
+            .contains(&std::collections::HashSet::from([AUDIENCE.to_string()])));
+        assert_eq!(
+            jwt_simple::token::Token::decode_metadata(&token).unwrap().key_id(),
+            Some("k1")
+        );
         assert_eq!(
             claims.custom,
             AssertionClaims {

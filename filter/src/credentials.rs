@@ -99,6 +99,11 @@ impl ApiKeys {
     }
 }
 
+/// The last segment of a compact JWS (its signature).
+fn signature_of(token: &str) -> &str {
+    token.rsplit('.').next().unwrap_or(token)
+}
+
 fn sha256(value: &str) -> [u8; 32] {
     Sha256::digest(value.as_bytes()).into()
 }
@@ -112,10 +117,13 @@ pub enum CacheUse {
     NotApplicable,
 }
 
-/// Verified JWTs by the hash of the token, bounded in size.
+/// Verified JWTs, bounded in size. Keyed by the token's signature segment
+/// (already a MAC or signature over the rest, so unique per token and no
+/// need to hash the whole token cryptographically); a hit still compares the
+/// full token, so a forged token sharing a signature never matches.
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: HashMap<[u8; 32], Identity>,
+    entries: HashMap<Box<str>, (Box<str>, Identity)>,
     capacity: usize,
 }
 
@@ -135,27 +143,32 @@ impl TokenCache {
         self.entries.is_empty()
     }
 
-    fn get(&mut self, hash: &[u8; 32], now: u64, leeway: u64) -> Option<Identity> {
-        let identity = self.entries.get(hash)?;
+    fn get(&mut self, token: &str, now: u64, leeway: u64) -> Option<Identity> {
+        let (stored, identity) = self.entries.get(signature_of(token))?;
+        if &**stored != token {
+            return None;
+        }
         if now > identity.expires_at.saturating_add(leeway) {
-            self.entries.remove(hash);
+            self.entries.remove(signature_of(token));
             return None;
         }
         Some(identity.clone())
     }
 
-    fn insert(&mut self, hash: [u8; 32], identity: Identity, now: u64, leeway: u64) {
+    fn insert(&mut self, token: &str, identity: Identity, now: u64, leeway: u64) {
         if self.capacity == 0 {
             return;
         }
         if self.entries.len() >= self.capacity {
-            self.entries.retain(|_, id| now <= id.expires_at.saturating_add(leeway));
+            self.entries
+                .retain(|_, (_, id)| now <= id.expires_at.saturating_add(leeway));
         }
         if self.entries.len() >= self.capacity {
             // Still full of live tokens: start over rather than grow without bound.
             self.entries.clear();
         }
-        self.entries.insert(hash, identity);
+        self.entries
+            .insert(signature_of(token).into(), (token.into(), identity));
     }
 }
 
@@ -177,13 +190,12 @@ pub fn authenticate(
     if token.bytes().filter(|b| *b == b'.').count() != 2 {
         return api_key_identity(api_keys, token);
     }
-    let hash = sha256(token);
     let leeway = jwt.leeway_seconds();
-    if let Some(identity) = cache.get(&hash, now, leeway) {
+    if let Some(identity) = cache.get(token, now, leeway) {
         return Ok((identity, CacheUse::Hit, CallerOverride::default()));
     }
     let identity = jwt.verify_token(token, now)?;
-    cache.insert(hash, identity.clone(), now, leeway);
+    cache.insert(token, identity.clone(), now, leeway);
     Ok((identity, CacheUse::Miss, CallerOverride::default()))
 }
 
@@ -295,11 +307,15 @@ mod tests {
             key_id: None,
         };
         for i in 0..10u8 {
-            cache.insert([i; 32], id(NOW + 100), NOW, 0);
+            cache.insert(&format!("h.p.sig{i}"), id(NOW + 100), NOW, 0);
             assert!(cache.len() <= 3);
         }
-        cache.insert([50; 32], id(NOW - 1), NOW, 0);
-        assert!(cache.get(&[50; 32], NOW, 0).is_none());
+        cache.insert("h.p.sig50", id(NOW - 1), NOW, 0);
+        assert!(cache.get("h.p.sig50", NOW, 0).is_none(), "expired");
+        cache.insert("h.p.live", id(NOW + 100), NOW, 0);
+        assert!(cache.get("h.p.live", NOW, 0).is_some());
+        // Same signature, other token: never a hit.
+        assert!(cache.get("h.forged.live", NOW, 0).is_none());
     }
 
     #[test]

@@ -248,13 +248,13 @@ pub fn identity_assertion(
     config: &FilterConfig,
     identity: &Identity,
     request_id: &str,
-    nonce: &[u8; 16],
+    jti: &str,
     now_ms: u64,
 ) -> Option<String> {
     config
         .assertion
         .as_ref()
-        .and_then(|signer| signer.sign(identity, request_id, nonce, now_ms))
+        .and_then(|signer| signer.sign(identity, request_id, jti, now_ms))
 }
 
 fn too_large(limit: usize) -> Reject {
@@ -613,7 +613,7 @@ mod tests {
             panic!("valid token refused");
         };
         assert_eq!((identity.user.as_str(), identity.org.as_str()), ("alice", "acme"));
-        assert_eq!(identity_assertion(&config, &identity, "r", &[0; 16], NOW * 1000), None);
+        assert_eq!(identity_assertion(&config, &identity, "r", "j", NOW * 1000), None);
     }
 
     #[test]

@@ -48,6 +48,33 @@ proxy_wasm::main! {{
     });
 }}
 
+thread_local! {
+    /// This VM's assertion ids: a random 64-bit seed drawn once, then a counter.
+    static ASSERTION_IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A `jti` no other request of any worker's VM gets: the VM's random seed
+/// (one WASI `random_get` per VM, not per request) and a counter.
+fn next_assertion_id() -> String {
+    ASSERTION_IDS.with(|ids| {
+        let (mut seed, counter) = ids.get();
+        if seed == 0 {
+            let mut bytes = [0u8; 8];
+            if getrandom::fill(&mut bytes).is_err() {
+                log::warn!("no randomness for identity assertion ids; using the clock");
+                bytes = (hostcalls::get_current_time()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(1, |d| d.as_nanos() as u64))
+                .to_be_bytes();
+            }
+            seed = u64::from_be_bytes(bytes) | 1;
+        }
+        ids.set((seed, counter + 1));
+        format!("{seed:016x}{counter:016x}")
+    })
+}
+
 /// Shared data of the Envoy process: one store for every worker's VM.
 struct HostStore;
 
@@ -309,13 +336,8 @@ impl EdgeRequest {
         for name in present {
             self.remove_http_request_header(name);
         }
-        let mut nonce = [0u8; 16];
-        if getrandom::fill(&mut nonce).is_err() {
-            // Without randomness the jti could repeat; the upstream then refuses it as a replay.
-            log::warn!("no randomness for the identity assertion's jti");
-        }
-        if let Some(assertion) = gate::identity_assertion(&self.config, &admitted.identity, request_id, &nonce, now_ms)
-        {
+        let jti = next_assertion_id();
+        if let Some(assertion) = gate::identity_assertion(&self.config, &admitted.identity, request_id, &jti, now_ms) {
             self.set_http_request_header(assertion::HEADER, Some(&assertion));
         }
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::Datelike;
 use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
 use gateway_tests::stack::{free_port, http_client, upstream_binary, workspace_root};
 use gateway_tests::{Backend, Stack, StackOptions};
@@ -274,6 +275,15 @@ impl Redis {
         Redis { port, child }
     }
 
+    fn set(&self, key: &str, value: i64) {
+        let status = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "SET", key, &value.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     fn get(&self, key: &str) -> i64 {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "GET", key])
@@ -294,7 +304,7 @@ impl Drop for Redis {
 async fn budgets_are_reserved_settled_released_and_shared_by_replicas() {
     let redis = Redis::start();
     // A gpt-image-2 call (1,056 output tokens) costs about $0.0423: two fit in $0.10, a third does not.
-    let budgets = write_config("budgets.json", &json!({"orgs": {"acme": 0.10}}));
+    let budgets = write_config("budgets.json", &json!({"orgs": {"acme": 0.10, "beta": 10.0}}));
     let stack = Stack::start_with(StackOptions {
         backend: Backend::FakeOpenAi {
             model: "gpt-image-2".into(),
@@ -351,6 +361,16 @@ async fn budgets_are_reserved_settled_released_and_shared_by_replicas() {
     }
     let generated = stack.fake.as_ref().unwrap().requests().len();
     assert_eq!(generated, 3, "refused calls reach no provider");
+    // Months are separate: a spent previous month does not count, a spent
+    // current month does (the instant of the turn is unit-tested with an
+    // injected clock).
+    let beta = stack.token("bea", "beta");
+    let now = chrono::Utc::now();
+    let last_month = (now.date_naive().with_day(1).unwrap() - chrono::Duration::days(1)).format("%Y-%m");
+    redis.set(&format!("mcp-budget:beta:{last_month}"), 10_000_000);
+    structured(&call(&stack, &beta, "generate_image", json!({"prompt": "fresh month"})).await);
+    redis.set(&format!("mcp-budget:beta:{}", now.format("%Y-%m")), 10_000_000);
+    tool_error(&call(&stack, &beta, "generate_image", json!({"prompt": "spent month"})).await);
     // Other organisations have no budget here.
     structured(
         &call(
