@@ -63,3 +63,37 @@ pub async fn list_models(client: &McpClient) -> Result<Value, ServiceError> {
     let result = client.call_tool(CallToolRequestParams::new("list_models")).await?;
     Ok(result.structured_content.unwrap_or(Value::Null))
 }
+
+/// One `tools/call` as a plain HTTP POST through the gateway in protocol
+/// revision `version` (of the initialize era); returns the JSON-RPC reply.
+pub async fn call_http(mcp_url: &str, token: &str, version: &str, tool: &str, arguments: Value) -> Value {
+    crate::stack::http_client()
+        .post(mcp_url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", version)
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The structured content of a successful tool result (asserting it is one).
+pub fn structured(reply: &Value) -> &Value {
+    assert_eq!(reply["result"]["isError"], false, "{reply}");
+    &reply["result"]["structuredContent"]
+}
+
+/// The text of a tool error (asserting it is one).
+pub fn tool_error(reply: &Value) -> String {
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}

@@ -11,35 +11,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Datelike;
 use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
+use gateway_tests::mcp_client::{call_http, structured, tool_error};
 use gateway_tests::stack::{free_port, http_client, upstream_binary, workspace_root};
 use gateway_tests::{Backend, Stack, StackOptions};
 use serde_json::{json, Value};
 
 async fn call(stack: &Stack, token: &str, tool: &str, arguments: Value) -> Value {
-    http_client()
-        .post(&stack.mcp_url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-fn structured(reply: &Value) -> &Value {
-    assert_eq!(reply["result"]["isError"], false, "{reply}");
-    &reply["result"]["structuredContent"]
-}
-
-fn tool_error(reply: &Value) -> String {
-    assert_eq!(reply["result"]["isError"], true, "{reply}");
-    reply["result"]["content"][0]["text"].as_str().unwrap().to_string()
+    call_http(&stack.mcp_url, token, "2025-11-25", tool, arguments).await
 }
 
 /// A config file in a folder of its own (removed by the OS's temp cleaning).

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use gateway_tests::fake_openai::{solid_png, FakeOptions};
-use gateway_tests::mcp_client::connect_with_tasks;
+use gateway_tests::mcp_client::{call_http, connect_with_tasks, structured, tool_error};
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
 use rmcp::model::{CallToolRequestParams, CallToolResponse, GetTaskParams, TaskPayload};
@@ -14,36 +14,12 @@ use serde_json::{json, Value};
 
 /// One `tools/call` through Envoy (2025-11-25); returns the JSON-RPC reply.
 async fn call(stack: &Stack, token: &str, tool: &str, arguments: Value) -> Value {
-    call_as(stack, token, "2025-11-25", tool, arguments).await
+    call_http(&stack.mcp_url, token, "2025-11-25", tool, arguments).await
 }
 
 /// The same in a given protocol revision (of the initialize era).
 async fn call_as(stack: &Stack, token: &str, version: &str, tool: &str, arguments: Value) -> Value {
-    http_client()
-        .post(&stack.mcp_url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", version)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-fn structured(reply: &Value) -> &Value {
-    assert_eq!(reply["result"]["isError"], false, "{reply}");
-    &reply["result"]["structuredContent"]
-}
-
-/// The text of a tool error (asserting it is one).
-fn tool_error(reply: &Value) -> String {
-    assert_eq!(reply["result"]["isError"], true, "{reply}");
-    reply["result"]["content"][0]["text"].as_str().unwrap().to_string()
+    call_http(&stack.mcp_url, token, version, tool, arguments).await
 }
 
 async fn fetch(url: &str) -> Vec<u8> {
