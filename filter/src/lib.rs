@@ -336,9 +336,11 @@ impl EdgeRequest {
         for name in present {
             self.remove_http_request_header(name);
         }
-        let jti = next_assertion_id();
-        if let Some(assertion) = gate::identity_assertion(&self.config, &admitted.identity, request_id, &jti, now_ms) {
-            self.set_http_request_header(assertion::HEADER, Some(&assertion));
+        if let Some(signer) = &self.config.assertion {
+            let jti = next_assertion_id();
+            if let Some(assertion) = signer.sign(&admitted.identity, request_id, &jti, now_ms) {
+                self.set_http_request_header(assertion::HEADER, Some(&assertion));
+            }
         }
     }
 }
@@ -481,12 +483,16 @@ impl HttpContext for EdgeRequest {
         if matches!(self.state, RequestState::Replied) {
             return Action::Pause;
         }
-        if let RequestState::RejectingAfterBody(reject) = &self.state {
+        if matches!(self.state, RequestState::RejectingAfterBody(_)) {
             let too_large = gate::check_body_size(&self.config, body_size).is_err();
             if !end_of_stream && !too_large {
                 return Action::Pause;
             }
-            let reject = (**reject).clone();
+            // Answered now either way: take the refusal out of the state.
+            let RequestState::RejectingAfterBody(reject) = std::mem::replace(&mut self.state, RequestState::Replied)
+            else {
+                return Action::Pause;
+            };
             let id = if too_large {
                 serde_json::Value::Null
             } else {

@@ -39,22 +39,14 @@ pub async fn prepare(state: &AppState, caller: &Caller, args: EditImageArgs) -> 
             0 => "the image to edit".to_string(),
             n => format!("images[{n}]"),
         };
-        let bytes = read(state, caller, reference, budget.min(limits.input.max_bytes))
-            .await
-            .map_err(|e| format!("{label} ({}) {e}", short(reference)))?;
-        budget = budget.saturating_sub(bytes.len());
-        let image =
-            image_input::inspect(bytes, &limits.input).map_err(|e| format!("{label} ({}) {e}", short(reference)))?;
+        let image = read_image(state, caller, reference, budget, &label).await?;
+        budget = budget.saturating_sub(image.bytes.len());
         images.push(image);
     }
     let first = images.first().ok_or("`images` is empty")?;
     let mask = match (&args.mask, args.mask_region) {
         (Some(reference), _) => {
-            let bytes = read(state, caller, reference, budget.min(limits.input.max_bytes))
-                .await
-                .map_err(|e| format!("the mask ({}) {e}", short(reference)))?;
-            let mask = image_input::inspect(bytes, &limits.input)
-                .map_err(|e| format!("the mask ({}) {e}", short(reference)))?;
+            let mask = read_image(state, caller, reference, budget, "the mask").await?;
             image_input::check_mask(&mask, first)?;
             Some(mask.bytes)
         }
@@ -84,6 +76,22 @@ pub async fn prepare(state: &AppState, caller: &Caller, args: EditImageArgs) -> 
         notes,
         sources: args.images,
     })
+}
+
+/// Reads one reference within what is left of the edit's budget and checks
+/// it as an image; the error names it as `label`.
+async fn read_image(
+    state: &AppState,
+    caller: &Caller,
+    reference: &str,
+    budget: usize,
+    label: &str,
+) -> Result<image_input::InputImage, String> {
+    let limits = state.edit_limits.input;
+    let bytes = read(state, caller, reference, budget.min(limits.max_bytes))
+        .await
+        .map_err(|e| format!("{label} ({}) {e}", short(reference)))?;
+    image_input::inspect(bytes, &limits).map_err(|e| format!("{label} ({}) {e}", short(reference)))
 }
 
 /// Reads one reference's bytes (at most `limit`).

@@ -233,14 +233,8 @@ impl ImageTools {
     /// A `model` the caller's organisation may not choose is refused before
     /// anything else happens (the pipeline selects by the same rule).
     fn check_model_choice(&self, caller: &Caller, args: &args::GenerateImageArgs) -> Result<(), String> {
-        let facts = crate::routing::CallFacts {
-            org: &caller.org,
-            user: &caller.user,
-            tool: "generate_image",
-            args,
-        };
         match &args.model {
-            Some(_) => self.state.routes.select(&facts).map(|_| ()),
+            Some(model) => self.state.routes.choose(&caller.org, model).map(|_| ()),
             None => Ok(()),
         }
     }

@@ -110,8 +110,14 @@ impl ImageTools {
                 "{why}. Nothing was generated; call list_models to see what each model accepts."
             ))]);
         }
-        // Reserve the call's estimated cost against the organisation's month.
-        let estimates = self.estimates(&router, call, &request);
+        // Cost estimates, only where something uses them: a `cheapest` chain's
+        // order, or the reservation against the organisation's budget.
+        let budgeted = self.state.budgets.applies_to(&caller.org);
+        let estimates = if budgeted || strategy == Strategy::Cheapest {
+            self.estimates(&router, call, &request)
+        } else {
+            Vec::new()
+        };
         let dearest = estimates.iter().map(|(_, cost)| *cost).fold(0.0, f64::max);
         let reservation = match self.state.budgets.reserve(&caller.org, dearest).await {
             Ok(reservation) => reservation,
@@ -167,18 +173,19 @@ impl ImageTools {
                 outcome: outcome_label.into(),
             })
             .observe(model_started.elapsed().as_secs_f64());
-        // Settle the reservation to what the provider says it cost, or give it back.
+        // What the provider says the call cost (from its usage, else per image).
+        let cost_usd = routed.as_ref().ok().map(|routed| {
+            let generation = &routed.generation;
+            self.state
+                .pricing_for(&generation.model)
+                .cost(generation.usage, generation.images.len())
+                .0
+        });
+        // Settle the reservation to that cost, or give it back.
         if let Some(reservation) = reservation {
-            match &routed {
-                Ok(routed) => {
-                    let generation = &routed.generation;
-                    let (cost, _) = self
-                        .state
-                        .pricing_for(&generation.model)
-                        .cost(generation.usage, generation.images.len());
-                    self.state.budgets.settle(reservation, cost).await;
-                }
-                Err(_) => self.state.budgets.release(reservation).await,
+            match cost_usd {
+                Some(cost) => self.state.budgets.settle(reservation, cost).await,
+                None => self.state.budgets.release(reservation).await,
             }
         }
         let (generation, routed_fallbacks) = match routed {
@@ -275,11 +282,7 @@ impl ImageTools {
             style: args.style.as_str().to_string(),
             size: args.size.to_string(),
             output_format: args.output_format.as_str().to_string(),
-            estimated_cost_usd: self
-                .state
-                .pricing_for(&generation.model)
-                .cost(generation.usage, generation.images.len())
-                .0,
+            estimated_cost_usd: cost_usd.unwrap_or_default(),
             source_images: call.sources.clone(),
             arm: arm.clone(),
         };

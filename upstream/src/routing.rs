@@ -464,7 +464,7 @@ impl Routes {
     /// the caller asked for a model its organisation may not choose.
     pub fn select(&self, facts: &CallFacts<'_>) -> Result<Option<Selected>, String> {
         if let Some(model) = &facts.args.model {
-            return self.chosen(facts.org, model).map(Some);
+            return self.choose(facts.org, model).map(Some);
         }
         let found = self
             .rules
@@ -492,7 +492,8 @@ impl Routes {
         }))
     }
 
-    fn chosen(&self, org: &str, model: &str) -> Result<Selected, String> {
+    /// The chain for `model` asked for by a caller of `org`, or why not.
+    pub fn choose(&self, org: &str, model: &str) -> Result<Selected, String> {
         let allowed = self.selectable(org);
         let entries = self
             .selectable

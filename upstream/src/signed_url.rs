@@ -66,9 +66,7 @@ impl UrlSigner {
     /// The MAC covers a message no image key can spell (it starts with
     /// `upload\n`), so an image link's signature never opens an upload.
     pub fn upload_url(&self, org: &str, id: &str, format: &str, max_bytes: usize, expires: i64) -> String {
-        let (kid, secret) = self.keys.newest();
-        let message = upload_message(org, id, format, max_bytes);
-        let sig = hex::encode(Self::mac(secret, &message, expires).finalize().into_bytes());
+        let (kid, sig) = self.signature(&upload_message(org, id, format, max_bytes), expires);
         format!(
             "{}/uploads/{org}/{id}?ct={format}&max={max_bytes}&expires={expires}&kid={kid}&sig={sig}",
             self.base_url
@@ -88,18 +86,11 @@ impl UrlSigner {
         sig: &str,
         now: i64,
     ) -> Result<(), LinkError> {
-        let secret = self.keys.get(kid).ok_or(LinkError::UnknownKey)?;
-        let sig = hex::decode(sig).map_err(|_| LinkError::BadSignature)?;
-        Self::mac(secret, &upload_message(org, id, format, max_bytes), expires)
-            .verify_slice(&sig)
-            .map_err(|_| LinkError::BadSignature)?;
-        if now > expires {
-            return Err(LinkError::Expired);
-        }
-        Ok(())
+        self.check(&upload_message(org, id, format, max_bytes), expires, kid, sig, now)
     }
 
-    /// The signing key's id and the signature for `key` valid until `expires` (Unix seconds).
+    /// The signing key's id and the signature for `key` (an image key, or an
+    /// upload's message) valid until `expires` (Unix seconds).
     pub fn signature(&self, key: &str, expires: i64) -> (&str, String) {
         let (kid, secret) = self.keys.newest();
         (
@@ -117,12 +108,15 @@ impl UrlSigner {
     /// Checks a presented link at time `now` (Unix seconds), in constant time;
     /// `kid` is `None` for links from before key rotation.
     pub fn verify(&self, key: &str, expires: i64, kid: Option<&str>, sig: &str, now: i64) -> Result<(), LinkError> {
-        let secret = self
-            .keys
-            .get(kid.unwrap_or(LEGACY_KEY_ID))
-            .ok_or(LinkError::UnknownKey)?;
+        self.check(key, expires, kid.unwrap_or(LEGACY_KEY_ID), sig, now)
+    }
+
+    /// The one check of links and upload URLs: the key named `kid`, the MAC
+    /// over `message` and `expires`, then the expiry.
+    fn check(&self, message: &str, expires: i64, kid: &str, sig: &str, now: i64) -> Result<(), LinkError> {
+        let secret = self.keys.get(kid).ok_or(LinkError::UnknownKey)?;
         let sig = hex::decode(sig).map_err(|_| LinkError::BadSignature)?;
-        Self::mac(secret, key, expires)
+        Self::mac(secret, message, expires)
             .verify_slice(&sig)
             .map_err(|_| LinkError::BadSignature)?;
         // Checked after the MAC so a forged far-future expiry is a bad signature.

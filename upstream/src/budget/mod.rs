@@ -171,6 +171,11 @@ impl Budgets {
         format!("mcp-budget:{org}:{}", now.format("%Y-%m"))
     }
 
+    /// Whether `org` has a budget (so its calls need a cost estimate).
+    pub fn applies_to(&self, org: &str) -> bool {
+        self.settings.limit_for(org).is_some()
+    }
+
     /// Reserves `estimate_usd` for `org`; `Ok(None)` when the organisation
     /// has no budget. A store that cannot be reached lets the call through
     /// (logged and counted): budgets are a cost control, not an outage.
