@@ -11,16 +11,26 @@
   ours        the mcp_edge Wasm filter (JWT with a warm token cache, JSON-RPC and
               MCP checks, per-caller and per-org buckets in shared data, the
               signed identity assertion)
-  with BENCH_BREAKDOWN=1, also ours without parts that configuration can
-  switch off: ours-no-buckets (no rate limits), ours-no-assertion.
+  with BENCH_BREAKDOWN=1, the per-phase cost of ours at the first worker
+  count: a build with the `phase-switches` feature (filter/src/phases.rs)
+  runs whole and with each phase switched off (`bench_skip`), plus
+  configuration-level variants (no rate limits, no identity assertion), in
+  two groups beside the no-op floor; a phase's cost is the median over
+  rounds of the whole build's Envoy CPU per request less the variant's in the
+  same round. "after_header_read" off leaves only reading the headers, so
+  that variant less the floor is what reading them costs.
 
 BENCH_WORKERS (default 1,2) sweeps Envoy's worker count; on a machine with
 more cores pass more (1,2,4,8).
 
-Each variant runs in several interleaved rounds (the machine is shared and
-noisy): saturated with wrk (requests/s, Envoy's CPU per request) and at a
+All variants of one worker count run at once, each Envoy on its own port,
+idle but for the one under load: the load moves between them in short
+slices (BENCH_DURATION, default 2 s), BENCH_ROUNDS times in a shuffled
+order, so the slow drift of a shared machine falls on every variant alike
+(restarting Envoy per measurement left ±10 % between rounds). Saturated
+slices use wrk (requests/s, Envoy's CPU per request); latency runs at a
 fixed rate with oha (p50/p99 below saturation). Medians are reported, with
-ratios against bare Envoy and the native pair measured in the same run.
+ratios against the native MCP stack measured in the same run.
 Writes bench/results/edge.md.
 """
 
@@ -33,6 +43,7 @@ import subprocess
 import sys
 import time
 import json
+import random
 import urllib.request
 from pathlib import Path
 
@@ -42,13 +53,29 @@ STATE = ROOT / ".state" / "bench-edge"
 BIN = ROOT / "target" / "debug" / "mcp-image-gateway"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "mcp_edge_filter.wasm"
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-DURATION = os.environ.get("BENCH_DURATION", "8s")
+PHASES_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "mcp_edge_filter_phases.wasm"
+# (variant, what switching it off removes, filter settings patch)
+PHASES = [
+    ("after_header_read", "everything after reading the request headers", {"bench_skip": ["after_header_read"]}),
+    ("credentials", "credential check and token-cache lookup", {"bench_skip": ["credentials"]}),
+    ("body", "body hold, JSON-RPC parse and the checks on it", {"bench_skip": ["body"]}),
+    ("mcp_rules", "MCP header rules (POST headers, routing headers vs body)", {"bench_skip": ["mcp_rules"]}),
+    ("buckets", "the two buckets (per caller, per org)", {"rate_limits": {}}),
+    ("metrics", "metric host calls", {"bench_skip": ["metrics"]}),
+    ("response", "response-phase callbacks (output cap)", {"bench_skip": ["response"]}),
+    ("assertion", "identity assertion (signing and header write)", {"identity_assertion": None}),
+    ("identity_header_writes", "credential removal and assertion header write", {"bench_skip": ["identity_header_writes"]}),
+]
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
+DURATION = os.environ.get("BENCH_DURATION", "2s")
+FIXED_ROUNDS = int(os.environ.get("BENCH_FIXED_ROUNDS", "3"))
 CONNECTIONS = os.environ.get("BENCH_CONNECTIONS", "32")
 RATE = int(os.environ.get("BENCH_RATE", "1000"))
 WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",") if w]
 BREAKDOWN = os.environ.get("BENCH_BREAKDOWN") == "1"
-FIXED_SECONDS = int(os.environ.get("BENCH_FIXED_SECONDS", "8"))
+# BENCH_PIN=1: Envoy and the load generator on separate cores (taskset).
+PIN = os.environ.get("BENCH_PIN", "0") == "1"
+FIXED_SECONDS = int(os.environ.get("BENCH_FIXED_SECONDS", "5"))
 
 
 def free_port() -> int:
@@ -79,12 +106,27 @@ def wait_ready(admin_port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"Envoy (admin {admin_port}) not ready")
 
 
+def cpu_split(workers: int):
+    """(Envoy's cores, the load generator's) when there are cores to spare for
+    the load: pinned apart, the two stop trading places on the same core,
+    which is most of the run-to-run noise at one worker on a small machine."""
+    cores = os.cpu_count() or 1
+    if not PIN or workers >= cores:
+        return None
+    return f"{cores - workers}-{cores - 1}", f"0-{cores - workers - 1}"
+
+
+def pinned(command: list, cores) -> list:
+    return ["taskset", "-c", cores, *command] if cores else command
+
+
 def start_envoy(envoy: str, config: str, name: str, workers: int = 1) -> subprocess.Popen:
     path = STATE / f"{name}.yaml"
     path.write_text(config)
     log = open(STATE / f"{name}.log", "w")
+    split = cpu_split(workers)
     return subprocess.Popen(
-        [envoy, "-c", str(path), "--use-dynamic-base-id", "--concurrency", str(workers), "--log-level", "error"],
+        pinned([envoy, "-c", str(path), "--use-dynamic-base-id", "--concurrency", str(workers), "--log-level", "error"], split and split[0]),
         stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -113,9 +155,10 @@ def run_wrk(port: int, token: str, pid: int, workers: int = 1) -> dict:
     cpu_before = cpu_seconds(pid)
     # One load thread per two Envoy workers (on 2 cores the load generator competes anyway).
     threads = max(1, min(workers // 2, (os.cpu_count() or 2) // 2))
-    out = subprocess.run(
+    split = cpu_split(workers)
+    out = subprocess.run(pinned(
         ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{DURATION}", "--latency", "-s", str(HERE / "post.lua"),
-         f"http://127.0.0.1:{port}/mcp"],
+         f"http://127.0.0.1:{port}/mcp"], split and split[1]),
         env=env, capture_output=True, text=True, check=True).stdout
     if "Non-2xx or 3xx responses" in out:
         raise RuntimeError(f"non-2xx responses during the run:\n{out}")
@@ -129,14 +172,15 @@ def run_wrk(port: int, token: str, pid: int, workers: int = 1) -> dict:
     return {"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu / requests * 1e6}
 
 
-def run_oha(port: int, token: str) -> dict:
+def run_oha(port: int, token: str, workers: int) -> dict:
     """Latency at a fixed arrival rate, corrected for coordinated omission."""
-    out = subprocess.run(
+    split = cpu_split(workers)
+    out = subprocess.run(pinned(
         ["oha", "--no-tui", "--output-format", "json", "-z", f"{FIXED_SECONDS}s", "-q", str(RATE),
          "--latency-correction", "-c", "16", "-m", "POST",
          "-H", "Content-Type: application/json", "-H", "Accept: application/json, text/event-stream",
          "-H", "MCP-Protocol-Version: 2025-06-18", "-H", f"Authorization: Bearer {token}",
-         "-d", '{"jsonrpc":"2.0","id":1,"method":"tools/list"}', f"http://127.0.0.1:{port}/mcp"],
+         "-d", '{"jsonrpc":"2.0","id":1,"method":"tools/list"}', f"http://127.0.0.1:{port}/mcp"], split and split[1]),
         capture_output=True, text=True, check=True).stdout
     report = json.loads(out)
     codes = report.get("statusCodeDistribution", {})
@@ -146,10 +190,88 @@ def run_oha(port: int, token: str) -> dict:
     return {"p50": percentiles["p50"] * 1000, "p99": percentiles["p99"] * 1000}
 
 
+def paired(runs: dict, minuend: str, subtrahend: str) -> float:
+    """Median over rounds of one variant's CPU per request less another's, in
+    the same round (the slow drift of the machine cancels out)."""
+    return statistics.median(a["cpu_us"] - b["cpu_us"] for a, b in zip(runs[minuend], runs[subtrahend]))
+
+
+def breakdown_lines(groups: list, workers: int) -> list:
+    """Per-phase cost: the switchable build whole, less each variant."""
+    first = groups[0]
+    whole = statistics.median(r["cpu_us"] for r in first["phases-whole"])
+    lines = ["", f"### Where the filter's time goes ({workers} worker, Envoy CPU µs per request)", "",
+             f"The `phase-switches` build (filter/src/phases.rs) runs whole and with one phase switched off at a "
+             f"time, in {len(groups)} groups of Envoys running at once ({ROUNDS} shuffled {DURATION} slices each). "
+             f"A phase's cost is the median, over rounds, of the whole build's CPU per request less the variant's "
+             f"in the same round. Whole: {whole:.1f} µs per request, "
+             f"{paired(first, 'phases-whole', 'floor'):+.1f} above the no-op Wasm floor. Phases overlap (switching "
+             f"the body off also skips the checks on it), so the rows need not add up.", "",
+             "| phase | cost µs/request |", "|---|---|"]
+    for group in groups:
+        if "phases-after_header_read" in group:
+            lines.append(f"| reading the request headers (one map call read in place; vs the no-op floor, "
+                         f"response phase included) | {paired(group, 'phases-after_header_read', 'floor'):+.1f} |")
+    for name, part, _ in PHASES:
+        for group in groups:
+            if f"phases-{name}" in group and name != "after_header_read":
+                lines.append(f"| {part} | {paired(group, 'phases-whole', f'phases-{name}'):+.1f} |")
+    return lines
+
+
+def build_phase_switches() -> None:
+    """The filter with `phase-switches`, beside the production build."""
+    cargo = ["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "mcp-edge-filter"]
+    # The same whole-program optimisation as `make wasm`.
+    env = dict(os.environ, CARGO_PROFILE_RELEASE_LTO="fat", CARGO_PROFILE_RELEASE_CODEGEN_UNITS="1")
+    subprocess.run(cargo + ["--features", "phase-switches"], cwd=ROOT, check=True, env=env)
+    PHASES_WASM.write_bytes(WASM.read_bytes())
+    subprocess.run(cargo, cwd=ROOT, check=True, env=env)
+
+
+def measure(envoy: str, token: str, workers: int, variants: dict, latency_skipped: set,
+            saturated: dict, fixed: dict) -> None:
+    """Every variant at once; the load moves between them in shuffled slices."""
+    running = {}
+    try:
+        for name, text in variants.items():
+            listen, admin = free_port(), free_port()
+            process = start_envoy(envoy, render(text, {"LISTEN_PORT": listen, "ADMIN_PORT": admin}),
+                                  f"{name}-{workers}w", workers)
+            running[name] = (process, listen, admin)
+        for name, (process, listen, admin) in running.items():
+            wait_ready(admin)
+            run_wrk(listen, token, process.pid, workers)  # warm-up (V8 JIT, caches)
+        rng = random.Random(workers)
+        for round_index in range(ROUNDS):
+            order = list(running)
+            rng.shuffle(order)
+            for name in order:
+                process, listen, _ = running[name]
+                result = run_wrk(listen, token, process.pid, workers)
+                saturated.setdefault((workers, name), []).append(result)
+                print(f"round {round_index + 1} {workers}w {name:28} {result['rps']:9.0f} req/s  "
+                      f"p99 {result['p99']:.3f} ms  envoy cpu {result['cpu_us']:.1f} us/req", flush=True)
+        for round_index in range(FIXED_ROUNDS):
+            order = [n for n in running if n not in latency_skipped]
+            rng.shuffle(order)
+            for name in order:
+                _, listen, _ = running[name]
+                at_rate = run_oha(listen, token, workers)
+                fixed.setdefault((workers, name), []).append(at_rate)
+                print(f"fixed {round_index + 1} {workers}w {name:28} at {RATE}/s: p50 {at_rate['p50']:.3f} ms  "
+                      f"p99 {at_rate['p99']:.3f} ms", flush=True)
+    finally:
+        for process, _, _ in running.values():
+            stop(process)
+
+
 def main() -> int:
     envoy = subprocess.run([str(ROOT / "scripts" / "ensure-envoy.sh")], capture_output=True, text=True,
                            check=True).stdout.strip()
     STATE.mkdir(parents=True, exist_ok=True)
+    if BREAKDOWN:
+        build_phase_switches()
     subprocess.run([str(BIN), "dev-init", "--state-dir", str(STATE)], check=True)
     standin_port, standin_admin = free_port(), free_port()
     listen_port, admin_port = free_port(), free_port()
@@ -166,7 +288,8 @@ def main() -> int:
     }
     # BENCH_FILTER_PATCH='{"rate_limits": {}}' changes the filter's settings for an experiment.
     filter_config.update(json.loads(os.environ.get("BENCH_FILTER_PATCH", "{}")))
-    common = {"ADMIN_PORT": admin_port, "LISTEN_PORT": listen_port, "STANDIN_PORT": standin_port}
+    # Ports are filled in per Envoy when it starts (every variant runs at once).
+    common = {"ADMIN_PORT": "${ADMIN_PORT}", "LISTEN_PORT": "${LISTEN_PORT}", "STANDIN_PORT": standin_port}
     variant_template = (HERE / "edge-variant.yaml.tmpl").read_text()
     variants = {
         "bare": render(variant_template, {**common, "HTTP_FILTERS": ""}),
@@ -184,57 +307,53 @@ def main() -> int:
             (HERE / "ours-filter.yaml.tmpl").read_text(),
             {"WASM_PATH": WASM, "FILTER_CONFIG": json.dumps(filter_config)})}),
     }
+    breakdown = {}
     if BREAKDOWN:
-        for name, patch in (("ours-no-buckets", {"rate_limits": {}}), ("ours-no-assertion", {"identity_assertion": None})):
+        for name, _, patch in [("whole", "", {})] + PHASES:
             config = {k: v for k, v in {**filter_config, **patch}.items() if v is not None}
-            variants[name] = render(variant_template, {**common, "HTTP_FILTERS": render(
-                (HERE / "ours-filter.yaml.tmpl").read_text(), {"WASM_PATH": WASM, "FILTER_CONFIG": json.dumps(config)})})
+            breakdown[f"phases-{name}"] = render(variant_template, {**common, "HTTP_FILTERS": render(
+                (HERE / "ours-filter.yaml.tmpl").read_text(),
+                {"WASM_PATH": PHASES_WASM, "FILTER_CONFIG": json.dumps(config)})})
     standin = start_envoy(envoy, render((HERE / "upstream-standin.yaml.tmpl").read_text(),
                                         {"STANDIN_PORT": standin_port, "STANDIN_ADMIN_PORT": standin_admin}),
                           "standin")
     # BENCH_VARIANTS=bare,ours narrows a quick experiment (the table needs all three).
     only = [v for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v]
+    floor_text = variants["floor"]
     if only:
         variants = {name: text for name, text in variants.items() if name in only}
-    saturated = {(w, name): [] for w in WORKERS for name in variants}
-    fixed = {(w, name): [] for w in WORKERS for name in variants}
+    saturated, fixed, groups = {}, {}, []
     try:
         wait_ready(standin_admin)
-        order = [(w, name) for w in WORKERS for name in variants]
-        for round_index in range(ROUNDS):
-            for workers, name in order:
-                process = start_envoy(envoy, variants[name], name, workers)
-                try:
-                    wait_ready(admin_port)
-                    if round_index == 0:
-                        run_wrk(listen_port, token, process.pid, workers)  # warm-up (V8 JIT, caches)
-                    result = run_wrk(listen_port, token, process.pid, workers)
-                    saturated[(workers, name)].append(result)
-                    at_rate = run_oha(listen_port, token)
-                    fixed[(workers, name)].append(at_rate)
-                    print(f"round {round_index + 1} {workers}w {name:17} {result['rps']:9.0f} req/s  "
-                          f"p50 {result['p50']:.3f} ms  p99 {result['p99']:.3f} ms  "
-                          f"envoy cpu {result['cpu_us']:.1f} us/req | at {RATE}/s: "
-                          f"p50 {at_rate['p50']:.3f} ms  p99 {at_rate['p99']:.3f} ms", flush=True)
-                finally:
-                    stop(process)
-            order = order[1:] + order[:1]
+        for workers in WORKERS:
+            measure(envoy, token, workers, variants, set(), saturated, fixed)
+        if BREAKDOWN:
+            # Two groups of at most seven Envoys: fewer at once are quieter.
+            half = (len(PHASES) + 1) // 2
+            for part in (PHASES[:half], PHASES[half:]):
+                names = ["phases-whole"] + [f"phases-{name}" for name, _, _ in part]
+                texts = {"floor": floor_text, **{n: breakdown[n] for n in names}}
+                runs = {}
+                measure(envoy, token, WORKERS[0], texts, set(texts), runs, {})
+                groups.append({name: results for (_, name), results in runs.items()})
     finally:
         stop(standin)
 
-    if only:
-        return 0
     def medians(results):
         return {key: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for key, runs in results.items()}
     sat, fix = medians(saturated), medians(fixed)
+    if only:
+        # A quick experiment: medians only, no table written.
+        for (workers, name), m in sat.items():
+            print(f"median {workers}w {name:28} {m['rps']:9.0f} req/s  envoy cpu {m['cpu_us']:.1f} us/req")
+        if groups:
+            print("\n".join(breakdown_lines(groups, WORKERS[0])))
+        return 0
     labels = [("bare", "bare Envoy"), ("native", "jwt_authn + local_ratelimit"),
               ("native_mcp", "**native MCP stack** (mcp + jwt_authn + local_ratelimit)"),
               ("floor", "no-op Wasm filter (V8 floor)"), ("ours", "**mcp_edge Wasm filter**")]
-    if BREAKDOWN:
-        labels += [("ours-no-buckets", "mcp_edge without rate limits"),
-                   ("ours-no-assertion", "mcp_edge without the identity assertion")]
     lines = [
-        f"Medians of {ROUNDS} interleaved rounds; Envoy 1.40 with {', '.join(map(str, WORKERS))} worker(s) on a "
+        f"Medians of {ROUNDS} shuffled {DURATION} slices per variant, every variant running at once; Envoy 1.40 with {', '.join(map(str, WORKERS))} worker(s) on a "
         f"{os.cpu_count()}-core machine; the same upstream stand-in (Envoy answering after reading the body); POST "
         f"tools/list with a bearer JWT. The reference is Envoy's own MCP stack: the MCP filter parsing the body "
         f"(REJECT_NO_MCP), jwt_authn (cache on) and a per-user local rate limit. Ours verifies the JWT (warm "
@@ -242,7 +361,7 @@ def main() -> int:
         f"in shared data, and signs the identity assertion for the upstream.",
         "",
         f"Saturated (wrk, {CONNECTIONS} connections, {DURATION}) and at a fixed rate (oha, {RATE} requests/s for "
-        f"{FIXED_SECONDS} s, latency corrected for coordinated omission).",
+        f"{FIXED_SECONDS} s, {FIXED_ROUNDS} rounds, latency corrected for coordinated omission).",
         "",
         "| workers | edge | requests/s | vs native MCP | Envoy CPU µs/request | saturated p99 ms | at-rate p50 ms | at-rate p99 ms | p99 − bare at rate |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -262,9 +381,8 @@ def main() -> int:
                      f"request above the no-op Wasm floor, against {mcp['cpu_us'] - sat[(workers, 'bare')]['cpu_us']:+.1f} µs "
                      f"the native MCP stack adds to bare Envoy; p99 at {RATE}/s "
                      f"{fix[(workers, 'ours')]['p99'] - fix[(workers, 'bare')]['p99']:+.3f} ms from bare (target ≤ 0.3 ms).")
-        if BREAKDOWN:
-            for name, part in (("ours-no-buckets", "the two buckets"), ("ours-no-assertion", "the identity assertion")):
-                lines.append(f"  - {part}: {ours['cpu_us'] - sat[(workers, name)]['cpu_us']:+.1f} µs per request")
+    if groups:
+        lines += breakdown_lines(groups, WORKERS[0])
     table = "\n".join(lines) + "\n"
     out = ROOT / "bench" / "results" / "edge.md"
     out.write_text("# make bench-edge\n\n" + table)

@@ -9,10 +9,14 @@
 //! the upstream accept the old and the new key while one rotates.
 //!
 //! It runs on every admitted request, so it is built by hand rather than
-//! through a JWT library: the header is encoded once, the claims are one
-//! small serde struct, and the MAC is `hmac` over SHA-256. The result is a
+//! through a JWT library: the header and each caller's fixed claims are
+//! encoded and MACed once per worker (`Prefixes`), so a request encodes and
+//! MACs only its own few claims; the MAC is `hmac` over SHA-256. The result is a
 //! standard HS256 JWT (the upstream verifies it with jwt-simple; a test here
 //! does too).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -80,9 +84,10 @@ pub struct AssertionClaims {
     pub rid: String,
 }
 
-/// Every claim of one assertion, in the order they are written.
+/// The claims fixed for one caller, written first; `rid`, `jti`, `iat` and
+/// `exp` follow per request.
 #[derive(Serialize)]
-struct Claims<'a> {
+struct FixedClaims<'a> {
     iss: &'static str,
     aud: &'static str,
     sub: &'a str,
@@ -90,10 +95,6 @@ struct Claims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     key_id: Option<&'a str>,
     scope: &'a str,
-    rid: &'a str,
-    jti: &'a str,
-    iat: u64,
-    exp: u64,
 }
 
 /// The compiled signer.
@@ -147,32 +148,132 @@ impl AssertionSigner {
 
     /// The assertion for `identity` on request `request_id` at `now_ms`;
     /// `jti` must never repeat (the upstream refuses a second use).
-    pub fn sign(&self, identity: &Identity, request_id: &str, jti: &str, now_ms: u64) -> Option<String> {
+    ///
+    /// The claims fixed for a caller come first, padded with JSON whitespace
+    /// to a multiple of three bytes so that their base64 ends on a whole
+    /// group: that text and the MAC state over it are kept per caller in
+    /// `prefixes`, and a request encodes and MACs only its own claims.
+    pub fn sign(
+        &self,
+        prefixes: &mut Prefixes,
+        identity: &Identity,
+        request_id: &str,
+        jti: &str,
+        now_ms: u64,
+    ) -> Option<String> {
+        let prefix = prefixes.get_or_make(identity, || self.prefix(identity))?;
         let now = now_ms / 1000;
+        let mut tail = String::with_capacity(request_id.len() + jti.len() + 64);
+        tail.push_str(",\"rid\":");
+        tail.push_str(&serde_json::to_string(request_id).ok()?);
+        tail.push_str(",\"jti\":");
+        tail.push_str(&serde_json::to_string(jti).ok()?);
+        tail.push_str(&format!(",\"iat\":{now},\"exp\":{}}}", now + self.ttl_seconds));
+        let mut token = String::with_capacity(prefix.text.len() + tail.len() * 4 / 3 + 48);
+        token.push_str(&prefix.text);
+        URL_SAFE_NO_PAD.encode_string(tail.as_bytes(), &mut token);
+        let mut mac = prefix.mac.clone();
+        mac.update(token.as_bytes().get(prefix.text.len()..)?);
+        let signature = mac.finalize().into_bytes();
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Some(token)
+    }
+
+    /// The encoded header and fixed claims of `identity`'s assertions, and
+    /// the MAC state after them.
+    fn prefix(&self, identity: &Identity) -> Option<Prefix> {
         let scope = identity.scopes.join(" ");
-        let claims = Claims {
+        let fixed = FixedClaims {
             iss: ISSUER,
             aud: AUDIENCE,
             sub: &identity.user,
             org: &identity.org,
             key_id: identity.key_id.as_deref(),
             scope: &scope,
-            rid: request_id,
-            jti,
-            iat: now,
-            exp: now + self.ttl_seconds,
         };
-        let payload = serde_json::to_vec(&claims).ok()?;
-        let mut token = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 48);
-        token.push_str(&self.header);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let mut json = serde_json::to_string(&fixed).ok()?;
+        json.pop(); // the closing brace: the request's own claims follow
+        while json.len() % 3 != 0 {
+            json.push(' ');
+        }
+        let mut text = String::with_capacity(self.header.len() + 1 + json.len() * 4 / 3);
+        text.push_str(&self.header);
+        text.push('.');
+        URL_SAFE_NO_PAD.encode_string(json.as_bytes(), &mut text);
         let mut mac = self.mac.clone();
-        mac.update(token.as_bytes());
-        let signature = mac.finalize().into_bytes();
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        Some(token)
+        mac.update(text.as_bytes());
+        Some(Prefix { text, mac })
+    }
+}
+
+/// What one caller's assertions start with.
+#[derive(Clone)]
+pub struct Prefix {
+    /// `header.` and the base64 of the fixed claims (whole groups).
+    text: String,
+    /// The MAC state after `text`.
+    mac: Hmac<Sha256>,
+}
+
+/// One worker's assertion prefixes, by caller.
+#[derive(Default)]
+pub struct Prefixes {
+    by_caller: HashMap<u64, Vec<(Caller, Prefix)>>,
+    len: usize,
+}
+
+/// The fields of an identity that its fixed claims are made of.
+#[derive(PartialEq, Eq, Hash)]
+struct Caller {
+    user: String,
+    org: String,
+    key_id: Option<String>,
+    scopes: Vec<String>,
+}
+
+/// Callers a worker keeps prefixes for (all are dropped past it).
+const MAX_PREFIXES: usize = 4_096;
+
+impl Prefixes {
+    fn get_or_make(&mut self, identity: &Identity, make: impl FnOnce() -> Option<Prefix>) -> Option<&Prefix> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&identity.user, &identity.org, &identity.key_id, &identity.scopes).hash(&mut hasher);
+        let hash = hasher.finish();
+        let same = |caller: &Caller| {
+            caller.user == identity.user
+                && caller.org == identity.org
+                && caller.key_id == identity.key_id
+                && caller.scopes == identity.scopes
+        };
+        let found = self
+            .by_caller
+            .get(&hash)
+            .is_some_and(|entries| entries.iter().any(|(caller, _)| same(caller)));
+        if !found {
+            if self.len >= MAX_PREFIXES {
+                self.by_caller.clear();
+                self.len = 0;
+            }
+            let caller = Caller {
+                user: identity.user.clone(),
+                org: identity.org.clone(),
+                key_id: identity.key_id.clone(),
+                scopes: identity.scopes.clone(),
+            };
+            self.by_caller.entry(hash).or_default().push((caller, make()?));
+            self.len += 1;
+        }
+        self.by_caller
+            .get(&hash)?
+            .iter()
+            .find(|(caller, _)| same(caller))
+            .map(|(_, prefix)| prefix)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -202,7 +303,23 @@ mod tests {
             key_id: Some("dev-key".into()),
         };
         let now = jwt_simple::prelude::Clock::now_since_epoch().as_secs();
-        let token = signer.sign(&identity, "rid-1", "0707", now * 1000).unwrap();
+        let mut prefixes = Prefixes::default();
+        let token = signer
+            .sign(&mut prefixes, &identity, "rid-1", "0707", now * 1000)
+            .unwrap();
+        // The second request of the caller reuses the prefix and still verifies.
+        let again = signer
+            .sign(&mut prefixes, &identity, "rid-\"2\"", "0708", now * 1000)
+            .unwrap();
+        assert_eq!(prefixes.len(), 1);
+        let other_caller = Identity {
+            scopes: vec![],
+            ..identity.clone()
+        };
+        let other = signer
+            .sign(&mut prefixes, &other_caller, "rid-3", "0709", now * 1000)
+            .unwrap();
+        assert_eq!(prefixes.len(), 2);
         let key = HS256Key::from_bytes(&hex::decode(&hex_key).unwrap()).with_key_id("k1");
         let claims = key
             .verify_token::<AssertionClaims>(&token, Some(VerificationOptions::default()))
@@ -227,8 +344,22 @@ mod tests {
                 rid: "rid-1".into()
             }
         );
-        let other = HS256Key::from_bytes(&[1; 32]);
-        assert!(other.verify_token::<NoCustomClaims>(&token, None).is_err());
+        let again = key
+            .verify_token::<AssertionClaims>(&again, Some(VerificationOptions::default()))
+            .unwrap();
+        assert_eq!(
+            (again.custom.rid.as_str(), again.jwt_id.as_deref()),
+            ("rid-\"2\"", Some("0708"))
+        );
+        let other = key
+            .verify_token::<AssertionClaims>(&other, Some(VerificationOptions::default()))
+            .unwrap();
+        assert_eq!(
+            (other.custom.scope.as_str(), other.subject.as_deref()),
+            ("", Some("alice"))
+        );
+        let foreign = HS256Key::from_bytes(&[1; 32]);
+        assert!(foreign.verify_token::<NoCustomClaims>(&token, None).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::credentials::{ApiKeyError, ApiKeySpec, ApiKeys};
 use crate::global_limit::{GlobalRateLimit, GlobalRateLimitError, GlobalRateLimitSpec};
 use crate::jwt::{JwtSpec, JwtVerifier, JwtVerifierError};
 use crate::limits::{LimitsError, RateLimits, RateLimitsSpec};
+use crate::phases::Skips;
 use crate::policy::{self, CallPolicy};
 use crate::transport::{self, TransportPolicy};
 
@@ -73,6 +74,11 @@ pub struct FilterConfigSpec {
     /// The signed identity assertion sent to the upstream (`assertion.rs`).
     #[serde(default)]
     pub identity_assertion: Option<assertion::Settings>,
+    /// Phases switched off for the benchmark's breakdown (`phases.rs`; only
+    /// in a build with the `phase-switches` feature).
+    #[cfg(feature = "phase-switches")]
+    #[serde(default)]
+    pub bench_skip: Vec<String>,
 }
 
 /// RFC 9728 metadata for this MCP server.
@@ -173,6 +179,8 @@ pub struct FilterConfig {
     pub token_cache_entries: usize,
     pub max_response_bytes: usize,
     pub assertion: Option<AssertionSigner>,
+    /// Phases switched off (none outside the benchmark's build).
+    pub skip: Skips,
 }
 
 /// Why a configuration was refused.
@@ -206,6 +214,8 @@ pub enum ConfigError {
     Jwt(#[from] JwtVerifierError),
     #[error("{0}")]
     Assertion(#[from] assertion::SettingsError),
+    #[error("{0}")]
+    BenchSkip(String),
 }
 
 impl FilterConfig {
@@ -313,6 +323,10 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
                 .as_ref()
                 .map(AssertionSigner::from_settings)
                 .transpose()?,
+            #[cfg(feature = "phase-switches")]
+            skip: Skips::from_names(&spec.bench_skip).map_err(ConfigError::BenchSkip)?,
+            #[cfg(not(feature = "phase-switches"))]
+            skip: Skips::default(),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! repeat callers cost no signature check.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -123,7 +124,7 @@ pub enum CacheUse {
 /// full token, so a forged token sharing a signature never matches.
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: HashMap<Box<str>, (Box<str>, Identity)>,
+    entries: HashMap<Box<str>, (Box<str>, Rc<Identity>)>,
     capacity: usize,
 }
 
@@ -143,7 +144,7 @@ impl TokenCache {
         self.entries.is_empty()
     }
 
-    fn get(&mut self, token: &str, now: u64, leeway: u64) -> Option<Identity> {
+    fn get(&mut self, token: &str, now: u64, leeway: u64) -> Option<Rc<Identity>> {
         let (stored, identity) = self.entries.get(signature_of(token))?;
         if &**stored != token {
             return None;
@@ -155,7 +156,7 @@ impl TokenCache {
         Some(identity.clone())
     }
 
-    fn insert(&mut self, token: &str, identity: Identity, now: u64, leeway: u64) {
+    fn insert(&mut self, token: &str, identity: Rc<Identity>, now: u64, leeway: u64) {
         if self.capacity == 0 {
             return;
         }
@@ -180,7 +181,7 @@ pub fn authenticate(
     authorization: Option<&str>,
     x_api_key: Option<&str>,
     now: u64,
-) -> Result<(Identity, CacheUse, CallerOverride), AuthError> {
+) -> Result<(Rc<Identity>, CacheUse, CallerOverride), AuthError> {
     if let Some(key) = x_api_key {
         return api_key_identity(api_keys, key.trim());
     }
@@ -194,12 +195,12 @@ pub fn authenticate(
     if let Some(identity) = cache.get(token, now, leeway) {
         return Ok((identity, CacheUse::Hit, CallerOverride::default()));
     }
-    let identity = jwt.verify_token(token, now)?;
+    let identity = Rc::new(jwt.verify_token(token, now)?);
     cache.insert(token, identity.clone(), now, leeway);
     Ok((identity, CacheUse::Miss, CallerOverride::default()))
 }
 
-fn api_key_identity(api_keys: &ApiKeys, key: &str) -> Result<(Identity, CacheUse, CallerOverride), AuthError> {
+fn api_key_identity(api_keys: &ApiKeys, key: &str) -> Result<(Rc<Identity>, CacheUse, CallerOverride), AuthError> {
     let key = api_keys.lookup(key).ok_or(AuthError::UnknownApiKey)?;
     let identity = Identity {
         user: key.user.clone(),
@@ -212,7 +213,7 @@ fn api_key_identity(api_keys: &ApiKeys, key: &str) -> Result<(Identity, CacheUse
         requests_per_second: key.requests_per_second,
         burst: key.burst,
     };
-    Ok((identity, CacheUse::NotApplicable, limits))
+    Ok((Rc::new(identity), CacheUse::NotApplicable, limits))
 }
 
 #[cfg(test)]
@@ -299,12 +300,14 @@ mod tests {
     #[test]
     fn cache_stays_bounded() {
         let mut cache = TokenCache::new(3);
-        let id = |exp| Identity {
-            user: "u".into(),
-            org: "o".into(),
-            scopes: vec![],
-            expires_at: exp,
-            key_id: None,
+        let id = |exp| {
+            Rc::new(Identity {
+                user: "u".into(),
+                org: "o".into(),
+                scopes: vec![],
+                expires_at: exp,
+                key_id: None,
+            })
         };
         for i in 0..10u8 {
             cache.insert(&format!("h.p.sig{i}"), id(NOW + 100), NOW, 0);

@@ -1,11 +1,15 @@
 //! The filter's per-request decisions, independent of the proxy-wasm host:
 //! the glue in `lib.rs` feeds it headers and body and carries out the verdict.
 
+use std::rc::Rc;
+
 use crate::config::FilterConfig;
 use crate::credentials::{self, CacheUse, TokenCache};
 use crate::jsonrpc::{self, code};
 use crate::jwt::{AuthError, Identity};
+use crate::leases::Leases;
 use crate::limits::{QuotaUse, SharedStore};
+use crate::phases::Phase;
 use crate::policy::ToolCall;
 use crate::reply::Reject;
 use crate::transport::{self, McpHeaders};
@@ -43,6 +47,8 @@ pub struct RequestHead<'a> {
 /// cross-worker shared store, and the clock.
 pub struct Host<'a> {
     pub cache: &'a mut TokenCache,
+    /// The per-worker leases of bucket tokens.
+    pub leases: &'a mut Leases,
     pub store: &'a dyn SharedStore,
     pub now_ms: u64,
 }
@@ -50,7 +56,7 @@ pub struct Host<'a> {
 /// What the body check still needs from the head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldRequest {
-    pub identity: Identity,
+    pub identity: Rc<Identity>,
     pub protocol_version: Option<String>,
     pub mcp_method: Option<String>,
     pub mcp_name: Option<String>,
@@ -59,7 +65,8 @@ pub struct HeldRequest {
 /// An admitted caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
-    pub identity: Identity,
+    /// Shared with the token cache and the held request, never copied.
+    pub identity: Rc<Identity>,
     pub cache: CacheUse,
 }
 
@@ -139,25 +146,31 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
             }
         }
     }
-    let (identity, cache, caller_limits) = credentials::authenticate(
-        &config.jwt,
-        &config.api_keys,
-        host.cache,
-        head.authorization,
-        head.x_api_key,
-        host.now_ms / 1000,
-    )
-    .map_err(|e| unauthorized(config, e))?;
+    let (identity, cache, caller_limits) = if config.skip.skips(Phase::Credentials) {
+        (Rc::new(bench_identity()), CacheUse::NotApplicable, Default::default())
+    } else {
+        credentials::authenticate(
+            &config.jwt,
+            &config.api_keys,
+            host.cache,
+            head.authorization,
+            head.x_api_key,
+            host.now_ms / 1000,
+        )
+        .map_err(|e| unauthorized(config, e))?
+    };
     let admitted = Admitted { identity, cache };
     if !(is_mcp && head.method == "POST") {
         return Ok(HeadVerdict::Forward(admitted));
     }
-    config.transport.check_post_headers(&McpHeaders {
-        content_type: head.content_type,
-        accept: head.accept,
-        protocol_version: head.protocol_version,
-        origin: head.origin,
-    })?;
+    if !config.skip.skips(Phase::McpRules) {
+        config.transport.check_post_headers(&McpHeaders {
+            content_type: head.content_type,
+            accept: head.accept,
+            protocol_version: head.protocol_version,
+            origin: head.origin,
+        })?;
+    }
     if head.end_of_stream {
         return Err(Reject::bad_request(
             code::PARSE_ERROR,
@@ -166,8 +179,11 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
     }
     config
         .rate_limits
-        .check_request(host.store, &admitted.identity, caller_limits, host.now_ms)
+        .check_request(host.store, host.leases, &admitted.identity, caller_limits, host.now_ms)
         .map_err(|reject| reject.with_key(admitted.identity.key_id.as_deref().unwrap_or("jwt")))?;
+    if config.skip.skips(Phase::Body) {
+        return Ok(HeadVerdict::Forward(admitted));
+    }
     let held = HeldRequest {
         identity: admitted.identity.clone(),
         protocol_version: head.protocol_version.map(str::to_string),
@@ -205,13 +221,15 @@ pub fn check_body(
 ) -> Result<CheckedBody, Reject> {
     check_body_size(config, body.len())?;
     let envelope = jsonrpc::parse_envelope(body)?;
-    transport::check_routing_headers(
-        held.protocol_version.as_deref(),
-        held.mcp_method.as_deref(),
-        held.mcp_name.as_deref(),
-        &envelope.message,
-        envelope.params.as_ref(),
-    )?;
+    if !config.skip.skips(Phase::McpRules) {
+        transport::check_routing_headers(
+            held.protocol_version.as_deref(),
+            held.mcp_method.as_deref(),
+            held.mcp_name.as_deref(),
+            &envelope.message,
+            envelope.params.as_ref(),
+        )?;
+    }
     let call = config.calls.check(&envelope, held.protocol_version.as_deref())?;
     // Now that the tool is known, hold the body to its own limit.
     let limit = call
@@ -241,6 +259,18 @@ pub fn check_body(
         reply_id: envelope.reply_id(),
         quota,
     })
+}
+
+/// The caller of every request when the benchmark switches credentials off.
+#[cold]
+fn bench_identity() -> Identity {
+    Identity {
+        user: "bench".into(),
+        org: "bench".into(),
+        scopes: vec!["mcp:tools".into()],
+        expires_at: u64::MAX,
+        key_id: None,
+    }
 }
 
 fn too_large(limit: usize) -> Reject {
@@ -314,6 +344,7 @@ mod tests {
             head,
             &mut Host {
                 cache: &mut cache,
+                leases: &mut Leases::default(),
                 store: &store,
                 now_ms: NOW * 1000,
             },
@@ -333,6 +364,7 @@ mod tests {
             held,
             &mut Host {
                 cache: &mut cache,
+                leases: &mut Leases::default(),
                 store: &store,
                 now_ms: NOW * 1000,
             },
@@ -341,13 +373,13 @@ mod tests {
 
     fn held(scopes: &[&str]) -> HeldRequest {
         HeldRequest {
-            identity: Identity {
+            identity: Rc::new(Identity {
                 user: "alice".into(),
                 org: "acme".into(),
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 expires_at: u64::MAX,
                 key_id: None,
-            },
+            }),
             protocol_version: None,
             mcp_method: None,
             mcp_name: None,
@@ -701,10 +733,12 @@ mod limit_tests {
         };
         let store = MemStore::default();
         let mut cache = TokenCache::new(4);
+        let mut leases = Leases::default();
         let mut statuses = Vec::new();
         for i in 0..3 {
             let mut host = Host {
                 cache: &mut cache,
+                leases: &mut leases,
                 store: &store,
                 now_ms: now * 1000 + i,
             };

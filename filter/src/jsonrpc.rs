@@ -52,6 +52,15 @@ impl Envelope {
 
 /// Checks that `body` is exactly one JSON-RPC 2.0 message.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, Reject> {
+    if let Some(envelope) = fast::request(body) {
+        return Ok(envelope);
+    }
+    parse_tree(body)
+}
+
+/// The general parse: the body as a `Value` tree, every rule checked with
+/// its own error. `fast::request` must agree with it on what it accepts.
+fn parse_tree(body: &[u8]) -> Result<Envelope, Reject> {
     let text = std::str::from_utf8(body).map_err(|e| {
         Reject::bad_request(
             code::PARSE_ERROR,
@@ -135,6 +144,86 @@ fn classify(object: &Map<String, Value>) -> Result<Message, Reject> {
                 )),
             }
         }
+    }
+}
+
+/// One pass over a well-formed request or notification without building a
+/// tree of the message (only `params`, when present, becomes a `Value`).
+/// Anything unusual (another shape, a field of the wrong type, an escaped
+/// `jsonrpc`, an error of any kind) returns `None`, and the general parse
+/// decides, with its precise error. Duplicate keys keep the last value, as
+/// in the general parse.
+mod fast {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde_json::Value;
+
+    use super::{is_valid_id, Envelope, Message};
+
+    #[derive(Default)]
+    struct Fields<'a> {
+        jsonrpc: Option<Cow<'a, str>>,
+        id: Option<Value>,
+        method: Option<String>,
+        params: Option<Value>,
+        /// `result` or `error` seen: a response, for the general parse.
+        answer: bool,
+    }
+
+    struct FieldsVisitor;
+
+    impl<'de> Visitor<'de> for FieldsVisitor {
+        type Value = Fields<'de>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON-RPC object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+            let mut fields = Fields::default();
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                match key.as_ref() {
+                    "jsonrpc" => fields.jsonrpc = Some(map.next_value()?),
+                    "id" => fields.id = Some(map.next_value()?),
+                    "method" => fields.method = Some(map.next_value()?),
+                    "params" => fields.params = Some(map.next_value()?),
+                    "result" | "error" => {
+                        fields.answer = true;
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(fields)
+        }
+    }
+
+    pub(super) fn request(body: &[u8]) -> Option<Envelope> {
+        let text = std::str::from_utf8(body).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let fields = (&mut de).deserialize_map(FieldsVisitor).ok()?;
+        de.end().ok()?;
+        // A field of another type failed the pass above; these are the rest.
+        if fields.answer || fields.jsonrpc.as_deref() != Some("2.0") {
+            return None;
+        }
+        let method = fields.method.filter(|m| !m.is_empty())?;
+        if fields.params.as_ref().is_some_and(|p| !p.is_object()) {
+            return None;
+        }
+        let message = match fields.id {
+            Some(id) if is_valid_id(&id) => Message::Request { id, method },
+            Some(_) => return None,
+            None => Message::Notification { method },
+        };
+        Some(Envelope {
+            message,
+            params: fields.params,
+        })
     }
 }
 
@@ -306,6 +395,45 @@ mod tests {
             assert_eq!(reject.code, code, "case: {name}: {}", reject.message);
             assert_eq!(reject.id, id, "case: {name}");
         }
+    }
+
+    /// The fast path accepts only what the general parse accepts, with the
+    /// same result; everything else falls through to the general parse.
+    #[test]
+    fn fast_path_agrees_with_the_general_parse() {
+        let bodies: &[&[u8]] = &[
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+            br#"{"method":"tools/call","params":{"name":"x","arguments":{"n":2}},"id":"a","jsonrpc":"2.0"}"#,
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            br#" {"jsonrpc":"2.0","id":-7,"method":"ping","extra":[1,{"a":null}]} "#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","id":2}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"\u006dethod":"ping"}"#,
+            br#"{"jsonrpc":"2\u002e0","id":1,"method":"ping"}"#,
+            br#"{"jsonrpc":"1.0","jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":[]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1e400,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":""}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"} x"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping""#,
+            br#"{"jsonrpc":"2.0","id":"\ud800","method":"ping"}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            br#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"ping"}"#,
+        ];
+        for body in bodies {
+            let general = parse_tree(body);
+            if let Some(fast) = fast::request(body) {
+                assert_eq!(Ok(&fast), general.as_ref(), "{}", String::from_utf8_lossy(body));
+            }
+            assert_eq!(parse_envelope(body), general, "{}", String::from_utf8_lossy(body));
+        }
+        assert!(fast::request(bodies[0]).is_some() && fast::request(bodies[1]).is_some());
     }
 
     #[test]

@@ -9,9 +9,12 @@ pub mod config;
 pub mod credentials;
 pub mod gate;
 pub mod global_limit;
+pub mod header_map;
 pub mod jsonrpc;
 pub mod jwt;
+pub mod leases;
 pub mod limits;
+pub mod phases;
 pub mod policy;
 pub mod reply;
 pub mod response_cap;
@@ -26,13 +29,16 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
+use crate::assertion::Prefixes;
 use crate::config::FilterConfig;
 use crate::credentials::{CacheUse, TokenCache};
 use crate::gate::{Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
 use crate::global_limit::GlobalVerdict;
+use crate::leases::Leases;
 use crate::limits::{CasMismatch, QuotaUse, SharedStore};
+use crate::phases::Phase;
 use crate::reply::Reject;
 use crate::response_cap::{ChunkAction, StreamMeter};
 
@@ -41,9 +47,10 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
         Box::new(EdgeRoot {
             config: None,
-            cache: Rc::new(RefCell::new(TokenCache::new(0))),
+            worker: Rc::new(RefCell::new(Worker::new(0))),
             metrics: Rc::default(),
             jwks_call: None,
+            jwks_due_ms: 0,
         })
     });
 }}
@@ -75,6 +82,25 @@ fn next_assertion_id() -> String {
     })
 }
 
+/// The request headers' serialized map (`header_map::pairs` reads it).
+fn request_header_bytes() -> Vec<u8> {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(map_type: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
+    }
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: the host writes a buffer it allocated through the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes),
+    // which this Vec now owns and frees, as the SDK's own getter does.
+    unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Shared data of the Envoy process: one store for every worker's VM.
 struct HostStore;
 
@@ -88,15 +114,90 @@ impl SharedStore for HostStore {
     }
 }
 
+/// What one worker's VM keeps between requests.
+struct Worker {
+    cache: TokenCache,
+    leases: Leases,
+    assertions: Prefixes,
+}
+
+impl Worker {
+    fn new(cache_entries: usize) -> Self {
+        Self {
+            cache: TokenCache::new(cache_entries),
+            leases: Leases::default(),
+            assertions: Prefixes::default(),
+        }
+    }
+}
+
+/// How often the root's tick adds up the hot counters into Envoy's stats
+/// (and checks whether the JWKS is due).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Counters every admitted request bumps: counted in the VM and added to
+/// Envoy's stats on the next tick (one host call per counter per tick,
+/// instead of one per request; they lag by at most `TICK`).
+#[derive(Clone, Copy)]
+enum Hot {
+    Forwarded,
+    CacheHit,
+    CacheMiss,
+}
+
+impl Hot {
+    const ALL: [Hot; 3] = [Hot::Forwarded, Hot::CacheHit, Hot::CacheMiss];
+
+    fn name(self) -> &'static str {
+        match self {
+            Hot::Forwarded => "mcp_edge.requests_total.decision.forward.reason.ok",
+            Hot::CacheHit => "mcp_edge.token_cache_lookups_total.result.hit",
+            Hot::CacheMiss => "mcp_edge.token_cache_lookups_total.result.miss",
+        }
+    }
+}
+
 /// Counters in Envoy's stats (`/stats/prometheus`), defined on first use.
 /// Names carry their labels as `.name.value` pairs, which the Envoy config's
 /// `stats_tags` turn into Prometheus labels.
 #[derive(Default)]
 struct Metrics {
     ids: RefCell<HashMap<String, u32>>,
+    /// Hot counts not yet in Envoy's stats.
+    pending_forwarded: std::cell::Cell<u64>,
+    pending_cache_hits: std::cell::Cell<u64>,
+    pending_cache_misses: std::cell::Cell<u64>,
+    /// Switched off by the benchmark's breakdown (`phases.rs`).
+    off: std::cell::Cell<bool>,
 }
 
 impl Metrics {
+    fn pending(&self, hot: Hot) -> &std::cell::Cell<u64> {
+        match hot {
+            Hot::Forwarded => &self.pending_forwarded,
+            Hot::CacheHit => &self.pending_cache_hits,
+            Hot::CacheMiss => &self.pending_cache_misses,
+        }
+    }
+
+    fn count(&self, hot: Hot) {
+        let cell = self.pending(hot);
+        cell.set(cell.get() + 1);
+    }
+
+    /// Adds the hot counts to Envoy's stats.
+    fn flush(&self) {
+        for hot in Hot::ALL {
+            let count = self.pending(hot).replace(0);
+            if count == 0 || self.off.get() {
+                continue;
+            }
+            if let Some(id) = self.id(MetricType::Counter, hot.name()) {
+                let _ = hostcalls::increment_metric(id, count as i64);
+            }
+        }
+    }
+
     /// The id of metric `name`, defined with `kind` on first use.
     fn id(&self, kind: MetricType, name: &str) -> Option<u32> {
         if let Some(id) = self.ids.borrow().get(name).copied() {
@@ -108,12 +209,18 @@ impl Metrics {
     }
 
     fn increment(&self, name: &str) {
+        if self.off.get() {
+            return;
+        }
         if let Some(id) = self.id(MetricType::Counter, name) {
             let _ = hostcalls::increment_metric(id, 1);
         }
     }
 
     fn set_gauge(&self, name: &str, value: u64) {
+        if self.off.get() {
+            return;
+        }
         if let Some(id) = self.id(MetricType::Gauge, name) {
             let _ = hostcalls::record_metric(id, value);
         }
@@ -145,21 +252,23 @@ impl Metrics {
 
     fn admitted(&self, admitted: &Admitted) {
         match admitted.cache {
-            CacheUse::Hit => self.increment("mcp_edge.token_cache_lookups_total.result.hit"),
-            CacheUse::Miss => self.increment("mcp_edge.token_cache_lookups_total.result.miss"),
+            CacheUse::Hit => self.count(Hot::CacheHit),
+            CacheUse::Miss => self.count(Hot::CacheMiss),
             CacheUse::NotApplicable => {}
         }
     }
 }
 
-/// Per-plugin state: the compiled configuration, the worker's token cache,
-/// and the JWKS fetch loop when keys come from a URL.
+/// Per-plugin state: the compiled configuration, the worker's token cache
+/// and bucket leases, and the JWKS fetch loop when keys come from a URL.
 struct EdgeRoot {
     config: Option<Rc<FilterConfig>>,
-    cache: Rc<RefCell<TokenCache>>,
+    worker: Rc<RefCell<Worker>>,
     metrics: Rc<Metrics>,
     /// Token of the JWKS fetch under way.
     jwks_call: Option<u32>,
+    /// When the next JWKS fetch is due (Unix ms; 0: on the first tick).
+    jwks_due_ms: u64,
 }
 
 impl EdgeRoot {
@@ -185,6 +294,7 @@ impl EdgeRoot {
             Err(status) => {
                 log::warn!("JWKS fetch from cluster {} could not start: {status:?}", remote.cluster);
                 self.metrics.increment("mcp_edge.jwks_refreshes_total.result.failed");
+                self.jwks_due_ms = unix_ms(self.get_current_time()) + 1000;
             }
         }
     }
@@ -199,7 +309,7 @@ impl EdgeRoot {
         let jwks: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
         let count = config.jwt.replace_keys(&jwks).map_err(|e| e.to_string())?;
         // Tokens verified with keys that may be gone must be checked again.
-        *self.cache.borrow_mut() = TokenCache::new(config.token_cache_entries);
+        self.worker.borrow_mut().cache = TokenCache::new(config.token_cache_entries);
         Ok(count)
     }
 }
@@ -217,7 +327,7 @@ impl Context for EdgeRoot {
             Ok(count) => {
                 log::info!("loaded {count} signing key(s) from {}{}", remote.authority, remote.path);
                 self.metrics.increment("mcp_edge.jwks_refreshes_total.result.ok");
-                self.set_tick_period(Duration::from_secs(remote.refresh_seconds));
+                self.jwks_due_ms = unix_ms(self.get_current_time()) + remote.refresh_seconds * 1000;
             }
             Err(error) => {
                 // Keep the last good keys; retry sooner than the refresh period.
@@ -227,7 +337,7 @@ impl Context for EdgeRoot {
                     remote.path
                 );
                 self.metrics.increment("mcp_edge.jwks_refreshes_total.result.failed");
-                self.set_tick_period(Duration::from_secs(remote.retry_seconds));
+                self.jwks_due_ms = unix_ms(self.get_current_time()) + remote.retry_seconds * 1000;
             }
         }
     }
@@ -238,13 +348,12 @@ impl RootContext for EdgeRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match FilterConfig::from_json(&bytes) {
             Ok(config) => {
-                self.cache = Rc::new(RefCell::new(TokenCache::new(config.token_cache_entries)));
-                let remote = config.jwt.remote.is_some();
+                self.worker = Rc::new(RefCell::new(Worker::new(config.token_cache_entries)));
+                self.metrics.off.set(config.skip.skips(Phase::Metrics));
                 self.config = Some(Rc::new(config));
-                if remote {
-                    // The first fetch runs on the first tick, once the cluster is up.
-                    self.set_tick_period(Duration::from_millis(200));
-                }
+                // Flushes the hot counters; a JWKS URL's first fetch runs on
+                // the first tick, once the cluster is up.
+                self.set_tick_period(TICK);
                 true
             }
             Err(error) => {
@@ -256,14 +365,18 @@ impl RootContext for EdgeRoot {
     }
 
     fn on_tick(&mut self) {
-        self.fetch_jwks();
+        self.metrics.flush();
+        if self.jwks_call.is_none() && unix_ms(self.get_current_time()) >= self.jwks_due_ms {
+            self.fetch_jwks();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
         Some(Box::new(EdgeRequest {
             config,
-            cache: self.cache.clone(),
+            worker: self.worker.clone(),
+            started_ms: 0,
             metrics: self.metrics.clone(),
             state: RequestState::Headers,
             reply_id: serde_json::Value::Null,
@@ -303,7 +416,9 @@ struct ChargedImages {
 /// Per-request state.
 struct EdgeRequest {
     config: Rc<FilterConfig>,
-    cache: Rc<RefCell<TokenCache>>,
+    worker: Rc<RefCell<Worker>>,
+    /// When the request's headers arrived (Unix ms): the one clock read of a request.
+    started_ms: u64,
     metrics: Rc<Metrics>,
     state: RequestState,
     /// The JSON-RPC id of the request, for errors sent in its place.
@@ -311,14 +426,13 @@ struct EdgeRequest {
     meter: StreamMeter,
 }
 
-impl EdgeRequest {
-    fn now_ms(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default()
-    }
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
 
+impl EdgeRequest {
     fn reject(&mut self, reject: &Reject) -> Action {
         log::info!("rejected {} ({}): {}", reject.status, reject.reason, reject.message);
         self.metrics.rejected(reject);
@@ -332,14 +446,20 @@ impl EdgeRequest {
     /// Replaces credentials and client-supplied identity headers (those in
     /// `present`) with the signed identity assertion.
     fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str, now_ms: u64) {
+        let write = !self.config.skip.skips(Phase::IdentityHeaderWrites);
         // The client's credentials are for this gateway only; never pass them on.
-        for name in present {
+        for name in present.iter().filter(|_| write) {
             self.remove_http_request_header(name);
         }
         if let Some(signer) = &self.config.assertion {
             let jti = next_assertion_id();
-            if let Some(assertion) = signer.sign(&admitted.identity, request_id, &jti, now_ms) {
-                self.set_http_request_header(assertion::HEADER, Some(&assertion));
+            let prefixes = &mut self.worker.borrow_mut().assertions;
+            if let Some(assertion) = signer
+                .sign(prefixes, &admitted.identity, request_id, &jti, now_ms)
+                .filter(|_| write)
+            {
+                // Any client-supplied copy was removed above: add, not replace.
+                self.add_http_request_header(assertion::HEADER, &assertion);
             }
         }
     }
@@ -373,8 +493,7 @@ impl EdgeRequest {
                 return self.reject(&reject);
             }
         }
-        self.metrics
-            .increment("mcp_edge.requests_total.decision.forward.reason.ok");
+        self.metrics.count(Hot::Forwarded);
         self.state = RequestState::Forwarded;
         Action::Continue
     }
@@ -404,18 +523,13 @@ impl Context for EdgeRequest {
 
 impl HttpContext for EdgeRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        // One host call for the whole map; values are not trusted to be UTF-8.
-        let headers: Vec<(String, String)> = self
-            .get_http_request_headers_bytes()
-            .into_iter()
-            .map(|(name, value)| {
-                (
-                    name,
-                    String::from_utf8(value).unwrap_or_else(|_| "\u{FFFD}".to_string()),
-                )
-            })
-            .collect();
-        let h = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        // One host call for the whole map, read in place.
+        let bytes = request_header_bytes();
+        let headers = header_map::pairs(&bytes).unwrap_or_default();
+        if self.config.skip.skips(Phase::AfterHeaderRead) {
+            return Action::Continue;
+        }
+        let h = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
         let head = RequestHead {
             method: h(":method").unwrap_or_default(),
             path: h(":path").unwrap_or_default(),
@@ -436,12 +550,14 @@ impl HttpContext for EdgeRequest {
             .chain(gate::IDENTITY_HEADERS)
             .filter(|name| h(name).is_some())
             .collect();
-        let now_ms = self.now_ms();
-        let cache = self.cache.clone();
+        let now_ms = unix_ms(self.get_current_time());
+        self.started_ms = now_ms;
+        let worker = self.worker.clone();
         let verdict = {
-            let mut cache = cache.borrow_mut();
+            let worker = &mut *worker.borrow_mut();
             let mut host = Host {
-                cache: &mut cache,
+                cache: &mut worker.cache,
+                leases: &mut worker.leases,
                 store: &HostStore,
                 now_ms,
             };
@@ -465,8 +581,7 @@ impl HttpContext for EdgeRequest {
             HeadVerdict::Forward(admitted) => {
                 self.metrics.admitted(&admitted);
                 self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
-                self.metrics
-                    .increment("mcp_edge.requests_total.decision.forward.reason.ok");
+                self.metrics.count(Hot::Forwarded);
                 self.state = RequestState::Forwarded;
                 Action::Continue
             }
@@ -515,12 +630,14 @@ impl HttpContext for EdgeRequest {
             return Action::Continue;
         };
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let now_ms = self.now_ms();
-        let cache = self.cache.clone();
+        // The head's clock read serves the body too (the quota's day is the request's start).
+        let now_ms = self.started_ms;
+        let worker = self.worker.clone();
         let verdict = {
-            let mut cache = cache.borrow_mut();
+            let worker = &mut *worker.borrow_mut();
             let mut host = Host {
-                cache: &mut cache,
+                cache: &mut worker.cache,
+                leases: &mut worker.leases,
                 store: &HostStore,
                 now_ms,
             };
@@ -562,8 +679,7 @@ impl HttpContext for EdgeRequest {
                         }
                     };
                 }
-                self.metrics
-                    .increment("mcp_edge.requests_total.decision.forward.reason.ok");
+                self.metrics.count(Hot::Forwarded);
                 self.state = RequestState::Forwarded;
                 Action::Continue
             }
@@ -572,7 +688,7 @@ impl HttpContext for EdgeRequest {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if matches!(self.state, RequestState::Replied) {
+        if matches!(self.state, RequestState::Replied) || self.config.skip.skips(Phase::Response) {
             return Action::Continue;
         }
         let length = self.get_http_response_header("content-length");
@@ -583,7 +699,7 @@ impl HttpContext for EdgeRequest {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if matches!(self.state, RequestState::Replied) {
+        if matches!(self.state, RequestState::Replied) || self.config.skip.skips(Phase::Response) {
             return Action::Continue;
         }
         match self

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::jwt::Identity;
+use crate::leases::{lease_size, Leases};
 use crate::reply::Reject;
 
 /// JSON-RPC code for a refused-by-limit request (server-defined range).
@@ -112,6 +113,23 @@ pub enum Take {
 impl Bucket {
     /// Takes `cost` tokens at `now_ms`; returns the outcome and the state to store.
     pub fn take(&self, state: Option<BucketState>, now_ms: u64, cost: u64) -> (Take, Option<BucketState>) {
+        self.take_counted(state, now_ms, |_| cost).0
+    }
+
+    /// Takes one token for this request and, when the bucket is far from
+    /// empty, a few more for this worker's lease (`leases.rs`); also returns
+    /// how many were taken.
+    pub fn take_leasing(&self, state: Option<BucketState>, now_ms: u64) -> ((Take, Option<BucketState>), u64) {
+        self.take_counted(state, now_ms, |tokens_milli| lease_size(tokens_milli / 1000))
+    }
+
+    /// Takes `cost(tokens held, in milli-tokens)` tokens.
+    fn take_counted(
+        &self,
+        state: Option<BucketState>,
+        now_ms: u64,
+        cost: impl FnOnce(u64) -> u64,
+    ) -> ((Take, Option<BucketState>), u64) {
         let capacity = u64::from(self.burst) * 1000;
         let state = state.unwrap_or(BucketState {
             tokens_milli: capacity,
@@ -121,20 +139,19 @@ impl Bucket {
         let refill = (elapsed as f64 * self.rate_per_sec) as u64; // milli-tokens per ms == tokens per s
         let tokens = state.tokens_milli.saturating_add(refill).min(capacity);
         let updated_ms = now_ms.max(state.updated_ms);
+        let cost = cost(tokens);
         let needed = cost.saturating_mul(1000);
         if tokens >= needed {
             let left = tokens - needed;
-            (
-                Take::Allowed { remaining: left / 1000 },
-                Some(BucketState {
-                    tokens_milli: left,
-                    updated_ms,
-                }),
-            )
+            let next = BucketState {
+                tokens_milli: left,
+                updated_ms,
+            };
+            ((Take::Allowed { remaining: left / 1000 }, Some(next)), cost)
         } else {
             let missing = (needed - tokens) as f64;
             let retry_after_ms = (missing / self.rate_per_sec).ceil() as u64;
-            (Take::Limited { retry_after_ms }, None)
+            ((Take::Limited { retry_after_ms }, None), 0)
         }
     }
 }
@@ -262,6 +279,7 @@ impl RateLimits {
     pub fn check_request(
         &self,
         store: &dyn SharedStore,
+        leases: &mut Leases,
         identity: &Identity,
         caller_override: CallerOverride,
         now_ms: u64,
@@ -281,11 +299,12 @@ impl RateLimits {
                 Some(id) => format!("mcp_edge:rl:key:{id}"),
                 None => format!("mcp_edge:rl:user:{}/{}", identity.org, identity.user),
             };
-            take_bucket(store, &key, &bucket, now_ms, "caller", &identity.org)?;
+            take_bucket(store, leases, &key, &bucket, now_ms, "caller", &identity.org)?;
         }
         if let Some(bucket) = self.org(&identity.org).bucket {
             take_bucket(
                 store,
+                leases,
                 &format!("mcp_edge:rl:org:{}", identity.org),
                 &bucket,
                 now_ms,
@@ -368,20 +387,29 @@ impl RateLimits {
 
 fn take_bucket(
     store: &dyn SharedStore,
+    leases: &mut Leases,
     key: &str,
     bucket: &Bucket,
     now_ms: u64,
     scope: &'static str,
     org: &str,
 ) -> Result<(), Reject> {
+    if leases.spend(key, now_ms) {
+        return Ok(());
+    }
     let outcome = update(store, key, |value| {
-        let (take, new_state) = bucket.take(value.and_then(BucketState::decode), now_ms, 1);
-        (take, new_state.map(|s| s.encode()))
+        let ((take, new_state), taken) = bucket.take_leasing(value.and_then(BucketState::decode), now_ms);
+        ((take, taken), new_state.map(|s| s.encode()))
     });
     match outcome {
+        Ok((Take::Allowed { .. }, taken)) => {
+            // One token is this request's; the rest serve this worker's next ones.
+            leases.keep(key, taken.saturating_sub(1), now_ms);
+            Ok(())
+        }
         // Persistent contention on one key: let the request through rather than fail it.
-        Ok(Take::Allowed { .. }) | Err(Contended) => Ok(()),
-        Ok(Take::Limited { retry_after_ms }) => {
+        Err(Contended) => Ok(()),
+        Ok((Take::Limited { retry_after_ms }, _)) => {
             let retry = retry_after_ms.div_ceil(1000).max(1);
             let (reason, who) = match scope {
                 "caller" => ("rate_limited_caller", "this API key or user".to_string()),

@@ -92,10 +92,14 @@ fn caller_and_org_buckets_with_429_headers() {
     }));
     let alice = identity(None);
     let bot = identity(Some("ci-bot"));
-    assert!(l.check_request(&store, &alice, CallerOverride::default(), 0).is_ok());
-    assert!(l.check_request(&store, &alice, CallerOverride::default(), 0).is_ok());
+    assert!(l
+        .check_request(&store, &mut Leases::default(), &alice, CallerOverride::default(), 0)
+        .is_ok());
+    assert!(l
+        .check_request(&store, &mut Leases::default(), &alice, CallerOverride::default(), 0)
+        .is_ok());
     let caller = l
-        .check_request(&store, &alice, CallerOverride::default(), 0)
+        .check_request(&store, &mut Leases::default(), &alice, CallerOverride::default(), 0)
         .unwrap_err();
     assert_eq!(
         (caller.status, caller.code, caller.reason),
@@ -106,10 +110,16 @@ fn caller_and_org_buckets_with_429_headers() {
     assert_eq!(header(&caller, "ratelimit-policy"), "\"caller\";q=2;w=2");
     assert_eq!(header(&caller, "ratelimit"), "\"caller\";r=0;t=1");
     // Another caller of the same org has its own bucket, but the org bucket (3) is now spent.
-    assert!(l.check_request(&store, &bot, CallerOverride::default(), 0).is_ok());
-    let org = l.check_request(&store, &bot, CallerOverride::default(), 0).unwrap_err();
+    assert!(l
+        .check_request(&store, &mut Leases::default(), &bot, CallerOverride::default(), 0)
+        .is_ok());
+    let org = l
+        .check_request(&store, &mut Leases::default(), &bot, CallerOverride::default(), 0)
+        .unwrap_err();
     assert_eq!(org.reason, "rate_limited_org");
-    assert!(l.check_request(&store, &bot, CallerOverride::default(), 1_000).is_ok());
+    assert!(l
+        .check_request(&store, &mut Leases::default(), &bot, CallerOverride::default(), 1_000)
+        .is_ok());
 }
 
 #[test]
@@ -125,9 +135,13 @@ fn api_key_override_and_org_override() {
         burst: Some(5),
     };
     for _ in 0..5 {
-        assert!(l.check_request(&store, &bot, generous, 0).is_ok());
+        assert!(l
+            .check_request(&store, &mut Leases::default(), &bot, generous, 0)
+            .is_ok());
     }
-    assert!(l.check_request(&store, &bot, generous, 0).is_err());
+    assert!(l
+        .check_request(&store, &mut Leases::default(), &bot, generous, 0)
+        .is_err());
     assert_eq!(
         l.check_images(&store, "acme", 2, 0).unwrap(),
         Some(QuotaUse { used: 2, limit: 3 })
@@ -207,4 +221,78 @@ fn refunded_images_are_free_again_on_the_day_they_were_charged() {
         l.check_images(&store, "acme", 4, late).unwrap(),
         Some(QuotaUse { used: 4, limit: 4 })
     );
+}
+
+/// Four workers, each with its own leases, share one bucket: leases cut the
+/// shared-data reads, never admit more than the bucket granted, and strand at
+/// most one partial lease per other worker.
+#[test]
+fn leases_never_admit_more_than_the_bucket_grants() {
+    use crate::leases::{Leases, MAX_LEASE};
+    let l = limits(serde_json::json!({"per_org": {"requests_per_second": 0.001, "burst": 400}}));
+    let store = MemStore::default();
+    let mut workers: Vec<Leases> = (0..4).map(|_| Leases::default()).collect();
+    let alice = identity(None);
+    let mut admitted = 0u64;
+    for i in 0..2_000 {
+        let worker = &mut workers[i % 4];
+        if l.check_request(&store, worker, &alice, CallerOverride::default(), 10)
+            .is_ok()
+        {
+            admitted += 1;
+        }
+    }
+    assert!(admitted <= 400, "over-admitted: {admitted}");
+    assert!(admitted >= 400 - 3 * (MAX_LEASE - 1), "stranded too much: {admitted}");
+    // Without leases every admitted request reads the bucket once.
+    let reads_while_admitting = store.reads.get() - (2_000 - admitted as usize);
+    assert!(
+        reads_while_admitting * 4 < admitted as usize,
+        "{reads_while_admitting} reads for {admitted}"
+    );
+}
+
+/// Near an empty bucket every request takes exactly one token from shared
+/// data: a small burst behaves exactly as without leases, on any worker.
+#[test]
+fn small_buckets_are_exact() {
+    let l = limits(serde_json::json!({"per_org": {"requests_per_second": 0.001, "burst": 7}}));
+    let store = MemStore::default();
+    let mut workers: Vec<Leases> = (0..3).map(|_| Leases::default()).collect();
+    let alice = identity(None);
+    let admitted = (0..30)
+        .filter(|i| {
+            l.check_request(&store, &mut workers[i % 3], &alice, CallerOverride::default(), 10)
+                .is_ok()
+        })
+        .count();
+    assert_eq!(admitted, 7);
+}
+
+/// Leased tokens lapse: a caller cannot bank them past the lease lifetime.
+#[test]
+fn leased_tokens_lapse() {
+    use crate::leases::{Leases, LEASE_TTL_MS};
+    let l = limits(serde_json::json!({"per_org": {"requests_per_second": 0.001, "burst": 400}}));
+    let store = MemStore::default();
+    let mut leases = Leases::default();
+    let alice = identity(None);
+    assert!(l
+        .check_request(&store, &mut leases, &alice, CallerOverride::default(), 0)
+        .is_ok());
+    let reads = store.reads.get();
+    assert!(l
+        .check_request(&store, &mut leases, &alice, CallerOverride::default(), 5)
+        .is_ok());
+    assert_eq!(store.reads.get(), reads, "served from the lease");
+    assert!(l
+        .check_request(
+            &store,
+            &mut leases,
+            &alice,
+            CallerOverride::default(),
+            LEASE_TTL_MS + 10
+        )
+        .is_ok());
+    assert!(store.reads.get() > reads, "a lapsed lease goes back to the bucket");
 }

@@ -9,10 +9,13 @@ use crate::limits::{CasMismatch, SharedStore};
 #[derive(Default)]
 pub struct MemStore {
     data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    /// Reads so far (each is a host call in Envoy).
+    pub reads: std::cell::Cell<usize>,
 }
 
 impl SharedStore for MemStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.reads.set(self.reads.get() + 1);
         match self.data.borrow().get(key) {
             Some((value, cas)) => (Some(value.clone()), Some(*cas)),
             None => (None, None),

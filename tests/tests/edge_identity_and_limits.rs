@@ -193,6 +193,47 @@ async fn bucket_holds_across_envoy_workers() {
     assert_eq!(counts, BTreeMap::from([(200, 12), (429, 48)]));
 }
 
+/// A large bucket is served from per-worker leases (filter/src/leases.rs):
+/// across four workers nothing beyond the bucket is admitted, and at most
+/// one partial lease per other worker is left unspent.
+#[tokio::test]
+async fn leased_tokens_never_exceed_the_bucket_across_workers() {
+    let patch = json!({"rate_limits": {"per_org": {"requests_per_second": 0.001, "burst": 160}}});
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: patch,
+        envoy_concurrency: 4,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tokens: Vec<String> = (0..8).map(|i| stack.token(&format!("user{i}"), "acme")).collect();
+    let mut tasks = Vec::new();
+    for i in 0..240 {
+        let url = stack.mcp_url.clone();
+        let token = tokens[i % tokens.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let response = client
+                .post(url)
+                .headers(headers(bearer(&token)))
+                .body(LIST)
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }));
+    }
+    let mut counts = BTreeMap::new();
+    for task in tasks {
+        *counts.entry(task.await.unwrap()).or_insert(0u64) += 1;
+    }
+    let admitted = counts.get(&200).copied().unwrap_or(0);
+    let stranded = 3 * (mcp_edge_filter::leases::MAX_LEASE - 1);
+    assert!(admitted <= 160, "over-admitted: {counts:?}");
+    assert!(admitted >= 160 - stranded, "too many tokens left in leases: {counts:?}");
+    assert_eq!(counts.get(&429).copied().unwrap_or(0), 240 - admitted, "{counts:?}");
+}
+
 #[tokio::test]
 async fn daily_image_quota_per_org() {
     let patch = json!({"rate_limits": {"orgs": {"acme": {"daily_images": 5}}}});
@@ -233,7 +274,16 @@ async fn decisions_show_in_envoy_prometheus_stats() {
     }
     assert_eq!(post(&stack, headers(None), LIST.into()).await.0, 401);
     assert_eq!(post(&stack, headers(bearer(&token)), "[]".into()).await.0, 400);
-    let metrics = stack.prometheus().await;
+    // Forwarded requests and cache lookups reach Envoy's stats on the
+    // filter's next tick (100 ms); refusals at once.
+    let mut metrics = stack.prometheus().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !metrics.contains("mcp_edge_requests_total{decision=\"forward\",reason=\"ok\"} 3")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        metrics = stack.prometheus().await;
+    }
     let value = |line_start: &str| -> u64 {
         metrics
             .lines()

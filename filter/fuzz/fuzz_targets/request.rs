@@ -80,16 +80,17 @@ fn run(config: &FilterConfig, data: &[u8]) {
     };
     let store = Store::default();
     let mut cache = TokenCache::new(4);
-    let mut host = Host { cache: &mut cache, store: &store, now_ms: 1_800_000_000_000 };
+    let mut leases = mcp_edge_filter::leases::Leases::default();
+    let mut host = Host { cache: &mut cache, leases: &mut leases, store: &store, now_ms: 1_800_000_000_000 };
     let _ = gate::check_head(config, &head, &mut host);
     let held = HeldRequest {
-        identity: Identity {
+        identity: std::rc::Rc::new(Identity {
             user: "u".into(),
             org: "acme".into(),
             scopes: vec!["images:generate".into()],
             expires_at: u64::MAX,
             key_id: None,
-        },
+        }),
         protocol_version: version.map(str::to_string),
         mcp_method: mcp_method.map(str::to_string),
         mcp_name: mcp_name.map(str::to_string),
