@@ -114,6 +114,10 @@ async fn keys_load_rotate_and_survive_a_failed_refresh() {
     let rotated_token = rotated.sign(claims).unwrap();
     eventually(&stack, &rotated_token, 200).await;
     eventually(&stack, &dev_token, 401).await;
+    // Every worker's VM refreshes on its own (every `refresh_seconds`, checked
+    // on the filter's 100 ms tick): let each one load the rotated keys before
+    // the IAM fails, or one that has not yet would rightly keep the old keys.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // The IAM fails: the last good keys stay in use.
     *jwks.lock().unwrap() = (StatusCode::INTERNAL_SERVER_ERROR, "oops".into());
