@@ -169,12 +169,19 @@ async fn bucket_holds_across_envoy_workers() {
     };
     let stack = Stack::start_with(options).await.unwrap();
     let tokens: Vec<String> = (0..6).map(|i| stack.token(&format!("user{i}"), "acme")).collect();
+    let counts = concurrent_lists(&stack, &tokens, 60).await;
+    assert_eq!(counts, BTreeMap::from([(200, 12), (429, 48)]));
+}
+
+/// `count` concurrent `tools/list` calls, spread over `tokens`, each on a
+/// fresh client (so the connections spread over Envoy's workers); the number
+/// of answers by HTTP status.
+async fn concurrent_lists(stack: &Stack, tokens: &[String], count: usize) -> BTreeMap<u16, u64> {
     let mut tasks = Vec::new();
-    for i in 0..60 {
+    for i in 0..count {
         let url = stack.mcp_url.clone();
         let token = tokens[i % tokens.len()].clone();
         tasks.push(tokio::spawn(async move {
-            // A fresh client per request spreads connections over the workers.
             let client = reqwest::Client::builder().no_proxy().build().unwrap();
             let response = client
                 .post(url)
@@ -190,7 +197,7 @@ async fn bucket_holds_across_envoy_workers() {
     for task in tasks {
         *counts.entry(task.await.unwrap()).or_insert(0) += 1;
     }
-    assert_eq!(counts, BTreeMap::from([(200, 12), (429, 48)]));
+    counts
 }
 
 /// A large bucket is served from per-worker leases (filter/src/leases.rs):
@@ -207,26 +214,7 @@ async fn leased_tokens_never_exceed_the_bucket_across_workers() {
     .await
     .unwrap();
     let tokens: Vec<String> = (0..8).map(|i| stack.token(&format!("user{i}"), "acme")).collect();
-    let mut tasks = Vec::new();
-    for i in 0..240 {
-        let url = stack.mcp_url.clone();
-        let token = tokens[i % tokens.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder().no_proxy().build().unwrap();
-            let response = client
-                .post(url)
-                .headers(headers(bearer(&token)))
-                .body(LIST)
-                .send()
-                .await
-                .unwrap();
-            response.status().as_u16()
-        }));
-    }
-    let mut counts = BTreeMap::new();
-    for task in tasks {
-        *counts.entry(task.await.unwrap()).or_insert(0u64) += 1;
-    }
+    let counts = concurrent_lists(&stack, &tokens, 240).await;
     let admitted = counts.get(&200).copied().unwrap_or(0);
     let stranded = 3 * (mcp_edge_filter::leases::MAX_LEASE - 1);
     assert!(admitted <= 160, "over-admitted: {counts:?}");
