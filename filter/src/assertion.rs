@@ -224,7 +224,6 @@ pub struct Prefixes {
 }
 
 /// The fields of an identity that its fixed claims are made of.
-#[derive(PartialEq, Eq, Hash)]
 struct Caller {
     user: String,
     org: String,
@@ -232,43 +231,46 @@ struct Caller {
     scopes: Vec<String>,
 }
 
+impl Caller {
+    fn of(identity: &Identity) -> Self {
+        Self {
+            user: identity.user.clone(),
+            org: identity.org.clone(),
+            key_id: identity.key_id.clone(),
+            scopes: identity.scopes.clone(),
+        }
+    }
+
+    fn is(&self, identity: &Identity) -> bool {
+        self.user == identity.user
+            && self.org == identity.org
+            && self.key_id == identity.key_id
+            && self.scopes == identity.scopes
+    }
+}
+
 /// Callers a worker keeps prefixes for (all are dropped past it).
 const MAX_PREFIXES: usize = 4_096;
 
 impl Prefixes {
+    /// `identity`'s prefix, made on first use: one map lookup per request.
     fn get_or_make(&mut self, identity: &Identity, make: impl FnOnce() -> Option<Prefix>) -> Option<&Prefix> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&identity.user, &identity.org, &identity.key_id, &identity.scopes).hash(&mut hasher);
-        let hash = hasher.finish();
-        let same = |caller: &Caller| {
-            caller.user == identity.user
-                && caller.org == identity.org
-                && caller.key_id == identity.key_id
-                && caller.scopes == identity.scopes
-        };
-        let found = self
-            .by_caller
-            .get(&hash)
-            .is_some_and(|entries| entries.iter().any(|(caller, _)| same(caller)));
-        if !found {
-            if self.len >= MAX_PREFIXES {
-                self.by_caller.clear();
-                self.len = 0;
-            }
-            let caller = Caller {
-                user: identity.user.clone(),
-                org: identity.org.clone(),
-                key_id: identity.key_id.clone(),
-                scopes: identity.scopes.clone(),
-            };
-            self.by_caller.entry(hash).or_default().push((caller, make()?));
-            self.len += 1;
+        if self.len >= MAX_PREFIXES {
+            self.by_caller.clear();
+            self.len = 0;
         }
-        self.by_caller
-            .get(&hash)?
-            .iter()
-            .find(|(caller, _)| same(caller))
-            .map(|(_, prefix)| prefix)
+        let entries = self.by_caller.entry(hasher.finish()).or_default();
+        let index = match entries.iter().position(|(caller, _)| caller.is(identity)) {
+            Some(index) => index,
+            None => {
+                entries.push((Caller::of(identity), make()?));
+                self.len += 1;
+                entries.len() - 1
+            }
+        };
+        entries.get(index).map(|(_, prefix)| prefix)
     }
 
     #[cfg(test)]

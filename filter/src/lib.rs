@@ -433,6 +433,26 @@ fn unix_ms(time: std::time::SystemTime) -> u64 {
 }
 
 impl EdgeRequest {
+    /// Runs a gate decision with this worker's state, the shared store and
+    /// the request's clock reading.
+    fn with_host<T>(&self, decide: impl FnOnce(&FilterConfig, &mut Host<'_>) -> T) -> T {
+        let worker = &mut *self.worker.borrow_mut();
+        let mut host = Host {
+            cache: &mut worker.cache,
+            leases: &mut worker.leases,
+            store: &HostStore,
+            now_ms: self.started_ms,
+        };
+        decide(&self.config, &mut host)
+    }
+
+    /// Lets the request through, counted.
+    fn pass(&mut self) -> Action {
+        self.metrics.count(Hot::Forwarded);
+        self.state = RequestState::Forwarded;
+        Action::Continue
+    }
+
     fn reject(&mut self, reject: &Reject) -> Action {
         log::info!("rejected {} ({}): {}", reject.status, reject.reason, reject.message);
         self.metrics.rejected(reject);
@@ -493,9 +513,7 @@ impl EdgeRequest {
                 return self.reject(&reject);
             }
         }
-        self.metrics.count(Hot::Forwarded);
-        self.state = RequestState::Forwarded;
-        Action::Continue
+        self.pass()
     }
 }
 
@@ -552,17 +570,7 @@ impl HttpContext for EdgeRequest {
             .collect();
         let now_ms = unix_ms(self.get_current_time());
         self.started_ms = now_ms;
-        let worker = self.worker.clone();
-        let verdict = {
-            let worker = &mut *worker.borrow_mut();
-            let mut host = Host {
-                cache: &mut worker.cache,
-                leases: &mut worker.leases,
-                store: &HostStore,
-                now_ms,
-            };
-            gate::check_head(&self.config, &head, &mut host)
-        };
+        let verdict = self.with_host(|config, host| gate::check_head(config, &head, host));
         match verdict {
             HeadVerdict::Reject(reject) => self.reject(&reject),
             HeadVerdict::RejectAfterBody(reject) => {
@@ -581,9 +589,7 @@ impl HttpContext for EdgeRequest {
             HeadVerdict::Forward(admitted) => {
                 self.metrics.admitted(&admitted);
                 self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
-                self.metrics.count(Hot::Forwarded);
-                self.state = RequestState::Forwarded;
-                Action::Continue
+                self.pass()
             }
             HeadVerdict::InspectBody(admitted, held) => {
                 self.metrics.admitted(&admitted);
@@ -632,17 +638,7 @@ impl HttpContext for EdgeRequest {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         // The head's clock read serves the body too (the quota's day is the request's start).
         let now_ms = self.started_ms;
-        let worker = self.worker.clone();
-        let verdict = {
-            let worker = &mut *worker.borrow_mut();
-            let mut host = Host {
-                cache: &mut worker.cache,
-                leases: &mut worker.leases,
-                store: &HostStore,
-                now_ms,
-            };
-            gate::check_body(&self.config, &body, &held, &mut host)
-        };
+        let verdict = self.with_host(|config, host| gate::check_body(config, &body, &held, host));
         match verdict {
             Ok(checked) => {
                 self.reply_id = checked.reply_id;
@@ -679,9 +675,7 @@ impl HttpContext for EdgeRequest {
                         }
                     };
                 }
-                self.metrics.count(Hot::Forwarded);
-                self.state = RequestState::Forwarded;
-                Action::Continue
+                self.pass()
             }
             Err(reject) => self.reject(&reject),
         }
