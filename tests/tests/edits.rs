@@ -52,6 +52,15 @@ async fn generate(stack: &Stack, token: &str) -> String {
     structured(&reply)["image_urls"][0].as_str().unwrap().to_string()
 }
 
+/// A stack started with `options`, alice's token (org acme) and one image
+/// she generated (its link): where every edit test begins.
+async fn stack_with_image(options: StackOptions) -> (Stack, String, String) {
+    let stack = Stack::start_with(options).await.unwrap();
+    let token = stack.token("alice", "acme");
+    let original = generate(&stack, &token).await;
+    (stack, token, original)
+}
+
 /// A created upload: (upload URL, reference).
 async fn create_upload(stack: &Stack, token: &str, content_type: &str) -> (String, String) {
     let reply = call(stack, token, "create_upload", json!({"content_type": content_type})).await;
@@ -123,9 +132,7 @@ fn clear_png(width: u32, height: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn in_painting_a_region_changes_only_that_region() {
-    let stack = Stack::start().await.unwrap();
-    let token = stack.token("alice", "acme");
-    let original = generate(&stack, &token).await;
+    let (stack, token, original) = stack_with_image(StackOptions::default()).await;
     let region = json!({"x": 96, "y": 160, "width": 320, "height": 200});
     let reply = call(
         &stack,
@@ -384,7 +391,7 @@ async fn openai_edits_are_multipart_with_every_part_checked() {
 
 #[tokio::test]
 async fn an_edit_falls_back_to_the_next_model_that_edits() {
-    let stack = Stack::start_with(StackOptions {
+    let (stack, token, original) = stack_with_image(StackOptions {
         backend: Backend::FakeOpenAi {
             model: "gpt-image-2".into(),
             options: FakeOptions {
@@ -398,10 +405,7 @@ async fn an_edit_falls_back_to_the_next_model_that_edits() {
         ],
         ..StackOptions::default()
     })
-    .await
-    .unwrap();
-    let token = stack.token("alice", "acme");
-    let original = generate(&stack, &token).await;
+    .await;
     let reply = call(
         &stack,
         &token,
@@ -422,14 +426,11 @@ async fn an_edit_falls_back_to_the_next_model_that_edits() {
 
 #[tokio::test]
 async fn an_edit_runs_as_a_task_on_either_replica() {
-    let stack = Stack::start_with(StackOptions {
+    let (stack, token, original) = stack_with_image(StackOptions {
         upstream_replicas: 2,
         ..StackOptions::default()
     })
-    .await
-    .unwrap();
-    let token = stack.token("alice", "acme");
-    let original = generate(&stack, &token).await;
+    .await;
     let client = connect_with_tasks(&stack.mcp_url, &token).await.unwrap();
     let arguments = json!({"prompt": "a lighthouse", "images": [original],
         "mask_region": {"x": 0, "y": 0, "width": 64, "height": 64}});
@@ -468,7 +469,7 @@ async fn an_edit_runs_as_a_task_on_either_replica() {
 /// goes out as its greyscale white-where-to-paint mask, the size kept.
 #[tokio::test]
 async fn stability_in_paints_with_its_own_mask_form() {
-    let stack = Stack::start_with(StackOptions {
+    let (stack, token, original) = stack_with_image(StackOptions {
         backend: Backend::FakeStability { rate_limit: None },
         upstream_env: vec![(
             "GATEWAY_FALLBACK_MODELS".into(),
@@ -476,10 +477,7 @@ async fn stability_in_paints_with_its_own_mask_form() {
         )],
         ..StackOptions::default()
     })
-    .await
-    .unwrap();
-    let token = stack.token("alice", "acme");
-    let original = generate(&stack, &token).await;
+    .await;
     let reply = call(
         &stack,
         &token,
@@ -512,14 +510,11 @@ async fn stability_in_paints_with_its_own_mask_form() {
 /// Edits draw on the organisation's daily image quota at the edge, like generations.
 #[tokio::test]
 async fn edits_count_against_the_daily_image_quota() {
-    let stack = Stack::start_with(StackOptions {
+    let (stack, token, original) = stack_with_image(StackOptions {
         filter_patch: json!({"rate_limits": {"daily_images_per_org": 3}}),
         ..StackOptions::default()
     })
-    .await
-    .unwrap();
-    let token = stack.token("alice", "acme");
-    let original = generate(&stack, &token).await;
+    .await;
     let edit = json!({"prompt": "x", "images": [original], "n": 2});
     structured(&call(&stack, &token, "edit_image", edit.clone()).await);
     let refused = call(&stack, &token, "edit_image", edit).await;
@@ -533,7 +528,7 @@ async fn edits_count_against_the_daily_image_quota() {
 /// one `image` part, the mask, `response_format: b64_json`.
 #[tokio::test]
 async fn openai_compatible_servers_get_the_classic_edit_form() {
-    let stack = Stack::start_with(StackOptions {
+    let (stack, token, original) = stack_with_image(StackOptions {
         backend: Backend::FakeOpenAi {
             model: "sdxl-local".into(),
             options: FakeOptions {
@@ -544,10 +539,7 @@ async fn openai_compatible_servers_get_the_classic_edit_form() {
         upstream_env: vec![("GATEWAY_BACKEND".into(), "openai-compatible".into())],
         ..StackOptions::default()
     })
-    .await
-    .unwrap();
-    let token = stack.token("alice", "acme");
-    let original = generate(&stack, &token).await;
+    .await;
     let reply = call(
         &stack,
         &token,
