@@ -18,7 +18,7 @@ WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 cargo
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: cost-sim help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge bench-stack soak fuzz deploy-render wasm-oci
+.PHONY: cost-sim help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT))"
@@ -50,6 +50,7 @@ run: build envoy
 	scripts/run.sh
 
 test: build envoy test-clients
+	$(MAKE) native-module NATIVE_PROFILE=debug
 	ENVOY_BIN="$$(scripts/ensure-envoy.sh)" cargo test --workspace --no-fail-fast
 
 token: upstream
@@ -57,7 +58,14 @@ token: upstream
 	@$(BIN) token --sub $(SUB) --org $(ORG) --state-dir $(STATE_DIR) \
 	  --public-base-url "$${GATEWAY_PUBLIC_BASE_URL:-http://127.0.0.1:$(LISTEN_PORT)}"
 
-bench-edge: build envoy
+# The filter's decisions as an Envoy dynamic module (native), for bench-edge's
+# second row (release) and its test through Envoy (`make test` builds debug).
+NATIVE_PROFILE ?= release
+native-module:
+	cargo build $(if $(filter release,$(NATIVE_PROFILE)),--release) -p mcp-edge-filter --features dynamic-module
+	cp target/$(NATIVE_PROFILE)/libmcp_edge_filter.so target/$(NATIVE_PROFILE)/libmcp_edge_native.so
+
+bench-edge: build envoy native-module
 	@command -v wrk >/dev/null || (echo "bench-edge needs wrk: apt-get install wrk" >&2; exit 1)
 	@command -v oha >/dev/null || cargo install oha --locked
 	CARGO_TARGET_DIR=$(CURDIR)/target cargo build --release --target wasm32-wasip1 --manifest-path bench/edge/noop-filter/Cargo.toml
@@ -103,6 +111,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target wasm32-wasip1 -p mcp-edge-filter -- -D warnings
+	cargo clippy -p mcp-edge-filter --features dynamic-module --all-targets -- -D warnings
 
 fmt:
 	cargo fmt --all

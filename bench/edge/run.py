@@ -11,6 +11,8 @@
   ours        the mcp_edge Wasm filter (JWT with a warm token cache, JSON-RPC and
               MCP checks, per-caller and per-org buckets in shared data, the
               signed identity assertion)
+  ours_native the same decision core built as an Envoy dynamic module (native
+              code, envoy.filters.http.dynamic_modules; the same settings)
   with BENCH_BREAKDOWN=1, the per-phase cost of ours at the first worker
   count: a build with the `phase-switches` feature (filter/src/phases.rs)
   runs whole and with each phase switched off (`bench_skip`), plus
@@ -54,6 +56,8 @@ BIN = ROOT / "target" / "debug" / "mcp-image-gateway"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "mcp_edge_filter.wasm"
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 PHASES_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "mcp_edge_filter_phases.wasm"
+# `make native-module`: the same decisions as an Envoy dynamic module (filter/src/envoy_native).
+NATIVE_MODULE = ROOT / "target" / "release" / "libmcp_edge_native.so"
 # (variant, what switching it off removes, filter settings patch)
 PHASES = [
     ("after_header_read", "everything after reading the request headers", {"bench_skip": ["after_header_read"]}),
@@ -306,6 +310,9 @@ def main() -> int:
         "ours": render(variant_template, {**common, "HTTP_FILTERS": render(
             (HERE / "ours-filter.yaml.tmpl").read_text(),
             {"WASM_PATH": WASM, "FILTER_CONFIG": json.dumps(filter_config)})}),
+        "ours_native": render(variant_template, {**common, "HTTP_FILTERS": render(
+            (HERE / "dynamic-module-filter.yaml.tmpl").read_text(),
+            {"MODULE_PATH": NATIVE_MODULE, "FILTER_CONFIG": json.dumps(filter_config)})}),
     }
     breakdown = {}
     if BREAKDOWN:
@@ -351,7 +358,8 @@ def main() -> int:
         return 0
     labels = [("bare", "bare Envoy"), ("native", "jwt_authn + local_ratelimit"),
               ("native_mcp", "**native MCP stack** (mcp + jwt_authn + local_ratelimit)"),
-              ("floor", "no-op Wasm filter (V8 floor)"), ("ours", "**mcp_edge Wasm filter**")]
+              ("floor", "no-op Wasm filter (V8 floor)"), ("ours", "**mcp_edge Wasm filter**"),
+              ("ours_native", "mcp_edge decision core as a dynamic module (native)")]
     lines = [
         f"Medians of {ROUNDS} shuffled {DURATION} slices per variant, every variant running at once; Envoy 1.40 with {', '.join(map(str, WORKERS))} worker(s) on a "
         f"{os.cpu_count()}-core machine; the same upstream stand-in (Envoy answering after reading the body); POST "

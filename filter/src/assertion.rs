@@ -207,6 +207,38 @@ impl AssertionSigner {
     }
 }
 
+/// The assertion ids (`jti`) one worker hands out: a random 64-bit seed
+/// drawn once, then a counter, so no two requests of any worker share one
+/// without a random draw per request.
+#[derive(Default)]
+pub struct Ids {
+    seed: u64,
+    counter: u64,
+}
+
+impl Ids {
+    /// The next id; `seed` is asked once, for the first.
+    pub fn next(&mut self, seed: impl FnOnce() -> u64) -> String {
+        if self.seed == 0 {
+            self.seed = seed() | 1;
+        }
+        let id = format!("{:016x}{:016x}", self.seed, self.counter);
+        self.counter += 1;
+        id
+    }
+}
+
+/// A random seed for `Ids`; the clock's nanoseconds when the platform has
+/// no randomness (logged).
+pub fn random_seed(clock_nanos: impl FnOnce() -> u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        log::warn!("no randomness for identity assertion ids; using the clock");
+        return clock_nanos();
+    }
+    u64::from_be_bytes(bytes)
+}
+
 /// What one caller's assertions start with.
 #[derive(Clone)]
 pub struct Prefix {
@@ -362,6 +394,26 @@ mod tests {
         );
         let foreign = HS256Key::from_bytes(&[1; 32]);
         assert!(foreign.verify_token::<NoCustomClaims>(&token, None).is_err());
+    }
+
+    #[test]
+    fn ids_draw_the_seed_once_and_never_repeat() {
+        let mut ids = Ids::default();
+        let mut draws = 0;
+        let taken: Vec<String> = (0..3)
+            .map(|_| {
+                ids.next(|| {
+                    draws += 1;
+                    0xabc0
+                })
+            })
+            .collect();
+        assert_eq!(draws, 1);
+        // An even seed is made odd, so a zero draw still marks the seed as drawn.
+        assert_eq!(taken[0], "000000000000abc10000000000000000");
+        assert_eq!(taken[2], "000000000000abc10000000000000002");
+        let mut other = Ids::default();
+        assert_ne!(other.next(|| random_seed(|| 1)), taken[0]);
     }
 
     #[test]

@@ -44,6 +44,17 @@ pub struct StackOptions {
     pub upstream_replicas: u16,
     /// Also listen with TLS 1.3 (self-signed development certificate).
     pub tls: bool,
+    /// How the edge filter is built into Envoy.
+    pub edge: Edge,
+}
+
+/// The edge filter's build: the deployed Wasm filter, or the same decisions
+/// as an Envoy dynamic module (`make native-module`, the benchmark's native row).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Edge {
+    #[default]
+    Wasm,
+    DynamicModule,
 }
 
 impl Default for StackOptions {
@@ -57,6 +68,7 @@ impl Default for StackOptions {
             upstream_env: Vec::new(),
             upstream_replicas: 1,
             tls: false,
+            edge: Edge::Wasm,
         }
     }
 }
@@ -111,6 +123,33 @@ pub fn wasm_path() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The edge filter's decisions built as an Envoy dynamic module; `make test`
+/// builds it (`make native-module NATIVE_PROFILE=debug`).
+pub fn native_module_path() -> anyhow::Result<PathBuf> {
+    let path = target_dir().join("debug/libmcp_edge_native.so");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `make test` (or `make native-module NATIVE_PROFILE=debug`) first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The Envoy config template with the Wasm filter swapped for the dynamic
+/// module (the benchmark's filter block; same name, same settings).
+fn with_dynamic_module(template: &str) -> anyhow::Result<String> {
+    let start = template
+        .find("          - name: mcp_edge\n")
+        .context("no mcp_edge filter in the Envoy template")?;
+    let end = template
+        .find("          - name: envoy.filters.http.router")
+        .context("no router in the Envoy template")?;
+    let block = std::fs::read_to_string(workspace_root().join("bench/edge/dynamic-module-filter.yaml.tmpl"))?
+        .replace("${MODULE_PATH}", &native_module_path()?.display().to_string());
+    Ok(format!("{}{}{}", &template[..start], block, &template[end..]))
 }
 
 /// The built upstream binary.
@@ -271,7 +310,10 @@ impl Stack {
         } else {
             String::new()
         };
-        let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        let mut template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        if options.edge == Edge::DynamicModule {
+            template = with_dynamic_module(&template)?;
+        }
         let mut filter_config = devkit::filter_config(&state_dir, &base_url)?;
         if let (Some(config), Some(patch)) = (filter_config.as_object_mut(), options.filter_patch.as_object()) {
             for (key, value) in patch {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use gateway_tests::stack::http_client;
+use gateway_tests::stack::Edge;
 use gateway_tests::{Stack, StackOptions};
 use mcp_image_gateway::devkit;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -321,4 +322,57 @@ async fn oversized_upstream_response_becomes_a_jsonrpc_error() {
             .contains("output limit of 2500 bytes"),
         "{body}"
     );
+}
+
+/// The same decision core built as an Envoy dynamic module (the edge
+/// benchmark's native row) through real Envoy and the real upstream: the
+/// upstream accepts its identity assertion, spoofed identity headers are
+/// dropped, and buckets, quotas and JSON-RPC refusals answer as the Wasm
+/// filter does.
+#[tokio::test]
+async fn dynamic_module_build_makes_the_same_decisions() {
+    let patch = json!({"rate_limits": {
+        "per_caller": {"requests_per_second": 0.01, "burst": 3},
+        "orgs": {"acme": {"daily_images": 5}}}});
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: patch,
+        edge: Edge::DynamicModule,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let alice = stack.token("alice", "acme");
+    let mut spoofed = headers(bearer(&alice));
+    spoofed.insert("x-mcp-user", HeaderValue::from_static("mallory"));
+    let (status, _, body) = post(&stack, spoofed, call(1).to_string()).await;
+    assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "{body}");
+    let events = stack.audit_events();
+    let fields = &events.last().expect("an audit event")["fields"];
+    assert_eq!(
+        (fields["user"].as_str(), fields["org"].as_str()),
+        (Some("alice"), Some("acme"))
+    );
+
+    for _ in 0..2 {
+        assert_eq!(post(&stack, headers(bearer(&alice)), LIST.into()).await.0, 200);
+    }
+    let (status, h, body) = post(&stack, headers(bearer(&alice)), LIST.into()).await;
+    assert_eq!((status, &body["error"]["code"]), (429, &json!(-32029)), "{body}");
+    assert_eq!(h["ratelimit-policy"], "\"caller\";q=3;w=300");
+
+    let bob = stack.token("bob", "acme");
+    assert_eq!(post(&stack, headers(bearer(&bob)), call(4).to_string()).await.0, 200);
+    let (status, _, body) = post(&stack, headers(bearer(&bob)), call(1).to_string()).await;
+    assert_eq!(status, 429, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("used 5 of its 5 images"), "{message}");
+
+    let carol = stack.token("carol", "acme");
+    let (status, _, body) = post(&stack, headers(bearer(&carol)), r#"{"jsonrpc":"2.0","id":7,"#.into()).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!(-32700)), "{body}");
+    let big = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list", "params": {"pad": "x".repeat(4096)}});
+    assert_eq!(post(&stack, headers(bearer(&carol)), big.to_string()).await.0, 413);
+    let (status, h, _) = post(&stack, headers(None), LIST.into()).await;
+    assert_eq!(status, 401);
+    assert!(h.contains_key("www-authenticate"));
 }

@@ -1,0 +1,164 @@
+//! The part of Envoy's dynamic-module C ABI (`source/extensions/dynamic_modules/abi/abi.h`,
+//! ABI v0.1.x, Envoy 1.40) this glue uses, declared by hand: the SDK is not
+//! published as a crate. Only x86-64/aarch64 Linux, where a struct of two
+//! words passes in two registers, exactly like the pointer-and-length pairs
+//! of earlier ABI revisions.
+
+use std::os::raw::c_void;
+
+/// The ABI version this module was written against (a mismatch only warns).
+pub const ABI_VERSION: &[u8] = b"v0.1.0\0";
+
+pub type FilterConfigEnvoy = *mut c_void;
+pub type FilterEnvoy = *mut c_void;
+pub type ModulePtr = *const c_void;
+
+/// A buffer owned by Envoy, valid until the end of the current hook.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl EnvoyBuffer {
+    pub const EMPTY: Self = Self {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
+    /// # Safety
+    /// The buffer must come from Envoy within the current hook.
+    pub unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() {
+            return &[];
+        }
+        // SAFETY: Envoy hands out `length` readable bytes at `ptr`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
+    }
+}
+
+/// A buffer owned by the module, read by Envoy during the call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl ModuleBuffer {
+    pub const NULL: Self = Self {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
+    pub fn of(bytes: &[u8]) -> Self {
+        Self {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+}
+
+/// A header key and value, owned by Envoy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHeader {
+    pub key: EnvoyBuffer,
+    pub value: EnvoyBuffer,
+}
+
+/// A header key and value, owned by the module.
+#[repr(C)]
+pub struct ModuleHeader {
+    pub key: ModuleBuffer,
+    pub value: ModuleBuffer,
+}
+
+/// `envoy_dynamic_module_type_http_header_type`.
+pub const REQUEST_HEADERS: u32 = 0;
+pub const RESPONSE_HEADERS: u32 = 2;
+
+/// `envoy_dynamic_module_type_http_body_type`.
+pub const RECEIVED_REQUEST_BODY: u32 = 0;
+pub const BUFFERED_REQUEST_BODY: u32 = 1;
+pub const RECEIVED_RESPONSE_BODY: u32 = 2;
+
+/// `..._headers_status` / `..._body_status` / `..._trailers_status`.
+pub const CONTINUE: u32 = 0;
+pub const HEADERS_STOP_ITERATION: u32 = 1;
+pub const BODY_STOP_AND_BUFFER: u32 = 1;
+
+/// `envoy_dynamic_module_type_log_level`.
+pub const LOG_INFO: u32 = 2;
+pub const LOG_WARN: u32 = 3;
+pub const LOG_ERROR: u32 = 4;
+
+extern "C" {
+    pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+
+    pub fn envoy_dynamic_module_callback_http_get_headers_size(filter: FilterEnvoy, header_type: u32) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_headers(
+        filter: FilterEnvoy,
+        header_type: u32,
+        result: *mut EnvoyHeader,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_header(
+        filter: FilterEnvoy,
+        header_type: u32,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_add_header(
+        filter: FilterEnvoy,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    /// A null value removes the header.
+    pub fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoy,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_send_response(
+        filter: FilterEnvoy,
+        status: u32,
+        headers: *const ModuleHeader,
+        headers_len: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+
+    pub fn envoy_dynamic_module_callback_http_get_body_size(filter: FilterEnvoy, body_type: u32) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(filter: FilterEnvoy, body_type: u32) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: FilterEnvoy,
+        body_type: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_drain_body(filter: FilterEnvoy, body_type: u32, bytes: usize) -> bool;
+    pub fn envoy_dynamic_module_callback_http_append_body(
+        filter: FilterEnvoy,
+        body_type: u32,
+        data: ModuleBuffer,
+    ) -> bool;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: FilterConfigEnvoy,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: FilterEnvoy,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
+}

@@ -1,0 +1,75 @@
+//! The process-wide store the buckets and quotas live in: what Envoy's Wasm
+//! shared data is for the Wasm build (a locked map of values with a version
+//! each, written with compare-and-swap), shared here by every worker thread.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use crate::limits::{CasMismatch, SharedStore};
+
+/// Values and their versions (a version is never 0).
+type Entries = Mutex<HashMap<String, (Vec<u8>, u32)>>;
+
+fn entries() -> &'static Entries {
+    static ENTRIES: OnceLock<Entries> = OnceLock::new();
+    ENTRIES.get_or_init(Mutex::default)
+}
+
+pub struct ProcessStore;
+
+impl SharedStore for ProcessStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        let Ok(entries) = entries().lock() else {
+            return (None, None);
+        };
+        match entries.get(key) {
+            Some((value, version)) => (Some(value.clone()), Some(*version)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        let Ok(mut entries) = entries().lock() else {
+            return Err(CasMismatch);
+        };
+        let current = entries.get(key).map(|(_, version)| *version);
+        // No version: the key must still be absent (a first write races too).
+        if cas != current {
+            return Err(CasMismatch);
+        }
+        let version = current.map_or(1, |v| v.wrapping_add(1).max(1));
+        match entries.get_mut(key) {
+            Some(entry) => {
+                entry.0.clear();
+                entry.0.extend_from_slice(value);
+                entry.1 = version;
+            }
+            None => {
+                entries.insert(key.to_string(), (value.to_vec(), version));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_and_swap_refuses_a_stale_version() {
+        let store = ProcessStore;
+        let key = "native-store-test";
+        assert_eq!(store.get(key), (None, None));
+        assert!(store.set(key, b"a", None).is_ok());
+        assert!(
+            store.set(key, b"x", None).is_err(),
+            "a second first write must not overwrite"
+        );
+        let (value, version) = store.get(key);
+        assert_eq!(value.as_deref(), Some(&b"a"[..]));
+        assert!(store.set(key, b"b", version).is_ok());
+        assert!(store.set(key, b"c", version).is_err(), "a stale version must not write");
+        assert_eq!(store.get(key).0.as_deref(), Some(&b"b"[..]));
+    }
+}

@@ -1,0 +1,680 @@
+//! The proxy-wasm glue: read headers and body, ask `gate`, and carry out the
+//! verdict.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+
+use crate::assertion::{self, Prefixes};
+use crate::config::FilterConfig;
+use crate::credentials::{CacheUse, TokenCache};
+use crate::gate::{self, Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
+use crate::global_limit::{self, GlobalVerdict};
+use crate::header_map;
+use crate::leases::Leases;
+use crate::limits::{CasMismatch, QuotaUse, SharedStore};
+use crate::phases::Phase;
+use crate::reply::Reject;
+use crate::response_cap::{self, ChunkAction, StreamMeter};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(EdgeRoot {
+            config: None,
+            worker: Rc::new(RefCell::new(Worker::new(0))),
+            metrics: Rc::default(),
+            jwks_call: None,
+            jwks_due_ms: 0,
+        })
+    });
+}}
+
+/// The request headers' serialized map (`header_map::pairs` reads it).
+fn request_header_bytes() -> Vec<u8> {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(map_type: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
+    }
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: the host writes a buffer it allocated through the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes),
+    // which this Vec now owns and frees, as the SDK's own getter does.
+    unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Shared data of the Envoy process: one store for every worker's VM.
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|_| CasMismatch)
+    }
+}
+
+/// What one worker's VM keeps between requests.
+struct Worker {
+    cache: TokenCache,
+    leases: Leases,
+    assertions: Prefixes,
+    assertion_ids: assertion::Ids,
+}
+
+impl Worker {
+    fn new(cache_entries: usize) -> Self {
+        Self {
+            cache: TokenCache::new(cache_entries),
+            leases: Leases::default(),
+            assertions: Prefixes::default(),
+            assertion_ids: assertion::Ids::default(),
+        }
+    }
+}
+
+/// How often the root's tick adds up the hot counters into Envoy's stats
+/// (and checks whether the JWKS is due).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Counters every admitted request bumps: counted in the VM and added to
+/// Envoy's stats on the next tick (one host call per counter per tick,
+/// instead of one per request; they lag by at most `TICK`).
+#[derive(Clone, Copy)]
+enum Hot {
+    Forwarded,
+    CacheHit,
+    CacheMiss,
+}
+
+impl Hot {
+    const ALL: [Hot; 3] = [Hot::Forwarded, Hot::CacheHit, Hot::CacheMiss];
+
+    fn name(self) -> &'static str {
+        match self {
+            Hot::Forwarded => "mcp_edge.requests_total.decision.forward.reason.ok",
+            Hot::CacheHit => "mcp_edge.token_cache_lookups_total.result.hit",
+            Hot::CacheMiss => "mcp_edge.token_cache_lookups_total.result.miss",
+        }
+    }
+}
+
+/// Counters in Envoy's stats (`/stats/prometheus`), defined on first use.
+/// Names carry their labels as `.name.value` pairs, which the Envoy config's
+/// `stats_tags` turn into Prometheus labels.
+#[derive(Default)]
+struct Metrics {
+    ids: RefCell<HashMap<String, u32>>,
+    /// Hot counts not yet in Envoy's stats.
+    pending_forwarded: std::cell::Cell<u64>,
+    pending_cache_hits: std::cell::Cell<u64>,
+    pending_cache_misses: std::cell::Cell<u64>,
+    /// Switched off by the benchmark's breakdown (`phases.rs`).
+    off: std::cell::Cell<bool>,
+}
+
+impl Metrics {
+    fn pending(&self, hot: Hot) -> &std::cell::Cell<u64> {
+        match hot {
+            Hot::Forwarded => &self.pending_forwarded,
+            Hot::CacheHit => &self.pending_cache_hits,
+            Hot::CacheMiss => &self.pending_cache_misses,
+        }
+    }
+
+    fn count(&self, hot: Hot) {
+        let cell = self.pending(hot);
+        cell.set(cell.get() + 1);
+    }
+
+    /// Adds the hot counts to Envoy's stats.
+    fn flush(&self) {
+        for hot in Hot::ALL {
+            let count = self.pending(hot).replace(0);
+            if count == 0 || self.off.get() {
+                continue;
+            }
+            if let Some(id) = self.id(MetricType::Counter, hot.name()) {
+                let _ = hostcalls::increment_metric(id, count as i64);
+            }
+        }
+    }
+
+    /// The id of metric `name`, defined with `kind` on first use.
+    fn id(&self, kind: MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.borrow().get(name).copied() {
+            return Some(id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.ids.borrow_mut().insert(name.to_string(), id);
+        Some(id)
+    }
+
+    fn increment(&self, name: &str) {
+        if self.off.get() {
+            return;
+        }
+        if let Some(id) = self.id(MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn set_gauge(&self, name: &str, value: u64) {
+        if self.off.get() {
+            return;
+        }
+        if let Some(id) = self.id(MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+
+    /// Today's image use and quota of an organisation, as gauges.
+    fn quota(&self, org: &str, quota: QuotaUse) {
+        self.set_gauge(&format!("mcp_edge.quota_images.kind.used.org.{org}"), quota.used);
+        self.set_gauge(&format!("mcp_edge.quota_images.kind.limit.org.{org}"), quota.limit);
+    }
+
+    fn rejected(&self, reject: &Reject) {
+        self.increment(&format!(
+            "mcp_edge.requests_total.decision.reject.reason.{}",
+            reject.reason
+        ));
+        if reject.status == 401 {
+            self.increment(&format!("mcp_edge.auth_failures_total.cause.{}", reject.reason));
+        }
+        if reject.status == 429 {
+            self.increment(&format!(
+                "mcp_edge.rate_limited_total.reason.{}.org.{}.key.{}",
+                reject.reason,
+                reject.org.as_deref().unwrap_or("unknown"),
+                reject.key.as_deref().unwrap_or("unknown")
+            ));
+        }
+    }
+
+    fn admitted(&self, admitted: &Admitted) {
+        match admitted.cache {
+            CacheUse::Hit => self.count(Hot::CacheHit),
+            CacheUse::Miss => self.count(Hot::CacheMiss),
+            CacheUse::NotApplicable => {}
+        }
+    }
+}
+
+/// Per-plugin state: the compiled configuration, the worker's token cache
+/// and bucket leases, and the JWKS fetch loop when keys come from a URL.
+struct EdgeRoot {
+    config: Option<Rc<FilterConfig>>,
+    worker: Rc<RefCell<Worker>>,
+    metrics: Rc<Metrics>,
+    /// Token of the JWKS fetch under way.
+    jwks_call: Option<u32>,
+    /// When the next JWKS fetch is due (Unix ms; 0: on the first tick).
+    jwks_due_ms: u64,
+}
+
+impl EdgeRoot {
+    fn fetch_jwks(&mut self) {
+        let Some(config) = self.config.clone() else { return };
+        let Some(remote) = &config.jwt.remote else { return };
+        if self.jwks_call.is_some() {
+            return;
+        }
+        let headers = vec![
+            (":method", "GET"),
+            (":path", remote.path.as_str()),
+            (":authority", remote.authority.as_str()),
+        ];
+        match self.dispatch_http_call(
+            &remote.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(remote.timeout_ms),
+        ) {
+            Ok(token) => self.jwks_call = Some(token),
+            Err(status) => {
+                log::warn!("JWKS fetch from cluster {} could not start: {status:?}", remote.cluster);
+                self.metrics.increment("mcp_edge.jwks_refreshes_total.result.failed");
+                self.jwks_due_ms = unix_ms(self.get_current_time()) + 1000;
+            }
+        }
+    }
+
+    fn jwks_arrived(&mut self, body_size: usize) -> Result<usize, String> {
+        let config = self.config.clone().ok_or("no configuration")?;
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        if status != "200" {
+            return Err(format!("HTTP status {status:?}"));
+        }
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let jwks: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+        let count = config.jwt.replace_keys(&jwks).map_err(|e| e.to_string())?;
+        // Tokens verified with keys that may be gone must be checked again.
+        self.worker.borrow_mut().cache = TokenCache::new(config.token_cache_entries);
+        Ok(count)
+    }
+}
+
+impl Context for EdgeRoot {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.jwks_call != Some(token_id) {
+            return;
+        }
+        self.jwks_call = None;
+        let Some(remote) = self.config.as_ref().and_then(|c| c.jwt.remote.clone()) else {
+            return;
+        };
+        match self.jwks_arrived(body_size) {
+            Ok(count) => {
+                log::info!("loaded {count} signing key(s) from {}{}", remote.authority, remote.path);
+                self.metrics.increment("mcp_edge.jwks_refreshes_total.result.ok");
+                self.jwks_due_ms = unix_ms(self.get_current_time()) + remote.refresh_seconds * 1000;
+            }
+            Err(error) => {
+                // Keep the last good keys; retry sooner than the refresh period.
+                log::warn!(
+                    "JWKS refresh from {}{} failed: {error}; keeping the last good keys",
+                    remote.authority,
+                    remote.path
+                );
+                self.metrics.increment("mcp_edge.jwks_refreshes_total.result.failed");
+                self.jwks_due_ms = unix_ms(self.get_current_time()) + remote.retry_seconds * 1000;
+            }
+        }
+    }
+}
+
+impl RootContext for EdgeRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match FilterConfig::from_json(&bytes) {
+            Ok(config) => {
+                self.worker = Rc::new(RefCell::new(Worker::new(config.token_cache_entries)));
+                self.metrics.off.set(config.skip.skips(Phase::Metrics));
+                self.config = Some(Rc::new(config));
+                // Flushes the hot counters; a JWKS URL's first fetch runs on
+                // the first tick, once the cluster is up.
+                self.set_tick_period(TICK);
+                true
+            }
+            Err(error) => {
+                // Returning false makes Envoy refuse this filter configuration.
+                log::error!("configuration refused: {error}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.metrics.flush();
+        if self.jwks_call.is_none() && unix_ms(self.get_current_time()) >= self.jwks_due_ms {
+            self.fetch_jwks();
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let config = self.config.clone()?;
+        Some(Box::new(EdgeRequest {
+            config,
+            worker: self.worker.clone(),
+            started_ms: 0,
+            metrics: self.metrics.clone(),
+            state: RequestState::Headers,
+            reply_id: serde_json::Value::Null,
+            meter: StreamMeter::default(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Where a request is in the filter.
+enum RequestState {
+    /// Waiting for the request headers.
+    Headers,
+    /// An MCP POST held until its body has been checked.
+    HoldingForBody(Box<HeldRequest>),
+    /// Refused on its headers; held only to read the request id from the body.
+    RejectingAfterBody(Box<Reject>),
+    /// Checked locally; held until the global rate-limit service answers.
+    AwaitingGlobalLimit(ChargedImages),
+    /// Forwarded; later callbacks only watch the body size.
+    Forwarded,
+    /// A local reply was sent.
+    Replied,
+}
+
+/// Images a held call has charged to the local daily quota, to give back
+/// if the global limit refuses it.
+struct ChargedImages {
+    org: String,
+    images: u64,
+    charged_at_ms: u64,
+}
+
+/// Per-request state.
+struct EdgeRequest {
+    config: Rc<FilterConfig>,
+    worker: Rc<RefCell<Worker>>,
+    /// When the request's headers arrived (Unix ms): the one clock read of a request.
+    started_ms: u64,
+    metrics: Rc<Metrics>,
+    state: RequestState,
+    /// The JSON-RPC id of the request, for errors sent in its place.
+    reply_id: serde_json::Value,
+    meter: StreamMeter,
+}
+
+/// The clock in nanoseconds: the assertion ids' seed when WASI has no randomness.
+fn clock_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl EdgeRequest {
+    /// Runs a gate decision with this worker's state, the shared store and
+    /// the request's clock reading.
+    fn with_host<T>(&self, decide: impl FnOnce(&FilterConfig, &mut Host<'_>) -> T) -> T {
+        let worker = &mut *self.worker.borrow_mut();
+        let mut host = Host {
+            cache: &mut worker.cache,
+            leases: &mut worker.leases,
+            store: &HostStore,
+            now_ms: self.started_ms,
+        };
+        decide(&self.config, &mut host)
+    }
+
+    /// Lets the request through, counted.
+    fn pass(&mut self) -> Action {
+        self.metrics.count(Hot::Forwarded);
+        self.state = RequestState::Forwarded;
+        Action::Continue
+    }
+
+    fn reject(&mut self, reject: &Reject) -> Action {
+        log::info!("rejected {} ({}): {}", reject.status, reject.reason, reject.message);
+        self.metrics.rejected(reject);
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        headers.extend(reject.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        self.send_http_response(reject.status, headers, Some(reject.body().as_bytes()));
+        self.state = RequestState::Replied;
+        Action::Pause
+    }
+
+    /// Replaces credentials and client-supplied identity headers (those in
+    /// `present`) with the signed identity assertion.
+    fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str, now_ms: u64) {
+        let write = !self.config.skip.skips(Phase::IdentityHeaderWrites);
+        // The client's credentials are for this gateway only; never pass them on.
+        for name in present.iter().filter(|_| write) {
+            self.remove_http_request_header(name);
+        }
+        if let Some(signer) = &self.config.assertion {
+            let worker = &mut *self.worker.borrow_mut();
+            let jti = worker.assertion_ids.next(|| assertion::random_seed(clock_nanos));
+            if let Some(assertion) = signer
+                .sign(&mut worker.assertions, &admitted.identity, request_id, &jti, now_ms)
+                .filter(|_| write)
+            {
+                // Any client-supplied copy was removed above: add, not replace.
+                self.add_http_request_header(assertion::HEADER, &assertion);
+            }
+        }
+    }
+}
+
+impl EdgeRequest {
+    /// Carries out the global limit's verdict on a held call; returns what
+    /// the body callback should (when called from it) return.
+    fn apply_global_verdict(&mut self, verdict: GlobalVerdict, charged: &ChargedImages) -> Action {
+        match verdict {
+            GlobalVerdict::Allow => {
+                self.metrics.increment("mcp_edge.global_limit_checks_total.result.ok");
+            }
+            GlobalVerdict::AllowUnchecked(why) => {
+                log::warn!("global rate limit not checked ({why}); failing open on the local limits");
+                self.metrics
+                    .increment("mcp_edge.global_limit_checks_total.result.failed_open");
+            }
+            GlobalVerdict::Refuse(reject) => {
+                let result = if reject.status == 429 {
+                    "over_limit"
+                } else {
+                    "failed_closed"
+                };
+                self.metrics
+                    .increment(&format!("mcp_edge.global_limit_checks_total.result.{result}"));
+                self.config
+                    .rate_limits
+                    .refund_images(&HostStore, &charged.org, charged.images, charged.charged_at_ms);
+                let reject = reject.with_id(self.reply_id.clone());
+                return self.reject(&reject);
+            }
+        }
+        self.pass()
+    }
+}
+
+impl Context for EdgeRequest {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let RequestState::AwaitingGlobalLimit(charged) = std::mem::replace(&mut self.state, RequestState::Forwarded)
+        else {
+            return;
+        };
+        let config = self.config.clone();
+        let Some(global) = config.global_rate_limit.as_ref() else {
+            return;
+        };
+        let body = if status_code == 0 {
+            self.get_grpc_call_response_body(0, response_size)
+        } else {
+            None
+        };
+        let verdict = global.decide(status_code, body.as_deref(), &charged.org);
+        if let Action::Continue = self.apply_global_verdict(verdict, &charged) {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for EdgeRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        // One host call for the whole map, read in place.
+        let bytes = request_header_bytes();
+        let headers = header_map::pairs(&bytes).unwrap_or_default();
+        if self.config.skip.skips(Phase::AfterHeaderRead) {
+            return Action::Continue;
+        }
+        let h = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let head = RequestHead {
+            method: h(":method").unwrap_or_default(),
+            path: h(":path").unwrap_or_default(),
+            content_length: h("content-length"),
+            authorization: h("authorization"),
+            x_api_key: h("x-api-key"),
+            content_type: h("content-type"),
+            accept: h("accept"),
+            origin: h("origin"),
+            protocol_version: h("mcp-protocol-version"),
+            mcp_method: h("mcp-method"),
+            mcp_name: h("mcp-name"),
+            end_of_stream,
+        };
+        // Only headers that are present need removing.
+        let present: Vec<&'static str> = ["authorization", "x-api-key"]
+            .into_iter()
+            .chain(gate::IDENTITY_HEADERS)
+            .filter(|name| h(name).is_some())
+            .collect();
+        let now_ms = unix_ms(self.get_current_time());
+        self.started_ms = now_ms;
+        let verdict = self.with_host(|config, host| gate::check_head(config, &head, host));
+        match verdict {
+            HeadVerdict::Reject(reject) => self.reject(&reject),
+            HeadVerdict::RejectAfterBody(reject) => {
+                self.state = RequestState::RejectingAfterBody(Box::new(reject));
+                Action::Pause
+            }
+            HeadVerdict::Serve(document) => {
+                self.send_http_response(
+                    200,
+                    vec![("content-type", "application/json"), ("cache-control", "max-age=3600")],
+                    Some(document.as_bytes()),
+                );
+                self.state = RequestState::Replied;
+                Action::Pause
+            }
+            HeadVerdict::Forward(admitted) => {
+                self.metrics.admitted(&admitted);
+                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
+                self.pass()
+            }
+            HeadVerdict::InspectBody(admitted, held) => {
+                self.metrics.admitted(&admitted);
+                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
+                self.state = RequestState::HoldingForBody(Box::new(held));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if matches!(self.state, RequestState::Replied) {
+            return Action::Pause;
+        }
+        if matches!(self.state, RequestState::RejectingAfterBody(_)) {
+            let too_large = gate::check_body_size(&self.config, body_size).is_err();
+            if !end_of_stream && !too_large {
+                return Action::Pause;
+            }
+            // Answered now either way: take the refusal out of the state.
+            let RequestState::RejectingAfterBody(reject) = std::mem::replace(&mut self.state, RequestState::Replied)
+            else {
+                return Action::Pause;
+            };
+            let id = if too_large {
+                serde_json::Value::Null
+            } else {
+                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                gate::reply_id_of(&self.config, &body)
+            };
+            return self.reject(&reject.with_id(id));
+        }
+        if let Err(reject) = gate::check_body_size(&self.config, body_size) {
+            return self.reject(&reject);
+        }
+        if !matches!(self.state, RequestState::HoldingForBody(_)) {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        // The request is decided now either way: take the held head out of the state.
+        let RequestState::HoldingForBody(held) = std::mem::replace(&mut self.state, RequestState::Forwarded) else {
+            return Action::Continue;
+        };
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        // The head's clock read serves the body too (the quota's day is the request's start).
+        let now_ms = self.started_ms;
+        let verdict = self.with_host(|config, host| gate::check_body(config, &body, &held, host));
+        match verdict {
+            Ok(checked) => {
+                self.reply_id = checked.reply_id;
+                if let Some(quota) = checked.quota {
+                    self.metrics.quota(&held.identity.org, quota);
+                }
+                let images = checked.call.as_ref().map_or(0, |call| call.images);
+                if let (Some(global), true) = (&self.config.global_rate_limit, images > 0) {
+                    let message = global.request(&held.identity, images);
+                    let call = self.dispatch_grpc_call(
+                        &global.cluster,
+                        global_limit::SERVICE,
+                        global_limit::METHOD,
+                        Vec::new(),
+                        Some(&message),
+                        global.timeout,
+                    );
+                    let charged = ChargedImages {
+                        org: held.identity.org.clone(),
+                        images,
+                        charged_at_ms: now_ms,
+                    };
+                    return match call {
+                        Ok(_) => {
+                            self.state = RequestState::AwaitingGlobalLimit(charged);
+                            Action::Pause
+                        }
+                        Err(status) => {
+                            let verdict = global.failed(
+                                format!("cannot call cluster {}: {status:?}", global.cluster),
+                                &charged.org,
+                            );
+                            self.apply_global_verdict(verdict, &charged)
+                        }
+                    };
+                }
+                self.pass()
+            }
+            Err(reject) => self.reject(&reject),
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if matches!(self.state, RequestState::Replied) || self.config.skip.skips(Phase::Response) {
+            return Action::Continue;
+        }
+        let length = self.get_http_response_header("content-length");
+        match response_cap::check_declared_length(self.config.max_response_bytes, length.as_deref(), &self.reply_id) {
+            Ok(()) => Action::Continue,
+            Err(reject) => self.reject(&reject),
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if matches!(self.state, RequestState::Replied) || self.config.skip.skips(Phase::Response) {
+            return Action::Continue;
+        }
+        match self
+            .meter
+            .on_chunk(self.config.max_response_bytes, body_size, &self.reply_id)
+        {
+            ChunkAction::Pass => {}
+            ChunkAction::CutOff(event) => {
+                log::warn!(
+                    "response cut off at the {} byte output limit",
+                    self.config.max_response_bytes
+                );
+                self.metrics
+                    .increment("mcp_edge.requests_total.decision.reject.reason.response_too_large");
+                self.set_http_response_body(0, body_size, event.as_bytes());
+            }
+            ChunkAction::Drop => self.set_http_response_body(0, body_size, b""),
+        }
+        Action::Continue
+    }
+}
