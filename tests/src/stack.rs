@@ -95,6 +95,7 @@ pub struct Stack {
     upstream_env: Vec<(String, String)>,
     envoy_vars: BTreeMap<String, String>,
     filter_config: serde_json::Value,
+    edge: Edge,
     envoy_concurrency: u32,
     restart_epoch: u32,
 }
@@ -233,6 +234,7 @@ impl Stack {
             upstream_env: Vec::new(),
             envoy_vars: BTreeMap::new(),
             filter_config: serde_json::Value::Null,
+            edge: options.edge,
             envoy_concurrency: options.envoy_concurrency,
             restart_epoch: 0,
         };
@@ -310,10 +312,7 @@ impl Stack {
         } else {
             String::new()
         };
-        let mut template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
-        if options.edge == Edge::DynamicModule {
-            template = with_dynamic_module(&template)?;
-        }
+        let template = stack.envoy_template()?;
         let mut filter_config = devkit::filter_config(&state_dir, &base_url)?;
         if let (Some(config), Some(patch)) = (filter_config.as_object_mut(), options.filter_patch.as_object()) {
             for (key, value) in patch {
@@ -350,6 +349,24 @@ impl Stack {
         }
         stack.wait_ready("envoy", &format!("{}/ready", stack.admin_url)).await?;
         Ok(stack)
+    }
+
+    /// The Envoy config template, with this stack's build of the edge filter.
+    fn envoy_template(&self) -> anyhow::Result<String> {
+        let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        match self.edge {
+            Edge::Wasm => Ok(template),
+            Edge::DynamicModule => with_dynamic_module(&template),
+        }
+    }
+
+    /// The Prometheus name Envoy gives the edge filter's metric `name`
+    /// (`mcp_edge_…`): the dynamic module's keep Envoy's prefix.
+    pub fn edge_metric(&self, name: &str) -> String {
+        match self.edge {
+            Edge::Wasm => name.to_string(),
+            Edge::DynamicModule => format!("envoy_{name}"),
+        }
     }
 
     /// Renders the Envoy config for the current epoch and builds its command line.
@@ -406,7 +423,7 @@ impl Stack {
         vars.insert("ADMIN_PORT".into(), admin_port.to_string());
         vars.insert("EXTRA_LISTENERS".into(), String::new());
         vars.insert("FILTER_CONFIG".into(), self.filter_config.to_string());
-        let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        let template = self.envoy_template()?;
         let config = self.state_dir.join(format!("{name}.yaml"));
         std::fs::write(&config, devkit::render(&template, &vars)?)?;
         let mut envoy = Command::new(envoy_binary());
@@ -432,7 +449,7 @@ impl Stack {
             }
         }
         self.restart_epoch += 1;
-        let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
+        let template = self.envoy_template()?;
         let envoy = self.envoy_command(&template)?;
         let name = format!("envoy-epoch{}", self.restart_epoch);
         self.spawn(&name, envoy)?;

@@ -162,10 +162,21 @@ async fn caller_bucket_answers_429_with_ratelimit_headers() {
 /// than the bucket holds: the counters are shared, not per worker.
 #[tokio::test]
 async fn bucket_holds_across_envoy_workers() {
+    bucket_holds(Edge::Wasm).await;
+}
+
+/// The dynamic-module build's worker threads share one process-wide store.
+#[tokio::test]
+async fn dynamic_module_bucket_holds_across_envoy_workers() {
+    bucket_holds(Edge::DynamicModule).await;
+}
+
+async fn bucket_holds(edge: Edge) {
     let patch = json!({"rate_limits": {"per_org": {"requests_per_second": 0.001, "burst": 12}}});
     let options = StackOptions {
         filter_patch: patch,
         envoy_concurrency: 4,
+        edge,
         ..Default::default()
     };
     let stack = Stack::start_with(options).await.unwrap();
@@ -256,7 +267,22 @@ async fn daily_image_quota_per_org() {
 
 #[tokio::test]
 async fn decisions_show_in_envoy_prometheus_stats() {
-    let stack = Stack::start().await.unwrap();
+    decisions_show_in_prometheus(Edge::Wasm).await;
+}
+
+/// The dynamic-module build counts the same decisions under the same labels.
+#[tokio::test]
+async fn dynamic_module_decisions_show_in_envoy_prometheus_stats() {
+    decisions_show_in_prometheus(Edge::DynamicModule).await;
+}
+
+async fn decisions_show_in_prometheus(edge: Edge) {
+    let stack = Stack::start_with(StackOptions {
+        edge,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let token = stack.token("alice", "acme");
     for _ in 0..3 {
         assert_eq!(post(&stack, headers(bearer(&token)), LIST.into()).await.0, 200);
@@ -265,18 +291,22 @@ async fn decisions_show_in_envoy_prometheus_stats() {
     assert_eq!(post(&stack, headers(bearer(&token)), "[]".into()).await.0, 400);
     // Forwarded requests and cache lookups reach Envoy's stats on the
     // filter's next tick (100 ms); refusals at once.
+    let name = |metric: &str| stack.edge_metric(metric);
+    let forwarded = format!(
+        "{}{{decision=\"forward\",reason=\"ok\"}} 3",
+        name("mcp_edge_requests_total")
+    );
     let mut metrics = stack.prometheus().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while !metrics.contains("mcp_edge_requests_total{decision=\"forward\",reason=\"ok\"} 3")
-        && std::time::Instant::now() < deadline
-    {
+    while !metrics.lines().any(|l| l == forwarded) && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         metrics = stack.prometheus().await;
     }
     let value = |line_start: &str| -> u64 {
+        let line_start = name(line_start);
         metrics
             .lines()
-            .find(|l| l.starts_with(line_start))
+            .find(|l| l.starts_with(&line_start))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{line_start} missing in:\n{metrics}"))
@@ -301,9 +331,19 @@ async fn decisions_show_in_envoy_prometheus_stats() {
 /// by a JSON-RPC error for the same request id (lowered here to provoke it).
 #[tokio::test]
 async fn oversized_upstream_response_becomes_a_jsonrpc_error() {
+    oversized_response(Edge::Wasm).await;
+}
+
+#[tokio::test]
+async fn dynamic_module_oversized_upstream_response_becomes_a_jsonrpc_error() {
+    oversized_response(Edge::DynamicModule).await;
+}
+
+async fn oversized_response(edge: Edge) {
     let patch = json!({"max_response_bytes": 2500});
     let stack = Stack::start_with(StackOptions {
         filter_patch: patch,
+        edge,
         ..Default::default()
     })
     .await
@@ -375,4 +415,13 @@ async fn dynamic_module_build_makes_the_same_decisions() {
     let (status, h, _) = post(&stack, headers(None), LIST.into()).await;
     assert_eq!(status, 401);
     assert!(h.contains_key("www-authenticate"));
+
+    let metrics = stack.prometheus().await;
+    for line in [
+        "envoy_mcp_edge_rate_limited_total{reason=\"rate_limited_caller\",org=\"acme\",key=\"jwt\"} 1",
+        "envoy_mcp_edge_quota_images{kind=\"used\",org=\"acme\"} 5",
+        "envoy_mcp_edge_quota_images{kind=\"limit\",org=\"acme\"} 5",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing in:\n{metrics}");
+    }
 }

@@ -3,7 +3,7 @@
 //! Redis) with `hits_addend` = images, and fails open or closed as configured.
 
 use gateway_tests::ratelimit_service::RateLimitService;
-use gateway_tests::stack::http_client;
+use gateway_tests::stack::{http_client, Edge};
 use gateway_tests::{Stack, StackOptions};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
@@ -16,10 +16,11 @@ fn limits() -> Value {
     }])
 }
 
-async fn start(service: &RateLimitService, failure_mode: &str) -> Stack {
+async fn start(service: &RateLimitService, failure_mode: &str, edge: Edge) -> Stack {
     Stack::start_with(StackOptions {
         filter_patch: json!({"global_rate_limit": {"cluster": "ratelimit", "timeout_ms": 500, "failure_mode": failure_mode}}),
         extra_clusters: service.envoy_cluster("ratelimit"),
+        edge,
         ..Default::default()
     })
     .await
@@ -45,8 +46,18 @@ async fn generate(url: &str, token: &str, id: u64, n: u64) -> (u16, HeaderMap, V
 
 #[tokio::test]
 async fn two_envoys_share_one_image_quota() {
+    envoys_share_one_image_quota(Edge::Wasm).await;
+}
+
+/// The dynamic-module build asks the same service (gRPC over an HTTP callout).
+#[tokio::test]
+async fn dynamic_module_envoys_share_one_image_quota() {
+    envoys_share_one_image_quota(Edge::DynamicModule).await;
+}
+
+async fn envoys_share_one_image_quota(edge: Edge) {
     let service = RateLimitService::start(&limits()).await.unwrap();
-    let mut stack = start(&service, "deny").await;
+    let mut stack = start(&service, "deny", edge).await;
     let first = stack.mcp_url.clone();
     let second = stack.start_another_envoy().await.unwrap();
     let alice = stack.token("alice", "acme");
@@ -100,15 +111,21 @@ async fn two_envoys_share_one_image_quota() {
     assert_eq!(events.len(), 4, "{events:?}");
     let images: u64 = events.iter().map(|e| e["fields"]["n"].as_u64().unwrap_or(0)).sum();
     assert_eq!(images, 9, "{events:?}");
-    assert_eq!(
-        stack
-            .envoy_stat("wasmcustom.mcp_edge.global_limit_checks_total.result.over_limit")
-            .await,
-        2
-    );
+    if edge == Edge::Wasm {
+        assert_eq!(
+            stack
+                .envoy_stat("wasmcustom.mcp_edge.global_limit_checks_total.result.over_limit")
+                .await,
+            2
+        );
+    }
     let prometheus = stack.prometheus().await;
     assert!(
-        prometheus.contains("mcp_edge_global_limit_checks_total{result=\"over_limit\"} 2"),
+        prometheus.lines().any(|l| l
+            == format!(
+                "{}{{result=\"over_limit\"}} 2",
+                stack.edge_metric("mcp_edge_global_limit_checks_total")
+            )),
         "{prometheus}"
     );
     // Listing tools is not an image request: no call to the service.
@@ -126,8 +143,17 @@ async fn two_envoys_share_one_image_quota() {
 
 #[tokio::test]
 async fn service_down_fails_closed_when_configured() {
+    fails_closed(Edge::Wasm).await;
+}
+
+#[tokio::test]
+async fn dynamic_module_service_down_fails_closed_when_configured() {
+    fails_closed(Edge::DynamicModule).await;
+}
+
+async fn fails_closed(edge: Edge) {
     let mut service = RateLimitService::start(&limits()).await.unwrap();
-    let stack = start(&service, "deny").await;
+    let stack = start(&service, "deny", edge).await;
     let token = stack.token("alice", "acme");
     let (status, _, body) = generate(&stack.mcp_url, &token, 1, 1).await;
     assert_eq!(status, 200, "{body}");
@@ -161,7 +187,7 @@ async fn service_down_fails_closed_when_configured() {
 #[tokio::test]
 async fn service_down_fails_open_when_configured() {
     let mut service = RateLimitService::start(&limits()).await.unwrap();
-    let stack = start(&service, "allow").await;
+    let stack = start(&service, "allow", Edge::Wasm).await;
     let token = stack.token("alice", "acme");
     service.stop_service();
     // Over the shared limit, but the service is down: the local limits alone decide.

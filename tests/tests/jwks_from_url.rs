@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use gateway_tests::stack::http_client;
+use gateway_tests::stack::{http_client, Edge};
 use gateway_tests::{Stack, StackOptions};
 use jwt_simple::prelude::*;
 use mcp_image_gateway::devkit;
@@ -64,6 +64,17 @@ async fn eventually(stack: &Stack, token: &str, expected: u16) {
 
 #[tokio::test]
 async fn keys_load_rotate_and_survive_a_failed_refresh() {
+    keys_load_rotate_and_survive(Edge::Wasm).await;
+}
+
+/// The dynamic-module build: one fetch loop on Envoy's main thread, the
+/// keys published to every worker.
+#[tokio::test]
+async fn dynamic_module_keys_load_rotate_and_survive_a_failed_refresh() {
+    keys_load_rotate_and_survive(Edge::DynamicModule).await;
+}
+
+async fn keys_load_rotate_and_survive(edge: Edge) {
     let jwks: Jwks = Arc::new(Mutex::new((StatusCode::SERVICE_UNAVAILABLE, String::new())));
     let port = serve_jwks(jwks.clone()).await;
     let cluster = format!(
@@ -78,6 +89,7 @@ async fn keys_load_rotate_and_survive_a_failed_refresh() {
     let options = StackOptions {
         filter_patch: patch,
         extra_clusters: cluster,
+        edge,
         ..Default::default()
     };
     let stack = Stack::start_with(options).await.unwrap();
@@ -126,7 +138,8 @@ async fn keys_load_rotate_and_survive_a_failed_refresh() {
 
     let metrics = stack.prometheus().await;
     let count = |result: &str| -> u64 {
-        let prefix = format!("mcp_edge_jwks_refreshes_total{{result=\"{result}\"}} ");
+        let name = stack.edge_metric("mcp_edge_jwks_refreshes_total");
+        let prefix = format!("{name}{{result=\"{result}\"}} ");
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(&prefix))

@@ -12,6 +12,7 @@ pub const ABI_VERSION: &[u8] = b"v0.1.0\0";
 pub type FilterConfigEnvoy = *mut c_void;
 pub type FilterEnvoy = *mut c_void;
 pub type ModulePtr = *const c_void;
+pub type ConfigScheduler = *mut c_void;
 
 /// A buffer owned by Envoy, valid until the end of the current hook.
 #[repr(C)]
@@ -89,6 +90,12 @@ pub const CONTINUE: u32 = 0;
 pub const HEADERS_STOP_ITERATION: u32 = 1;
 pub const BODY_STOP_AND_BUFFER: u32 = 1;
 
+/// `envoy_dynamic_module_type_http_callout_init_result` / `..._http_callout_result`.
+pub const CALLOUT_SUCCESS: u32 = 0;
+
+/// `envoy_dynamic_module_type_metrics_result`.
+pub const METRICS_SUCCESS: u32 = 0;
+
 /// `envoy_dynamic_module_type_log_level`.
 pub const LOG_INFO: u32 = 2;
 pub const LOG_WARN: u32 = 3;
@@ -161,4 +168,98 @@ extern "C" {
         label_values_len: usize,
         value: u64,
     ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: FilterConfigEnvoy,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter: FilterEnvoy,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: FilterConfigEnvoy,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: FilterEnvoy,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_len: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoy);
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: FilterConfigEnvoy,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_len: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
+    /// Events committed from any thread run `on_http_filter_config_scheduled` on the main thread.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: FilterConfigEnvoy)
+        -> ConfigScheduler;
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: ConfigScheduler, event_id: u64);
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: ConfigScheduler);
+}
+
+impl ModuleHeader {
+    pub fn new(key: &str, value: &str) -> Self {
+        Self {
+            key: ModuleBuffer::of(key.as_bytes()),
+            value: ModuleBuffer::of(value.as_bytes()),
+        }
+    }
+}
+
+/// Header names and values, borrowed from Envoy.
+pub type Headers<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// A callout answer's headers and body, as Envoy passes them to a hook.
+///
+/// # Safety
+/// The pointers must be the hook's arguments (valid until it returns).
+pub unsafe fn callout_answer<'a>(
+    headers: *const EnvoyHeader,
+    headers_len: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_len: usize,
+) -> (Headers<'a>, Vec<u8>) {
+    // SAFETY: Envoy passes `headers_len` headers and `chunks_len` chunks.
+    unsafe {
+        let headers = raw_slice(headers, headers_len)
+            .iter()
+            .map(|h| (h.key.bytes(), h.value.bytes()))
+            .collect();
+        let mut body = Vec::new();
+        for chunk in raw_slice(chunks, chunks_len) {
+            body.extend_from_slice(chunk.bytes());
+        }
+        (headers, body)
+    }
+}
+
+/// # Safety
+/// `ptr` must point at `len` values (or be null).
+unsafe fn raw_slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if ptr.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's promise.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
 }

@@ -2,27 +2,35 @@
 //! same `gate` decisions as the Wasm glue, built as a native shared object
 //! (`make native-module`) for the edge benchmark's native row.
 //!
-//! It carries out what the benchmark's requests need and what the edge tests
-//! check of it: credentials, buckets and quotas (in a process-wide store),
-//! JSON-RPC and MCP rules, the signed identity assertion, the output cap.
-//! It refuses configurations that need the Wasm glue's host calls it does not
-//! have: keys from a JWKS URL and the global rate-limit service.
+//! It takes the same configuration and carries out every verdict the Wasm
+//! glue does: credentials (keys inline or from a JWKS URL, `jwks.rs`),
+//! buckets and quotas (in a process-wide store, `store.rs`), the global
+//! rate-limit service (gRPC over an HTTP callout), JSON-RPC and MCP rules,
+//! the signed identity assertion, the output cap, and the same metrics
+//! (`metrics.rs`).
 
 mod abi;
+mod jwks;
+mod metrics;
 mod store;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use abi::{EnvoyBuffer, EnvoyHeader, FilterConfigEnvoy, FilterEnvoy, ModuleBuffer, ModuleHeader, ModulePtr};
+use jwks::Jwks;
+use metrics::Metrics;
 
 use crate::assertion::{self, Prefixes};
 use crate::config::FilterConfig;
 use crate::credentials::TokenCache;
 use crate::gate::{self, Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
+use crate::global_limit::{self, GlobalRateLimit, GlobalVerdict};
+use crate::jwt::Identity;
 use crate::leases::Leases;
 use crate::reply::Reject;
 use crate::response_cap::{self, ChunkAction, StreamMeter};
@@ -51,8 +59,9 @@ fn clock_nanos() -> u64 {
 struct ModuleConfig {
     id: u64,
     json: Vec<u8>,
-    forwarded: usize,
-    rejected: usize,
+    metrics: Metrics,
+    /// Keys fetched from a JWKS URL, when the configuration names one.
+    jwks: Option<Arc<Jwks>>,
 }
 
 /// What one worker thread keeps for one configuration between requests.
@@ -62,6 +71,25 @@ struct Worker {
     leases: RefCell<Leases>,
     assertions: RefCell<Prefixes>,
     assertion_ids: RefCell<assertion::Ids>,
+    /// The JWKS generation loaded into `config`'s verifier.
+    keys_generation: Cell<u64>,
+}
+
+impl Worker {
+    /// Loads keys published since this worker's last request.
+    fn refresh_keys(&self, jwks: &Jwks) {
+        let generation = jwks.generation();
+        if generation == self.keys_generation.get() {
+            return;
+        }
+        self.keys_generation.set(generation);
+        if let Some(document) = jwks.document() {
+            if self.config.jwt.replace_keys(&document).is_ok() {
+                // Tokens verified with keys that may be gone must be checked again.
+                *self.cache.borrow_mut() = TokenCache::new(self.config.token_cache_entries);
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -80,6 +108,7 @@ fn worker_for(config: &ModuleConfig) -> Option<Rc<Worker>> {
             leases: RefCell::default(),
             assertions: RefCell::default(),
             assertion_ids: RefCell::default(),
+            keys_generation: Cell::new(0),
             config: compiled,
         });
         workers.borrow_mut().insert(config.id, worker.clone());
@@ -87,7 +116,7 @@ fn worker_for(config: &ModuleConfig) -> Option<Rc<Worker>> {
     })
 }
 
-/// Checks a configuration and defines its counters; `None` refuses it.
+/// Checks a configuration and defines its metrics; `None` refuses it.
 fn new_config(envoy: FilterConfigEnvoy, json: &[u8]) -> Option<ModuleConfig> {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let config = match FilterConfig::from_json(json) {
@@ -97,32 +126,18 @@ fn new_config(envoy: FilterConfigEnvoy, json: &[u8]) -> Option<ModuleConfig> {
             return None;
         }
     };
-    if config.jwt.remote.is_some() || config.global_rate_limit.is_some() {
+    let Some(metrics) = Metrics::define(envoy) else {
         log(
             abi::LOG_ERROR,
-            "configuration refused: the dynamic-module build has no JWKS URL fetch or global rate limit; use the Wasm filter",
+            "configuration refused: Envoy did not define the filter's metrics",
         );
         return None;
-    }
-    let define = |name: &str, labels: &[ModuleBuffer]| {
-        let mut id = 0usize;
-        // SAFETY: the name and labels outlive the call; Envoy writes `id`.
-        let result = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
-                envoy,
-                ModuleBuffer::of(name.as_bytes()),
-                labels.as_ptr(),
-                labels.len(),
-                &mut id,
-            )
-        };
-        (result == 0).then_some(id)
     };
     Some(ModuleConfig {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         json: json.to_vec(),
-        forwarded: define("requests_forwarded_total", &[])?,
-        rejected: define("requests_rejected_total", &[ModuleBuffer::of(b"reason")])?,
+        metrics,
+        jwks: config.jwt.remote.clone().map(|remote| Jwks::start(envoy, remote)),
     })
 }
 
@@ -133,8 +148,18 @@ enum State {
     HoldingForBody(Box<HeldRequest>),
     /// Refused on its headers; held only to read the request id from the body.
     RejectingAfterBody(Box<Reject>),
+    /// Checked locally; held until the global rate-limit service answers.
+    AwaitingGlobalLimit(ChargedImages),
     Forwarded,
     Replied,
+}
+
+/// Images a held call has charged to the local daily quota, to give back
+/// if the global limit refuses it.
+struct ChargedImages {
+    org: String,
+    images: u64,
+    charged_at_ms: u64,
 }
 
 /// One HTTP stream.
@@ -153,22 +178,9 @@ impl Request {
         &self.worker.config
     }
 
-    fn counters(&self) -> &ModuleConfig {
+    fn metrics(&self) -> &Metrics {
         // SAFETY: Envoy destroys a configuration only after its streams.
-        unsafe { &*self.config }
-    }
-
-    fn count(&self, id: usize, labels: &[ModuleBuffer]) {
-        // SAFETY: the labels outlive the call.
-        unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_increment_counter(
-                self.envoy,
-                id,
-                labels.as_ptr(),
-                labels.len(),
-                1,
-            );
-        }
+        unsafe { &(*self.config).metrics }
     }
 
     fn with_host<T>(&self, decide: impl FnOnce(&FilterConfig, &mut Host<'_>) -> T) -> T {
@@ -184,7 +196,7 @@ impl Request {
     }
 
     fn pass(&mut self) {
-        self.count(self.counters().forwarded, &[]);
+        self.metrics().forwarded(self.envoy);
         self.state = State::Forwarded;
     }
 
@@ -193,7 +205,7 @@ impl Request {
             abi::LOG_INFO,
             &format!("rejected {} ({}): {}", reject.status, reject.reason, reject.message),
         );
-        self.count(self.counters().rejected, &[ModuleBuffer::of(reject.reason.as_bytes())]);
+        self.metrics().rejected(self.envoy, reject);
         let mut headers = vec![ModuleHeader {
             key: ModuleBuffer::of(b"content-type"),
             value: ModuleBuffer::of(b"application/json"),
@@ -271,6 +283,10 @@ impl Request {
     }
 
     fn on_request_headers(&mut self, end_of_stream: bool) -> u32 {
+        // SAFETY: Envoy destroys a configuration only after its streams.
+        if let Some(jwks) = unsafe { &(*self.config).jwks } {
+            self.worker.refresh_keys(jwks);
+        }
         let headers = request_headers(self.envoy);
         let h = |name: &str| {
             headers
@@ -305,11 +321,13 @@ impl Request {
             HeadVerdict::RejectAfterBody(reject) => self.state = State::RejectingAfterBody(Box::new(reject)),
             HeadVerdict::Serve(document) => self.serve(&document),
             HeadVerdict::Forward(admitted) => {
+                self.metrics().cache(self.envoy, admitted.cache);
                 self.forward(&admitted, &present, request_id);
                 self.pass();
                 return abi::CONTINUE;
             }
             HeadVerdict::InspectBody(admitted, held) => {
+                self.metrics().cache(self.envoy, admitted.cache);
                 self.forward(&admitted, &present, request_id);
                 self.state = State::HoldingForBody(Box::new(held));
             }
@@ -329,6 +347,7 @@ impl Request {
                 }
                 return abi::CONTINUE;
             }
+            State::AwaitingGlobalLimit(_) => return abi::BODY_STOP_AND_BUFFER,
             State::RejectingAfterBody(_) | State::HoldingForBody(_) => {}
         }
         let too_large = gate::check_body_size(self.config(), size);
@@ -348,6 +367,14 @@ impl Request {
                 match self.with_host(|config, host| gate::check_body(config, &body, &held, host)) {
                     Ok(checked) => {
                         self.reply_id = checked.reply_id;
+                        if let Some(quota) = checked.quota {
+                            self.metrics().quota(self.envoy, &held.identity.org, quota);
+                        }
+                        let images = checked.call.as_ref().map_or(0, |call| call.images);
+                        let worker = self.worker.clone();
+                        if let (Some(global), true) = (&worker.config.global_rate_limit, images > 0) {
+                            return self.ask_global_limit(global, &held.identity, images);
+                        }
                         self.pass();
                         return abi::CONTINUE;
                     }
@@ -357,6 +384,125 @@ impl Request {
             _ => return abi::CONTINUE,
         }
         abi::BODY_STOP_AND_BUFFER
+    }
+
+    /// Asks the global rate-limit service (gRPC over an HTTP callout) and
+    /// holds the request until it answers.
+    fn ask_global_limit(&mut self, global: &GlobalRateLimit, identity: &Identity, images: u64) -> u32 {
+        let charged = ChargedImages {
+            org: identity.org.clone(),
+            images,
+            charged_at_ms: self.started_ms,
+        };
+        let message = global.request(identity, images);
+        // A gRPC frame: uncompressed, the length, the message.
+        let mut frame = Vec::with_capacity(message.len() + 5);
+        frame.push(0);
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        let path = format!("/{}/{}", global_limit::SERVICE, global_limit::METHOD);
+        let headers = [
+            ModuleHeader::new(":method", "POST"),
+            ModuleHeader::new(":path", &path),
+            ModuleHeader::new(":authority", &global.cluster),
+            ModuleHeader::new("content-type", "application/grpc"),
+            ModuleHeader::new("te", "trailers"),
+        ];
+        let mut id = 0u64;
+        // SAFETY: headers, cluster and frame outlive the call.
+        let started = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_http_callout(
+                self.envoy,
+                &mut id,
+                ModuleBuffer::of(global.cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(&frame),
+                global.timeout.as_millis() as u64,
+            )
+        };
+        if started == abi::CALLOUT_SUCCESS {
+            self.state = State::AwaitingGlobalLimit(charged);
+            return abi::BODY_STOP_AND_BUFFER;
+        }
+        let verdict = global.failed(
+            format!("cannot call cluster {} (result {started})", global.cluster),
+            &charged.org,
+        );
+        if self.apply_global_verdict(verdict, &charged) {
+            abi::CONTINUE
+        } else {
+            abi::BODY_STOP_AND_BUFFER
+        }
+    }
+
+    /// The global limit's answer: a gRPC status (from a trailers-only
+    /// answer's headers, else 0 for HTTP 200) and the message after its frame.
+    fn global_limit_answered(&mut self, result: u32, headers: &[(&[u8], &[u8])], body: &[u8]) {
+        let State::AwaitingGlobalLimit(charged) = std::mem::replace(&mut self.state, State::Forwarded) else {
+            return;
+        };
+        let worker = self.worker.clone();
+        let Some(global) = &worker.config.global_rate_limit else {
+            return;
+        };
+        let header = |name: &[u8]| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        let verdict = if result != abi::CALLOUT_SUCCESS {
+            global.failed(format!("callout failed (result {result})"), &charged.org)
+        } else if header(b":status") != Some(&b"200"[..]) {
+            global.failed(
+                format!("HTTP status {:?}", header(b":status").map(String::from_utf8_lossy)),
+                &charged.org,
+            )
+        } else {
+            // 14 (unavailable) when a 200 answer carries neither a status nor a message.
+            let status = match header(b"grpc-status") {
+                Some(value) => std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2),
+                None if body.len() >= 5 => 0,
+                None => 14,
+            };
+            global.decide(status, body.get(5..), &charged.org)
+        };
+        if self.apply_global_verdict(verdict, &charged) {
+            // SAFETY: the stream is alive while its callout answers.
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_decoding(self.envoy) };
+        }
+    }
+
+    /// Carries out the global limit's verdict; true when the request goes on.
+    fn apply_global_verdict(&mut self, verdict: GlobalVerdict, charged: &ChargedImages) -> bool {
+        match verdict {
+            GlobalVerdict::Allow => self.metrics().global_check(self.envoy, "ok"),
+            GlobalVerdict::AllowUnchecked(why) => {
+                log(
+                    abi::LOG_WARN,
+                    &format!("global rate limit not checked ({why}); failing open on the local limits"),
+                );
+                self.metrics().global_check(self.envoy, "failed_open");
+            }
+            GlobalVerdict::Refuse(reject) => {
+                let result = if reject.status == 429 {
+                    "over_limit"
+                } else {
+                    "failed_closed"
+                };
+                self.metrics().global_check(self.envoy, result);
+                self.config().rate_limits.refund_images(
+                    &ProcessStore,
+                    &charged.org,
+                    charged.images,
+                    charged.charged_at_ms,
+                );
+                let reject = reject.with_id(self.reply_id.clone());
+                self.reject(&reject);
+                return false;
+            }
+        }
+        self.pass();
+        true
     }
 
     fn on_response_headers(&mut self) -> u32 {
@@ -387,7 +533,7 @@ impl Request {
                     abi::LOG_WARN,
                     &format!("response cut off at the {cap} byte output limit"),
                 );
-                self.count(self.counters().rejected, &[ModuleBuffer::of(b"response_too_large")]);
+                self.metrics().cut_off(self.envoy);
                 event.into_bytes()
             }
             ChunkAction::Drop => Vec::new(),
@@ -515,7 +661,74 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: ModulePtr) {
     if !config.is_null() {
         // SAFETY: made by `config_new`, destroyed once.
-        drop(unsafe { Box::from_raw(config as *mut ModuleConfig) });
+        let config = unsafe { Box::from_raw(config as *mut ModuleConfig) };
+        if let Some(jwks) = &config.jwks {
+            jwks.stop();
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    envoy: FilterConfigEnvoy,
+    config: ModulePtr,
+    _event: u64,
+) {
+    // SAFETY: made by `config_new`; the main thread is its only user here.
+    let config = unsafe { &*(config as *const ModuleConfig) };
+    if let Some(jwks) = &config.jwks {
+        jwks.fetch(envoy, &config.metrics);
+    }
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    envoy: FilterConfigEnvoy,
+    config: ModulePtr,
+    callout: u64,
+    result: u32,
+    headers: *const EnvoyHeader,
+    headers_len: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_len: usize,
+) {
+    // SAFETY: made by `config_new`; the hook's arguments are valid during the call.
+    unsafe {
+        let config = &*(config as *const ModuleConfig);
+        if let Some(jwks) = &config.jwks {
+            jwks.arrived(
+                envoy,
+                &config.metrics,
+                callout,
+                result,
+                headers,
+                headers_len,
+                chunks,
+                chunks_len,
+            );
+        }
+    }
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    envoy: FilterEnvoy,
+    module: ModulePtr,
+    _callout: u64,
+    result: u32,
+    headers: *const EnvoyHeader,
+    headers_len: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_len: usize,
+) {
+    // SAFETY: see `request`; the answer is valid during the call.
+    unsafe {
+        let request = request(module);
+        request.envoy = envoy;
+        let (headers, body) = abi::callout_answer(headers, headers_len, chunks, chunks_len);
+        request.global_limit_answered(result, &headers, &body);
     }
 }
 
@@ -609,7 +822,6 @@ unused_hooks! {
     envoy_dynamic_module_on_http_filter_request_trailers -> u32 = abi::CONTINUE;
     envoy_dynamic_module_on_http_filter_response_trailers -> u32 = abi::CONTINUE;
     envoy_dynamic_module_on_http_filter_stream_complete -> () = ();
-    envoy_dynamic_module_on_http_filter_http_callout_done -> () = ();
     envoy_dynamic_module_on_http_filter_http_stream_headers -> () = ();
     envoy_dynamic_module_on_http_filter_http_stream_data -> () = ();
     envoy_dynamic_module_on_http_filter_http_stream_trailers -> () = ();

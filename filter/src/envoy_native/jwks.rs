@@ -1,0 +1,214 @@
+//! Signing keys from a JWKS URL in the dynamic-module build. A ticker
+//! thread asks Envoy's main thread (the configuration's scheduler) for a
+//! fetch when one is due; the main thread fetches through a configuration
+//! callout, checks the document and publishes it under a new generation;
+//! each worker thread loads a new generation into its own verifier on its
+//! next request. The Wasm build does the same per VM on its tick.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::abi::{self, ConfigScheduler, EnvoyBuffer, EnvoyHeader, FilterConfigEnvoy, ModuleBuffer, ModuleHeader};
+use super::metrics::Metrics;
+use super::{log, now_ms};
+use crate::jwt::{JwksUriSpec, JwtVerifier};
+
+/// How often the ticker looks whether a fetch is due.
+const TICK: Duration = Duration::from_millis(100);
+/// The one scheduled event: fetch now.
+const FETCH: u64 = 1;
+
+/// The scheduler pointer, used from the ticker thread (Envoy allows
+/// commits from any thread).
+struct Scheduler(ConfigScheduler);
+// SAFETY: Envoy's configuration scheduler is thread-safe to commit to, and
+// it is deleted only after the ticker thread has been joined.
+unsafe impl Send for Scheduler {}
+unsafe impl Sync for Scheduler {}
+
+/// The published keys and the fetch loop of one filter configuration.
+pub struct Jwks {
+    remote: JwksUriSpec,
+    /// Bumped each time a new document is published (0: none yet).
+    generation: AtomicU64,
+    document: Mutex<Option<Arc<Value>>>,
+    due_ms: AtomicU64,
+    in_flight: AtomicBool,
+    callout: AtomicU64,
+    stop: Arc<AtomicBool>,
+    scheduler: Arc<Scheduler>,
+    ticker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Jwks {
+    /// Starts the loop; the first fetch is due at once.
+    pub fn start(config: FilterConfigEnvoy, remote: JwksUriSpec) -> Arc<Self> {
+        // SAFETY: called on the main thread while Envoy loads the configuration.
+        let scheduler = Arc::new(Scheduler(unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(config)
+        }));
+        let jwks = Arc::new(Self {
+            remote,
+            generation: AtomicU64::new(0),
+            document: Mutex::new(None),
+            due_ms: AtomicU64::new(0),
+            in_flight: AtomicBool::new(false),
+            callout: AtomicU64::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
+            scheduler,
+            ticker: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&jwks);
+        let stop = jwks.stop.clone();
+        let scheduler = jwks.scheduler.clone();
+        let ticker = std::thread::Builder::new().name("mcp-edge-jwks".into()).spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                let Some(jwks) = weak.upgrade() else { return };
+                let due = now_ms() >= jwks.due_ms.load(Ordering::Acquire);
+                if due && !jwks.in_flight.swap(true, Ordering::AcqRel) {
+                    // SAFETY: the scheduler outlives this thread (joined before delete).
+                    unsafe {
+                        abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler.0, FETCH)
+                    };
+                }
+                drop(jwks);
+                std::thread::sleep(TICK);
+            }
+        });
+        match ticker {
+            Ok(handle) => *jwks.ticker.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
+            Err(error) => log(abi::LOG_ERROR, &format!("no JWKS refresh thread: {error}")),
+        }
+        jwks
+    }
+
+    /// The published generation (a worker compares it with what it loaded).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn document(&self) -> Option<Arc<Value>> {
+        self.document.lock().ok()?.clone()
+    }
+
+    /// Main thread, on the scheduled event: starts the fetch.
+    pub fn fetch(&self, config: FilterConfigEnvoy, metrics: &Metrics) {
+        let remote = &self.remote;
+        let headers = [
+            ModuleHeader::new(":method", "GET"),
+            ModuleHeader::new(":path", &remote.path),
+            ModuleHeader::new(":authority", &remote.authority),
+        ];
+        let mut id = 0u64;
+        // SAFETY: main thread; headers and names outlive the call.
+        let started = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                config,
+                &mut id,
+                ModuleBuffer::of(remote.cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::NULL,
+                remote.timeout_ms,
+            )
+        };
+        if started == abi::CALLOUT_SUCCESS {
+            self.callout.store(id, Ordering::Release);
+            return;
+        }
+        log(
+            abi::LOG_WARN,
+            &format!(
+                "JWKS fetch from cluster {} could not start (result {started})",
+                remote.cluster
+            ),
+        );
+        metrics.jwks_refresh(config, "failed");
+        self.retry_in(1);
+    }
+
+    /// Main thread, when the fetch answers: publishes good keys, or keeps
+    /// the last good ones and retries sooner.
+    ///
+    /// # Safety
+    /// The pointers are the callout hook's arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn arrived(
+        &self,
+        config: FilterConfigEnvoy,
+        metrics: &Metrics,
+        callout: u64,
+        result: u32,
+        headers: *const EnvoyHeader,
+        headers_len: usize,
+        chunks: *const EnvoyBuffer,
+        chunks_len: usize,
+    ) {
+        if callout != self.callout.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: the hook's arguments, valid during this call.
+        let (headers, body) = unsafe { abi::callout_answer(headers, headers_len, chunks, chunks_len) };
+        let status = headers.iter().find(|(k, _)| *k == b":status").map(|(_, v)| *v);
+        let outcome = if result != abi::CALLOUT_SUCCESS {
+            Err(format!("callout failed (result {result})"))
+        } else if status != Some(&b"200"[..]) {
+            Err(format!("HTTP status {:?}", status.map(String::from_utf8_lossy)))
+        } else {
+            serde_json::from_slice::<Value>(&body)
+                .map_err(|e| format!("not JSON: {e}"))
+                .and_then(|jwks| {
+                    JwtVerifier::check_keys(&jwks)
+                        .map(|count| (count, jwks))
+                        .map_err(|e| e.to_string())
+                })
+        };
+        let remote = &self.remote;
+        match outcome {
+            Ok((count, jwks)) => {
+                if let Ok(mut document) = self.document.lock() {
+                    *document = Some(Arc::new(jwks));
+                }
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                log(
+                    abi::LOG_INFO,
+                    &format!("loaded {count} signing key(s) from {}{}", remote.authority, remote.path),
+                );
+                metrics.jwks_refresh(config, "ok");
+                self.retry_in(remote.refresh_seconds);
+            }
+            Err(error) => {
+                log(
+                    abi::LOG_WARN,
+                    &format!(
+                        "JWKS refresh from {}{} failed: {error}; keeping the last good keys",
+                        remote.authority, remote.path
+                    ),
+                );
+                metrics.jwks_refresh(config, "failed");
+                self.retry_in(remote.retry_seconds);
+            }
+        }
+    }
+
+    fn retry_in(&self, seconds: u64) {
+        self.due_ms.store(now_ms() + seconds * 1000, Ordering::Release);
+        self.in_flight.store(false, Ordering::Release);
+    }
+
+    /// Main thread, when Envoy drops the configuration: stops the ticker,
+    /// then deletes the scheduler.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let ticker = self.ticker.lock().ok().and_then(|mut t| t.take());
+        if let Some(ticker) = ticker {
+            let _ = ticker.join();
+        }
+        // SAFETY: no thread commits to it any more.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.scheduler.0) };
+    }
+}
