@@ -62,7 +62,7 @@ token: upstream
 # second row (release) and its test through Envoy (`make test` builds debug).
 NATIVE_PROFILE ?= release
 native-module:
-	cargo build $(if $(filter release,$(NATIVE_PROFILE)),--release) -p mcp-edge-filter --features dynamic-module
+	CARGO_PROFILE_RELEASE_PANIC=unwind cargo build $(if $(filter release,$(NATIVE_PROFILE)),--release) -p mcp-edge-filter --features dynamic-module
 	cp target/$(NATIVE_PROFILE)/libmcp_edge_filter.so target/$(NATIVE_PROFILE)/libmcp_edge_native.so
 
 bench-edge: build envoy native-module

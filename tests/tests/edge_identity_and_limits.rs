@@ -416,6 +416,9 @@ async fn dynamic_module_build_makes_the_same_decisions() {
     assert_eq!(status, 401);
     assert!(h.contains_key("www-authenticate"));
 
+    // Built against this Envoy's ABI: a mismatch would only be a warning.
+    assert!(!stack.log("envoy").contains("ABI version"), "{}", stack.log("envoy"));
+
     let metrics = stack.prometheus().await;
     for line in [
         "envoy_mcp_edge_rate_limited_total{reason=\"rate_limited_caller\",org=\"acme\",key=\"jwt\"} 1",

@@ -1,13 +1,14 @@
 //! The part of Envoy's dynamic-module C ABI (`source/extensions/dynamic_modules/abi/abi.h`,
-//! ABI v0.1.x, Envoy 1.40) this glue uses, declared by hand: the SDK is not
+//! ABI v0.2.0 of Envoy 1.40) this glue uses, declared by hand: the SDK is not
 //! published as a crate. Only x86-64/aarch64 Linux, where a struct of two
 //! words passes in two registers, exactly like the pointer-and-length pairs
 //! of earlier ABI revisions.
 
 use std::os::raw::c_void;
 
-/// The ABI version this module was written against (a mismatch only warns).
-pub const ABI_VERSION: &[u8] = b"v0.1.0\0";
+/// The ABI version this module was written against: Envoy 1.40 logs that
+/// it matched (a mismatch only warns; the edge tests fail on that warning).
+pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
 
 pub type FilterConfigEnvoy = *mut c_void;
 pub type FilterEnvoy = *mut c_void;

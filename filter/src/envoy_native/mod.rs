@@ -638,6 +638,34 @@ unsafe fn request<'a>(module: ModulePtr) -> &'a mut Request {
     unsafe { &mut *(module as *mut Request) }
 }
 
+/// Runs a stream hook. A panic inside Envoy's process would take every
+/// stream down with it: it is caught (the module is built to unwind) and
+/// the request refused with a JSON-RPC internal error instead.
+///
+/// # Safety
+/// As `request`.
+unsafe fn guarded(envoy: FilterEnvoy, module: ModulePtr, stopped: u32, hook: impl FnOnce(&mut Request) -> u32) -> u32 {
+    // SAFETY: the caller's promise.
+    let request = unsafe { request(module) };
+    request.envoy = envoy;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&mut *request))) {
+        Ok(status) => status,
+        Err(_) => {
+            log(abi::LOG_ERROR, "the edge filter failed on a request; refused it");
+            if !matches!(request.state, State::Replied) {
+                let reject = Reject::new(
+                    500,
+                    response_cap::INTERNAL_ERROR,
+                    "internal_error",
+                    "The gateway's edge failed on this request. Retry; if it persists, report it with the request id.",
+                );
+                request.reject(&reject.with_id(request.reply_id.clone()));
+            }
+            stopped
+        }
+    }
+}
+
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
     abi::ABI_VERSION.as_ptr()
@@ -725,10 +753,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 ) {
     // SAFETY: see `request`; the answer is valid during the call.
     unsafe {
-        let request = request(module);
-        request.envoy = envoy;
         let (headers, body) = abi::callout_answer(headers, headers_len, chunks, chunks_len);
-        request.global_limit_answered(result, &headers, &body);
+        guarded(envoy, module, abi::CONTINUE, |request| {
+            request.global_limit_answered(result, &headers, &body);
+            abi::CONTINUE
+        });
     }
 }
 
@@ -765,9 +794,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     end_of_stream: bool,
 ) -> u32 {
     // SAFETY: see `request`.
-    let request = unsafe { request(module) };
-    request.envoy = envoy;
-    request.on_request_headers(end_of_stream)
+    unsafe {
+        guarded(envoy, module, abi::HEADERS_STOP_ITERATION, |request| {
+            request.on_request_headers(end_of_stream)
+        })
+    }
 }
 
 #[no_mangle]
@@ -777,9 +808,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> u32 {
     // SAFETY: see `request`.
-    let request = unsafe { request(module) };
-    request.envoy = envoy;
-    request.on_request_body(end_of_stream)
+    unsafe {
+        guarded(envoy, module, abi::BODY_STOP_AND_BUFFER, |request| {
+            request.on_request_body(end_of_stream)
+        })
+    }
 }
 
 #[no_mangle]
@@ -789,9 +822,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _end_of_stream: bool,
 ) -> u32 {
     // SAFETY: see `request`.
-    let request = unsafe { request(module) };
-    request.envoy = envoy;
-    request.on_response_headers()
+    unsafe {
+        guarded(envoy, module, abi::HEADERS_STOP_ITERATION, |request| {
+            request.on_response_headers()
+        })
+    }
 }
 
 #[no_mangle]
@@ -801,9 +836,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     _end_of_stream: bool,
 ) -> u32 {
     // SAFETY: see `request`.
-    let request = unsafe { request(module) };
-    request.envoy = envoy;
-    request.on_response_body()
+    unsafe {
+        guarded(envoy, module, abi::BODY_STOP_AND_BUFFER, |request| {
+            request.on_response_body()
+        })
+    }
 }
 
 /// Hooks the ABI requires that this filter has no use for (trailers pass;
