@@ -47,6 +47,7 @@ test-clients:
 	@scripts/ensure-test-clients.sh
 
 run: build envoy
+	$(if $(filter native,$(EDGE)),$(MAKE) native-module)
 	scripts/run.sh
 
 test: build envoy test-clients

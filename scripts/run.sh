@@ -15,6 +15,9 @@ STATE_DIR="${STATE_DIR:-.state}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
 BIN="${UPSTREAM_BIN:-target/debug/mcp-image-gateway}"
 WASM="${WASM:-target/wasm32-wasip1/release/mcp_edge_filter.wasm}"
+# EDGE=native: the edge filter as an Envoy dynamic module instead of Wasm.
+EDGE="${EDGE:-wasm}"
+MODULE="${MODULE:-target/release/libmcp_edge_native.so}"
 export GATEWAY_PUBLIC_BASE_URL="${GATEWAY_PUBLIC_BASE_URL:-http://127.0.0.1:${LISTEN_PORT}}"
 export GATEWAY_STATE_DIR="${STATE_DIR}"
 # No load balancer to drain from locally: stop at once on Ctrl-C.
@@ -32,7 +35,8 @@ ENVOY="$(scripts/ensure-envoy.sh)"
 "${BIN}" render-envoy --template envoy/envoy.yaml.tmpl --out "${STATE_DIR}/envoy.yaml" \
   --set "ADMIN_PORT=${ADMIN_PORT}" --set "LISTEN_PORT=${LISTEN_PORT}" \
   --set "UPSTREAM_PORT=${UPSTREAM_PORT}" --set "WASM_PATH=$(realpath "${WASM}")" \
-  ${TLS:+--tls-port "${TLS_PORT}"}
+  ${TLS:+--tls-port "${TLS_PORT}"} \
+  $([[ "${EDGE}" == native ]] && echo --dynamic-module "${MODULE}")
 "${ENVOY}" --mode validate -c "${STATE_DIR}/envoy.yaml" >/dev/null
 
 pids=()
@@ -48,7 +52,7 @@ trap stop EXIT INT TERM
 GATEWAY_LISTEN="127.0.0.1:${UPSTREAM_PORT}" "${BIN}" serve &
 pids+=($!)
 "${ENVOY}" -c "${STATE_DIR}/envoy.yaml" --use-dynamic-base-id --concurrency "${ENVOY_CONCURRENCY}" \
-  --log-level warn --component-log-level wasm:info 2>&1 &
+  --log-level warn --component-log-level wasm:info,dynamic_modules:info 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 150); do

@@ -311,7 +311,7 @@ def main() -> int:
             (HERE / "ours-filter.yaml.tmpl").read_text(),
             {"WASM_PATH": WASM, "FILTER_CONFIG": json.dumps(filter_config)})}),
         "ours_native": render(variant_template, {**common, "HTTP_FILTERS": render(
-            (HERE / "dynamic-module-filter.yaml.tmpl").read_text(),
+            (ROOT / "envoy" / "dynamic-module-filter.yaml.tmpl").read_text(),
             {"MODULE_PATH": NATIVE_MODULE, "FILTER_CONFIG": json.dumps(filter_config)})}),
     }
     breakdown = {}

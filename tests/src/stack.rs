@@ -139,20 +139,6 @@ pub fn native_module_path() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The Envoy config template with the Wasm filter swapped for the dynamic
-/// module (the benchmark's filter block; same name, same settings).
-fn with_dynamic_module(template: &str) -> anyhow::Result<String> {
-    let start = template
-        .find("          - name: mcp_edge\n")
-        .context("no mcp_edge filter in the Envoy template")?;
-    let end = template
-        .find("          - name: envoy.filters.http.router")
-        .context("no router in the Envoy template")?;
-    let block = std::fs::read_to_string(workspace_root().join("bench/edge/dynamic-module-filter.yaml.tmpl"))?
-        .replace("${MODULE_PATH}", &native_module_path()?.display().to_string());
-    Ok(format!("{}{}{}", &template[..start], block, &template[end..]))
-}
-
 /// The built upstream binary.
 pub fn upstream_binary() -> anyhow::Result<PathBuf> {
     let path = target_dir().join("debug/mcp-image-gateway");
@@ -356,7 +342,10 @@ impl Stack {
         let template = std::fs::read_to_string(workspace_root().join("envoy/envoy.yaml.tmpl"))?;
         match self.edge {
             Edge::Wasm => Ok(template),
-            Edge::DynamicModule => with_dynamic_module(&template),
+            Edge::DynamicModule => {
+                let block = std::fs::read_to_string(workspace_root().join("envoy/dynamic-module-filter.yaml.tmpl"))?;
+                devkit::with_dynamic_module(&template, &block, &native_module_path()?)
+            }
         }
     }
 

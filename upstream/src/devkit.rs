@@ -187,6 +187,21 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> anyhow::Result
     Ok(out)
 }
 
+/// The Envoy template with its `mcp_edge` Wasm filter block replaced by
+/// `module_filter` (envoy/dynamic-module-filter.yaml.tmpl): the edge filter
+/// built as a dynamic module at `module_path`, same name and settings.
+pub fn with_dynamic_module(template: &str, module_filter: &str, module_path: &Path) -> anyhow::Result<String> {
+    let start = template
+        .find("          - name: mcp_edge\n")
+        .context("the Envoy template has no mcp_edge filter")?;
+    let end = template[start..]
+        .find("          - name: envoy.filters.http.router")
+        .map(|end| start + end)
+        .context("the Envoy template has no router after mcp_edge")?;
+    let block = module_filter.replace("${MODULE_PATH}", &module_path.display().to_string());
+    Ok(format!("{}{}{}", &template[..start], block, &template[end..]))
+}
+
 /// Creates, once, a self-signed development certificate for `localhost` and
 /// `127.0.0.1` (P-256, via the `openssl` command). Returns (certificate, key) paths.
 pub fn ensure_dev_certificate(state_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {

@@ -80,6 +80,10 @@ enum Command {
         /// NAME=PATH: the placeholder takes the file's contents (repeatable).
         #[arg(long = "set-file", value_parser = parse_var)]
         file_vars: Vec<(String, String)>,
+        /// Run the edge filter as this Envoy dynamic module (`make native-module`)
+        /// instead of the Wasm filter.
+        #[arg(long)]
+        dynamic_module: Option<PathBuf>,
         #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
         state_dir: PathBuf,
         #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
@@ -182,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
             template,
             tls_port,
             file_vars,
+            dynamic_module,
             out,
             vars,
             state_dir,
@@ -224,9 +229,15 @@ async fn main() -> anyhow::Result<()> {
             vars.entry("EXTRA_CLUSTERS".into()).or_default();
             vars.entry("EXTRA_UPSTREAM_ENDPOINTS".into()).or_default();
             vars.entry("EXTRA_LISTENERS".into()).or_default();
-            let template =
+            let mut text =
                 std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
-            std::fs::write(&out, devkit::render(&template, &vars)?)
+            if let Some(module) = dynamic_module {
+                let snippet = template.with_file_name("dynamic-module-filter.yaml.tmpl");
+                let block =
+                    std::fs::read_to_string(&snippet).with_context(|| format!("reading {}", snippet.display()))?;
+                text = devkit::with_dynamic_module(&text, &block, &std::path::absolute(&module)?)?;
+            }
+            std::fs::write(&out, devkit::render(&text, &vars)?)
                 .with_context(|| format!("writing {}", out.display()))?;
             Ok(())
         }
