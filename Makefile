@@ -21,11 +21,12 @@ BIN := target/debug/mcp-image-gateway
 .PHONY: cost-sim help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci
 
 help:
-	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT))"
+	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT); EDGE=native runs the filter as a dynamic module)"
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"
-	@echo "make bench-edge  bare Envoy vs jwt_authn+local_ratelimit vs a no-op Wasm filter vs ours (bench/results/edge.md)"
+	@echo "make bench-edge  bare Envoy, Envoy's native MCP stack, a no-op Wasm filter, ours as Wasm and as a dynamic module (bench/results/edge.md)"
+	@echo "make native-module  the filter as an Envoy dynamic module (target/release/libmcp_edge_native.so)"
 	@echo "make bench-stack  the whole stack under load: instant model, and a 500/s burst with 10 s model latency (bench/results/stack.md)"
 	@echo "make cost-sim  weighted cost per image of the example routing configurations"
 	@echo "make soak    steady mixed traffic for SOAK_SECONDS (600) while faults are injected (bench/results/soak.md)"

@@ -206,7 +206,7 @@ impl AssertionSigner {
         // Whole 64-byte blocks (the header part ends on a base64 group, so 3
         // bytes more are 4 characters more): a request's MAC then starts on
         // a fresh SHA-256 block, one compression fewer for most callers.
-        while (self.header.len() + 1 + json.len() / 3 * 4) % 64 != 0 {
+        while !(self.header.len() + 1 + json.len() / 3 * 4).is_multiple_of(64) {
             json.push_str("   ");
         }
         let mut text = String::with_capacity(self.header.len() + 1 + json.len() * 4 / 3);
@@ -372,7 +372,11 @@ mod tests {
             .unwrap();
         assert_eq!(prefixes.len(), 1);
         let prefix = prefixes.get_or_make(&identity, || None).unwrap();
-        assert_eq!(prefix.text.len() % 64, 0, "the MAC of a request starts on a fresh block");
+        assert_eq!(
+            prefix.text.len() % 64,
+            0,
+            "the MAC of a request starts on a fresh block"
+        );
         let other_caller = Identity {
             scopes: vec![],
             ..identity.clone()

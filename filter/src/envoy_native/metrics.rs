@@ -65,6 +65,20 @@ impl Metrics {
         })
     }
 
+    /// Ids that name nothing, for unit tests that never reach Envoy.
+    #[cfg(test)]
+    pub fn unregistered() -> Self {
+        Self {
+            requests: 0,
+            auth_failures: 0,
+            rate_limited: 0,
+            cache_lookups: 0,
+            jwks_refreshes: 0,
+            global_checks: 0,
+            quota_images: 0,
+        }
+    }
+
     fn count(&self, filter: FilterEnvoy, id: usize, labels: &[&str]) {
         let labels = values(labels);
         // SAFETY: the labels outlive the call.

@@ -1,6 +1,6 @@
 //! The Envoy dynamic-module glue (`envoy.filters.http.dynamic_modules`): the
 //! same `gate` decisions as the Wasm glue, built as a native shared object
-//! (`make native-module`) for the edge benchmark's native row.
+//! (`make native-module`), for Envoy deployments that can load one.
 //!
 //! It takes the same configuration and carries out every verdict the Wasm
 //! glue does: credentials (keys inline or from a JWKS URL, `jwks.rs`),
@@ -17,7 +17,7 @@ mod store;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -62,6 +62,8 @@ struct ModuleConfig {
     metrics: Metrics,
     /// Keys fetched from a JWKS URL, when the configuration names one.
     jwks: Option<Arc<Jwks>>,
+    /// Cleared when Envoy drops the configuration: workers drop their copy.
+    alive: Arc<AtomicBool>,
 }
 
 /// What one worker thread keeps for one configuration between requests.
@@ -73,6 +75,8 @@ struct Worker {
     assertion_ids: RefCell<assertion::Ids>,
     /// The JWKS generation loaded into `config`'s verifier.
     keys_generation: Cell<u64>,
+    /// The configuration's `alive` flag.
+    alive: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -96,12 +100,16 @@ thread_local! {
     static WORKERS: RefCell<HashMap<u64, Rc<Worker>>> = RefCell::new(HashMap::new());
 }
 
-/// This thread's worker for `config`, compiled on its first request.
+/// This thread's worker for `config`, compiled on its first request (when
+/// copies of configurations Envoy has dropped are dropped too).
 fn worker_for(config: &ModuleConfig) -> Option<Rc<Worker>> {
     WORKERS.with(|workers| {
         if let Some(worker) = workers.borrow().get(&config.id) {
             return Some(worker.clone());
         }
+        workers
+            .borrow_mut()
+            .retain(|_, worker| worker.alive.load(Ordering::Acquire));
         let compiled = FilterConfig::from_json(&config.json).ok()?;
         let worker = Rc::new(Worker {
             cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
@@ -109,6 +117,7 @@ fn worker_for(config: &ModuleConfig) -> Option<Rc<Worker>> {
             assertions: RefCell::default(),
             assertion_ids: RefCell::default(),
             keys_generation: Cell::new(0),
+            alive: config.alive.clone(),
             config: compiled,
         });
         workers.borrow_mut().insert(config.id, worker.clone());
@@ -138,6 +147,7 @@ fn new_config(envoy: FilterConfigEnvoy, json: &[u8]) -> Option<ModuleConfig> {
         json: json.to_vec(),
         metrics,
         jwks: config.jwt.remote.clone().map(|remote| Jwks::start(envoy, remote)),
+        alive: Arc::new(AtomicBool::new(true)),
     })
 }
 
@@ -690,6 +700,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: Mod
     if !config.is_null() {
         // SAFETY: made by `config_new`, destroyed once.
         let config = unsafe { Box::from_raw(config as *mut ModuleConfig) };
+        config.alive.store(false, Ordering::Release);
         if let Some(jwks) = &config.jwks {
             jwks.stop();
         }
@@ -867,4 +878,50 @@ unused_hooks! {
     envoy_dynamic_module_on_http_filter_scheduled -> () = ();
     envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark -> () = ();
     envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark -> () = ();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module_config() -> ModuleConfig {
+        let json = serde_json::json!({"jwt": {"issuer": "i", "audiences": ["a"], "jwks": {"keys": [{
+            "kty": "OKP", "crv": "Ed25519", "kid": "k1",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        }]}}});
+        static NEXT: AtomicU64 = AtomicU64::new(1_000_000);
+        ModuleConfig {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            json: json.to_string().into_bytes(),
+            metrics: Metrics::unregistered(),
+            jwks: None,
+            alive: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    #[test]
+    fn a_worker_compiles_once_and_drops_copies_of_dropped_configurations() {
+        let (first, second) = (module_config(), module_config());
+        let worker = worker_for(&first).expect("a valid configuration");
+        assert!(Rc::ptr_eq(&worker, &worker_for(&first).expect("cached")));
+        first.alive.store(false, Ordering::Release);
+        drop(worker);
+        worker_for(&second).expect("a valid configuration");
+        WORKERS.with(|workers| {
+            let workers = workers.borrow();
+            assert!(
+                !workers.contains_key(&first.id),
+                "a dropped configuration's copy is gone"
+            );
+            assert!(workers.contains_key(&second.id));
+        });
+        let broken = ModuleConfig {
+            json: b"{}".to_vec(),
+            ..module_config()
+        };
+        assert!(
+            worker_for(&broken).is_none(),
+            "a configuration that does not compile makes no worker"
+        );
+    }
 }
