@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Stat
 use crate::assertion::{self, Prefixes};
 use crate::config::FilterConfig;
 use crate::credentials::{CacheUse, TokenCache};
-use crate::gate::{self, Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
+use crate::gate::{self, Admitted, HeadVerdict, Host, RequestHead};
 use crate::global_limit::{self, GlobalVerdict};
 use crate::header_map;
 use crate::leases::Leases;
@@ -21,6 +21,7 @@ use crate::limits::{CasMismatch, QuotaUse, SharedStore};
 use crate::phases::Phase;
 use crate::reply::Reject;
 use crate::response_cap::{self, ChunkAction, StreamMeter};
+use crate::stream::{ChargedImages, StreamState};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -333,7 +334,7 @@ impl RootContext for EdgeRoot {
             worker: self.worker.clone(),
             started_ms: 0,
             metrics: self.metrics.clone(),
-            state: RequestState::Headers,
+            state: StreamState::Headers,
             reply_id: serde_json::Value::Null,
             meter: StreamMeter::default(),
         }))
@@ -344,30 +345,6 @@ impl RootContext for EdgeRoot {
     }
 }
 
-/// Where a request is in the filter.
-enum RequestState {
-    /// Waiting for the request headers.
-    Headers,
-    /// An MCP POST held until its body has been checked.
-    HoldingForBody(Box<HeldRequest>),
-    /// Refused on its headers; held only to read the request id from the body.
-    RejectingAfterBody(Box<Reject>),
-    /// Checked locally; held until the global rate-limit service answers.
-    AwaitingGlobalLimit(ChargedImages),
-    /// Forwarded; later callbacks only watch the body size.
-    Forwarded,
-    /// A local reply was sent.
-    Replied,
-}
-
-/// Images a held call has charged to the local daily quota, to give back
-/// if the global limit refuses it.
-struct ChargedImages {
-    org: String,
-    images: u64,
-    charged_at_ms: u64,
-}
-
 /// Per-request state.
 struct EdgeRequest {
     config: Rc<FilterConfig>,
@@ -375,7 +352,7 @@ struct EdgeRequest {
     /// When the request's headers arrived (Unix ms): the one clock read of a request.
     started_ms: u64,
     metrics: Rc<Metrics>,
-    state: RequestState,
+    state: StreamState,
     /// The JSON-RPC id of the request, for errors sent in its place.
     reply_id: serde_json::Value,
     meter: StreamMeter,
@@ -412,7 +389,7 @@ impl EdgeRequest {
     /// Lets the request through, counted.
     fn pass(&mut self) -> Action {
         self.metrics.count(Hot::Forwarded);
-        self.state = RequestState::Forwarded;
+        self.state = StreamState::Forwarded;
         Action::Continue
     }
 
@@ -422,7 +399,7 @@ impl EdgeRequest {
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(reject.headers.iter().map(|(n, v)| (*n, v.as_str())));
         self.send_http_response(reject.status, headers, Some(reject.body().as_bytes()));
-        self.state = RequestState::Replied;
+        self.state = StreamState::Replied;
         Action::Pause
     }
 
@@ -482,7 +459,7 @@ impl EdgeRequest {
 
 impl Context for EdgeRequest {
     fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
-        let RequestState::AwaitingGlobalLimit(charged) = std::mem::replace(&mut self.state, RequestState::Forwarded)
+        let StreamState::AwaitingGlobalLimit(charged) = std::mem::replace(&mut self.state, StreamState::Forwarded)
         else {
             return;
         };
@@ -511,33 +488,15 @@ impl HttpContext for EdgeRequest {
             return Action::Continue;
         }
         let h = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-        let head = RequestHead {
-            method: h(":method").unwrap_or_default(),
-            path: h(":path").unwrap_or_default(),
-            content_length: h("content-length"),
-            authorization: h("authorization"),
-            x_api_key: h("x-api-key"),
-            content_type: h("content-type"),
-            accept: h("accept"),
-            origin: h("origin"),
-            protocol_version: h("mcp-protocol-version"),
-            mcp_method: h("mcp-method"),
-            mcp_name: h("mcp-name"),
-            end_of_stream,
-        };
-        // Only headers that are present need removing.
-        let present: Vec<&'static str> = ["authorization", "x-api-key"]
-            .into_iter()
-            .chain(gate::IDENTITY_HEADERS)
-            .filter(|name| h(name).is_some())
-            .collect();
+        let head = RequestHead::from_headers(h, end_of_stream);
+        let present = gate::headers_to_remove(|name| h(name).is_some());
         let now_ms = unix_ms(self.get_current_time());
         self.started_ms = now_ms;
         let verdict = self.with_host(|config, host| gate::check_head(config, &head, host));
         match verdict {
             HeadVerdict::Reject(reject) => self.reject(&reject),
             HeadVerdict::RejectAfterBody(reject) => {
-                self.state = RequestState::RejectingAfterBody(Box::new(reject));
+                self.state = StreamState::RejectingAfterBody(Box::new(reject));
                 Action::Pause
             }
             HeadVerdict::Serve(document) => {
@@ -546,7 +505,7 @@ impl HttpContext for EdgeRequest {
                     vec![("content-type", "application/json"), ("cache-control", "max-age=3600")],
                     Some(document.as_bytes()),
                 );
-                self.state = RequestState::Replied;
+                self.state = StreamState::Replied;
                 Action::Pause
             }
             HeadVerdict::Forward(admitted) => {
@@ -557,23 +516,23 @@ impl HttpContext for EdgeRequest {
             HeadVerdict::InspectBody(admitted, held) => {
                 self.metrics.admitted(&admitted);
                 self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
-                self.state = RequestState::HoldingForBody(Box::new(held));
+                self.state = StreamState::HoldingForBody(Box::new(held));
                 Action::Pause
             }
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if matches!(self.state, RequestState::Replied) {
+        if matches!(self.state, StreamState::Replied) {
             return Action::Pause;
         }
-        if matches!(self.state, RequestState::RejectingAfterBody(_)) {
+        if matches!(self.state, StreamState::RejectingAfterBody(_)) {
             let too_large = gate::check_body_size(&self.config, body_size).is_err();
             if !end_of_stream && !too_large {
                 return Action::Pause;
             }
             // Answered now either way: take the refusal out of the state.
-            let RequestState::RejectingAfterBody(reject) = std::mem::replace(&mut self.state, RequestState::Replied)
+            let StreamState::RejectingAfterBody(reject) = std::mem::replace(&mut self.state, StreamState::Replied)
             else {
                 return Action::Pause;
             };
@@ -588,14 +547,14 @@ impl HttpContext for EdgeRequest {
         if let Err(reject) = gate::check_body_size(&self.config, body_size) {
             return self.reject(&reject);
         }
-        if !matches!(self.state, RequestState::HoldingForBody(_)) {
+        if !matches!(self.state, StreamState::HoldingForBody(_)) {
             return Action::Continue;
         }
         if !end_of_stream {
             return Action::Pause;
         }
         // The request is decided now either way: take the held head out of the state.
-        let RequestState::HoldingForBody(held) = std::mem::replace(&mut self.state, RequestState::Forwarded) else {
+        let StreamState::HoldingForBody(held) = std::mem::replace(&mut self.state, StreamState::Forwarded) else {
             return Action::Continue;
         };
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
@@ -626,7 +585,7 @@ impl HttpContext for EdgeRequest {
                     };
                     return match call {
                         Ok(_) => {
-                            self.state = RequestState::AwaitingGlobalLimit(charged);
+                            self.state = StreamState::AwaitingGlobalLimit(charged);
                             Action::Pause
                         }
                         Err(status) => {
@@ -645,7 +604,7 @@ impl HttpContext for EdgeRequest {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if matches!(self.state, RequestState::Replied) || self.config.skip.skips(Phase::Response) {
+        if matches!(self.state, StreamState::Replied) || self.config.skip.skips(Phase::Response) {
             return Action::Continue;
         }
         let length = self.get_http_response_header("content-length");
@@ -656,7 +615,7 @@ impl HttpContext for EdgeRequest {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if matches!(self.state, RequestState::Replied) || self.config.skip.skips(Phase::Response) {
+        if matches!(self.state, StreamState::Replied) || self.config.skip.skips(Phase::Response) {
             return Action::Continue;
         }
         match self

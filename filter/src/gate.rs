@@ -43,6 +43,36 @@ pub struct RequestHead<'a> {
     pub end_of_stream: bool,
 }
 
+impl<'a> RequestHead<'a> {
+    /// The head from a host's header lookup (`header(name)`, lower-case names).
+    pub fn from_headers(header: impl Fn(&str) -> Option<&'a str>, end_of_stream: bool) -> Self {
+        Self {
+            method: header(":method").unwrap_or_default(),
+            path: header(":path").unwrap_or_default(),
+            content_length: header("content-length"),
+            authorization: header("authorization"),
+            x_api_key: header("x-api-key"),
+            content_type: header("content-type"),
+            accept: header("accept"),
+            origin: header("origin"),
+            protocol_version: header("mcp-protocol-version"),
+            mcp_method: header("mcp-method"),
+            mcp_name: header("mcp-name"),
+            end_of_stream,
+        }
+    }
+}
+
+/// The credential and identity headers a request carries (`has(name)`):
+/// never passed on, so the glue removes them before it adds the assertion.
+pub fn headers_to_remove(has: impl Fn(&str) -> bool) -> Vec<&'static str> {
+    ["authorization", "x-api-key"]
+        .into_iter()
+        .chain(IDENTITY_HEADERS)
+        .filter(|name| has(name))
+        .collect()
+}
+
 /// What the host lends the decisions: the per-worker token cache, the
 /// cross-worker shared store, and the clock.
 pub struct Host<'a> {

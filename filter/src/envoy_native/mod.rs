@@ -28,12 +28,13 @@ use metrics::Metrics;
 use crate::assertion::{self, Prefixes};
 use crate::config::FilterConfig;
 use crate::credentials::TokenCache;
-use crate::gate::{self, Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
+use crate::gate::{self, Admitted, HeadVerdict, Host, RequestHead};
 use crate::global_limit::{self, GlobalRateLimit, GlobalVerdict};
 use crate::jwt::Identity;
 use crate::leases::Leases;
 use crate::reply::Reject;
 use crate::response_cap::{self, ChunkAction, StreamMeter};
+use crate::stream::{ChargedImages, StreamState};
 use store::ProcessStore;
 
 fn log(level: u32, message: &str) {
@@ -151,34 +152,13 @@ fn new_config(envoy: FilterConfigEnvoy, json: &[u8]) -> Option<ModuleConfig> {
     })
 }
 
-/// Where a request is in the filter.
-enum State {
-    Headers,
-    /// An MCP POST held until its body has been checked.
-    HoldingForBody(Box<HeldRequest>),
-    /// Refused on its headers; held only to read the request id from the body.
-    RejectingAfterBody(Box<Reject>),
-    /// Checked locally; held until the global rate-limit service answers.
-    AwaitingGlobalLimit(ChargedImages),
-    Forwarded,
-    Replied,
-}
-
-/// Images a held call has charged to the local daily quota, to give back
-/// if the global limit refuses it.
-struct ChargedImages {
-    org: String,
-    images: u64,
-    charged_at_ms: u64,
-}
-
 /// One HTTP stream.
 struct Request {
     config: *const ModuleConfig,
     worker: Rc<Worker>,
     envoy: FilterEnvoy,
     started_ms: u64,
-    state: State,
+    state: StreamState,
     reply_id: serde_json::Value,
     meter: StreamMeter,
 }
@@ -207,7 +187,7 @@ impl Request {
 
     fn pass(&mut self) {
         self.metrics().forwarded(self.envoy);
-        self.state = State::Forwarded;
+        self.state = StreamState::Forwarded;
     }
 
     fn reject(&mut self, reject: &Reject) {
@@ -236,7 +216,7 @@ impl Request {
                 ModuleBuffer::of(reject.reason.as_bytes()),
             );
         }
-        self.state = State::Replied;
+        self.state = StreamState::Replied;
     }
 
     fn serve(&mut self, document: &str) {
@@ -261,7 +241,7 @@ impl Request {
                 ModuleBuffer::NULL,
             );
         }
-        self.state = State::Replied;
+        self.state = StreamState::Replied;
     }
 
     /// Replaces credentials and client-supplied identity headers (those in
@@ -304,31 +284,14 @@ impl Request {
                 .find(|(n, _)| *n == name.as_bytes())
                 .and_then(|(_, v)| std::str::from_utf8(v).ok())
         };
-        let head = RequestHead {
-            method: h(":method").unwrap_or_default(),
-            path: h(":path").unwrap_or_default(),
-            content_length: h("content-length"),
-            authorization: h("authorization"),
-            x_api_key: h("x-api-key"),
-            content_type: h("content-type"),
-            accept: h("accept"),
-            origin: h("origin"),
-            protocol_version: h("mcp-protocol-version"),
-            mcp_method: h("mcp-method"),
-            mcp_name: h("mcp-name"),
-            end_of_stream,
-        };
+        let head = RequestHead::from_headers(h, end_of_stream);
         // Removed whether or not their values read as text.
-        let present: Vec<&'static str> = ["authorization", "x-api-key"]
-            .into_iter()
-            .chain(gate::IDENTITY_HEADERS)
-            .filter(|name| headers.iter().any(|(n, _)| *n == name.as_bytes()))
-            .collect();
+        let present = gate::headers_to_remove(|name| headers.iter().any(|(n, _)| *n == name.as_bytes()));
         self.started_ms = now_ms();
         let request_id = h("x-request-id").unwrap_or_default();
         match self.with_host(|config, host| gate::check_head(config, &head, host)) {
             HeadVerdict::Reject(reject) => self.reject(&reject),
-            HeadVerdict::RejectAfterBody(reject) => self.state = State::RejectingAfterBody(Box::new(reject)),
+            HeadVerdict::RejectAfterBody(reject) => self.state = StreamState::RejectingAfterBody(Box::new(reject)),
             HeadVerdict::Serve(document) => self.serve(&document),
             HeadVerdict::Forward(admitted) => {
                 self.metrics().cache(self.envoy, admitted.cache);
@@ -339,7 +302,7 @@ impl Request {
             HeadVerdict::InspectBody(admitted, held) => {
                 self.metrics().cache(self.envoy, admitted.cache);
                 self.forward(&admitted, &present, request_id);
-                self.state = State::HoldingForBody(Box::new(held));
+                self.state = StreamState::HoldingForBody(Box::new(held));
             }
         }
         abi::HEADERS_STOP_ITERATION
@@ -349,30 +312,30 @@ impl Request {
         let size =
             body_size(self.envoy, abi::BUFFERED_REQUEST_BODY) + body_size(self.envoy, abi::RECEIVED_REQUEST_BODY);
         match &self.state {
-            State::Replied => return abi::BODY_STOP_AND_BUFFER,
-            State::Forwarded | State::Headers => {
+            StreamState::Replied => return abi::BODY_STOP_AND_BUFFER,
+            StreamState::Forwarded | StreamState::Headers => {
                 if let Err(reject) = gate::check_body_size(self.config(), size) {
                     self.reject(&reject);
                     return abi::BODY_STOP_AND_BUFFER;
                 }
                 return abi::CONTINUE;
             }
-            State::AwaitingGlobalLimit(_) => return abi::BODY_STOP_AND_BUFFER,
-            State::RejectingAfterBody(_) | State::HoldingForBody(_) => {}
+            StreamState::AwaitingGlobalLimit(_) => return abi::BODY_STOP_AND_BUFFER,
+            StreamState::RejectingAfterBody(_) | StreamState::HoldingForBody(_) => {}
         }
         let too_large = gate::check_body_size(self.config(), size);
         if too_large.is_ok() && !end_of_stream {
             return abi::BODY_STOP_AND_BUFFER;
         }
-        let state = std::mem::replace(&mut self.state, State::Forwarded);
+        let state = std::mem::replace(&mut self.state, StreamState::Forwarded);
         match (state, too_large) {
-            (State::RejectingAfterBody(reject), Err(_)) => self.reject(&reject),
-            (State::RejectingAfterBody(reject), Ok(())) => {
+            (StreamState::RejectingAfterBody(reject), Err(_)) => self.reject(&reject),
+            (StreamState::RejectingAfterBody(reject), Ok(())) => {
                 let id = gate::reply_id_of(self.config(), &request_body(self.envoy));
                 self.reject(&reject.with_id(id));
             }
-            (State::HoldingForBody(_), Err(reject)) => self.reject(&reject),
-            (State::HoldingForBody(held), Ok(())) => {
+            (StreamState::HoldingForBody(_), Err(reject)) => self.reject(&reject),
+            (StreamState::HoldingForBody(held), Ok(())) => {
                 let body = request_body(self.envoy);
                 match self.with_host(|config, host| gate::check_body(config, &body, &held, host)) {
                     Ok(checked) => {
@@ -432,7 +395,7 @@ impl Request {
             )
         };
         if started == abi::CALLOUT_SUCCESS {
-            self.state = State::AwaitingGlobalLimit(charged);
+            self.state = StreamState::AwaitingGlobalLimit(charged);
             return abi::BODY_STOP_AND_BUFFER;
         }
         let verdict = global.failed(
@@ -449,7 +412,8 @@ impl Request {
     /// The global limit's answer: a gRPC status (from a trailers-only
     /// answer's headers, else 0 for HTTP 200) and the message after its frame.
     fn global_limit_answered(&mut self, result: u32, headers: &[(&[u8], &[u8])], body: &[u8]) {
-        let State::AwaitingGlobalLimit(charged) = std::mem::replace(&mut self.state, State::Forwarded) else {
+        let StreamState::AwaitingGlobalLimit(charged) = std::mem::replace(&mut self.state, StreamState::Forwarded)
+        else {
             return;
         };
         let worker = self.worker.clone();
@@ -515,8 +479,8 @@ impl Request {
         true
     }
 
-    fn on_response_headers(&mut self) -> u32 {
-        if matches!(self.state, State::Replied) {
+    fn on_response_headers(&mut self, _end_of_stream: bool) -> u32 {
+        if matches!(self.state, StreamState::Replied) {
             return abi::CONTINUE;
         }
         let length = response_header(self.envoy, "content-length");
@@ -530,8 +494,8 @@ impl Request {
         abi::CONTINUE
     }
 
-    fn on_response_body(&mut self) -> u32 {
-        if matches!(self.state, State::Replied) {
+    fn on_response_body(&mut self, _end_of_stream: bool) -> u32 {
+        if matches!(self.state, StreamState::Replied) {
             return abi::CONTINUE;
         }
         let chunk = body_size(self.envoy, abi::RECEIVED_RESPONSE_BODY);
@@ -662,7 +626,7 @@ unsafe fn guarded(envoy: FilterEnvoy, module: ModulePtr, stopped: u32, hook: imp
         Ok(status) => status,
         Err(_) => {
             log(abi::LOG_ERROR, "the edge filter failed on a request; refused it");
-            if !matches!(request.state, State::Replied) {
+            if !matches!(request.state, StreamState::Replied) {
                 let reject = Reject::new(
                     500,
                     response_cap::INTERNAL_ERROR,
@@ -784,7 +748,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: ModulePtr, env
         worker,
         envoy,
         started_ms: 0,
-        state: State::Headers,
+        state: StreamState::Headers,
         reply_id: serde_json::Value::Null,
         meter: StreamMeter::default(),
     })) as ModulePtr
@@ -798,60 +762,22 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: ModulePtr)
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
-    envoy: FilterEnvoy,
-    module: ModulePtr,
-    end_of_stream: bool,
-) -> u32 {
-    // SAFETY: see `request`.
-    unsafe {
-        guarded(envoy, module, abi::HEADERS_STOP_ITERATION, |request| {
-            request.on_request_headers(end_of_stream)
-        })
-    }
+/// The stream hooks that carry out the decisions, each run `guarded`.
+macro_rules! stream_hooks {
+    ($($name:ident: $method:ident, stopped $stopped:expr;)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(envoy: FilterEnvoy, module: ModulePtr, end_of_stream: bool) -> u32 {
+            // SAFETY: see `request`.
+            unsafe { guarded(envoy, module, $stopped, |request| request.$method(end_of_stream)) }
+        }
+    )*};
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    envoy: FilterEnvoy,
-    module: ModulePtr,
-    end_of_stream: bool,
-) -> u32 {
-    // SAFETY: see `request`.
-    unsafe {
-        guarded(envoy, module, abi::BODY_STOP_AND_BUFFER, |request| {
-            request.on_request_body(end_of_stream)
-        })
-    }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    envoy: FilterEnvoy,
-    module: ModulePtr,
-    _end_of_stream: bool,
-) -> u32 {
-    // SAFETY: see `request`.
-    unsafe {
-        guarded(envoy, module, abi::HEADERS_STOP_ITERATION, |request| {
-            request.on_response_headers()
-        })
-    }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    envoy: FilterEnvoy,
-    module: ModulePtr,
-    _end_of_stream: bool,
-) -> u32 {
-    // SAFETY: see `request`.
-    unsafe {
-        guarded(envoy, module, abi::BODY_STOP_AND_BUFFER, |request| {
-            request.on_response_body()
-        })
-    }
+stream_hooks! {
+    envoy_dynamic_module_on_http_filter_request_headers: on_request_headers, stopped abi::HEADERS_STOP_ITERATION;
+    envoy_dynamic_module_on_http_filter_request_body: on_request_body, stopped abi::BODY_STOP_AND_BUFFER;
+    envoy_dynamic_module_on_http_filter_response_headers: on_response_headers, stopped abi::HEADERS_STOP_ITERATION;
+    envoy_dynamic_module_on_http_filter_response_body: on_response_body, stopped abi::BODY_STOP_AND_BUFFER;
 }
 
 /// Hooks the ABI requires that this filter has no use for (trailers pass;
