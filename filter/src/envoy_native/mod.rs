@@ -196,49 +196,35 @@ impl Request {
             &format!("rejected {} ({}): {}", reject.status, reject.reason, reject.message),
         );
         self.metrics().rejected(self.envoy, reject);
-        let mut headers = vec![ModuleHeader {
-            key: ModuleBuffer::of(b"content-type"),
-            value: ModuleBuffer::of(b"application/json"),
-        }];
-        headers.extend(reject.headers.iter().map(|(name, value)| ModuleHeader {
-            key: ModuleBuffer::of(name.as_bytes()),
-            value: ModuleBuffer::of(value.as_bytes()),
-        }));
-        let body = reject.body();
-        // SAFETY: headers and body outlive the call; Envoy copies them.
-        unsafe {
-            abi::envoy_dynamic_module_callback_http_send_response(
-                self.envoy,
-                reject.status,
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(body.as_bytes()),
-                ModuleBuffer::of(reject.reason.as_bytes()),
-            );
-        }
-        self.state = StreamState::Replied;
+        let mut headers = vec![ModuleHeader::new("content-type", "application/json")];
+        headers.extend(
+            reject
+                .headers
+                .iter()
+                .map(|(name, value)| ModuleHeader::new(name, value)),
+        );
+        self.send_response(reject.status, &headers, &reject.body(), reject.reason);
     }
 
     fn serve(&mut self, document: &str) {
         let headers = [
-            ModuleHeader {
-                key: ModuleBuffer::of(b"content-type"),
-                value: ModuleBuffer::of(b"application/json"),
-            },
-            ModuleHeader {
-                key: ModuleBuffer::of(b"cache-control"),
-                value: ModuleBuffer::of(b"max-age=3600"),
-            },
+            ModuleHeader::new("content-type", "application/json"),
+            ModuleHeader::new("cache-control", "max-age=3600"),
         ];
-        // SAFETY: as in `reject`.
+        self.send_response(200, &headers, document, "");
+    }
+
+    /// Answers locally; the request goes no further.
+    fn send_response(&mut self, status: u32, headers: &[ModuleHeader], body: &str, details: &str) {
+        // SAFETY: headers, body and details outlive the call; Envoy copies them.
         unsafe {
             abi::envoy_dynamic_module_callback_http_send_response(
                 self.envoy,
-                200,
+                status,
                 headers.as_ptr(),
                 headers.len(),
-                ModuleBuffer::of(document.as_bytes()),
-                ModuleBuffer::NULL,
+                ModuleBuffer::of(body.as_bytes()),
+                ModuleBuffer::of(details.as_bytes()),
             );
         }
         self.state = StreamState::Replied;
