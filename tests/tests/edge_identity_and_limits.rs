@@ -415,6 +415,16 @@ async fn dynamic_module_build_makes_the_same_decisions() {
     let (status, h, _) = post(&stack, headers(None), LIST.into()).await;
     assert_eq!(status, 401);
     assert!(h.contains_key("www-authenticate"));
+    // RFC 9728 metadata, served by the module itself.
+    let response = http_client()
+        .get(format!("{}/.well-known/oauth-protected-resource", stack.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "max-age=3600");
+    let document: Value = response.json().await.unwrap();
+    assert_eq!(document["resource"], devkit::audience(&stack.base_url));
 
     // Built against this Envoy's ABI: a mismatch would only be a warning.
     assert!(!stack.log("envoy").contains("ABI version"), "{}", stack.log("envoy"));
