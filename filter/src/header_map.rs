@@ -29,7 +29,9 @@ pub fn pairs(buf: &[u8]) -> Option<Vec<(&str, &str)>> {
     Some(out)
 }
 
-fn text(bytes: &[u8]) -> &str {
+/// A header name or value as text: U+FFFD when it is not UTF-8 (the header
+/// is present but unreadable; both glues read headers this way).
+pub fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or("\u{FFFD}")
 }
 

@@ -1,8 +1,8 @@
 //! Every class of bad request is stopped by the Wasm filter inside real
 //! Envoy with a precise answer, and none of them reaches the upstream.
 
-use gateway_tests::stack::http_client;
-use gateway_tests::Stack;
+use gateway_tests::stack::{http_client, Edge};
+use gateway_tests::{Stack, StackOptions};
 use mcp_image_gateway::devkit;
 use mcp_image_gateway::signed_url::UrlSigner;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -57,7 +57,22 @@ struct Case {
 
 #[tokio::test]
 async fn bad_requests_are_rejected_at_the_edge() {
-    let stack = Stack::start().await.unwrap();
+    bad_requests_are_rejected(Edge::Wasm).await;
+}
+
+/// The dynamic-module build answers every case of the table the same way.
+#[tokio::test]
+async fn dynamic_module_rejects_bad_requests_at_the_edge() {
+    bad_requests_are_rejected(Edge::DynamicModule).await;
+}
+
+async fn bad_requests_are_rejected(edge: Edge) {
+    let stack = Stack::start_with(StackOptions {
+        edge,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let good = stack.token("alice", "acme");
     let audience = devkit::audience(&stack.base_url);
     let now = chrono::Utc::now().timestamp() as u64;
@@ -349,7 +364,21 @@ async fn bad_requests_are_rejected_at_the_edge() {
 
 #[tokio::test]
 async fn oversized_chunked_body_is_rejected_while_streaming() {
-    let stack = Stack::start().await.unwrap();
+    oversized_chunked_body(Edge::Wasm).await;
+}
+
+#[tokio::test]
+async fn dynamic_module_rejects_an_oversized_chunked_body_while_streaming() {
+    oversized_chunked_body(Edge::DynamicModule).await;
+}
+
+async fn oversized_chunked_body(edge: Edge) {
+    let stack = Stack::start_with(StackOptions {
+        edge,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         call_body_of_len(4096).chunks(512).map(|c| Ok(c.to_vec())).collect();
     let response = http_client()

@@ -30,6 +30,7 @@ use crate::config::FilterConfig;
 use crate::credentials::TokenCache;
 use crate::gate::{self, Admitted, HeadVerdict, Host, RequestHead};
 use crate::global_limit::{self, GlobalRateLimit, GlobalVerdict};
+use crate::header_map;
 use crate::jwt::Identity;
 use crate::leases::Leases;
 use crate::reply::Reject;
@@ -268,7 +269,7 @@ impl Request {
             headers
                 .iter()
                 .find(|(n, _)| *n == name.as_bytes())
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .map(|(_, v)| header_map::text(v))
         };
         let head = RequestHead::from_headers(h, end_of_stream);
         // Removed whether or not their values read as text.
