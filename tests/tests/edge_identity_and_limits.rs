@@ -438,3 +438,62 @@ async fn dynamic_module_build_makes_the_same_decisions() {
         assert!(metrics.lines().any(|l| l == line), "{line} missing in:\n{metrics}");
     }
 }
+
+/// The output cap on a stream (SSE, no declared length): the stream is cut
+/// where it passes the cap and ends with a JSON-RPC error event for the
+/// request's id.
+#[tokio::test]
+async fn streamed_response_over_the_cap_is_cut_off_with_an_error_event() {
+    streamed_response_cut_off(Edge::Wasm).await;
+}
+
+#[tokio::test]
+async fn dynamic_module_cuts_off_a_streamed_response_over_the_cap() {
+    streamed_response_cut_off(Edge::DynamicModule).await;
+}
+
+async fn streamed_response_cut_off(edge: Edge) {
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: json!({"max_response_bytes": 700}),
+        edge,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let mut h = headers(bearer(&token));
+    h.insert("mcp-protocol-version", HeaderValue::from_static("2025-06-18"));
+    let body = json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": "a kite", "n": 4},
+                   "_meta": {"progressToken": "p1"}}});
+    let response = http_client()
+        .post(&stack.mcp_url)
+        .headers(h)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let streamed = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream");
+    assert!(streamed, "{:?}", response.headers());
+    assert_eq!(response.status(), 200, "the stream had started");
+    let text = response.text().await.unwrap();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    let data: Value = serde_json::from_str(last.trim_start_matches("event: message\ndata: ")).unwrap();
+    assert_eq!(
+        (data["id"].clone(), data["error"]["code"].clone()),
+        (json!(41), json!(-32603)),
+        "{text}"
+    );
+    assert!(data["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("output limit of 700 bytes"));
+    assert!(
+        text.len() <= 700 + last.len() + 2,
+        "nothing passes after the cut: {} bytes",
+        text.len()
+    );
+}
