@@ -16,6 +16,7 @@
 //! does too).
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -101,7 +102,8 @@ struct FixedClaims<'a> {
 pub struct AssertionSigner {
     key_id: String,
     mac: Hmac<Sha256>,
-    /// `base64url({"alg":"HS256","typ":"JWT","kid":…})`, encoded once.
+    /// `base64url({"alg":"HS256","typ":"JWT","kid":…})`, encoded once (padded
+    /// to end on a whole base64 group with the `.` after it).
     header: String,
     ttl_seconds: u64,
 }
@@ -155,9 +157,9 @@ impl AssertionSigner {
     /// `jti` must never repeat (the upstream refuses a second use).
     ///
     /// The claims fixed for a caller come first, padded with JSON whitespace
-    /// to a multiple of three bytes so that their base64 ends on a whole
-    /// group: that text and the MAC state over it are kept per caller in
-    /// `prefixes`, and a request encodes and MACs only its own claims.
+    /// so that `header.claims` ends on a whole 64-byte block: that text and
+    /// the MAC state over it are kept per caller in `prefixes`, and a request
+    /// encodes and MACs only its own claims, from a fresh SHA-256 block.
     pub fn sign(
         &self,
         prefixes: &mut Prefixes,
@@ -173,7 +175,6 @@ impl AssertionSigner {
         push_json_string(&mut tail, request_id)?;
         tail.push_str(",\"jti\":");
         push_json_string(&mut tail, jti)?;
-        use std::fmt::Write;
         write!(tail, ",\"iat\":{now},\"exp\":{}}}", now + self.ttl_seconds).ok()?;
         let mut token = String::with_capacity(prefix.text.len() + tail.len() * 4 / 3 + 48);
         token.push_str(&prefix.text);

@@ -405,7 +405,7 @@ impl EdgeRequest {
 
     /// Replaces credentials and client-supplied identity headers (those in
     /// `present`) with the signed identity assertion.
-    fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str, now_ms: u64) {
+    fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str) {
         let write = !self.config.skip.skips(Phase::IdentityHeaderWrites);
         // The client's credentials are for this gateway only; never pass them on.
         for name in present.iter().filter(|_| write) {
@@ -415,7 +415,13 @@ impl EdgeRequest {
             let worker = &mut *self.worker.borrow_mut();
             let jti = worker.assertion_ids.next(|| assertion::random_seed(clock_nanos));
             if let Some(assertion) = signer
-                .sign(&mut worker.assertions, &admitted.identity, request_id, &jti, now_ms)
+                .sign(
+                    &mut worker.assertions,
+                    &admitted.identity,
+                    request_id,
+                    &jti,
+                    self.started_ms,
+                )
                 .filter(|_| write)
             {
                 // Any client-supplied copy was removed above: add, not replace.
@@ -490,8 +496,7 @@ impl HttpContext for EdgeRequest {
         let h = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
         let head = RequestHead::from_headers(h, end_of_stream);
         let present = gate::headers_to_remove(|name| h(name).is_some());
-        let now_ms = unix_ms(self.get_current_time());
-        self.started_ms = now_ms;
+        self.started_ms = unix_ms(self.get_current_time());
         let verdict = self.with_host(|config, host| gate::check_head(config, &head, host));
         match verdict {
             HeadVerdict::Reject(reject) => self.reject(&reject),
@@ -510,12 +515,12 @@ impl HttpContext for EdgeRequest {
             }
             HeadVerdict::Forward(admitted) => {
                 self.metrics.admitted(&admitted);
-                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
+                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default());
                 self.pass()
             }
             HeadVerdict::InspectBody(admitted, held) => {
                 self.metrics.admitted(&admitted);
-                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default(), now_ms);
+                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default());
                 self.state = StreamState::HoldingForBody(Box::new(held));
                 Action::Pause
             }

@@ -1,5 +1,6 @@
-//! The filter's per-request decisions, independent of the proxy-wasm host:
-//! the glue in `lib.rs` feeds it headers and body and carries out the verdict.
+//! The filter's per-request decisions, independent of the host: the glues
+//! (`envoy_wasm`, `envoy_native`) feed it headers and body and carry out the
+//! verdict.
 
 use std::rc::Rc;
 

@@ -179,14 +179,14 @@ impl JwtVerifier {
         })
     }
 
-    /// Replaces the key set with a fetched JWKS; on error the old keys stay.
-    /// Returns the number of keys loaded.
     /// How many keys a fetched JWKS holds, or why none of it can be used
     /// (checked once before a multi-threaded host hands it to every worker).
     pub fn check_keys(jwks: &Value) -> Result<usize, JwtVerifierError> {
         load_jwks(jwks).map(|keys| keys.len())
     }
 
+    /// Replaces the key set with a fetched JWKS; on error the old keys stay.
+    /// Returns the number of keys loaded.
     pub fn replace_keys(&self, jwks: &Value) -> Result<usize, JwtVerifierError> {
         let keys = load_jwks(jwks)?;
         let count = keys.len();
