@@ -231,6 +231,23 @@ impl ModuleHeader {
 /// Header names and values, borrowed from Envoy.
 pub type Headers<'a> = Vec<(&'a [u8], &'a [u8])>;
 
+/// The first value of header `name` (lower case) in a borrowed header list.
+pub fn find_header<'a>(headers: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| *v)
+}
+
+/// Why a callout's answer is no answer: the callout failed, or the HTTP
+/// status is not 200. `None` for a good answer.
+pub fn callout_failure(result: u32, headers: &[(&[u8], &[u8])]) -> Option<String> {
+    if result != CALLOUT_SUCCESS {
+        return Some(format!("callout failed (result {result})"));
+    }
+    match find_header(headers, ":status") {
+        Some(b"200") => None,
+        status => Some(format!("HTTP status {:?}", status.map(String::from_utf8_lossy))),
+    }
+}
+
 /// A callout answer's headers and body, as Envoy passes them to a hook.
 ///
 /// # Safety

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::abi::{self, ConfigScheduler, EnvoyBuffer, EnvoyHeader, FilterConfigEnvoy, ModuleBuffer, ModuleHeader};
+use super::abi::{self, ConfigScheduler, FilterConfigEnvoy, ModuleBuffer, ModuleHeader};
 use super::metrics::Metrics;
 use super::{log, now_ms};
 use crate::jwt::{JwksUriSpec, JwtVerifier};
@@ -133,39 +133,27 @@ impl Jwks {
 
     /// Main thread, when the fetch answers: publishes good keys, or keeps
     /// the last good ones and retries sooner.
-    ///
-    /// # Safety
-    /// The pointers are the callout hook's arguments.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn arrived(
+    pub fn arrived(
         &self,
         config: FilterConfigEnvoy,
         metrics: &Metrics,
         callout: u64,
         result: u32,
-        headers: *const EnvoyHeader,
-        headers_len: usize,
-        chunks: *const EnvoyBuffer,
-        chunks_len: usize,
+        headers: &[(&[u8], &[u8])],
+        body: &[u8],
     ) {
         if callout != self.callout.load(Ordering::Acquire) {
             return;
         }
-        // SAFETY: the hook's arguments, valid during this call.
-        let (headers, body) = unsafe { abi::callout_answer(headers, headers_len, chunks, chunks_len) };
-        let status = headers.iter().find(|(k, _)| *k == b":status").map(|(_, v)| *v);
-        let outcome = if result != abi::CALLOUT_SUCCESS {
-            Err(format!("callout failed (result {result})"))
-        } else if status != Some(&b"200"[..]) {
-            Err(format!("HTTP status {:?}", status.map(String::from_utf8_lossy)))
-        } else {
-            serde_json::from_slice::<Value>(&body)
+        let outcome = match abi::callout_failure(result, headers) {
+            Some(failure) => Err(failure),
+            None => serde_json::from_slice::<Value>(body)
                 .map_err(|e| format!("not JSON: {e}"))
                 .and_then(|jwks| {
                     JwtVerifier::check_keys(&jwks)
                         .map(|count| (count, jwks))
                         .map_err(|e| e.to_string())
-                })
+                }),
         };
         let remote = &self.remote;
         match outcome {

@@ -235,7 +235,7 @@ impl Request {
     /// `present`) with the signed identity assertion.
     fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str) {
         for name in present {
-            set_request_header(self.envoy, name, None);
+            remove_request_header(self.envoy, name);
         }
         if let Some(signer) = &self.worker.config.assertion {
             let jti = self
@@ -265,15 +265,10 @@ impl Request {
             self.worker.refresh_keys(jwks);
         }
         let headers = request_headers(self.envoy);
-        let h = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| *n == name.as_bytes())
-                .map(|(_, v)| header_map::text(v))
-        };
+        let h = |name: &str| abi::find_header(&headers, name).map(header_map::text);
         let head = RequestHead::from_headers(h, end_of_stream);
         // Removed whether or not their values read as text.
-        let present = gate::headers_to_remove(|name| headers.iter().any(|(n, _)| *n == name.as_bytes()));
+        let present = gate::headers_to_remove(|name| abi::find_header(&headers, name).is_some());
         self.started_ms = now_ms();
         let request_id = h("x-request-id").unwrap_or_default();
         match self.with_host(|config, host| gate::check_head(config, &head, host)) {
@@ -407,17 +402,11 @@ impl Request {
         let Some(global) = &worker.config.global_rate_limit else {
             return;
         };
-        let header = |name: &[u8]| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        let verdict = if result != abi::CALLOUT_SUCCESS {
-            global.failed(format!("callout failed (result {result})"), &charged.org)
-        } else if header(b":status") != Some(&b"200"[..]) {
-            global.failed(
-                format!("HTTP status {:?}", header(b":status").map(String::from_utf8_lossy)),
-                &charged.org,
-            )
+        let verdict = if let Some(failure) = abi::callout_failure(result, headers) {
+            global.failed(failure, &charged.org)
         } else {
             // 14 (unavailable) when a 200 answer carries neither a status nor a message.
-            let status = match header(b"grpc-status") {
+            let status = match abi::find_header(headers, "grpc-status") {
                 Some(value) => std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.parse().ok())
@@ -515,7 +504,7 @@ impl Request {
 }
 
 /// The request headers, borrowed from Envoy until the end of the hook.
-fn request_headers<'a>(envoy: FilterEnvoy) -> Vec<(&'a [u8], &'a [u8])> {
+fn request_headers<'a>(envoy: FilterEnvoy) -> abi::Headers<'a> {
     // SAFETY: Envoy fills `size` entries, each valid until the hook returns
     // (the glue writes headers only after it is done reading them).
     unsafe {
@@ -552,15 +541,14 @@ fn response_header<'a>(envoy: FilterEnvoy, name: &str) -> Option<&'a [u8]> {
     }
 }
 
-fn set_request_header(envoy: FilterEnvoy, name: &str, value: Option<&str>) {
-    let value = value.map_or(ModuleBuffer::NULL, |v| ModuleBuffer::of(v.as_bytes()));
-    // SAFETY: key and value outlive the call.
+fn remove_request_header(envoy: FilterEnvoy, name: &str) {
+    // SAFETY: the name outlives the call; a null value removes the header.
     unsafe {
         abi::envoy_dynamic_module_callback_http_set_header(
             envoy,
             abi::REQUEST_HEADERS,
             ModuleBuffer::of(name.as_bytes()),
-            value,
+            ModuleBuffer::NULL,
         );
     }
 }
@@ -687,16 +675,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     unsafe {
         let config = &*(config as *const ModuleConfig);
         if let Some(jwks) = &config.jwks {
-            jwks.arrived(
-                envoy,
-                &config.metrics,
-                callout,
-                result,
-                headers,
-                headers_len,
-                chunks,
-                chunks_len,
-            );
+            let (headers, body) = abi::callout_answer(headers, headers_len, chunks, chunks_len);
+            jwks.arrived(envoy, &config.metrics, callout, result, &headers, &body);
         }
     }
 }
