@@ -49,7 +49,7 @@ pub struct StackOptions {
 }
 
 /// The edge filter's build: the deployed Wasm filter, or the same decisions
-/// as an Envoy dynamic module (`make native-module`, the benchmark's native row).
+/// as an Envoy dynamic module (`make native-module`, the native build).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Edge {
     #[default]
