@@ -10,7 +10,7 @@ TLS_PORT ?= 8443
 STATE_DIR ?= .state
 SUB ?= alice
 ORG ?= acme
-export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT TLS_PORT TLS STATE_DIR SUB ORG
+export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT TLS_PORT TLS STATE_DIR SUB ORG RESET_SETTINGS
 
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 # The filter is on Envoy's hot path: whole-program optimisation for it alone
@@ -18,10 +18,12 @@ WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 cargo
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: cost-sim help run test build wasm upstream envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci
+.PHONY: cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT); EDGE=native runs the filter as a dynamic module)"
+	@echo "             edge settings live in $(STATE_DIR)/edge-settings.json: edits apply at once (RESET_SETTINGS=1 starts over)"
+	@echo "make check-settings FILE=...  validate edge settings offline with the filter's own code"
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"
@@ -37,9 +39,16 @@ wasm:
 	$(WASM_CARGO) build --release --target wasm32-wasip1 -p mcp-edge-filter
 
 upstream:
-	cargo build -p mcp-image-gateway -p mcp-ratelimit
+	cargo build -p mcp-image-gateway
+
+# The shared rate-limit service: tests start it; `make run` does not.
+ratelimit:
+	cargo build -p mcp-ratelimit
 
 build: wasm upstream
+
+check-settings: upstream
+	$(BIN) check-settings $(FILE)
 
 envoy:
 	@scripts/ensure-envoy.sh >/dev/null
@@ -51,7 +60,7 @@ run: build envoy
 	$(if $(filter native,$(EDGE)),$(MAKE) native-module)
 	scripts/run.sh
 
-test: build envoy test-clients
+test: build ratelimit envoy test-clients
 	$(MAKE) native-module NATIVE_PROFILE=debug
 	ENVOY_BIN="$$(scripts/ensure-envoy.sh)" cargo test --workspace --no-fail-fast
 

@@ -15,6 +15,11 @@ STATE_DIR="${STATE_DIR:-.state}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
 BIN="${UPSTREAM_BIN:-target/debug/mcp-image-gateway}"
 WASM="${WASM:-target/wasm32-wasip1/release/mcp_edge_filter.wasm}"
+# The edge filter's settings: an admin edits this file and the running
+# Envoy applies it (ECDS) within seconds. RESET_SETTINGS=1 starts over from
+# the development defaults.
+SETTINGS="${STATE_DIR}/edge-settings.json"
+ECDS_DIR="${STATE_DIR}/ecds"
 # EDGE=native: the edge filter as an Envoy dynamic module instead of Wasm.
 EDGE="${EDGE:-wasm}"
 MODULE="${MODULE:-target/release/libmcp_edge_native.so}"
@@ -32,10 +37,14 @@ done
 
 ENVOY="$(scripts/ensure-envoy.sh)"
 "${BIN}" dev-init --state-dir "${STATE_DIR}"
+if [[ -n "${RESET_SETTINGS:-}" && -f "${SETTINGS}" ]]; then
+  mv "${SETTINGS}" "${SETTINGS}.$(date +%Y%m%dT%H%M%S).bak"
+  echo "edge settings reset to the development defaults (the old file is kept beside it)"
+fi
 "${BIN}" render-envoy --template envoy/envoy.yaml.tmpl --out "${STATE_DIR}/envoy.yaml" \
   --set "ADMIN_PORT=${ADMIN_PORT}" --set "LISTEN_PORT=${LISTEN_PORT}" \
   --set "UPSTREAM_PORT=${UPSTREAM_PORT}" --set "WASM_PATH=$(realpath "${WASM}")" \
-  ${TLS:+--tls-port "${TLS_PORT}"} \
+  ${TLS:+--tls-port "${TLS_PORT}"} --ecds-dir "${ECDS_DIR}" --settings "${SETTINGS}" \
   $([[ "${EDGE}" == native ]] && echo --dynamic-module "${MODULE}")
 "${ENVOY}" --mode validate -c "${STATE_DIR}/envoy.yaml" >/dev/null
 
@@ -53,6 +62,10 @@ GATEWAY_LISTEN="127.0.0.1:${UPSTREAM_PORT}" "${BIN}" serve &
 pids+=($!)
 "${ENVOY}" -c "${STATE_DIR}/envoy.yaml" --use-dynamic-base-id --concurrency "${ENVOY_CONCURRENCY}" \
   --log-level warn --component-log-level wasm:info,dynamic_modules:info 2>&1 &
+pids+=($!)
+# Hands each edit of the settings file to Envoy and audits it.
+"${BIN}" watch-edge-settings --settings "${SETTINGS}" --ecds-dir "${ECDS_DIR}" \
+  --envoy-admin "http://127.0.0.1:${ADMIN_PORT}" &
 pids+=($!)
 
 for _ in $(seq 1 150); do
@@ -76,6 +89,8 @@ cat <<BANNER
     metrics      : http://127.0.0.1:${METRICS_PORT}/metrics (upstream, not routed by Envoy)${TLS:+
     TLS 1.3      : https://localhost:${TLS_PORT}/mcp (self-signed: ${STATE_DIR}/tls.crt)}
     state        : ${STATE_DIR}/ (dev keys, images)
+    edge settings: ${SETTINGS}  (edit it: the running Envoy applies it in seconds;
+                   check a copy offline with '${BIN} check-settings FILE')
 
   Development bearer token (sub=${SUB:-alice}, org=${ORG:-acme}, valid 24 h; more with 'make token SUB=bob ORG=acme'):
     ${TOKEN}

@@ -83,6 +83,9 @@ pub struct AssertionClaims {
     pub scope: String,
     /// Envoy's `x-request-id`.
     pub rid: String,
+    /// The tools the caller may call, when per-tool access hides some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
 }
 
 /// The claims fixed for one caller, written first; `rid`, `jti`, `iat` and
@@ -96,6 +99,10 @@ struct FixedClaims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     key_id: Option<&'a str>,
     scope: &'a str,
+    /// The tools this caller may call, when per-tool access hides some
+    /// (the upstream's `tools/list` shows only these).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a [String]>,
 }
 
 /// The compiled signer.
@@ -155,6 +162,8 @@ impl AssertionSigner {
 
     /// The assertion for `identity` on request `request_id` at `now_ms`;
     /// `jti` must never repeat (the upstream refuses a second use).
+    /// `visible_tools` is asked once per caller (its answer is part of the
+    /// caller's prefix).
     ///
     /// The claims fixed for a caller come first, padded with JSON whitespace
     /// so that `header.claims` ends on a whole 64-byte block: that text and
@@ -164,11 +173,12 @@ impl AssertionSigner {
         &self,
         prefixes: &mut Prefixes,
         identity: &Identity,
+        visible_tools: impl FnOnce() -> Option<Vec<String>>,
         request_id: &str,
         jti: &str,
         now_ms: u64,
     ) -> Option<String> {
-        let prefix = prefixes.get_or_make(identity, || self.prefix(identity))?;
+        let prefix = prefixes.get_or_make(identity, || self.prefix(identity, visible_tools()))?;
         let now = now_ms / 1000;
         let mut tail = String::with_capacity(request_id.len() + jti.len() + 64);
         tail.push_str(",\"rid\":");
@@ -189,7 +199,7 @@ impl AssertionSigner {
 
     /// The encoded header and fixed claims of `identity`'s assertions, and
     /// the MAC state after them.
-    fn prefix(&self, identity: &Identity) -> Option<Prefix> {
+    fn prefix(&self, identity: &Identity, tools: Option<Vec<String>>) -> Option<Prefix> {
         let scope = identity.scopes.join(" ");
         let fixed = FixedClaims {
             iss: ISSUER,
@@ -198,6 +208,7 @@ impl AssertionSigner {
             org: &identity.org,
             key_id: identity.key_id.as_deref(),
             scope: &scope,
+            tools: tools.as_deref(),
         };
         let mut json = serde_json::to_string(&fixed).ok()?;
         json.pop(); // the closing brace: the request's own claims follow
@@ -365,11 +376,11 @@ mod tests {
         let now = jwt_simple::prelude::Clock::now_since_epoch().as_secs();
         let mut prefixes = Prefixes::default();
         let token = signer
-            .sign(&mut prefixes, &identity, "rid-1", "0707", now * 1000)
+            .sign(&mut prefixes, &identity, || None, "rid-1", "0707", now * 1000)
             .unwrap();
         // The second request of the caller reuses the prefix and still verifies.
         let again = signer
-            .sign(&mut prefixes, &identity, "rid-\"2\"", "0708", now * 1000)
+            .sign(&mut prefixes, &identity, || None, "rid-\"2\"", "0708", now * 1000)
             .unwrap();
         assert_eq!(prefixes.len(), 1);
         let prefix = prefixes.get_or_make(&identity, || None).unwrap();
@@ -383,7 +394,14 @@ mod tests {
             ..identity.clone()
         };
         let other = signer
-            .sign(&mut prefixes, &other_caller, "rid-3", "0709", now * 1000)
+            .sign(
+                &mut prefixes,
+                &other_caller,
+                || Some(vec!["list_models".into()]),
+                "rid-3",
+                "0709",
+                now * 1000,
+            )
             .unwrap();
         assert_eq!(prefixes.len(), 2);
         let key = HS256Key::from_bytes(&hex::decode(&hex_key).unwrap()).with_key_id("k1");
@@ -407,7 +425,8 @@ mod tests {
                 org: "acme".into(),
                 key_id: Some("dev-key".into()),
                 scope: "images:generate x".into(),
-                rid: "rid-1".into()
+                rid: "rid-1".into(),
+                tools: None,
             }
         );
         let again = key
@@ -424,6 +443,7 @@ mod tests {
             (other.custom.scope.as_str(), other.subject.as_deref()),
             ("", Some("alice"))
         );
+        assert_eq!(other.custom.tools, Some(vec!["list_models".to_string()]));
         let foreign = HS256Key::from_bytes(&[1; 32]);
         assert!(foreign.verify_token::<NoCustomClaims>(&token, None).is_err());
     }

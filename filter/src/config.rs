@@ -12,6 +12,7 @@ use crate::jwt::{JwtSpec, JwtVerifier, JwtVerifierError};
 use crate::limits::{LimitsError, RateLimits, RateLimitsSpec};
 use crate::phases::Skips;
 use crate::policy::{self, CallPolicy};
+use crate::tool_access::{ToolAccess, ToolAccessError, ToolAccessSpec};
 use crate::transport::{self, TransportPolicy};
 
 /// Default cap on a request body, from the PRD (2 KiB).
@@ -62,6 +63,9 @@ pub struct FilterConfigSpec {
     /// Scope a caller needs for `tools/call` (403 `insufficient_scope` without it).
     #[serde(default)]
     pub tools_call_scope: Option<String>,
+    /// Per-tool scopes and per-organisation tool allow-lists (`tool_access.rs`).
+    #[serde(default)]
+    pub tool_access: ToolAccessSpec,
     /// RFC 9728 protected-resource metadata, served by the filter and named in 401s.
     #[serde(default)]
     pub protected_resource: Option<ProtectedResourceSpec>,
@@ -175,12 +179,52 @@ pub struct FilterConfig {
     pub rate_limits: RateLimits,
     pub global_rate_limit: Option<GlobalRateLimit>,
     pub tools_call_scope: Option<String>,
+    pub tool_access: ToolAccess,
     pub protected_resource: Option<ProtectedResource>,
     pub token_cache_entries: usize,
     pub max_response_bytes: usize,
     pub assertion: Option<AssertionSigner>,
     /// Phases switched off (none outside the benchmark's build).
     pub skip: Skips,
+    /// Which settings these are: what a worker may keep when they change.
+    pub identity: SettingsIdentity,
+}
+
+/// Which settings a compiled configuration came from: the SHA-256 of the
+/// bytes (reported as `mcp_edge_settings_info`) and a hash of each group of
+/// fields that per-worker state depends on, so a settings change drops only
+/// the state it invalidates (`worker_state.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsIdentity {
+    /// Hex SHA-256 of the settings bytes exactly as Envoy delivered them.
+    pub sha256: String,
+    /// `jwt`, `api_keys`, `token_cache_entries`: what verified tokens rest on.
+    pub credentials: u64,
+    /// `rate_limits`, `api_keys`: what leased bucket tokens were taken under.
+    pub limits: u64,
+    /// `identity_assertion`, `tool_access`, `allowed_tools`: what a caller's
+    /// assertion prefix says.
+    pub assertion: u64,
+}
+
+impl SettingsIdentity {
+    fn of(bytes: &[u8], json: &serde_json::Value) -> Self {
+        use sha2::Digest;
+        let group = |fields: &[&str]| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for field in fields {
+                json.get(*field).map(|v| v.to_string()).hash(&mut hasher);
+            }
+            hasher.finish()
+        };
+        Self {
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            credentials: group(&["jwt", "api_keys", "token_cache_entries"]),
+            limits: group(&["rate_limits", "api_keys"]),
+            assertion: group(&["identity_assertion", "tool_access", "allowed_tools"]),
+        }
+    }
 }
 
 /// Why a configuration was refused.
@@ -215,6 +259,8 @@ pub enum ConfigError {
     #[error("{0}")]
     Assertion(#[from] assertion::SettingsError),
     #[error("{0}")]
+    ToolAccess(#[from] ToolAccessError),
+    #[error("{0}")]
     BenchSkip(String),
 }
 
@@ -224,8 +270,12 @@ impl FilterConfig {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::Empty);
         }
-        let spec: FilterConfigSpec = serde_json::from_slice(bytes)?;
-        Self::try_from(spec)
+        let json: serde_json::Value = serde_json::from_slice(bytes)?;
+        let identity = SettingsIdentity::of(bytes, &json);
+        let spec = FilterConfigSpec::deserialize(json)?;
+        let mut config = Self::try_from(spec)?;
+        config.identity = identity;
+        Ok(config)
     }
 }
 
@@ -271,6 +321,8 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
         )?;
         let allowed_methods = list(spec.allowed_methods, &policy::DEFAULT_METHODS, "allowed_methods")?;
         let allowed_tools = list(spec.allowed_tools, &policy::DEFAULT_TOOLS, "allowed_tools")?;
+        let tool_access =
+            ToolAccess::from_spec(&spec.tool_access, &allowed_tools.iter().map(String::as_str).collect())?;
         if spec.max_prompt_chars == 0 || spec.max_images_per_call == 0 || spec.max_response_bytes == 0 {
             return Err(ConfigError::ZeroLimit);
         }
@@ -315,6 +367,7 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
             rate_limits,
             global_rate_limit,
             tools_call_scope: spec.tools_call_scope.filter(|s| !s.is_empty()),
+            tool_access,
             protected_resource,
             token_cache_entries: spec.token_cache_entries,
             max_response_bytes: spec.max_response_bytes,
@@ -327,6 +380,7 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
             skip: Skips::from_names(&spec.bench_skip).map_err(ConfigError::BenchSkip)?,
             #[cfg(not(feature = "phase-switches"))]
             skip: Skips::default(),
+            identity: SettingsIdentity::default(),
         })
     }
 }

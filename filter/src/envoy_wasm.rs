@@ -10,25 +10,25 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::assertion::{self, Prefixes};
+use crate::assertion;
 use crate::config::FilterConfig;
-use crate::credentials::{CacheUse, TokenCache};
+use crate::credentials::CacheUse;
 use crate::gate::{self, Admitted, HeadVerdict, Host, RequestHead};
 use crate::global_limit::{self, GlobalVerdict};
 use crate::header_map;
-use crate::leases::Leases;
 use crate::limits::{CasMismatch, QuotaUse, SharedStore};
 use crate::phases::Phase;
 use crate::reply::Reject;
 use crate::response_cap::{self, ChunkAction, StreamMeter};
 use crate::stream::{ChargedImages, StreamState};
+use crate::worker_state::{Dropped, WorkerState};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
         Box::new(EdgeRoot {
             config: None,
-            worker: Rc::new(RefCell::new(Worker::new(0))),
+            worker: None,
             metrics: Rc::default(),
             jwks_call: None,
             jwks_due_ms: 0,
@@ -68,23 +68,30 @@ impl SharedStore for HostStore {
     }
 }
 
-/// What one worker's VM keeps between requests.
-struct Worker {
-    cache: TokenCache,
-    leases: Leases,
-    assertions: Prefixes,
-    assertion_ids: assertion::Ids,
+thread_local! {
+    /// What this worker's VM keeps between requests, shared by every root
+    /// context (one per settings version): a settings change keeps it.
+    static STATE: RefCell<Option<Rc<RefCell<WorkerState>>>> = const { RefCell::new(None) };
+    /// The settings this VM applied last: their JWKS keys and hash carry over.
+    static APPLIED: RefCell<Option<Rc<FilterConfig>>> = const { RefCell::new(None) };
 }
 
-impl Worker {
-    fn new(cache_entries: usize) -> Self {
-        Self {
-            cache: TokenCache::new(cache_entries),
-            leases: Leases::default(),
-            assertions: Prefixes::default(),
-            assertion_ids: assertion::Ids::default(),
+/// This VM's state, fitted to `config` (made for it on first use).
+fn state_for(config: &FilterConfig) -> (Rc<RefCell<WorkerState>>, Dropped) {
+    STATE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        match slot.as_ref() {
+            Some(state) => {
+                let dropped = state.borrow_mut().adopt(config);
+                (state.clone(), dropped)
+            }
+            None => {
+                let state = Rc::new(RefCell::new(WorkerState::new(config)));
+                *slot = Some(state.clone());
+                (state, Dropped::default())
+            }
         }
-    }
+    })
 }
 
 /// How often the root's tick adds up the hot counters into Envoy's stats
@@ -182,6 +189,16 @@ impl Metrics {
         }
     }
 
+    /// The settings now running (`sha256`, replacing `previous`) and when
+    /// they were applied: every replica reports which settings it runs.
+    fn settings_applied(&self, sha256: &str, previous: Option<&str>, now_s: u64) {
+        if let Some(previous) = previous.filter(|p| *p != sha256) {
+            self.set_gauge(&format!("mcp_edge.settings_info.sha256.{previous}"), 0);
+        }
+        self.set_gauge(&format!("mcp_edge.settings_info.sha256.{sha256}"), 1);
+        self.set_gauge("mcp_edge.settings_changed_at_seconds", now_s);
+    }
+
     /// Today's image use and quota of an organisation, as gauges.
     fn quota(&self, org: &str, quota: QuotaUse) {
         self.set_gauge(&format!("mcp_edge.quota_images.kind.used.org.{org}"), quota.used);
@@ -219,7 +236,7 @@ impl Metrics {
 /// and bucket leases, and the JWKS fetch loop when keys come from a URL.
 struct EdgeRoot {
     config: Option<Rc<FilterConfig>>,
-    worker: Rc<RefCell<Worker>>,
+    worker: Option<Rc<RefCell<WorkerState>>>,
     metrics: Rc<Metrics>,
     /// Token of the JWKS fetch under way.
     jwks_call: Option<u32>,
@@ -264,8 +281,9 @@ impl EdgeRoot {
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
         let jwks: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
         let count = config.jwt.replace_keys(&jwks).map_err(|e| e.to_string())?;
-        // Tokens verified with keys that may be gone must be checked again.
-        self.worker.borrow_mut().cache = TokenCache::new(config.token_cache_entries);
+        if let Some(worker) = &self.worker {
+            worker.borrow_mut().keys_changed();
+        }
         Ok(count)
     }
 }
@@ -304,9 +322,31 @@ impl RootContext for EdgeRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match FilterConfig::from_json(&bytes) {
             Ok(config) => {
-                self.worker = Rc::new(RefCell::new(Worker::new(config.token_cache_entries)));
+                let previous = APPLIED.with(|applied| applied.borrow().clone());
+                if let Some(previous) = &previous {
+                    if config.jwt.adopt_keys(&previous.jwt) {
+                        // The keys are current: the next fetch is a refresh.
+                        let refresh_ms = config.jwt.remote.as_ref().map_or(0, |r| r.refresh_seconds * 1000);
+                        self.jwks_due_ms = unix_ms(self.get_current_time()) + refresh_ms;
+                    }
+                }
+                let (worker, dropped) = state_for(&config);
+                self.worker = Some(worker);
                 self.metrics.off.set(config.skip.skips(Phase::Metrics));
-                self.config = Some(Rc::new(config));
+                self.metrics.settings_applied(
+                    &config.identity.sha256,
+                    previous.as_ref().map(|p| p.identity.sha256.as_str()),
+                    unix_ms(self.get_current_time()) / 1000,
+                );
+                if previous.is_some() {
+                    log::info!(
+                        "settings applied: sha256 {}; dropped {dropped:?}",
+                        config.identity.sha256
+                    );
+                }
+                let config = Rc::new(config);
+                APPLIED.with(|applied| *applied.borrow_mut() = Some(config.clone()));
+                self.config = Some(config);
                 // Flushes the hot counters; a JWKS URL's first fetch runs on
                 // the first tick, once the cluster is up.
                 self.set_tick_period(TICK);
@@ -331,7 +371,7 @@ impl RootContext for EdgeRoot {
         let config = self.config.clone()?;
         Some(Box::new(EdgeRequest {
             config,
-            worker: self.worker.clone(),
+            worker: self.worker.clone()?,
             started_ms: 0,
             metrics: self.metrics.clone(),
             state: StreamState::Headers,
@@ -348,7 +388,7 @@ impl RootContext for EdgeRoot {
 /// Per-request state.
 struct EdgeRequest {
     config: Rc<FilterConfig>,
-    worker: Rc<RefCell<Worker>>,
+    worker: Rc<RefCell<WorkerState>>,
     /// When the request's headers arrived (Unix ms): the one clock read of a request.
     started_ms: u64,
     metrics: Rc<Metrics>,
@@ -414,10 +454,12 @@ impl EdgeRequest {
         if let Some(signer) = &self.config.assertion {
             let worker = &mut *self.worker.borrow_mut();
             let jti = worker.assertion_ids.next(|| assertion::random_seed(clock_nanos));
+            let config = &self.config;
             if let Some(assertion) = signer
                 .sign(
                     &mut worker.assertions,
                     &admitted.identity,
+                    || gate::visible_tools(config, &admitted.identity),
                     request_id,
                     &jti,
                     self.started_ms,

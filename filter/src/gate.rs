@@ -13,6 +13,7 @@ use crate::limits::{QuotaUse, SharedStore};
 use crate::phases::Phase;
 use crate::policy::ToolCall;
 use crate::reply::Reject;
+use crate::tool_access::{self, Denied};
 use crate::transport::{self, McpHeaders};
 
 /// Identity headers: the signed assertion, and the bare headers older
@@ -275,14 +276,25 @@ pub fn check_body(
     if let Some(call) = &call {
         if let Some(scope) = &config.tools_call_scope {
             if !held.identity.scopes.iter().any(|s| s == scope) {
-                return Err(insufficient_scope(config, scope).with_id(envelope.reply_id()));
+                return Err(insufficient_scope(config, scope, "calling tools").with_id(envelope.reply_id()));
             }
+        }
+        if let Err(denied) = config.tool_access.check(&held.identity, &call.tool) {
+            let reject = match denied {
+                Denied::Scope(scope) => insufficient_scope(config, &scope, &format!("calling {}", call.tool)),
+                Denied::NotForOrg => tool_access::not_for_org(&call.tool, &held.identity.org),
+            };
+            return Err(reject.with_id(envelope.reply_id()));
         }
         if call.images > 0 {
             quota = config
                 .rate_limits
                 .check_images(host.store, &held.identity.org, call.images, host.now_ms)
-                .map_err(|reject| reject.with_key(held.identity.key_id.as_deref().unwrap_or("jwt")))?;
+                .map_err(|reject| {
+                    reject
+                        .with_key(held.identity.key_id.as_deref().unwrap_or("jwt"))
+                        .with_id(envelope.reply_id())
+                })?;
         }
     }
     Ok(CheckedBody {
@@ -290,6 +302,14 @@ pub fn check_body(
         reply_id: envelope.reply_id(),
         quota,
     })
+}
+
+/// The tools `identity` may call, when per-tool access hides some from it
+/// (carried in the identity assertion for the upstream's `tools/list`).
+pub fn visible_tools(config: &FilterConfig, identity: &Identity) -> Option<Vec<String>> {
+    config
+        .tool_access
+        .visible_tools(identity, config.calls.allowed_tools.iter())
 }
 
 /// The caller of every request when the benchmark switches credentials off.
@@ -345,7 +365,7 @@ fn unauthorized(config: &FilterConfig, error: AuthError) -> Reject {
         .with_header("www-authenticate", challenge)
 }
 
-fn insufficient_scope(config: &FilterConfig, scope: &str) -> Reject {
+fn insufficient_scope(config: &FilterConfig, scope: &str, what: &str) -> Reject {
     let challenge = format!(
         "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{scope}\"{}",
         config.realm,
@@ -355,7 +375,7 @@ fn insufficient_scope(config: &FilterConfig, scope: &str) -> Reject {
         403,
         code::UNAUTHORIZED,
         "insufficient_scope",
-        format!("Forbidden: calling tools needs the {scope:?} scope, which this token or key does not grant"),
+        format!("Forbidden: {what} needs the {scope:?} scope, which this token or key does not grant"),
     )
     .with_header("www-authenticate", challenge)
 }
@@ -574,6 +594,58 @@ mod tests {
         assert_eq!((lie.status, lie.code, lie.id.clone()), (400, -32020, json!(1)));
         let not_served = br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#;
         assert_eq!(body(&config, not_served, &held(&[])).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn per_tool_access_by_scope_and_org() {
+        let key = Ed25519KeyPair::generate();
+        let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+        let config = FilterConfig::from_json(
+            json!({
+                "jwt": {"issuer": "iss", "audiences": ["aud"], "jwks": {"keys": [jwk]}},
+                "rate_limits": {"daily_images_per_org": 1},
+                "tool_access": {"scopes": {"edit_image": "images:edit"}, "orgs": {"acme": ["generate_image", "edit_image"]}}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let edit = br#"{"jsonrpc":"2.0","id":"e","method":"tools/call","params":{"name":"edit_image","arguments":{"prompt":"x","images":["image://a"]}}}"#;
+        let refused = body(&config, edit, &held(&["images:generate"])).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.reason, refused.id.clone()),
+            (403, "insufficient_scope", json!("e"))
+        );
+        assert!(
+            refused
+                .message
+                .contains("calling edit_image needs the \"images:edit\" scope"),
+            "{}",
+            refused.message
+        );
+        assert!(refused.headers[0].1.contains("scope=\"images:edit\""));
+        let models =
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"list_models","arguments":{}}}"#;
+        let refused = body(&config, models, &held(&["images:edit"])).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.code, refused.id.clone()),
+            (403, -32602, json!(7))
+        );
+        assert!(refused
+            .message
+            .contains("\"list_models\" is not available to organisation \"acme\""));
+        assert!(body(&config, edit, &held(&["images:edit"])).is_ok());
+        let two = br#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"x","n":2}}}"#;
+        let over = body(&config, two, &held(&[])).unwrap_err();
+        assert_eq!(
+            (over.status, over.reason, over.id),
+            (429, "quota_exceeded", json!("q")),
+            "a quota refusal answers the request's id"
+        );
+        assert_eq!(
+            visible_tools(&config, &held(&["images:generate"]).identity),
+            Some(vec!["generate_image".to_string()])
+        );
     }
 
     #[test]

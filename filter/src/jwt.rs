@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+use std::rc::Rc;
 
 use jwt_simple::algorithms::{
     ECDSAP256PublicKeyLike, ES256PublicKey, Ed25519PublicKey, EdDSAPublicKeyLike, RS256PublicKey, RSAPublicKeyLike,
@@ -135,7 +136,7 @@ struct KeyEntry {
 /// Verifies bearer tokens against a fixed key set and claim policy.
 pub struct JwtVerifier {
     /// Replaced whole when a fetched JWKS arrives (the VM is single-threaded).
-    keys: RefCell<Vec<KeyEntry>>,
+    keys: RefCell<Rc<Vec<KeyEntry>>>,
     /// Where the keys come from when they are fetched.
     pub remote: Option<JwksUriSpec>,
     issuer: String,
@@ -170,7 +171,7 @@ impl JwtVerifier {
             _ => return Err(JwtVerifierError::KeySource),
         };
         Ok(Self {
-            keys: RefCell::new(keys),
+            keys: RefCell::new(Rc::new(keys)),
             remote,
             issuer: spec.issuer.clone(),
             audiences: spec.audiences.iter().cloned().collect(),
@@ -190,8 +191,20 @@ impl JwtVerifier {
     pub fn replace_keys(&self, jwks: &Value) -> Result<usize, JwtVerifierError> {
         let keys = load_jwks(jwks)?;
         let count = keys.len();
-        *self.keys.borrow_mut() = keys;
+        *self.keys.borrow_mut() = Rc::new(keys);
         Ok(count)
+    }
+
+    /// Takes the keys `previous` fetched from the same JWKS URL, so new
+    /// settings verify tokens at once instead of waiting for a fetch.
+    /// Returns whether it took any.
+    pub fn adopt_keys(&self, previous: &JwtVerifier) -> bool {
+        let same_source = self.remote.is_some() && self.remote == previous.remote;
+        if !same_source || !previous.has_keys() {
+            return false;
+        }
+        *self.keys.borrow_mut() = previous.keys.borrow().clone();
+        true
     }
 
     /// True once keys are available.
@@ -395,7 +408,7 @@ pub struct JwtSpec {
 }
 
 /// A JWKS fetched from the IAM through an Envoy cluster.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksUriSpec {
     /// Envoy cluster that reaches the IAM.

@@ -23,7 +23,9 @@ pub mod response_cap;
 pub mod stream;
 #[cfg(test)]
 mod test_support;
+pub mod tool_access;
 pub mod transport;
+pub mod worker_state;
 
 #[cfg(feature = "dynamic-module")]
 mod envoy_native;

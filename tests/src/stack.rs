@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mcp_image_gateway::devkit;
+use mcp_image_gateway::{devkit, edge_settings};
 
 use crate::fake_openai::{FakeOpenAi, FakeOptions};
 use crate::fake_stability::FakeStability;
@@ -46,6 +46,9 @@ pub struct StackOptions {
     pub tls: bool,
     /// How the edge filter is built into Envoy.
     pub edge: Edge,
+    /// The filter's settings come live from a watched file (ECDS), as in
+    /// `make run`: `Stack::edit_settings` changes them without a restart.
+    pub live_settings: bool,
 }
 
 /// The edge filter's build: the deployed Wasm filter, or the same decisions
@@ -69,6 +72,7 @@ impl Default for StackOptions {
             upstream_replicas: 1,
             tls: false,
             edge: Edge::Wasm,
+            live_settings: false,
         }
     }
 }
@@ -96,6 +100,7 @@ pub struct Stack {
     envoy_vars: BTreeMap<String, String>,
     filter_config: serde_json::Value,
     edge: Edge,
+    live_settings: bool,
     envoy_concurrency: u32,
     restart_epoch: u32,
 }
@@ -221,6 +226,7 @@ impl Stack {
             envoy_vars: BTreeMap::new(),
             filter_config: serde_json::Value::Null,
             edge: options.edge,
+            live_settings: false,
             envoy_concurrency: options.envoy_concurrency,
             restart_epoch: 0,
         };
@@ -320,8 +326,20 @@ impl Stack {
         ]);
         stack.envoy_vars = vars;
         stack.filter_config = filter_config;
+        stack.live_settings = options.live_settings;
         let envoy = stack.envoy_command(&template)?;
         stack.spawn("envoy", envoy)?;
+        if stack.live_settings {
+            let mut watcher = Command::new(upstream_binary()?);
+            watcher
+                .arg("watch-edge-settings")
+                .arg("--settings")
+                .arg(stack.settings_path())
+                .arg("--ecds-dir")
+                .arg(stack.state_dir.join("ecds"))
+                .args(["--envoy-admin", &stack.admin_url, "--interval-ms", "100"]);
+            stack.spawn("settings-watcher", watcher)?;
+        }
 
         for (index, port) in upstream_ports.iter().enumerate() {
             let name = if index == 0 {
@@ -363,7 +381,23 @@ impl Stack {
         let mut vars = self.envoy_vars.clone();
         vars.insert("FILTER_CONFIG".into(), self.filter_config.to_string());
         let config = self.state_dir.join(format!("envoy-{}.yaml", self.restart_epoch));
-        std::fs::write(&config, devkit::render(template, &vars)?)?;
+        if self.live_settings {
+            // As `render-envoy --ecds-dir`: the settings file, the ECDS
+            // resource Envoy watches, and a bootstrap that points at it.
+            let settings = format!("{}\n", serde_json::to_string_pretty(&self.filter_config)?);
+            std::fs::write(self.settings_path(), &settings)?;
+            vars.insert("FILTER_CONFIG".into(), "${FILTER_CONFIG}".into());
+            let dir = self.state_dir.join("ecds");
+            let split = edge_settings::split_for_ecds(&devkit::render(template, &vars)?, &dir)?;
+            std::fs::write(edge_settings::resource_template_path(&dir), &split.resource_template)?;
+            edge_settings::write_atomically(
+                &dir.join(edge_settings::RESOURCE_FILE),
+                &edge_settings::render_resource(&split.resource_template, settings.as_bytes())?,
+            )?;
+            std::fs::write(&config, split.bootstrap)?;
+        } else {
+            std::fs::write(&config, devkit::render(template, &vars)?)?;
+        }
         let base_id_path = self.state_dir.join("envoy.base-id");
         let mut envoy = Command::new(envoy_binary());
         envoy.arg("-c").arg(&config);
@@ -653,6 +687,59 @@ impl Stack {
             &self.state_dir.join("url-signing.key"),
             mcp_image_gateway::signed_url::MIN_SECRET_BYTES,
         )
+    }
+
+    /// The filter settings the stack runs (or, live, last wrote).
+    pub fn settings(&self) -> serde_json::Value {
+        self.filter_config.clone()
+    }
+
+    /// The process id of the first Envoy.
+    pub fn envoy_pid(&self) -> u64 {
+        self.children
+            .iter()
+            .find(|(name, _)| name == "envoy")
+            .map_or(0, |(_, child)| u64::from(child.id()))
+    }
+
+    /// The live settings file (`live_settings`).
+    pub fn settings_path(&self) -> PathBuf {
+        self.state_dir.join("edge-settings.json")
+    }
+
+    /// Replaces the live settings file as an editor saving it would (whole,
+    /// by rename), with `edit` applied to the current settings; returns the
+    /// new file's SHA-256.
+    pub fn edit_settings(&mut self, edit: impl FnOnce(&mut serde_json::Value)) -> anyhow::Result<String> {
+        edit(&mut self.filter_config);
+        let text = format!("{}\n", serde_json::to_string_pretty(&self.filter_config)?);
+        self.write_settings(text.as_bytes())
+    }
+
+    /// Writes `bytes` as the live settings file (valid or not); returns their SHA-256.
+    pub fn write_settings(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        let staging = self.state_dir.join("edge-settings.json.saving");
+        std::fs::write(&staging, bytes)?;
+        std::fs::rename(&staging, self.settings_path())?;
+        Ok(edge_settings::sha256(bytes))
+    }
+
+    /// Waits until Envoy reports running the settings `sha256`.
+    pub async fn wait_settings(&self, sha256: &str, within: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        if edge_settings::runs(&http_client(), &self.admin_url, sha256, within).await {
+            return Ok(started.elapsed());
+        }
+        bail!(
+            "Envoy did not report running settings {sha256} within {within:?}:\n{}\n{}",
+            self.log_tail("settings-watcher"),
+            self.log_tail("envoy")
+        )
+    }
+
+    /// The settings-change events the watcher audited.
+    pub fn settings_events(&self) -> Vec<serde_json::Value> {
+        self.audit_events_of("settings-watcher")
     }
 
     /// A counter from Envoy's admin `/stats`.

@@ -1,11 +1,17 @@
-//! Admins change limits in the Envoy config; an Envoy hot restart applies
-//! them without dropping the generations already in flight.
+//! Admins change limits: live through ECDS from a watched settings file
+//! (applied in seconds, counters kept, bad files refused, per-tool access),
+//! or by an Envoy hot restart, which keeps in-flight generations but starts
+//! shared-data counters afresh.
 
 use std::time::Duration;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use gateway_tests::fake_openai::FakeOptions;
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
+use mcp_image_gateway::{devkit, edge_settings};
 use serde_json::{json, Value};
 
 async fn generate(url: String, token: String, n: u64) -> (u16, Value) {
@@ -72,4 +78,369 @@ async fn hot_restart_applies_new_limits_without_dropping_in_flight_calls() {
         1,
         "the refused call never reached the provider"
     );
+}
+
+// ---- Live settings (ECDS): applied in seconds, nothing resets ----
+
+use gateway_tests::stack::Edge;
+use std::time::Instant;
+
+fn live(edge: Edge, patch: Value) -> StackOptions {
+    StackOptions {
+        live_settings: true,
+        edge,
+        envoy_concurrency: 1,
+        filter_patch: patch,
+        ..StackOptions::default()
+    }
+}
+
+/// Envoy's PID and restart epoch: a settings change must keep both.
+async fn envoy_identity(stack: &Stack) -> (u64, u64) {
+    let info: Value = http_client()
+        .get(format!("{}/server_info", stack.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let epoch = info["command_line_options"]["restart_epoch"].as_u64().unwrap_or(0);
+    let pid = stack.envoy_pid();
+    (pid, epoch)
+}
+
+async fn rejected_updates(stack: &Stack) -> u64 {
+    stack
+        .envoy_stat("extension_config_discovery.http_filter.mcp_edge.update_rejected")
+        .await
+}
+
+#[tokio::test]
+async fn live_settings_apply_without_restart_and_keep_quotas_wasm() {
+    live_settings_apply_without_restart_and_keep_quotas(Edge::Wasm).await;
+}
+
+#[tokio::test]
+async fn live_settings_apply_without_restart_and_keep_quotas_native() {
+    live_settings_apply_without_restart_and_keep_quotas(Edge::DynamicModule).await;
+}
+
+async fn live_settings_apply_without_restart_and_keep_quotas(edge: Edge) {
+    let patch = json!({"rate_limits": {"daily_images_per_org": 10,
+        "per_caller": {"requests_per_second": 10, "burst": 40}}});
+    let mut stack = Stack::start_with(live(edge, patch)).await.unwrap();
+    let token = stack.token("alice", "acme");
+    let before = envoy_identity(&stack).await;
+    for n in [1, 2] {
+        let (status, body) = generate(stack.mcp_url.clone(), token.clone(), n).await;
+        assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "{body}");
+    }
+
+    // Tightened: the 3 images spent before the change stay spent.
+    let sha = stack
+        .edit_settings(|s| s["rate_limits"]["daily_images_per_org"] = json!(5))
+        .unwrap();
+    let took = stack.wait_settings(&sha, Duration::from_secs(2)).await.unwrap();
+    let (status, body) = generate(stack.mcp_url.clone(), token.clone(), 2).await;
+    assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "{body}");
+    let (status, body) = generate(stack.mcp_url.clone(), token.clone(), 1).await;
+    assert_eq!((status, body["error"]["code"].clone()), (429, json!(-32029)), "{body}");
+    assert_eq!(body["id"], 1, "{body}");
+
+    // Loosened: two more, then the new limit again.
+    let sha = stack
+        .edit_settings(|s| s["rate_limits"]["daily_images_per_org"] = json!(7))
+        .unwrap();
+    stack.wait_settings(&sha, Duration::from_secs(2)).await.unwrap();
+    let (status, body) = generate(stack.mcp_url.clone(), token.clone(), 2).await;
+    assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "{body}");
+    let (status, _) = generate(stack.mcp_url.clone(), token.clone(), 1).await;
+    assert_eq!(status, 429, "7 of 7 spent across two changes");
+
+    // A bad file never applies: each is refused by the filter inside Envoy,
+    // logged with the field, counted, and the running settings stay.
+    let good_sha = sha;
+    let good = stack.settings();
+    let mut bad_unknown = good.clone();
+    bad_unknown["max_body"] = json!(1);
+    let mut bad_range = good.clone();
+    bad_range["max_body_bytes"] = json!(0);
+    let mut bad_keys = good.clone();
+    bad_keys["jwt"]["jwks"] = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "not-a-key"}]});
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("invalid JSON", b"{\"max_body_bytes\": 10,".to_vec(), "not valid JSON"),
+        (
+            "unknown field",
+            bad_unknown.to_string().into_bytes(),
+            "unknown field `max_body`",
+        ),
+        (
+            "out of range",
+            bad_range.to_string().into_bytes(),
+            "`max_body_bytes` must be between",
+        ),
+        (
+            "JWKS without usable keys",
+            bad_keys.to_string().into_bytes(),
+            "`jwt`: `jwks",
+        ),
+    ];
+    for (index, (name, bytes, field)) in cases.iter().enumerate() {
+        let rejected = rejected_updates(&stack).await;
+        stack.write_settings(bytes).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rejected_updates(&stack).await == rejected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            rejected_updates(&stack).await,
+            rejected + 1,
+            "{name}: Envoy refused the update"
+        );
+        assert!(
+            stack.log("envoy").contains(field),
+            "{name}: Envoy's log names {field:?}"
+        );
+        assert!(
+            edge_settings::runs(&http_client(), &stack.admin_url, &good_sha, Duration::ZERO).await,
+            "{name}: the running settings stay"
+        );
+        let events = stack.settings_events();
+        let event = events
+            .iter()
+            .filter(|e| e["fields"]["result"] == "rejected")
+            .nth(index)
+            .unwrap_or_else(|| panic!("{name}: audited as rejected: {events:?}"));
+        assert!(event["fields"]["reason"].as_str().unwrap().contains(field), "{event}");
+    }
+    let (status, _) = generate(stack.mcp_url.clone(), token.clone(), 1).await;
+    assert_eq!(status, 429, "the quota still holds after the refused files");
+
+    assert_eq!(
+        envoy_identity(&stack).await,
+        before,
+        "same Envoy process, same restart epoch"
+    );
+    let applied: Vec<Value> = stack
+        .settings_events()
+        .into_iter()
+        .filter(|e| e["fields"]["result"] == "applied")
+        .collect();
+    assert_eq!(applied.len(), 2, "{applied:?}");
+    assert_eq!(
+        applied[0]["fields"]["changed_fields"],
+        "rate_limits.daily_images_per_org"
+    );
+    assert!(applied[1]["fields"]["sha256_before"] == applied[0]["fields"]["sha256_after"]);
+    let info = stack.prometheus().await;
+    assert!(
+        info.contains(&format!("settings_info{{sha256=\"{good_sha}\"}} 1")),
+        "{info}"
+    );
+    eprintln!("{edge:?}: settings applied {took:?} after the file changed");
+}
+
+#[tokio::test]
+async fn per_tool_access_applies_live_and_lists_only_callable_tools() {
+    let mut stack = Stack::start_with(live(Edge::Wasm, json!({}))).await.unwrap();
+    let alice = stack.token("alice", "acme");
+    let bob = stack.token("bob", "globex");
+    let names = |reply: &Value| -> Vec<String> {
+        let mut names: Vec<String> = reply["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&rpc(&stack, &alice, "tools/list", json!({})).await.1).len(), 4);
+
+    let sha = stack
+        .edit_settings(|s| {
+            s["tool_access"] = json!({
+                "scopes": {"edit_image": "images:edit", "create_upload": "images:edit"},
+                "orgs": {"globex": ["generate_image", "list_models"]}
+            })
+        })
+        .unwrap();
+    stack.wait_settings(&sha, Duration::from_secs(2)).await.unwrap();
+
+    // Alice's token has images:generate only: no edit tools in her list, and a call is 403.
+    let (_, list) = rpc(&stack, &alice, "tools/list", json!({})).await;
+    assert_eq!(names(&list), vec!["generate_image", "list_models"]);
+    let (status, reply) = rpc(
+        &stack,
+        &alice,
+        "tools/call",
+        json!({"name": "create_upload", "arguments": {"content_type": "image/png"}}),
+    )
+    .await;
+    assert_eq!((status, reply["id"].clone()), (403, json!(7)), "{reply}");
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("calling create_upload needs the \"images:edit\" scope"));
+    // A token with the scope sees and calls them.
+    let audience = devkit::audience(&stack.base_url);
+    let editor = stack.token_full("carol", "acme", &audience, "images:generate images:edit", 3600, None);
+    let (_, list) = rpc(&stack, &editor, "tools/list", json!({})).await;
+    assert_eq!(names(&list).len(), 4);
+
+    // Globex may call two tools; others are refused by name.
+    let (_, list) = rpc(&stack, &bob, "tools/list", json!({})).await;
+    assert_eq!(names(&list), vec!["generate_image", "list_models"]);
+    let (status, reply) = rpc(
+        &stack,
+        &bob,
+        "tools/call",
+        json!({"name": "edit_image", "arguments": {"prompt": "x", "images": ["image://x"]}}),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["error"]["code"].clone(), reply["id"].clone()),
+        (403, json!(-32602), json!(7)),
+        "{reply}"
+    );
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("\"edit_image\" is not available to organisation \"globex\""));
+    // Nothing refused reached the upstream.
+    assert!(stack
+        .audit_events()
+        .iter()
+        .all(|e| e["fields"]["tool"] != "edit_image" && e["fields"]["tool"] != "create_upload"));
+}
+
+/// One JSON-RPC request (id 7) through the gateway; (status, reply).
+async fn rpc(stack: &Stack, token: &str, method: &str, params: Value) -> (u16, Value) {
+    let response = http_client()
+        .post(&stack.mcp_url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
+/// 200 requests/s for 20 s through Envoy while the settings change 10 times:
+/// no request fails, the quota's arithmetic is exact across the changes,
+/// and Envoy is the same process throughout.
+#[tokio::test]
+async fn settings_change_ten_times_under_load() {
+    let patch = json!({"rate_limits": {
+        "per_caller": {"requests_per_second": 500, "burst": 1000},
+        "per_org": {"requests_per_second": 1000, "burst": 2000},
+        "daily_images_per_org": 4}});
+    let mut options = live(Edge::Wasm, patch);
+    options.envoy_concurrency = 2;
+    let mut stack = Stack::start_with(options).await.unwrap();
+    let before = envoy_identity(&stack).await;
+    let load_token = stack.token("loader", "loadco");
+    let quota_token = stack.token("quinn", "quotaco");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(
+        stack.mcp_url.clone(),
+        load_token,
+        200,
+        Duration::from_secs(20),
+        stop.clone(),
+    ));
+    let started = Instant::now();
+    let (mut granted, mut refused, mut expected_granted) = (0u64, 0u64, 0u64);
+    for change in 0..10u64 {
+        // Quota in force after this change: 4, 5, ... ; each round asks for 2 images.
+        let quota = 4 + change;
+        let sha = stack
+            .edit_settings(|s| {
+                s["rate_limits"]["daily_images_per_org"] = json!(quota);
+                s["max_prompt_chars"] = json!(4000 - change);
+            })
+            .unwrap();
+        stack.wait_settings(&sha, Duration::from_secs(2)).await.unwrap();
+        for _ in 0..2 {
+            let spent = granted;
+            let (status, body) = generate(stack.mcp_url.clone(), quota_token.clone(), 1).await;
+            match status {
+                200 => granted += 1,
+                429 => refused += 1,
+                other => panic!("unexpected {other}: {body}"),
+            }
+            expected_granted += u64::from(spent < quota);
+        }
+        assert_eq!(
+            granted, expected_granted,
+            "after change {change}: {granted} granted, {refused} refused"
+        );
+        let next = Duration::from_secs(2 * (change + 1));
+        tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
+    }
+    stop.store(true, Ordering::Release);
+    let (sent, failed) = load.await.unwrap();
+    assert!(sent >= 3_600, "the load ran at about 200/s: {sent} sent");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} load requests failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!((granted, refused), (13, 7), "quota 4→13 over 10 changes, 20 asks");
+    assert_eq!(
+        envoy_identity(&stack).await,
+        before,
+        "same Envoy process, same restart epoch"
+    );
+}
+
+/// Sends `list_models` calls at `per_second` for `duration`; returns how
+/// many were sent and the failures (status and body).
+async fn steady_load(
+    url: String,
+    token: String,
+    per_second: u64,
+    duration: Duration,
+    stop: Arc<AtomicBool>,
+) -> (u64, Vec<String>) {
+    let client = http_client();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+    let deadline = Instant::now() + duration;
+    let mut calls = tokio::task::JoinSet::new();
+    let mut sent = 0u64;
+    while Instant::now() < deadline && !stop.load(Ordering::Acquire) {
+        ticker.tick().await;
+        sent += 1;
+        let request = client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&json!({"jsonrpc": "2.0", "id": sent, "method": "tools/call",
+                "params": {"name": "list_models", "arguments": {}}}));
+        calls.spawn(async move {
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body: Value = response.json().await.unwrap_or_default();
+                    (status == 200 && body["result"]["isError"] == false)
+                        .then_some(())
+                        .ok_or_else(|| format!("{status} {body}"))
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(outcome) = calls.join_next().await {
+        if let Ok(Err(failure)) = outcome {
+            failed.push(failure);
+        }
+    }
+    (sent, failed)
 }

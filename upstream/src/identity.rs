@@ -40,6 +40,9 @@ pub struct Caller {
     pub key_id: String,
     pub scopes: Vec<String>,
     pub request_id: String,
+    /// The tools this caller may call, when the edge's per-tool access hides
+    /// some (`tools/list` shows only these); `None`: every tool.
+    pub tools: Option<Vec<String>>,
 }
 
 impl Caller {
@@ -64,6 +67,8 @@ struct AssertionClaims {
     scope: String,
     #[serde(default)]
     rid: String,
+    #[serde(default)]
+    tools: Option<Vec<String>>,
 }
 
 /// Why a request's assertion was refused (the metric's `result` label).
@@ -168,6 +173,7 @@ impl AssertionVerifier {
             key_id: custom.key_id.unwrap_or_default(),
             scopes: custom.scope.split_whitespace().map(str::to_string).collect(),
             request_id: custom.rid,
+            tools: custom.tools,
         })
     }
 

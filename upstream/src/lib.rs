@@ -12,6 +12,7 @@ pub mod config;
 pub mod cost;
 pub mod cost_sim;
 pub mod devkit;
+pub mod edge_settings;
 pub mod edit;
 pub mod identity;
 pub mod image_input;

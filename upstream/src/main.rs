@@ -84,10 +84,34 @@ enum Command {
         /// instead of the Wasm filter.
         #[arg(long)]
         dynamic_module: Option<PathBuf>,
+        /// Live settings: the filter reads its settings from an ECDS file in
+        /// this directory, rendered from `--settings` (see `watch-edge-settings`).
+        #[arg(long, requires = "settings")]
+        ecds_dir: Option<PathBuf>,
+        /// The edge settings file (created with the development defaults when absent).
+        #[arg(long)]
+        settings: Option<PathBuf>,
         #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
         state_dir: PathBuf,
         #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
         public_base_url: String,
+    },
+    /// Check an edge settings file with the filter's own validation, offline;
+    /// prints its SHA-256 (what `mcp_edge_settings_info` reports) or the refusal.
+    CheckSettings { file: PathBuf },
+    /// Follow an edge settings file and hand each change to Envoy (ECDS);
+    /// audits every change. Runs until stopped.
+    WatchEdgeSettings {
+        #[arg(long)]
+        settings: PathBuf,
+        /// The directory `render-envoy --ecds-dir` set up.
+        #[arg(long)]
+        ecds_dir: PathBuf,
+        /// Envoy's admin URL, to confirm each change runs.
+        #[arg(long)]
+        envoy_admin: Option<String>,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
     },
 }
 
@@ -182,6 +206,44 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", devkit::filter_config(&state_dir, &public_base_url)?);
             Ok(())
         }
+        Command::CheckSettings { file } => {
+            use mcp_image_gateway::edge_settings;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            match edge_settings::check(&bytes) {
+                Ok(accepted) => {
+                    println!("{}: valid edge settings, sha256 {}", file.display(), accepted.sha256);
+                    Ok(())
+                }
+                Err(reason) => {
+                    eprintln!("{}: refused: {reason}", file.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::WatchEdgeSettings {
+            settings,
+            ecds_dir,
+            envoy_admin,
+            interval_ms,
+        } => {
+            use mcp_image_gateway::edge_settings::{self, Watcher, RESOURCE_FILE};
+            init_logging();
+            let template_path = edge_settings::resource_template_path(&ecds_dir);
+            let template = std::fs::read_to_string(&template_path).with_context(|| {
+                format!(
+                    "reading {} (run render-envoy --ecds-dir first)",
+                    template_path.display()
+                )
+            })?;
+            let mut watcher = Watcher::new(settings, template, ecds_dir.join(RESOURCE_FILE), envoy_admin);
+            watcher.settle()?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            watcher
+                .run(std::time::Duration::from_millis(interval_ms), shutdown)
+                .await;
+            Ok(())
+        }
         Command::RenderEnvoy {
             template,
             tls_port,
@@ -189,6 +251,8 @@ async fn main() -> anyhow::Result<()> {
             dynamic_module,
             out,
             vars,
+            ecds_dir,
+            settings,
             state_dir,
             public_base_url,
         } => {
@@ -237,8 +301,33 @@ async fn main() -> anyhow::Result<()> {
                     std::fs::read_to_string(&snippet).with_context(|| format!("reading {}", snippet.display()))?;
                 text = devkit::with_dynamic_module(&text, &block, &std::path::absolute(&module)?)?;
             }
-            std::fs::write(&out, devkit::render(&text, &vars)?)
-                .with_context(|| format!("writing {}", out.display()))?;
+            let rendered = match (ecds_dir, settings) {
+                (Some(dir), Some(settings)) => {
+                    use mcp_image_gateway::edge_settings;
+                    if !settings.exists() {
+                        let defaults = devkit::filter_config(&state_dir, &public_base_url)?;
+                        std::fs::write(&settings, format!("{}\n", serde_json::to_string_pretty(&defaults)?))?;
+                    }
+                    let bytes = std::fs::read(&settings)?;
+                    if let Err(reason) = edge_settings::check(&bytes) {
+                        anyhow::bail!(
+                            "{} is refused: {reason}\nfix it, or start over from the defaults with `make run RESET_SETTINGS=1`",
+                            settings.display()
+                        );
+                    }
+                    vars.insert("FILTER_CONFIG".into(), "${FILTER_CONFIG}".into());
+                    let dir = std::path::absolute(&dir)?;
+                    let split = edge_settings::split_for_ecds(&devkit::render(&text, &vars)?, &dir)?;
+                    std::fs::write(edge_settings::resource_template_path(&dir), &split.resource_template)?;
+                    edge_settings::write_atomically(
+                        &dir.join(edge_settings::RESOURCE_FILE),
+                        &edge_settings::render_resource(&split.resource_template, &bytes)?,
+                    )?;
+                    split.bootstrap
+                }
+                _ => devkit::render(&text, &vars)?,
+            };
+            std::fs::write(&out, rendered).with_context(|| format!("writing {}", out.display()))?;
             Ok(())
         }
     }

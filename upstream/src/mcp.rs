@@ -428,6 +428,37 @@ impl ServerHandler for ImageTools {
         self.write_task(&caller, &cancelled).await
     }
 
+    /// The tools, less those the edge's per-tool access keeps from this
+    /// caller (the assertion's `tools`): a list shows only what its reader
+    /// may call.
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let hints = context
+            .protocol_version()
+            .is_some_and(|version| version >= rmcp::model::ProtocolVersion::V_2026_07_28);
+        let visible = caller_of(&context).ok().and_then(|caller| caller.tools);
+        let mut tools = self.tool_router.list_all();
+        if let Some(visible) = &visible {
+            tools.retain(|tool| visible.iter().any(|name| name == tool.name.as_ref()));
+        }
+        // A list cut to its reader is that reader's alone.
+        let scope = match visible {
+            Some(_) => rmcp::model::CacheScope::Private,
+            None => rmcp::model::CacheScope::Public,
+        };
+        Ok(rmcp::model::ListToolsResult {
+            result_type: Some(rmcp::model::ResultType::COMPLETE),
+            tools,
+            meta: None,
+            next_cursor: None,
+            ttl_ms: hints.then_some(0),
+            cache_scope: hints.then_some(scope),
+        })
+    }
+
     /// Images as MCP resources, for their own organisation only (`resources.rs`).
     async fn read_resource(
         &self,

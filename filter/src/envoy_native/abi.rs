@@ -184,6 +184,13 @@ extern "C" {
         label_values_len: usize,
         value: u64,
     ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: FilterConfigEnvoy,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
     pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
         config: FilterConfigEnvoy,
         id: usize,

@@ -44,17 +44,36 @@ pub struct Jwks {
     ticker: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The last good document of each JWKS URL, in this process: new settings
+/// naming the same URL start with its keys (a settings change must not
+/// leave callers unverifiable until the first fetch answers).
+static LAST_GOOD: Mutex<Vec<(JwksUriSpec, Arc<Value>)>> = Mutex::new(Vec::new());
+
+fn last_good(remote: &JwksUriSpec) -> Option<Arc<Value>> {
+    let documents = LAST_GOOD.lock().ok()?;
+    documents.iter().find(|(r, _)| r == remote).map(|(_, d)| d.clone())
+}
+
+fn remember(remote: &JwksUriSpec, document: Arc<Value>) {
+    if let Ok(mut documents) = LAST_GOOD.lock() {
+        documents.retain(|(r, _)| r != remote);
+        documents.push((remote.clone(), document));
+    }
+}
+
 impl Jwks {
-    /// Starts the loop; the first fetch is due at once.
+    /// Starts the loop; the first fetch is due at once. Keys this process
+    /// already fetched from the same URL serve until it answers.
     pub fn start(config: FilterConfigEnvoy, remote: JwksUriSpec) -> Arc<Self> {
+        let seed = last_good(&remote);
         // SAFETY: called on the main thread while Envoy loads the configuration.
         let scheduler = Arc::new(Scheduler(unsafe {
             abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(config)
         }));
         let jwks = Arc::new(Self {
+            generation: AtomicU64::new(u64::from(seed.is_some())),
+            document: Mutex::new(seed),
             remote,
-            generation: AtomicU64::new(0),
-            document: Mutex::new(None),
             due_ms: AtomicU64::new(0),
             in_flight: AtomicBool::new(false),
             callout: AtomicU64::new(0),
@@ -158,8 +177,10 @@ impl Jwks {
         let remote = &self.remote;
         match outcome {
             Ok((count, jwks)) => {
+                let jwks = Arc::new(jwks);
+                remember(remote, jwks.clone());
                 if let Ok(mut document) = self.document.lock() {
-                    *document = Some(Arc::new(jwks));
+                    *document = Some(jwks);
                 }
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 log(

@@ -18,6 +18,8 @@ pub struct Metrics {
     jwks_refreshes: usize,
     global_checks: usize,
     quota_images: usize,
+    settings_info: usize,
+    settings_changed: usize,
 }
 
 fn define(config: FilterConfigEnvoy, gauge: bool, name: &str, labels: &[&str]) -> Option<usize> {
@@ -62,6 +64,8 @@ impl Metrics {
             jwks_refreshes: define(config, false, "jwks_refreshes_total", &["result"])?,
             global_checks: define(config, false, "global_limit_checks_total", &["result"])?,
             quota_images: define(config, true, "quota_images", &["kind", "org"])?,
+            settings_info: define(config, true, "settings_info", &["sha256"])?,
+            settings_changed: define(config, true, "settings_changed_at_seconds", &[])?,
         })
     }
 
@@ -76,6 +80,8 @@ impl Metrics {
             jwks_refreshes: 0,
             global_checks: 0,
             quota_images: 0,
+            settings_info: 0,
+            settings_changed: 0,
         }
     }
 
@@ -140,6 +146,28 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// Settings now running (`sha256`), replacing `previous`, applied at `now_s`.
+    pub fn settings_applied(&self, config: FilterConfigEnvoy, sha256: &str, previous: Option<&str>, now_s: u64) {
+        let set = |id: usize, labels: &[&str], value: u64| {
+            let labels = values(labels);
+            // SAFETY: the labels outlive the call.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                    config,
+                    id,
+                    labels.as_ptr(),
+                    labels.len(),
+                    value,
+                );
+            }
+        };
+        if let Some(previous) = previous.filter(|p| *p != sha256) {
+            set(self.settings_info, &[previous], 0);
+        }
+        set(self.settings_info, &[sha256], 1);
+        set(self.settings_changed, &[], now_s);
     }
 
     /// A JWKS refresh's outcome (counted on the main thread, outside any stream).

@@ -25,17 +25,16 @@ use abi::{EnvoyBuffer, EnvoyHeader, FilterConfigEnvoy, FilterEnvoy, ModuleBuffer
 use jwks::Jwks;
 use metrics::Metrics;
 
-use crate::assertion::{self, Prefixes};
+use crate::assertion;
 use crate::config::FilterConfig;
-use crate::credentials::TokenCache;
 use crate::gate::{self, Admitted, HeadVerdict, Host, RequestHead};
 use crate::global_limit::{self, GlobalRateLimit, GlobalVerdict};
 use crate::header_map;
 use crate::jwt::Identity;
-use crate::leases::Leases;
 use crate::reply::Reject;
 use crate::response_cap::{self, ChunkAction, StreamMeter};
 use crate::stream::{ChargedImages, StreamState};
+use crate::worker_state::WorkerState;
 use store::ProcessStore;
 
 fn log(level: u32, message: &str) {
@@ -68,13 +67,11 @@ struct ModuleConfig {
     alive: Arc<AtomicBool>,
 }
 
-/// What one worker thread keeps for one configuration between requests.
+/// One worker thread's compiled copy of one configuration. What the thread
+/// keeps between requests (tokens, leases, prefixes) is its `STATE`, shared
+/// by every configuration, so a settings change keeps it.
 struct Worker {
     config: FilterConfig,
-    cache: RefCell<TokenCache>,
-    leases: RefCell<Leases>,
-    assertions: RefCell<Prefixes>,
-    assertion_ids: RefCell<assertion::Ids>,
     /// The JWKS generation loaded into `config`'s verifier.
     keys_generation: Cell<u64>,
     /// The configuration's `alive` flag.
@@ -91,8 +88,7 @@ impl Worker {
         self.keys_generation.set(generation);
         if let Some(document) = jwks.document() {
             if self.config.jwt.replace_keys(&document).is_ok() {
-                // Tokens verified with keys that may be gone must be checked again.
-                *self.cache.borrow_mut() = TokenCache::new(self.config.token_cache_entries);
+                with_state(&self.config, WorkerState::keys_changed);
             }
         }
     }
@@ -100,6 +96,13 @@ impl Worker {
 
 thread_local! {
     static WORKERS: RefCell<HashMap<u64, Rc<Worker>>> = RefCell::new(HashMap::new());
+    /// This thread's state, whichever configuration runs.
+    static STATE: RefCell<Option<WorkerState>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's state (made for `config` on first use).
+fn with_state<T>(config: &FilterConfig, f: impl FnOnce(&mut WorkerState) -> T) -> T {
+    STATE.with(|state| f(state.borrow_mut().get_or_insert_with(|| WorkerState::new(config))))
 }
 
 /// This thread's worker for `config`, compiled on its first request (when
@@ -113,11 +116,9 @@ fn worker_for(config: &ModuleConfig) -> Option<Rc<Worker>> {
             .borrow_mut()
             .retain(|_, worker| worker.alive.load(Ordering::Acquire));
         let compiled = FilterConfig::from_json(&config.json).ok()?;
+        // New settings on this thread: keep what they leave valid.
+        with_state(&compiled, |state| state.adopt(&compiled));
         let worker = Rc::new(Worker {
-            cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
-            leases: RefCell::default(),
-            assertions: RefCell::default(),
-            assertion_ids: RefCell::default(),
             keys_generation: Cell::new(0),
             alive: config.alive.clone(),
             config: compiled,
@@ -144,6 +145,14 @@ fn new_config(envoy: FilterConfigEnvoy, json: &[u8]) -> Option<ModuleConfig> {
         );
         return None;
     };
+    // Which settings this Envoy runs, for the replicas-agree panel and alert.
+    static RUNNING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let sha256 = config.identity.sha256.clone();
+    if let Ok(mut running) = RUNNING.lock() {
+        metrics.settings_applied(envoy, &sha256, running.as_deref(), now_ms() / 1000);
+        *running = Some(sha256.clone());
+    }
+    log(abi::LOG_INFO, &format!("settings applied: sha256 {sha256}"));
     Some(ModuleConfig {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         json: json.to_vec(),
@@ -175,15 +184,16 @@ impl Request {
     }
 
     fn with_host<T>(&self, decide: impl FnOnce(&FilterConfig, &mut Host<'_>) -> T) -> T {
-        let mut cache = self.worker.cache.borrow_mut();
-        let mut leases = self.worker.leases.borrow_mut();
-        let mut host = Host {
-            cache: &mut cache,
-            leases: &mut leases,
-            store: &ProcessStore,
-            now_ms: self.started_ms,
-        };
-        decide(&self.worker.config, &mut host)
+        let config = &self.worker.config;
+        with_state(config, |state| {
+            let mut host = Host {
+                cache: &mut state.cache,
+                leases: &mut state.leases,
+                store: &ProcessStore,
+                now_ms: self.started_ms,
+            };
+            decide(config, &mut host)
+        })
     }
 
     fn pass(&mut self) {
@@ -237,14 +247,21 @@ impl Request {
         for name in present {
             remove_request_header(self.envoy, name);
         }
-        if let Some(signer) = &self.worker.config.assertion {
-            let jti = self
-                .worker
-                .assertion_ids
-                .borrow_mut()
-                .next(|| assertion::random_seed(clock_nanos));
-            let mut prefixes = self.worker.assertions.borrow_mut();
-            if let Some(token) = signer.sign(&mut prefixes, &admitted.identity, request_id, &jti, self.started_ms) {
+        let config = &self.worker.config;
+        if let Some(signer) = &config.assertion {
+            let token = with_state(config, |state| {
+                let jti = state.assertion_ids.next(|| assertion::random_seed(clock_nanos));
+                let tools = || gate::visible_tools(config, &admitted.identity);
+                signer.sign(
+                    &mut state.assertions,
+                    &admitted.identity,
+                    tools,
+                    request_id,
+                    &jti,
+                    self.started_ms,
+                )
+            });
+            if let Some(token) = token {
                 // Any client-supplied copy was removed above: add, not replace.
                 // SAFETY: key and value outlive the call.
                 unsafe {
