@@ -444,3 +444,135 @@ async fn steady_load(
     }
     (sent, failed)
 }
+
+/// The upstream's admin files apply while it runs: a routes change reaches
+/// new calls within seconds (and on SIGHUP), a call in flight finishes on
+/// the chain it started with, a bad file is refused and the running one
+/// stays, and every change is audited and reported by hash.
+#[tokio::test]
+async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
+    let routes = std::env::temp_dir().join(format!("routes-{}.json", uuid::Uuid::new_v4()));
+    let write = |value: Value| {
+        let staging = routes.with_extension("saving");
+        std::fs::write(&staging, value.to_string()).unwrap();
+        std::fs::rename(&staging, &routes).unwrap();
+        edge_settings::sha256(value.to_string().as_bytes())
+    };
+    let first = write(json!({"orgs": {"acme": ["gpt-image-1.5"]}}));
+    let slow = FakeOptions {
+        latency: Duration::from_secs(2),
+        ..FakeOptions::default()
+    };
+    let mut stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: slow,
+        },
+        upstream_env: vec![
+            ("GATEWAY_ROUTES_FILE".into(), routes.display().to_string()),
+            ("GATEWAY_ADMIN_FILES_POLL_SECS".into(), "1".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let metrics_url = stack.metrics_url.clone();
+    let metrics = || {
+        let url = metrics_url.clone();
+        async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(metrics()
+        .await
+        .contains(&format!("admin_file_info{{file=\"routes\",sha256=\"{first}\"}} 1")));
+
+    let in_flight = tokio::spawn(generate(stack.mcp_url.clone(), token.clone(), 1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = write(json!({"orgs": {"acme": ["gpt-image-1-mini"]}}));
+    // Applied within the poll interval, while the first call still runs.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !metrics().await.contains(&format!("sha256=\"{second}\"}} 1")) {
+        assert!(
+            Instant::now() < deadline,
+            "the routes change applied: {}",
+            stack.log_tail("upstream")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, body) = generate(stack.mcp_url.clone(), token.clone(), 1).await;
+    assert_eq!(
+        body["result"]["structuredContent"]["model"], "gpt-image-1-mini",
+        "{body}"
+    );
+    let (_, body) = in_flight.await.unwrap();
+    assert_eq!(
+        body["result"]["structuredContent"]["model"], "gpt-image-1.5",
+        "the call in flight kept its chain: {body}"
+    );
+
+    // A route to a model nobody serves is refused; the running routes stay.
+    let bad = write(json!({"orgs": {"acme": ["no-such-provider:nothing"]}}));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !metrics()
+        .await
+        .contains("admin_file_reloads_total{file=\"routes\",result=\"rejected\"} 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bad file was refused: {}",
+            stack.log_tail("upstream")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, body) = generate(stack.mcp_url.clone(), token.clone(), 1).await;
+    assert_eq!(
+        body["result"]["structuredContent"]["model"], "gpt-image-1-mini",
+        "{body}"
+    );
+
+    // SIGHUP re-reads at once (the poll would too, within a second).
+    let third = write(json!({"orgs": {"acme": ["gpt-image-2"]}}));
+    stack.signal("upstream", "HUP");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !metrics().await.contains(&format!("sha256=\"{third}\"}} 1")) {
+        assert!(Instant::now() < deadline, "SIGHUP applied the file");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !stack.exited("upstream"),
+        "SIGHUP reloads, it does not stop the service"
+    );
+
+    let changes: Vec<Value> = stack
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["fields"]["event"] == "settings_change")
+        .collect();
+    let summary: Vec<(String, String)> = changes
+        .iter()
+        .map(|e| {
+            (
+                e["fields"]["result"].as_str().unwrap_or_default().to_string(),
+                e["fields"]["sha256_after"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("applied".to_string(), second.clone()),
+            ("rejected".to_string(), bad),
+            ("applied".to_string(), third)
+        ]
+    );
+    assert!(
+        changes[1]["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-provider"),
+        "{}",
+        changes[1]
+    );
+    assert_eq!(changes[2]["fields"]["sha256_before"], json!(second));
+    let _ = std::fs::remove_file(routes);
+}

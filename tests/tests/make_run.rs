@@ -11,19 +11,20 @@ use gateway_tests::png_info::dimensions;
 use gateway_tests::stack::{envoy_binary, free_port, http_client, workspace_root};
 use serde_json::{json, Value};
 
-#[tokio::test]
-async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
-    let (listen, admin, upstream, metrics) = (free_port(), free_port(), free_port(), free_port());
-    let state = std::env::temp_dir().join(format!("make-run-{}", uuid::Uuid::new_v4()));
+/// `scripts/run.sh` (what `make run` runs) on these ports and state, in
+/// its own process group; returns it and the banner it printed.
+fn start_run(ports: (u16, u16, u16, u16), state: &std::path::Path) -> (std::process::Child, Vec<String>) {
+    let (listen, admin, upstream, metrics) = ports;
     let mut child = Command::new(workspace_root().join("scripts/run.sh"))
         .env("LISTEN_PORT", listen.to_string())
         .env("ADMIN_PORT", admin.to_string())
         .env("UPSTREAM_PORT", upstream.to_string())
         .env("METRICS_PORT", metrics.to_string())
-        .env("STATE_DIR", &state)
+        .env("STATE_DIR", state)
         .env("ENVOY_BIN", envoy_binary())
         .env_remove("OPENAI_API_KEY")
         .env_remove("GATEWAY_PUBLIC_BASE_URL")
+        .env_remove("RESET_SETTINGS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -31,7 +32,6 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let pgid = child.id();
     let (lines_tx, lines) = mpsc::channel::<String>();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -51,43 +51,12 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
             }
         }
     }
-    let text = banner.join("\n");
-    let mcp_url = format!("http://127.0.0.1:{listen}/mcp");
-    assert!(text.contains(&format!("MCP endpoint : {mcp_url}")), "{text}");
-    let token_line = banner
-        .iter()
-        .position(|l| l.contains("Development bearer token"))
-        .expect("token printed");
-    let token = banner[token_line + 1].trim().to_string();
-    assert!(
-        text.contains("curl -s") && text.contains("\"mcpServers\""),
-        "example and client config printed"
-    );
+    (child, banner)
+}
 
-    // The printed example, as a newcomer would paste it.
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "generate_image", "arguments": {"prompt": "a lighthouse at dusk", "size": "1536x1024"}}});
-    let reply: Value = http_client()
-        .post(&mcp_url)
-        .header("Authorization", format!("Bearer {token}"))
-        .header("Content-Type", "application/json")
-        .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2025-06-18")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = reply["result"]["structuredContent"]["image_urls"][0]
-        .as_str()
-        .expect("an image link")
-        .to_string();
-    let png = http_client().get(&url).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(dimensions(&png).unwrap(), (1536, 1024));
-
-    // Ctrl-C: SIGINT to the whole foreground group.
+/// Ctrl-C to the whole group; waits until every port is free again.
+fn ctrl_c(mut child: std::process::Child, ports: [u16; 4]) {
+    let pgid = child.id();
     Command::new("kill")
         .args(["-INT", "--", &format!("-{pgid}")])
         .status()
@@ -106,7 +75,7 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
         let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
         panic!("make run did not stop on Ctrl-C");
     }
-    for port in [listen, admin, upstream, metrics] {
+    for port in ports {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             assert!(
@@ -116,5 +85,85 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A `generate_image` call with `prompt`; the JSON-RPC reply.
+async fn generate(mcp_url: &str, token: &str, prompt: &str) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": prompt, "size": "1536x1024"}}});
+    http_client()
+        .post(mcp_url)
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
+    let (listen, admin, upstream, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let state = std::env::temp_dir().join(format!("make-run-{}", uuid::Uuid::new_v4()));
+    let (child, banner) = start_run((listen, admin, upstream, metrics), &state);
+    let text = banner.join("\n");
+    let mcp_url = format!("http://127.0.0.1:{listen}/mcp");
+    assert!(text.contains(&format!("MCP endpoint : {mcp_url}")), "{text}");
+    let token_line = banner
+        .iter()
+        .position(|l| l.contains("Development bearer token"))
+        .expect("token printed");
+    let token = banner[token_line + 1].trim().to_string();
+    assert!(
+        text.contains("curl -s") && text.contains("\"mcpServers\""),
+        "example and client config printed"
+    );
+
+    // The printed example, as a newcomer would paste it.
+    let reply = generate(&mcp_url, &token, "a lighthouse at dusk").await;
+    let url = reply["result"]["structuredContent"]["image_urls"][0]
+        .as_str()
+        .expect("an image link")
+        .to_string();
+    let png = http_client().get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(dimensions(&png).unwrap(), (1536, 1024));
+
+    // An admin edits the settings file the banner names; the running
+    // Envoy applies it within 2 s.
+    let settings_path = state.join("edge-settings.json");
+    assert!(text.contains("edge settings: "), "{text}");
+    let mut settings: Value = serde_json::from_slice(&std::fs::read(&settings_path).unwrap()).unwrap();
+    settings["max_prompt_chars"] = json!(12);
+    std::fs::write(&settings_path, serde_json::to_string_pretty(&settings).unwrap()).unwrap();
+    let edited = Instant::now();
+    let refused = loop {
+        let reply = generate(&mcp_url, &token, "a lighthouse at dusk").await;
+        if reply["error"].is_object() || reply["result"]["isError"] == true {
+            break reply;
+        }
+        assert!(edited.elapsed() < Duration::from_secs(2), "the edit applied within 2 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused.to_string().contains("12"), "{refused}");
+    let ports = [listen, admin, upstream, metrics];
+    ctrl_c(child, ports);
+
+    // The edit outlives a restart.
+    let (child, banner) = start_run((listen, admin, upstream, metrics), &state);
+    assert!(
+        banner.iter().any(|l| l.contains("Ctrl-C stops everything")),
+        "{banner:?}"
+    );
+    let reply = generate(&mcp_url, &token, "a lighthouse at dusk").await;
+    assert!(
+        reply.to_string().contains("12"),
+        "the edited limit holds after a restart: {reply}"
+    );
+    ctrl_c(child, ports);
     let _ = std::fs::remove_dir_all(&state);
 }

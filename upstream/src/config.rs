@@ -143,6 +143,10 @@ pub struct ServeConfig {
     /// A JSON model capability table replacing the built-in one (see `upstream/src/models.json`).
     #[arg(long, env = "GATEWAY_MODELS_FILE")]
     pub models_file: Option<PathBuf>,
+    /// How often the admin files (routes, models, budgets, keyrings) are
+    /// looked at for changes, in seconds; SIGHUP re-reads them at once.
+    #[arg(long, env = "GATEWAY_ADMIN_FILES_POLL_SECS", default_value_t = 1)]
+    pub admin_files_poll_secs: u64,
     #[arg(long, env = "STABILITY_API_KEY", hide_env_values = true)]
     pub stability_api_key: Option<String>,
     #[arg(long, env = "STABILITY_BASE_URL", default_value = crate::backends::stability::DEFAULT_BASE_URL)]

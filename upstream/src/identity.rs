@@ -104,7 +104,9 @@ impl AssertionError {
 /// Verifies assertions and remembers the `jti`s it accepted.
 pub struct AssertionVerifier {
     keys: Vec<(String, HS256Key)>,
-    seen: Mutex<SeenIds>,
+    /// Shared with the verifier a reloaded keyring makes: a reload must
+    /// not forget which assertions were already used.
+    seen: std::sync::Arc<Mutex<SeenIds>>,
 }
 
 /// Accepted `jti`s with their expiry, pruned as the map grows.
@@ -121,10 +123,18 @@ impl AssertionVerifier {
                 .iter()
                 .map(|(id, secret)| (id.to_string(), HS256Key::from_bytes(secret).with_key_id(id)))
                 .collect(),
-            seen: Mutex::new(SeenIds {
+            seen: std::sync::Arc::new(Mutex::new(SeenIds {
                 prune_at: 4096,
                 ..SeenIds::default()
-            }),
+            })),
+        }
+    }
+
+    /// A verifier with a reloaded keyring and this one's replay memory.
+    pub fn with_keys(&self, keys: &Keyring) -> Self {
+        Self {
+            seen: self.seen.clone(),
+            ..Self::new(keys)
         }
     }
 

@@ -4,6 +4,7 @@
 //! filter's signed identity assertion (`identity.rs`) and runs the tool:
 //! pick a model backend, generate, store, sign links, emit an audit event.
 
+pub mod admin_files;
 pub mod args;
 pub mod audit;
 pub mod backends;

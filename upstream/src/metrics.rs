@@ -85,6 +85,24 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// An admin file (`routes`, `models`, `budgets`, `url_keys`, `identity_keys`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub file: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileNameLabels {
+    pub file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileHashLabels {
+    pub file: String,
+    pub sha256: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub operation: String,
@@ -109,6 +127,9 @@ pub struct Metrics {
     pub budget_store_errors: Counter,
     pub rpc_seconds: Family<RpcLabels, Histogram>,
     pub identity_assertions: Family<ResultLabels, Counter>,
+    pub admin_file_reloads: Family<FileLabels, Counter>,
+    pub admin_file_info: Family<FileHashLabels, Gauge>,
+    pub admin_file_changed: Family<FileNameLabels, Gauge>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -194,7 +215,28 @@ impl Metrics {
             "Identity assertions checked on MCP requests, by result (anything but ok is a 401)",
             identity_assertions.clone(),
         );
+        let admin_file_reloads = Family::<FileLabels, Counter>::default();
+        registry.register(
+            "admin_file_reloads",
+            "Changes of admin files (routes, models, budgets, keyrings) seen, by result: applied or rejected",
+            admin_file_reloads.clone(),
+        );
+        let admin_file_info = Family::<FileHashLabels, Gauge>::default();
+        registry.register(
+            "admin_file_info",
+            "1 for the SHA-256 of each admin file this replica runs on",
+            admin_file_info.clone(),
+        );
+        let admin_file_changed = Family::<FileNameLabels, Gauge>::default();
+        registry.register(
+            "admin_file_changed_at_seconds",
+            "When each admin file's running content was last applied (Unix seconds)",
+            admin_file_changed.clone(),
+        );
         Arc::new(Self {
+            admin_file_reloads,
+            admin_file_info,
+            admin_file_changed,
             arm_calls,
             budget_usd,
             budget_spent_usd,

@@ -9,6 +9,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin_files::{AdminFiles, Live};
 use crate::backends::offline_preview::OfflinePreview;
 use crate::backends::openai::OpenAiBackend;
 use crate::backends::router::ModelRouter;
@@ -67,60 +68,25 @@ impl AppState {
     /// budget store when one is configured).
     pub async fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
         let metrics = crate::metrics::Metrics::new();
-        let budgets = match &config.budgets_file {
-            None => crate::budget::Budgets::none(metrics.clone()),
-            Some(path) => {
-                let settings = crate::budget::BudgetSettings::from_file(path)?;
-                let store: Arc<dyn crate::budget::BudgetStore> = match &config.budget_redis_url {
+        let parts = AdminParts::read(config)?;
+        let budgets = match (&config.budget_redis_url, parts.budgets) {
+            (_, None) => crate::budget::Budgets::none(metrics.clone()),
+            (redis, Some(settings)) => {
+                let store: Arc<dyn crate::budget::BudgetStore> = match redis {
                     Some(url) => Arc::new(crate::budget::redis::RedisBudgets::connect(url).await?),
                     None => Arc::new(crate::budget::memory::MemoryBudgets::default()),
                 };
                 crate::budget::Budgets::new(settings, store, Arc::new(chrono::Utc::now), metrics.clone())
             }
         };
-        let catalog = Arc::new(match &config.models_file {
-            Some(path) => ModelCatalog::from_file(path)?,
-            None => ModelCatalog::builtin()?,
-        });
-        let mut built: std::collections::HashMap<String, Arc<dyn ImageBackend>> = std::collections::HashMap::new();
-        let mut backend_for = |provider: BackendChoice, model: String| -> anyhow::Result<Arc<dyn ImageBackend>> {
-            let key = format!("{provider:?}:{model}");
-            if let Some(backend) = built.get(&key) {
-                return Ok(backend.clone());
-            }
-            let backend = build_backend(config, provider, model)?;
-            built.insert(key, backend.clone());
-            Ok(backend)
-        };
-        let mut backends: Vec<Arc<dyn ImageBackend>> = Vec::new();
-        for (provider, model) in config.routes() {
-            backends.push(backend_for(provider, model)?);
-        }
-        let backend = Arc::new(
-            ModelRouter::new(backends, config.retry_policy(), config.breaker_policy()).with_catalog(catalog.clone()),
-        );
-        let routes = match &config.routes_file {
-            Some(path) => Routes::new(RoutesSpec::from_file(path)?, config.default_chain_entries(), |chain| {
-                let mut chain_backends = Vec::with_capacity(chain.len());
-                for entry in chain {
-                    let (provider, model) = config.route_entry(entry)?;
-                    chain_backends.push(backend_for(provider, model)?);
-                }
-                Ok(
-                    ModelRouter::new(chain_backends, config.retry_policy(), config.breaker_policy())
-                        .with_catalog(catalog.clone()),
-                )
-            })?,
-            None => Routes::none(config.default_chain_entries()),
-        };
-        let url_keys = Keyring::from_file(&config.url_signing_key_file(), crate::signed_url::MIN_SECRET_BYTES)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "URL signing keys: {e:#} (run `mcp-image-gateway dev-init` or set GATEWAY_URL_SIGNING_KEY_FILE)"
-                )
-            })?;
-        let identity_keys = Keyring::from_file(&config.identity_keys_file(), crate::identity::MIN_KEY_BYTES)
-            .map_err(|e| anyhow::anyhow!("identity assertion keys: {e:#} (run `mcp-image-gateway dev-init` or set GATEWAY_IDENTITY_KEYS_FILE)"))?;
+        let AdminParts {
+            catalog,
+            backend,
+            routes,
+            url_keys,
+            identity_keys,
+            ..
+        } = parts;
         Ok(Self {
             backend,
             store: ImageStore::from_url(&config.storage_url())?,
@@ -166,9 +132,102 @@ impl AppState {
         })
     }
 
+    /// This state with its admin files (routes, models, budgets, keyrings)
+    /// read again: validated whole, or refused with the reason. Everything
+    /// else (metrics, budget totals, the assertion replay memory, tasks,
+    /// storage) carries over; model chains are rebuilt (their breakers
+    /// start closed).
+    pub fn reload(&self, config: &ServeConfig) -> anyhow::Result<Self> {
+        let parts = AdminParts::read(config)?;
+        Ok(Self {
+            backend: parts.backend,
+            signer: UrlSigner::new(parts.url_keys, &config.public_base_url)?,
+            identity: Arc::new(self.identity.with_keys(&parts.identity_keys)),
+            budgets: match parts.budgets {
+                Some(settings) => self.budgets.with_settings(settings),
+                None => self.budgets.clone(),
+            },
+            catalog: parts.catalog,
+            routes: Arc::new(parts.routes),
+            ..self.clone()
+        })
+    }
+
     /// Prices of `model`: its row of the capability table, else the configured defaults.
     pub fn pricing_for(&self, model: &str) -> crate::pricing::Pricing {
         self.catalog.get(model).map_or(self.pricing, |m| m.pricing())
+    }
+}
+
+/// What the admin files say, read and checked together (a models change
+/// can invalidate a route).
+struct AdminParts {
+    catalog: Arc<ModelCatalog>,
+    backend: Arc<ModelRouter>,
+    routes: Routes,
+    url_keys: Keyring,
+    identity_keys: Keyring,
+    budgets: Option<crate::budget::BudgetSettings>,
+}
+
+impl AdminParts {
+    fn read(config: &ServeConfig) -> anyhow::Result<Self> {
+        let budgets = config
+            .budgets_file
+            .as_ref()
+            .map(|path| crate::budget::BudgetSettings::from_file(path))
+            .transpose()?;
+        let catalog = Arc::new(match &config.models_file {
+            Some(path) => ModelCatalog::from_file(path)?,
+            None => ModelCatalog::builtin()?,
+        });
+        let mut built: std::collections::HashMap<String, Arc<dyn ImageBackend>> = std::collections::HashMap::new();
+        let mut backend_for = |provider: BackendChoice, model: String| -> anyhow::Result<Arc<dyn ImageBackend>> {
+            let key = format!("{provider:?}:{model}");
+            if let Some(backend) = built.get(&key) {
+                return Ok(backend.clone());
+            }
+            let backend = build_backend(config, provider, model)?;
+            built.insert(key, backend.clone());
+            Ok(backend)
+        };
+        let mut backends: Vec<Arc<dyn ImageBackend>> = Vec::new();
+        for (provider, model) in config.routes() {
+            backends.push(backend_for(provider, model)?);
+        }
+        let backend = Arc::new(
+            ModelRouter::new(backends, config.retry_policy(), config.breaker_policy()).with_catalog(catalog.clone()),
+        );
+        let routes = match &config.routes_file {
+            Some(path) => Routes::new(RoutesSpec::from_file(path)?, config.default_chain_entries(), |chain| {
+                let mut chain_backends = Vec::with_capacity(chain.len());
+                for entry in chain {
+                    let (provider, model) = config.route_entry(entry)?;
+                    chain_backends.push(backend_for(provider, model)?);
+                }
+                Ok(
+                    ModelRouter::new(chain_backends, config.retry_policy(), config.breaker_policy())
+                        .with_catalog(catalog.clone()),
+                )
+            })?,
+            None => Routes::none(config.default_chain_entries()),
+        };
+        let url_keys = Keyring::from_file(&config.url_signing_key_file(), crate::signed_url::MIN_SECRET_BYTES)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "URL signing keys: {e:#} (run `mcp-image-gateway dev-init` or set GATEWAY_URL_SIGNING_KEY_FILE)"
+                )
+            })?;
+        let identity_keys = Keyring::from_file(&config.identity_keys_file(), crate::identity::MIN_KEY_BYTES)
+            .map_err(|e| anyhow::anyhow!("identity assertion keys: {e:#} (run `mcp-image-gateway dev-init` or set GATEWAY_IDENTITY_KEYS_FILE)"))?;
+        Ok(Self {
+            catalog,
+            backend,
+            routes,
+            url_keys,
+            identity_keys,
+            budgets,
+        })
     }
 }
 
@@ -202,16 +261,19 @@ fn build_backend(
 }
 
 /// The service's router.
-pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: CancellationToken) -> Router {
-    let tools_state = state.clone();
+pub fn router(live: Live, allowed_hosts: Vec<String>, shutdown: CancellationToken) -> Router {
+    let tools_state = live.clone();
+    let metrics = live.snapshot().metrics;
     // Stateless: any replica can serve any request, no sticky sessions.
     let mcp_config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_allowed_hosts(allowed_hosts)
         .with_cancellation_token(shutdown);
+    // One service per request, on the state of the moment it arrived: a
+    // call keeps the admin files it started with while they change.
     let mcp = StreamableHttpService::new(
-        move || Ok(ImageTools::new(tools_state.clone())),
+        move || Ok(ImageTools::new(tools_state.snapshot())),
         Arc::new(NeverSessionManager::default()),
         mcp_config,
     );
@@ -220,20 +282,17 @@ pub fn router(state: AppState, allowed_hosts: Vec<String>, shutdown: Cancellatio
     let mcp = Router::new()
         .fallback_service(mcp)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            live.clone(),
             crate::identity::require_assertion,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            record_mcp_request,
-        ));
+        .layer(axum::middleware::from_fn_with_state(metrics, record_mcp_request));
     Router::new()
         .nest("/mcp", mcp)
         .route("/images/{*key}", get(crate::images::get_image))
         .route("/uploads/{org}/{id}", axum::routing::put(crate::uploads::put_upload))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readiness))
-        .with_state(state)
+        .with_state(live)
 }
 
 /// Deletes images older than `retention` and uploads older than
@@ -335,6 +394,7 @@ pub fn metrics_router(metrics: Arc<crate::metrics::Metrics>) -> Router {
 /// Runs the service until `shutdown` is cancelled.
 pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
+    let config = Arc::new(config);
     let state = AppState::from_config(&config).await?;
     // On a stop signal: fail readiness first so load balancers take this
     // replica out, then stop accepting and let in-flight calls finish.
@@ -382,7 +442,13 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
     // hard stop, so a graceful shutdown lets running generations finish.
     let hard_stop = CancellationToken::new();
     let tasks = state.tasks.clone();
-    let app = router(state, config.allowed_hosts(), hard_stop.clone());
+    let live = Live::new(state);
+    let admin_files = AdminFiles::of(&config);
+    admin_files.report(&live.snapshot());
+    let allowed_hosts = config.allowed_hosts();
+    let reload_every = Duration::from_secs(config.admin_files_poll_secs.max(1));
+    admin_files.spawn(live.clone(), config.clone(), reload_every, shutdown.clone());
+    let app = router(live, allowed_hosts, hard_stop.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

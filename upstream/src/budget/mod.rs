@@ -158,6 +158,14 @@ impl Budgets {
     }
 
     /// No budgets at all.
+    /// These budgets under reloaded settings; totals spent so far stay.
+    pub fn with_settings(&self, settings: BudgetSettings) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            ..self.clone()
+        }
+    }
+
     pub fn none(metrics: Arc<Metrics>) -> Self {
         Self::new(
             BudgetSettings::default(),
