@@ -110,6 +110,21 @@ async fn envoy_identity(stack: &Stack) -> (u64, u64) {
     (pid, epoch)
 }
 
+/// Token-cache (hits, misses) so far (after the Wasm build's 100 ms flush).
+async fn token_cache_lookups(stack: &Stack) -> (u64, u64) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let name = stack.edge_metric("mcp_edge_token_cache_lookups_total");
+    let metrics = stack.prometheus().await;
+    let count = |result: &str| {
+        let prefix = format!("{name}{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (count("hit"), count("miss"))
+}
+
 async fn rejected_updates(stack: &Stack) -> u64 {
     stack
         .envoy_stat("extension_config_discovery.http_filter.mcp_edge.update_rejected")
@@ -137,6 +152,14 @@ async fn live_settings_apply_without_restart_and_keep_quotas(edge: Edge) {
         assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "{body}");
     }
 
+    // One worker: its token cache holds alice's token from here on.
+    let (hits_before, misses_before) = token_cache_lookups(&stack).await;
+    assert_eq!(
+        (hits_before, misses_before),
+        (1, 1),
+        "one signature check, then the cache"
+    );
+
     // Tightened: the 3 images spent before the change stay spent.
     let sha = stack
         .edit_settings(|s| s["rate_limits"]["daily_images_per_org"] = json!(5))
@@ -147,6 +170,19 @@ async fn live_settings_apply_without_restart_and_keep_quotas(edge: Edge) {
     let (status, body) = generate(stack.mcp_url.clone(), token.clone(), 1).await;
     assert_eq!((status, body["error"]["code"].clone()), (429, json!(-32029)), "{body}");
     assert_eq!(body["id"], 1, "{body}");
+    // Two more lookups, both hits: the token cache survived the change. (The
+    // native build's counters belong to the configuration's stats scope and
+    // start again from zero with new settings; the Wasm build's persist.)
+    let (hits, misses) = token_cache_lookups(&stack).await;
+    let (hits_before, misses_before) = match edge {
+        Edge::Wasm => (hits_before, misses_before),
+        Edge::DynamicModule => (0, 0),
+    };
+    assert_eq!(
+        (hits - hits_before, misses - misses_before),
+        (2, 0),
+        "the token cache survived the change"
+    );
 
     // Loosened: two more, then the new limit again.
     let sha = stack
@@ -575,4 +611,37 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
     );
     assert_eq!(changes[2]["fields"]["sha256_before"], json!(second));
     let _ = std::fs::remove_file(routes);
+}
+
+/// The mesh path: istiod delivers a `WasmPlugin` to the gateways as an ECDS
+/// resource whose settings are its `pluginConfig` as JSON. The repository's
+/// WasmPlugin, pushed that way into a running Envoy, is applied live; going
+/// back to the previous settings is too, without a restart.
+#[tokio::test]
+async fn istio_wasmplugin_plugin_config_applies_as_an_ecds_update() {
+    // The WasmPlugin takes the assertion key from the gateway's environment.
+    std::env::set_var("MCP_IDENTITY_ASSERTION_KEY", "ab".repeat(32));
+    let mut stack = Stack::start_with(live(Edge::Wasm, json!({}))).await.unwrap();
+    let before = envoy_identity(&stack).await;
+    let python = gateway_tests::stack::workspace_root().join(".venv/bin/python");
+    let output = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json,yaml; d=yaml.safe_load(open('deploy/istio/wasmplugin.yaml')); print(json.dumps(d['spec']['pluginConfig']))",
+        ])
+        .current_dir(gateway_tests::stack::workspace_root())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let plugin_config = String::from_utf8(output.stdout).unwrap();
+    let previous = stack.settings();
+
+    let sha = stack.write_settings(plugin_config.trim().as_bytes()).unwrap();
+    stack.wait_settings(&sha, Duration::from_secs(2)).await.unwrap();
+    let sha = stack.edit_settings(|s| *s = previous).unwrap();
+    stack.wait_settings(&sha, Duration::from_secs(2)).await.unwrap();
+    let token = stack.token("alice", "acme");
+    let (status, _) = rpc(&stack, &token, "tools/list", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(envoy_identity(&stack).await, before);
 }

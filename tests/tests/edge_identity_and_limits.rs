@@ -298,7 +298,15 @@ async fn decisions_show_in_prometheus(edge: Edge) {
     );
     let mut metrics = stack.prometheus().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while !metrics.lines().any(|l| l == forwarded) && std::time::Instant::now() < deadline {
+    // Each worker flushes on its own tick: wait for all four lookups too.
+    let lookups = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&name("mcp_edge_token_cache_lookups_total{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    while !(metrics.lines().any(|l| l == forwarded) && lookups(&metrics) >= 4) && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         metrics = stack.prometheus().await;
     }

@@ -1,6 +1,6 @@
 //! Signing keys fetched by the filter from the IAM's JWKS URL through an
 //! Envoy cluster: loaded at start, rotated on refresh, and kept when a
-//! refresh fails.
+//! refresh fails or the settings change live.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,9 +90,10 @@ async fn keys_load_rotate_and_survive(edge: Edge) {
         filter_patch: patch,
         extra_clusters: cluster,
         edge,
+        live_settings: true,
         ..Default::default()
     };
-    let stack = Stack::start_with(options).await.unwrap();
+    let mut stack = Stack::start_with(options).await.unwrap();
     let dev_token = stack.token_with("alice", "acme", "placeholder", 3600);
 
     // No keys yet (the IAM answers 503): JWT callers get 503 with Retry-After, not 401.
@@ -148,4 +149,12 @@ async fn keys_load_rotate_and_survive(edge: Edge) {
     };
     assert!(count("ok") >= 2, "{metrics}");
     assert!(count("failed") >= 2, "{metrics}");
+
+    // A settings change while the IAM is down: the new settings start with
+    // the keys already fetched, not with none (which would be 503s).
+    let sha = stack.edit_settings(|s| s["max_prompt_chars"] = json!(3000)).unwrap();
+    stack.wait_settings(&sha, Duration::from_secs(2)).await.unwrap();
+    for _ in 0..6 {
+        assert_eq!(status(&stack, &rotated_token).await, 200, "keys kept across the change");
+    }
 }

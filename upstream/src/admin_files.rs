@@ -84,10 +84,17 @@ impl AdminFiles {
         Self { files }
     }
 
-    /// Reports the running hashes (at start).
+    /// Reports the running hashes (at start) and zero reload counts.
     pub fn report(&self, state: &AppState) {
         let now = chrono::Utc::now().timestamp();
         for file in &self.files {
+            // Zero series from the start, so rates and alerts see the first change.
+            for result in ["applied", "rejected"] {
+                let _ = state
+                    .metrics
+                    .admin_file_reloads
+                    .get_or_create(&labels(file.name, result));
+            }
             if let Some(sha) = &file.running {
                 set_info(state, file.name, sha, 1);
                 set_changed(state, file.name, now);
