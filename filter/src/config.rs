@@ -12,6 +12,7 @@ use crate::jwt::{JwtSpec, JwtVerifier, JwtVerifierError};
 use crate::limits::{LimitsError, RateLimits, RateLimitsSpec};
 use crate::phases::Skips;
 use crate::policy::{self, CallPolicy};
+use crate::span_tags::TracingSpec;
 use crate::tool_access::{ToolAccess, ToolAccessError, ToolAccessSpec};
 use crate::transport::{self, TransportPolicy};
 
@@ -78,6 +79,9 @@ pub struct FilterConfigSpec {
     /// The signed identity assertion sent to the upstream (`assertion.rs`).
     #[serde(default)]
     pub identity_assertion: Option<assertion::Settings>,
+    /// The decision as tags on Envoy's trace span (`span_tags.rs`).
+    #[serde(default)]
+    pub tracing: Option<TracingSpec>,
     /// Phases switched off for the benchmark's breakdown (`phases.rs`; only
     /// in a build with the `phase-switches` feature).
     #[cfg(feature = "phase-switches")]
@@ -184,6 +188,8 @@ pub struct FilterConfig {
     pub token_cache_entries: usize,
     pub max_response_bytes: usize,
     pub assertion: Option<AssertionSigner>,
+    /// Span tags to write, when tracing asks for them.
+    pub tracing: Option<TracingSpec>,
     /// Phases switched off (none outside the benchmark's build).
     pub skip: Skips,
     /// Which settings these are: what a worker may keep when they change.
@@ -376,6 +382,7 @@ impl TryFrom<FilterConfigSpec> for FilterConfig {
                 .as_ref()
                 .map(AssertionSigner::from_settings)
                 .transpose()?,
+            tracing: spec.tracing.filter(|t| t.span_tags),
             #[cfg(feature = "phase-switches")]
             skip: Skips::from_names(&spec.bench_skip).map_err(ConfigError::BenchSkip)?,
             #[cfg(not(feature = "phase-switches"))]

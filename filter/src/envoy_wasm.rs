@@ -20,6 +20,7 @@ use crate::limits::{CasMismatch, QuotaUse, SharedStore};
 use crate::phases::Phase;
 use crate::reply::Reject;
 use crate::response_cap::{self, ChunkAction, StreamMeter};
+use crate::span_tags;
 use crate::stream::{ChargedImages, StreamState};
 use crate::worker_state::{Dropped, WorkerState};
 
@@ -426,8 +427,20 @@ impl EdgeRequest {
         decide(&self.config, &mut host)
     }
 
+    /// Puts `tags` on Envoy's span (filter state the tracer's `custom_tags` read).
+    fn tag(&self, tags: impl FnOnce() -> Vec<span_tags::Tag>) {
+        if self.config.tracing.is_none() {
+            return;
+        }
+        for (name, value) in tags() {
+            // The host call, not the SDK's method, which panics on failure.
+            let _ = hostcalls::set_property(vec![&format!("mcp_edge.{name}")], Some(value.as_bytes()));
+        }
+    }
+
     /// Lets the request through, counted.
     fn pass(&mut self) -> Action {
+        self.tag(span_tags::forwarded);
         self.metrics.count(Hot::Forwarded);
         self.state = StreamState::Forwarded;
         Action::Continue
@@ -436,6 +449,7 @@ impl EdgeRequest {
     fn reject(&mut self, reject: &Reject) -> Action {
         log::info!("rejected {} ({}): {}", reject.status, reject.reason, reject.message);
         self.metrics.rejected(reject);
+        self.tag(|| span_tags::refused(reject));
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(reject.headers.iter().map(|(n, v)| (*n, v.as_str())));
         self.send_http_response(reject.status, headers, Some(reject.body().as_bytes()));
@@ -446,6 +460,9 @@ impl EdgeRequest {
     /// Replaces credentials and client-supplied identity headers (those in
     /// `present`) with the signed identity assertion.
     fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str) {
+        if let Some(tracing) = &self.config.tracing {
+            self.tag(|| span_tags::caller(tracing, &admitted.identity));
+        }
         let write = !self.config.skip.skips(Phase::IdentityHeaderWrites);
         // The client's credentials are for this gateway only; never pass them on.
         for name in present.iter().filter(|_| write) {
@@ -587,6 +604,7 @@ impl HttpContext for EdgeRequest {
                 serde_json::Value::Null
             } else {
                 let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                self.tag(|| span_tags::message(&body));
                 gate::reply_id_of(&self.config, &body)
             };
             return self.reject(&reject.with_id(id));
@@ -605,6 +623,7 @@ impl HttpContext for EdgeRequest {
             return Action::Continue;
         };
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        self.tag(|| span_tags::message(&body));
         // The head's clock read serves the body too (the quota's day is the request's start).
         let now_ms = self.started_ms;
         let verdict = self.with_host(|config, host| gate::check_body(config, &body, &held, host));

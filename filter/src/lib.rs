@@ -20,6 +20,7 @@ pub mod phases;
 pub mod policy;
 pub mod reply;
 pub mod response_cap;
+pub mod span_tags;
 pub mod stream;
 #[cfg(test)]
 mod test_support;

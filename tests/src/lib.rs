@@ -8,6 +8,7 @@ pub mod stack;
 
 pub use stack::{Backend, Stack, StackOptions};
 pub mod mcp_client;
+pub mod otlp_receiver;
 pub mod png_info;
 pub mod ratelimit_service;
 pub mod s3_server;

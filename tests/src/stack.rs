@@ -49,6 +49,8 @@ pub struct StackOptions {
     /// The filter's settings come live from a watched file (ECDS), as in
     /// `make run`: `Stack::edit_settings` changes them without a restart.
     pub live_settings: bool,
+    /// Traces to this OTLP/gRPC endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The edge filter's build: the deployed Wasm filter, or the same decisions
@@ -73,6 +75,7 @@ impl Default for StackOptions {
             tls: false,
             edge: Edge::Wasm,
             live_settings: false,
+            otlp_endpoint: None,
         }
     }
 }
@@ -306,6 +309,17 @@ impl Stack {
         };
         let template = stack.envoy_template()?;
         let mut filter_config = devkit::filter_config(&state_dir, &base_url)?;
+        let tracing = devkit::envoy_tracing(
+            &std::fs::read_to_string(workspace_root().join("envoy/tracing.yaml.tmpl"))?,
+            |name| {
+                (name == "OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .then(|| options.otlp_endpoint.clone())
+                    .flatten()
+            },
+        )?;
+        if tracing.is_some() {
+            filter_config["tracing"] = serde_json::json!({});
+        }
         if let (Some(config), Some(patch)) = (filter_config.as_object_mut(), options.filter_patch.as_object()) {
             for (key, value) in patch {
                 config.insert(key.clone(), value.clone());
@@ -316,7 +330,18 @@ impl Stack {
             ("LISTEN_PORT".to_string(), listen_port.to_string()),
             ("UPSTREAM_PORT".to_string(), upstream_port.to_string()),
             ("WASM_PATH".to_string(), wasm_path()?.display().to_string()),
-            ("EXTRA_CLUSTERS".to_string(), options.extra_clusters.clone()),
+            (
+                "EXTRA_CLUSTERS".to_string(),
+                format!(
+                    "{}{}",
+                    options.extra_clusters,
+                    tracing.as_ref().map_or("", |t| t.cluster.as_str())
+                ),
+            ),
+            (
+                "TRACING".to_string(),
+                tracing.as_ref().map_or(String::new(), |t| t.hcm.trim_end().to_string()),
+            ),
             ("EXTRA_UPSTREAM_ENDPOINTS".to_string(), extra_endpoints),
             ("EXTRA_LISTENERS".to_string(), extra_listeners),
             ("LISTEN_ADDRESS".to_string(), "127.0.0.1".to_string()),

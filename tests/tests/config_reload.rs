@@ -15,12 +15,22 @@ use mcp_image_gateway::{devkit, edge_settings};
 use serde_json::{json, Value};
 
 async fn generate(url: String, token: String, n: u64) -> (u16, Value) {
-    let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
-        "params": {"name": "generate_image", "arguments": {"prompt": "a slow sunrise", "n": n}}});
+    let params = json!({"name": "generate_image", "arguments": {"prompt": "a slow sunrise", "n": n}});
+    post_rpc(
+        &url,
+        &token,
+        json!({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": params}),
+    )
+    .await
+}
+
+/// One JSON-RPC message through the gateway (protocol 2025-06-18); (status, reply).
+async fn post_rpc(url: &str, token: &str, body: Value) -> (u16, Value) {
     let response = http_client()
         .post(url)
-        .header("authorization", format!("Bearer {token}"))
+        .bearer_auth(token)
         .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
         .json(&body)
         .send()
         .await
@@ -353,16 +363,8 @@ async fn per_tool_access_applies_live_and_lists_only_callable_tools() {
 
 /// One JSON-RPC request (id 7) through the gateway; (status, reply).
 async fn rpc(stack: &Stack, token: &str, method: &str, params: Value) -> (u16, Value) {
-    let response = http_client()
-        .post(&stack.mcp_url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-06-18")
-        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or_default())
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    post_rpc(&stack.mcp_url, token, body).await
 }
 
 /// 200 requests/s for 20 s through Envoy while the settings change 10 times:

@@ -27,28 +27,41 @@ fn start_run(ports: (u16, u16, u16, u16), state: &std::path::Path) -> (std::proc
         .env_remove("RESET_SETTINGS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         // Its own process group, like a terminal's foreground job receiving Ctrl-C.
         .process_group(0)
         .spawn()
         .unwrap();
     let (lines_tx, lines) = mpsc::channel::<String>();
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errors_tx = lines_tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines_tx.send(line);
+        }
+    });
+    // Its complaints (a refused settings file, a busy port) join the banner.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = errors_tx.send(line);
         }
     });
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut banner = Vec::new();
     while Instant::now() < deadline {
-        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-            let done = line.contains("Ctrl-C stops everything");
-            banner.push(line);
-            if done {
-                break;
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.contains("Ctrl-C stops everything");
+                banner.push(line);
+                if done {
+                    break;
+                }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // It exited: the banner is all there is.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     (child, banner)

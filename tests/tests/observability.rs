@@ -217,3 +217,127 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
         empty.join("\n")
     );
 }
+
+// ---- Traces: Envoy's span for every request, with the edge's decision ----
+
+use gateway_tests::otlp_receiver::{OtlpReceiver, Span};
+use gateway_tests::stack::Edge;
+
+#[tokio::test]
+async fn envoy_spans_carry_the_edge_decision_wasm() {
+    envoy_spans_carry_the_edge_decision(Edge::Wasm).await;
+}
+
+#[tokio::test]
+async fn envoy_spans_carry_the_edge_decision_native() {
+    envoy_spans_carry_the_edge_decision(Edge::DynamicModule).await;
+}
+
+/// One JSON-RPC POST with `auth` (a header name and value); returns the status.
+async fn traced_post(stack: &Stack, auth: (&str, &str), body: Value) -> u16 {
+    http_client()
+        .post(&stack.mcp_url)
+        .header(auth.0, auth.1)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn envoy_spans_carry_the_edge_decision(edge: Edge) {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let stack = Stack::start_with(StackOptions {
+        edge,
+        otlp_endpoint: Some(receiver.endpoint.clone()),
+        // A small caller bucket, so the third quick call is over the limit.
+        filter_patch: json!({"rate_limits": {"per_caller": {"requests_per_second": 0.1, "burst": 2}}}),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let bearer = format!("Bearer {token}");
+    let prompt = "a secret lighthouse prompt";
+    let call = |id: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "generate_image", "arguments": {"prompt": prompt}}})
+    };
+    assert_eq!(
+        traced_post(&stack, ("authorization", &bearer), call("call-1")).await,
+        200
+    );
+    let api_key = stack.api_key();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(traced_post(&stack, ("x-api-key", &api_key), list).await, 200);
+    let forged = format!("Bearer {token}x");
+    assert_eq!(
+        traced_post(&stack, ("authorization", &forged), call("call-2")).await,
+        401
+    );
+    assert_eq!(
+        traced_post(&stack, ("authorization", &bearer), call("call-3")).await,
+        200
+    );
+    assert_eq!(
+        traced_post(&stack, ("authorization", &bearer), call("call-4")).await,
+        429
+    );
+
+    let within = Duration::from_secs(15);
+    let by_id = |id: &'static str| move |s: &Span| s.attr("jsonrpc.request.id") == id;
+    let admitted = receiver
+        .wait_for(within, by_id("call-1"))
+        .await
+        .expect("a span for the admitted call");
+    assert_eq!(admitted.service, "mcp-gateway-edge");
+    for (key, value) in [
+        ("mcp.method.name", "tools/call"),
+        ("gen_ai.tool.name", "generate_image"),
+        ("mcp_gateway.org", "acme"),
+        ("mcp_gateway.credential", "jwt"),
+        ("mcp_gateway.edge.decision", "forward"),
+        ("mcp_gateway.user", ""),
+    ] {
+        assert_eq!(admitted.attr(key), value, "{key} on {admitted:?}");
+    }
+    let by_key = receiver
+        .wait_for(within, |s| s.attr("mcp.method.name") == "tools/list")
+        .await
+        .expect("a span for the API-key call");
+    assert_eq!(by_key.attr("mcp_gateway.credential"), "api_key");
+
+    let forged_span = receiver.wait_for(within, by_id("call-2")).await;
+    // A 401 is answered before the body is read: found by its decision instead.
+    let unauthorized = match forged_span {
+        Some(span) => span,
+        None => receiver
+            .wait_for(within, |s| s.attr("rpc.response.status_code") == "-32001")
+            .await
+            .expect("a span for the refused token"),
+    };
+    assert_eq!(unauthorized.attr("mcp_gateway.edge.decision"), "reject");
+    assert!(
+        !unauthorized.attr("mcp_gateway.edge.reason").is_empty(),
+        "{unauthorized:?}"
+    );
+    let limited = receiver
+        .wait_for(within, by_id("call-4"))
+        .await
+        .expect("a span for the limited call");
+    assert_eq!(limited.attr("mcp_gateway.edge.decision"), "reject");
+    assert_eq!(limited.attr("rpc.response.status_code"), "-32029");
+    assert_eq!(limited.attr("mcp_gateway.edge.reason"), "rate_limited_caller");
+
+    // No secret in any span: bearer tokens, the API key, the prompt.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for span in receiver.spans() {
+        let text = format!("{span:?}");
+        for secret in [token.as_str(), api_key.as_str(), prompt] {
+            assert!(!text.contains(secret), "a secret in {text}");
+        }
+    }
+}

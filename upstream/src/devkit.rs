@@ -134,6 +134,13 @@ pub fn filter_config(state_dir: &Path, public_base_url: &str) -> anyhow::Result<
             "daily_images_per_org": 2000,
         },
     }))
+    .map(|mut config| {
+        // The decision on Envoy's span when traces are exported.
+        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|e| !e.is_empty()) {
+            config["tracing"] = json!({});
+        }
+        config
+    })
 }
 
 /// What a dev token says.
@@ -187,10 +194,9 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> anyhow::Result
     Ok(out)
 }
 
-/// The Envoy template with its `mcp_edge` Wasm filter block replaced by
-/// `module_filter` (envoy/dynamic-module-filter.yaml.tmpl): the edge filter
-/// built as a dynamic module at `module_path`, same name and settings.
-pub fn with_dynamic_module(template: &str, module_filter: &str, module_path: &Path) -> anyhow::Result<String> {
+/// Where the `mcp_edge` filter's block sits in the Envoy template: from its
+/// `- name: mcp_edge` line to the router's.
+pub fn edge_filter_block(template: &str) -> anyhow::Result<std::ops::Range<usize>> {
     let start = template
         .find("          - name: mcp_edge\n")
         .context("the Envoy template has no mcp_edge filter")?;
@@ -198,8 +204,76 @@ pub fn with_dynamic_module(template: &str, module_filter: &str, module_path: &Pa
         .find("          - name: envoy.filters.http.router")
         .map(|end| start + end)
         .context("the Envoy template has no router after mcp_edge")?;
-    let block = module_filter.replace("${MODULE_PATH}", &module_path.display().to_string());
-    Ok(format!("{}{}{}", &template[..start], block, &template[end..]))
+    Ok(start..end)
+}
+
+/// The Envoy template with its `mcp_edge` Wasm filter block replaced by
+/// `module_filter` (envoy/dynamic-module-filter.yaml.tmpl): the edge filter
+/// built as a dynamic module at `module_path`, same name and settings.
+pub fn with_dynamic_module(template: &str, module_filter: &str, module_path: &Path) -> anyhow::Result<String> {
+    let block = edge_filter_block(template)?;
+    let module = module_filter.replace("${MODULE_PATH}", &module_path.display().to_string());
+    Ok(format!(
+        "{}{}{}",
+        &template[..block.start],
+        module,
+        &template[block.end..]
+    ))
+}
+
+/// Envoy's part of OpenTelemetry tracing, from the standard variables: the
+/// connection manager's `tracing` block (`envoy/tracing.yaml.tmpl`) and
+/// the collector's cluster. `None` unless `OTEL_EXPORTER_OTLP_ENDPOINT` is
+/// set (OTLP/gRPC, `http://host:port`).
+pub struct EnvoyTracing {
+    pub hcm: String,
+    pub cluster: String,
+}
+
+pub fn envoy_tracing(
+    block_template: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<EnvoyTracing>> {
+    let Some(endpoint) = env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|e| !e.is_empty()) else {
+        return Ok(None);
+    };
+    let authority = endpoint
+        .split_once("://")
+        .map_or(endpoint.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/');
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>().context("OTEL_EXPORTER_OTLP_ENDPOINT: bad port")?,
+        ),
+        None => (authority, 4317),
+    };
+    anyhow::ensure!(
+        !host.is_empty(),
+        "OTEL_EXPORTER_OTLP_ENDPOINT has no host: {endpoint:?}"
+    );
+    // The OpenTelemetry sampler variables, as far as Envoy's percentage goes.
+    let ratio = env("OTEL_TRACES_SAMPLER_ARG")
+        .and_then(|a| a.parse::<f64>().ok())
+        .unwrap_or(1.0);
+    let percent = match env("OTEL_TRACES_SAMPLER").as_deref() {
+        None | Some("always_on" | "parentbased_always_on") => 100.0,
+        Some("always_off" | "parentbased_always_off") => 0.0,
+        Some("traceidratio" | "parentbased_traceidratio") => (ratio * 100.0).clamp(0.0, 100.0),
+        Some(other) => anyhow::bail!("OTEL_TRACES_SAMPLER={other:?} is not a sampler Envoy can follow"),
+    };
+    let service = env("OTEL_SERVICE_NAME").map_or_else(|| "mcp-gateway-edge".to_string(), |s| format!("{s}-edge"));
+    let hcm = render(
+        block_template,
+        &BTreeMap::from([
+            ("SAMPLING_PERCENT".to_string(), percent.to_string()),
+            ("SERVICE_NAME".to_string(), service),
+        ]),
+    )?;
+    let cluster = format!(
+        "  - name: otel_collector\n    type: STRICT_DNS\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ http2_protocol_options: {{}} }}\n    load_assignment:\n      cluster_name: otel_collector\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }}\n"
+    );
+    Ok(Some(EnvoyTracing { hcm, cluster }))
 }
 
 /// Creates, once, a self-signed development certificate for `localhost` and

@@ -58,15 +58,9 @@ pub struct EcdsSplit {
 
 /// Splits a rendered-but-for-settings template (`${FILTER_CONFIG}` still in
 /// it) for ECDS from `dir`. The filter block is the one between `- name:
-/// mcp_edge` and the router, as `devkit::with_dynamic_module` finds it.
+/// mcp_edge` and the router (`devkit::edge_filter_block`).
 pub fn split_for_ecds(template: &str, dir: &Path) -> anyhow::Result<EcdsSplit> {
-    let start = template
-        .find("          - name: mcp_edge\n")
-        .context("the Envoy template has no mcp_edge filter")?;
-    let end = template[start..]
-        .find("          - name: envoy.filters.http.router")
-        .map(|end| start + end)
-        .context("the Envoy template has no router after mcp_edge")?;
+    let std::ops::Range { start, end } = crate::devkit::edge_filter_block(template)?;
     let block = &template[start..end];
     let typed = block
         .find("typed_config:\n")

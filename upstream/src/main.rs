@@ -293,6 +293,21 @@ async fn main() -> anyhow::Result<()> {
             vars.entry("EXTRA_CLUSTERS".into()).or_default();
             vars.entry("EXTRA_UPSTREAM_ENDPOINTS".into()).or_default();
             vars.entry("EXTRA_LISTENERS".into()).or_default();
+            // OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+            let tracing_block = template.with_file_name("tracing.yaml.tmpl");
+            match devkit::envoy_tracing(&std::fs::read_to_string(&tracing_block).unwrap_or_default(), |name| {
+                std::env::var(name).ok()
+            })? {
+                Some(tracing) => {
+                    vars.insert("TRACING".into(), tracing.hcm.trim_end().to_string());
+                    vars.entry("EXTRA_CLUSTERS".into())
+                        .or_default()
+                        .push_str(&tracing.cluster);
+                }
+                None => {
+                    vars.entry("TRACING".into()).or_default();
+                }
+            }
             let mut text =
                 std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
             if let Some(module) = dynamic_module {

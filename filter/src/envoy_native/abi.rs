@@ -184,6 +184,11 @@ extern "C" {
         label_values_len: usize,
         value: u64,
     ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter: FilterEnvoy,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
     pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
         config: FilterConfigEnvoy,
         id: usize,

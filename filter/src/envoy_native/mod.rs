@@ -33,6 +33,7 @@ use crate::header_map;
 use crate::jwt::Identity;
 use crate::reply::Reject;
 use crate::response_cap::{self, ChunkAction, StreamMeter};
+use crate::span_tags;
 use crate::stream::{ChargedImages, StreamState};
 use crate::worker_state::WorkerState;
 use store::ProcessStore;
@@ -196,12 +197,32 @@ impl Request {
         })
     }
 
+    /// Puts `tags` on Envoy's span (filter state the tracer's `custom_tags` read).
+    fn tag(&self, tags: impl FnOnce() -> Vec<span_tags::Tag>) {
+        if self.config().tracing.is_none() {
+            return;
+        }
+        for (name, value) in tags() {
+            let key = format!("mcp_edge.{name}");
+            // SAFETY: key and value outlive the call; Envoy copies them.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                    self.envoy,
+                    ModuleBuffer::of(key.as_bytes()),
+                    ModuleBuffer::of(value.as_bytes()),
+                );
+            }
+        }
+    }
+
     fn pass(&mut self) {
+        self.tag(span_tags::forwarded);
         self.metrics().forwarded(self.envoy);
         self.state = StreamState::Forwarded;
     }
 
     fn reject(&mut self, reject: &Reject) {
+        self.tag(|| span_tags::refused(reject));
         log(
             abi::LOG_INFO,
             &format!("rejected {} ({}): {}", reject.status, reject.reason, reject.message),
@@ -244,6 +265,9 @@ impl Request {
     /// Replaces credentials and client-supplied identity headers (those in
     /// `present`) with the signed identity assertion.
     fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str) {
+        if let Some(tracing) = &self.worker.config.tracing {
+            self.tag(|| span_tags::caller(tracing, &admitted.identity));
+        }
         for name in present {
             remove_request_header(self.envoy, name);
         }
@@ -330,12 +354,15 @@ impl Request {
         match (state, too_large) {
             (StreamState::RejectingAfterBody(reject), Err(_)) => self.reject(&reject),
             (StreamState::RejectingAfterBody(reject), Ok(())) => {
-                let id = gate::reply_id_of(self.config(), &request_body(self.envoy));
+                let body = request_body(self.envoy);
+                self.tag(|| span_tags::message(&body));
+                let id = gate::reply_id_of(self.config(), &body);
                 self.reject(&reject.with_id(id));
             }
             (StreamState::HoldingForBody(_), Err(reject)) => self.reject(&reject),
             (StreamState::HoldingForBody(held), Ok(())) => {
                 let body = request_body(self.envoy);
+                self.tag(|| span_tags::message(&body));
                 match self.with_host(|config, host| gate::check_body(config, &body, &held, host)) {
                     Ok(checked) => {
                         self.reply_id = checked.reply_id;
