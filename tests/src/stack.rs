@@ -280,6 +280,10 @@ impl Stack {
             ("GATEWAY_STATE_DIR".into(), state_dir.display().to_string()),
             ("GATEWAY_URL_TTL_SECS".into(), options.url_ttl_secs.to_string()),
         ];
+        if let Some(endpoint) = &options.otlp_endpoint {
+            upstream_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
+            upstream_env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+        }
         upstream_env.extend(fake_env.iter().cloned());
         upstream_env.extend(options.upstream_env.iter().cloned());
         stack.upstream_env = upstream_env;

@@ -288,7 +288,9 @@ async fn envoy_spans_carry_the_edge_decision(edge: Edge) {
     );
 
     let within = Duration::from_secs(15);
-    let by_id = |id: &'static str| move |s: &Span| s.attr("jsonrpc.request.id") == id;
+    // Envoy's spans (the upstream's carry the same ids).
+    let by_id =
+        |id: &'static str| move |s: &Span| s.service == "mcp-gateway-edge" && s.attr("jsonrpc.request.id") == id;
     let admitted = receiver
         .wait_for(within, by_id("call-1"))
         .await
@@ -305,7 +307,9 @@ async fn envoy_spans_carry_the_edge_decision(edge: Edge) {
         assert_eq!(admitted.attr(key), value, "{key} on {admitted:?}");
     }
     let by_key = receiver
-        .wait_for(within, |s| s.attr("mcp.method.name") == "tools/list")
+        .wait_for(within, |s| {
+            s.service == "mcp-gateway-edge" && s.attr("mcp.method.name") == "tools/list"
+        })
         .await
         .expect("a span for the API-key call");
     assert_eq!(by_key.attr("mcp_gateway.credential"), "api_key");
@@ -315,7 +319,9 @@ async fn envoy_spans_carry_the_edge_decision(edge: Edge) {
     let unauthorized = match forged_span {
         Some(span) => span,
         None => receiver
-            .wait_for(within, |s| s.attr("rpc.response.status_code") == "-32001")
+            .wait_for(within, |s| {
+                s.service == "mcp-gateway-edge" && s.attr("rpc.response.status_code") == "-32001"
+            })
             .await
             .expect("a span for the refused token"),
     };
@@ -331,6 +337,54 @@ async fn envoy_spans_carry_the_edge_decision(edge: Edge) {
     assert_eq!(limited.attr("mcp_gateway.edge.decision"), "reject");
     assert_eq!(limited.attr("rpc.response.status_code"), "-32029");
     assert_eq!(limited.attr("mcp_gateway.edge.reason"), "rate_limited_caller");
+
+    // The upstream continues Envoy's trace: its SERVER span for the call is
+    // a child of Envoy's span, named and tagged as the MCP conventions say,
+    // and the call's audit event names that trace and span.
+    let server = receiver
+        .wait_for(within, |s| {
+            s.service == "mcp-image-gateway" && s.attr("jsonrpc.request.id") == "call-1"
+        })
+        .await
+        .expect("the upstream's span for the admitted call");
+    assert_eq!(server.name, "tools/call generate_image");
+    assert_eq!(server.kind, 2, "SERVER");
+    assert_eq!(
+        (server.trace_id.as_str(), server.parent_span_id.as_str()),
+        (admitted.trace_id.as_str(), admitted.span_id.as_str())
+    );
+    for (key, value) in [
+        ("mcp.method.name", "tools/call"),
+        ("gen_ai.tool.name", "generate_image"),
+        ("gen_ai.operation.name", "execute_tool"),
+        ("mcp.protocol.version", "2025-06-18"),
+    ] {
+        assert_eq!(server.attr(key), value, "{key} on {server:?}");
+    }
+    let audited = stack
+        .audit_events()
+        .into_iter()
+        .find(|e| e["fields"]["event"] == "tool_call")
+        .expect("an audit event");
+    assert_eq!(audited["fields"]["trace_id"], json!(server.trace_id));
+    assert_eq!(audited["fields"]["span_id"], json!(server.span_id));
+
+    // A client's own trace context in `params._meta` is the parent.
+    let (client_trace, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut with_meta = call("call-5");
+    with_meta["params"]["_meta"] = json!({"traceparent": format!("00-{client_trace}-{client_span}-01")});
+    tokio::time::sleep(Duration::from_secs(11)).await; // the bucket refills a token
+    assert_eq!(traced_post(&stack, ("authorization", &bearer), with_meta).await, 200);
+    let continued = receiver
+        .wait_for(within, |s| {
+            s.service == "mcp-image-gateway" && s.attr("jsonrpc.request.id") == "call-5"
+        })
+        .await
+        .expect("the upstream's span for the call with _meta");
+    assert_eq!(
+        (continued.trace_id.as_str(), continued.parent_span_id.as_str()),
+        (client_trace, client_span)
+    );
 
     // No secret in any span: bearer tokens, the API key, the prompt.
     tokio::time::sleep(Duration::from_secs(1)).await;

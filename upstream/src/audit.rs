@@ -52,6 +52,8 @@ pub struct ToolCallEvent<'a> {
     pub arm: Option<&'a str>,
     /// The model the caller asked for, when it did.
     pub requested_model: Option<&'a str>,
+    /// The trace and span the call ran in, when traces are exported.
+    pub trace: Option<&'a crate::traces::TraceIds>,
 }
 
 impl ToolCallEvent<'_> {
@@ -85,6 +87,8 @@ impl ToolCallEvent<'_> {
             prompt = self.prompt,
             arm = self.arm,
             requested_model = self.requested_model,
+            trace_id = self.trace.map(|t| t.trace_id.as_str()),
+            span_id = self.trace.map(|t| t.span_id.as_str()),
         );
     }
 }
@@ -104,6 +108,8 @@ pub struct BillingEvent<'a> {
     pub cost_usd: f64,
     /// `tokens` (provider-reported usage × token prices) or `per_image`.
     pub priced_by: &'a str,
+    /// The trace and span the call ran in, when traces are exported.
+    pub trace: Option<&'a crate::traces::TraceIds>,
 }
 
 impl BillingEvent<'_> {
@@ -123,6 +129,8 @@ impl BillingEvent<'_> {
             output_tokens = self.output_tokens,
             cost_usd = self.cost_usd,
             priced_by = self.priced_by,
+            trace_id = self.trace.map(|t| t.trace_id.as_str()),
+            span_id = self.trace.map(|t| t.span_id.as_str()),
         );
     }
 }

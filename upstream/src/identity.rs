@@ -43,6 +43,8 @@ pub struct Caller {
     /// The tools this caller may call, when the edge's per-tool access hides
     /// some (`tools/list` shows only these); `None`: every tool.
     pub tools: Option<Vec<String>>,
+    /// The trace and span of the request, when traces are exported.
+    pub trace: Option<crate::traces::TraceIds>,
 }
 
 impl Caller {
@@ -184,6 +186,7 @@ impl AssertionVerifier {
             scopes: custom.scope.split_whitespace().map(str::to_string).collect(),
             request_id: custom.rid,
             tools: custom.tools,
+            trace: None,
         })
     }
 
@@ -220,7 +223,8 @@ pub async fn require_assertion(State(state): State<AppState>, mut request: Reque
         Err(error) => error.label(),
     });
     match verdict {
-        Ok(caller) => {
+        Ok(mut caller) => {
+            caller.trace = request.extensions().get::<crate::traces::TraceIds>().cloned();
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

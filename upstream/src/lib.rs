@@ -37,4 +37,5 @@ pub mod storage;
 pub mod style;
 pub mod task_lease;
 pub mod tasks;
+pub mod traces;
 pub mod uploads;

@@ -133,10 +133,12 @@ fn parse_var(value: &str) -> Result<(String, String), String> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(config) => {
-            init_logging();
+            init_logging_with(true)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            server::serve(*config, shutdown).await
+            let served = server::serve(*config, shutdown).await;
+            mcp_image_gateway::traces::flush();
+            served
         }
         Command::DevInit { state_dir } => devkit::init(&state_dir),
         Command::CostSim {
@@ -348,15 +350,33 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// JSON logs, one line per event.
-fn init_logging() {
+/// JSON logs, one line per event; spans exported too when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set and `traces` is true.
+fn init_logging_with(traces: bool) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
+    let export = if traces {
+        mcp_image_gateway::traces::layer()?
+    } else {
+        None
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(false)
+                .with_span_list(false),
+        )
+        .with(export)
         .init();
+    Ok(())
+}
+
+fn init_logging() {
+    let _ = init_logging_with(false);
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

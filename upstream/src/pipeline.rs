@@ -405,6 +405,7 @@ impl ImageTools {
                 output_tokens: ended.usage.map(|u| u.output_tokens),
                 cost_usd,
                 priced_by,
+                trace: caller.trace.as_ref(),
             }
             .emit();
         }
@@ -414,6 +415,7 @@ impl ImageTools {
             prompt: args.filter(|_| self.state.log_prompts).map(|a| a.prompt.as_str()),
             arm: ended.arm.as_deref(),
             requested_model: ended.requested.as_deref(),
+            trace: caller.trace.as_ref(),
             request_id: &caller.request_id,
             user: &caller.user,
             org: &caller.org,

@@ -328,13 +328,15 @@ async fn record_mcp_request(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, 4 * 1024 * 1024).await {
         Ok(bytes) => bytes,
         Err(_) => return (http::StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
     };
+    let parsed: Option<serde_json::Value> = (parts.method == http::Method::POST)
+        .then(|| serde_json::from_slice(&bytes).ok())
+        .flatten();
     let method = if parts.method == http::Method::POST {
-        let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
         match parsed.as_ref().map(|v| v.get("method").and_then(|m| m.as_str())) {
             Some(Some(name)) => name.to_string(),
             Some(None) => "response".to_string(),
@@ -343,15 +345,34 @@ async fn record_mcp_request(
     } else {
         format!("HTTP {}", parts.method)
     };
+    // The message's server span, continuing the caller's trace; its ids go
+    // with the request to the audit events.
+    let traced = crate::traces::enabled().then(|| {
+        let message = crate::traces::Message {
+            method: &method,
+            body: parsed.as_ref(),
+            protocol_version: parts.headers.get("mcp-protocol-version").and_then(|v| v.to_str().ok()),
+        };
+        crate::traces::server_span(&message, &parts.headers)
+    });
+    if let Some((_, ids)) = &traced {
+        parts.extensions.insert(ids.clone());
+    }
     let method = if crate::metrics::KNOWN_METHODS.contains(&method.as_str()) || method.starts_with("HTTP ") {
         method
     } else {
         "other".to_string()
     };
     let started = std::time::Instant::now();
-    let response = next
-        .run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await;
+    let run = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)));
+    let response = match &traced {
+        Some((span, _)) => {
+            use tracing::Instrument;
+            let response = run.instrument(span.clone()).await;
+            record_reply(span, response).await
+        }
+        None => run.await,
+    };
     let labels = crate::metrics::RpcLabels {
         method,
         status: response.status().as_u16().to_string(),
@@ -361,6 +382,26 @@ async fn record_mcp_request(
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Puts how a message ended on its span; a JSON reply (small: one result)
+/// is read to tell a JSON-RPC error or a tool error from a success.
+async fn record_reply(span: &tracing::Span, response: axum::response::Response) -> axum::response::Response {
+    let status = response.status().as_u16();
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        crate::traces::record_outcome(span, status, None);
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 8 * 1024 * 1024).await.unwrap_or_default();
+    let reply: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    crate::traces::record_outcome(span, status, reply.as_ref());
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// Ready unless draining after a stop signal.
