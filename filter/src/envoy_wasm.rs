@@ -59,13 +59,49 @@ fn request_header_bytes() -> Vec<u8> {
 /// Shared data of the Envoy process: one store for every worker's VM.
 struct HostStore;
 
+/// Serialises the creation of shared-data keys: Envoy writes a key that
+/// does not exist yet whatever CAS token is given, so two workers creating
+/// one bucket at once would both succeed and one take would be lost. A key
+/// is created only while holding this lock (taken and released with CAS on
+/// a key that always exists), after checking it is still absent.
+const CREATE_LOCK: &str = "mcp_edge.create_lock";
+
+impl HostStore {
+    /// Makes the lock key exist (at configure time, before any request).
+    fn init_create_lock() {
+        if matches!(hostcalls::get_shared_data(CREATE_LOCK), Ok((None, _)) | Err(_)) {
+            let _ = hostcalls::set_shared_data(CREATE_LOCK, Some(b"0"), None);
+        }
+    }
+
+    fn create(key: &str, value: &[u8]) -> Result<(), CasMismatch> {
+        let Ok((Some(lock), Some(cas))) = hostcalls::get_shared_data(CREATE_LOCK) else {
+            return Err(CasMismatch);
+        };
+        if lock != b"0" || hostcalls::set_shared_data(CREATE_LOCK, Some(b"1"), Some(cas)).is_err() {
+            return Err(CasMismatch);
+        }
+        let absent = matches!(hostcalls::get_shared_data(key), Ok((None, _)));
+        let written = absent && hostcalls::set_shared_data(key, Some(value), None).is_ok();
+        let _ = hostcalls::set_shared_data(CREATE_LOCK, Some(b"0"), None);
+        if written {
+            Ok(())
+        } else {
+            Err(CasMismatch)
+        }
+    }
+}
+
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         hostcalls::get_shared_data(key).unwrap_or((None, None))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
-        hostcalls::set_shared_data(key, Some(value), cas).map_err(|_| CasMismatch)
+        match cas {
+            Some(cas) => hostcalls::set_shared_data(key, Some(value), Some(cas)).map_err(|_| CasMismatch),
+            None => Self::create(key, value),
+        }
     }
 }
 
@@ -320,6 +356,7 @@ impl Context for EdgeRoot {
 
 impl RootContext for EdgeRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        HostStore::init_create_lock();
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match FilterConfig::from_json(&bytes) {
             Ok(config) => {
