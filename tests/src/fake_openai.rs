@@ -82,6 +82,8 @@ struct FakeState {
     api_key: String,
     options: FakeOptions,
     requests: Mutex<Vec<Value>>,
+    /// The `traceparent` of each generation request, in order.
+    traceparents: Mutex<Vec<Option<String>>>,
     served: Mutex<VecDeque<(Instant, u32)>>,
     /// Encoded images by (format, width, height): encoding is the fake's own
     /// cost, and a load test should measure the gateway, not the fake.
@@ -101,6 +103,7 @@ impl FakeOpenAi {
             api_key: api_key.clone(),
             options,
             requests: Mutex::new(Vec::new()),
+            traceparents: Mutex::new(Vec::new()),
             served: Mutex::new(VecDeque::new()),
             images: Mutex::new(std::collections::HashMap::new()),
         });
@@ -125,6 +128,11 @@ impl FakeOpenAi {
     /// Switches `fault` on for `duration` (`None` clears it).
     pub fn set_fault(&self, fault: Option<Fault>, duration: Duration) {
         set_fault(&self.state, fault, duration);
+    }
+
+    /// The `traceparent` header of each generation request, in order.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        self.state.traceparents.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// JSON bodies of every request received, in order.
@@ -250,6 +258,10 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body:
     };
     if let Ok(mut requests) = state.requests.lock() {
         requests.push(request.clone());
+    }
+    if let Ok(mut traceparents) = state.traceparents.lock() {
+        let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        traceparents.push(traceparent.map(str::to_string));
     }
     respond(&state, &request).await
 }

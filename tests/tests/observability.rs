@@ -395,3 +395,96 @@ async fn envoy_spans_carry_the_edge_decision(edge: Edge) {
         }
     }
 }
+
+/// Each provider attempt is a GenAI CLIENT span under the message's SERVER
+/// span (a retry and a fallback show as three attempts), and each provider
+/// request carries that attempt's `traceparent`.
+#[tokio::test]
+async fn provider_attempts_are_client_spans_and_carry_traceparent() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let fake = gateway_tests::fake_openai::FakeOptions {
+        failing_models: vec!["gpt-image-2".into()],
+        ..Default::default()
+    };
+    let stack = Stack::start_with(StackOptions {
+        backend: gateway_tests::Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: fake,
+        },
+        upstream_env: vec![
+            ("GATEWAY_FALLBACK_MODELS".into(), "gpt-image-1.5".into()),
+            ("GATEWAY_MAX_ATTEMPTS".into(), "2".into()),
+            ("GATEWAY_RETRY_MAX_DELAY_SECS".into(), "1".into()),
+        ],
+        otlp_endpoint: Some(receiver.endpoint.clone()),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let bearer = format!("Bearer {}", stack.token("alice", "acme"));
+    let call = json!({"jsonrpc": "2.0", "id": "fb-1", "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": "a lighthouse"}}});
+    assert_eq!(traced_post(&stack, ("authorization", &bearer), call).await, 200);
+
+    let within = Duration::from_secs(15);
+    let server = receiver
+        .wait_for(within, |s| {
+            s.service == "mcp-image-gateway" && s.attr("jsonrpc.request.id") == "fb-1"
+        })
+        .await
+        .expect("the server span");
+    let deadline = Instant::now() + within;
+    let attempts = loop {
+        let mut attempts: Vec<Span> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.kind == 3 && s.trace_id == server.trace_id)
+            .collect();
+        if attempts.len() >= 3 || Instant::now() > deadline {
+            attempts.sort_by_key(|s| {
+                (
+                    s.attr("gen_ai.request.model") != "gpt-image-2",
+                    s.attr("mcp_gateway.attempt"),
+                )
+            });
+            break attempts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let summary: Vec<(String, String, String, String)> = attempts
+        .iter()
+        .map(|s| {
+            (
+                s.attr("gen_ai.request.model"),
+                s.attr("mcp_gateway.attempt"),
+                s.attr("error.type"),
+                s.attr("gen_ai.response.model"),
+            )
+        })
+        .collect();
+    let row = |m: &str, a: &str, e: &str, r: &str| (m.to_string(), a.to_string(), e.to_string(), r.to_string());
+    assert_eq!(
+        summary,
+        vec![
+            row("gpt-image-2", "1", "provider_error", ""),
+            row("gpt-image-2", "2", "provider_error", ""),
+            row("gpt-image-1.5", "1", "", "gpt-image-1.5"),
+        ],
+        "{attempts:?}"
+    );
+    for attempt in &attempts {
+        assert_eq!(attempt.parent_span_id, server.span_id, "a child of the server span");
+        assert_eq!(
+            attempt.name,
+            format!("generate_content {}", attempt.attr("gen_ai.request.model"))
+        );
+        assert_eq!(attempt.attr("gen_ai.provider.name"), "openai");
+        assert_eq!(attempt.attr("gen_ai.output.type"), "image");
+    }
+    let sent = stack.fake.as_ref().unwrap().traceparents();
+    let expected: Vec<Option<String>> = attempts
+        .iter()
+        .map(|a| Some(format!("00-{}-{}-01", a.trace_id, a.span_id)))
+        .collect();
+    assert_eq!(sent, expected, "each provider request continues its attempt's span");
+}

@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -127,6 +127,78 @@ pub fn record_outcome(span: &tracing::Span, status: u16, reply: Option<&Value>) 
         span.record("error.type", "tool_error");
     } else if status >= 400 {
         span.record("error.type", status.to_string());
+    }
+}
+
+/// One GenAI CLIENT span per provider attempt (`{operation} {model}`), as
+/// the GenAI conventions name it; its outcome is recorded by
+/// `record_attempt`.
+pub fn attempt_span(provider: &str, model: &str, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "gen_ai.client",
+        otel.name = %format!("generate_content {model}"),
+        otel.kind = "client",
+        gen_ai.operation.name = "generate_content",
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = model,
+        gen_ai.output.type = "image",
+        mcp_gateway.attempt = attempt,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// What an attempt's span says of its result.
+pub fn record_attempt(
+    span: &tracing::Span,
+    response_model: Option<&str>,
+    usage: Option<(u64, u64)>,
+    error: Option<&str>,
+) {
+    if let Some(model) = response_model {
+        span.record("gen_ai.response.model", model);
+    }
+    if let Some((input, output)) = usage {
+        span.record("gen_ai.usage.input_tokens", input);
+        span.record("gen_ai.usage.output_tokens", output);
+    }
+    if let Some(error) = error {
+        span.record("error.type", error);
+    }
+}
+
+/// `traceparent` (and `tracestate`) of the current span, for a provider
+/// request, so a self-hosted server continues the trace; empty when traces
+/// are off.
+fn outgoing_context() -> Vec<(String, String)> {
+    if !enabled() {
+        return Vec::new();
+    }
+    let mut headers = HeaderInjector(Vec::new());
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut headers);
+    headers.0
+}
+
+/// The current span's context as provider request headers (none when traces are off).
+pub fn outgoing_headers() -> reqwest::header::HeaderMap {
+    outgoing_context()
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some((
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                reqwest::header::HeaderValue::from_str(&value).ok()?,
+            ))
+        })
+        .collect()
+}
+
+struct HeaderInjector(Vec<(String, String)>);
+
+impl Injector for HeaderInjector {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_string(), value));
     }
 }
 

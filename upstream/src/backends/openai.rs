@@ -157,6 +157,8 @@ impl ImageBackend for OpenAiBackend {
         if let Some(org) = &self.settings.organization {
             call = call.header("OpenAI-Organization", org);
         }
+        // A self-hosted server continues the trace.
+        call = call.headers(crate::traces::outgoing_headers());
         let response = call.send().await.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let retry_after = response

@@ -211,6 +211,10 @@ impl ModelRouter {
         let order = order.unwrap_or(&configured);
         for (index, route) in order.iter().filter_map(|&i| self.routes.get(i)).enumerate() {
             if !all_open && self.breaker_open(route) {
+                tracing::info!(
+                    model = route.backend.model(),
+                    "circuit breaker open: skipping this model"
+                );
                 continue;
             }
             // Capability routing: a model that cannot draw what was asked is skipped.
@@ -222,7 +226,19 @@ impl ModelRouter {
                 tracing::warn!(model = route.backend.model(), error = %last_error, "falling back to the next model");
             }
             for attempt in 1..=self.retry.max_attempts {
-                match route.backend.generate(request).await {
+                let span = crate::traces::attempt_span(route.backend.kind(), route.backend.model(), attempt);
+                let outcome = {
+                    use tracing::Instrument;
+                    route.backend.generate(request).instrument(span.clone()).await
+                };
+                let usage = outcome
+                    .as_ref()
+                    .ok()
+                    .and_then(|g| g.usage)
+                    .map(|u| (u.input_tokens, u.output_tokens));
+                let model = outcome.as_ref().ok().map(|g| g.model.as_str());
+                crate::traces::record_attempt(&span, model, usage, outcome.as_ref().err().map(|e| e.class()));
+                match outcome {
                     Ok(generation) => {
                         self.record(route, true);
                         // Fallbacks: how many preferred backends did not serve this request.
@@ -245,6 +261,12 @@ impl ModelRouter {
                         if !retry {
                             break;
                         }
+                        tracing::info!(
+                            parent: &span,
+                            model = route.backend.model(),
+                            delay_ms = delay.as_millis() as u64,
+                            "retrying the same model"
+                        );
                         tokio::time::sleep(delay).await;
                     }
                 }

@@ -128,6 +128,7 @@ impl StabilityBackend {
             .post(&url)
             .bearer_auth(&self.settings.api_key)
             .header(reqwest::header::ACCEPT, "image/*")
+            .headers(crate::traces::outgoing_headers())
             .multipart(form)
             .send()
             .await
