@@ -488,3 +488,45 @@ async fn provider_attempts_are_client_spans_and_carry_traceparent() {
         .collect();
     assert_eq!(sent, expected, "each provider request continues its attempt's span");
 }
+
+/// With the collector down, calls are served as usual (export runs off the
+/// request path from a bounded queue) and the undelivered spans are counted.
+#[tokio::test]
+async fn a_collector_down_drops_spans_never_a_call() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let stack = Stack::start_with(StackOptions {
+        otlp_endpoint: Some(closed),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let bearer = format!("Bearer {}", stack.token("alice", "acme"));
+    for id in ["down-1", "down-2", "down-3"] {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "generate_image", "arguments": {"prompt": "a lighthouse"}}});
+        let started = Instant::now();
+        assert_eq!(traced_post(&stack, ("authorization", &bearer), call).await, 200);
+        assert!(started.elapsed() < Duration::from_secs(5), "export never holds a call");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dropped = loop {
+        let metrics = http_client()
+            .get(&stack.metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let dropped: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("mcp_gateway_trace_spans_dropped_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if dropped > 0 || Instant::now() > deadline {
+            break dropped;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(dropped >= 1, "undelivered spans are counted");
+}

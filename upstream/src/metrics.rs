@@ -215,6 +215,11 @@ impl Metrics {
             "Identity assertions checked on MCP requests, by result (anything but ok is a 401)",
             identity_assertions.clone(),
         );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans the OTLP exporter could not deliver and dropped (the collector is down or refusing)",
+            crate::traces::SPANS_DROPPED.clone(),
+        );
         let admin_file_reloads = Family::<FileLabels, Counter>::default();
         registry.register(
             "admin_file_reloads",

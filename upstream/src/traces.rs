@@ -32,7 +32,7 @@ where
     if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").map_or(true, |e| e.is_empty()) {
         return Ok(None);
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+    let exporter = Counting(opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?);
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
@@ -44,6 +44,38 @@ where
     let tracer = provider.tracer("mcp-image-gateway");
     let _ = PROVIDER.set(provider);
     Ok(Some(tracing_opentelemetry::layer().with_tracer(tracer)))
+}
+
+/// Spans the exporter could not deliver (collector down or refusing); the
+/// batch queue is bounded, so they are dropped, never waited for.
+pub static SPANS_DROPPED: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The OTLP exporter, counting what it fails to deliver.
+#[derive(Debug)]
+struct Counting<E>(E);
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter for Counting<E> {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.0.export(batch).await;
+        if result.is_err() {
+            SPANS_DROPPED.inc_by(spans);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: std::time::Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&mut self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.0.set_resource(resource);
+    }
 }
 
 /// Whether spans are exported.
