@@ -481,6 +481,21 @@ async fn provider_attempts_are_client_spans_and_carry_traceparent() {
         assert_eq!(attempt.attr("gen_ai.provider.name"), "openai");
         assert_eq!(attempt.attr("gen_ai.output.type"), "image");
     }
+    // The pipeline's stages are spans of the same call.
+    for (stage, key, value) in [
+        ("mcp_gateway.route", "mcp_gateway.route.rule", "default"),
+        ("mcp_gateway.store", "images", "1"),
+        ("mcp_gateway.sign_link", "", ""),
+    ] {
+        let span = receiver
+            .wait_for(within, |s| s.name == stage && s.trace_id == server.trace_id)
+            .await
+            .unwrap_or_else(|| panic!("a {stage} span"));
+        assert_eq!(span.parent_span_id, server.span_id, "{stage}");
+        if !key.is_empty() {
+            assert_eq!(span.attr(key), value, "{stage}: {span:?}");
+        }
+    }
     let sent = stack.fake.as_ref().unwrap().traceparents();
     let expected: Vec<Option<String>> = attempts
         .iter()

@@ -87,16 +87,30 @@ async fn read_image(
     budget: usize,
     label: &str,
 ) -> Result<image_input::InputImage, String> {
+    use tracing::Instrument;
     let limits = state.edit_limits.input;
+    // The address kind only: a reference's query may hold a signature.
+    let span = tracing::info_span!(
+        "mcp_gateway.reference.read",
+        mcp_gateway.reference.kind = tracing::field::Empty
+    );
     let bytes = read(state, caller, reference, budget.min(limits.max_bytes))
+        .instrument(span)
         .await
         .map_err(|e| format!("{label} ({}) {e}", short(reference)))?;
+    let _checking = tracing::info_span!("mcp_gateway.input_check", bytes = bytes.len()).entered();
     image_input::inspect(bytes, &limits).map_err(|e| format!("{label} ({}) {e}", short(reference)))
 }
 
 /// Reads one reference's bytes (at most `limit`).
 async fn read(state: &AppState, caller: &Caller, reference: &str, limit: usize) -> Result<Bytes, String> {
     let parsed = references::parse(reference, state.signer.base_url(), state.remote.enabled())?;
+    let kind = match &parsed {
+        Reference::Stored(_) => "stored",
+        Reference::Upload(_) => "upload",
+        Reference::Remote(_) => "remote",
+    };
+    tracing::Span::current().record("mcp_gateway.reference.kind", kind);
     let stored = match parsed {
         Reference::Stored(key) => {
             if !references::belongs_to(&key, &caller.org) {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use chrono::{SecondsFormat, Utc};
 use rmcp::model::{CallToolResult, ContentBlock, Resource};
@@ -86,7 +87,13 @@ impl ImageTools {
             tool: call.tool,
             args,
         };
-        let selected = match self.state.routes.select(&facts) {
+        let routing = tracing::info_span!(
+            "mcp_gateway.route",
+            mcp_gateway.route.rule = tracing::field::Empty,
+            mcp_gateway.route.arm = tracing::field::Empty,
+            mcp_gateway.route.model = tracing::field::Empty,
+        );
+        let selected = match routing.in_scope(|| self.state.routes.select(&facts)) {
             Ok(selected) => selected,
             Err(message) => {
                 audit(Ended::failed(Outcome::Rejected, "model_not_allowed"));
@@ -99,10 +106,19 @@ impl ImageTools {
         let (router, strategy) = match &selected {
             Some(selected) => {
                 tracing::debug!(route = %selected.why, arm = ?selected.arm, "routed");
+                routing.record("mcp_gateway.route.rule", selected.why.as_str());
+                if let Some(arm) = &selected.arm {
+                    routing.record("mcp_gateway.route.arm", arm.as_str());
+                }
                 (selected.router.clone(), selected.strategy)
             }
-            None => (self.state.backend.clone(), Strategy::InOrder),
+            None => {
+                routing.record("mcp_gateway.route.rule", "default");
+                (self.state.backend.clone(), Strategy::InOrder)
+            }
         };
+        routing.record("mcp_gateway.route.model", router.model());
+        drop(routing);
         // Checked against the capability table before any provider is called.
         if let Err(why) = router.check(&request) {
             audit(Ended::failed(Outcome::Rejected, "unsupported_by_model"));
@@ -119,7 +135,13 @@ impl ImageTools {
             Vec::new()
         };
         let dearest = estimates.iter().map(|(_, cost)| *cost).fold(0.0, f64::max);
-        let reservation = match self.state.budgets.reserve(&caller.org, dearest).await {
+        let reservation = match self
+            .state
+            .budgets
+            .reserve(&caller.org, dearest)
+            .instrument(tracing::info_span!("mcp_gateway.budget.reserve", usd = dearest))
+            .await
+        {
             Ok(reservation) => reservation,
             Err(exceeded) => {
                 audit(Ended::failed(Outcome::Rejected, "budget_exceeded"));
@@ -184,7 +206,10 @@ impl ImageTools {
         // Settle the reservation to that cost, or give it back.
         if let Some(reservation) = reservation {
             match cost_usd {
-                Some(cost) => self.state.budgets.settle(reservation, cost).await,
+                Some(cost) => {
+                    let span = tracing::info_span!("mcp_gateway.budget.settle", usd = cost);
+                    self.state.budgets.settle(reservation, cost).instrument(span).await
+                }
                 None => self.state.budgets.release(reservation).await,
             }
         }
@@ -223,7 +248,12 @@ impl ImageTools {
         let now = Utc::now();
         let files: Vec<_> = generation.images.iter().map(|i| (i.bytes.clone(), i.format)).collect();
         let storage_started = Instant::now();
-        let stored = self.state.store.put_all(&caller.org, &files, now).await;
+        let stored = self
+            .state
+            .store
+            .put_all(&caller.org, &files, now)
+            .instrument(tracing::info_span!("mcp_gateway.store", images = files.len()))
+            .await;
         self.state
             .metrics
             .storage_seconds
@@ -253,7 +283,14 @@ impl ImageTools {
         let expires = now + self.state.url_ttl;
         let mut urls = Vec::with_capacity(keys.len());
         for key in &keys {
-            match self.state.store.presigned_url(key, self.state.url_ttl).await {
+            let signing = tracing::info_span!("mcp_gateway.sign_link");
+            match self
+                .state
+                .store
+                .presigned_url(key, self.state.url_ttl)
+                .instrument(signing)
+                .await
+            {
                 Ok(Some(url)) => urls.push(url),
                 Ok(None) => urls.push(self.state.signer.url(key, expires.timestamp())),
                 Err(error) => {
