@@ -107,8 +107,11 @@ fuzz:
 
 # Envoy config for the Kubernetes gateway (deploy/gateway/envoy.yaml), from the
 # same template as `make run`, with deploy/gateway/filter-config.json.
+# Traces go to the cluster's OpenTelemetry collector (OTLP/gRPC); drop the two
+# variables to render without tracing.
+DEPLOY_OTEL := OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector.observability.svc.cluster.local:4317 OTEL_SERVICE_NAME=mcp-image-gateway
 deploy-render: upstream
-	$(BIN) render-envoy --template envoy/envoy.yaml.tmpl --out deploy/gateway/envoy.yaml \
+	$(DEPLOY_OTEL) $(BIN) render-envoy --template envoy/envoy.yaml.tmpl --out deploy/gateway/envoy.yaml \
 	  --set LISTEN_ADDRESS=0.0.0.0 --set LISTEN_PORT=8080 --set ADMIN_ADDRESS=0.0.0.0 --set ADMIN_PORT=9901 \
 	  --set UPSTREAM_ADDRESS=mcp-upstream.mcp-images.svc.cluster.local --set UPSTREAM_CLUSTER_TYPE=STRICT_DNS \
 	  --set UPSTREAM_PORT=8081 --set WASM_PATH=/etc/envoy-wasm/mcp_edge_filter.wasm \

@@ -138,6 +138,25 @@ fn only_the_gateway_reaches_the_upstream() {
         serde_json::json!(["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"])
     );
     assert!(rules.iter().all(|r| ["8081", "9464"].contains(&to_port(r).as_str())));
+    // Traces: the Telemetry resource names a provider the mesh config declares.
+    let telemetry = &load("deploy/istio/telemetry.yaml")[0];
+    assert_eq!(
+        (telemetry["apiVersion"].as_str(), telemetry["kind"].as_str()),
+        (Some("telemetry.istio.io/v1"), Some("Telemetry"))
+    );
+    let provider = telemetry["spec"]["tracing"][0]["providers"][0]["name"].clone();
+    let mesh = &load("deploy/istio/mesh-tracing.yaml")[0];
+    let declared = mesh["spec"]["meshConfig"]["extensionProviders"].as_array().unwrap();
+    let otel = declared
+        .iter()
+        .find(|p| p["name"] == provider)
+        .expect("the provider is declared");
+    assert_eq!(otel["opentelemetry"]["port"], 4317);
+    let upstream = std::fs::read_to_string(workspace_root().join("deploy/upstream/deployment.yaml")).unwrap();
+    assert!(upstream.contains(&format!(
+        "http://{}:4317",
+        otel["opentelemetry"]["service"].as_str().unwrap()
+    )));
     let peer = istio.iter().find(|d| d["kind"] == "PeerAuthentication").unwrap();
     assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");
     for doc in &istio {
@@ -151,6 +170,12 @@ fn only_the_gateway_reaches_the_upstream() {
 #[test]
 fn gateway_envoy_config_is_current_and_valid() {
     with_assertion_key_env();
+    // As `make deploy-render` (DEPLOY_OTEL): traces to the cluster's collector.
+    std::env::set_var(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "http://otel-collector.observability.svc.cluster.local:4317",
+    );
+    std::env::set_var("OTEL_SERVICE_NAME", "mcp-image-gateway");
     let dir = std::env::temp_dir().join(format!("deploy-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let fresh = dir.join("envoy.yaml");

@@ -302,9 +302,11 @@ async fn main() -> anyhow::Result<()> {
             })? {
                 Some(tracing) => {
                     vars.insert("TRACING".into(), tracing.hcm.trim_end().to_string());
-                    vars.entry("EXTRA_CLUSTERS".into())
-                        .or_default()
-                        .push_str(&tracing.cluster);
+                    let clusters = vars.entry("EXTRA_CLUSTERS".into()).or_default();
+                    if !clusters.is_empty() && !clusters.ends_with('\n') {
+                        clusters.push('\n');
+                    }
+                    clusters.push_str(tracing.cluster.trim_end());
                 }
                 None => {
                     vars.entry("TRACING".into()).or_default();
