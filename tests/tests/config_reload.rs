@@ -120,6 +120,28 @@ async fn envoy_identity(stack: &Stack) -> (u64, u64) {
     (pid, epoch)
 }
 
+/// Whether the upstream's metrics show `needle` within 3 s.
+async fn metric_shows(metrics_url: &str, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let metrics = http_client()
+            .get(metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(needle) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Token-cache (hits, misses) so far (after the Wasm build's 100 ms flush).
 async fn token_cache_lookups(stack: &Stack) -> (u64, u64) {
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -515,28 +537,19 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
     .await
     .unwrap();
     let token = stack.token("alice", "acme");
-    let metrics_url = stack.metrics_url.clone();
-    let metrics = || {
-        let url = metrics_url.clone();
-        async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
-    };
-    assert!(metrics()
-        .await
-        .contains(&format!("admin_file_info{{file=\"routes\",sha256=\"{first}\"}} 1")));
+    let running = format!("admin_file_info{{file=\"routes\",sha256=\"{first}\"}} 1");
+    assert!(metric_shows(&stack.metrics_url, &running).await);
 
     let in_flight = tokio::spawn(generate(stack.mcp_url.clone(), token.clone(), 1));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = write(json!({"orgs": {"acme": ["gpt-image-1-mini"]}}));
     // Applied within the poll interval, while the first call still runs.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !metrics().await.contains(&format!("sha256=\"{second}\"}} 1")) {
-        assert!(
-            Instant::now() < deadline,
-            "the routes change applied: {}",
-            stack.log_tail("upstream")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let applied = format!("sha256=\"{second}\"}} 1");
+    assert!(
+        metric_shows(&stack.metrics_url, &applied).await,
+        "the routes change applied: {}",
+        stack.log_tail("upstream")
+    );
     let (_, body) = generate(stack.mcp_url.clone(), token.clone(), 1).await;
     assert_eq!(
         body["result"]["structuredContent"]["model"], "gpt-image-1-mini",
@@ -550,18 +563,12 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
 
     // A route to a model nobody serves is refused; the running routes stay.
     let bad = write(json!({"orgs": {"acme": ["no-such-provider:nothing"]}}));
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !metrics()
-        .await
-        .contains("admin_file_reloads_total{file=\"routes\",result=\"rejected\"} 1")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the bad file was refused: {}",
-            stack.log_tail("upstream")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = "admin_file_reloads_total{file=\"routes\",result=\"rejected\"} 1";
+    assert!(
+        metric_shows(&stack.metrics_url, refused).await,
+        "the bad file was refused: {}",
+        stack.log_tail("upstream")
+    );
     let (_, body) = generate(stack.mcp_url.clone(), token.clone(), 1).await;
     assert_eq!(
         body["result"]["structuredContent"]["model"], "gpt-image-1-mini",
@@ -571,11 +578,11 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
     // SIGHUP re-reads at once (the poll would too, within a second).
     let third = write(json!({"orgs": {"acme": ["gpt-image-2"]}}));
     stack.signal("upstream", "HUP");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !metrics().await.contains(&format!("sha256=\"{third}\"}} 1")) {
-        assert!(Instant::now() < deadline, "SIGHUP applied the file");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let applied = format!("sha256=\"{third}\"}} 1");
+    assert!(
+        metric_shows(&stack.metrics_url, &applied).await,
+        "SIGHUP applied the file"
+    );
     assert!(
         !stack.exited("upstream"),
         "SIGHUP reloads, it does not stop the service"
