@@ -415,15 +415,9 @@ impl Stack {
             // resource Envoy watches, and a bootstrap that points at it.
             let settings = format!("{}\n", serde_json::to_string_pretty(&self.filter_config)?);
             std::fs::write(self.settings_path(), &settings)?;
-            vars.insert("FILTER_CONFIG".into(), "${FILTER_CONFIG}".into());
             let dir = self.state_dir.join("ecds");
-            let split = edge_settings::split_for_ecds(&devkit::render(template, &vars)?, &dir)?;
-            std::fs::write(edge_settings::resource_template_path(&dir), &split.resource_template)?;
-            edge_settings::write_atomically(
-                &dir.join(edge_settings::RESOURCE_FILE),
-                &edge_settings::render_resource(&split.resource_template, settings.as_bytes())?,
-            )?;
-            std::fs::write(&config, split.bootstrap)?;
+            let bootstrap = edge_settings::install(template, &vars, &dir, settings.as_bytes())?;
+            std::fs::write(&config, bootstrap)?;
         } else {
             std::fs::write(&config, devkit::render(template, &vars)?)?;
         }
@@ -729,6 +723,14 @@ impl Stack {
             .iter()
             .find(|(name, _)| name == "envoy")
             .map_or(0, |(_, child)| u64::from(child.id()))
+    }
+
+    /// The first upstream replica's metrics (OpenMetrics text; empty when unreachable).
+    pub async fn upstream_metrics(&self) -> String {
+        match http_client().get(&self.metrics_url).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// The live settings file (`live_settings`).

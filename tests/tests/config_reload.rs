@@ -121,18 +121,10 @@ async fn envoy_identity(stack: &Stack) -> (u64, u64) {
 }
 
 /// Whether the upstream's metrics show `needle` within 3 s.
-async fn metric_shows(metrics_url: &str, needle: &str) -> bool {
+async fn metric_shows(stack: &Stack, needle: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let metrics = http_client()
-            .get(metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains(needle) {
+        if stack.upstream_metrics().await.contains(needle) {
             return true;
         }
         if Instant::now() > deadline {
@@ -538,7 +530,7 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
     .unwrap();
     let token = stack.token("alice", "acme");
     let running = format!("admin_file_info{{file=\"routes\",sha256=\"{first}\"}} 1");
-    assert!(metric_shows(&stack.metrics_url, &running).await);
+    assert!(metric_shows(&stack, &running).await);
 
     let in_flight = tokio::spawn(generate(stack.mcp_url.clone(), token.clone(), 1));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -546,7 +538,7 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
     // Applied within the poll interval, while the first call still runs.
     let applied = format!("sha256=\"{second}\"}} 1");
     assert!(
-        metric_shows(&stack.metrics_url, &applied).await,
+        metric_shows(&stack, &applied).await,
         "the routes change applied: {}",
         stack.log_tail("upstream")
     );
@@ -565,7 +557,7 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
     let bad = write(json!({"orgs": {"acme": ["no-such-provider:nothing"]}}));
     let refused = "admin_file_reloads_total{file=\"routes\",result=\"rejected\"} 1";
     assert!(
-        metric_shows(&stack.metrics_url, refused).await,
+        metric_shows(&stack, refused).await,
         "the bad file was refused: {}",
         stack.log_tail("upstream")
     );
@@ -579,10 +571,7 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
     let third = write(json!({"orgs": {"acme": ["gpt-image-2"]}}));
     stack.signal("upstream", "HUP");
     let applied = format!("sha256=\"{third}\"}} 1");
-    assert!(
-        metric_shows(&stack.metrics_url, &applied).await,
-        "SIGHUP applied the file"
-    );
+    assert!(metric_shows(&stack, &applied).await, "SIGHUP applied the file");
     assert!(
         !stack.exited("upstream"),
         "SIGHUP reloads, it does not stop the service"

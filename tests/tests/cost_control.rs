@@ -194,14 +194,7 @@ async fn arms_are_stable_per_user_and_reported_everywhere() {
     assert_eq!(arms.len(), 2, "both arms serve some users: {arms:?}");
     let events = stack.audit_events();
     assert!(events.iter().all(|e| e["fields"]["arm"].is_string()), "{events:?}");
-    let metrics = http_client()
-        .get(&stack.metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.upstream_metrics().await;
     for arm in ["big", "mini"] {
         let line = format!(r#"mcp_gateway_route_arm_calls_total{{arm="{arm}",outcome="success"}}"#);
         assert!(metrics.contains(&line), "{line}");

@@ -130,14 +130,7 @@ async fn generate_image_end_to_end_offline() {
     );
 
     // The upstream's Prometheus metrics, on their own listener ...
-    let metrics = http_client()
-        .get(&stack.metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.upstream_metrics().await;
     for line in [
         r#"mcp_gateway_tool_calls_total{tool="generate_image",outcome="success"} 1"#,
         r#"mcp_gateway_images_generated_total{org="acme",model="offline-preview",size="1536x1024",arm=""} 2"#,

@@ -525,14 +525,7 @@ async fn a_collector_down_drops_spans_never_a_call() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let dropped = loop {
-        let metrics = http_client()
-            .get(&stack.metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = stack.upstream_metrics().await;
         let dropped: u64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix("mcp_gateway_trace_spans_dropped_total "))

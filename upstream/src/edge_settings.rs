@@ -110,6 +110,26 @@ pub fn split_for_ecds(template: &str, dir: &Path) -> anyhow::Result<EcdsSplit> {
     })
 }
 
+/// Sets up live settings from `dir` for an Envoy template and its
+/// variables: writes the ECDS resource with `settings` (and its template,
+/// for `watch-edge-settings`) and returns the bootstrap to start Envoy with.
+pub fn install(
+    template: &str,
+    vars: &std::collections::BTreeMap<String, String>,
+    dir: &Path,
+    settings: &[u8],
+) -> anyhow::Result<String> {
+    let mut vars = vars.clone();
+    vars.insert("FILTER_CONFIG".into(), SETTINGS_PLACEHOLDER.into());
+    let split = split_for_ecds(&crate::devkit::render(template, &vars)?, dir)?;
+    std::fs::write(resource_template_path(dir), &split.resource_template)?;
+    write_atomically(
+        &dir.join(RESOURCE_FILE),
+        &render_resource(&split.resource_template, settings)?,
+    )?;
+    Ok(split.bootstrap)
+}
+
 /// The ECDS resource carrying `settings` (which must be UTF-8: Envoy takes
 /// them as a string).
 pub fn render_resource(resource_template: &str, settings: &[u8]) -> anyhow::Result<String> {

@@ -334,15 +334,7 @@ async fn main() -> anyhow::Result<()> {
                             settings.display()
                         );
                     }
-                    vars.insert("FILTER_CONFIG".into(), "${FILTER_CONFIG}".into());
-                    let dir = std::path::absolute(&dir)?;
-                    let split = edge_settings::split_for_ecds(&devkit::render(&text, &vars)?, &dir)?;
-                    std::fs::write(edge_settings::resource_template_path(&dir), &split.resource_template)?;
-                    edge_settings::write_atomically(
-                        &dir.join(edge_settings::RESOURCE_FILE),
-                        &edge_settings::render_resource(&split.resource_template, &bytes)?,
-                    )?;
-                    split.bootstrap
+                    edge_settings::install(&text, &vars, &std::path::absolute(&dir)?, &bytes)?
                 }
                 _ => devkit::render(&text, &vars)?,
             };
