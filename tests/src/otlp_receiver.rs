@@ -19,6 +19,8 @@ pub struct Span {
     pub parent_span_id: String,
     pub kind: i32,
     pub attributes: Value,
+    /// Linked spans as (trace id, span id).
+    pub links: Vec<(String, String)>,
 }
 
 impl Span {
@@ -72,6 +74,11 @@ impl TraceService for Collector {
                         parent_span_id: hex(&span.parent_span_id),
                         kind: span.kind,
                         attributes: Value::Object(attributes),
+                        links: span
+                            .links
+                            .iter()
+                            .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
+                            .collect(),
                     });
                 }
             }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mcp_image_gateway::{devkit, edge_settings};
+use mcp_image_gateway::cli::{devkit, edge_settings};
 
 use crate::fake_openai::{FakeOpenAi, FakeOptions};
 use crate::fake_stability::FakeStability;
@@ -705,10 +705,10 @@ impl Stack {
     }
 
     /// The URL-signing keys of this stack (to forge links in tests).
-    pub fn url_keys(&self) -> anyhow::Result<mcp_image_gateway::keyring::Keyring> {
-        mcp_image_gateway::keyring::Keyring::from_file(
+    pub fn url_keys(&self) -> anyhow::Result<mcp_image_gateway::storage::keyring::Keyring> {
+        mcp_image_gateway::storage::keyring::Keyring::from_file(
             &self.state_dir.join("url-signing.key"),
-            mcp_image_gateway::signed_url::MIN_SECRET_BYTES,
+            mcp_image_gateway::storage::signed_url::MIN_SECRET_BYTES,
         )
     }
 
@@ -752,7 +752,7 @@ impl Stack {
         let staging = self.state_dir.join("edge-settings.json.saving");
         std::fs::write(&staging, bytes)?;
         std::fs::rename(&staging, self.settings_path())?;
-        Ok(edge_settings::sha256(bytes))
+        Ok(mcp_image_gateway::telemetry::sha256(bytes))
     }
 
     /// Waits until Envoy reports running the settings `sha256`.

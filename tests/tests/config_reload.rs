@@ -11,7 +11,7 @@ use std::sync::Arc;
 use gateway_tests::fake_openai::FakeOptions;
 use gateway_tests::stack::http_client;
 use gateway_tests::{Backend, Stack, StackOptions};
-use mcp_image_gateway::{devkit, edge_settings};
+use mcp_image_gateway::cli::{devkit, edge_settings};
 use serde_json::{json, Value};
 
 async fn generate(url: String, token: String, n: u64) -> (u16, Value) {
@@ -508,7 +508,7 @@ async fn upstream_admin_files_reload_without_disturbing_calls_in_flight() {
         let staging = routes.with_extension("saving");
         std::fs::write(&staging, value.to_string()).unwrap();
         std::fs::rename(&staging, &routes).unwrap();
-        edge_settings::sha256(value.to_string().as_bytes())
+        mcp_image_gateway::telemetry::sha256(value.to_string().as_bytes())
     };
     let first = write(json!({"orgs": {"acme": ["gpt-image-1.5"]}}));
     let slow = FakeOptions {

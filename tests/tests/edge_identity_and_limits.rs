@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use gateway_tests::stack::http_client;
 use gateway_tests::stack::Edge;
 use gateway_tests::{Stack, StackOptions};
-use mcp_image_gateway::devkit;
+use mcp_image_gateway::cli::devkit;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 

@@ -3,8 +3,8 @@
 
 use gateway_tests::stack::{http_client, Edge};
 use gateway_tests::{Stack, StackOptions};
-use mcp_image_gateway::devkit;
-use mcp_image_gateway::signed_url::UrlSigner;
+use mcp_image_gateway::cli::devkit;
+use mcp_image_gateway::storage::signed_url::UrlSigner;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 

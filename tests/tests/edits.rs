@@ -254,7 +254,8 @@ async fn uploads_are_one_time_signed_and_checked() {
     let tampered = url.replace("max=400000", "max=900000");
     assert_eq!(put(&tampered, "image/png", solid_png(8, 8)).await.0, 403);
     let expired = {
-        let signer = mcp_image_gateway::signed_url::UrlSigner::new(stack.url_keys().unwrap(), &stack.base_url).unwrap();
+        let signer =
+            mcp_image_gateway::storage::signed_url::UrlSigner::new(stack.url_keys().unwrap(), &stack.base_url).unwrap();
         let id = reference.trim_start_matches("upload://");
         signer.upload_url("acme", id, "png", 400_000, chrono::Utc::now().timestamp() - 5)
     };

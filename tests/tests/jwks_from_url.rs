@@ -11,7 +11,7 @@ use axum::routing::get;
 use gateway_tests::stack::{http_client, Edge};
 use gateway_tests::{Stack, StackOptions};
 use jwt_simple::prelude::*;
-use mcp_image_gateway::devkit;
+use mcp_image_gateway::cli::devkit;
 use serde_json::json;
 
 type Jwks = Arc<Mutex<(StatusCode, String)>>;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gateway_tests::stack::{free_port, http_client, workspace_root};
 use gateway_tests::{Stack, StackOptions};
-use mcp_image_gateway::devkit;
+use mcp_image_gateway::cli::devkit;
 use serde_json::{json, Value};
 
 fn promtool(args: &[&str]) {
@@ -537,4 +537,92 @@ async fn a_collector_down_drops_spans_never_a_call() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(dropped >= 1, "undelivered spans are counted");
+}
+
+/// A task's generation runs in its own span under the `tools/call` that
+/// started it, and each later `tasks/get` (its own trace) links to that span.
+#[tokio::test]
+async fn task_polls_link_to_the_generation_span() {
+    use rmcp::model::{CallToolRequestParams, CallToolResponse, GetTaskParams};
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let stack = Stack::start_with(StackOptions {
+        backend: gateway_tests::Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: gateway_tests::fake_openai::FakeOptions {
+                latency: Duration::from_millis(1500),
+                ..Default::default()
+            },
+        },
+        otlp_endpoint: Some(receiver.endpoint.clone()),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = gateway_tests::mcp_client::connect_with_tasks(&stack.mcp_url, &stack.token("alice", "acme"))
+        .await
+        .unwrap();
+    let arguments = json!({"prompt": "a lighthouse"}).as_object().cloned().unwrap();
+    let created = client
+        .call_tool_once(CallToolRequestParams::new("generate_image").with_arguments(arguments))
+        .await
+        .unwrap();
+    let CallToolResponse::Task(created) = created else {
+        panic!("expected a task, got {created:?}")
+    };
+    let task_id = created.task.task_id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut polls = 0;
+    loop {
+        let task = client.get_task(GetTaskParams::new(&task_id)).await.unwrap().task;
+        polls += 1;
+        if task.status().is_terminal() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the task did not finish: {task:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(polls >= 2, "polled while working and once finished");
+
+    let within = Duration::from_secs(15);
+    let generation = receiver
+        .wait_for(within, |s| {
+            s.name == "task generate_image" && s.attr("mcp_gateway.task.id") == task_id
+        })
+        .await
+        .expect("the generation's span");
+    let call = receiver
+        .wait_for(within, |s| s.span_id == generation.parent_span_id)
+        .await
+        .expect("the generation's parent");
+    assert_eq!(
+        (call.name.as_str(), call.trace_id.as_str()),
+        ("tools/call generate_image", generation.trace_id.as_str()),
+        "the task span is a child of the call that started it"
+    );
+    let attempt = receiver
+        .wait_for(within, |s| s.kind == 3 && s.trace_id == generation.trace_id)
+        .await
+        .expect("the provider attempt");
+    assert_eq!(
+        attempt.parent_span_id, generation.span_id,
+        "the attempt runs in the task span"
+    );
+    let deadline = Instant::now() + within;
+    let gets = loop {
+        let gets: Vec<Span> = receiver.spans().into_iter().filter(|s| s.name == "tasks/get").collect();
+        if gets.len() >= polls || Instant::now() > deadline {
+            break gets;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(gets.len(), polls, "one server span per poll");
+    for get in &gets {
+        assert_ne!(get.trace_id, generation.trace_id, "each poll is its own trace");
+        assert_eq!(
+            get.links,
+            vec![(generation.trace_id.clone(), generation.span_id.clone())],
+            "{get:?}"
+        );
+    }
+    client.cancel().await.unwrap();
 }

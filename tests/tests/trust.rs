@@ -8,8 +8,8 @@
 use gateway_tests::stack::http_client;
 use gateway_tests::{Stack, StackOptions};
 use jwt_simple::prelude::*;
-use mcp_image_gateway::keyring::Keyring;
-use mcp_image_gateway::portable_schema::has_type_arrays;
+use mcp_image_gateway::protocol::schema::has_type_arrays;
+use mcp_image_gateway::storage::keyring::Keyring;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 

@@ -14,8 +14,8 @@ use axum::extract::FromRef;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
-use crate::edge_settings::sha256;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::telemetry::sha256;
 
 /// The state new requests get; replaced whole when admin files change.
 #[derive(Clone)]
@@ -190,15 +190,15 @@ impl AdminFiles {
     }
 }
 
-fn labels(file: &str, result: &str) -> crate::metrics::FileLabels {
-    crate::metrics::FileLabels {
+fn labels(file: &str, result: &str) -> crate::telemetry::metrics::FileLabels {
+    crate::telemetry::metrics::FileLabels {
         file: file.into(),
         result: result.into(),
     }
 }
 
 fn set_info(state: &AppState, file: &str, sha: &str, value: i64) {
-    let labels = crate::metrics::FileHashLabels {
+    let labels = crate::telemetry::metrics::FileHashLabels {
         file: file.into(),
         sha256: sha.into(),
     };
@@ -206,7 +206,7 @@ fn set_info(state: &AppState, file: &str, sha: &str, value: i64) {
 }
 
 fn set_changed(state: &AppState, file: &str, at: i64) {
-    let labels = crate::metrics::FileNameLabels { file: file.into() };
+    let labels = crate::telemetry::metrics::FileNameLabels { file: file.into() };
     state.metrics.admin_file_changed.get_or_create(&labels).set(at);
 }
 

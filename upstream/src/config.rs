@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::backends::openai::{self, OpenAiSettings};
+use crate::providers::openai::{self, OpenAiSettings};
 
 /// Longest signed-link lifetime accepted (7 days, S3's presign limit).
 pub const MAX_URL_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -137,10 +137,10 @@ pub struct ServeConfig {
     /// OpenAI's `moderation` level for generations: `auto` or `low`.
     #[arg(long, env = "OPENAI_MODERATION", default_value = "auto", value_parser = ["auto", "low"])]
     pub openai_moderation: String,
-    /// Model chains by rule, organisation or style (JSON; see `upstream/src/routing.rs`).
+    /// Model chains by rule, organisation or style (JSON; see `upstream/src/routing/rules.rs`).
     #[arg(long, env = "GATEWAY_ROUTES_FILE")]
     pub routes_file: Option<PathBuf>,
-    /// A JSON model capability table replacing the built-in one (see `upstream/src/models.json`).
+    /// A JSON model capability table replacing the built-in one (see `upstream/src/routing/models.json`).
     #[arg(long, env = "GATEWAY_MODELS_FILE")]
     pub models_file: Option<PathBuf>,
     /// How often the admin files (routes, models, budgets, keyrings) are
@@ -149,9 +149,9 @@ pub struct ServeConfig {
     pub admin_files_poll_secs: u64,
     #[arg(long, env = "STABILITY_API_KEY", hide_env_values = true)]
     pub stability_api_key: Option<String>,
-    #[arg(long, env = "STABILITY_BASE_URL", default_value = crate::backends::stability::DEFAULT_BASE_URL)]
+    #[arg(long, env = "STABILITY_BASE_URL", default_value = crate::providers::stability::DEFAULT_BASE_URL)]
     pub stability_base_url: String,
-    #[arg(long, env = "STABILITY_MODEL", default_value = crate::backends::stability::DEFAULT_MODEL)]
+    #[arg(long, env = "STABILITY_MODEL", default_value = crate::providers::stability::DEFAULT_MODEL)]
     pub stability_model: String,
     /// Timeout for one Stability call, in seconds (SD3.5 answers in seconds).
     #[arg(long, env = "STABILITY_TIMEOUT_SECS", default_value_t = 120)]
@@ -232,16 +232,16 @@ impl ServeConfig {
         Ok(())
     }
 
-    pub fn retry_policy(&self) -> crate::backends::router::RetryPolicy {
-        crate::backends::router::RetryPolicy {
+    pub fn retry_policy(&self) -> crate::routing::chain::RetryPolicy {
+        crate::routing::chain::RetryPolicy {
             max_attempts: self.max_attempts.max(1),
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(self.retry_max_delay_secs),
         }
     }
 
-    pub fn breaker_policy(&self) -> crate::backends::router::BreakerPolicy {
-        crate::backends::router::BreakerPolicy {
+    pub fn breaker_policy(&self) -> crate::routing::chain::BreakerPolicy {
+        crate::routing::chain::BreakerPolicy {
             failure_threshold: self.breaker_failures.max(1),
             open_for: Duration::from_secs(self.breaker_open_secs),
         }
@@ -306,7 +306,7 @@ impl ServeConfig {
         match provider {
             BackendChoice::Stability => self.stability_model.clone(),
             BackendChoice::OpenaiCompatible => self.openai_compatible_model.clone(),
-            BackendChoice::OfflinePreview => crate::backends::offline_preview::MODEL.to_string(),
+            BackendChoice::OfflinePreview => crate::providers::offline_preview::MODEL.to_string(),
             _ => self.openai_image_model.clone(),
         }
     }
@@ -330,7 +330,7 @@ impl ServeConfig {
             organization: self.openai_organization.clone(),
             timeout: Duration::from_secs(self.openai_timeout_secs),
             moderation: self.openai_moderation.clone(),
-            dialect: crate::backends::openai::Dialect::OpenAi,
+            dialect: crate::providers::openai::Dialect::OpenAi,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Who is calling: the edge filter's signed identity assertion, checked on
-//! every MCP request before rmcp sees it. The upstream reads identity from
+//! every MCP request before rmcp sees it (`server::assertion`). The upstream reads identity from
 //! nothing else, so a pod that reaches this port directly cannot claim an
 //! organisation (see `filter/src/assertion.rs` for the token's shape).
 //!
@@ -11,16 +11,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use jwt_simple::prelude::{Duration, HS256Key, MACLike, Token, UnixTimeStamp, VerificationOptions};
 use jwt_simple::JWTError;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::keyring::Keyring;
-use crate::server::AppState;
+use crate::storage::keyring::Keyring;
 
 /// Header carrying the assertion (the filter's `assertion::HEADER`).
 pub const HEADER: &str = "x-mcp-identity";
@@ -44,7 +40,7 @@ pub struct Caller {
     /// some (`tools/list` shows only these); `None`: every tool.
     pub tools: Option<Vec<String>>,
     /// The trace and span of the request, when traces are exported.
-    pub trace: Option<crate::traces::TraceIds>,
+    pub trace: Option<crate::telemetry::traces::TraceIds>,
 }
 
 impl Caller {
@@ -205,42 +201,7 @@ impl AssertionVerifier {
 
 /// The org becomes a storage path segment: the store's rule, and a length bound.
 fn is_safe_org(value: &str) -> bool {
-    value.len() <= 128 && crate::storage::is_safe_segment(value)
-}
-
-/// Axum middleware on `/mcp`: refuses a request without a valid, fresh,
-/// unused assertion (401), else hands the verified [`Caller`] to the handlers
-/// as a request extension.
-pub async fn require_assertion(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let token = request.headers().get(HEADER).and_then(|v| v.to_str().ok());
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
-    let verdict = match token {
-        None => Err(AssertionError::Missing),
-        Some(token) => state.identity.verify(token, now),
-    };
-    state.metrics.identity_assertion(match &verdict {
-        Ok(_) => "ok",
-        Err(error) => error.label(),
-    });
-    match verdict {
-        Ok(mut caller) => {
-            caller.trace = request.extensions().get::<crate::traces::TraceIds>().cloned();
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(error) => {
-            tracing::warn!(
-                reason = error.label(),
-                "refused a request without a valid identity assertion"
-            );
-            let body = serde_json::json!({
-                "jsonrpc": "2.0",
-                "id": null,
-                "error": {"code": -32001, "message": format!("Unauthorized: {error}")},
-            });
-            (http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
-        }
-    }
+    value.len() <= 128 && crate::storage::store::is_safe_segment(value)
 }
 
 #[cfg(test)]

@@ -1,41 +1,33 @@
 //! The MCP image-generation service that sits behind the Envoy edge filter.
 //!
 //! Envoy and the filter authenticate and validate; this service checks the
-//! filter's signed identity assertion (`identity.rs`) and runs the tool:
-//! pick a model backend, generate, store, sign links, emit an audit event.
+//! filter's signed identity assertion (`identity`) and runs the tool: pick a
+//! model, generate, store, sign links, emit an audit event.
+//!
+//! The folders are the stages, and imports run one way, from the top of
+//! this list down (a module uses only those below it):
+//! - `cli`: commands beside serving (dev keys, Envoy rendering, live edge
+//!   settings, cost simulation);
+//! - `server`: HTTP wiring (the MCP endpoint, image links, uploads, health);
+//! - `protocol`: the MCP surface (tools, tasks, resources, schemas);
+//! - `pipeline`: one call from arguments to links;
+//! - `admin_files`, `state`, `config`: the shared state, its live reload and
+//!   the settings it is built from;
+//! - `identity`: the caller, from the edge's signed assertion;
+//! - `storage`, `routing`, `providers`: where images live; which model
+//!   serves a call; the provider clients;
+//! - `media`, `telemetry`: image facts; metrics, audit and traces.
 
 pub mod admin_files;
-pub mod args;
-pub mod audit;
-pub mod backends;
-pub mod budget;
+pub mod cli;
 pub mod config;
-pub mod cost;
-pub mod cost_sim;
-pub mod devkit;
-pub mod edge_settings;
-pub mod edit;
 pub mod identity;
-pub mod image_input;
-pub mod image_types;
-pub mod images;
-pub mod keyring;
-pub mod mcp;
-pub mod metrics;
-pub mod models;
+pub mod media;
 pub mod pipeline;
-pub mod portable_schema;
-pub mod pricing;
-pub mod progress;
-pub mod references;
-pub mod remote_fetch;
-pub mod resources;
+pub mod protocol;
+pub mod providers;
 pub mod routing;
 pub mod server;
-pub mod signed_url;
+pub mod state;
 pub mod storage;
-pub mod style;
-pub mod task_lease;
-pub mod tasks;
-pub mod traces;
-pub mod uploads;
+pub mod telemetry;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mcp_image_gateway::{config::ServeConfig, devkit, server};
+use mcp_image_gateway::cli::devkit;
+use mcp_image_gateway::{config::ServeConfig, server};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -47,7 +48,7 @@ enum Command {
         public_base_url: String,
     },
     /// The weighted cost per image routing configurations would give for a
-    /// traffic mix, offline (see `cost_sim.rs`); prints a markdown table.
+    /// traffic mix, offline (see `cli::cost_sim`); prints a markdown table.
     CostSim {
         /// The traffic mix (JSON).
         #[arg(long)]
@@ -137,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             let served = server::serve(*config, shutdown).await;
-            mcp_image_gateway::traces::flush();
+            mcp_image_gateway::telemetry::traces::flush();
             served
         }
         Command::DevInit { state_dir } => devkit::init(&state_dir),
@@ -148,7 +149,8 @@ async fn main() -> anyhow::Result<()> {
             models,
             kpi,
         } => {
-            use mcp_image_gateway::{cost_sim, models::ModelCatalog, pricing::Pricing, routing::RoutesSpec};
+            use mcp_image_gateway::cli::cost_sim;
+            use mcp_image_gateway::routing::{catalog::ModelCatalog, pricing::Pricing, rules::RoutesSpec};
             let mix: cost_sim::Mix = serde_json::from_str(
                 &std::fs::read_to_string(&mix).with_context(|| format!("reading {}", mix.display()))?,
             )
@@ -209,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckSettings { file } => {
-            use mcp_image_gateway::edge_settings;
+            use mcp_image_gateway::cli::edge_settings;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             match edge_settings::check(&bytes) {
                 Ok(accepted) => {
@@ -228,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
             envoy_admin,
             interval_ms,
         } => {
-            use mcp_image_gateway::edge_settings::{self, Watcher, RESOURCE_FILE};
+            use mcp_image_gateway::cli::edge_settings::{self, Watcher, RESOURCE_FILE};
             init_logging();
             let template_path = edge_settings::resource_template_path(&ecds_dir);
             let template = std::fs::read_to_string(&template_path).with_context(|| {
@@ -322,7 +324,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let rendered = match (ecds_dir, settings) {
                 (Some(dir), Some(settings)) => {
-                    use mcp_image_gateway::edge_settings;
+                    use mcp_image_gateway::cli::edge_settings;
                     if !settings.exists() {
                         let defaults = devkit::filter_config(&state_dir, &public_base_url)?;
                         std::fs::write(&settings, format!("{}\n", serde_json::to_string_pretty(&defaults)?))?;
@@ -352,7 +354,7 @@ fn init_logging_with(traces: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     let export = if traces {
-        mcp_image_gateway::traces::layer()?
+        mcp_image_gateway::telemetry::traces::layer()?
     } else {
         None
     };

@@ -1,0 +1,6 @@
+//! Commands beside serving: dev keys and Envoy rendering (`devkit`), live
+//! edge settings (`edge_settings`), cost simulation (`cost_sim`).
+
+pub mod cost_sim;
+pub mod devkit;
+pub mod edge_settings;

@@ -1,0 +1,68 @@
+//! Progress notifications of a running call: `generating` heartbeats that
+//! keep clients and proxies from timing a long call out, and partial images
+//! as a streaming backend announces them.
+
+use std::time::{Duration, Instant};
+
+use rmcp::model::{ProgressNotificationParam, ProgressToken};
+use rmcp::service::{Peer, RequestContext};
+use rmcp::RoleServer;
+
+use crate::providers::PartialImage;
+
+/// Progress notifications for one call, when the client asked for them.
+pub struct Progress {
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+    step: f64,
+    interval: Duration,
+}
+
+impl Progress {
+    pub fn for_request(context: &RequestContext<RoleServer>, interval: Duration) -> Option<Progress> {
+        let token = context.meta.get_progress_token()?;
+        Some(Progress {
+            peer: context.peer.clone(),
+            token,
+            step: 0.0,
+            interval,
+        })
+    }
+
+    /// Sends the next notification; progress only ever increases.
+    pub async fn send(&mut self, message: String) {
+        self.step += 1.0;
+        let param = ProgressNotificationParam::new(self.token.clone(), self.step).with_message(message);
+        if let Err(error) = self.peer.notify_progress(param).await {
+            tracing::debug!(%error, "progress notification not delivered");
+        }
+    }
+}
+
+/// Sends `generating` heartbeats every `progress.interval` until `work` ends,
+/// so clients and proxies keep a long call alive.
+/// Also reports partial images as a streaming backend announces them.
+pub async fn with_heartbeats<T>(
+    progress: &mut Option<Progress>,
+    mut partials: Option<tokio::sync::mpsc::UnboundedReceiver<PartialImage>>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(progress) = progress.as_mut() else {
+        return work.await;
+    };
+    let started = Instant::now();
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(progress.interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = ticker.tick() => {
+                progress.send(format!("generating ({} s)", started.elapsed().as_secs())).await;
+            }
+            Some(partial) = async { match partials.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                progress.send(format!("partial image {} received", partial.index + 1)).await;
+            }
+        }
+    }
+}

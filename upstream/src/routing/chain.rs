@@ -1,0 +1,304 @@
+//! The model router: an ordered chain of backends (primary, then fallbacks),
+//! each with retries (jittered exponential backoff that honours the
+//! provider's `Retry-After`) and a circuit breaker. Content-policy refusals
+//! and bad requests are never retried or re-routed: they are the caller's
+//! answer.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::providers::{BackendError, Generation, ImageBackend, ImageRequest};
+use crate::routing::catalog::ModelCatalog;
+
+/// How one backend is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per backend, first one included.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    /// Longest wait between attempts, `Retry-After` included.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+        }
+    }
+}
+
+/// When a failing backend is skipped.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerPolicy {
+    /// Consecutive failed calls that open the breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker skips the backend before trying it again.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+struct Route {
+    backend: Arc<dyn ImageBackend>,
+    breaker: Mutex<BreakerState>,
+}
+
+/// A generation and how it was obtained.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub generation: Generation,
+    /// Backends given up on before the one that served (0: the primary served).
+    pub fallbacks: u32,
+}
+
+/// Backends in order of preference.
+pub struct ModelRouter {
+    routes: Vec<Route>,
+    retry: RetryPolicy,
+    breaker: BreakerPolicy,
+    /// Models listed here are skipped for requests they cannot serve.
+    catalog: Option<Arc<ModelCatalog>>,
+}
+
+/// Whether a failure may be retried, re-routed, or is final.
+fn disposition(error: &BackendError) -> Disposition {
+    match error {
+        BackendError::ContentRefused(_) | BackendError::BadRequest(_) => Disposition::Final,
+        BackendError::ModelNotFound { .. } | BackendError::Unauthorized(_) => Disposition::NextBackend,
+        BackendError::RateLimited { .. }
+        | BackendError::Provider { .. }
+        | BackendError::Transport(_)
+        | BackendError::InvalidResponse(_) => Disposition::Retry,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Disposition {
+    Retry,
+    NextBackend,
+    Final,
+}
+
+impl ModelRouter {
+    pub fn new(backends: Vec<Arc<dyn ImageBackend>>, retry: RetryPolicy, breaker: BreakerPolicy) -> Self {
+        let routes = backends
+            .into_iter()
+            .map(|backend| Route {
+                backend,
+                breaker: Mutex::default(),
+            })
+            .collect();
+        Self {
+            routes,
+            retry,
+            breaker,
+            catalog: None,
+        }
+    }
+
+    /// Checks requests against each model's capabilities before calling it.
+    pub fn with_catalog(mut self, catalog: Arc<ModelCatalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// `Err` with every model's reason when no model of the chain can serve `request`.
+    pub fn check(&self, request: &ImageRequest) -> Result<(), String> {
+        let mut reasons = Vec::with_capacity(self.routes.len());
+        for route in &self.routes {
+            match self.unsupported(route.backend.model(), request) {
+                Some(reason) => reasons.push(reason),
+                None => return Ok(()),
+            }
+        }
+        match reasons.len() {
+            0 => Ok(()),
+            1 => Err(reasons.remove(0)),
+            _ => Err(format!(
+                "No configured model can serve this request: {}",
+                reasons.join("; ")
+            )),
+        }
+    }
+
+    /// Why `model` cannot serve `request`, if the capability table knows it and says so.
+    pub fn unsupported(&self, model: &str, request: &ImageRequest) -> Option<String> {
+        let capabilities = self.catalog.as_ref()?.get(model)?;
+        capabilities.check(&request.options()).err()
+    }
+
+    /// Every backend in order of preference (primary first).
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<dyn ImageBackend>> {
+        self.routes.iter().map(|r| &r.backend)
+    }
+
+    /// The primary backend.
+    pub fn primary(&self) -> Option<&Arc<dyn ImageBackend>> {
+        self.routes.first().map(|r| &r.backend)
+    }
+
+    fn delay(&self, attempt: u32, error: &BackendError) -> Duration {
+        let backoff = self
+            .retry
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+        // Full jitter keeps replicas from retrying in lockstep.
+        let jittered = Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis().max(1) as u64));
+        let wait = match error {
+            BackendError::RateLimited {
+                retry_after_secs: Some(secs),
+            } => Duration::from_secs(*secs).max(jittered),
+            _ => jittered,
+        };
+        wait.min(self.retry.max_delay)
+    }
+
+    fn breaker_open(&self, route: &Route) -> bool {
+        let state = route.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        state.open_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn record(&self, route: &Route, ok: bool) {
+        let mut state = route.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            *state = BreakerState::default();
+            return;
+        }
+        state.consecutive_failures += 1;
+        if state.consecutive_failures >= self.breaker.failure_threshold {
+            state.open_until = Some(Instant::now() + self.breaker.open_for);
+            tracing::warn!(
+                backend = route.backend.kind(),
+                model = route.backend.model(),
+                "circuit breaker opened"
+            );
+        }
+    }
+
+    /// Runs the request down the chain.
+    pub async fn generate(&self, request: &ImageRequest) -> Result<Routed, BackendError> {
+        self.generate_in(request, None).await
+    }
+
+    /// Runs the request down the chain in `order` (positions in the chain,
+    /// e.g. cheapest first; `None` as configured).
+    pub async fn generate_in(&self, request: &ImageRequest, order: Option<&[usize]>) -> Result<Routed, BackendError> {
+        let mut last_error = BackendError::Transport("no image backend is configured".into());
+        // With every breaker open, still try the chain rather than fail without asking anyone.
+        let all_open = self.routes.iter().all(|r| self.breaker_open(r));
+        let configured: Vec<usize> = (0..self.routes.len()).collect();
+        let order = order.unwrap_or(&configured);
+        for (index, route) in order.iter().filter_map(|&i| self.routes.get(i)).enumerate() {
+            if !all_open && self.breaker_open(route) {
+                tracing::info!(
+                    model = route.backend.model(),
+                    "circuit breaker open: skipping this model"
+                );
+                continue;
+            }
+            // Capability routing: a model that cannot draw what was asked is skipped.
+            if let Some(why) = self.unsupported(route.backend.model(), request) {
+                tracing::info!(model = route.backend.model(), %why, "skipping a model that cannot serve the request");
+                continue;
+            }
+            if index > 0 {
+                tracing::warn!(model = route.backend.model(), error = %last_error, "falling back to the next model");
+            }
+            for attempt in 1..=self.retry.max_attempts {
+                let span = crate::telemetry::traces::attempt_span(route.backend.kind(), route.backend.model(), attempt);
+                let outcome = {
+                    use tracing::Instrument;
+                    route.backend.generate(request).instrument(span.clone()).await
+                };
+                let usage = outcome
+                    .as_ref()
+                    .ok()
+                    .and_then(|g| g.usage)
+                    .map(|u| (u.input_tokens, u.output_tokens));
+                let model = outcome.as_ref().ok().map(|g| g.model.as_str());
+                crate::telemetry::traces::record_attempt(
+                    &span,
+                    model,
+                    usage,
+                    outcome.as_ref().err().map(|e| e.class()),
+                );
+                match outcome {
+                    Ok(generation) => {
+                        self.record(route, true);
+                        // Fallbacks: how many preferred backends did not serve this request.
+                        return Ok(Routed {
+                            generation,
+                            fallbacks: index as u32,
+                        });
+                    }
+                    Err(error) => {
+                        let disposition = disposition(&error);
+                        if disposition == Disposition::Final {
+                            return Err(error);
+                        }
+                        // Waiting less than the provider's Retry-After would only be refused again.
+                        let too_long = matches!(error, BackendError::RateLimited { retry_after_secs: Some(secs) }
+                            if Duration::from_secs(secs) > self.retry.max_delay);
+                        let retry = disposition == Disposition::Retry && attempt < self.retry.max_attempts && !too_long;
+                        let delay = self.delay(attempt, &error);
+                        last_error = error;
+                        if !retry {
+                            break;
+                        }
+                        tracing::info!(
+                            parent: &span,
+                            model = route.backend.model(),
+                            delay_ms = delay.as_millis() as u64,
+                            "retrying the same model"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+            self.record(route, false);
+        }
+        Err(last_error)
+    }
+}
+
+#[async_trait]
+impl ImageBackend for ModelRouter {
+    fn kind(&self) -> &'static str {
+        self.primary().map(|b| b.kind()).unwrap_or("none")
+    }
+
+    fn model(&self) -> &str {
+        self.primary().map(|b| b.model()).unwrap_or("none")
+    }
+
+    async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError> {
+        ModelRouter::generate(self, request)
+            .await
+            .map(|routed| routed.generation)
+    }
+}
+
+#[cfg(test)]
+#[path = "chain_tests.rs"]
+mod tests;

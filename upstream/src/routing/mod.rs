@@ -1,0 +1,11 @@
+//! Which model serves a call and what it may cost: the capability table
+//! and prices (`catalog`, `pricing`), cost estimates (`cost`), routing rules
+//! with A/B arms (`rules`), the chain that runs a call with retries,
+//! breakers and fallbacks (`chain`), and monthly budgets (`budget`).
+
+pub mod budget;
+pub mod catalog;
+pub mod chain;
+pub mod cost;
+pub mod pricing;
+pub mod rules;

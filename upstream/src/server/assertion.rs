@@ -1,0 +1,47 @@
+//! The `/mcp` route's gate: no MCP request runs without the edge's valid,
+//! fresh, unused identity assertion.
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::identity::{AssertionError, HEADER};
+use crate::state::AppState;
+
+/// Axum middleware on `/mcp`: refuses a request without a valid, fresh,
+/// unused assertion (401), else hands the verified [`Caller`] to the handlers
+/// as a request extension.
+pub async fn require_assertion(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let token = request.headers().get(HEADER).and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let verdict = match token {
+        None => Err(AssertionError::Missing),
+        Some(token) => state.identity.verify(token, now),
+    };
+    state.metrics.identity_assertion(match &verdict {
+        Ok(_) => "ok",
+        Err(error) => error.label(),
+    });
+    match verdict {
+        Ok(mut caller) => {
+            caller.trace = request
+                .extensions()
+                .get::<crate::telemetry::traces::TraceIds>()
+                .cloned();
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => {
+            tracing::warn!(
+                reason = error.label(),
+                "refused a request without a valid identity assertion"
+            );
+            let body = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": null,
+                "error": {"code": -32001, "message": format!("Unauthorized: {error}")},
+            });
+            (http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! Image storage through `object_store`: the local filesystem by default,
+//! S3 and S3-compatible stores by URL (`s3://bucket[/prefix]`).
+//! Keys are `{org}/{yyyy}/{mm}/{dd}/{uuid}.png`.
+//!
+//! Links: stores that can presign (S3) hand out presigned GET URLs; the
+//! filesystem store's images are served by this service behind HMAC links.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::aws::AmazonS3Builder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::signer::Signer;
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+
+use crate::media::types::OutputFormat;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("image not found")]
+    NotFound,
+    #[error("invalid image key")]
+    InvalidKey,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("object of {size} bytes is over the limit of {limit}")]
+    TooLarge { size: u64, limit: usize },
+    #[error("storage failed: {0}")]
+    Backend(#[from] object_store::Error),
+}
+
+/// Where generated images live.
+#[derive(Clone)]
+pub struct ImageStore {
+    store: Arc<dyn ObjectStore>,
+    /// Presigns GET links when the store can (S3).
+    presigner: Option<Arc<dyn Signer>>,
+    /// Whether the store keeps `Content-Type` (the filesystem store does not).
+    content_type: bool,
+    description: String,
+}
+
+impl ImageStore {
+    /// Opens a store from a URL: `file:///path` (or a bare path),
+    /// `s3://bucket` configured by the standard `AWS_*` variables
+    /// (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for S3-compatible stores), or
+    /// `gs://bucket` configured by the `GOOGLE_*` variables (a service account
+    /// key, `GOOGLE_SERVICE_ACCOUNT`, signs the links).
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        if let Some(rest) = url.strip_prefix("gs://").or_else(|| url.strip_prefix("gcs://")) {
+            let bucket = bucket_of(url, rest)?;
+            return Self::gcs(url, GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            bucket_of(url, rest)?;
+            let s3 = AmazonS3Builder::from_env()
+                .with_url(url)
+                .build()
+                .map_err(|e| anyhow::anyhow!("GATEWAY_STORAGE_URL {url:?}: {e}"))?;
+            return Ok(Self::presigning(url, s3));
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        anyhow::ensure!(
+            !path.contains("://"),
+            "storage URL {url:?} is not supported; use file:///absolute/path, s3://bucket or gs://bucket"
+        );
+        std::fs::create_dir_all(path).map_err(|e| anyhow::anyhow!("cannot create image directory {path:?}: {e}"))?;
+        let store = LocalFileSystem::new_with_prefix(path)?;
+        Ok(Self {
+            store: Arc::new(store),
+            presigner: None,
+            content_type: false,
+            description: format!("file://{path}"),
+        })
+    }
+
+    /// A GCS bucket; links are V4-signed with the service account's key.
+    fn gcs(url: &str, builder: GoogleCloudStorageBuilder) -> anyhow::Result<Self> {
+        let gcs = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("GATEWAY_STORAGE_URL {url:?}: {e}"))?;
+        Ok(Self::presigning(url, gcs))
+    }
+
+    /// A cloud store that presigns its links and keeps content types.
+    fn presigning<S: ObjectStore + Signer>(url: &str, store: S) -> Self {
+        let store = Arc::new(store);
+        Self {
+            store: store.clone(),
+            presigner: Some(store),
+            content_type: true,
+            description: url.to_string(),
+        }
+    }
+
+    /// Wraps any object store (tests, other backends).
+    pub fn new(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
+        Self {
+            store,
+            presigner: None,
+            content_type: false,
+            description: description.into(),
+        }
+    }
+
+    /// A presigned GET URL for `key`, valid for `ttl`; `None` for stores that cannot presign.
+    pub async fn presigned_url(&self, key: &str, ttl: Duration) -> Result<Option<String>, StorageError> {
+        let Some(signer) = &self.presigner else { return Ok(None) };
+        let url = signer
+            .signed_url(object_store::signer::Method::GET, &parse_key(key)?, ttl)
+            .await?;
+        Ok(Some(url.to_string()))
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The key a new image of `org` in `format` gets at time `now`.
+    pub fn new_key(org: &str, now: DateTime<Utc>, format: OutputFormat) -> String {
+        format!(
+            "{}/{}/{}.{}",
+            org,
+            now.format("%Y/%m/%d"),
+            uuid::Uuid::new_v4(),
+            format.extension()
+        )
+    }
+
+    /// Stores all images of one generation, or none: on any failure the
+    /// images already written are deleted again.
+    pub async fn put_all(
+        &self,
+        org: &str,
+        images: &[(Bytes, OutputFormat)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::with_capacity(images.len());
+        for (bytes, format) in images {
+            let key = Self::new_key(org, now, *format);
+            let path = parse_key(&key)?;
+            let mut options = PutOptions::default();
+            if self.content_type {
+                let mut attributes = Attributes::new();
+                attributes.insert(Attribute::ContentType, format.mime_type().into());
+                options.attributes = attributes;
+            }
+            if let Err(error) = self
+                .store
+                .put_opts(&path, PutPayload::from(bytes.clone()), options)
+                .await
+            {
+                self.delete_all(&keys).await;
+                return Err(error.into());
+            }
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Deletes images again (a generation that could not be completed).
+    pub async fn delete_all(&self, keys: &[String]) {
+        for key in keys {
+            if let Ok(path) = parse_key(key) {
+                if let Err(error) = self.store.delete(&path).await {
+                    tracing::warn!(%key, %error, "could not delete a partially stored generation");
+                }
+            }
+        }
+    }
+
+    /// Deletes every image last modified before `cutoff`, and every upload
+    /// before `uploads_cutoff` (retention: images are personal data and are
+    /// kept for less than 30 days; uploads only as long as an edit needs
+    /// them). Returns how many were deleted.
+    pub async fn sweep(&self, cutoff: DateTime<Utc>, uploads_cutoff: DateTime<Utc>) -> Result<usize, StorageError> {
+        use futures::TryStreamExt;
+        let expired: Vec<Path> = self
+            .store
+            .list(None)
+            .try_filter(|meta| {
+                let is_upload = meta.location.as_ref().starts_with(UPLOADS_PREFIX);
+                let limit = if is_upload { uploads_cutoff } else { cutoff };
+                futures::future::ready(meta.last_modified < limit)
+            })
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        for path in &expired {
+            self.store.delete(path).await?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Writes a task record (`tasks/{org}/{task_id}.json`): shared by every
+    /// replica, so any of them answers `tasks/get`.
+    pub async fn put_task(&self, org: &str, task_id: &str, record: Bytes) -> Result<(), StorageError> {
+        let path = task_path(org, task_id)?;
+        self.store.put(&path, PutPayload::from(record)).await?;
+        Ok(())
+    }
+
+    /// Writes the lease of a running task (`tasks/{org}/{task_id}.lease`).
+    pub async fn put_task_lease(&self, org: &str, task_id: &str, lease: Bytes) -> Result<(), StorageError> {
+        let path = task_lease_path(org, task_id)?;
+        self.store.put(&path, PutPayload::from(lease)).await?;
+        Ok(())
+    }
+
+    /// Reads the lease of a task of `org`.
+    pub async fn get_task_lease(&self, org: &str, task_id: &str) -> Result<Bytes, StorageError> {
+        self.read(&task_lease_path(org, task_id)?).await
+    }
+
+    /// Reads a task record of `org`.
+    pub async fn get_task(&self, org: &str, task_id: &str) -> Result<Bytes, StorageError> {
+        self.read(&task_path(org, task_id)?).await
+    }
+
+    /// Reads an image.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        self.read(&parse_key(key)?).await
+    }
+
+    /// Reads an image of at most `limit` bytes (checked before reading it).
+    pub async fn get_limited(&self, key: &str, limit: usize) -> Result<Bytes, StorageError> {
+        self.read_limited(&parse_key(key)?, limit).await
+    }
+
+    /// Stores an upload once: a second write to the same id is refused
+    /// (`AlreadyExists`), so an upload URL works one time.
+    pub async fn put_upload(&self, org: &str, id: &str, bytes: Bytes, mime: &str) -> Result<(), StorageError> {
+        let path = upload_path(org, id)?;
+        let mut options = PutOptions::from(object_store::PutMode::Create);
+        if self.content_type {
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::ContentType, mime.to_string().into());
+            options.attributes = attributes;
+        }
+        match self.store.put_opts(&path, PutPayload::from(bytes), options).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StorageError::AlreadyExists),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Reads an upload of `org` of at most `limit` bytes.
+    pub async fn get_upload(&self, org: &str, id: &str, limit: usize) -> Result<Bytes, StorageError> {
+        self.read_limited(&upload_path(org, id)?, limit).await
+    }
+
+    /// A presigned PUT URL for an upload, on stores that presign (S3, GCS):
+    /// the bytes then go straight to the bucket.
+    pub async fn presigned_upload_url(
+        &self,
+        org: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        let Some(signer) = &self.presigner else { return Ok(None) };
+        let url = signer
+            .signed_url(object_store::signer::Method::PUT, &upload_path(org, id)?, ttl)
+            .await?;
+        Ok(Some(url.to_string()))
+    }
+
+    async fn read_limited(&self, path: &Path, limit: usize) -> Result<Bytes, StorageError> {
+        let meta = match self.store.head(path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Err(StorageError::NotFound),
+            Err(error) => return Err(error.into()),
+        };
+        if meta.size > limit as u64 {
+            return Err(StorageError::TooLarge { size: meta.size, limit });
+        }
+        self.read(path).await
+    }
+
+    async fn read(&self, path: &Path) -> Result<Bytes, StorageError> {
+        match self.store.get(path).await {
+            Ok(result) => Ok(result.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// A non-empty path segment of plain identifier characters, not starting
+/// with a dot (no `..`, no hidden files, nothing a URL or shell would mangle).
+pub fn is_safe_segment(value: &str) -> bool {
+    !value.is_empty()
+        && !value.starts_with('.')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'|' | b':'))
+}
+
+/// The bucket of `scheme://bucket` (`rest` is the part after the scheme);
+/// images need a bucket of their own, so key prefixes are refused.
+fn bucket_of<'a>(url: &str, rest: &'a str) -> anyhow::Result<&'a str> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    anyhow::ensure!(
+        prefix.trim_matches('/').is_empty(),
+        "GATEWAY_STORAGE_URL {url:?}: key prefixes are not supported; give images a bucket of their own"
+    );
+    Ok(bucket)
+}
+
+/// The image format of a stored key, from its extension.
+pub fn format_of(key: &str) -> Option<OutputFormat> {
+    let (_, extension) = key.rsplit_once('.')?;
+    OutputFormat::from_extension(extension)
+}
+
+/// The storage key a resource URI names: `image://{key}`, or a link this
+/// service returned (`…/images/{key}?…` or a presigned `…/{bucket}/{key}?…`):
+/// the last five path segments, when they form a key of our shape.
+pub fn key_in_uri(uri: &str) -> Option<String> {
+    let path = match uri.strip_prefix("image://") {
+        Some(key) => key,
+        None => {
+            let (_, rest) = uri.split_once("://")?;
+            let path = rest.split_once('/').map(|(_, p)| p)?;
+            path.split(['?', '#']).next()?
+        }
+    };
+    let segments: Vec<&str> = path.split('/').collect();
+    let key = segments.get(segments.len().checked_sub(5)?..)?.join("/");
+    parse_key(&key).ok().map(|_| key)
+}
+
+/// Where a task record lives; the id must be a UUID we issued.
+fn task_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
+    if !is_safe_segment(org) || uuid::Uuid::parse_str(task_id).is_err() {
+        return Err(StorageError::InvalidKey);
+    }
+    Path::parse(format!("tasks/{org}/{task_id}.json")).map_err(|_| StorageError::InvalidKey)
+}
+
+/// Where a task's lease lives, beside its record.
+fn task_lease_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
+    task_path(org, task_id)?;
+    Path::parse(format!("tasks/{org}/{task_id}.lease")).map_err(|_| StorageError::InvalidKey)
+}
+
+/// Where uploads live: a prefix of their own, swept on a shorter retention.
+const UPLOADS_PREFIX: &str = "uploads/";
+
+/// Where an upload lives; the id must be a UUID we issued.
+fn upload_path(org: &str, id: &str) -> Result<Path, StorageError> {
+    if !is_safe_segment(org) || uuid::Uuid::parse_str(id).is_err() {
+        return Err(StorageError::InvalidKey);
+    }
+    Path::parse(format!("{UPLOADS_PREFIX}{org}/{id}")).map_err(|_| StorageError::InvalidKey)
+}
+
+/// Accepts only keys of the shape this service writes.
+pub fn parse_key(key: &str) -> Result<Path, StorageError> {
+    let segments: Vec<&str> = key.split('/').collect();
+    let well_formed = segments.len() == 5 && segments.iter().all(|s| is_safe_segment(s)) && format_of(key).is_some();
+    if !well_formed {
+        return Err(StorageError::InvalidKey);
+    }
+    Path::parse(key).map_err(|_| StorageError::InvalidKey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[test]
+    fn key_shape() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let key = ImageStore::new_key("acme", now, OutputFormat::Png);
+        assert!(key.starts_with("acme/2026/11/24/") && key.ends_with(".png"), "{key}");
+        assert!(parse_key(&key).is_ok());
+        let jpeg = ImageStore::new_key("acme", now, OutputFormat::Jpeg);
+        assert_eq!(format_of(&jpeg), Some(OutputFormat::Jpeg));
+        assert!(parse_key(&jpeg).is_ok() && jpeg.ends_with(".jpg"));
+        assert!(parse_key(&ImageStore::new_key("acme", now, OutputFormat::Webp)).is_ok());
+        for bad in [
+            "../etc/passwd",
+            "acme/2026/11/24/../x.png",
+            "acme/x.png",
+            "acme/2026/11/24/x.txt",
+            "a//b/c/d.png",
+            "acme/2026/11/24/.png",
+        ] {
+            assert!(parse_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_in_resource_uris() {
+        let key = "acme/2026/11/24/0b8f6c1e-3a1f-4e0e-9d1c-5c0a2b7e9f10.png";
+        for uri in [
+            format!("image://{key}"),
+            format!("http://127.0.0.1:8080/images/{key}?expires=1&sig=x"),
+            format!("https://s3.example.com/bucket/{key}?X-Amz-Signature=abc"),
+        ] {
+            assert_eq!(key_in_uri(&uri).as_deref(), Some(key), "{uri}");
+        }
+        for bad in [
+            "image://acme/x.png",
+            "image://../2026/11/24/x.png",
+            "https://h/images/acme/2026/11/24/x.txt",
+            "not a uri",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(key_in_uri(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn storage_urls() {
+        assert!(
+            ImageStore::from_url("s3://bucket/prefix").is_err(),
+            "prefixes are refused"
+        );
+        assert!(
+            ImageStore::from_url("gs://bucket/prefix").is_err(),
+            "prefixes are refused"
+        );
+        let gcs = ImageStore::gcs(
+            "gs://images",
+            GoogleCloudStorageBuilder::new().with_bucket_name("images"),
+        )
+        .unwrap();
+        assert!(
+            gcs.presigner.is_some() && gcs.content_type,
+            "GCS presigns and keeps content types"
+        );
+        assert!(ImageStore::from_url("ftp://bucket").is_err());
+        let dir = std::env::temp_dir().join(format!("store-{}", uuid::Uuid::new_v4()));
+        let store = ImageStore::from_url(&format!("file://{}", dir.display())).unwrap();
+        assert!(store.presigner.is_none(), "the filesystem store uses HMAC links");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn sweep_deletes_only_old_images() {
+        let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
+        let keys = store
+            .put_all("acme", &[(Bytes::from_static(b"a"), OutputFormat::Png)], Utc::now())
+            .await
+            .unwrap();
+        let upload = uuid::Uuid::new_v4().to_string();
+        store
+            .put_upload("acme", &upload, Bytes::from_static(b"u"), "image/png")
+            .await
+            .unwrap();
+        let old = Utc::now() - chrono::Duration::days(29);
+        assert_eq!(store.sweep(old, old).await.unwrap(), 0);
+        // Uploads go on their shorter retention; images stay.
+        assert_eq!(
+            store
+                .sweep(old, Utc::now() + chrono::Duration::seconds(1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(matches!(
+            store.get_upload("acme", &upload, 10).await,
+            Err(StorageError::NotFound)
+        ));
+        assert_eq!(store.get(&keys[0]).await.unwrap(), Bytes::from_static(b"a"));
+        let later = Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(store.sweep(later, later).await.unwrap(), 1);
+        assert!(matches!(store.get(&keys[0]).await, Err(StorageError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn uploads_are_written_once_and_read_within_a_limit() {
+        let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
+        let id = uuid::Uuid::new_v4().to_string();
+        let bytes = Bytes::from_static(b"0123456789");
+        store.put_upload("acme", &id, bytes.clone(), "image/png").await.unwrap();
+        assert!(matches!(
+            store.put_upload("acme", &id, bytes.clone(), "image/png").await,
+            Err(StorageError::AlreadyExists)
+        ));
+        assert_eq!(store.get_upload("acme", &id, 10).await.unwrap(), bytes);
+        assert!(matches!(
+            store.get_upload("acme", &id, 9).await,
+            Err(StorageError::TooLarge { size: 10, limit: 9 })
+        ));
+        assert!(matches!(
+            store.get_upload("globex", &id, 10).await,
+            Err(StorageError::NotFound)
+        ));
+        assert!(matches!(
+            store.get_upload("acme", "../x", 10).await,
+            Err(StorageError::InvalidKey)
+        ));
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_missing() {
+        let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
+        let keys = store
+            .put_all(
+                "acme",
+                &[
+                    (Bytes::from_static(b"a"), OutputFormat::Png),
+                    (Bytes::from_static(b"b"), OutputFormat::Webp),
+                ],
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(store.get(&keys[1]).await.unwrap(), Bytes::from_static(b"b"));
+        assert!(keys[1].ends_with(".webp"), "{}", keys[1]);
+        let missing = ImageStore::new_key("acme", Utc::now(), OutputFormat::Png);
+        assert!(matches!(store.get(&missing).await, Err(StorageError::NotFound)));
+    }
+}

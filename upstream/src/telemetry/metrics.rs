@@ -1,0 +1,412 @@
+//! Prometheus metrics (OpenMetrics text via `prometheus-client`), served on
+//! a listener of their own that Envoy does not route to. Labels are bounded:
+//! tool, outcome, backend kind, model, org, size, error class — never user
+//! ids or prompts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::registry::Registry;
+
+use crate::telemetry::traces::TraceIds;
+
+/// A latency histogram whose buckets keep an exemplar: the trace of the
+/// last observation that fell in them (OpenMetrics), so a dashboard can jump
+/// from a slow bucket to a trace.
+pub type Seconds = HistogramWithExemplars<TraceExemplar>;
+
+/// An exemplar's labels: the trace it was measured in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+/// The exemplar for an observation made in `trace` (sampled traces only:
+/// an unsampled trace id leads nowhere).
+pub fn exemplar(trace: Option<&TraceIds>) -> Option<TraceExemplar> {
+    trace.filter(|t| t.sampled).map(|t| TraceExemplar {
+        trace_id: t.trace_id.clone(),
+    })
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub tool: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImageLabels {
+    pub org: String,
+    pub model: String,
+    pub size: String,
+    /// The arm of a weighted route (empty without one).
+    pub arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub org: String,
+    pub model: String,
+    pub arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ArmLabels {
+    pub arm: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// The JSON-RPC method (`tools/call`, `initialize`, ...), `other` beyond the known set.
+    pub method: String,
+    pub status: String,
+}
+
+/// JSON-RPC methods kept as label values; anything else is `other`.
+pub const KNOWN_METHODS: [&str; 12] = [
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "tasks/get",
+    "tasks/result",
+    "response",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrgLabels {
+    pub org: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// An admin file (`routes`, `models`, `budgets`, `url_keys`, `identity_keys`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub file: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileNameLabels {
+    pub file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileHashLabels {
+    pub file: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub operation: String,
+}
+
+/// Every metric of the service, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub tool_calls: Family<CallLabels, Counter>,
+    pub tool_call_seconds: Family<CallLabels, Seconds>,
+    pub in_flight: Gauge,
+    pub images: Family<ImageLabels, Counter>,
+    pub model_seconds: Family<ModelLabels, Seconds>,
+    pub fallbacks: Counter,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub storage_seconds: Family<OpLabels, Seconds>,
+    pub cost_usd: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub arm_calls: Family<ArmLabels, Counter>,
+    pub budget_usd: Family<OrgLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub budget_spent_usd: Family<OrgLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub budget_refusals: Family<OrgLabels, Counter>,
+    pub budget_store_errors: Counter,
+    pub rpc_seconds: Family<RpcLabels, Seconds>,
+    pub identity_assertions: Family<ResultLabels, Counter>,
+    pub admin_file_reloads: Family<FileLabels, Counter>,
+    pub admin_file_info: Family<FileHashLabels, Gauge>,
+    pub admin_file_changed: Family<FileNameLabels, Gauge>,
+}
+
+fn seconds_histogram() -> Seconds {
+    // 1 ms .. ~5.5 min: from edge-rejected calls to slow high-quality generations.
+    Seconds::new(exponential_buckets(0.001, 2.0, 19))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("mcp_gateway");
+        let tool_calls = Family::<CallLabels, Counter>::default();
+        let tool_call_seconds =
+            Family::<CallLabels, Seconds>::new_with_constructor(seconds_histogram as fn() -> Seconds);
+        let in_flight = Gauge::default();
+        let images = Family::<ImageLabels, Counter>::default();
+        let model_seconds = Family::<ModelLabels, Seconds>::new_with_constructor(seconds_histogram as fn() -> Seconds);
+        let fallbacks = Counter::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let storage_seconds = Family::<OpLabels, Seconds>::new_with_constructor(seconds_histogram as fn() -> Seconds);
+        registry.register("tool_calls", "Finished MCP tool calls", tool_calls.clone());
+        registry.register(
+            "tool_call_duration_seconds",
+            "Tool call latency, model time included",
+            tool_call_seconds.clone(),
+        );
+        registry.register("tool_calls_in_flight", "Tool calls being served now", in_flight.clone());
+        registry.register("images_generated", "Images generated and stored", images.clone());
+        registry.register(
+            "model_request_duration_seconds",
+            "Model backend latency per call",
+            model_seconds.clone(),
+        );
+        registry.register("model_fallbacks", "Calls served by a fallback model", fallbacks.clone());
+        registry.register("errors", "Failed tool calls by class", errors.clone());
+        registry.register(
+            "storage_operation_duration_seconds",
+            "Image store latency",
+            storage_seconds.clone(),
+        );
+        let cost_usd = Family::<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "estimated_cost_usd",
+            "Estimated provider cost by organisation, model and route arm",
+            cost_usd.clone(),
+        );
+        let arm_calls = Family::<ArmLabels, Counter>::default();
+        registry.register(
+            "route_arm_calls",
+            "Image tool calls by the arm of a weighted route and outcome",
+            arm_calls.clone(),
+        );
+        let budget_usd = Family::<OrgLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register("budget_usd", "Monthly budget by organisation", budget_usd.clone());
+        let budget_spent_usd = Family::<OrgLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "budget_spent_usd",
+            "Spent or reserved this month by organisation (as last seen by this replica)",
+            budget_spent_usd.clone(),
+        );
+        let budget_refusals = Family::<OrgLabels, Counter>::default();
+        registry.register(
+            "budget_refusals",
+            "Calls refused because the organisation's monthly budget would be exceeded",
+            budget_refusals.clone(),
+        );
+        let budget_store_errors = Counter::default();
+        registry.register(
+            "budget_store_errors",
+            "Budget store failures (calls then go ahead unchecked)",
+            budget_store_errors.clone(),
+        );
+        let rpc_seconds = Family::<RpcLabels, Seconds>::new_with_constructor(seconds_histogram as fn() -> Seconds);
+        registry.register(
+            "mcp_request_duration_seconds",
+            "MCP requests by JSON-RPC method and HTTP status (time to the response head)",
+            rpc_seconds.clone(),
+        );
+        let identity_assertions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "identity_assertions",
+            "Identity assertions checked on MCP requests, by result (anything but ok is a 401)",
+            identity_assertions.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans the OTLP exporter could not deliver and dropped (the collector is down or refusing)",
+            crate::telemetry::traces::SPANS_DROPPED.clone(),
+        );
+        let admin_file_reloads = Family::<FileLabels, Counter>::default();
+        registry.register(
+            "admin_file_reloads",
+            "Changes of admin files (routes, models, budgets, keyrings) seen, by result: applied or rejected",
+            admin_file_reloads.clone(),
+        );
+        let admin_file_info = Family::<FileHashLabels, Gauge>::default();
+        registry.register(
+            "admin_file_info",
+            "1 for the SHA-256 of each admin file this replica runs on",
+            admin_file_info.clone(),
+        );
+        let admin_file_changed = Family::<FileNameLabels, Gauge>::default();
+        registry.register(
+            "admin_file_changed_at_seconds",
+            "When each admin file's running content was last applied (Unix seconds)",
+            admin_file_changed.clone(),
+        );
+        Arc::new(Self {
+            admin_file_reloads,
+            admin_file_info,
+            admin_file_changed,
+            arm_calls,
+            budget_usd,
+            budget_spent_usd,
+            budget_refusals,
+            budget_store_errors,
+            identity_assertions,
+            registry,
+            tool_calls,
+            tool_call_seconds,
+            in_flight,
+            images,
+            model_seconds,
+            fallbacks,
+            errors,
+            storage_seconds,
+            cost_usd,
+            rpc_seconds,
+        })
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn budget_limit(&self, org: &str, usd: f64) {
+        self.budget_usd.get_or_create(&OrgLabels { org: org.into() }).set(usd);
+    }
+
+    pub fn budget_spent(&self, org: &str, usd: f64) {
+        self.budget_spent_usd
+            .get_or_create(&OrgLabels { org: org.into() })
+            .set(usd);
+    }
+
+    pub fn budget_refused(&self, org: &str) {
+        self.budget_refusals.get_or_create(&OrgLabels { org: org.into() }).inc();
+    }
+
+    pub fn budget_store_error(&self) {
+        self.budget_store_errors.inc();
+    }
+
+    /// Counts one identity assertion check (`ok` or the refusal's label).
+    pub fn identity_assertion(&self, result: &str) {
+        self.identity_assertions
+            .get_or_create(&ResultLabels { result: result.into() })
+            .inc();
+    }
+
+    pub fn call_finished(
+        &self,
+        tool: &str,
+        outcome: &str,
+        elapsed: Duration,
+        error_class: Option<&str>,
+        trace: Option<&TraceIds>,
+    ) {
+        let labels = CallLabels {
+            tool: tool.into(),
+            outcome: outcome.into(),
+        };
+        self.tool_calls.get_or_create(&labels).inc();
+        self.tool_call_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64(), exemplar(trace), None);
+        if let Some(class) = error_class {
+            self.errors.get_or_create(&ErrorLabels { class: class.into() }).inc();
+        }
+    }
+}
+
+/// Counts a tool call as in flight until dropped.
+pub struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    pub fn start(metrics: &Arc<Metrics>) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_families() {
+        let metrics = Metrics::new();
+        let sampled = TraceIds {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+            sampled: true,
+        };
+        let unsampled = TraceIds {
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            sampled: false,
+            ..sampled.clone()
+        };
+        metrics.call_finished(
+            "generate_image",
+            "success",
+            Duration::from_millis(20),
+            None,
+            Some(&sampled),
+        );
+        metrics.call_finished(
+            "generate_image",
+            "tool_error",
+            Duration::from_millis(5),
+            Some("rate_limited"),
+            Some(&unsampled),
+        );
+        {
+            let _guard = InFlight::start(&metrics);
+            assert_eq!(metrics.in_flight.get(), 1);
+        }
+        assert_eq!(metrics.in_flight.get(), 0);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"mcp_gateway_tool_calls_total{tool="generate_image",outcome="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mcp_gateway_errors_total{class="rate_limited"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("mcp_gateway_tool_call_duration_seconds_bucket"), "{text}");
+        // The sampled call's bucket carries its trace as an exemplar; the unsampled one's none.
+        let exemplars: Vec<&str> = text.lines().filter(|l| l.contains(" # {")).collect();
+        assert_eq!(exemplars.len(), 1, "{text}");
+        assert!(
+            exemplars[0].ends_with(
+                r#"{le="0.032",tool="generate_image",outcome="success"} 1 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.02"#
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
