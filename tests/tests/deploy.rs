@@ -98,13 +98,58 @@ fn filter_settings_in_deploy_are_accepted_by_the_filter() {
 /// The upstream takes MCP traffic only from the gateway, in both variants:
 /// a NetworkPolicy in the base manifests, and in Istio an AuthorizationPolicy
 /// for the ingress gateway's identity with mTLS required.
+/// The YAML documents of a file under the workspace, as JSON.
+fn load(file: &str) -> Vec<Value> {
+    let python = workspace_root().join(".venv/bin/python");
+    let script = format!("import json,yaml; print(json.dumps(list(yaml.safe_load_all(open('{file}')))))");
+    serde_json::from_str(run(python.to_str().unwrap(), &["-c", &script]).trim()).unwrap()
+}
+
+/// In Istio the edge's decision reaches span tags through an `EnvoyFilter`
+/// on the ingress gateway's connection manager: the same tags as the Envoy
+/// template's tracing block.
+#[test]
+fn istio_span_tags_match_the_envoy_template() {
+    let patch = &load("deploy/istio/trace-tags.yaml")[0];
+    assert_eq!(
+        (patch["apiVersion"].as_str(), patch["kind"].as_str()),
+        (Some("networking.istio.io/v1alpha3"), Some("EnvoyFilter"))
+    );
+    assert_eq!(patch["spec"]["workloadSelector"]["labels"]["istio"], "ingressgateway");
+    let config = &patch["spec"]["configPatches"][0];
+    assert_eq!(config["applyTo"], "NETWORK_FILTER");
+    assert_eq!(config["match"]["context"], "GATEWAY");
+    assert_eq!(
+        config["match"]["listener"]["filterChain"]["filter"]["name"],
+        "envoy.filters.network.http_connection_manager"
+    );
+    assert_eq!(config["patch"]["operation"], "MERGE");
+    let hcm = &config["patch"]["value"]["typed_config"];
+    assert_eq!(
+        hcm["@type"],
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    );
+    let template = std::fs::read_to_string(workspace_root().join("envoy/tracing.yaml.tmpl")).unwrap();
+    let rendered = template
+        .replace("${SAMPLING_PERCENT}", "100")
+        .replace("${SERVICE_NAME}", "edge");
+    let dir = std::env::temp_dir().join(format!("tags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tracing.yaml");
+    std::fs::write(&file, rendered).unwrap();
+    let envoy = &load(file.to_str().unwrap())[0];
+    let _ = std::fs::remove_dir_all(&dir);
+    let tags = envoy["tracing"]["custom_tags"].as_array().unwrap();
+    assert!(tags.len() >= 9);
+    assert_eq!(&hcm["tracing"]["custom_tags"], &envoy["tracing"]["custom_tags"]);
+    // Istio's Wasm filter state carries the `wasm.` prefix: every tag reads it.
+    assert!(tags
+        .iter()
+        .all(|t| t["value"].as_str().unwrap().contains("%FILTER_STATE(wasm.mcp_edge.")));
+}
+
 #[test]
 fn only_the_gateway_reaches_the_upstream() {
-    let python = workspace_root().join(".venv/bin/python");
-    let load = |file: &str| -> Vec<Value> {
-        let script = format!("import json,yaml; print(json.dumps(list(yaml.safe_load_all(open('{file}')))))");
-        serde_json::from_str(run(python.to_str().unwrap(), &["-c", &script]).trim()).unwrap()
-    };
     let kustomization = std::fs::read_to_string(workspace_root().join("deploy/kustomization.yaml")).unwrap();
     assert!(kustomization.contains("upstream/networkpolicy.yaml"));
     let policy = &load("deploy/upstream/networkpolicy.yaml")[0];

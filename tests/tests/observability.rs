@@ -30,6 +30,20 @@ fn dashboard_exprs() -> Vec<(String, String)> {
     let dashboard: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(dashboard["uid"], "mcp-image-gateway");
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);
+    // Grafana opens an exemplar's trace by its `trace_id` label.
+    let sources =
+        std::fs::read_to_string(workspace_root().join("envoy/observability/grafana/datasources.yaml")).unwrap();
+    assert!(
+        sources.contains("exemplarTraceIdDestinations:\n        - name: trace_id"),
+        "{sources}"
+    );
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["name"] == "traces" && v["type"] == "datasource"),
+        "a traces datasource variable"
+    );
     let mut exprs = Vec::new();
     let mut ids = std::collections::HashSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
@@ -44,6 +58,27 @@ fn dashboard_exprs() -> Vec<(String, String)> {
             "{panel}"
         );
         assert_eq!(panel["datasource"]["uid"], "${datasource}");
+        let latency = panel["targets"].as_array().unwrap().iter().any(|t| {
+            t["expr"].as_str().unwrap().contains("duration_seconds")
+                || t["expr"].as_str().unwrap().contains("rq_time_bucket")
+        });
+        if latency {
+            let link = panel["links"][0]["url"].as_str().unwrap_or_default();
+            assert!(
+                link.contains("%24%7Btraces%7D"),
+                "{}: links to the traces datasource",
+                panel["title"]
+            );
+            assert!(
+                panel["targets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["exemplar"] == true),
+                "{}: shows exemplars",
+                panel["title"]
+            );
+        }
         for target in panel["targets"].as_array().unwrap() {
             exprs.push((
                 panel["title"].as_str().unwrap().to_string(),
@@ -75,6 +110,35 @@ async fn query(prometheus: &str, expr: &str) -> Vec<Value> {
         .unwrap();
     assert_eq!(response["status"], "success", "{expr}: {response}");
     response["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// The `trace_id`s of the exemplars Prometheus stored for `series` (last minute).
+async fn exemplar_trace_ids(prometheus: &str, series: &str) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let response: Value = http_client()
+        .get(format!(
+            "{prometheus}/api/v1/query_exemplars?query={}&start={}&end={}",
+            percent_encode(series),
+            now - 60,
+            now + 1
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["status"], "success", "{response}");
+    response["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_string))
+        .collect()
 }
 
 async fn post(stack: &Stack, token: &str, body: Value) -> u16 {
@@ -111,8 +175,11 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
         .to_string(),
     )
     .unwrap();
+    // Traced, so latency buckets carry exemplars that lead to the traces.
+    let receiver = OtlpReceiver::start().await.unwrap();
     let stack = Stack::start_with(StackOptions {
         filter_patch: patch,
+        otlp_endpoint: Some(receiver.endpoint.clone()),
         upstream_env: vec![
             (
                 "GATEWAY_BUDGETS_FILE".into(),
@@ -164,6 +231,7 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
             stack.state_dir.join("tsdb").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--enable-feature=exemplar-storage")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -208,9 +276,25 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
         query(&url, "mcp:tool_calls:rate5m").await.len() == 1,
         "recording rules evaluate"
     );
+    let exemplars = exemplar_trace_ids(&url, "mcp_gateway_tool_call_duration_seconds_bucket").await;
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     let _ = std::fs::remove_dir_all(&config_dir);
+    // Each exemplar Prometheus kept names a trace the collector holds, whose
+    // server span is a tool call.
+    assert!(!exemplars.is_empty(), "the tool call histogram carries exemplars");
+    let calls: std::collections::HashSet<String> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "tools/call generate_image")
+        .map(|s| s.trace_id)
+        .collect();
+    for trace_id in &exemplars {
+        assert!(
+            calls.contains(trace_id),
+            "exemplar {trace_id} leads to a traced tool call"
+        );
+    }
     assert!(
         empty.is_empty(),
         "dashboard queries without data:\n{}",
