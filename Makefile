@@ -80,11 +80,12 @@ bench-edge: build envoy native-module
 	@command -v wrk >/dev/null || (echo "bench-edge needs wrk: apt-get install wrk" >&2; exit 1)
 	@command -v oha >/dev/null || cargo install oha --locked
 	CARGO_TARGET_DIR=$(CURDIR)/target cargo build --release --target wasm32-wasip1 --manifest-path bench/edge/noop-filter/Cargo.toml
+	cargo build --release -p gateway-tests --bin otlp-receiver
 	python3 bench/edge/run.py
 
 bench-stack: wasm envoy
 	@command -v oha >/dev/null || cargo install oha --locked
-	cargo build --release -p mcp-image-gateway -p gateway-tests --bin mcp-image-gateway --bin fake-openai
+	cargo build --release -p mcp-image-gateway -p gateway-tests --bin mcp-image-gateway --bin fake-openai --bin otlp-receiver
 	python3 bench/stack/run.py
 
 # The weighted cost per image of the example routing configurations (deploy/examples/cost).

@@ -73,3 +73,31 @@ def percentile(values: list, p: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+class SpanSink:
+    """The OTLP/gRPC receiver process (tests/src/bin/otlp-receiver.rs) the
+    tracing-on rows export to: counts spans, keeps none."""
+
+    def __init__(self, binary: Path):
+        import json
+        self.process = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.endpoint = json.loads(self.process.stdout.readline())["endpoint"]
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+
+    def close(self) -> int:
+        """Stops the receiver; how many spans it got."""
+        import json
+        stop(self.process)
+        line = self.process.stdout.readline()
+        return json.loads(line)["spans"] if line else 0
+
+
+def collector_cluster(port: int) -> str:
+    """An Envoy cluster `otel_collector` (HTTP/2, for OTLP/gRPC) on 127.0.0.1:port."""
+    return ("  - name: otel_collector\n    type: STATIC\n    connect_timeout: 1s\n"
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
+            "        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n"
+            "        explicit_http_config: { http2_protocol_options: {} }\n"
+            "    load_assignment:\n      cluster_name: otel_collector\n      endpoints:\n      - lb_endpoints:\n"
+            f"        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n")

@@ -13,6 +13,11 @@
               signed identity assertion)
   ours_native the same decision core built as an Envoy dynamic module (native
               code, envoy.filters.http.dynamic_modules; the same settings)
+  ours_traced, ours_native_traced
+              the two with tracing on at 100 % sampling: Envoy's OpenTelemetry
+              tracer exporting every request's span, tagged with the filter's
+              decision (`"tracing": {}`), to a local OTLP/gRPC receiver
+              (tests/src/bin/otlp-receiver.rs, counting spans)
   with BENCH_BREAKDOWN=1, the per-phase cost of ours at the first worker
   count: a build with the `phase-switches` feature (filter/src/phases.rs)
   runs whole and with each phase switched off (`bench_skip`), plus
@@ -49,6 +54,9 @@ import random
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import SpanSink, collector_cluster  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 STATE = ROOT / ".state" / "bench-edge"
@@ -58,6 +66,7 @@ NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 PHASES_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "mcp_edge_filter_phases.wasm"
 # `make native-module`: the same decisions as an Envoy dynamic module (filter/src/envoy_native).
 NATIVE_MODULE = ROOT / "target" / "release" / "libmcp_edge_native.so"
+RECEIVER = ROOT / "target" / "release" / "otlp-receiver"
 # (variant, what switching it off removes, filter settings patch)
 PHASES = [
     ("after_header_read", "everything after reading the request headers", {"bench_skip": ["after_header_read"]}),
@@ -173,7 +182,7 @@ def run_wrk(port: int, token: str, pid: int, workers: int = 1) -> dict:
     p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     # Envoy's own CPU per request: the edge's cost, less sensitive than
     # throughput to what else the shared machine runs.
-    return {"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu / requests * 1e6}
+    return {"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu / requests * 1e6, "requests": requests}
 
 
 def run_oha(port: int, token: str, workers: int) -> dict:
@@ -292,8 +301,14 @@ def main() -> int:
     }
     # BENCH_FILTER_PATCH='{"rate_limits": {}}' changes the filter's settings for an experiment.
     filter_config.update(json.loads(os.environ.get("BENCH_FILTER_PATCH", "{}")))
+    sink = SpanSink(RECEIVER)
     # Ports are filled in per Envoy when it starts (every variant runs at once).
-    common = {"ADMIN_PORT": "${ADMIN_PORT}", "LISTEN_PORT": "${LISTEN_PORT}", "STANDIN_PORT": standin_port}
+    common = {"ADMIN_PORT": "${ADMIN_PORT}", "LISTEN_PORT": "${LISTEN_PORT}", "STANDIN_PORT": standin_port,
+              "TRACING": "", "CLUSTERS": ""}
+    # Tracing on: the gateway's own tracing block (every request sampled) and its collector.
+    traced = {**common, "CLUSTERS": collector_cluster(sink.port), "TRACING": render(
+        (ROOT / "envoy" / "tracing.yaml.tmpl").read_text(), {"SAMPLING_PERCENT": 100, "SERVICE_NAME": "bench-edge"})}
+    traced_config = {**filter_config, "tracing": {}}
     variant_template = (HERE / "edge-variant.yaml.tmpl").read_text()
     variants = {
         "bare": render(variant_template, {**common, "HTTP_FILTERS": ""}),
@@ -313,6 +328,12 @@ def main() -> int:
         "ours_native": render(variant_template, {**common, "HTTP_FILTERS": render(
             (ROOT / "envoy" / "dynamic-module-filter.yaml.tmpl").read_text(),
             {"MODULE_PATH": NATIVE_MODULE, "FILTER_CONFIG": json.dumps(filter_config)})}),
+        "ours_traced": render(variant_template, {**traced, "HTTP_FILTERS": render(
+            (HERE / "ours-filter.yaml.tmpl").read_text(),
+            {"WASM_PATH": WASM, "FILTER_CONFIG": json.dumps(traced_config)})}),
+        "ours_native_traced": render(variant_template, {**traced, "HTTP_FILTERS": render(
+            (ROOT / "envoy" / "dynamic-module-filter.yaml.tmpl").read_text(),
+            {"MODULE_PATH": NATIVE_MODULE, "FILTER_CONFIG": json.dumps(traced_config)})}),
     }
     breakdown = {}
     if BREAKDOWN:
@@ -345,6 +366,7 @@ def main() -> int:
                 groups.append({name: results for (_, name), results in runs.items()})
     finally:
         stop(standin)
+        spans = sink.close()
 
     def medians(results):
         return {key: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for key, runs in results.items()}
@@ -359,7 +381,9 @@ def main() -> int:
     labels = [("bare", "bare Envoy"), ("native", "jwt_authn + local_ratelimit"),
               ("native_mcp", "**native MCP stack** (mcp + jwt_authn + local_ratelimit)"),
               ("floor", "no-op Wasm filter (V8 floor)"), ("ours", "**mcp_edge Wasm filter**"),
-              ("ours_native", "mcp_edge decision core as a dynamic module (native)")]
+              ("ours_native", "mcp_edge decision core as a dynamic module (native)"),
+              ("ours_traced", "mcp_edge Wasm filter, tracing on (100 % sampled)"),
+              ("ours_native_traced", "dynamic module, tracing on (100 % sampled)")]
     lines = [
         f"Medians of {ROUNDS} shuffled {DURATION} slices per variant, every variant running at once; Envoy 1.40 with {', '.join(map(str, WORKERS))} worker(s) on a "
         f"{os.cpu_count()}-core machine; the same upstream stand-in (Envoy answering after reading the body); POST "
@@ -395,6 +419,18 @@ def main() -> int:
                      f"native MCP stack's throughput, {native['cpu_us'] - sat[(workers, 'bare')]['cpu_us']:+.1f} µs of Envoy "
                      f"CPU per request above bare Envoy; p99 at {RATE}/s "
                      f"{fix[(workers, 'ours_native')]['p99'] - fix[(workers, 'bare')]['p99']:+.3f} ms from bare.")
+    traced_requests = sum(r["requests"] for (_, name), runs in saturated.items() if name.endswith("_traced")
+                          for r in runs)
+    if spans < traced_requests * 0.9:
+        raise RuntimeError(f"the receiver got {spans} spans for {traced_requests} traced requests: tracing is not on")
+    for workers in WORKERS:
+        for plain, label in (("ours", "Wasm filter"), ("ours_native", "dynamic module")):
+            on, off = sat[(workers, f"{plain}_traced")], sat[(workers, plain)]
+            lines.append(f"- {workers} worker(s), tracing on at 100 % ({label}): {on['rps'] / off['rps']:.2f}× its "
+                         f"throughput with tracing off (target ≥ 0.95), {on['cpu_us'] - off['cpu_us']:+.1f} µs of "
+                         f"Envoy CPU per request; p99 at {RATE}/s {fix[(workers, f'{plain}_traced')]['p99'] - fix[(workers, plain)]['p99']:+.3f} ms.")
+    lines.append(f"- The receiver counted {spans} spans for {traced_requests} saturated traced requests (fixed-rate "
+                 f"runs add more): every request exported its span.")
     if groups:
         lines += breakdown_lines(groups, WORKERS[0])
     table = "\n".join(lines) + "\n"

@@ -10,6 +10,10 @@ the provider's wire format, cached images so the fake is not the bottleneck).
   burst    the fake takes 10 s per generation; 5,000 calls arrive at 500 per
            second (about 5,000 in flight at the peak): every call must
            succeed.
+  traced   tracing's cost: two instant stacks at once, tracing off and on
+           (100 % sampling, Envoy and the upstream exporting to a local
+           OTLP/gRPC receiver that counts spans); saturated oha slices
+           alternate between them in shuffled rounds, medians compared.
   edit     the fake takes 10 s per edit; 1,000 edit_image calls arrive at 100
            per second (about 1,000 in flight), each in-painting a region of the
            same 1024x1024 upload (read, checked and sent to the provider per
@@ -30,7 +34,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import free_port, wait_http, stop, peak_rss_mib, rss_mib, percentile  # noqa: E402
+from common import SpanSink, free_port, wait_http, stop, peak_rss_mib, rss_mib, percentile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = ROOT / ".state" / "bench-stack"
@@ -42,6 +46,8 @@ EDIT_SECONDS = int(os.environ.get("BENCH_EDIT_SECONDS", "10"))
 BURST_SECONDS = int(os.environ.get("BENCH_BURST_SECONDS", "10"))
 MODEL_LATENCY_MS = int(os.environ.get("BENCH_MODEL_LATENCY_MS", "10000"))
 INSTANT_SECONDS = int(os.environ.get("BENCH_INSTANT_SECONDS", "15"))
+TRACE_ROUNDS = int(os.environ.get("BENCH_TRACE_ROUNDS", "6"))
+TRACE_SLICE = os.environ.get("BENCH_TRACE_SLICE", "4s")
 BODY = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                    "params": {"name": "generate_image", "arguments": {"prompt": "a kite over a beach"}}})
 
@@ -78,7 +84,7 @@ def photo_like_png(width: int, height: int) -> bytes:
 class Stackup:
     """Fake, upstream and Envoy for one scenario; stopped by close()."""
 
-    def __init__(self, envoy: str, model_latency_ms: int, name: str):
+    def __init__(self, envoy: str, model_latency_ms: int, name: str, otlp_endpoint: str = ""):
         self.processes = []
         self.dir = STATE / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -96,12 +102,16 @@ class Stackup:
                    GATEWAY_LISTEN=f"127.0.0.1:{upstream_port}", GATEWAY_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                    GATEWAY_PUBLIC_BASE_URL=self.base_url, GATEWAY_STATE_DIR=str(self.dir),
                    GATEWAY_MAX_ATTEMPTS="1")
+        # Tracing on for Envoy (render-envoy, filter-config) and the upstream alike, or off.
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        if otlp_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
         self.upstream = subprocess.Popen([binary, "serve"], env=env, stdout=open(self.upstream_log, "w"),
                                          stderr=subprocess.STDOUT)
         self.processes.append(self.upstream)
         filter_config = json.loads(subprocess.run(
             [binary, "filter-config", "--state-dir", str(self.dir), "--public-base-url", self.base_url],
-            capture_output=True, text=True, check=True).stdout)
+            capture_output=True, text=True, check=True, env=env).stdout)
         # Limits high enough that the run measures the stack, not its refusals.
         filter_config["rate_limits"] = {
             "per_caller": {"requests_per_second": 1e6, "burst": 1_000_000},
@@ -115,7 +125,7 @@ class Stackup:
                         "--set", f"LISTEN_PORT={listen_port}", "--set", f"ADMIN_PORT={admin_port}",
                         "--set", f"UPSTREAM_PORT={upstream_port}", "--set", f"WASM_PATH={WASM}",
                         "--set-file", f"FILTER_CONFIG={self.dir / 'filter.json'}"],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
         self.envoy = subprocess.Popen([envoy, "-c", str(config), "--use-dynamic-base-id", "--concurrency", "2",
                                        "--log-level", "error"], stdout=open(self.dir / "envoy.log", "w"),
                                       stderr=subprocess.STDOUT)
@@ -193,6 +203,46 @@ def summarize(name: str, report: dict, stack: Stackup, skip: int, tool: str = "g
     return result
 
 
+def tracing_cost(envoy: str) -> dict:
+    """Saturated slices alternating between a stack with tracing off and one with it on."""
+    import random
+    import statistics
+    sink = SpanSink(RELEASE / "otlp-receiver")
+    stacks = {}
+    runs = {"off": [], "on": []}
+    try:
+        stacks["off"] = Stackup(envoy, 0, "traced-off")
+        stacks["on"] = Stackup(envoy, 0, "traced-on", otlp_endpoint=sink.endpoint)
+        for stack in stacks.values():
+            stack.oha("-z", "3s", "-c", "50")  # warm-up
+        rng = random.Random(18)
+        for _ in range(TRACE_ROUNDS):
+            order = list(stacks)
+            rng.shuffle(order)
+            for name in order:
+                report = stacks[name].oha("-z", TRACE_SLICE, "-c", "50", "--wait-ongoing-requests-after-deadline")
+                codes = report.get("statusCodeDistribution", {})
+                if set(codes) - {"200"}:
+                    raise RuntimeError(f"tracing {name}: non-200 answers {codes}")
+                runs[name].append({"rps": report["summary"]["requestsPerSec"],
+                                   "p50": report["latencyPercentiles"]["p50"] * 1000,
+                                   "p99": report["latencyPercentiles"]["p99"] * 1000,
+                                   "calls": sum(codes.values())})
+                print(f"tracing {name}: {runs[name][-1]['rps']:.0f} calls/s", flush=True)
+    finally:
+        for stack in stacks.values():
+            stack.close()
+        spans = sink.close()
+    calls = sum(r["calls"] for r in runs["on"])
+    if spans < calls:
+        raise RuntimeError(f"the receiver got {spans} spans for {calls} traced calls: tracing is not on")
+    result = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
+    result["ratios"] = [on["rps"] / off["rps"] for on, off in zip(runs["on"], runs["off"])]
+    result["spans"], result["calls"] = spans, calls
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> int:
     envoy = subprocess.run([str(ROOT / "scripts" / "ensure-envoy.sh")], capture_output=True, text=True,
                            check=True).stdout.strip()
@@ -216,6 +266,8 @@ def main() -> int:
             stack, 0))
     finally:
         stack.close()
+
+    traced = tracing_cost(envoy)
 
     stack = Stackup(envoy, MODEL_LATENCY_MS, "edit")
     try:
@@ -264,6 +316,19 @@ def main() -> int:
                   f"(peak RSS less RSS before the run, over {min(EDIT_RATE * EDIT_SECONDS, EDIT_RATE * MODEL_LATENCY_MS // 1000)} "
                   f"edits in flight), against an input of {edit['input_kib']:.0f} KiB: each edit holds its input bytes "
                   f"once, shared with the provider request, plus its mask."]
+    lines += ["", "### Tracing's cost (100 % sampling)", "",
+              f"Two instant-model stacks running at once, tracing off and on (Envoy's OpenTelemetry tracer and the "
+              f"upstream's OTLP exporter, every request sampled, into a local OTLP/gRPC receiver on the same "
+              f"machine); saturated oha slices ({TRACE_SLICE}, 50 connections) alternate between them over "
+              f"{TRACE_ROUNDS} shuffled rounds. Medians.", "",
+              "| stack | calls/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    for name in ("off", "on"):
+        r = traced[name]
+        lines.append(f"| tracing {name} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} |")
+    lines += ["", f"Tracing on: {traced['on']['rps'] / traced['off']['rps']:.2f}× the throughput with tracing off "
+                  f"(target ≥ 0.95; per round: {', '.join(f'{x:.2f}' for x in traced['ratios'])}); the receiver "
+                  f"counted {traced['spans']} spans, {traced['spans'] / max(traced['calls'], 1):.1f} per traced call "
+                  f"(Envoy's, the upstream's server span, its stages and the provider attempt)."]
     table = "\n".join(lines) + "\n"
     out = ROOT / "bench" / "results" / "stack.md"
     out.write_text("# make bench-stack\n\n" + table)

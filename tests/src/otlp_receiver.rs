@@ -2,6 +2,7 @@
 //! `TraceService` from the OpenTelemetry protobuf definitions
 //! (`opentelemetry-proto`), keeping every span it is sent.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
@@ -37,6 +38,10 @@ impl Span {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
+    /// Spans received (kept or not).
+    count: Arc<AtomicU64>,
+    /// Count only (a benchmark's sink), keeping nothing.
+    count_only: bool,
 }
 
 #[tonic::async_trait]
@@ -45,8 +50,21 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let received: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.count.fetch_add(received as u64, Ordering::Relaxed);
+        if self.count_only {
+            return Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }));
+        }
         let mut kept = self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        for resource in request.into_inner().resource_spans {
+        for resource in request.resource_spans {
             let service = resource
                 .resource
                 .iter()
@@ -108,15 +126,26 @@ fn text(value: Option<&AnyValue>) -> String {
 pub struct OtlpReceiver {
     pub endpoint: String,
     spans: Arc<Mutex<Vec<Span>>>,
+    count: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl OtlpReceiver {
+    /// A receiver keeping every span, on a free port.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0", false).await
+    }
+
+    /// A receiver on `address`; with `count_only` it keeps nothing but the count.
+    pub async fn start_on(address: &str, count_only: bool) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
-        let collector = Collector::default();
+        let collector = Collector {
+            count_only,
+            ..Collector::default()
+        };
         let spans = collector.spans.clone();
+        let count = collector.count.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
@@ -130,8 +159,14 @@ impl OtlpReceiver {
         Ok(Self {
             endpoint,
             spans,
+            count,
             stop: Some(stop),
         })
+    }
+
+    /// How many spans arrived.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Every span received so far.
