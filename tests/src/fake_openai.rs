@@ -54,6 +54,17 @@ pub struct FakeOptions {
     /// any model name, `response_format` (`url` by default, or `b64_json`),
     /// GPT-image parameters refused as unknown, no `usage`.
     pub compatible: bool,
+    /// A request quota per model, refilled whole at the end of each window
+    /// (from the model's first request): every answer carries OpenAI's
+    /// `x-ratelimit-{limit,remaining,reset}-requests`; past it, 429
+    /// `rate_limit_exceeded` with `retry-after`.
+    pub request_quota: Option<RequestQuota>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RequestQuota {
+    pub limit: u32,
+    pub window: Duration,
 }
 
 /// A running fake.
@@ -85,6 +96,10 @@ struct FakeState {
     /// The `traceparent` of each generation request, in order.
     traceparents: Mutex<Vec<Option<String>>>,
     served: Mutex<VecDeque<(Instant, u32)>>,
+    /// Per model: when its quota window started and the requests it counted.
+    windows: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
+    /// 429s answered for the request quota, per model.
+    quota_refusals: Mutex<std::collections::HashMap<String, u32>>,
     /// Encoded images by (format, width, height): encoding is the fake's own
     /// cost, and a load test should measure the gateway, not the fake.
     images: Mutex<std::collections::HashMap<(String, u32, u32), Arc<String>>>,
@@ -105,6 +120,8 @@ impl FakeOpenAi {
             requests: Mutex::new(Vec::new()),
             traceparents: Mutex::new(Vec::new()),
             served: Mutex::new(VecDeque::new()),
+            windows: Mutex::new(std::collections::HashMap::new()),
+            quota_refusals: Mutex::new(std::collections::HashMap::new()),
             images: Mutex::new(std::collections::HashMap::new()),
         });
         let app = Router::new()
@@ -136,6 +153,15 @@ impl FakeOpenAi {
     }
 
     /// JSON bodies of every request received, in order.
+    /// The 429s answered for `model`'s request quota.
+    pub fn quota_refusals(&self, model: &str) -> u32 {
+        self.state
+            .quota_refusals
+            .lock()
+            .map(|r| r.get(model).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     pub fn requests(&self) -> Vec<Value> {
         self.state.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
@@ -444,7 +470,72 @@ fn unauthorized(state: &FakeState, headers: &HeaderMap) -> Option<Response> {
 
 /// Checks the parameters of a generation (or of an edit, once its files
 /// were checked) and answers with images, as the Images API does.
+/// An answer, counted against the model's request quota when there is one.
 async fn respond(state: &FakeState, request: &Value) -> Response {
+    let Some(quota) = state.options.request_quota else {
+        return answer(state, request).await;
+    };
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("gpt-image-1")
+        .to_string();
+    let (remaining, reset) = {
+        let mut windows = match state.windows.lock() {
+            Ok(windows) => windows,
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "lock", "server_error", None, None),
+        };
+        let now = Instant::now();
+        let window = windows.entry(model.clone()).or_insert((now, 0));
+        if now.duration_since(window.0) >= quota.window {
+            *window = (now, 0);
+        }
+        let reset = quota.window.saturating_sub(now.duration_since(window.0));
+        if window.1 >= quota.limit {
+            (None, reset)
+        } else {
+            window.1 += 1;
+            (Some(quota.limit - window.1), reset)
+        }
+    };
+    let reset_text = if reset < Duration::from_secs(1) {
+        format!("{}ms", reset.as_millis())
+    } else {
+        format!("{:.3}s", reset.as_secs_f64())
+    };
+    let mut response = match remaining {
+        Some(_) => answer(state, request).await,
+        None => {
+            if let Ok(mut refusals) = state.quota_refusals.lock() {
+                *refusals.entry(model.clone()).or_default() += 1;
+            }
+            let mut refused = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Rate limit reached for {model} in organization org-test on requests per min (RPM): Limit {}, Used {}, Requested 1. Please try again in {reset_text}.", quota.limit, quota.limit),
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            );
+            refused.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from(reset.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            refused
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit-requests", HeaderValue::from(quota.limit));
+    headers.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(remaining.unwrap_or(0)),
+    );
+    if let Ok(value) = HeaderValue::from_str(&reset_text) {
+        headers.insert("x-ratelimit-reset-requests", value);
+    }
+    response
+}
+
+async fn answer(state: &FakeState, request: &Value) -> Response {
     let Some(fields) = request.as_object() else {
         return invalid(
             "Invalid type for request body: expected an object.",

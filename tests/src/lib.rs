@@ -11,4 +11,5 @@ pub mod mcp_client;
 pub mod otlp_receiver;
 pub mod png_info;
 pub mod ratelimit_service;
+pub mod redis_server;
 pub mod s3_server;

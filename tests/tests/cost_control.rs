@@ -6,13 +6,12 @@
 //! limit), and the cost simulation of the shipped example configuration.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use chrono::Datelike;
 use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
 use gateway_tests::mcp_client::{call_http, structured, tool_error};
-use gateway_tests::stack::{free_port, http_client, upstream_binary, workspace_root};
+use gateway_tests::stack::{http_client, upstream_binary, workspace_root};
 use gateway_tests::{Backend, Stack, StackOptions};
 use serde_json::{json, Value};
 
@@ -215,65 +214,9 @@ async fn arms_are_stable_per_user_and_reported_everywhere() {
     }
 }
 
-/// Redis for the budget store, stopped on drop.
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Redis { port, child }
-    }
-
-    fn set(&self, key: &str, value: i64) {
-        let status = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "SET", key, &value.to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn get(&self, key: &str) -> i64 {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "GET", key])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn budgets_are_reserved_settled_released_and_shared_by_replicas() {
-    let redis = Redis::start();
+    let redis = gateway_tests::redis_server::Redis::start();
     // A gpt-image-2 call (1,056 output tokens) costs about $0.0423: two fit in $0.10, a third does not.
     let budgets = write_config("budgets.json", &json!({"orgs": {"acme": 0.10, "beta": 10.0}}));
     let stack = Stack::start_with(StackOptions {

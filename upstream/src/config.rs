@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::providers::openai::{self, OpenAiSettings};
+use crate::routing::catalog::ModelCatalog;
 
 /// Longest signed-link lifetime accepted (7 days, S3's presign limit).
 pub const MAX_URL_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -56,6 +57,10 @@ pub struct ServeConfig {
     /// without it one replica keeps them in memory.
     #[arg(long, env = "GATEWAY_BUDGET_REDIS_URL")]
     pub budget_redis_url: Option<String>,
+    /// Redis shared by every replica for provider quota readings (default:
+    /// the budget store's); without one each replica learns from its own answers.
+    #[arg(long, env = "GATEWAY_CAPACITY_REDIS_URL")]
+    pub capacity_redis_url: Option<String>,
     /// Seconds a running task's lease lasts; renewed every third of it. A task
     /// whose replica died is reported failed once its lease lapses.
     #[arg(long, env = "GATEWAY_TASK_LEASE_SECS", default_value_t = 30)]
@@ -168,7 +173,9 @@ pub struct ServeConfig {
     pub openai_compatible_model: String,
     #[arg(long, env = "OPENAI_ORGANIZATION")]
     pub openai_organization: Option<String>,
-    /// Models tried in order when the primary fails (same provider settings), comma separated.
+    /// Models tried in order when the primary fails, comma separated:
+    /// `provider:model`, or a bare name that binds to the provider of its
+    /// capability row (a name the table does not know stops the start).
     #[arg(long, env = "GATEWAY_FALLBACK_MODELS", value_delimiter = ',')]
     pub fallback_models: Vec<String>,
     /// Attempts per model on rate limits, 5xx and network errors (jittered backoff, `Retry-After` honoured).
@@ -207,7 +214,7 @@ impl ServeConfig {
                 "GATEWAY_BACKEND=openai needs OPENAI_API_KEY"
             );
         }
-        for route in self.routes() {
+        for route in self.routes(&self.catalog()?)? {
             match route.0 {
                 BackendChoice::Stability => anyhow::ensure!(
                     self.stability_api_key.as_deref().is_some_and(|k| !k.is_empty()),
@@ -221,9 +228,6 @@ impl ServeConfig {
                 ),
                 _ => {}
             }
-        }
-        for entry in self.fallback_models.iter().filter(|m| !m.is_empty()) {
-            parse_route(entry)?;
         }
         anyhow::ensure!(
             !self.openai_image_model.is_empty(),
@@ -275,31 +279,66 @@ impl ServeConfig {
 
     /// The chain of (provider, model): the primary, then `GATEWAY_FALLBACK_MODELS`
     /// entries, each `model` (the primary's provider) or `provider:model`.
-    pub fn routes(&self) -> Vec<(BackendChoice, String)> {
+    /// Where provider quota readings are shared, if anywhere.
+    pub fn capacity_redis_url(&self) -> Option<&str> {
+        self.capacity_redis_url
+            .as_deref()
+            .or(self.budget_redis_url.as_deref())
+            .filter(|u| !u.is_empty())
+    }
+
+    /// The model capability table: `GATEWAY_MODELS_FILE`, else the built-in one.
+    pub fn catalog(&self) -> anyhow::Result<ModelCatalog> {
+        Ok(match &self.models_file {
+            Some(path) => ModelCatalog::from_file(path)?,
+            None => ModelCatalog::builtin()?,
+        })
+    }
+
+    /// The built-in chain: the primary model, then `GATEWAY_FALLBACK_MODELS`.
+    pub fn routes(&self, catalog: &ModelCatalog) -> anyhow::Result<Vec<(BackendChoice, String)>> {
         let primary = self.resolved_backend();
         let mut routes = vec![(primary, self.model_of(primary))];
         for entry in self.fallback_models.iter().filter(|m| !m.is_empty()) {
-            match parse_route(entry) {
-                Ok((Some(provider), model)) => routes.push((provider, model)),
-                Ok((None, model)) => routes.push((primary, model)),
-                Err(_) => {}
-            }
+            routes.push(
+                self.route_entry(entry, catalog)
+                    .map_err(|e| anyhow::anyhow!("GATEWAY_FALLBACK_MODELS: {e:#}"))?,
+            );
         }
-        routes
+        Ok(routes)
     }
 
-    /// A routes-file entry: `model` (the primary's provider) or `provider:model`.
     /// The built-in chain as route entries (`provider:model`).
-    pub fn default_chain_entries(&self) -> Vec<String> {
-        self.routes()
+    pub fn default_chain_entries(&self, catalog: &ModelCatalog) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .routes(catalog)?
             .into_iter()
             .map(|(provider, model)| format!("{}:{model}", provider.entry_name()))
-            .collect()
+            .collect())
     }
 
-    pub fn route_entry(&self, entry: &str) -> anyhow::Result<(BackendChoice, String)> {
+    /// A chain entry bound to its provider: `provider:model` as written; a
+    /// bare name to the provider its capability row names (else, for the
+    /// primary's own model or a row without one, the primary's provider). A
+    /// name the table does not know has no provider to go to: refused.
+    pub fn route_entry(&self, entry: &str, catalog: &ModelCatalog) -> anyhow::Result<(BackendChoice, String)> {
         let (provider, model) = parse_route(entry)?;
-        Ok((provider.unwrap_or_else(|| self.resolved_backend()), model))
+        if let Some(provider) = provider {
+            return Ok((provider, model));
+        }
+        let primary = self.resolved_backend();
+        if model == self.model_of(primary) {
+            return Ok((primary, model));
+        }
+        match catalog.get(&model) {
+            Some(row) => match row.provider.as_deref() {
+                Some(name) => Ok((BackendChoice::from_entry_name(name)?, model)),
+                None => Ok((primary, model)),
+            },
+            None => anyhow::bail!(
+                "no provider knows the model {model:?}: it is not in the model table (GATEWAY_MODELS_FILE); write it as provider:model (openai, openai-compatible, stability, offline-preview) or add its row with a provider"
+            ),
+        }
     }
 
     fn model_of(&self, provider: BackendChoice) -> String {
@@ -348,6 +387,19 @@ impl ServeConfig {
 
 /// `model` or `provider:model` (provider: openai, openai-compatible, stability).
 impl BackendChoice {
+    /// The provider a route entry or capability row names.
+    pub fn from_entry_name(name: &str) -> anyhow::Result<Self> {
+        Ok(match name.trim() {
+            "openai" => BackendChoice::Openai,
+            "openai-compatible" => BackendChoice::OpenaiCompatible,
+            "stability" => BackendChoice::Stability,
+            "offline-preview" => BackendChoice::OfflinePreview,
+            other => {
+                anyhow::bail!("unknown provider {other:?} (openai, openai-compatible, stability, offline-preview)")
+            }
+        })
+    }
+
     /// The provider's name in route entries (`provider:model`).
     pub fn entry_name(self) -> &'static str {
         match self {
@@ -363,22 +415,60 @@ fn parse_route(entry: &str) -> anyhow::Result<(Option<BackendChoice>, String)> {
     let Some((provider, model)) = entry.split_once(':') else {
         return Ok((None, entry.trim().to_string()));
     };
-    let provider = match provider.trim() {
-        "openai" => BackendChoice::Openai,
-        "openai-compatible" => BackendChoice::OpenaiCompatible,
-        "stability" => BackendChoice::Stability,
-        "offline-preview" => BackendChoice::OfflinePreview,
-        other => anyhow::bail!(
-            "GATEWAY_FALLBACK_MODELS entry {entry:?}: unknown provider {other:?} (openai, openai-compatible, stability)"
-        ),
-    };
-    anyhow::ensure!(
-        !model.trim().is_empty(),
-        "GATEWAY_FALLBACK_MODELS entry {entry:?} names no model"
-    );
+    let provider = BackendChoice::from_entry_name(provider).map_err(|e| anyhow::anyhow!("entry {entry:?}: {e}"))?;
+    anyhow::ensure!(!model.trim().is_empty(), "entry {entry:?} names no model");
     Ok((Some(provider), model.trim().to_string()))
 }
 
 fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    fn config(args: &[&str]) -> ServeConfig {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    #[test]
+    fn bare_fallback_names_bind_to_their_rows_provider() {
+        let catalog = ModelCatalog::builtin().unwrap();
+        let openai = ["--backend", "openai", "--openai-api-key", "sk-test"];
+        let chain = |fallbacks: &str| {
+            let mut args = openai.to_vec();
+            args.extend(["--fallback-models", fallbacks]);
+            config(&args).routes(&catalog)
+        };
+        let bound = chain("offline-preview,gpt-image-1.5,sd3.5-large,openai-compatible:my-sdxl").unwrap();
+        assert_eq!(
+            bound,
+            vec![
+                (BackendChoice::Openai, "gpt-image-2".to_string()),
+                (BackendChoice::OfflinePreview, "offline-preview".to_string()),
+                (BackendChoice::Openai, "gpt-image-1.5".to_string()),
+                (BackendChoice::Stability, "sd3.5-large".to_string()),
+                (BackendChoice::OpenaiCompatible, "my-sdxl".to_string()),
+            ]
+        );
+        let unknown = chain("gpt-image-9").unwrap_err().to_string();
+        assert!(
+            unknown.contains("GATEWAY_FALLBACK_MODELS")
+                && unknown.contains("\"gpt-image-9\"")
+                && unknown.contains("provider:model"),
+            "{unknown}"
+        );
+        let bad_provider = chain("dall-e:3").unwrap_err().to_string();
+        assert!(bad_provider.contains("unknown provider \"dall-e\""), "{bad_provider}");
+    }
 }

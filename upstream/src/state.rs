@@ -12,6 +12,7 @@ use crate::identity::AssertionVerifier;
 use crate::providers::offline_preview::OfflinePreview;
 use crate::providers::openai::OpenAiBackend;
 use crate::providers::ImageBackend;
+use crate::routing::capacity::{Capacity, QuotaStore};
 use crate::routing::catalog::ModelCatalog;
 use crate::routing::chain::ModelRouter;
 use crate::routing::rules::{Routes, RoutesSpec};
@@ -57,6 +58,8 @@ pub struct AppState {
     pub remote: crate::storage::remote_fetch::RemoteFetch,
     /// Per-organisation monthly budgets.
     pub budgets: crate::routing::budget::Budgets,
+    /// Provider quotas as their answers describe them, shared by replicas.
+    pub capacity: Capacity,
 }
 
 impl AppState {
@@ -64,7 +67,12 @@ impl AppState {
     /// budget store when one is configured).
     pub async fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
         let metrics = crate::telemetry::metrics::Metrics::new();
-        let parts = AdminParts::read(config)?;
+        let quotas: Arc<dyn QuotaStore> = match config.capacity_redis_url() {
+            Some(url) => Arc::new(crate::routing::capacity::redis::RedisQuotas::connect(url).await?),
+            None => Arc::new(crate::routing::capacity::memory::MemoryQuotas::default()),
+        };
+        let capacity = Capacity::new(quotas, metrics.clone());
+        let parts = AdminParts::read(config, &capacity)?;
         let budgets = match (&config.budget_redis_url, parts.budgets) {
             (_, None) => crate::routing::budget::Budgets::none(metrics.clone()),
             (redis, Some(settings)) => {
@@ -125,6 +133,7 @@ impl AppState {
             catalog,
             routes: Arc::new(routes),
             tasks: tokio_util::task::TaskTracker::new(),
+            capacity,
         })
     }
 
@@ -134,7 +143,7 @@ impl AppState {
     /// storage) carries over; model chains are rebuilt (their breakers
     /// start closed).
     pub fn reload(&self, config: &ServeConfig) -> anyhow::Result<Self> {
-        let parts = AdminParts::read(config)?;
+        let parts = AdminParts::read(config, &self.capacity)?;
         Ok(Self {
             backend: parts.backend,
             signer: UrlSigner::new(parts.url_keys, &config.public_base_url)?,
@@ -167,16 +176,13 @@ struct AdminParts {
 }
 
 impl AdminParts {
-    fn read(config: &ServeConfig) -> anyhow::Result<Self> {
+    fn read(config: &ServeConfig, capacity: &Capacity) -> anyhow::Result<Self> {
         let budgets = config
             .budgets_file
             .as_ref()
             .map(|path| crate::routing::budget::BudgetSettings::from_file(path))
             .transpose()?;
-        let catalog = Arc::new(match &config.models_file {
-            Some(path) => ModelCatalog::from_file(path)?,
-            None => ModelCatalog::builtin()?,
-        });
+        let catalog = Arc::new(config.catalog()?);
         let mut built: std::collections::HashMap<String, Arc<dyn ImageBackend>> = std::collections::HashMap::new();
         let mut backend_for = |provider: BackendChoice, model: String| -> anyhow::Result<Arc<dyn ImageBackend>> {
             let key = format!("{provider:?}:{model}");
@@ -188,25 +194,32 @@ impl AdminParts {
             Ok(backend)
         };
         let mut backends: Vec<Arc<dyn ImageBackend>> = Vec::new();
-        for (provider, model) in config.routes() {
+        for (provider, model) in config.routes(&catalog)? {
             backends.push(backend_for(provider, model)?);
         }
         let backend = Arc::new(
-            ModelRouter::new(backends, config.retry_policy(), config.breaker_policy()).with_catalog(catalog.clone()),
+            ModelRouter::new(backends, config.retry_policy(), config.breaker_policy())
+                .with_catalog(catalog.clone())
+                .with_capacity(capacity.clone()),
         );
         let routes = match &config.routes_file {
-            Some(path) => Routes::new(RoutesSpec::from_file(path)?, config.default_chain_entries(), |chain| {
-                let mut chain_backends = Vec::with_capacity(chain.len());
-                for entry in chain {
-                    let (provider, model) = config.route_entry(entry)?;
-                    chain_backends.push(backend_for(provider, model)?);
-                }
-                Ok(
-                    ModelRouter::new(chain_backends, config.retry_policy(), config.breaker_policy())
-                        .with_catalog(catalog.clone()),
-                )
-            })?,
-            None => Routes::none(config.default_chain_entries()),
+            Some(path) => Routes::new(
+                RoutesSpec::from_file(path)?,
+                config.default_chain_entries(&catalog)?,
+                |chain| {
+                    let mut chain_backends = Vec::with_capacity(chain.len());
+                    for entry in chain {
+                        let (provider, model) = config.route_entry(entry, &catalog)?;
+                        chain_backends.push(backend_for(provider, model)?);
+                    }
+                    Ok(
+                        ModelRouter::new(chain_backends, config.retry_policy(), config.breaker_policy())
+                            .with_catalog(catalog.clone())
+                            .with_capacity(capacity.clone()),
+                    )
+                },
+            )?,
+            None => Routes::none(config.default_chain_entries(&catalog)?),
         };
         let url_keys = Keyring::from_file(
             &config.url_signing_key_file(),

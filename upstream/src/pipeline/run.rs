@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::identity::Caller;
 use crate::pipeline::args::GenerateImageArgs;
 use crate::pipeline::progress::{with_heartbeats, Progress};
-use crate::providers::{EditInputs, ImageBackend, ImageRequest};
+use crate::providers::{BackendError, EditInputs, ImageBackend, ImageRequest};
 use crate::routing::rules::{CallFacts, Strategy};
 use crate::state::AppState;
 use crate::telemetry::audit::{BillingEvent, Outcome, ToolCallEvent};
@@ -202,9 +202,10 @@ pub(crate) async fn run(
         by_cost.into_iter().map(|(index, _)| index).collect::<Vec<_>>()
     });
     let model_started = Instant::now();
+    let priority = state.routes.is_priority(&caller.org);
     // A cancelled call stops the backend request: nothing is stored or billed.
     let routed = tokio::select! {
-        routed = with_heartbeats(&mut progress, partials, router.generate_in(&request, order.as_deref())) => routed,
+        routed = with_heartbeats(&mut progress, partials, router.generate_in(&request, order.as_deref(), priority)) => routed,
         _ = cancelled.cancelled() => {
             if let Some(reservation) = reservation {
                 state.budgets.release(reservation).await;
@@ -252,7 +253,15 @@ pub(crate) async fn run(
         Ok(routed) => (routed.generation, routed.fallbacks),
         Err(error) => {
             audit(Ended::failed(Outcome::ToolError, error.class()));
-            return CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
+            let mut result = CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
+            // A capacity refusal says when to come back, for clients to act on.
+            if let BackendError::NoCapacity { retry_after_secs } = error {
+                result.structured_content = Some(serde_json::json!({
+                    "error": "no_capacity",
+                    "retry_after_seconds": retry_after_secs,
+                }));
+            }
+            return result;
         }
     };
     let largest = generation

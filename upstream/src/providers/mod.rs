@@ -5,6 +5,7 @@
 pub mod offline_preview;
 pub mod openai;
 pub mod openai_compatible;
+pub mod rate_limits;
 pub mod stability;
 
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub struct Generation {
     /// The model that served the request, as the provider names it.
     pub model: String,
     pub usage: Option<Usage>,
+    /// The provider's quota as its answer described it (rate-limit headers).
+    pub quota: Option<rate_limits::QuotaReading>,
 }
 
 /// Why a generation failed. The text of each variant is shown to the caller.
@@ -103,6 +106,10 @@ pub enum BackendError {
     Transport(String),
     #[error("The image provider returned an unusable response: {0}")]
     InvalidResponse(String),
+    /// Raised by the gateway itself, before any provider refuses: every
+    /// model of the call's chain is at its provider's quota (or its reserve).
+    #[error("No image model has capacity for this call right now: every model it could go to is at its provider's quota. Nothing was generated or billed; try again in {retry_after_secs} s.")]
+    NoCapacity { retry_after_secs: u64 },
 }
 
 fn retry_hint(retry_after_secs: Option<u64>) -> String {
@@ -123,6 +130,7 @@ impl BackendError {
             BackendError::Provider { .. } => "provider_error",
             BackendError::Transport(_) => "provider_unreachable",
             BackendError::InvalidResponse(_) => "provider_invalid_response",
+            BackendError::NoCapacity { .. } => "no_capacity",
         }
     }
 }

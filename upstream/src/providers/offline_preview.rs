@@ -45,6 +45,7 @@ impl ImageBackend for OfflinePreview {
             images,
             model: MODEL.to_string(),
             usage: None,
+            quota: None,
         })
     }
 }

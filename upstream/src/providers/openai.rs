@@ -161,13 +161,19 @@ impl ImageBackend for OpenAiBackend {
         call = call.headers(crate::telemetry::traces::outgoing_headers());
         let response = call.send().await.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
+        // The quota as this answer describes it, whatever its status.
+        let quota = super::rate_limits::read(response.headers());
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        let with_quota = |mut generation: Generation| {
+            generation.quota = quota.clone();
+            generation
+        };
         if streaming && status.is_success() {
-            return self.read_stream(response, request).await;
+            return self.read_stream(response, request).await.map(with_quota);
         }
         let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
         if !status.is_success() {
@@ -185,7 +191,7 @@ impl ImageBackend for OpenAiBackend {
         }
         let parsed: GenerationResponse = serde_json::from_slice(&bytes)
             .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
-        decode(parsed, &self.settings.model, request)
+        decode(parsed, &self.settings.model, request).map(with_quota)
     }
 }
 
@@ -402,6 +408,7 @@ fn decode(parsed: GenerationResponse, model: &str, request: &ImageRequest) -> Re
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
         }),
+        quota: None,
     })
 }
 

@@ -229,6 +229,7 @@ impl ImageBackend for StabilityBackend {
                 images,
                 model: self.settings.model.clone(),
                 usage: None,
+                quota: None,
             });
         }
         let ratio = aspect_ratio(request.size).ok_or_else(|| {
@@ -250,6 +251,7 @@ impl ImageBackend for StabilityBackend {
             images,
             model: self.settings.model.clone(),
             usage: None,
+            quota: None,
         })
     }
 }

@@ -13,7 +13,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::media::types::{Background, ImageOptions, ImageSize, OutputFormat, Quality};
+use crate::routing::capacity::Reserve;
 use crate::routing::pricing::Pricing;
+
+/// Provider names a capability row may give.
+pub const PROVIDERS: [&str; 4] = ["openai", "openai-compatible", "stability", "offline-preview"];
 
 const BUILTIN: &str = include_str!("models.json");
 
@@ -63,6 +67,11 @@ impl CustomSizes {
 pub struct ModelCapabilities {
     /// The provider's model name.
     pub model: String,
+    /// The provider that serves it (`openai`, `stability`,
+    /// `openai-compatible`, `offline-preview`): where a bare model name in
+    /// `GATEWAY_FALLBACK_MODELS` or a routes file binds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// Fixed sizes, `WIDTHxHEIGHT`.
     pub sizes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +98,10 @@ pub struct ModelCapabilities {
     /// When the provider shuts the model down (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown: Option<String>,
+    /// Quota kept for the routes file's `priority_orgs`: below it everyone
+    /// else's calls go to the next model of their chain (operators only).
+    #[serde(default, skip_serializing)]
+    pub reserve: Option<Reserve>,
 }
 
 impl ModelCapabilities {
@@ -239,6 +252,15 @@ impl ModelCatalog {
             if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
                 return Err(invalid("prices must be finite and not negative".into()));
             }
+            if let Some(provider) = row.provider.as_deref().filter(|p| !PROVIDERS.contains(p)) {
+                return Err(invalid(format!(
+                    "provider {provider:?} is not one of {}",
+                    PROVIDERS.join(", ")
+                )));
+            }
+            if let Some(problem) = row.reserve.and_then(|r| r.check().err()) {
+                return Err(invalid(problem));
+            }
             if models.insert(row.model.clone(), row.clone()).is_some() {
                 return Err(invalid("listed twice".into()));
             }
@@ -248,6 +270,11 @@ impl ModelCatalog {
 
     pub fn get(&self, model: &str) -> Option<&ModelCapabilities> {
         self.models.get(model)
+    }
+
+    /// The provider a bare `model` name belongs to, if its row says.
+    pub fn provider_of(&self, model: &str) -> Option<&str> {
+        self.get(model)?.provider.as_deref()
     }
 }
 

@@ -13,6 +13,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::providers::{BackendError, Generation, ImageBackend, ImageRequest};
+use crate::routing::capacity::{Capacity, Verdict};
 use crate::routing::catalog::ModelCatalog;
 
 /// How one backend is retried.
@@ -79,12 +80,16 @@ pub struct ModelRouter {
     breaker: BreakerPolicy,
     /// Models listed here are skipped for requests they cannot serve.
     catalog: Option<Arc<ModelCatalog>>,
+    /// Provider quotas: a model at its quota (or reserve) is passed over.
+    capacity: Option<Capacity>,
 }
 
 /// Whether a failure may be retried, re-routed, or is final.
 fn disposition(error: &BackendError) -> Disposition {
     match error {
-        BackendError::ContentRefused(_) | BackendError::BadRequest(_) => Disposition::Final,
+        BackendError::ContentRefused(_) | BackendError::BadRequest(_) | BackendError::NoCapacity { .. } => {
+            Disposition::Final
+        }
         BackendError::ModelNotFound { .. } | BackendError::Unauthorized(_) => Disposition::NextBackend,
         BackendError::RateLimited { .. }
         | BackendError::Provider { .. }
@@ -114,7 +119,15 @@ impl ModelRouter {
             retry,
             breaker,
             catalog: None,
+            capacity: None,
         }
+    }
+
+    /// Reads provider quotas from every answer and passes over a model at
+    /// its quota, or at its reserve for callers without priority.
+    pub fn with_capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = Some(capacity);
+        self
     }
 
     /// Checks requests against each model's capabilities before calling it.
@@ -198,17 +211,49 @@ impl ModelRouter {
 
     /// Runs the request down the chain.
     pub async fn generate(&self, request: &ImageRequest) -> Result<Routed, BackendError> {
-        self.generate_in(request, None).await
+        self.generate_in(request, None, false).await
+    }
+
+    /// Whether `model` takes this call now (its provider's quota and reserve).
+    async fn admit(&self, model: &str, request: &ImageRequest, priority: bool) -> Verdict {
+        let Some(capacity) = &self.capacity else {
+            return Verdict::Use;
+        };
+        let reserve = self
+            .catalog
+            .as_ref()
+            .and_then(|c| c.get(model))
+            .and_then(|row| row.reserve.as_ref());
+        capacity.admit(model, reserve, priority, i64::from(request.n)).await
+    }
+
+    /// What an answer said of the provider's quota.
+    async fn learn(&self, model: &str, outcome: &Result<Generation, BackendError>) {
+        let Some(capacity) = &self.capacity else { return };
+        match outcome {
+            Ok(Generation { quota: Some(quota), .. }) => capacity.observe(model, quota).await,
+            Err(BackendError::RateLimited { retry_after_secs }) => capacity.refused(model, *retry_after_secs).await,
+            _ => {}
+        }
     }
 
     /// Runs the request down the chain in `order` (positions in the chain,
-    /// e.g. cheapest first; `None` as configured).
-    pub async fn generate_in(&self, request: &ImageRequest, order: Option<&[usize]>) -> Result<Routed, BackendError> {
+    /// e.g. cheapest first; `None` as configured); `priority` callers may
+    /// use models' reserved capacity.
+    pub async fn generate_in(
+        &self,
+        request: &ImageRequest,
+        order: Option<&[usize]>,
+        priority: bool,
+    ) -> Result<Routed, BackendError> {
         let mut last_error = BackendError::Transport("no image backend is configured".into());
         // With every breaker open, still try the chain rather than fail without asking anyone.
         let all_open = self.routes.iter().all(|r| self.breaker_open(r));
         let configured: Vec<usize> = (0..self.routes.len()).collect();
         let order = order.unwrap_or(&configured);
+        // The shortest wait of the models passed over for capacity, and whether any was asked.
+        let mut spilled: Option<u64> = None;
+        let mut asked = false;
         for (index, route) in order.iter().filter_map(|&i| self.routes.get(i)).enumerate() {
             if !all_open && self.breaker_open(route) {
                 tracing::info!(
@@ -222,15 +267,27 @@ impl ModelRouter {
                 tracing::info!(model = route.backend.model(), %why, "skipping a model that cannot serve the request");
                 continue;
             }
-            if index > 0 {
+            if let Verdict::Spill { why, retry_after_ms } = self.admit(route.backend.model(), request, priority).await {
+                tracing::info!(
+                    model = route.backend.model(),
+                    reason = why.as_str(),
+                    retry_after_ms,
+                    "passing a model at its provider quota over, before the provider refuses"
+                );
+                spilled = Some(spilled.map_or(retry_after_ms, |s| s.min(retry_after_ms)));
+                continue;
+            }
+            if index > 0 && asked {
                 tracing::warn!(model = route.backend.model(), error = %last_error, "falling back to the next model");
             }
+            asked = true;
             for attempt in 1..=self.retry.max_attempts {
                 let span = crate::telemetry::traces::attempt_span(route.backend.kind(), route.backend.model(), attempt);
                 let outcome = {
                     use tracing::Instrument;
                     route.backend.generate(request).instrument(span.clone()).await
                 };
+                self.learn(route.backend.model(), &outcome).await;
                 let usage = outcome
                     .as_ref()
                     .ok()
@@ -278,7 +335,12 @@ impl ModelRouter {
             }
             self.record(route, false);
         }
-        Err(last_error)
+        match spilled {
+            Some(wait_ms) if !asked => Err(BackendError::NoCapacity {
+                retry_after_secs: wait_ms.div_ceil(1000).max(1),
+            }),
+            _ => Err(last_error),
+        }
     }
 }
 

@@ -46,6 +46,7 @@ impl ImageBackend for Scripted {
             }],
             model: self.model.to_string(),
             usage: None,
+            quota: None,
         })
     }
 }

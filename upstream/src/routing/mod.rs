@@ -4,6 +4,7 @@
 //! breakers and fallbacks (`chain`), and monthly budgets (`budget`).
 
 pub mod budget;
+pub mod capacity;
 pub mod catalog;
 pub mod chain;
 pub mod cost;

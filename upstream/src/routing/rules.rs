@@ -56,6 +56,10 @@ pub struct RoutesSpec {
     /// Models callers may ask for by name (`model`).
     #[serde(default)]
     pub selectable: Option<SelectableSpec>,
+    /// Organisations that keep using a model inside its `reserve` (models
+    /// file) while everyone else spills to the next model of their chain.
+    #[serde(default)]
+    pub priority_orgs: Vec<String>,
 }
 
 /// A chain, or a chain with a strategy, or weighted arms.
@@ -352,6 +356,7 @@ pub struct Routes {
     chosen: BTreeMap<String, Arc<ModelRouter>>,
     /// The built-in default chain's entries (`provider:model`).
     default_chain: Vec<String>,
+    priority_orgs: Vec<String>,
 }
 
 impl Routes {
@@ -444,6 +449,7 @@ impl Routes {
             selectable,
             chosen,
             default_chain,
+            priority_orgs: spec.priority_orgs.clone(),
         })
     }
 
@@ -457,7 +463,13 @@ impl Routes {
             selectable: SelectableSpec::default(),
             chosen: BTreeMap::new(),
             default_chain,
+            priority_orgs: Vec::new(),
         }
+    }
+
+    /// Whether `org` may use a model's reserved capacity.
+    pub fn is_priority(&self, org: &str) -> bool {
+        self.priority_orgs.iter().any(|o| o == org)
     }
 
     /// The models `org` may ask for by name (`model`): its list, else the

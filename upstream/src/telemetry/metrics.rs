@@ -126,6 +126,18 @@ pub struct FileHashLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub model: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpillLabels {
+    pub model: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub operation: String,
 }
@@ -152,6 +164,16 @@ pub struct Metrics {
     pub admin_file_reloads: Family<FileLabels, Counter>,
     pub admin_file_info: Family<FileHashLabels, Gauge>,
     pub admin_file_changed: Family<FileNameLabels, Gauge>,
+    pub provider_limit: Family<QuotaLabels, Gauge>,
+    pub provider_remaining: Family<QuotaLabels, Gauge>,
+    pub provider_reset: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub provider_rate_limited: Family<ModelNameLabels, Counter>,
+    pub capacity_spills: Family<SpillLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelNameLabels {
+    pub model: String,
 }
 
 fn seconds_histogram() -> Seconds {
@@ -258,7 +280,42 @@ impl Metrics {
             "When each admin file's running content was last applied (Unix seconds)",
             admin_file_changed.clone(),
         );
+        let provider_limit = Family::<QuotaLabels, Gauge>::default();
+        registry.register(
+            "provider_ratelimit_limit",
+            "A model's provider quota window, as its last answer said (kind: requests, tokens, images)",
+            provider_limit.clone(),
+        );
+        let provider_remaining = Family::<QuotaLabels, Gauge>::default();
+        registry.register(
+            "provider_ratelimit_remaining",
+            "What remains of a model's provider quota window, as its last answer said",
+            provider_remaining.clone(),
+        );
+        let provider_reset = Family::<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "provider_ratelimit_reset_seconds",
+            "Seconds until a model's provider quota window refills, as its last answer said",
+            provider_reset.clone(),
+        );
+        let provider_rate_limited = Family::<ModelNameLabels, Counter>::default();
+        registry.register(
+            "provider_rate_limited",
+            "Provider 429 answers by model (the gateway should have spilled first)",
+            provider_rate_limited.clone(),
+        );
+        let capacity_spills = Family::<SpillLabels, Counter>::default();
+        registry.register(
+            "capacity_spills",
+            "Calls sent past a model before its provider had to refuse (reason: reserved, exhausted, refused)",
+            capacity_spills.clone(),
+        );
         Arc::new(Self {
+            provider_limit,
+            provider_remaining,
+            provider_reset,
+            provider_rate_limited,
+            capacity_spills,
             admin_file_reloads,
             admin_file_info,
             admin_file_changed,
@@ -280,6 +337,36 @@ impl Metrics {
             cost_usd,
             rpc_seconds,
         })
+    }
+
+    /// A provider answer's quota window for `model`.
+    pub fn provider_quota(&self, model: &str, kind: &str, limit: u64, remaining: u64, reset_ms: u64) {
+        let labels = QuotaLabels {
+            model: model.into(),
+            kind: kind.into(),
+        };
+        self.provider_limit
+            .get_or_create(&labels)
+            .set(limit.min(i64::MAX as u64) as i64);
+        self.provider_remaining
+            .get_or_create(&labels)
+            .set(remaining.min(i64::MAX as u64) as i64);
+        self.provider_reset.get_or_create(&labels).set(reset_ms as f64 / 1000.0);
+    }
+
+    pub fn provider_rate_limited(&self, model: &str) {
+        self.provider_rate_limited
+            .get_or_create(&ModelNameLabels { model: model.into() })
+            .inc();
+    }
+
+    pub fn capacity_spill(&self, model: &str, reason: &str) {
+        self.capacity_spills
+            .get_or_create(&SpillLabels {
+                model: model.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.
