@@ -59,6 +59,8 @@ pub struct FakeOptions {
     /// `x-ratelimit-{limit,remaining,reset}-requests`; past it, 429
     /// `rate_limit_exceeded` with `retry-after`.
     pub request_quota: Option<RequestQuota>,
+    /// The key callers must present (else a fresh one).
+    pub api_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +100,9 @@ struct FakeState {
     served: Mutex<VecDeque<(Instant, u32)>>,
     /// Per model: when its quota window started and the requests it counted.
     windows: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
+    /// Generation requests being answered now, and the most at once.
+    in_flight: std::sync::atomic::AtomicU32,
+    max_in_flight: std::sync::atomic::AtomicU32,
     /// 429s answered for the request quota, per model.
     quota_refusals: Mutex<std::collections::HashMap<String, u32>>,
     /// Encoded images by (format, width, height): encoding is the fake's own
@@ -112,7 +117,10 @@ impl FakeOpenAi {
 
     /// Starts on `address` (`127.0.0.1:0` picks a port).
     pub async fn start_on(address: &str, options: FakeOptions) -> anyhow::Result<FakeOpenAi> {
-        let api_key = format!("sk-test-{}", uuid::Uuid::new_v4().simple());
+        let api_key = options
+            .api_key
+            .clone()
+            .unwrap_or_else(|| format!("sk-test-{}", uuid::Uuid::new_v4().simple()));
         let state = Arc::new(FakeState {
             fault: Mutex::new(None),
             api_key: api_key.clone(),
@@ -122,6 +130,8 @@ impl FakeOpenAi {
             served: Mutex::new(VecDeque::new()),
             windows: Mutex::new(std::collections::HashMap::new()),
             quota_refusals: Mutex::new(std::collections::HashMap::new()),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
             images: Mutex::new(std::collections::HashMap::new()),
         });
         let app = Router::new()
@@ -153,6 +163,11 @@ impl FakeOpenAi {
     }
 
     /// JSON bodies of every request received, in order.
+    /// The most requests the fake was answering at once.
+    pub fn max_in_flight(&self) -> u32 {
+        self.state.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The 429s answered for `model`'s request quota.
     pub fn quota_refusals(&self, model: &str) -> u32 {
         self.state
@@ -470,8 +485,18 @@ fn unauthorized(state: &FakeState, headers: &HeaderMap) -> Option<Response> {
 
 /// Checks the parameters of a generation (or of an edit, once its files
 /// were checked) and answers with images, as the Images API does.
-/// An answer, counted against the model's request quota when there is one.
+/// An answer, counted against the model's request quota when there is
+/// one, and in the requests being answered at once.
 async fn respond(state: &FakeState, request: &Value) -> Response {
+    use std::sync::atomic::Ordering;
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let response = counted(state, request).await;
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn counted(state: &FakeState, request: &Value) -> Response {
     let Some(quota) = state.options.request_quota else {
         return answer(state, request).await;
     };
@@ -544,6 +569,7 @@ async fn answer(state: &FakeState, request: &Value) -> Response {
         );
     };
     if state.options.compatible {
+        tokio::time::sleep(state.options.latency).await;
         return classic(fields);
     }
     if let Some(unknown) = fields.keys().find(|k| !KNOWN_PARAMS.contains(&k.as_str())) {

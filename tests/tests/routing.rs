@@ -1,5 +1,7 @@
 //! Model chains chosen per rule, organisation and style (GATEWAY_ROUTES_FILE),
-//! through Envoy against the OpenAI fake.
+//! and provider capacity (quotas read from the provider's headers,
+//! self-hosted pools' concurrency caps and fair queues), through Envoy
+//! against the OpenAI fake.
 
 use gateway_tests::fake_openai::FakeOptions;
 use gateway_tests::mcp_client::{connect, generate, list_models};
@@ -256,4 +258,271 @@ async fn replicas_share_provider_quota_readings_through_redis() {
     assert!(served.iter().all(|&n| n > 0), "both replicas served calls: {served:?}");
     assert_eq!(redis.hget("mcp:quota:gpt-image-2", "requests:limit"), "4");
     assert_eq!(redis.hget("mcp:quota:gpt-image-2", "requests:remaining"), "0");
+}
+
+/// A models file: the built-in table plus a self-hosted pool `sdxl-pool`
+/// (OpenAI-compatible, PNG only) with `concurrency`.
+fn pool_models(dir: &std::path::Path, concurrency: Value) -> String {
+    let builtin = gateway_tests::stack::workspace_root().join("upstream/src/routing/models.json");
+    let mut models: Value = serde_json::from_slice(&std::fs::read(builtin).unwrap()).unwrap();
+    models.as_array_mut().unwrap().push(json!({
+        "model": "sdxl-pool", "provider": "openai-compatible",
+        "sizes": ["1024x1024"], "qualities": ["auto", "low", "medium", "high"],
+        "output_formats": ["png"], "transparent_background": false, "max_images": 1,
+        "usd_per_image": 0.0005, "concurrency": concurrency
+    }));
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("models.json");
+    std::fs::write(&path, models.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// A call with a progress token, answered as an event stream: the final
+/// result and every progress message.
+async fn call_with_progress(stack: &Stack, token: &str, prompt: &str) -> (Value, Vec<String>) {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": prompt},
+                   "_meta": {"progressToken": prompt}}});
+    let text = gateway_tests::stack::http_client()
+        .post(&stack.mcp_url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let messages: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|data| serde_json::from_str(data).ok())
+        .collect();
+    let progress = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .filter_map(|m| m["params"]["message"].as_str().map(str::to_string))
+        .collect();
+    let result = messages
+        .into_iter()
+        .find(|m| m["id"] == 7)
+        .unwrap_or_else(|| panic!("no result in {text}"));
+    (result["result"].clone(), progress)
+}
+
+/// A burst of three times a pool's cap, spread by Envoy over two upstream
+/// replicas sharing slots through Redis: the pool never has more than its
+/// cap in flight, every call is served within the queue timeout, waiting
+/// calls hear their place, and a second organisation's single call is not
+/// put behind the first one's backlog.
+#[tokio::test]
+async fn a_capped_pool_never_exceeds_its_cap_and_its_line_is_fair() {
+    let redis = gateway_tests::redis_server::Redis::start();
+    let dir = std::env::temp_dir().join(format!("pool-{}", uuid::Uuid::new_v4()));
+    let models = pool_models(
+        &dir,
+        json!({"max_in_flight": 2, "max_queue": 50, "queue_timeout_secs": 20}),
+    );
+    let stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "sdxl-pool".into(),
+            options: FakeOptions {
+                compatible: true,
+                latency: std::time::Duration::from_millis(1000),
+                ..FakeOptions::default()
+            },
+        },
+        upstream_replicas: 2,
+        upstream_env: vec![
+            ("GATEWAY_BACKEND".into(), "openai-compatible".into()),
+            ("GATEWAY_MODELS_FILE".into(), models),
+            ("GATEWAY_CAPACITY_REDIS_URL".into(), redis.url()),
+            ("GATEWAY_PROGRESS_INTERVAL_SECS".into(), "30".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let stack = std::sync::Arc::new(stack);
+    let started = std::time::Instant::now();
+    let acme = stack.token("alice", "acme");
+    let mut burst = Vec::new();
+    for i in 0..6 {
+        let (stack, token) = (stack.clone(), acme.clone());
+        burst.push(tokio::spawn(async move {
+            let (result, progress) = call_with_progress(&stack, &token, &format!("acme {i}")).await;
+            (result, progress, std::time::Instant::now())
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let globex = stack.token("gus", "globex");
+    let (single, _) = call_with_progress(&stack, &globex, "globex").await;
+    let single_done = std::time::Instant::now();
+    assert_eq!(single["structuredContent"]["model"], "sdxl-pool", "{single}");
+    let mut after_single = 0;
+    let mut heard_place = false;
+    for call in burst {
+        let (result, progress, done) = call.await.unwrap();
+        assert_eq!(result["isError"], false, "{result}");
+        assert_eq!(result["structuredContent"]["model"], "sdxl-pool", "{result}");
+        after_single += usize::from(done > single_done);
+        heard_place |= progress.iter().any(|m| m.starts_with("queued for sdxl-pool"));
+    }
+    let fake = stack.fake.as_ref().unwrap();
+    assert_eq!(fake.requests().len(), 7);
+    assert_eq!(
+        fake.max_in_flight(),
+        2,
+        "never more than the cap in flight, and the cap used"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "within the queue timeout"
+    );
+    assert!(heard_place, "a waiting call heard its place in line");
+    // First come, first served would finish the single call last.
+    assert!(
+        after_single >= 2,
+        "{after_single} of the burst finished after the single call"
+    );
+    let metrics = stack.upstream_metrics().await;
+    assert!(
+        metrics.contains(r#"mcp_gateway_pool_wait_duration_seconds_count{model="sdxl-pool",org="acme"}"#),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A full line refuses at once with the capacity error (billed nothing);
+/// a pool that does not answer (scaled to zero) sends calls down the chain
+/// while counting the demand the autoscaler scales on, and takes traffic
+/// back once it answers.
+#[tokio::test]
+async fn a_full_line_refuses_at_once_and_a_pool_at_zero_spills_until_it_answers() {
+    let dir = std::env::temp_dir().join(format!("pool-{}", uuid::Uuid::new_v4()));
+    let models = pool_models(
+        &dir,
+        json!({"max_in_flight": 1, "max_queue": 1, "queue_timeout_secs": 20}),
+    );
+    let stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "sdxl-pool".into(),
+            options: FakeOptions {
+                compatible: true,
+                latency: std::time::Duration::from_millis(1500),
+                ..FakeOptions::default()
+            },
+        },
+        upstream_env: vec![
+            ("GATEWAY_BACKEND".into(), "openai-compatible".into()),
+            ("GATEWAY_MODELS_FILE".into(), models.clone()),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let client = std::sync::Arc::new(client);
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(150 * i)).await;
+            let started = std::time::Instant::now();
+            let result = generate(&client, json!({"prompt": format!("kite {i}")})).await.unwrap();
+            (result, started.elapsed())
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.unwrap());
+    }
+    let served = outcomes.iter().filter(|(r, _)| r.is_error == Some(false)).count();
+    assert_eq!(served, 2, "one ran and one waited: {outcomes:?}");
+    let (refused, took) = outcomes.iter().find(|(r, _)| r.is_error == Some(true)).unwrap();
+    assert_eq!(refused.structured_content.as_ref().unwrap()["error"], "no_capacity");
+    assert!(
+        *took < std::time::Duration::from_millis(1000),
+        "refused at once: {took:?}"
+    );
+    let metrics = stack.upstream_metrics().await;
+    assert!(
+        metrics.contains(r#"mcp_gateway_capacity_spills_total{model="sdxl-pool",reason="queue_full"} 1"#),
+        "{metrics}"
+    );
+    let billed = stack
+        .log("upstream")
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["target"] == "billing")
+        .count();
+    assert_eq!(billed, 2, "the refused call was not billed");
+    drop(stack);
+
+    // The pool at zero: nothing listens where it will be.
+    let pool_port = gateway_tests::stack::free_port();
+    let stack = Stack::start_with(StackOptions {
+        upstream_env: vec![
+            ("GATEWAY_BACKEND".into(), "openai-compatible".into()),
+            ("GATEWAY_MODELS_FILE".into(), models),
+            (
+                "OPENAI_COMPATIBLE_BASE_URL".into(),
+                format!("http://127.0.0.1:{pool_port}/v1"),
+            ),
+            ("OPENAI_COMPATIBLE_MODEL".into(), "sdxl-pool".into()),
+            ("OPENAI_COMPATIBLE_API_KEY".into(), "sk-pool".into()),
+            ("GATEWAY_FALLBACK_MODELS".into(), "offline-preview".into()),
+            ("GATEWAY_BREAKER_FAILURES".into(), "2".into()),
+            ("GATEWAY_BREAKER_OPEN_SECS".into(), "2".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let model_of = |result: rmcp::model::CallToolResult| {
+        assert_eq!(result.is_error, Some(false), "{result:?}");
+        result.structured_content.unwrap()["model"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            model_of(generate(&client, json!({"prompt": "a kite"})).await.unwrap()),
+            "offline-preview"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "no retries against a pool at zero"
+        );
+    }
+    let metrics = stack.upstream_metrics().await;
+    let demand = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"mcp_gateway_capacity_spills_total{model="sdxl-pool",reason="unavailable"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(demand, Some(3), "every call counted as demand for the pool:\n{metrics}");
+    // The pool comes up; after the breaker's pause, traffic returns to it.
+    let pool = gateway_tests::fake_openai::FakeOpenAi::start_on(
+        &format!("127.0.0.1:{pool_port}"),
+        FakeOptions {
+            compatible: true,
+            api_key: Some("sk-pool".into()),
+            ..FakeOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        model_of(generate(&client, json!({"prompt": "a kite"})).await.unwrap()),
+        "sdxl-pool"
+    );
+    assert_eq!(pool.requests().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }

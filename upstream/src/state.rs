@@ -15,6 +15,7 @@ use crate::providers::ImageBackend;
 use crate::routing::capacity::{Capacity, QuotaStore};
 use crate::routing::catalog::ModelCatalog;
 use crate::routing::chain::ModelRouter;
+use crate::routing::pools::SlotStore;
 use crate::routing::rules::{Routes, RoutesSpec};
 use crate::storage::keyring::Keyring;
 use crate::storage::signed_url::UrlSigner;
@@ -67,11 +68,17 @@ impl AppState {
     /// budget store when one is configured).
     pub async fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
         let metrics = crate::telemetry::metrics::Metrics::new();
-        let quotas: Arc<dyn QuotaStore> = match config.capacity_redis_url() {
-            Some(url) => Arc::new(crate::routing::capacity::redis::RedisQuotas::connect(url).await?),
-            None => Arc::new(crate::routing::capacity::memory::MemoryQuotas::default()),
+        let (quotas, slots): (Arc<dyn QuotaStore>, Arc<dyn SlotStore>) = match config.capacity_redis_url() {
+            Some(url) => (
+                Arc::new(crate::routing::capacity::redis::RedisQuotas::connect(url).await?),
+                Arc::new(crate::routing::pools::redis::RedisSlots::connect(url).await?),
+            ),
+            None => (
+                Arc::new(crate::routing::capacity::memory::MemoryQuotas::default()),
+                Arc::new(crate::routing::pools::memory::MemorySlots::default()),
+            ),
         };
-        let capacity = Capacity::new(quotas, metrics.clone());
+        let capacity = Capacity::new(quotas, slots, metrics.clone());
         let parts = AdminParts::read(config, &capacity)?;
         let budgets = match (&config.budget_redis_url, parts.budgets) {
             (_, None) => crate::routing::budget::Budgets::none(metrics.clone()),

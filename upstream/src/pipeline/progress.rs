@@ -1,6 +1,7 @@
 //! Progress notifications of a running call: `generating` heartbeats that
-//! keep clients and proxies from timing a long call out, and partial images
-//! as a streaming backend announces them.
+//! keep clients and proxies from timing a long call out, partial images as
+//! a streaming backend announces them, and a waiting call's place in a
+//! self-hosted pool's queue.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use rmcp::model::{ProgressNotificationParam, ProgressToken};
 use rmcp::service::{Peer, RequestContext};
 use rmcp::RoleServer;
 
-use crate::providers::PartialImage;
+use crate::providers::{PartialImage, Report};
 
 /// Progress notifications for one call, when the client asked for them.
 pub struct Progress {
@@ -39,12 +40,20 @@ impl Progress {
     }
 }
 
+fn describe(report: &Report) -> String {
+    match report {
+        Report::Partial(PartialImage { index }) => format!("partial image {} received", index + 1),
+        Report::Queued { model, ahead: 0 } => format!("queued for {model}: next in line"),
+        Report::Queued { model, ahead } => format!("queued for {model}: {ahead} calls ahead"),
+    }
+}
+
 /// Sends `generating` heartbeats every `progress.interval` until `work` ends,
 /// so clients and proxies keep a long call alive.
 /// Also reports partial images as a streaming backend announces them.
 pub async fn with_heartbeats<T>(
     progress: &mut Option<Progress>,
-    mut partials: Option<tokio::sync::mpsc::UnboundedReceiver<PartialImage>>,
+    mut partials: Option<tokio::sync::mpsc::UnboundedReceiver<Report>>,
     work: impl std::future::Future<Output = T>,
 ) -> T {
     let Some(progress) = progress.as_mut() else {
@@ -60,8 +69,8 @@ pub async fn with_heartbeats<T>(
             _ = ticker.tick() => {
                 progress.send(format!("generating ({} s)", started.elapsed().as_secs())).await;
             }
-            Some(partial) = async { match partials.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
-                progress.send(format!("partial image {} received", partial.index + 1)).await;
+            Some(report) = async { match partials.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                progress.send(describe(&report)).await;
             }
         }
     }

@@ -18,6 +18,7 @@ use crate::identity::Caller;
 use crate::pipeline::args::GenerateImageArgs;
 use crate::pipeline::progress::{with_heartbeats, Progress};
 use crate::providers::{BackendError, EditInputs, ImageBackend, ImageRequest};
+use crate::routing::chain::Claim;
 use crate::routing::rules::{CallFacts, Strategy};
 use crate::state::AppState;
 use crate::telemetry::audit::{BillingEvent, Outcome, ToolCallEvent};
@@ -202,10 +203,13 @@ pub(crate) async fn run(
         by_cost.into_iter().map(|(index, _)| index).collect::<Vec<_>>()
     });
     let model_started = Instant::now();
-    let priority = state.routes.is_priority(&caller.org);
+    let claim = Claim {
+        org: &caller.org,
+        priority: state.routes.is_priority(&caller.org),
+    };
     // A cancelled call stops the backend request: nothing is stored or billed.
     let routed = tokio::select! {
-        routed = with_heartbeats(&mut progress, partials, router.generate_in(&request, order.as_deref(), priority)) => routed,
+        routed = with_heartbeats(&mut progress, partials, router.generate_in(&request, order.as_deref(), claim)) => routed,
         _ = cancelled.cancelled() => {
             if let Some(reservation) = reservation {
                 state.budgets.release(reservation).await;

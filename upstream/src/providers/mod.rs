@@ -30,8 +30,9 @@ pub struct ImageRequest {
     pub output_compression: Option<u8>,
     /// An opaque, stable caller id (a hash, never the raw user id).
     pub user: String,
-    /// Where a streaming backend reports partial images (the caller asked for progress).
-    pub partials: Option<PartialSink>,
+    /// Where a streaming backend reports partial images, and the chain a
+    /// queue position (set when the caller asked for progress).
+    pub partials: Option<ProgressSink>,
     /// The inputs of an edit (`edit_image`); `None` draws from the prompt alone.
     pub edit: Option<Arc<EditInputs>>,
 }
@@ -52,7 +53,18 @@ pub struct PartialImage {
     pub index: u32,
 }
 
-pub type PartialSink = tokio::sync::mpsc::UnboundedSender<PartialImage>;
+/// What a call reports while it runs, besides its heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Partial(PartialImage),
+    /// Waiting for a slot of a self-hosted pool: `ahead` calls go first.
+    Queued {
+        model: String,
+        ahead: usize,
+    },
+}
+
+pub type ProgressSink = tokio::sync::mpsc::UnboundedSender<Report>;
 
 impl ImageRequest {
     /// What is asked for besides the prompt, for the capability check.

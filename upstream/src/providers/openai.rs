@@ -345,9 +345,9 @@ impl OpenAiBackend {
             match parsed.kind.as_str() {
                 "image_generation.partial_image" => {
                     if let Some(sink) = &request.partials {
-                        let _ = sink.send(super::PartialImage {
+                        let _ = sink.send(super::Report::Partial(super::PartialImage {
                             index: parsed.partial_image_index.unwrap_or_default(),
-                        });
+                        }));
                     }
                 }
                 "image_generation.completed" => {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::media::types::{Background, ImageOptions, ImageSize, OutputFormat, Quality};
 use crate::routing::capacity::Reserve;
+use crate::routing::pools::PoolLimits;
 use crate::routing::pricing::Pricing;
 
 /// Provider names a capability row may give.
@@ -102,6 +103,9 @@ pub struct ModelCapabilities {
     /// else's calls go to the next model of their chain (operators only).
     #[serde(default, skip_serializing)]
     pub reserve: Option<Reserve>,
+    /// A self-hosted pool's concurrency cap and wait line (operators only).
+    #[serde(default, skip_serializing)]
+    pub concurrency: Option<PoolLimits>,
 }
 
 impl ModelCapabilities {
@@ -257,6 +261,9 @@ impl ModelCatalog {
                     "provider {provider:?} is not one of {}",
                     PROVIDERS.join(", ")
                 )));
+            }
+            if let Some(problem) = row.concurrency.and_then(|c| c.check().err()) {
+                return Err(invalid(problem));
             }
             if let Some(problem) = row.reserve.and_then(|r| r.check().err()) {
                 return Err(invalid(problem));

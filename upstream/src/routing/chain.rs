@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::providers::{BackendError, Generation, ImageBackend, ImageRequest};
 use crate::routing::capacity::{Capacity, Verdict};
 use crate::routing::catalog::ModelCatalog;
+use crate::routing::pools::{Busy, Slot};
 
 /// How one backend is retried.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +72,14 @@ pub struct Routed {
     pub generation: Generation,
     /// Backends given up on before the one that served (0: the primary served).
     pub fallbacks: u32,
+}
+
+/// Who a call is for, as far as capacity decisions go.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claim<'a> {
+    pub org: &'a str,
+    /// May use models' reserved quota.
+    pub priority: bool,
 }
 
 /// Backends in order of preference.
@@ -211,11 +220,11 @@ impl ModelRouter {
 
     /// Runs the request down the chain.
     pub async fn generate(&self, request: &ImageRequest) -> Result<Routed, BackendError> {
-        self.generate_in(request, None, false).await
+        self.generate_in(request, None, Claim::default()).await
     }
 
     /// Whether `model` takes this call now (its provider's quota and reserve).
-    async fn admit(&self, model: &str, request: &ImageRequest, priority: bool) -> Verdict {
+    async fn admit(&self, model: &str, request: &ImageRequest, claim: Claim<'_>) -> Verdict {
         let Some(capacity) = &self.capacity else {
             return Verdict::Use;
         };
@@ -224,7 +233,26 @@ impl ModelRouter {
             .as_ref()
             .and_then(|c| c.get(model))
             .and_then(|row| row.reserve.as_ref());
-        capacity.admit(model, reserve, priority, i64::from(request.n)).await
+        capacity
+            .admit(model, reserve, claim.priority, i64::from(request.n))
+            .await
+    }
+
+    /// A slot of `model`'s pool when it is a capped self-hosted pool
+    /// (`None`: no cap), waiting in its fair line; or why there is none.
+    async fn slot(&self, model: &str, request: &ImageRequest, claim: Claim<'_>) -> Result<Option<Slot>, Busy> {
+        let (Some(capacity), Some(limits)) = (&self.capacity, self.pool_limits(model)) else {
+            return Ok(None);
+        };
+        let slot = capacity
+            .pools
+            .acquire(model, limits, claim.org, request.partials.as_ref())
+            .await?;
+        Ok(Some(slot))
+    }
+
+    fn pool_limits(&self, model: &str) -> Option<crate::routing::pools::PoolLimits> {
+        self.catalog.as_ref()?.get(model)?.concurrency
     }
 
     /// What an answer said of the provider's quota.
@@ -238,13 +266,13 @@ impl ModelRouter {
     }
 
     /// Runs the request down the chain in `order` (positions in the chain,
-    /// e.g. cheapest first; `None` as configured); `priority` callers may
-    /// use models' reserved capacity.
+    /// e.g. cheapest first; `None` as configured), with the capacity the
+    /// `claim` may use.
     pub async fn generate_in(
         &self,
         request: &ImageRequest,
         order: Option<&[usize]>,
-        priority: bool,
+        claim: Claim<'_>,
     ) -> Result<Routed, BackendError> {
         let mut last_error = BackendError::Transport("no image backend is configured".into());
         // With every breaker open, still try the chain rather than fail without asking anyone.
@@ -260,6 +288,11 @@ impl ModelRouter {
                     model = route.backend.model(),
                     "circuit breaker open: skipping this model"
                 );
+                // A capped pool behind an open breaker is still wanted: the
+                // spill keeps asking the autoscaler for it.
+                if let (Some(capacity), Some(_)) = (&self.capacity, self.pool_limits(route.backend.model())) {
+                    capacity.pools.unavailable(route.backend.model());
+                }
                 continue;
             }
             // Capability routing: a model that cannot draw what was asked is skipped.
@@ -267,7 +300,8 @@ impl ModelRouter {
                 tracing::info!(model = route.backend.model(), %why, "skipping a model that cannot serve the request");
                 continue;
             }
-            if let Verdict::Spill { why, retry_after_ms } = self.admit(route.backend.model(), request, priority).await {
+            let model = route.backend.model();
+            if let Verdict::Spill { why, retry_after_ms } = self.admit(model, request, claim).await {
                 tracing::info!(
                     model = route.backend.model(),
                     reason = why.as_str(),
@@ -277,6 +311,19 @@ impl ModelRouter {
                 spilled = Some(spilled.map_or(retry_after_ms, |s| s.min(retry_after_ms)));
                 continue;
             }
+            // Held until this model's attempts end.
+            let _slot = match self.slot(model, request, claim).await {
+                Ok(slot) => slot,
+                Err(busy) => {
+                    tracing::info!(model, reason = busy.as_str(), "no slot of the model's pool: next model");
+                    if let Some(capacity) = &self.capacity {
+                        capacity.pools.busy(model, busy);
+                    }
+                    let wait = self.pool_limits(model).map_or(1, |l| l.queue_timeout_secs) * 1000;
+                    spilled = Some(spilled.map_or(wait, |s| s.min(wait)));
+                    continue;
+                }
+            };
             if index > 0 && asked {
                 tracing::warn!(model = route.backend.model(), error = %last_error, "falling back to the next model");
             }
@@ -293,10 +340,10 @@ impl ModelRouter {
                     .ok()
                     .and_then(|g| g.usage)
                     .map(|u| (u.input_tokens, u.output_tokens));
-                let model = outcome.as_ref().ok().map(|g| g.model.as_str());
+                let served_by = outcome.as_ref().ok().map(|g| g.model.as_str());
                 crate::telemetry::traces::record_attempt(
                     &span,
-                    model,
+                    served_by,
                     usage,
                     outcome.as_ref().err().map(|e| e.class()),
                 );
@@ -317,7 +364,18 @@ impl ModelRouter {
                         // Waiting less than the provider's Retry-After would only be refused again.
                         let too_long = matches!(error, BackendError::RateLimited { retry_after_secs: Some(secs) }
                             if Duration::from_secs(secs) > self.retry.max_delay);
-                        let retry = disposition == Disposition::Retry && attempt < self.retry.max_attempts && !too_long;
+                        // A capped pool that does not answer is scaled to zero or warming:
+                        // on down the chain at once (the spill asks the autoscaler for it).
+                        let pool_down = _slot.is_some() && matches!(error, BackendError::Transport(_));
+                        if pool_down {
+                            if let Some(capacity) = &self.capacity {
+                                capacity.pools.unavailable(model);
+                            }
+                        }
+                        let retry = disposition == Disposition::Retry
+                            && attempt < self.retry.max_attempts
+                            && !too_long
+                            && !pool_down;
                         let delay = self.delay(attempt, &error);
                         last_error = error;
                         if !retry {

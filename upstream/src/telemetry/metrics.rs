@@ -169,6 +169,15 @@ pub struct Metrics {
     pub provider_reset: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub provider_rate_limited: Family<ModelNameLabels, Counter>,
     pub capacity_spills: Family<SpillLabels, Counter>,
+    pub pool_in_flight: Family<ModelNameLabels, Gauge>,
+    pub pool_queued: Family<PoolOrgLabels, Gauge>,
+    pub pool_wait_seconds: Family<PoolOrgLabels, Seconds>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolOrgLabels {
+    pub model: String,
+    pub org: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -310,7 +319,29 @@ impl Metrics {
             "Calls sent past a model before its provider had to refuse (reason: reserved, exhausted, refused)",
             capacity_spills.clone(),
         );
+        let pool_in_flight = Family::<ModelNameLabels, Gauge>::default();
+        registry.register(
+            "pool_in_flight",
+            "Calls this replica has in flight on a self-hosted pool (its slots)",
+            pool_in_flight.clone(),
+        );
+        let pool_queued = Family::<PoolOrgLabels, Gauge>::default();
+        registry.register(
+            "pool_queued",
+            "Calls waiting on this replica for a slot of a self-hosted pool, by organisation",
+            pool_queued.clone(),
+        );
+        let pool_wait_seconds =
+            Family::<PoolOrgLabels, Seconds>::new_with_constructor(seconds_histogram as fn() -> Seconds);
+        registry.register(
+            "pool_wait_duration_seconds",
+            "How long calls waited for a slot of a self-hosted pool",
+            pool_wait_seconds.clone(),
+        );
         Arc::new(Self {
+            pool_in_flight,
+            pool_queued,
+            pool_wait_seconds,
             provider_limit,
             provider_remaining,
             provider_reset,
@@ -358,6 +389,30 @@ impl Metrics {
         self.provider_rate_limited
             .get_or_create(&ModelNameLabels { model: model.into() })
             .inc();
+    }
+
+    pub fn pool_in_flight(&self, model: &str, by: i64) {
+        self.pool_in_flight
+            .get_or_create(&ModelNameLabels { model: model.into() })
+            .inc_by(by);
+    }
+
+    pub fn pool_queued(&self, model: &str, org: &str, by: i64) {
+        self.pool_queued
+            .get_or_create(&PoolOrgLabels {
+                model: model.into(),
+                org: org.into(),
+            })
+            .inc_by(by);
+    }
+
+    pub fn pool_waited(&self, model: &str, org: &str, waited: Duration) {
+        self.pool_wait_seconds
+            .get_or_create(&PoolOrgLabels {
+                model: model.into(),
+                org: org.into(),
+            })
+            .observe(waited.as_secs_f64(), None, None);
     }
 
     pub fn capacity_spill(&self, model: &str, reason: &str) {

@@ -22,6 +22,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::providers::rate_limits::{Kind, QuotaReading};
+use crate::routing::pools::{Pools, SlotStore};
 use crate::telemetry::metrics::Metrics;
 
 /// How much of a model's quota window is kept for priority organisations:
@@ -180,17 +181,23 @@ pub fn windows_at(reading: &QuotaReading, now_ms: u64) -> Vec<(Kind, WindowAt)> 
         .collect()
 }
 
-/// The store with the service's metrics: what the chain asks before and
-/// tells after each provider call. A store that fails never stops a call.
+/// The stores with the service's metrics: what the chain asks before and
+/// tells after each provider call (quota readings), and the self-hosted
+/// pools' slots. A store that fails never stops a call.
 #[derive(Clone)]
 pub struct Capacity {
     store: Arc<dyn QuotaStore>,
     metrics: Arc<Metrics>,
+    pub pools: Pools,
 }
 
 impl Capacity {
-    pub fn new(store: Arc<dyn QuotaStore>, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics }
+    pub fn new(store: Arc<dyn QuotaStore>, slots: Arc<dyn SlotStore>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            pools: Pools::new(slots, metrics.clone()),
+            metrics,
+        }
     }
 
     /// Use `model` for a call of `images` images, or spill (counted).
