@@ -335,6 +335,20 @@ def main() -> int:
             (ROOT / "envoy" / "dynamic-module-filter.yaml.tmpl").read_text(),
             {"MODULE_PATH": NATIVE_MODULE, "FILTER_CONFIG": json.dumps(traced_config)})}),
     }
+    # Experiments only (BENCH_VARIANTS): Envoy's tracer without any filter,
+    # with and without the decision tags, to tell its cost from ours; ours
+    # with 10 % of requests sampled.
+    untagged = "\n".join(line for line in traced["TRACING"].splitlines()
+                         if "- { tag:" not in line and "custom_tags:" not in line)
+    sampled_10 = {**traced, "TRACING": render((ROOT / "envoy" / "tracing.yaml.tmpl").read_text(),
+                                              {"SAMPLING_PERCENT": 10, "SERVICE_NAME": "bench-edge"})}
+    experiments = {
+        "ours_traced_10pct": render(variant_template, {**sampled_10, "HTTP_FILTERS": render(
+            (HERE / "ours-filter.yaml.tmpl").read_text(),
+            {"WASM_PATH": WASM, "FILTER_CONFIG": json.dumps(traced_config)})}),
+        "bare_traced": render(variant_template, {**traced, "HTTP_FILTERS": ""}),
+        "bare_traced_untagged": render(variant_template, {**traced, "TRACING": untagged, "HTTP_FILTERS": ""}),
+    }
     breakdown = {}
     if BREAKDOWN:
         for name, _, patch in [("whole", "", {})] + PHASES:
@@ -349,7 +363,7 @@ def main() -> int:
     only = [v for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v]
     floor_text = variants["floor"]
     if only:
-        variants = {name: text for name, text in variants.items() if name in only}
+        variants = {name: text for name, text in {**variants, **experiments}.items() if name in only}
     saturated, fixed, groups = {}, {}, []
     try:
         wait_ready(standin_admin)

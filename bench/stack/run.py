@@ -14,6 +14,12 @@ the provider's wire format, cached images so the fake is not the bottleneck).
            (100 % sampling, Envoy and the upstream exporting to a local
            OTLP/gRPC receiver that counts spans); saturated oha slices
            alternate between them in shuffled rounds, medians compared.
+  pool     a capped self-hosted model (OpenAI-compatible fake, 10 s per
+           image, max_in_flight 64, wait line with a 10 s timeout) first in
+           the chain, an instant OpenAI model after it; 5,000 calls at 500
+           per second: queue wait p50/p99 (the upstream's histogram), spills,
+           the most the pool had in flight, and the upstream's memory per
+           call in flight or waiting.
   edit     the fake takes 10 s per edit; 1,000 edit_image calls arrive at 100
            per second (about 1,000 in flight), each in-painting a region of the
            same 1024x1024 upload (read, checked and sent to the provider per
@@ -47,6 +53,8 @@ BURST_SECONDS = int(os.environ.get("BENCH_BURST_SECONDS", "10"))
 MODEL_LATENCY_MS = int(os.environ.get("BENCH_MODEL_LATENCY_MS", "10000"))
 INSTANT_SECONDS = int(os.environ.get("BENCH_INSTANT_SECONDS", "15"))
 TRACE_ROUNDS = int(os.environ.get("BENCH_TRACE_ROUNDS", "6"))
+POOL_CAP = int(os.environ.get("BENCH_POOL_CAP", "64"))
+POOL_TIMEOUT_SECS = int(os.environ.get("BENCH_POOL_TIMEOUT_SECS", "10"))
 TRACE_SLICE = os.environ.get("BENCH_TRACE_SLICE", "4s")
 BODY = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                    "params": {"name": "generate_image", "arguments": {"prompt": "a kite over a beach"}}})
@@ -84,15 +92,14 @@ def photo_like_png(width: int, height: int) -> bytes:
 class Stackup:
     """Fake, upstream and Envoy for one scenario; stopped by close()."""
 
-    def __init__(self, envoy: str, model_latency_ms: int, name: str, otlp_endpoint: str = ""):
+    def __init__(self, envoy: str, model_latency_ms: int, name: str, otlp_endpoint: str = "",
+                 pool: dict = None):
         self.processes = []
         self.dir = STATE / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        fake = subprocess.Popen([str(RELEASE / "fake-openai"), "--latency-ms", str(model_latency_ms)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.processes.append(fake)
-        fake_info = json.loads(fake.stdout.readline())
+        fake_info = self.fake(model_latency_ms)
         upstream_port, metrics_port, listen_port, admin_port = free_port(), free_port(), free_port(), free_port()
+        self.metrics_port = metrics_port
         self.base_url = f"http://127.0.0.1:{listen_port}"
         binary = str(RELEASE / "mcp-image-gateway")
         subprocess.run([binary, "dev-init", "--state-dir", str(self.dir)], check=True, capture_output=True)
@@ -102,6 +109,21 @@ class Stackup:
                    GATEWAY_LISTEN=f"127.0.0.1:{upstream_port}", GATEWAY_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                    GATEWAY_PUBLIC_BASE_URL=self.base_url, GATEWAY_STATE_DIR=str(self.dir),
                    GATEWAY_MAX_ATTEMPTS="1")
+        if pool:
+            # The capped pool first, then the instant OpenAI model.
+            pool_info = self.fake(pool["latency_ms"], "--compatible")
+            self.pool_url = pool_info["base_url"]
+            models = json.loads((ROOT / "upstream/src/routing/models.json").read_text())
+            models.append({"model": "pool", "provider": "openai-compatible", "sizes": ["1024x1024"],
+                           "qualities": ["auto", "low", "medium", "high"], "output_formats": ["png"],
+                           "transparent_background": False, "max_images": 1, "usd_per_image": 0.0005,
+                           "concurrency": pool["concurrency"]})
+            (self.dir / "models.json").write_text(json.dumps(models))
+            env.update(GATEWAY_BACKEND="openai-compatible", OPENAI_COMPATIBLE_MODEL="pool",
+                       OPENAI_COMPATIBLE_BASE_URL=f"{pool_info['base_url']}/v1",
+                       OPENAI_COMPATIBLE_API_KEY=pool_info["api_key"],
+                       GATEWAY_MODELS_FILE=str(self.dir / "models.json"),
+                       GATEWAY_FALLBACK_MODELS="openai:gpt-image-1-mini")
         # Tracing on for Envoy (render-envoy, filter-config) and the upstream alike, or off.
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         if otlp_endpoint:
@@ -134,6 +156,17 @@ class Stackup:
         wait_http(f"http://127.0.0.1:{admin_port}/ready")
         self.token = subprocess.run([binary, "token", "--state-dir", str(self.dir), "--public-base-url", self.base_url],
                                     capture_output=True, text=True, check=True).stdout.strip()
+
+    def fake(self, latency_ms: int, *flags: str) -> dict:
+        """An OpenAI fake process: its base URL and key."""
+        fake = subprocess.Popen([str(RELEASE / "fake-openai"), "--latency-ms", str(latency_ms), *flags],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.processes.append(fake)
+        return json.loads(fake.stdout.readline())
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
 
     def oha(self, *args: str, body: str = BODY) -> dict:
         out = subprocess.run(
@@ -203,6 +236,83 @@ def summarize(name: str, report: dict, stack: Stackup, skip: int, tool: str = "g
     return result
 
 
+def histogram_quantile(metrics: str, family: str, q: float) -> float:
+    """A quantile of a Prometheus histogram summed over its series, from its buckets."""
+    buckets = {}
+    for line in metrics.splitlines():
+        if line.startswith(f"{family}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            count = float(line.split("}", 1)[1].split()[0])
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0) + count
+    ordered = sorted(buckets.items())
+    total = ordered[-1][1] if ordered else 0
+    if not total:
+        return float("nan")
+    rank, previous = q * total, (0.0, 0.0)
+    for bound, count in ordered:
+        if count >= rank:
+            if bound == float("inf"):
+                return previous[0]
+            low, below = previous
+            return low + (bound - low) * ((rank - below) / max(count - below, 1e-9))
+        previous = (bound, count)
+    return ordered[-1][0]
+
+
+def series_total(metrics: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def pool_burst(envoy: str) -> dict:
+    """5,000 calls at 500/s onto a pool capped at 64, with a fallback after it."""
+    stack = Stackup(envoy, 0, "pool", pool={
+        "latency_ms": MODEL_LATENCY_MS,
+        "concurrency": {"max_in_flight": POOL_CAP, "max_queue": BURST_RATE * BURST_SECONDS,
+                        "queue_timeout_secs": POOL_TIMEOUT_SECS}})
+    try:
+        total = BURST_RATE * BURST_SECONDS
+        before = rss_mib(stack.upstream.pid)
+        # Sample how many calls the upstream holds (in flight + waiting) during the burst.
+        import threading
+        held, stop_sampling = [0], threading.Event()
+
+        def sample():
+            while not stop_sampling.wait(0.5):
+                try:
+                    text = stack.metrics()
+                except OSError:
+                    continue
+                now = series_total(text, "mcp_gateway_tool_calls_in_flight")
+                held[0] = max(held[0], int(now))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        report = stack.oha("-n", str(total), "-q", str(BURST_RATE), "-c", str(total + 500), "--latency-correction",
+                           "-t", "120s")
+        stop_sampling.set()
+        sampler.join()
+        metrics = stack.metrics()
+        events = [e for e in stack.audit() if e.get("tool") == "generate_image"]
+        result = {
+            "calls": total,
+            "succeeded": sum(1 for e in events if e.get("outcome") == "Success"),
+            "by_pool": sum(1 for e in events if e.get("model") == "pool"),
+            "spilled": int(series_total(metrics, 'mcp_gateway_capacity_spills_total{model="pool"')),
+            "max_in_flight": json.loads(urllib.request.urlopen(f"{stack.pool_url}/_fake/stats", timeout=10).read())[
+                "max_in_flight"],
+            "wait_p50": histogram_quantile(metrics, "mcp_gateway_pool_wait_duration_seconds", 0.5),
+            "wait_p99": histogram_quantile(metrics, "mcp_gateway_pool_wait_duration_seconds", 0.99),
+            "rss": peak_rss_mib(stack.upstream.pid),
+            "held": held[0],
+            "non_200": sum(v for k, v in report.get("statusCodeDistribution", {}).items() if k != "200"),
+        }
+        result["kib_per_call"] = (result["rss"] - before) * 1024 / max(held[0], 1)
+        print(json.dumps(result), flush=True)
+        return result
+    finally:
+        stack.close()
+
+
 def tracing_cost(envoy: str) -> dict:
     """Saturated slices alternating between a stack with tracing off and one with it on."""
     import random
@@ -268,6 +378,7 @@ def main() -> int:
         stack.close()
 
     traced = tracing_cost(envoy)
+    pool = pool_burst(envoy)
 
     stack = Stackup(envoy, MODEL_LATENCY_MS, "edit")
     try:
@@ -309,6 +420,8 @@ def main() -> int:
     burst, edit = results[1], results[2]
     lines += ["", f"Targets: processing p95 < 1000 ms (PRD) and p99 < 5 ms; the burst with zero errors "
                   f"(measured: {burst['non_200']} non-200, {burst['tool_calls'] - burst['succeeded']} failed calls)."]
+    if pool["max_in_flight"] > POOL_CAP:
+        raise RuntimeError(f"the pool had {pool['max_in_flight']} calls in flight, over its cap of {POOL_CAP}")
     lines += ["", f"Edits: {edit['non_200']} non-200, {edit['tool_calls'] - edit['succeeded']} failed calls; processing "
                   f"p99 {edit['proc_p99']:.1f} ms (target < 50 ms: reading the {edit['input_kib']:.0f} KiB input from "
                   f"the store, checking its header, drawing the mask, building the multipart request, storing and "
@@ -316,6 +429,19 @@ def main() -> int:
                   f"(peak RSS less RSS before the run, over {min(EDIT_RATE * EDIT_SECONDS, EDIT_RATE * MODEL_LATENCY_MS // 1000)} "
                   f"edits in flight), against an input of {edit['input_kib']:.0f} KiB: each edit holds its input bytes "
                   f"once, shared with the provider request, plus its mask."]
+    lines += ["", "### A capped self-hosted pool under a burst", "",
+              f"The pool (OpenAI-compatible fake, {MODEL_LATENCY_MS / 1000:.0f} s per image) is first in the chain "
+              f"with max_in_flight {POOL_CAP} and a {POOL_TIMEOUT_SECS} s wait; an instant OpenAI model follows. "
+              f"{BURST_RATE * BURST_SECONDS} calls at {BURST_RATE}/s.", "",
+              "| calls | succeeded | served by the pool | spilled (queue timeout / full) | pool in flight, most | "
+              "queue wait p50 s | p99 s | upstream peak RSS MiB | KiB per call in flight or waiting |",
+              "|---|---|---|---|---|---|---|---|---|",
+              f"| {pool['calls']} | {pool['succeeded']} | {pool['by_pool']} | {pool['spilled']} | "
+              f"{pool['max_in_flight']} | {pool['wait_p50']:.2f} | {pool['wait_p99']:.2f} | {pool['rss']:.0f} | "
+              f"{pool['kib_per_call']:.0f} |", "",
+              f"Target: at most {POOL_CAP} in flight on the pool (the fake's own count), and at most 50 KiB of "
+              f"upstream memory per call in flight or waiting (peak RSS less RSS before the burst, over the most "
+              f"calls the upstream held at once: {pool['held']})."]
     lines += ["", "### Tracing's cost (100 % sampling)", "",
               f"Two instant-model stacks running at once, tracing off and on (Envoy's OpenTelemetry tracer and the "
               f"upstream's OTLP exporter, every request sampled, into a local OTLP/gRPC receiver on the same "

@@ -138,6 +138,7 @@ impl FakeOpenAi {
             .route("/v1/images/generations", post(generate))
             .route("/v1/images/edits", post(edit))
             .route("/_fake/fault", post(set_fault_route))
+            .route("/_fake/stats", axum::routing::get(stats_route))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(address).await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -186,6 +187,14 @@ fn set_fault(state: &FakeState, fault: Option<Fault>, duration: Duration) {
     if let Ok(mut current) = state.fault.lock() {
         *current = fault.map(|f| (f, Instant::now() + duration));
     }
+}
+
+/// `GET /_fake/stats`: requests seen and the most answered at once (for
+/// `make bench-stack`; not part of OpenAI's API).
+async fn stats_route(State(state): State<Arc<FakeState>>) -> Json<Value> {
+    let requests = state.requests.lock().map(|r| r.len()).unwrap_or(0);
+    let most = state.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    Json(json!({"requests": requests, "max_in_flight": most}))
 }
 
 /// `POST /_fake/fault {"kind": "server_error"|"rate_limited"|"hang"|"none", "seconds": N}`.

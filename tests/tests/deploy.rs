@@ -48,6 +48,7 @@ fn kubernetes_manifests_validate_offline() {
         "deploy/ratelimit/redis.yaml",
         "deploy/onprem/networkpolicy.yaml",
         "deploy/onprem/configmap-patch.yaml",
+        "deploy/models/sd3-pool.yaml",
     ];
     let mut args = vec!["--strict", "-k", "1.30.0"];
     args.extend(files);
@@ -103,6 +104,65 @@ fn load(file: &str) -> Vec<Value> {
     let python = workspace_root().join(".venv/bin/python");
     let script = format!("import json,yaml; print(json.dumps(list(yaml.safe_load_all(open('{file}')))))");
     serde_json::from_str(run(python.to_str().unwrap(), &["-c", &script]).trim()).unwrap()
+}
+
+/// The self-hosted GPU pool: a Deployment asking for a GPU on GPU nodes,
+/// ready when its server answers, and a KEDA ScaledObject (valid against
+/// KEDA's CRD schema) scaling it from zero on metrics the upstream exports.
+#[test]
+fn the_gpu_pool_scales_from_zero_on_the_gateways_demand() {
+    let out = run(
+        "node",
+        &["tests/clients/validate_keda.mjs", "deploy/models/scaledobject.yaml"],
+    );
+    assert_eq!(out.trim(), "valid ScaledObject sd3-pool", "{out}");
+    let pool = load("deploy/models/sd3-pool.yaml");
+    let deployment = pool.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let spec = &deployment["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    assert_eq!(container["resources"]["requests"]["nvidia.com/gpu"], "1");
+    assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(spec["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert!(spec["tolerations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "nvidia.com/gpu"));
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let config = pool.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let model_config: String = config["data"]["sd3-medium.yaml"].as_str().unwrap().to_string();
+    assert!(model_config.starts_with("name: sd3-medium\n"), "{model_config}");
+
+    let scaled = &load("deploy/models/scaledobject.yaml")[0];
+    assert_eq!(scaled["spec"]["scaleTargetRef"]["name"], deployment["metadata"]["name"]);
+    assert_eq!(scaled["spec"]["minReplicaCount"], 0);
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    let query = trigger["metadata"]["query"].as_str().unwrap();
+    // Every series the query reads is one the upstream writes, through the
+    // calls the pool code makes, for this model.
+    let metrics = mcp_image_gateway::telemetry::metrics::Metrics::new();
+    metrics.pool_queued("sd3-medium", "acme", 1);
+    metrics.pool_in_flight("sd3-medium", 1);
+    metrics.capacity_spill("sd3-medium", "unavailable");
+    let exposition = metrics.encode();
+    for (series, written) in [
+        (
+            "mcp_gateway_pool_queued{model=\"sd3-medium\"}",
+            "mcp_gateway_pool_queued{model=\"sd3-medium\",org=\"acme\"} 1",
+        ),
+        (
+            "mcp_gateway_pool_in_flight{model=\"sd3-medium\"}",
+            "mcp_gateway_pool_in_flight{model=\"sd3-medium\"} 1",
+        ),
+        (
+            "mcp_gateway_capacity_spills_total{model=\"sd3-medium\",reason=\"unavailable\"}",
+            "mcp_gateway_capacity_spills_total{model=\"sd3-medium\",reason=\"unavailable\"} 1",
+        ),
+    ] {
+        assert!(exposition.contains(written), "{written} in\n{exposition}");
+        assert!(query.contains(series), "{series} in {query}");
+    }
 }
 
 /// In Istio the edge's decision reaches span tags through an `EnvoyFilter`

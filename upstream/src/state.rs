@@ -69,10 +69,13 @@ impl AppState {
     pub async fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
         let metrics = crate::telemetry::metrics::Metrics::new();
         let (quotas, slots): (Arc<dyn QuotaStore>, Arc<dyn SlotStore>) = match config.capacity_redis_url() {
-            Some(url) => (
-                Arc::new(crate::routing::capacity::redis::RedisQuotas::connect(url).await?),
-                Arc::new(crate::routing::pools::redis::RedisSlots::connect(url).await?),
-            ),
+            Some(url) => {
+                let redis = crate::routing::redis_connection(url, "GATEWAY_CAPACITY_REDIS_URL").await?;
+                (
+                    Arc::new(crate::routing::capacity::redis::RedisQuotas::new(redis.clone())),
+                    Arc::new(crate::routing::pools::redis::RedisSlots::new(redis)),
+                )
+            }
             None => (
                 Arc::new(crate::routing::capacity::memory::MemoryQuotas::default()),
                 Arc::new(crate::routing::pools::memory::MemorySlots::default()),

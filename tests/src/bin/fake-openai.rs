@@ -1,5 +1,6 @@
 //! The OpenAI fake as a process, for `make bench-stack`: prints
-//! `{"base_url", "api_key"}` on one line, then serves until killed.
+//! `{"base_url", "api_key"}` on one line, then serves until killed;
+//! `--compatible` answers as a self-hosted OpenAI-compatible server.
 
 use std::time::Duration;
 
@@ -10,18 +11,25 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut address = "127.0.0.1:0".to_string();
     let mut latency_ms = 0u64;
+    let mut compatible = false;
     while let Some(flag) = args.next() {
+        if flag == "--compatible" {
+            compatible = true;
+            continue;
+        }
         let value = args.next().unwrap_or_default();
         match flag.as_str() {
             "--listen" => address = value,
             "--latency-ms" => latency_ms = value.parse()?,
-            other => anyhow::bail!("unknown flag {other}; expected --listen ADDR --latency-ms N"),
+            other => anyhow::bail!("unknown flag {other}; expected --listen ADDR --latency-ms N [--compatible]"),
         }
     }
     let fake = FakeOpenAi::start_on(
         &address,
         FakeOptions {
             latency: Duration::from_millis(latency_ms),
+            // A self-hosted OpenAI-compatible server (LocalAI's classic Images API).
+            compatible,
             ..FakeOptions::default()
         },
     )

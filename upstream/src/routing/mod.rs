@@ -12,3 +12,13 @@ pub mod cost;
 pub mod pools;
 pub mod pricing;
 pub mod rules;
+
+/// A Redis connection shared by the stores of every replica (budgets,
+/// quota readings, pool slots); it reconnects by itself later. `setting`
+/// names the variable the URL came from, for the error.
+pub async fn redis_connection(url: &str, setting: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("{setting} {url:?}: {e}"))?;
+    redis::aio::ConnectionManager::new(client)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url} ({setting}): {e}"))
+}

@@ -27,12 +27,8 @@ pub struct RedisBudgets {
 impl RedisBudgets {
     /// Connects (and reconnects by itself later) to `url`, e.g. `redis://127.0.0.1:6379`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("GATEWAY_BUDGET_REDIS_URL {url:?}: {e}"))?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the budget store at {url}: {e}"))?;
         Ok(Self {
-            connection,
+            connection: crate::routing::redis_connection(url, "GATEWAY_BUDGET_REDIS_URL").await?,
             reserve: Script::new(RESERVE),
         })
     }

@@ -20,14 +20,8 @@ pub struct RedisQuotas {
 }
 
 impl RedisQuotas {
-    /// Connects (and reconnects by itself later) to `url`, e.g. `redis://127.0.0.1:6379`.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|e| anyhow::anyhow!("GATEWAY_CAPACITY_REDIS_URL {url:?}: {e}"))?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the capacity store at {url}: {e}"))?;
-        Ok(Self { connection })
+    pub fn new(connection: ConnectionManager) -> Self {
+        Self { connection }
     }
 }
 
@@ -35,8 +29,19 @@ fn key(model: &str) -> String {
     format!("mcp:quota:{model}")
 }
 
-fn linger_until(until_ms: u64) -> u64 {
-    until_ms.saturating_add(LINGER_MS)
+impl RedisQuotas {
+    async fn run(&self, pipe: redis::Pipeline) -> Result<(), String> {
+        let mut connection = self.connection.clone();
+        pipe.query_async::<()>(&mut connection).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Makes `key` expire a while after `until_ms`, never sooner than it was set to.
+fn linger(pipe: &mut redis::Pipeline, key: &str, until_ms: u64) {
+    let at = until_ms.saturating_add(LINGER_MS);
+    for option in ["GT", "NX"] {
+        pipe.cmd("PEXPIREAT").arg(key).arg(at).arg(option).ignore();
+    }
 }
 
 #[async_trait]
@@ -53,46 +58,18 @@ impl QuotaStore for RedisQuotas {
             fields.push((format!("{kind}:reset_at"), window.reset_at_ms.to_string()));
         }
         let key = key(model);
-        let mut connection = self.connection.clone();
-        redis::pipe()
-            .atomic()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(linger_until(last_reset))
-            .arg("GT")
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(linger_until(last_reset))
-            .arg("NX")
-            .ignore()
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(|e| e.to_string())
+        let mut pipe = redis::pipe();
+        pipe.atomic().hset_multiple(&key, &fields).ignore();
+        linger(&mut pipe, &key, last_reset);
+        self.run(pipe).await
     }
 
     async fn refuse(&self, model: &str, until_ms: u64) -> Result<(), String> {
         let key = key(model);
-        let mut connection = self.connection.clone();
-        redis::pipe()
-            .atomic()
-            .hset(&key, "refused_until", until_ms)
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(linger_until(until_ms))
-            .arg("GT")
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(linger_until(until_ms))
-            .arg("NX")
-            .ignore()
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(|e| e.to_string())
+        let mut pipe = redis::pipe();
+        pipe.atomic().hset(&key, "refused_until", until_ms).ignore();
+        linger(&mut pipe, &key, until_ms);
+        self.run(pipe).await
     }
 
     async fn take(&self, model: &str, images: i64) -> Result<(), String> {
@@ -112,7 +89,7 @@ impl QuotaStore for RedisQuotas {
                 pipe.hincr(&key, field, -by).ignore();
             }
         }
-        pipe.query_async::<()>(&mut connection).await.map_err(|e| e.to_string())
+        self.run(pipe).await
     }
 
     async fn get(&self, model: &str) -> Result<ModelQuota, String> {

@@ -25,17 +25,11 @@ pub struct RedisSlots {
 }
 
 impl RedisSlots {
-    /// Connects (and reconnects by itself later) to `url`.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|e| anyhow::anyhow!("GATEWAY_CAPACITY_REDIS_URL {url:?}: {e}"))?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the capacity store at {url}: {e}"))?;
-        Ok(Self {
+    pub fn new(connection: ConnectionManager) -> Self {
+        Self {
             connection,
             take: Script::new(TAKE),
-        })
+        }
     }
 }
 
