@@ -3,6 +3,7 @@
 //! tool validates, then hands a prepared call to the one pipeline
 //! (`pipeline::run`); tasks, progress and resources have modules of their own.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::request::Parts;
@@ -71,22 +72,29 @@ pub struct RouteInfo {
     pub models: Vec<String>,
 }
 
-/// The MCP server handler.
+/// The MCP server handler: one per request (stateless), so what every
+/// request shares — the tools and their schemas — is built once.
 #[derive(Clone)]
 pub struct ImageTools {
     pub(crate) state: AppState,
-    tool_router: ToolRouter<Self>,
+    tool_router: Arc<ToolRouter<Self>>,
 }
 
 #[tool_router]
 impl ImageTools {
     pub fn new(state: AppState) -> Self {
-        let mut tool_router = Self::tool_router();
-        for route in tool_router.map.values_mut() {
-            let (input, output) = portable_schemas(&route.attr);
-            route.attr.input_schema = input;
-            route.attr.output_schema = output;
-        }
+        static TOOLS: std::sync::OnceLock<Arc<ToolRouter<ImageTools>>> = std::sync::OnceLock::new();
+        let tool_router = TOOLS
+            .get_or_init(|| {
+                let mut tool_router = Self::tool_router();
+                for route in tool_router.map.values_mut() {
+                    let (input, output) = portable_schemas(&route.attr);
+                    route.attr.input_schema = input;
+                    route.attr.output_schema = output;
+                }
+                Arc::new(tool_router)
+            })
+            .clone();
         Self { state, tool_router }
     }
 

@@ -119,6 +119,8 @@ async fn record_mcp_request(
     if let Some((_, ids)) = &traced {
         parts.extensions.insert(ids.clone());
     }
+    // Not held while the call runs (thousands may be in flight).
+    drop(parsed);
     let method = if crate::telemetry::metrics::KNOWN_METHODS.contains(&method.as_str()) || method.starts_with("HTTP ") {
         method
     } else {

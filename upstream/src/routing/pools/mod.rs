@@ -214,9 +214,8 @@ impl Pools {
             }
         };
         self.metrics.pool_queued(model, org, -1);
-        if outcome.is_ok() {
-            self.metrics.pool_waited(model, org, started.elapsed());
-        }
+        // Every wait counts, those that ended in a timeout too.
+        self.metrics.pool_waited(model, org, started.elapsed());
         outcome
     }
 
