@@ -236,8 +236,8 @@ def summarize(name: str, report: dict, stack: Stackup, skip: int, tool: str = "g
     return result
 
 
-def histogram_quantile(metrics: str, family: str, q: float) -> float:
-    """A quantile of a Prometheus histogram summed over its series, from its buckets."""
+def histogram_bucket(metrics: str, family: str, q: float) -> str:
+    """The bucket a quantile of a Prometheus histogram (summed over its series) falls in, as `low–high` s."""
     buckets = {}
     for line in metrics.splitlines():
         if line.startswith(f"{family}_bucket{{"):
@@ -248,16 +248,13 @@ def histogram_quantile(metrics: str, family: str, q: float) -> float:
     ordered = sorted(buckets.items())
     total = ordered[-1][1] if ordered else 0
     if not total:
-        return float("nan")
-    rank, previous = q * total, (0.0, 0.0)
+        return "—"
+    low = 0.0
     for bound, count in ordered:
-        if count >= rank:
-            if bound == float("inf"):
-                return previous[0]
-            low, below = previous
-            return low + (bound - low) * ((rank - below) / max(count - below, 1e-9))
-        previous = (bound, count)
-    return ordered[-1][0]
+        if count >= q * total:
+            return f"{low:g}–{bound:g}" if bound != float("inf") else f"over {low:g}"
+        low = bound
+    return f"over {low:g}"
 
 
 def series_total(metrics: str, prefix: str) -> float:
@@ -300,8 +297,8 @@ def pool_burst(envoy: str) -> dict:
             "spilled": int(series_total(metrics, 'mcp_gateway_capacity_spills_total{model="pool"')),
             "max_in_flight": json.loads(urllib.request.urlopen(f"{stack.pool_url}/_fake/stats", timeout=10).read())[
                 "max_in_flight"],
-            "wait_p50": histogram_quantile(metrics, "mcp_gateway_pool_wait_duration_seconds", 0.5),
-            "wait_p99": histogram_quantile(metrics, "mcp_gateway_pool_wait_duration_seconds", 0.99),
+            "wait_p50": histogram_bucket(metrics, "mcp_gateway_pool_wait_duration_seconds", 0.5),
+            "wait_p99": histogram_bucket(metrics, "mcp_gateway_pool_wait_duration_seconds", 0.99),
             "rss": peak_rss_mib(stack.upstream.pid),
             "held": held[0],
             "non_200": sum(v for k, v in report.get("statusCodeDistribution", {}).items() if k != "200"),
@@ -434,10 +431,10 @@ def main() -> int:
               f"with max_in_flight {POOL_CAP} and a {POOL_TIMEOUT_SECS} s wait; an instant OpenAI model follows. "
               f"{BURST_RATE * BURST_SECONDS} calls at {BURST_RATE}/s.", "",
               "| calls | succeeded | served by the pool | spilled (queue timeout / full) | pool in flight, most | "
-              "queue wait p50 s | p99 s | upstream peak RSS MiB | KiB per call in flight or waiting |",
+              "queue wait p50 (bucket, s) | p99 (bucket, s) | upstream peak RSS MiB | KiB per call in flight or waiting |",
               "|---|---|---|---|---|---|---|---|---|",
               f"| {pool['calls']} | {pool['succeeded']} | {pool['by_pool']} | {pool['spilled']} | "
-              f"{pool['max_in_flight']} | {pool['wait_p50']:.2f} | {pool['wait_p99']:.2f} | {pool['rss']:.0f} | "
+              f"{pool['max_in_flight']} | {pool['wait_p50']} | {pool['wait_p99']} | {pool['rss']:.0f} | "
               f"{pool['kib_per_call']:.0f} |", "",
               f"Target: at most {POOL_CAP} in flight on the pool (the fake's own count), and at most 50 KiB of "
               f"upstream memory per call in flight or waiting (peak RSS less RSS before the burst, over the most "
