@@ -710,3 +710,135 @@ async fn task_polls_link_to_the_generation_span() {
     }
     client.cancel().await.unwrap();
 }
+
+// ---- The tamper-evident audit ----
+
+/// `mcp-image-gateway audit verify` over the stack's store: its JSON report
+/// and whether it passed.
+fn verify_audit(stack: &Stack) -> (Value, bool) {
+    let output = Command::new(gateway_tests::stack::upstream_binary().unwrap())
+        .args(["audit", "verify"])
+        .env("GATEWAY_STATE_DIR", &stack.state_dir)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
+    (report, output.status.success())
+}
+
+/// Calls through Envoy leave a hash chain of audit and billing events in
+/// the store that verifies; editing, removing or reordering one event in a
+/// stored segment is named; a replica killed mid-segment leaves a chain that
+/// verifies up to its last written event, its open segment reported.
+#[tokio::test]
+async fn calls_leave_an_audit_chain_that_verifies_and_tampering_is_named() {
+    let stack = Stack::start_with(StackOptions {
+        upstream_env: vec![("GATEWAY_AUDIT_SEGMENT_EVENTS".into(), "4".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": "a kite"}}});
+    for _ in 0..3 {
+        assert_eq!(post(&stack, &token, call.clone()).await, 200);
+    }
+    let dir = stack.state_dir.join("images/audit");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (report, ok) = loop {
+        let (report, ok) = verify_audit(&stack);
+        if report["events"].as_u64().unwrap_or(0) >= 6 || Instant::now() > deadline {
+            break (report, ok);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(ok, "{report}");
+    assert_eq!(report["broken"], Value::Null);
+    assert!(
+        report["events"].as_u64().unwrap() >= 6,
+        "an audit and a billing event per call: {report}"
+    );
+    assert!(
+        report["segments"].as_u64().unwrap() >= 2,
+        "segments of 4 events: {report}"
+    );
+    // Each audit event of a call is in the chain, with its trace-free fields intact.
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flat_map(|replica| std::fs::read_dir(replica.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let first = files[0].clone();
+    let original = std::fs::read_to_string(&first).unwrap();
+    assert!(original.contains("\"target\":\"audit\"") && original.contains("\"target\":\"billing\""));
+    assert!(
+        original.lines().last().unwrap().starts_with("{\"close\":"),
+        "closed and signed"
+    );
+
+    let lines: Vec<&str> = original.lines().collect();
+    let tamper = |changed: Vec<String>| std::fs::write(&first, changed.join("\n") + "\n").unwrap();
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "edited",
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if i == 0 {
+                        l.replacen("\"event\":{", "\"event\":{\"x\":1,", 1)
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect(),
+            "event 1 does not follow event 0",
+        ),
+        (
+            "removed",
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 1)
+                .map(|(_, l)| l.to_string())
+                .collect(),
+            "event 1 is missing",
+        ),
+        (
+            "reordered",
+            [lines[1], lines[0]]
+                .iter()
+                .chain(&lines[2..])
+                .map(|l| l.to_string())
+                .collect(),
+            "out of order: event 0 comes after event 1",
+        ),
+    ];
+    for (name, changed, expected) in cases {
+        tamper(changed);
+        let (report, ok) = verify_audit(&stack);
+        assert!(!ok, "{name}: {report}");
+        let broken = report["broken"].as_str().unwrap_or_default();
+        assert!(
+            broken.contains(expected) && broken.contains("0000000000.jsonl"),
+            "{name}: {broken}"
+        );
+    }
+    std::fs::write(&first, &original).unwrap();
+
+    // Two more calls (the second opens a new segment), then the replica dies
+    // before closing it.
+    for _ in 0..2 {
+        assert_eq!(post(&stack, &token, call.clone()).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.signal("upstream", "KILL");
+    let (report, ok) = verify_audit(&stack);
+    assert!(ok, "{report}");
+    assert_eq!(report["open_segments"].as_array().unwrap().len(), 1, "{report}");
+    assert!(report["events"].as_u64().unwrap() >= 10, "{report}");
+}

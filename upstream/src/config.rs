@@ -85,6 +85,19 @@ pub struct ServeConfig {
     /// Hours uploads (`create_upload`) are kept before the sweeper deletes them.
     #[arg(long, env = "GATEWAY_UPLOAD_RETENTION_HOURS", default_value_t = 24)]
     pub upload_retention_hours: u32,
+    /// Days audit segments are kept (SOC 2 looks back a year).
+    #[arg(long, env = "GATEWAY_AUDIT_RETENTION_DAYS", default_value_t = 400)]
+    pub audit_retention_days: u32,
+    /// The keyring that signs audit segments (`KEY_ID HEX_SECRET` lines,
+    /// newest first); the tamper-evident audit runs when it exists.
+    #[arg(long, env = "GATEWAY_AUDIT_KEYS_FILE")]
+    pub audit_keys_file: Option<PathBuf>,
+    /// Events per audit segment before it is closed.
+    #[arg(long, env = "GATEWAY_AUDIT_SEGMENT_EVENTS", default_value_t = 10_000)]
+    pub audit_segment_events: usize,
+    /// Seconds an audit segment stays open (closed with the next event after).
+    #[arg(long, env = "GATEWAY_AUDIT_SEGMENT_SECS", default_value_t = 300)]
+    pub audit_segment_secs: u64,
     /// How long an upload URL stays valid, in seconds.
     #[arg(long, env = "GATEWAY_UPLOAD_TTL_SECS", default_value_t = 900)]
     pub upload_ttl_secs: u64,
@@ -269,6 +282,12 @@ impl ServeConfig {
         self.identity_keys_file
             .clone()
             .unwrap_or_else(|| self.state_dir.join("identity.keys"))
+    }
+
+    pub fn audit_keys_file(&self) -> PathBuf {
+        self.audit_keys_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.keys"))
     }
 
     pub fn url_signing_key_file(&self) -> PathBuf {

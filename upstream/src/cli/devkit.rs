@@ -15,6 +15,7 @@ pub const DEV_ISSUER: &str = "https://dev-iam.mcp-image-gateway.local";
 const SIGNING_KEY_FILE: &str = "dev-signing-key.jwk";
 const URL_KEY_FILE: &str = "url-signing.key";
 const IDENTITY_KEYS_FILE: &str = "identity.keys";
+const AUDIT_KEYS_FILE: &str = "audit.keys";
 const API_KEY_FILE: &str = "dev-api-key";
 /// Scope dev tokens carry and `tools/call` requires.
 pub const TOOLS_SCOPE: &str = "images:generate";
@@ -37,7 +38,11 @@ pub fn init(state_dir: &Path) -> anyhow::Result<()> {
     if !api_key_path.exists() {
         write_secret(&api_key_path, &new_api_key())?;
     }
-    for (file, key_id) in [(URL_KEY_FILE, "url-1"), (IDENTITY_KEYS_FILE, "edge-1")] {
+    for (file, key_id) in [
+        (URL_KEY_FILE, "url-1"),
+        (IDENTITY_KEYS_FILE, "edge-1"),
+        (AUDIT_KEYS_FILE, "audit-1"),
+    ] {
         let path = state_dir.join(file);
         if !path.exists() {
             let mut secret = [0u8; 32];

@@ -19,6 +19,7 @@ use crate::config::ServeConfig;
 use crate::protocol::tools::ImageTools;
 use crate::providers::ImageBackend;
 use crate::state::AppState;
+use crate::storage::keyring::Keyring;
 use crate::storage::store::ImageStore;
 
 /// The service's router.
@@ -56,11 +57,12 @@ pub fn router(live: Live, allowed_hosts: Vec<String>, shutdown: CancellationToke
         .with_state(live)
 }
 
-/// Deletes images older than `retention` and uploads older than
-/// `upload_retention` every `every`, until shutdown.
+/// Deletes images older than `retention`, uploads older than
+/// `upload_retention` and audit segments older than `audit_retention` every
+/// `every`, until shutdown.
 fn spawn_retention_sweeper(
     store: ImageStore,
-    (retention, upload_retention): (chrono::Duration, chrono::Duration),
+    (retention, upload_retention, audit_retention): (chrono::Duration, chrono::Duration, chrono::Duration),
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -72,7 +74,10 @@ fn spawn_retention_sweeper(
                 _ = shutdown.cancelled() => return,
             }
             let now = chrono::Utc::now();
-            match store.sweep(now - retention, now - upload_retention).await {
+            match store
+                .sweep(now - retention, now - upload_retention, now - audit_retention)
+                .await
+            {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "retention sweep deleted expired images"),
                 Err(error) => tracing::warn!(%error, "retention sweep failed; retrying next time"),
@@ -239,10 +244,29 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
         (
             chrono::Duration::days(i64::from(config.retention_days)),
             chrono::Duration::hours(i64::from(config.upload_retention_hours)),
+            chrono::Duration::days(i64::from(config.audit_retention_days)),
         ),
         Duration::from_secs(config.retention_sweep_secs.max(1)),
         shutdown.clone(),
     );
+    // The tamper-evident audit, when its keyring exists; it closes its
+    // segment after the calls have drained.
+    let audit_stop = CancellationToken::new();
+    let audit_writer = match Keyring::from_file(&config.audit_keys_file(), 32) {
+        Ok(keys) => Some(crate::telemetry::audit_sink::start(
+            state.store.clone(),
+            keys,
+            crate::telemetry::audit_sink::SegmentLimits {
+                max_events: config.audit_segment_events.max(1),
+                max_age: Duration::from_secs(config.audit_segment_secs.max(1)),
+            },
+            audit_stop.clone(),
+        )),
+        Err(error) => {
+            tracing::warn!(%error, "no audit keyring: the tamper-evident audit is off (stdout keeps every event)");
+            None
+        }
+    };
     // rmcp ends its in-flight calls when this token is cancelled: only at the
     // hard stop, so a graceful shutdown lets running generations finish.
     let hard_stop = CancellationToken::new();
@@ -275,5 +299,9 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
         }
     }
     hard_stop.cancel();
+    audit_stop.cancel();
+    if let Some(writer) = audit_writer {
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    }
     Ok(())
 }

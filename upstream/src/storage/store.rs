@@ -178,14 +178,26 @@ impl ImageStore {
     /// before `uploads_cutoff` (retention: images are personal data and are
     /// kept for less than 30 days; uploads only as long as an edit needs
     /// them). Returns how many were deleted.
-    pub async fn sweep(&self, cutoff: DateTime<Utc>, uploads_cutoff: DateTime<Utc>) -> Result<usize, StorageError> {
+    pub async fn sweep(
+        &self,
+        cutoff: DateTime<Utc>,
+        uploads_cutoff: DateTime<Utc>,
+        audit_cutoff: DateTime<Utc>,
+    ) -> Result<usize, StorageError> {
         use futures::TryStreamExt;
         let expired: Vec<Path> = self
             .store
             .list(None)
             .try_filter(|meta| {
-                let is_upload = meta.location.as_ref().starts_with(UPLOADS_PREFIX);
-                let limit = if is_upload { uploads_cutoff } else { cutoff };
+                let key = meta.location.as_ref();
+                // Audit segments keep a retention of their own (SOC 2's lookback).
+                let limit = if key.starts_with(AUDIT_PREFIX) {
+                    audit_cutoff
+                } else if key.starts_with(UPLOADS_PREFIX) {
+                    uploads_cutoff
+                } else {
+                    cutoff
+                };
                 futures::future::ready(meta.last_modified < limit)
             })
             .map_ok(|meta| meta.location)
@@ -195,6 +207,28 @@ impl ImageStore {
             self.store.delete(path).await?;
         }
         Ok(expired.len())
+    }
+
+    /// Writes (or writes again, as it grows) an audit segment.
+    pub async fn put_audit(&self, key: &str, text: Bytes) -> Result<(), StorageError> {
+        self.store.put(&audit_path(key)?, text.into()).await?;
+        Ok(())
+    }
+
+    /// Every audit segment's key.
+    pub async fn audit_segments(&self) -> Result<Vec<String>, StorageError> {
+        use futures::TryStreamExt;
+        let prefix = Path::from("audit");
+        Ok(self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await?)
+    }
+
+    pub async fn get_audit(&self, key: &str) -> Result<Bytes, StorageError> {
+        self.read(&audit_path(key)?).await
     }
 
     /// Writes a task record (`tasks/{org}/{task_id}.json`): shared by every
@@ -350,6 +384,19 @@ fn task_lease_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
 
 /// Where uploads live: a prefix of their own, swept on a shorter retention.
 const UPLOADS_PREFIX: &str = "uploads/";
+const AUDIT_PREFIX: &str = "audit/";
+
+/// Where an audit segment lives (`audit/{replica}/{segment}.jsonl`).
+fn audit_path(key: &str) -> Result<Path, StorageError> {
+    let safe = key
+        .strip_prefix(AUDIT_PREFIX)
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(replica, file)| is_safe_segment(replica) && is_safe_segment(file) && file.ends_with(".jsonl"));
+    if !safe {
+        return Err(StorageError::InvalidKey);
+    }
+    Path::parse(key).map_err(|_| StorageError::InvalidKey)
+}
 
 /// Where an upload lives; the id must be a UUID we issued.
 fn upload_path(org: &str, id: &str) -> Result<Path, StorageError> {
@@ -458,11 +505,16 @@ mod tests {
             .await
             .unwrap();
         let old = Utc::now() - chrono::Duration::days(29);
-        assert_eq!(store.sweep(old, old).await.unwrap(), 0);
+        let keep = Utc::now() - chrono::Duration::days(400);
+        store
+            .put_audit("audit/r1/0000000000.jsonl", Bytes::from_static(b"{}\n"))
+            .await
+            .unwrap();
+        assert_eq!(store.sweep(old, old, keep).await.unwrap(), 0);
         // Uploads go on their shorter retention; images stay.
         assert_eq!(
             store
-                .sweep(old, Utc::now() + chrono::Duration::seconds(1))
+                .sweep(old, Utc::now() + chrono::Duration::seconds(1), keep)
                 .await
                 .unwrap(),
             1
@@ -473,8 +525,12 @@ mod tests {
         ));
         assert_eq!(store.get(&keys[0]).await.unwrap(), Bytes::from_static(b"a"));
         let later = Utc::now() + chrono::Duration::seconds(1);
-        assert_eq!(store.sweep(later, later).await.unwrap(), 1);
+        assert_eq!(store.sweep(later, later, keep).await.unwrap(), 1);
         assert!(matches!(store.get(&keys[0]).await, Err(StorageError::NotFound)));
+        // Audit segments go on their own, longer retention.
+        assert_eq!(store.audit_segments().await.unwrap(), ["audit/r1/0000000000.jsonl"]);
+        assert_eq!(store.sweep(later, later, later).await.unwrap(), 1);
+        assert!(store.audit_segments().await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -271,6 +271,11 @@ impl Metrics {
             "Spans the OTLP exporter could not deliver and dropped (the collector is down or refusing)",
             crate::telemetry::traces::SPANS_DROPPED.clone(),
         );
+        registry.register(
+            "audit_events_dropped",
+            "Audit events the tamper-evident audit's writer could not keep up with and dropped (stdout still has them)",
+            crate::telemetry::audit_sink::DROPPED.clone(),
+        );
         let admin_file_reloads = Family::<FileLabels, Counter>::default();
         registry.register(
             "admin_file_reloads",

@@ -2,6 +2,8 @@
 //! billing events, OpenTelemetry traces. Depends on nothing else here.
 
 pub mod audit;
+pub mod audit_chain;
+pub mod audit_sink;
 pub mod metrics;
 pub mod traces;
 
