@@ -143,7 +143,7 @@ fn the_gpu_pool_scales_from_zero_on_the_gateways_demand() {
     // calls the pool code makes, for this model.
     let metrics = mcp_image_gateway::telemetry::metrics::Metrics::new();
     metrics.pool_queued("sd3-medium", "acme", 1);
-    metrics.pool_in_flight("sd3-medium", 1);
+    metrics.pool_in_flight("sd3-medium", "acme", 1);
     metrics.capacity_spill("sd3-medium", "unavailable");
     let exposition = metrics.encode();
     for (series, written) in [
@@ -153,7 +153,7 @@ fn the_gpu_pool_scales_from_zero_on_the_gateways_demand() {
         ),
         (
             "mcp_gateway_pool_in_flight{model=\"sd3-medium\"}",
-            "mcp_gateway_pool_in_flight{model=\"sd3-medium\"} 1",
+            "mcp_gateway_pool_in_flight{model=\"sd3-medium\",org=\"acme\"} 1",
         ),
         (
             "mcp_gateway_capacity_spills_total{model=\"sd3-medium\",reason=\"unavailable\"}",

@@ -99,16 +99,15 @@ fn percent_encode(value: &str) -> String {
         .collect()
 }
 
+/// A Prometheus HTTP API answer, checked to be a success.
+async fn prometheus_api(url: String) -> Value {
+    let response: Value = http_client().get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(response["status"], "success", "{url}: {response}");
+    response
+}
+
 async fn query(prometheus: &str, expr: &str) -> Vec<Value> {
-    let response: Value = http_client()
-        .get(format!("{prometheus}/api/v1/query?query={}", percent_encode(expr)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(response["status"], "success", "{expr}: {response}");
+    let response = prometheus_api(format!("{prometheus}/api/v1/query?query={}", percent_encode(expr))).await;
     response["data"]["result"].as_array().cloned().unwrap_or_default()
 }
 
@@ -118,20 +117,13 @@ async fn exemplar_trace_ids(prometheus: &str, series: &str) -> Vec<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let response: Value = http_client()
-        .get(format!(
-            "{prometheus}/api/v1/query_exemplars?query={}&start={}&end={}",
-            percent_encode(series),
-            now - 60,
-            now + 1
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(response["status"], "success", "{response}");
+    let response = prometheus_api(format!(
+        "{prometheus}/api/v1/query_exemplars?query={}&start={}&end={}",
+        percent_encode(series),
+        now - 60,
+        now + 1
+    ))
+    .await;
     response["data"]
         .as_array()
         .into_iter()

@@ -169,7 +169,7 @@ pub struct Metrics {
     pub provider_reset: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub provider_rate_limited: Family<ModelNameLabels, Counter>,
     pub capacity_spills: Family<SpillLabels, Counter>,
-    pub pool_in_flight: Family<ModelNameLabels, Gauge>,
+    pub pool_in_flight: Family<PoolOrgLabels, Gauge>,
     pub pool_queued: Family<PoolOrgLabels, Gauge>,
     pub pool_wait_seconds: Family<PoolOrgLabels, Seconds>,
 }
@@ -324,10 +324,10 @@ impl Metrics {
             "Calls sent past a model before its provider had to refuse (reason: reserved, exhausted, refused)",
             capacity_spills.clone(),
         );
-        let pool_in_flight = Family::<ModelNameLabels, Gauge>::default();
+        let pool_in_flight = Family::<PoolOrgLabels, Gauge>::default();
         registry.register(
             "pool_in_flight",
-            "Calls this replica has in flight on a self-hosted pool (its slots)",
+            "Calls this replica has in flight on a self-hosted pool (its slots), by organisation",
             pool_in_flight.clone(),
         );
         let pool_queued = Family::<PoolOrgLabels, Gauge>::default();
@@ -396,9 +396,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn pool_in_flight(&self, model: &str, by: i64) {
+    pub fn pool_in_flight(&self, model: &str, org: &str, by: i64) {
         self.pool_in_flight
-            .get_or_create(&ModelNameLabels { model: model.into() })
+            .get_or_create(&PoolOrgLabels {
+                model: model.into(),
+                org: org.into(),
+            })
             .inc_by(by);
     }
 

@@ -114,13 +114,25 @@ struct Gate {
 pub struct Slot {
     gate: Arc<Gate>,
     holder: String,
+    /// The organisation whose call holds it (counted in flight).
+    org: Option<String>,
     renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Slot {
+    fn assign(mut self, org: &str) -> Self {
+        self.gate.metrics.pool_in_flight(&self.gate.model, org, 1);
+        self.org = Some(org.to_string());
+        self
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.renewal.abort();
-        self.gate.metrics.pool_in_flight(&self.gate.model, -1);
+        if let Some(org) = &self.org {
+            self.gate.metrics.pool_in_flight(&self.gate.model, org, -1);
+        }
         let gate = self.gate.clone();
         let holder = std::mem::take(&mut self.holder);
         tokio::spawn(async move {
@@ -179,7 +191,7 @@ impl Pools {
         if gate.line_is_empty() {
             if let Some(slot) = gate.try_slot().await {
                 self.metrics.pool_waited(model, org, started.elapsed());
-                return Ok(slot);
+                return Ok(slot.assign(org));
             }
         }
         let (id, mut granted) = {
@@ -257,11 +269,11 @@ impl Gate {
                 tracing::warn!(%error, model = self.model, "the slot store could not be asked; running the call");
             }
         }
-        self.metrics.pool_in_flight(&self.model, 1);
         let renewal = tokio::spawn(renew(self.clone(), holder.clone()));
         Some(Slot {
             gate: self.clone(),
             holder,
+            org: None,
             renewal,
         })
     }
@@ -295,8 +307,8 @@ async fn dispatch(gate: Arc<Gate>) {
         let next = gate.line.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match next {
             // A waiter gone meanwhile drops the slot, which gives it back.
-            Some((_, _, waiter)) => {
-                let _ = waiter.send(slot);
+            Some((org, _, waiter)) => {
+                let _ = waiter.send(slot.assign(&org));
             }
             None => drop(slot),
         }
