@@ -158,3 +158,67 @@ async fn uploads_go_straight_to_the_bucket_with_a_presigned_put() {
     let bytes = http_client().get(link).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(dimensions(&bytes).unwrap(), (1024, 1024));
 }
+
+/// A bucket the gateway serves its own signed links for
+/// (`GATEWAY_STORAGE_PRESIGN=false`: callers never reach the bucket): the
+/// images are in the bucket, the links are the gateway's and work, a
+/// tampered one is refused, and the audit chain's segments land in the
+/// bucket and verify.
+#[tokio::test]
+async fn a_bucket_behind_the_gateways_links_holds_images_and_the_audit_chain() {
+    let s3 = S3Server::start("images").await.unwrap();
+    let mut upstream_env = s3.upstream_env();
+    upstream_env.push(("GATEWAY_STORAGE_PRESIGN".into(), "false".into()));
+    let stack = Stack::start_with(StackOptions {
+        upstream_env: upstream_env.clone(),
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = connect(&stack.mcp_url, &stack.token("alice", "acme")).await.unwrap();
+    let result = generate(&client, json!({"prompt": "a harbour at dawn", "n": 2}))
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(false), "{result:?}");
+    let urls: Vec<String> = result.structured_content.unwrap()["image_urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    for url in &urls {
+        assert!(url.starts_with(&stack.base_url), "the gateway's own link: {url}");
+        let response = http_client().get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let bytes = response.bytes().await.unwrap();
+        assert_eq!(dimensions(&bytes).unwrap(), (1024, 1024));
+    }
+    assert_eq!(s3.objects().len(), 2, "the images are in the bucket");
+    let tampered = urls[0].replace("sig=", "sig=0");
+    assert_eq!(http_client().get(&tampered).send().await.unwrap().status(), 403);
+    // The audit chain is in the bucket too (written about once a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let verified = std::process::Command::new(gateway_tests::stack::upstream_binary().unwrap())
+            .args(["audit", "verify"])
+            .env("GATEWAY_STATE_DIR", &stack.state_dir)
+            .envs(upstream_env.clone())
+            .output()
+            .unwrap();
+        assert!(
+            verified.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+        if report["events"].as_u64().unwrap_or(0) >= 2 || std::time::Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(report["events"].as_u64().unwrap() >= 2, "{report}");
+    assert!(
+        !stack.state_dir.join("images/audit").exists(),
+        "nothing on the local disk"
+    );
+}

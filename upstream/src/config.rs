@@ -46,6 +46,11 @@ pub struct ServeConfig {
     /// variables); default `file://{state_dir}/images`.
     #[arg(long, env = "GATEWAY_STORAGE_URL")]
     pub storage_url: Option<String>,
+    /// Links straight to the bucket (S3/GCS presigned URLs); `false` serves
+    /// them through this service's signed `/images` links instead (stores
+    /// that cannot presign, such as a GCS emulator without OAuth).
+    #[arg(long, env = "GATEWAY_STORAGE_PRESIGN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub storage_presign: bool,
     /// Keys for signed image links, one `KEY_ID HEX` line each (at least 32
     /// bytes), the newest last: it signs, all verify; default `{state_dir}/url-signing.key`.
     #[arg(long, env = "GATEWAY_URL_SIGNING_KEY_FILE")]
@@ -270,6 +275,16 @@ impl ServeConfig {
 
     pub fn url_ttl(&self) -> Duration {
         Duration::from_secs(self.url_ttl_secs)
+    }
+
+    /// The image store these settings name.
+    pub fn image_store(&self) -> anyhow::Result<crate::storage::store::ImageStore> {
+        let store = crate::storage::store::ImageStore::from_url(&self.storage_url())?;
+        Ok(if self.storage_presign {
+            store
+        } else {
+            store.without_presigning()
+        })
     }
 
     pub fn storage_url(&self) -> String {

@@ -363,11 +363,11 @@ enum AuditCommand {
 }
 
 async fn verify_audit(config: &ServeConfig) -> anyhow::Result<()> {
-    use mcp_image_gateway::storage::{keyring::Keyring, store::ImageStore};
+    use mcp_image_gateway::storage::keyring::Keyring;
     use mcp_image_gateway::telemetry::audit_chain;
     let keys = Keyring::from_file(&config.audit_keys_file(), 32)
         .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))?;
-    let store = ImageStore::from_url(&config.storage_url())?;
+    let store = config.image_store()?;
     let mut segments = Vec::new();
     for key in store.audit_segments().await? {
         let text = store.get_audit(&key).await?;

@@ -103,7 +103,7 @@ impl AppState {
         } = parts;
         Ok(Self {
             backend,
-            store: ImageStore::from_url(&config.storage_url())?,
+            store: config.image_store()?,
             signer: UrlSigner::new(url_keys, &config.public_base_url)?,
             identity: Arc::new(AssertionVerifier::new(&identity_keys)),
             url_ttl: config.url_ttl(),

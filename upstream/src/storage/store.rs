@@ -98,6 +98,12 @@ impl ImageStore {
         }
     }
 
+    /// This store with links served by the gateway, not presigned by the store.
+    pub fn without_presigning(mut self) -> Self {
+        self.presigner = None;
+        self
+    }
+
     /// Wraps any object store (tests, other backends).
     pub fn new(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
         Self {
