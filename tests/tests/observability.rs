@@ -827,7 +827,11 @@ async fn calls_leave_an_audit_chain_that_verifies_and_tampering_is_named() {
     for _ in 0..2 {
         assert_eq!(post(&stack, &token, call.clone()).await, 200);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed once the open segment has been written (about once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while verify_audit(&stack).0["events"].as_u64().unwrap_or(0) < 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stack.signal("upstream", "KILL");
     let (report, ok) = verify_audit(&stack);
     assert!(ok, "{report}");
