@@ -39,7 +39,7 @@ impl QuotaStore for MemoryQuotas {
         Ok(())
     }
 
-    async fn take(&self, model: &str, images: i64) -> Result<(), String> {
+    async fn take(&self, model: &str, _windows: &[Kind], images: i64) -> Result<(), String> {
         self.with(model, |quota| {
             for (kind, window) in quota.windows.iter_mut() {
                 window.remaining -= match kind {

@@ -90,8 +90,9 @@ pub trait QuotaStore: Send + Sync {
     async fn observe(&self, model: &str, windows: &[(Kind, WindowAt)]) -> Result<(), String>;
     /// The provider refused (429) until `until_ms`.
     async fn refuse(&self, model: &str, until_ms: u64) -> Result<(), String>;
-    /// A call of `images` images is on its way to the model.
-    async fn take(&self, model: &str, images: i64) -> Result<(), String>;
+    /// A call of `images` images is on its way to the model: taken off the
+    /// `windows` the model's last reading described (none: nothing to do).
+    async fn take(&self, model: &str, windows: &[Kind], images: i64) -> Result<(), String>;
     async fn get(&self, model: &str) -> Result<ModelQuota, String>;
 }
 
@@ -211,11 +212,13 @@ impl Capacity {
         };
         let verdict = admit(&quota, reserve, priority, now_ms());
         match verdict {
-            Verdict::Use => {
-                if let Err(error) = self.store.take(model, images).await {
+            Verdict::Use if !quota.windows.is_empty() => {
+                let windows: Vec<Kind> = quota.windows.keys().copied().collect();
+                if let Err(error) = self.store.take(model, &windows, images).await {
                     tracing::warn!(%error, model, "the quota store could not count a call");
                 }
             }
+            Verdict::Use => {}
             Verdict::Spill { why, .. } => self.metrics.capacity_spill(model, why.as_str()),
         }
         verdict

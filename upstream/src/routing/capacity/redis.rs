@@ -72,21 +72,14 @@ impl QuotaStore for RedisQuotas {
         self.run(pipe).await
     }
 
-    async fn take(&self, model: &str, images: i64) -> Result<(), String> {
+    async fn take(&self, model: &str, windows: &[Kind], images: i64) -> Result<(), String> {
         let key = key(model);
-        let mut connection = self.connection.clone();
-        // Only windows the provider described: HINCRBY on a missing field
-        // would make one up.
-        let known: Vec<String> = redis::cmd("HKEYS")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Only windows the provider described (the caller just read them):
+        // HINCRBY on a missing field would make one up.
         let mut pipe = redis::pipe();
         for (kind, by) in [(Kind::Requests, 1), (Kind::Images, images)] {
-            let field = format!("{}:remaining", kind.as_str());
-            if known.contains(&field) {
-                pipe.hincr(&key, field, -by).ignore();
+            if windows.contains(&kind) {
+                pipe.hincr(&key, format!("{}:remaining", kind.as_str()), -by).ignore();
             }
         }
         self.run(pipe).await
