@@ -18,7 +18,7 @@ WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 cargo
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci
+.PHONY: cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci app app-check
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT); EDGE=native runs the filter as a dynamic module)"
@@ -27,6 +27,7 @@ help:
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"
+	@echo "make app     rebuild the image studio MCP App (app/) into upstream/assets/image-studio.html (needs Node; commit the result)"
 	@echo "make bench-edge  bare Envoy, Envoy's native MCP stack, a no-op Wasm filter, ours as Wasm and as a dynamic module (bench/results/edge.md)"
 	@echo "make native-module  the filter as an Envoy dynamic module (target/release/libmcp_edge_native.so)"
 	@echo "make bench-stack  the whole stack under load: instant model, and a 500/s burst with 10 s model latency (bench/results/stack.md)"
@@ -56,11 +57,19 @@ envoy:
 test-clients:
 	@scripts/ensure-test-clients.sh
 
+# The image studio is committed built, so `make run` and cargo need no Node.
+app: test-clients
+	cd app && node build.mjs
+
+# Fails when the committed page is not what app/src builds to; runs the app's unit tests.
+app-check: test-clients
+	cd app && node build.mjs --check && node --test src/
+
 run: build envoy
 	$(if $(filter native,$(EDGE)),$(MAKE) native-module)
 	scripts/run.sh
 
-test: build ratelimit envoy test-clients
+test: build ratelimit envoy test-clients app-check
 	$(MAKE) native-module NATIVE_PROFILE=debug
 	ENVOY_BIN="$$(scripts/ensure-envoy.sh)" cargo test --workspace --no-fail-fast
 

@@ -13,6 +13,18 @@ if [[ ! -d tests/clients/node_modules/@modelcontextprotocol/sdk || ! -d tests/cl
   echo "installing the MCP TypeScript SDK under tests/clients ..." >&2
   (cd tests/clients && npm ci --silent --no-audit --no-fund) >&2
 fi
+# The image studio app: its SDK, bundler and Playwright (app/), and Debian's
+# Chromium for the browser tests (Playwright cannot download a browser here).
+if [[ ! -d app/node_modules/playwright-core || ! -d app/node_modules/@modelcontextprotocol/ext-apps ]]; then
+  echo "installing the image studio's packages under app ..." >&2
+  (cd app && npm ci --silent --no-audit --no-fund) >&2
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium (Debian) for the browser tests ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends chromium >&2 \
+    || (apt-get update >&2 && apt-get install -y --no-install-recommends chromium >&2)
+fi
 # A real S3-compatible server (checks SigV4 and presigned-URL expiry) for the storage tests.
 if ! command -v s3s-fs >/dev/null 2>&1 && [[ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]]; then
   echo "installing s3s-fs 0.14.1 (S3-compatible test server) ..." >&2

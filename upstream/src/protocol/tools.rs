@@ -91,6 +91,9 @@ impl ImageTools {
                     let (input, output) = portable_schemas(&route.attr);
                     route.attr.input_schema = input;
                     route.attr.output_schema = output;
+                    if matches!(route.attr.name.as_ref(), "generate_image" | "edit_image") {
+                        route.attr.meta = Some(super::studio::tool_meta());
+                    }
                 }
                 Arc::new(tool_router)
             })
@@ -454,14 +457,29 @@ impl ServerHandler for ImageTools {
         })
     }
 
-    /// Images as MCP resources, for their own organisation only (`protocol::resources`).
+    /// The studio app (`protocol::studio`), and images as MCP resources for
+    /// their own organisation only (`protocol::resources`).
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let caller = caller_of(&context)?;
+        if request.uri == super::studio::STUDIO_URI {
+            return Ok(super::studio::read(&super::studio::origins(&self.state).await).into());
+        }
         self.read_image_resource(&caller, &request.uri).await
+    }
+
+    /// The image studio app; images are read by their links, not listed.
+    async fn list_resources(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        caller_of(&context)?;
+        let studio = super::studio::listed(&super::studio::origins(&self.state).await);
+        Ok(rmcp::model::ListResourcesResult::with_all_items(vec![studio]))
     }
 
     fn get_info(&self) -> ServerConfig {

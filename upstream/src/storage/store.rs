@@ -114,6 +114,22 @@ impl ImageStore {
         }
     }
 
+    /// The origin (`scheme://host[:port]`) of this store's presigned links
+    /// and uploads, when it presigns: a content policy must allow it.
+    /// Signing is local, so asking costs no request.
+    pub async fn presigned_origin(&self) -> Option<String> {
+        let signer = self.presigner.as_ref()?;
+        let url = signer
+            .signed_url(
+                object_store::signer::Method::GET,
+                &Path::from("origin"),
+                Duration::from_secs(60),
+            )
+            .await
+            .ok()?;
+        Some(url.origin().ascii_serialization())
+    }
+
     /// A presigned GET URL for `key`, valid for `ttl`; `None` for stores that cannot presign.
     pub async fn presigned_url(&self, key: &str, ttl: Duration) -> Result<Option<String>, StorageError> {
         let Some(signer) = &self.presigner else { return Ok(None) };
