@@ -352,6 +352,10 @@ impl Stack {
             ("ADMIN_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("UPSTREAM_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("UPSTREAM_CLUSTER_TYPE".to_string(), "STATIC".to_string()),
+            (
+                "CORS_ORIGIN_REGEX".to_string(),
+                devkit::DEV_CORS_ORIGIN_REGEX.to_string(),
+            ),
         ]);
         stack.envoy_vars = vars;
         stack.filter_config = filter_config;

@@ -309,6 +309,8 @@ fn gateway_envoy_config_is_current_and_valid() {
             "UPSTREAM_PORT=8081",
             "--set",
             "WASM_PATH=/etc/envoy-wasm/mcp_edge_filter.wasm",
+            "--set",
+            r"CORS_ORIGIN_REGEX=^https://app\.example\.com$",
             "--set-file",
             "FILTER_CONFIG=deploy/gateway/filter-config.json",
             "--set-file",

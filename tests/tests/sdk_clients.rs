@@ -182,6 +182,19 @@ async fn image_studio_in_a_browser() {
         serde_json::json!({"resourceDomains": [origin], "connectDomains": [origin]})
     );
 
+    // Only authenticated callers read it: without a token the edge refuses.
+    let anonymous = http_client()
+        .post(&stack.mcp_url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "resources/read", "params": {"uri": uri}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+
     only_region_changed(&report["rect"]).await;
     only_region_changed(&report["keyboard"]).await;
     assert_eq!(

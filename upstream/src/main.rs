@@ -298,6 +298,8 @@ async fn main() -> anyhow::Result<()> {
                 ("ADMIN_ADDRESS", "127.0.0.1"),
                 ("UPSTREAM_ADDRESS", "127.0.0.1"),
                 ("UPSTREAM_CLUSTER_TYPE", "STATIC"),
+                // Browser hosts allowed to call /mcp (CORS): loopback in development.
+                ("CORS_ORIGIN_REGEX", devkit::DEV_CORS_ORIGIN_REGEX),
             ] {
                 vars.entry(name.into()).or_insert_with(|| default.into());
             }

@@ -183,6 +183,10 @@ pub fn mint_token(state_dir: &Path, request: &TokenRequest) -> anyhow::Result<St
         .map_err(|e| anyhow::anyhow!("signing the token: {e}"))
 }
 
+/// Browser hosts allowed to call /mcp (Envoy's CORS policy) in development:
+/// loopback on any port, like the filter's default `allowed_origins`.
+pub const DEV_CORS_ORIGIN_REGEX: &str = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?$";
+
 /// Replaces every `${NAME}` in `template`; fails on a name without a value.
 pub fn render(template: &str, vars: &BTreeMap<String, String>) -> anyhow::Result<String> {
     let mut out = String::with_capacity(template.len());
