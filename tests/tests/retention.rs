@@ -61,3 +61,175 @@ async fn sweeper_deletes_images_past_retention() {
         "recent images stay"
     );
 }
+
+/// Files under the stack's store (`{state_dir}/images`) below `prefix`.
+fn stored(stack: &Stack, prefix: &str) -> Vec<String> {
+    let root = stack.state_dir.join("images");
+    let mut found = Vec::new();
+    let mut dirs = vec![root.join(prefix)];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path.strip_prefix(&root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn gateway(stack: &Stack, args: &[&str]) -> (Value, bool) {
+    let output = std::process::Command::new(gateway_tests::stack::upstream_binary().unwrap())
+        .args(args)
+        .env("GATEWAY_STATE_DIR", &stack.state_dir)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("{args:?}: {}", String::from_utf8_lossy(&output.stderr)));
+    (report, output.status.success())
+}
+
+async fn generate_as(stack: &Stack, user: &str, prompt: &str) -> String {
+    let reply = gateway_tests::mcp_client::call_http(
+        &stack.mcp_url,
+        &stack.token(user, "acme"),
+        "2025-11-25",
+        "generate_image",
+        json!({"prompt": prompt}),
+    )
+    .await;
+    gateway_tests::mcp_client::structured(&reply)["image_urls"][0]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `mcp-image-gateway erase --org acme --user alice`: exactly alice's
+/// images, upload, task record and kept prompts go, their links answer 410
+/// Gone; bob's stay; the audit records the counts (not the contents, not
+/// alice's id) and still verifies, the chained prompt hashes intact.
+#[tokio::test]
+async fn erasure_takes_exactly_one_users_data() {
+    use rmcp::model::{CallToolRequestParams, CallToolResponse, GetTaskParams};
+    let options = StackOptions {
+        upstream_env: vec![("GATEWAY_LOG_PROMPTS".into(), "true".into())],
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(options).await.unwrap();
+    let alice = stack.token("alice", "acme");
+    let alice_link = generate_as(&stack, "alice", "a portrait of alice").await;
+    let bob_link = generate_as(&stack, "bob", "a portrait of bob").await;
+    // Alice also uploads an image and runs a generation as a task.
+    let ticket = gateway_tests::mcp_client::call_http(
+        &stack.mcp_url,
+        &alice,
+        "2025-11-25",
+        "create_upload",
+        json!({"content_type": "image/png"}),
+    )
+    .await;
+    let ticket = gateway_tests::mcp_client::structured(&ticket).clone();
+    let put = http_client()
+        .put(ticket["upload_url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(gateway_tests::fake_openai::solid_png(64, 64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let client = gateway_tests::mcp_client::connect_with_tasks(&stack.mcp_url, &alice)
+        .await
+        .unwrap();
+    let arguments = json!({"prompt": "alice's task"}).as_object().cloned().unwrap();
+    let CallToolResponse::Task(created) = client
+        .call_tool_once(CallToolRequestParams::new("generate_image").with_arguments(arguments))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a task")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get_task(GetTaskParams::new(&created.task.task_id))
+        .await
+        .unwrap()
+        .task
+        .status()
+        .is_terminal()
+    {
+        assert!(Instant::now() < deadline, "the task did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Opted-in prompts are kept apart from the chain, under their owner (3: 2 alice, 1 bob).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored(&stack, "audit-prompts/acme").len() < 3 {
+        assert!(Instant::now() < deadline, "{:?}", stored(&stack, "audit-prompts/acme"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored(&stack, "acme").len(), 3, "alice's 2 images and bob's 1");
+
+    let (report, ok) = gateway(&stack, &["erase", "--org", "acme", "--user", "alice"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["event"], "erasure");
+    assert_eq!(
+        (
+            &report["images"],
+            &report["uploads"],
+            &report["tasks"],
+            &report["prompts"]
+        ),
+        (&json!(2), &json!(1), &json!(1), &json!(2)),
+        "{report}"
+    );
+    assert!(
+        !report.to_string().contains("alice"),
+        "the audit names a pseudonym, not the user: {report}"
+    );
+
+    // Exactly alice's objects are gone; bob's stay.
+    let bob_key = bob_link
+        .split_once("/images/")
+        .unwrap()
+        .1
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(stored(&stack, "acme"), [bob_key]);
+    assert!(stored(&stack, "uploads/acme").is_empty());
+    assert!(
+        stored(&stack, "tasks/acme").is_empty(),
+        "{:?}",
+        stored(&stack, "tasks/acme")
+    );
+    assert_eq!(stored(&stack, "audit-prompts/acme").len(), 1, "bob's prompt stays");
+    let gone = http_client().get(&alice_link).send().await.unwrap();
+    assert_eq!(gone.status(), 410);
+    assert!(gone.text().await.unwrap().contains("erased"));
+    assert_eq!(http_client().get(&bob_link).send().await.unwrap().status(), 200);
+
+    // The chain still verifies, the erasure in it; the chained events hold
+    // prompt hashes, never the text.
+    let (verified, ok) = gateway(&stack, &["audit", "verify"]);
+    assert!(ok, "{verified}");
+    let chained = || -> String {
+        stored(&stack, "audit")
+            .iter()
+            .map(|key| std::fs::read_to_string(stack.state_dir.join("images").join(key)).unwrap())
+            .collect()
+    };
+    // The replica stores its open segment about once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chained().matches("prompt_sha256").count() < 3 {
+        assert!(Instant::now() < deadline, "{}", chained());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let chained = chained();
+    assert!(chained.contains("\"event\":\"erasure\""), "{chained}");
+    assert!(!chained.contains("a portrait of"), "a prompt's text is in the chain");
+}

@@ -25,6 +25,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Erases one user's (`--user`) or a whole organisation's images,
+    /// uploads, task records and opted-in prompts from the store, and
+    /// records the erasure in the audit (counts, not contents). Later links
+    /// to erased images get 410 Gone.
+    Erase(Box<EraseArgs>),
     /// Create the development signing key and URL secret (once).
     DevInit {
         #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
@@ -147,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
             served
         }
         Command::DevInit { state_dir } => devkit::init(&state_dir),
+        Command::Erase(args) => erase(&args).await,
         Command::Audit {
             command: AuditCommand::Verify(config),
         } => verify_audit(&config).await,
@@ -356,12 +362,63 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+#[derive(clap::Args)]
+struct EraseArgs {
+    /// The organisation whose data goes.
+    #[arg(long)]
+    org: String,
+    /// Only this user's data (the `sub` of their token), not the whole organisation's.
+    #[arg(long)]
+    user: Option<String>,
+    #[command(flatten)]
+    config: ServeConfig,
+}
+
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Checks every audit segment in the store (the serve settings say
     /// where; the development defaults need no flags) and names the first
     /// break. Exit status 1 when the chain is broken.
     Verify(Box<ServeConfig>),
+}
+
+async fn erase(args: &EraseArgs) -> anyhow::Result<()> {
+    use mcp_image_gateway::storage::{erasure, keyring::Keyring};
+    use mcp_image_gateway::telemetry::audit_chain::Chain;
+    let keys = Keyring::from_file(&args.config.audit_keys_file(), 32)
+        .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))?;
+    let store = args.config.image_store()?;
+    let now = chrono::Utc::now();
+    let erased = store
+        .erase(&args.org, args.user.as_deref(), now)
+        .await
+        .map_err(|e| anyhow::anyhow!("erasing {}: {e}", args.org))?;
+    let mut event = serde_json::json!({
+        "target": "audit",
+        "event": "erasure",
+        "org": args.org,
+        "scope": if args.user.is_some() { "user" } else { "org" },
+        // The pseudonym the store files the user under, never the id.
+        "owner": args.user.as_deref().map(|user| erasure::owner_id(&args.org, user)),
+        "at": now.to_rfc3339(),
+    });
+    for (kind, count) in erasure::counts(&erased) {
+        event[kind] = count.into();
+    }
+    // Its own short chain, closed and signed: `audit verify` checks it like a replica's.
+    let mut chain = Chain::new(format!(
+        "erasure-{}-{}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    chain.push(event.clone());
+    let (key, text) = chain.close(&keys);
+    store
+        .put_audit(&key, text.into())
+        .await
+        .map_err(|e| anyhow::anyhow!("the erasure is done but its audit record could not be stored: {e}"))?;
+    println!("{event}");
+    Ok(())
 }
 
 async fn verify_audit(config: &ServeConfig) -> anyhow::Result<()> {

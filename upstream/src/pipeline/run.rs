@@ -298,7 +298,7 @@ pub(crate) async fn run(
     let storage_started = Instant::now();
     let stored = state
         .store
-        .put_all(&caller.org, &files, now)
+        .put_all(&caller.org, &caller.user, &files, now)
         .instrument(tracing::info_span!("mcp_gateway.store", images = files.len()))
         .await;
     state

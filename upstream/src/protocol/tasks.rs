@@ -47,7 +47,17 @@ impl ImageTools {
         let span = traces::task_span(call.tool, &task.task_id);
         let traced = traces::traceparent_of(&span);
         // Durable before the client hears of it, so tasks/get on any replica
-        // finds it; the lease first, so a record never exists without one.
+        // finds it; the owner and the lease first, so a record never exists
+        // without them (erasure finds it by its owner).
+        let record = format!("tasks/{}/{}.json", caller.org, task.task_id);
+        self.state
+            .store
+            .mark_owner(&caller.org, &caller.user, crate::storage::erasure::Kind::Task, &record)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "recording a task's owner failed");
+                ErrorData::internal_error("the task store is unavailable; try again shortly", None)
+            })?;
         self.renew_lease(&caller, &task.task_id, traced.clone()).await?;
         self.write_task(&caller, &DetailedTask::new(task.clone(), TaskPayload::Working))
             .await?;

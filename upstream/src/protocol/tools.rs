@@ -199,7 +199,7 @@ impl ImageTools {
         match self
             .state
             .uploads
-            .ticket(&self.state.store, &self.state.signer, &caller.org, format)
+            .ticket(&self.state.store, &self.state.signer, &caller.org, &caller.user, format)
             .await
         {
             Ok(ticket) => {

@@ -64,6 +64,9 @@ pub async fn get_image(
             bytes,
         )
             .into_response(),
+        Err(StorageError::NotFound) if state.store.was_erased(&key).await => {
+            refuse(StatusCode::GONE, "the image was erased at its owner's request")
+        }
         Err(StorageError::NotFound | StorageError::InvalidKey) => refuse(
             StatusCode::NOT_FOUND,
             "the image no longer exists (images are kept for a limited time)",

@@ -79,7 +79,16 @@ fn spawn_retention_sweeper(
                 .await
             {
                 Ok(0) => {}
-                Ok(deleted) => tracing::info!(deleted, "retention sweep deleted expired images"),
+                // In the audit, so the evidence bundle can show sweeps performed.
+                Ok(deleted) => tracing::info!(
+                    target: "audit",
+                    event = "retention_sweep",
+                    deleted,
+                    images_before = %(now - retention).to_rfc3339(),
+                    uploads_before = %(now - upload_retention).to_rfc3339(),
+                    audit_before = %(now - audit_retention).to_rfc3339(),
+                    "retention sweep deleted expired objects"
+                ),
                 Err(error) => tracing::warn!(%error, "retention sweep failed; retrying next time"),
             }
         }

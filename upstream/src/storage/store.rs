@@ -139,6 +139,11 @@ impl ImageStore {
         Ok(Some(url.to_string()))
     }
 
+    /// The object store itself, for this module's siblings (`erasure`).
+    pub(crate) fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     pub fn description(&self) -> &str {
         &self.description
     }
@@ -155,10 +160,12 @@ impl ImageStore {
     }
 
     /// Stores all images of one generation, or none: on any failure the
-    /// images already written are deleted again.
+    /// images already written are deleted again. Each is recorded under
+    /// its owner first (`erasure`), so erasure on request finds it.
     pub async fn put_all(
         &self,
         org: &str,
+        user: &str,
         images: &[(Bytes, OutputFormat)],
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StorageError> {
@@ -166,6 +173,10 @@ impl ImageStore {
         for (bytes, format) in images {
             let key = Self::new_key(org, now, *format);
             let path = parse_key(&key)?;
+            if let Err(error) = self.mark_owner(org, user, super::erasure::Kind::Image, &key).await {
+                self.delete_all(&keys).await;
+                return Err(error);
+            }
             let mut options = PutOptions::default();
             if self.content_type {
                 let mut attributes = Attributes::new();
@@ -518,7 +529,12 @@ mod tests {
     async fn sweep_deletes_only_old_images() {
         let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
         let keys = store
-            .put_all("acme", &[(Bytes::from_static(b"a"), OutputFormat::Png)], Utc::now())
+            .put_all(
+                "acme",
+                "ann",
+                &[(Bytes::from_static(b"a"), OutputFormat::Png)],
+                Utc::now(),
+            )
             .await
             .unwrap();
         let upload = uuid::Uuid::new_v4().to_string();
@@ -547,7 +563,8 @@ mod tests {
         ));
         assert_eq!(store.get(&keys[0]).await.unwrap(), Bytes::from_static(b"a"));
         let later = Utc::now() + chrono::Duration::seconds(1);
-        assert_eq!(store.sweep(later, later, keep).await.unwrap(), 1);
+        // The image and its owner record (`erasure`) go together.
+        assert_eq!(store.sweep(later, later, keep).await.unwrap(), 2);
         assert!(matches!(store.get(&keys[0]).await, Err(StorageError::NotFound)));
         // Audit segments go on their own, longer retention.
         assert_eq!(store.audit_segments().await.unwrap(), ["audit/r1/0000000000.jsonl"]);
@@ -586,6 +603,7 @@ mod tests {
         let keys = store
             .put_all(
                 "acme",
+                "ann",
                 &[
                     (Bytes::from_static(b"a"), OutputFormat::Png),
                     (Bytes::from_static(b"b"), OutputFormat::Webp),

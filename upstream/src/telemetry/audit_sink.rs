@@ -5,6 +5,10 @@
 //! A store that fails loses nothing still in memory (the whole open segment
 //! is written again next time) and never blocks a call; a full channel drops
 //! the event and counts it (`mcp_gateway_audit_events_dropped_total`).
+//! A prompt logged by opt-in (`GATEWAY_LOG_PROMPTS`) stays out of the
+//! chain, which keeps its `prompt_sha256`: the text is stored apart under
+//! its owner (`storage::erasure`), so erasing it breaks no link, and a kept
+//! text can still be checked against the chained hash.
 
 use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,7 +26,18 @@ const BUFFER: usize = 65_536;
 /// How often the open segment is stored.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
 
-static SINK: OnceLock<mpsc::Sender<Value>> = OnceLock::new();
+static SINK: OnceLock<mpsc::Sender<Entry>> = OnceLock::new();
+
+/// What the writer gets: an event for the chain, or a prompt kept apart.
+enum Entry {
+    Event(Value),
+    Prompt {
+        org: String,
+        user: String,
+        sha256: String,
+        text: String,
+    },
+}
 
 /// Audit events lost because the writer fell behind.
 pub static DROPPED: LazyLock<prometheus_client::metrics::counter::Counter> = LazyLock::new(Default::default);
@@ -47,7 +62,26 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ChainLayer {
         let mut fields = Fields(Map::new());
         fields.0.insert("target".into(), target.into());
         event.record(&mut fields);
-        if sink.try_send(Value::Object(fields.0)).is_err() {
+        if let Some(Value::String(text)) = fields.0.remove("prompt") {
+            let field = |name: &str| {
+                fields
+                    .0
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let prompt = Entry::Prompt {
+                org: field("org"),
+                user: field("user"),
+                sha256: field("prompt_sha256"),
+                text,
+            };
+            if sink.try_send(prompt).is_err() {
+                DROPPED.inc();
+            }
+        }
+        if sink.try_send(Entry::Event(Value::Object(fields.0))).is_err() {
             DROPPED.inc();
         }
     }
@@ -101,7 +135,7 @@ async fn write(
     store: ImageStore,
     keys: Keyring,
     limits: SegmentLimits,
-    mut receiver: mpsc::Receiver<Value>,
+    mut receiver: mpsc::Receiver<Entry>,
     stop: CancellationToken,
 ) {
     let mut opened = Instant::now();
@@ -111,8 +145,17 @@ async fn write(
     let mut ticker = tokio::time::interval(WRITE_EVERY);
     loop {
         tokio::select! {
-            event = receiver.recv() => {
-                let Some(event) = event else { break };
+            entry = receiver.recv() => {
+                let event = match entry {
+                    None => break,
+                    Some(Entry::Event(event)) => event,
+                    Some(Entry::Prompt { org, user, sha256, text }) => {
+                        if let Err(error) = store.put_prompt(&org, &user, &sha256, &text).await {
+                            tracing::warn!(%error, "an opted-in prompt could not be stored apart from the audit");
+                        }
+                        continue;
+                    }
+                };
                 chain.push(event);
                 dirty = true;
                 if chain.len() >= limits.max_events || opened.elapsed() >= limits.max_age {
@@ -132,8 +175,18 @@ async fn write(
         }
     }
     // What arrived before the stop is kept.
-    while let Ok(event) = receiver.try_recv() {
-        chain.push(event);
+    while let Ok(entry) = receiver.try_recv() {
+        match entry {
+            Entry::Event(event) => chain.push(event),
+            Entry::Prompt {
+                org,
+                user,
+                sha256,
+                text,
+            } => {
+                let _ = store.put_prompt(&org, &user, &sha256, &text).await;
+            }
+        }
     }
     if !chain.is_empty() {
         pending.push(chain.close(&keys));

@@ -1,0 +1,281 @@
+//! Erasure on request (GDPR art. 17): who owns what, and removing it.
+//!
+//! Image keys name only the organisation, so every image, upload and task
+//! is also recorded under its owner: `owners/{org}/{owner}/{kind}/{name}`,
+//! the object's path as its body, written before the object itself (a
+//! marker without an object is harmless; an object without a marker could
+//! not be found). `{owner}` is a pseudonym of the user (`owner_id`), so the
+//! index holds no user id. Erasing leaves tombstones under `erased/{org}/`
+//! so that later links answer 410 Gone rather than 404; they, the markers
+//! and the prompts kept apart from the audit (`audit-prompts/`) expire with
+//! the images' retention.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::Serialize;
+
+use super::store::{is_safe_segment, ImageStore, StorageError};
+
+/// Top-level prefixes of the store that are not organisations.
+const RESERVED: [&str; 6] = ["audit", "audit-prompts", "erased", "owners", "tasks", "uploads"];
+/// The tombstone of a whole organisation's erasure.
+const ORG_TOMBSTONE: &str = "_org";
+
+/// What an owner can have in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Image,
+    Upload,
+    Task,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Image => "images",
+            Kind::Upload => "uploads",
+            Kind::Task => "tasks",
+        }
+    }
+}
+
+/// A user's pseudonym within an organisation: stable, not reversible
+/// without the user id, never the id itself.
+pub fn owner_id(org: &str, user: &str) -> String {
+    crate::telemetry::sha256(format!("{org}\0{user}").as_bytes())[..32].to_string()
+}
+
+/// What an erasure removed: counts, never contents.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Erased {
+    pub images: u64,
+    pub uploads: u64,
+    pub tasks: u64,
+    pub prompts: u64,
+}
+
+impl ImageStore {
+    /// Records that `user` of `org` owns the object at `path`.
+    pub async fn mark_owner(&self, org: &str, user: &str, kind: Kind, path: &str) -> Result<(), StorageError> {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let marker = safe_path(&format!(
+            "owners/{org}/{}/{}/{name}",
+            owner_id(org, user),
+            kind.as_str()
+        ))?;
+        self.inner().put(&marker, PutPayload::from(path.to_string())).await?;
+        Ok(())
+    }
+
+    /// Keeps an opted-in prompt apart from the audit chain (which holds its
+    /// hash), under its owner, so erasure can remove it.
+    pub async fn put_prompt(&self, org: &str, user: &str, sha256: &str, text: &str) -> Result<(), StorageError> {
+        let path = safe_path(&format!("audit-prompts/{org}/{}/{sha256}.txt", owner_id(org, user)))?;
+        self.inner().put(&path, PutPayload::from(text.to_string())).await?;
+        Ok(())
+    }
+
+    /// Erases one user's (or, without `user`, a whole organisation's)
+    /// images, uploads, task records and kept prompts.
+    pub async fn erase(&self, org: &str, user: Option<&str>, now: DateTime<Utc>) -> Result<Erased, StorageError> {
+        if !is_safe_segment(org) || RESERVED.contains(&org) {
+            return Err(StorageError::InvalidKey);
+        }
+        match user {
+            Some(user) => self.erase_user(org, user, now).await,
+            None => self.erase_org(org, now).await,
+        }
+    }
+
+    async fn erase_user(&self, org: &str, user: &str, now: DateTime<Utc>) -> Result<Erased, StorageError> {
+        let owner = owner_id(org, user);
+        let mut erased = Erased::default();
+        for marker in self.list_prefix(&format!("owners/{org}/{owner}")).await? {
+            let target = String::from_utf8_lossy(&self.inner().get(&marker).await?.bytes().await?).into_owned();
+            let target_path = safe_path(&target)?;
+            let removed = self.delete_quietly(&target_path).await?;
+            let kind = marker.as_ref().split('/').nth(3).unwrap_or_default();
+            match kind {
+                "images" => {
+                    erased.images += u64::from(removed);
+                    let file = target.rsplit('/').next().unwrap_or_default();
+                    self.tombstone(org, file, now).await?;
+                }
+                "uploads" => erased.uploads += u64::from(removed),
+                "tasks" => {
+                    erased.tasks += u64::from(removed);
+                    if let Some(lease) = target.strip_suffix(".json") {
+                        self.delete_quietly(&safe_path(&format!("{lease}.lease"))?).await?;
+                    }
+                }
+                _ => {}
+            }
+            self.delete_quietly(&marker).await?;
+        }
+        for prompt in self.list_prefix(&format!("audit-prompts/{org}/{owner}")).await? {
+            erased.prompts += u64::from(self.delete_quietly(&prompt).await?);
+        }
+        Ok(erased)
+    }
+
+    async fn erase_org(&self, org: &str, now: DateTime<Utc>) -> Result<Erased, StorageError> {
+        let mut erased = Erased::default();
+        let counted: [(String, Option<fn(&mut Erased) -> &mut u64>); 5] = [
+            (org.to_string(), Some(|e| &mut e.images)),
+            (format!("uploads/{org}"), Some(|e| &mut e.uploads)),
+            (format!("tasks/{org}"), Some(|e| &mut e.tasks)),
+            (format!("audit-prompts/{org}"), Some(|e| &mut e.prompts)),
+            (format!("owners/{org}"), None),
+        ];
+        for (prefix, counter) in counted {
+            for path in self.list_prefix(&prefix).await? {
+                let removed = self.delete_quietly(&path).await?;
+                // A task is its record; its lease goes with it uncounted.
+                let counts = !path.as_ref().ends_with(".lease");
+                if let (Some(counter), true, true) = (counter, removed, counts) {
+                    *counter(&mut erased) += 1;
+                }
+            }
+        }
+        self.tombstone(org, ORG_TOMBSTONE, now).await?;
+        Ok(erased)
+    }
+
+    /// Whether the image at `key` (missing from the store) was erased on
+    /// request: its own tombstone, or its organisation's erased on or after
+    /// the image's day.
+    pub async fn was_erased(&self, key: &str) -> bool {
+        let mut parts = key.split('/');
+        let (Some(org), Some(y), Some(m), Some(d), Some(file)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        if self.read_tombstone(org, file).await.is_some() {
+            return true;
+        }
+        let made = NaiveDate::parse_from_str(&format!("{y}-{m}-{d}"), "%Y-%m-%d").ok();
+        match (self.read_tombstone(org, ORG_TOMBSTONE).await, made) {
+            (Some(at), Some(made)) => made <= at.date_naive(),
+            _ => false,
+        }
+    }
+
+    async fn tombstone(&self, org: &str, name: &str, now: DateTime<Utc>) -> Result<(), StorageError> {
+        let path = safe_path(&format!("erased/{org}/{name}"))?;
+        self.inner().put(&path, PutPayload::from(now.to_rfc3339())).await?;
+        Ok(())
+    }
+
+    async fn read_tombstone(&self, org: &str, name: &str) -> Option<DateTime<Utc>> {
+        let path = safe_path(&format!("erased/{org}/{name}")).ok()?;
+        let bytes: Bytes = self.inner().get(&path).await.ok()?.bytes().await.ok()?;
+        DateTime::parse_from_rfc3339(std::str::from_utf8(&bytes).ok()?)
+            .ok()
+            .map(|at| at.with_timezone(&Utc))
+    }
+
+    async fn list_prefix(&self, prefix: &str) -> Result<Vec<Path>, StorageError> {
+        let prefix = safe_path(prefix)?;
+        Ok(self
+            .inner()
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?)
+    }
+
+    /// Deletes `path`; `false` when it was already gone.
+    async fn delete_quietly(&self, path: &Path) -> Result<bool, StorageError> {
+        match self.inner().delete(path).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// Counts per kind for an audit event.
+pub fn counts(erased: &Erased) -> BTreeMap<&'static str, u64> {
+    BTreeMap::from([
+        ("images", erased.images),
+        ("uploads", erased.uploads),
+        ("tasks", erased.tasks),
+        ("prompts", erased.prompts),
+    ])
+}
+
+fn safe_path(path: &str) -> Result<Path, StorageError> {
+    if path.split('/').all(is_safe_segment) {
+        Path::parse(path).map_err(|_| StorageError::InvalidKey)
+    } else {
+        Err(StorageError::InvalidKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::media::types::OutputFormat;
+
+    fn store() -> ImageStore {
+        ImageStore::new(Arc::new(object_store::memory::InMemory::new()), "memory")
+    }
+
+    #[test]
+    fn owners_are_pseudonyms_per_organisation() {
+        assert_eq!(owner_id("acme", "ann"), owner_id("acme", "ann"));
+        assert_ne!(owner_id("acme", "ann"), owner_id("other", "ann"));
+        assert!(!owner_id("acme", "ann").contains("ann"));
+        assert_eq!(owner_id("acme", "ann").len(), 32);
+    }
+
+    #[tokio::test]
+    async fn a_users_erasure_takes_exactly_that_users_objects() {
+        let store = store();
+        let now = Utc::now();
+        let png = || vec![(Bytes::from_static(b"png"), OutputFormat::Png)];
+        let ann = store.put_all("acme", "ann", &png(), now).await.unwrap();
+        let bob = store.put_all("acme", "bob", &png(), now).await.unwrap();
+        store.put_prompt("acme", "ann", "abc", "a red fox").await.unwrap();
+        let erased = store.erase("acme", Some("ann"), now).await.unwrap();
+        assert_eq!(
+            erased,
+            Erased {
+                images: 1,
+                prompts: 1,
+                ..Default::default()
+            }
+        );
+        assert!(store.get(&ann[0]).await.is_err());
+        assert!(store.was_erased(&ann[0]).await);
+        assert_eq!(&store.get(&bob[0]).await.unwrap()[..], b"png");
+        assert!(!store.was_erased(&bob[0]).await);
+        // Again: nothing left to erase.
+        assert_eq!(store.erase("acme", Some("ann"), now).await.unwrap(), Erased::default());
+    }
+
+    #[tokio::test]
+    async fn an_organisations_erasure_takes_everything_of_it_and_no_more() {
+        let store = store();
+        let now = Utc::now();
+        let png = || vec![(Bytes::from_static(b"png"), OutputFormat::Png)];
+        let acme = store.put_all("acme", "ann", &png(), now).await.unwrap();
+        let other = store.put_all("other", "ann", &png(), now).await.unwrap();
+        let erased = store.erase("acme", None, now).await.unwrap();
+        assert_eq!(erased.images, 1);
+        assert!(store.was_erased(&acme[0]).await);
+        assert!(store.get(&other[0]).await.is_ok());
+        assert!(matches!(
+            store.erase("audit", None, now).await,
+            Err(StorageError::InvalidKey)
+        ));
+    }
+}
