@@ -125,20 +125,25 @@ impl ImageStore {
 
     async fn erase_org(&self, org: &str, now: DateTime<Utc>) -> Result<Erased, StorageError> {
         let mut erased = Erased::default();
-        let counted: [(String, Option<fn(&mut Erased) -> &mut u64>); 5] = [
-            (org.to_string(), Some(|e| &mut e.images)),
-            (format!("uploads/{org}"), Some(|e| &mut e.uploads)),
-            (format!("tasks/{org}"), Some(|e| &mut e.tasks)),
-            (format!("audit-prompts/{org}"), Some(|e| &mut e.prompts)),
-            (format!("owners/{org}"), None),
+        let prefixes = [
+            org.to_string(),
+            format!("uploads/{org}"),
+            format!("tasks/{org}"),
+            format!("audit-prompts/{org}"),
+            format!("owners/{org}"),
         ];
-        for (prefix, counter) in counted {
-            for path in self.list_prefix(&prefix).await? {
-                let removed = self.delete_quietly(&path).await?;
+        for (index, prefix) in prefixes.iter().enumerate() {
+            for path in self.list_prefix(prefix).await? {
                 // A task is its record; its lease goes with it uncounted.
-                let counts = !path.as_ref().ends_with(".lease");
-                if let (Some(counter), true, true) = (counter, removed, counts) {
-                    *counter(&mut erased) += 1;
+                if !self.delete_quietly(&path).await? || path.as_ref().ends_with(".lease") {
+                    continue;
+                }
+                match index {
+                    0 => erased.images += 1,
+                    1 => erased.uploads += 1,
+                    2 => erased.tasks += 1,
+                    3 => erased.prompts += 1,
+                    _ => {}
                 }
             }
         }
