@@ -18,7 +18,7 @@ WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 cargo
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci app app-check
+.PHONY: cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci app app-check evidence
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT); EDGE=native runs the filter as a dynamic module)"
@@ -27,6 +27,7 @@ help:
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"
+	@echo "make evidence OUT=DIR  the compliance evidence bundle: SBOMs, licence checks, settings, audit verification, erasures (README, Compliance evidence)"
 	@echo "make app     rebuild the image studio MCP App (app/) into upstream/assets/image-studio.html (needs Node; commit the result)"
 	@echo "make bench-edge  bare Envoy, Envoy's native MCP stack, a no-op Wasm filter, ours as Wasm and as a dynamic module (bench/results/edge.md)"
 	@echo "make native-module  the filter as an Envoy dynamic module (target/release/libmcp_edge_native.so)"
@@ -71,7 +72,7 @@ run: build envoy
 
 test: build ratelimit envoy test-clients app-check
 	$(MAKE) native-module NATIVE_PROFILE=debug
-	ENVOY_BIN="$$(scripts/ensure-envoy.sh)" cargo test --workspace --no-fail-fast
+	set -o pipefail; ENVOY_BIN="$$(scripts/ensure-envoy.sh)" cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
 
 token: upstream
 	@$(BIN) dev-init --state-dir $(STATE_DIR)
@@ -127,6 +128,10 @@ deploy-render: upstream
 	  --set UPSTREAM_PORT=8081 --set WASM_PATH=/etc/envoy-wasm/mcp_edge_filter.wasm \
   --set 'CORS_ORIGIN_REGEX=^https://app\.example\.com$$' \
 	  --set-file FILTER_CONFIG=deploy/gateway/filter-config.json --set-file EXTRA_CLUSTERS=deploy/gateway/clusters.yaml
+
+# The compliance evidence bundle (scripts/evidence.sh; OUT, SINCE, EDGE_SETTINGS).
+evidence: upstream
+	OUT="$(or $(OUT),target/evidence)" scripts/evidence.sh
 
 # The filter as an OCI image layout Istio's WasmPlugin can pull (target/oci/mcp-edge-filter).
 wasm-oci: wasm

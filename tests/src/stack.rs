@@ -630,6 +630,11 @@ impl Stack {
     }
 
     /// A dev token for `sub` in `org`, valid for `ttl_secs`.
+    /// The edge filter's settings this stack's Envoy runs.
+    pub fn filter_config(&self) -> &serde_json::Value {
+        &self.filter_config
+    }
+
     pub fn token(&self, sub: &str, org: &str) -> String {
         self.token_with(sub, org, &devkit::audience(&self.base_url), 3600)
     }

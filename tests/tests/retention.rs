@@ -233,3 +233,125 @@ async fn erasure_takes_exactly_one_users_data() {
     assert!(chained.contains("\"event\":\"erasure\""), "{chained}");
     assert!(!chained.contains("a portrait of"), "a prompt's text is in the chain");
 }
+
+/// `mcp-image-gateway evidence`: the bundle holds what an auditor reads,
+/// every file is in the manifest with its SHA-256 and controls, the audit
+/// verifies with the erasure in its lifecycle events, and no secret of the
+/// settings (API keys, the assertion key, a Redis password, key hashes) is
+/// anywhere in it.
+#[tokio::test]
+async fn evidence_bundle_matches_its_manifest() {
+    let stack = Stack::start().await.unwrap();
+    generate_as(&stack, "alice", "a harbour").await;
+    generate_as(&stack, "bob", "a lighthouse").await;
+    let (_, ok) = gateway(&stack, &["erase", "--org", "acme", "--user", "bob"]);
+    assert!(ok);
+    let settings = stack.state_dir.join("edge-settings.json");
+    std::fs::write(&settings, stack.filter_config().to_string()).unwrap();
+    let sbom = stack.state_dir.join("mcp-image-gateway.cdx.json");
+    std::fs::write(&sbom, r#"{"bomFormat":"CycloneDX"}"#).unwrap();
+    let out = stack.state_dir.join("evidence");
+    let secrets = ["sk-stability-evidence-secret", "hunter2"];
+    let output = std::process::Command::new(gateway_tests::stack::upstream_binary().unwrap())
+        .current_dir(gateway_tests::stack::workspace_root())
+        .args([
+            "evidence",
+            "--out",
+            out.to_str().unwrap(),
+            "--edge-settings",
+            settings.to_str().unwrap(),
+        ])
+        .args(["--include", sbom.to_str().unwrap()])
+        .env("GATEWAY_STATE_DIR", &stack.state_dir)
+        .env("STABILITY_API_KEY", secrets[0])
+        .env(
+            "GATEWAY_BUDGET_REDIS_URL",
+            format!("redis://gw:{}@127.0.0.1:6390/0", secrets[1]),
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let read = |path: &str| std::fs::read(out.join(path)).unwrap();
+    let manifest: Value = serde_json::from_slice(&read("manifest.json")).unwrap();
+    let listed: Vec<&Value> = manifest["files"].as_array().unwrap().iter().collect();
+    let mut on_disk = Vec::new();
+    let mut dirs = vec![out.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            match entry.path() {
+                p if p.is_dir() => dirs.push(p),
+                p => on_disk.push(p.strip_prefix(&out).unwrap().to_string_lossy().into_owned()),
+            }
+        }
+    }
+    on_disk.retain(|p| p != "manifest.json");
+    on_disk.sort();
+    let mut names: Vec<String> = listed.iter().map(|f| f["path"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    assert_eq!(names, on_disk, "the manifest lists exactly the bundle's files");
+    use sha2::Digest;
+    for file in &listed {
+        let bytes = read(file["path"].as_str().unwrap());
+        assert_eq!(file["sha256"], hex::encode(sha2::Sha256::digest(&bytes)), "{file}");
+        assert!(
+            !file["controls"].as_array().unwrap().is_empty(),
+            "{file} supports no control"
+        );
+    }
+    for expected in [
+        "settings/edge.json",
+        "settings/upstream.json",
+        "audit/verification.json",
+        "audit/lifecycle.json",
+        "retention.json",
+        "tls.json",
+        "access-controls/tool-access.json",
+        "access-controls/upstream__networkpolicy.yaml",
+        "access-controls/istio__authorizationpolicy.yaml",
+        "sbom/mcp-image-gateway.cdx.json",
+        "bench/edge.md",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    let json = |path: &str| -> Value { serde_json::from_slice(&read(path)).unwrap() };
+    assert_eq!(
+        json("audit/verification.json")["ok"],
+        true,
+        "{}",
+        json("audit/verification.json")
+    );
+    let lifecycle = json("audit/lifecycle.json");
+    assert!(
+        lifecycle["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "erasure"),
+        "{lifecycle}"
+    );
+    assert_eq!(json("tls.json")["edge_listener"]["minimum"], "TLSv1_3");
+    assert_eq!(json("retention.json")["images_days"], 29);
+    let edge = json("settings/edge.json");
+    assert_eq!(
+        edge["sha256"],
+        hex::encode(sha2::Sha256::digest(std::fs::read(&settings).unwrap()))
+    );
+
+    // No secret anywhere in the bundle.
+    let mut secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+    let filter = stack.filter_config();
+    if let Some(key) = filter["identity_assertion"]["key"].as_str() {
+        secrets.push(key.to_string());
+    }
+    for api_key in filter["api_keys"].as_array().into_iter().flatten() {
+        secrets.extend(api_key["sha256"].as_str().map(str::to_string));
+    }
+    assert!(secrets.len() >= 3, "the stack has secrets to look for: {secrets:?}");
+    for file in &listed {
+        let text = String::from_utf8_lossy(&read(file["path"].as_str().unwrap())).into_owned();
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "{secret} in {}", file["path"]);
+        }
+    }
+}

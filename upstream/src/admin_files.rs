@@ -62,18 +62,9 @@ pub struct AdminFiles {
 impl AdminFiles {
     /// The files `config` names, as they are now (what the state was built from).
     pub fn of(config: &ServeConfig) -> Self {
-        let optional = [
-            ("routes", config.routes_file.clone()),
-            ("models", config.models_file.clone()),
-            ("budgets", config.budgets_file.clone()),
-        ];
-        let files = optional
+        let files = config
+            .admin_files()
             .into_iter()
-            .filter_map(|(name, path)| path.map(|path| (name, path)))
-            .chain([
-                ("url_keys", config.url_signing_key_file()),
-                ("identity_keys", config.identity_keys_file()),
-            ])
             .map(|(name, path)| AdminFile {
                 running: std::fs::read(&path).ok().map(|bytes| sha256(&bytes)),
                 name,

@@ -15,7 +15,8 @@ use crate::routing::catalog::ModelCatalog;
 pub const MAX_URL_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Which model backend to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
     /// `openai` when OPENAI_API_KEY is set, else `offline-preview`.
     Auto,
@@ -27,8 +28,8 @@ pub enum BackendChoice {
     OfflinePreview,
 }
 
-/// Settings of `mcp-image-gateway serve`.
-#[derive(Debug, Clone, Args)]
+/// Settings of `mcp-image-gateway serve` (serialised, secrets redacted, into the evidence bundle).
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct ServeConfig {
     /// Address to listen on (only Envoy should reach it).
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
@@ -297,6 +298,24 @@ impl ServeConfig {
         self.identity_keys_file
             .clone()
             .unwrap_or_else(|| self.state_dir.join("identity.keys"))
+    }
+
+    /// The admin files this service reads and re-reads while running:
+    /// `routes`, `models`, `budgets` where given, and both keyrings.
+    pub fn admin_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let optional = [
+            ("routes", self.routes_file.clone()),
+            ("models", self.models_file.clone()),
+            ("budgets", self.budgets_file.clone()),
+        ];
+        optional
+            .into_iter()
+            .filter_map(|(name, path)| path.map(|path| (name, path)))
+            .chain([
+                ("url_keys", self.url_signing_key_file()),
+                ("identity_keys", self.identity_keys_file()),
+            ])
+            .collect()
     }
 
     pub fn audit_keys_file(&self) -> PathBuf {

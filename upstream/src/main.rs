@@ -30,6 +30,11 @@ enum Command {
     /// records the erasure in the audit (counts, not contents). Later links
     /// to erased images get 410 Gone.
     Erase(Box<EraseArgs>),
+    /// Writes the compliance evidence bundle (`manifest.json` and the files
+    /// it lists) into `--out`: settings, audit verification, retention and
+    /// erasures, access controls, TLS, SBOMs passed with `--include`, test
+    /// and benchmark summaries. `make evidence` adds the SBOMs and licence checks.
+    Evidence(Box<EvidenceArgs>),
     /// Create the development signing key and URL secret (once).
     DevInit {
         #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
@@ -153,6 +158,22 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::DevInit { state_dir } => devkit::init(&state_dir),
         Command::Erase(args) => erase(&args).await,
+        Command::Evidence(args) => {
+            use mcp_image_gateway::cli::evidence;
+            let sources = evidence::Sources {
+                out: args.out.clone(),
+                edge_settings: args.edge_settings.clone(),
+                deploy_dir: args.deploy_dir.clone(),
+                bench_dir: args.bench_dir.clone(),
+                test_output: args.test_output.clone(),
+                include: args.include.clone(),
+                since: args.since,
+            };
+            let manifest = evidence::collect(&args.config, &sources).await?;
+            let files = manifest["files"].as_array().map_or(0, Vec::len);
+            println!("{}", serde_json::json!({"out": args.out, "files": files}));
+            Ok(())
+        }
         Command::Audit {
             command: AuditCommand::Verify(config),
         } => verify_audit(&config).await,
@@ -374,6 +395,33 @@ struct EraseArgs {
     config: ServeConfig,
 }
 
+#[derive(clap::Args)]
+struct EvidenceArgs {
+    /// The folder to write (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// The edge settings in force (the filter's JSON); default `{state_dir}/edge-settings.json`.
+    #[arg(long)]
+    edge_settings: Option<PathBuf>,
+    /// Kubernetes and Istio manifests to take the access controls from.
+    #[arg(long, default_value = "deploy")]
+    deploy_dir: PathBuf,
+    /// Benchmark tables (`*.md`) to include.
+    #[arg(long, default_value = "bench/results")]
+    bench_dir: PathBuf,
+    /// The latest `make test` output (summarised).
+    #[arg(long, default_value = "target/test-output.txt")]
+    test_output: PathBuf,
+    /// Files to add under `sbom/` (CycloneDX SBOMs, licence and source checks).
+    #[arg(long)]
+    include: Vec<PathBuf>,
+    /// Only lifecycle events (erasures, sweeps, settings changes) from this time (RFC 3339).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    #[command(flatten)]
+    config: ServeConfig,
+}
+
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Checks every audit segment in the store (the serve settings say
@@ -426,12 +474,7 @@ async fn verify_audit(config: &ServeConfig) -> anyhow::Result<()> {
     use mcp_image_gateway::telemetry::audit_chain;
     let keys = Keyring::from_file(&config.audit_keys_file(), 32)
         .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))?;
-    let store = config.image_store()?;
-    let mut segments = Vec::new();
-    for key in store.audit_segments().await? {
-        let text = store.get_audit(&key).await?;
-        segments.push((key, String::from_utf8_lossy(&text).into_owned()));
-    }
+    let segments = mcp_image_gateway::cli::evidence::audit_segments(&config.image_store()?).await?;
     let report = audit_chain::verify(&segments, &keys);
     println!(
         "{}",

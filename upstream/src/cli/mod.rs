@@ -1,6 +1,8 @@
 //! Commands beside serving: dev keys and Envoy rendering (`devkit`), live
-//! edge settings (`edge_settings`), cost simulation (`cost_sim`).
+//! edge settings (`edge_settings`), cost simulation (`cost_sim`), the
+//! compliance evidence bundle (`evidence`).
 
 pub mod cost_sim;
 pub mod devkit;
 pub mod edge_settings;
+pub mod evidence;

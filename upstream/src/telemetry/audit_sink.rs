@@ -61,6 +61,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ChainLayer {
         let Some(sink) = SINK.get() else { return };
         let mut fields = Fields(Map::new());
         fields.0.insert("target".into(), target.into());
+        // When, inside the chain (stdout's line has its own timestamp).
+        fields.0.insert("time".into(), chrono::Utc::now().to_rfc3339().into());
         event.record(&mut fields);
         if let Some(Value::String(text)) = fields.0.remove("prompt") {
             let field = |name: &str| {
