@@ -173,6 +173,7 @@ async fn erasure_takes_exactly_one_users_data() {
     }
     assert_eq!(stored(&stack, "acme").len(), 3, "alice's 2 images and bob's 1");
 
+    let before_erasure = chrono::Utc::now().to_rfc3339();
     let (report, ok) = gateway(&stack, &["erase", "--org", "acme", "--user", "alice"]);
     assert!(ok, "{report}");
     assert_eq!(report["event"], "erasure");
@@ -217,6 +218,11 @@ async fn erasure_takes_exactly_one_users_data() {
     // prompt hashes, never the text.
     let (verified, ok) = gateway(&stack, &["audit", "verify"]);
     assert!(ok, "{verified}");
+    // A period alone verifies too: the erasure's chain is in it.
+    let (period, ok) = gateway(&stack, &["audit", "verify", "--since", &before_erasure]);
+    assert!(ok, "{period}");
+    assert!(period["replicas"].as_u64().unwrap() >= 1, "{period}");
+    assert!(period["segments"].as_u64().unwrap() <= verified["segments"].as_u64().unwrap());
     let chained = || -> String {
         stored(&stack, "audit")
             .iter()

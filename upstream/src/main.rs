@@ -175,8 +175,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify(config),
-        } => verify_audit(&config).await,
+            command: AuditCommand::Verify(args),
+        } => verify_audit(&args).await,
         Command::CostSim {
             mix,
             routes,
@@ -427,7 +427,17 @@ enum AuditCommand {
     /// Checks every audit segment in the store (the serve settings say
     /// where; the development defaults need no flags) and names the first
     /// break. Exit status 1 when the chain is broken.
-    Verify(Box<ServeConfig>),
+    Verify(Box<VerifyArgs>),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Only the segments written since this time (RFC 3339): each replica's
+    /// chain is checked from its first segment of the period.
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    #[command(flatten)]
+    config: ServeConfig,
 }
 
 async fn erase(args: &EraseArgs) -> anyhow::Result<()> {
@@ -469,16 +479,18 @@ async fn erase(args: &EraseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn verify_audit(config: &ServeConfig) -> anyhow::Result<()> {
+async fn verify_audit(args: &VerifyArgs) -> anyhow::Result<()> {
+    let config = &args.config;
     use mcp_image_gateway::storage::keyring::Keyring;
     use mcp_image_gateway::telemetry::audit_chain;
     let keys = Keyring::from_file(&config.audit_keys_file(), 32)
         .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))?;
-    let segments = mcp_image_gateway::cli::evidence::audit_segments(&config.image_store()?).await?;
-    let report = audit_chain::verify(&segments, &keys);
+    let segments = mcp_image_gateway::cli::evidence::audit_segments(&config.image_store()?, args.since).await?;
+    let report = audit_chain::verify_from(&segments, &keys, args.since.is_some());
     println!(
         "{}",
         serde_json::json!({
+            "since": args.since,
             "replicas": report.replicas,
             "segments": report.segments,
             "events": report.events,

@@ -159,10 +159,14 @@ pub fn manifest(files: &[(String, Vec<u8>)], generated_at: &str) -> Value {
     })
 }
 
-/// Every audit segment in the store, as `(key, text)`.
-pub async fn audit_segments(store: &ImageStore) -> anyhow::Result<Vec<(String, String)>> {
+/// The audit segments in the store (those written since `since`, when
+/// given), as `(key, text)`.
+pub async fn audit_segments(
+    store: &ImageStore,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<Vec<(String, String)>> {
     let mut segments = Vec::new();
-    for key in store.audit_segments().await? {
+    for key in store.audit_segments(since).await? {
         let text = store.get_audit(&key).await?;
         segments.push((key, String::from_utf8_lossy(&text).into_owned()));
     }
@@ -179,13 +183,13 @@ pub async fn collect(config: &ServeConfig, sources: &Sources) -> anyhow::Result<
     add("settings/upstream.json", &upstream);
     let keys = Keyring::from_file(&config.audit_keys_file(), 32)
         .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))?;
-    let segments = audit_segments(&config.image_store()?).await?;
-    let report = audit_chain::verify(&segments, &keys);
+    let segments = audit_segments(&config.image_store()?, sources.since).await?;
+    let report = audit_chain::verify_from(&segments, &keys, sources.since.is_some());
     let since = sources.since.map(|s| s.to_rfc3339());
     add(
         "audit/verification.json",
         &json!({
-            "checked_at": now.to_rfc3339(), "ok": report.broken.is_none(), "broken": report.broken,
+            "checked_at": now.to_rfc3339(), "since": since, "ok": report.broken.is_none(), "broken": report.broken,
             "replicas": report.replicas, "segments": report.segments, "events": report.events,
             "open_segments": report.open,
         }),

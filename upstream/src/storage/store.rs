@@ -248,13 +248,15 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Every audit segment's key.
-    pub async fn audit_segments(&self) -> Result<Vec<String>, StorageError> {
+    /// Every audit segment's key; with `since`, only those written since
+    /// then (a segment last written earlier holds only earlier events).
+    pub async fn audit_segments(&self, since: Option<DateTime<Utc>>) -> Result<Vec<String>, StorageError> {
         use futures::TryStreamExt;
         let prefix = Path::from("audit");
         Ok(self
             .store
             .list(Some(&prefix))
+            .try_filter(|meta| futures::future::ready(since.is_none_or(|since| meta.last_modified >= since)))
             .map_ok(|meta| meta.location.to_string())
             .try_collect()
             .await?)
@@ -567,9 +569,9 @@ mod tests {
         assert_eq!(store.sweep(later, later, keep).await.unwrap(), 2);
         assert!(matches!(store.get(&keys[0]).await, Err(StorageError::NotFound)));
         // Audit segments go on their own, longer retention.
-        assert_eq!(store.audit_segments().await.unwrap(), ["audit/r1/0000000000.jsonl"]);
+        assert_eq!(store.audit_segments(None).await.unwrap(), ["audit/r1/0000000000.jsonl"]);
         assert_eq!(store.sweep(later, later, later).await.unwrap(), 1);
-        assert!(store.audit_segments().await.unwrap().is_empty());
+        assert!(store.audit_segments(None).await.unwrap().is_empty());
     }
 
     #[tokio::test]
