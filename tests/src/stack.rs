@@ -630,6 +630,22 @@ impl Stack {
     }
 
     /// A dev token for `sub` in `org`, valid for `ttl_secs`.
+    /// Runs `mcp-image-gateway ARGS` (audit verify, erase, …) with this
+    /// stack's settings: its JSON report (the first JSON line of stdout) and
+    /// whether it succeeded.
+    pub fn gateway_command(&self, args: &[&str]) -> (serde_json::Value, bool) {
+        let output = Command::new(upstream_binary().unwrap())
+            .args(args)
+            .env("GATEWAY_STATE_DIR", &self.state_dir)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .unwrap_or_else(|| panic!("{args:?}: no report: {}", String::from_utf8_lossy(&output.stderr)));
+        (report, output.status.success())
+    }
+
     /// The edge filter's settings this stack's Envoy runs.
     pub fn filter_config(&self) -> &serde_json::Value {
         &self.filter_config

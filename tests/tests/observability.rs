@@ -708,16 +708,7 @@ async fn task_polls_link_to_the_generation_span() {
 /// `mcp-image-gateway audit verify` over the stack's store: its JSON report
 /// and whether it passed.
 fn verify_audit(stack: &Stack) -> (Value, bool) {
-    let output = Command::new(gateway_tests::stack::upstream_binary().unwrap())
-        .args(["audit", "verify"])
-        .env("GATEWAY_STATE_DIR", &stack.state_dir)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
-    (report, output.status.success())
+    stack.gateway_command(&["audit", "verify"])
 }
 
 /// Calls through Envoy leave a hash chain of audit and billing events in

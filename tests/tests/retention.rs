@@ -81,19 +81,6 @@ fn stored(stack: &Stack, prefix: &str) -> Vec<String> {
     found
 }
 
-fn gateway(stack: &Stack, args: &[&str]) -> (Value, bool) {
-    let output = std::process::Command::new(gateway_tests::stack::upstream_binary().unwrap())
-        .args(args)
-        .env("GATEWAY_STATE_DIR", &stack.state_dir)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| panic!("{args:?}: {}", String::from_utf8_lossy(&output.stderr)));
-    (report, output.status.success())
-}
-
 async fn generate_as(stack: &Stack, user: &str, prompt: &str) -> String {
     let reply = gateway_tests::mcp_client::call_http(
         &stack.mcp_url,
@@ -174,7 +161,7 @@ async fn erasure_takes_exactly_one_users_data() {
     assert_eq!(stored(&stack, "acme").len(), 3, "alice's 2 images and bob's 1");
 
     let before_erasure = chrono::Utc::now().to_rfc3339();
-    let (report, ok) = gateway(&stack, &["erase", "--org", "acme", "--user", "alice"]);
+    let (report, ok) = stack.gateway_command(&["erase", "--org", "acme", "--user", "alice"]);
     assert!(ok, "{report}");
     assert_eq!(report["event"], "erasure");
     assert_eq!(
@@ -216,10 +203,10 @@ async fn erasure_takes_exactly_one_users_data() {
 
     // The chain still verifies, the erasure in it; the chained events hold
     // prompt hashes, never the text.
-    let (verified, ok) = gateway(&stack, &["audit", "verify"]);
+    let (verified, ok) = stack.gateway_command(&["audit", "verify"]);
     assert!(ok, "{verified}");
     // A period alone verifies too: the erasure's chain is in it.
-    let (period, ok) = gateway(&stack, &["audit", "verify", "--since", &before_erasure]);
+    let (period, ok) = stack.gateway_command(&["audit", "verify", "--since", &before_erasure]);
     assert!(ok, "{period}");
     assert!(period["replicas"].as_u64().unwrap() >= 1, "{period}");
     assert!(period["segments"].as_u64().unwrap() <= verified["segments"].as_u64().unwrap());
@@ -250,7 +237,7 @@ async fn evidence_bundle_matches_its_manifest() {
     let stack = Stack::start().await.unwrap();
     generate_as(&stack, "alice", "a harbour").await;
     generate_as(&stack, "bob", "a lighthouse").await;
-    let (_, ok) = gateway(&stack, &["erase", "--org", "acme", "--user", "bob"]);
+    let (_, ok) = stack.gateway_command(&["erase", "--org", "acme", "--user", "bob"]);
     assert!(ok);
     let settings = stack.state_dir.join("edge-settings.json");
     std::fs::write(&settings, stack.filter_config().to_string()).unwrap();
