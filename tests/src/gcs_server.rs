@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -77,12 +77,8 @@ impl GcsServer {
             root,
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Ok(server);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if crate::stack::wait_for_port(port, Duration::from_secs(10)).await {
+            return Ok(server);
         }
         bail!("fake-gcs-server did not listen on {port}")
     }

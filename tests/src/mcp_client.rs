@@ -5,7 +5,7 @@ use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceError, ServiceExt};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::stack::http_client;
 
@@ -67,14 +67,25 @@ pub async fn list_models(client: &McpClient) -> Result<Value, ServiceError> {
 /// One `tools/call` as a plain HTTP POST through the gateway in protocol
 /// revision `version` (of the initialize era); returns the JSON-RPC reply.
 pub async fn call_http(mcp_url: &str, token: &str, version: &str, tool: &str, arguments: Value) -> Value {
+    rpc(
+        mcp_url,
+        token,
+        version,
+        "tools/call",
+        json!({"name": tool, "arguments": arguments}),
+    )
+    .await
+}
+
+/// One JSON-RPC request over plain HTTP (bearer token, `MCP-Protocol-Version`): the reply's JSON.
+pub async fn rpc(mcp_url: &str, token: &str, version: &str, method: &str, params: Value) -> Value {
     crate::stack::http_client()
         .post(mcp_url)
         .bearer_auth(token)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", version)
-        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
         .send()
         .await
         .unwrap()

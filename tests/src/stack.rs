@@ -172,6 +172,18 @@ pub fn envoy_binary() -> PathBuf {
 }
 
 /// A port that was free a moment ago.
+/// Waits up to `timeout` for something to listen on 127.0.0.1:`port`.
+pub async fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -260,18 +260,16 @@ async fn gcs_emulator_reads_and_verifies_what_the_bucket_holds() {
         .await
         .unwrap();
 
-    let reply: serde_json::Value = http_client()
-        .post(&stack.mcp_url)
-        .bearer_auth(stack.token("alice", "acme"))
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
-        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read", "params": {"uri": format!("image://{key}")}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let uri = format!("image://{key}");
+    let token = stack.token("alice", "acme");
+    let reply = gateway_tests::mcp_client::rpc(
+        &stack.mcp_url,
+        &token,
+        "2025-11-25",
+        "resources/read",
+        json!({"uri": uri}),
+    )
+    .await;
     let blob = reply["result"]["contents"][0]["blob"]
         .as_str()
         .unwrap_or_else(|| panic!("{reply}"));
