@@ -318,6 +318,12 @@ impl ServeConfig {
             .collect()
     }
 
+    /// The keyring that signs and checks audit segments.
+    pub fn audit_keys(&self) -> anyhow::Result<crate::storage::keyring::Keyring> {
+        crate::storage::keyring::Keyring::from_file(&self.audit_keys_file(), 32)
+            .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))
+    }
+
     pub fn audit_keys_file(&self) -> PathBuf {
         self.audit_keys_file
             .clone()

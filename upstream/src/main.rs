@@ -441,10 +441,9 @@ struct VerifyArgs {
 }
 
 async fn erase(args: &EraseArgs) -> anyhow::Result<()> {
-    use mcp_image_gateway::storage::{erasure, keyring::Keyring};
-    use mcp_image_gateway::telemetry::audit_chain::Chain;
-    let keys = Keyring::from_file(&args.config.audit_keys_file(), 32)
-        .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))?;
+    use mcp_image_gateway::storage::erasure;
+    use mcp_image_gateway::telemetry::audit_chain::{self, Chain};
+    let keys = args.config.audit_keys()?;
     let store = args.config.image_store()?;
     let now = chrono::Utc::now();
     let erased = store
@@ -464,11 +463,7 @@ async fn erase(args: &EraseArgs) -> anyhow::Result<()> {
         event[kind] = count.into();
     }
     // Its own short chain, closed and signed: `audit verify` checks it like a replica's.
-    let mut chain = Chain::new(format!(
-        "erasure-{}-{}",
-        now.format("%Y%m%dT%H%M%SZ"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
+    let mut chain = Chain::new(format!("erasure-{}", audit_chain::run_id(now)));
     chain.push(event.clone());
     let (key, text) = chain.close(&keys);
     store
@@ -481,10 +476,8 @@ async fn erase(args: &EraseArgs) -> anyhow::Result<()> {
 
 async fn verify_audit(args: &VerifyArgs) -> anyhow::Result<()> {
     let config = &args.config;
-    use mcp_image_gateway::storage::keyring::Keyring;
     use mcp_image_gateway::telemetry::audit_chain;
-    let keys = Keyring::from_file(&config.audit_keys_file(), 32)
-        .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))?;
+    let keys = config.audit_keys()?;
     let segments = mcp_image_gateway::cli::evidence::audit_segments(&config.image_store()?, args.since).await?;
     let report = audit_chain::verify_from(&segments, &keys, args.since.is_some());
     println!(

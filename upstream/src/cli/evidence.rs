@@ -10,7 +10,6 @@ use anyhow::Context;
 use serde_json::{json, Map, Value};
 
 use crate::config::ServeConfig;
-use crate::storage::keyring::Keyring;
 use crate::storage::store::ImageStore;
 use crate::telemetry::{audit_chain, sha256};
 
@@ -181,8 +180,7 @@ pub async fn collect(config: &ServeConfig, sources: &Sources) -> anyhow::Result<
     let (settings, upstream) = settings(config, sources)?;
     add("settings/edge.json", &settings);
     add("settings/upstream.json", &upstream);
-    let keys = Keyring::from_file(&config.audit_keys_file(), 32)
-        .map_err(|e| anyhow::anyhow!("audit keys: {e:#} (GATEWAY_AUDIT_KEYS_FILE)"))?;
+    let keys = config.audit_keys()?;
     let segments = audit_segments(&config.image_store()?, sources.since).await?;
     let report = audit_chain::verify_from(&segments, &keys, sources.since.is_some());
     let since = sources.since.map(|s| s.to_rfc3339());

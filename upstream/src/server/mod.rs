@@ -19,7 +19,6 @@ use crate::config::ServeConfig;
 use crate::protocol::tools::ImageTools;
 use crate::providers::ImageBackend;
 use crate::state::AppState;
-use crate::storage::keyring::Keyring;
 use crate::storage::store::ImageStore;
 
 /// The service's router.
@@ -261,7 +260,7 @@ pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Resu
     // The tamper-evident audit, when its keyring exists; it closes its
     // segment after the calls have drained.
     let audit_stop = CancellationToken::new();
-    let audit_writer = match Keyring::from_file(&config.audit_keys_file(), 32) {
+    let audit_writer = match config.audit_keys() {
         Ok(keys) => Some(crate::telemetry::audit_sink::start(
             state.store.clone(),
             keys,

@@ -137,6 +137,16 @@ impl Chain {
     }
 }
 
+/// A fresh chain's id: when it started, and a random tail so two starting
+/// in the same second differ.
+pub fn run_id(now: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
 pub fn segment_key(replica: &str, segment: u64) -> String {
     format!("audit/{replica}/{segment:010}.jsonl")
 }

@@ -124,11 +124,7 @@ pub fn start(
     let _ = SINK.set(sender);
     // One chain per process run: a restart starts a new replica id, so a
     // crashed run's open segment stays as it was last written.
-    let replica = format!(
-        "{}-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let replica = crate::telemetry::audit_chain::run_id(chrono::Utc::now());
     tokio::spawn(write(Chain::new(replica), store, keys, limits, receiver, stop))
 }
 
