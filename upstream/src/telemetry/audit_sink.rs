@@ -144,17 +144,10 @@ async fn write(
     loop {
         tokio::select! {
             entry = receiver.recv() => {
-                let event = match entry {
-                    None => break,
-                    Some(Entry::Event(event)) => event,
-                    Some(Entry::Prompt { org, user, sha256, text }) => {
-                        if let Err(error) = store.put_prompt(&org, &user, &sha256, &text).await {
-                            tracing::warn!(%error, "an opted-in prompt could not be stored apart from the audit");
-                        }
-                        continue;
-                    }
-                };
-                chain.push(event);
+                let Some(entry) = entry else { break };
+                if !take(entry, &mut chain, &store).await {
+                    continue;
+                }
                 dirty = true;
                 if chain.len() >= limits.max_events || opened.elapsed() >= limits.max_age {
                     pending.push(chain.close(&keys));
@@ -174,22 +167,33 @@ async fn write(
     }
     // What arrived before the stop is kept.
     while let Ok(entry) = receiver.try_recv() {
-        match entry {
-            Entry::Event(event) => chain.push(event),
-            Entry::Prompt {
-                org,
-                user,
-                sha256,
-                text,
-            } => {
-                let _ = store.put_prompt(&org, &user, &sha256, &text).await;
-            }
-        }
+        take(entry, &mut chain, &store).await;
     }
     if !chain.is_empty() {
         pending.push(chain.close(&keys));
     }
     flush(&store, &mut pending).await;
+}
+
+/// Links an event into the chain (`true`), or stores a prompt apart from it.
+async fn take(entry: Entry, chain: &mut Chain, store: &ImageStore) -> bool {
+    match entry {
+        Entry::Event(event) => {
+            chain.push(event);
+            true
+        }
+        Entry::Prompt {
+            org,
+            user,
+            sha256,
+            text,
+        } => {
+            if let Err(error) = store.put_prompt(&org, &user, &sha256, &text).await {
+                tracing::warn!(%error, "an opted-in prompt could not be stored apart from the audit");
+            }
+            false
+        }
+    }
 }
 
 /// Stores the closed segments in order, keeping those the store refused.
