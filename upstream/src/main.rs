@@ -459,8 +459,8 @@ async fn erase(args: &EraseArgs) -> anyhow::Result<()> {
         "owner": args.user.as_deref().map(|user| erasure::owner_id(&args.org, user)),
         "at": now.to_rfc3339(),
     });
-    for (kind, count) in erasure::counts(&erased) {
-        event[kind] = count.into();
+    if let (Some(event), serde_json::Value::Object(counts)) = (event.as_object_mut(), serde_json::to_value(&erased)?) {
+        event.extend(counts);
     }
     // Its own short chain, closed and signed: `audit verify` checks it like a replica's.
     let mut chain = Chain::new(format!("erasure-{}", audit_chain::run_id(now)));

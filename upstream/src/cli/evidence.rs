@@ -321,9 +321,8 @@ fn summaries(sources: &Sources) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         summary["run_at"] = modified.into();
         files.push(("tests/summary.json".to_string(), pretty(&summary)));
     }
-    for (name, _) in read_dir_files(&sources.bench_dir, "md") {
-        let bytes = std::fs::read(sources.bench_dir.join(&name))?;
-        files.push((format!("bench/{name}"), bytes));
+    for (name, path) in read_dir_files(&sources.bench_dir, "md") {
+        files.push((format!("bench/{name}"), std::fs::read(path)?));
     }
     Ok(files)
 }

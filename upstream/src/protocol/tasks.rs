@@ -49,10 +49,9 @@ impl ImageTools {
         // Durable before the client hears of it, so tasks/get on any replica
         // finds it; the owner and the lease first, so a record never exists
         // without them (erasure finds it by its owner).
-        let record = format!("tasks/{}/{}.json", caller.org, task.task_id);
         self.state
             .store
-            .mark_owner(&caller.org, &caller.user, crate::storage::erasure::Kind::Task, &record)
+            .mark_task(&caller.org, &caller.user, &task.task_id)
             .await
             .map_err(|error| {
                 tracing::error!(%error, "recording a task's owner failed");

@@ -2,15 +2,14 @@
 //!
 //! Image keys name only the organisation, so every image, upload and task
 //! is also recorded under its owner: `owners/{org}/{owner}/{kind}/{name}`,
-//! the object's path as its body, written before the object itself (a
-//! marker without an object is harmless; an object without a marker could
-//! not be found). `{owner}` is a pseudonym of the user (`owner_id`), so the
+//! the object's path as its body: written before an upload or task can
+//! exist, and at the same time as an image, which is removed again if its
+//! record fails (a record without an object is harmless; an object without
+//! one could not be found). `{owner}` is a pseudonym of the user (`owner_id`), so the
 //! index holds no user id. Erasing leaves tombstones under `erased/{org}/`
 //! so that later links answer 410 Gone rather than 404; they, the markers
 //! and the prompts kept apart from the audit (`audit-prompts/`) expire with
 //! the images' retention.
-
-use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -19,28 +18,34 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
-use super::store::{is_safe_segment, ImageStore, StorageError};
+use super::store::{is_safe_segment, task_path, upload_path, ImageStore, StorageError};
 
 /// Top-level prefixes of the store that are not organisations.
 const RESERVED: [&str; 6] = ["audit", "audit-prompts", "erased", "owners", "tasks", "uploads"];
 /// The tombstone of a whole organisation's erasure.
 const ORG_TOMBSTONE: &str = "_org";
 
-/// What an owner can have in the store.
+/// What an owner can have in the store, by its folder under the owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+enum Kind {
     Image,
     Upload,
     Task,
 }
 
 impl Kind {
+    const ALL: [Kind; 3] = [Kind::Image, Kind::Upload, Kind::Task];
+
     fn as_str(self) -> &'static str {
         match self {
             Kind::Image => "images",
             Kind::Upload => "uploads",
             Kind::Task => "tasks",
         }
+    }
+
+    fn of_folder(folder: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.as_str() == folder)
     }
 }
 
@@ -49,6 +54,9 @@ impl Kind {
 pub fn owner_id(org: &str, user: &str) -> String {
     crate::telemetry::sha256(format!("{org}\0{user}").as_bytes())[..32].to_string()
 }
+
+/// Adds one object of its kind to an erasure's counts.
+type Counter = fn(&mut Erased);
 
 /// What an erasure removed: counts, never contents.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -60,8 +68,24 @@ pub struct Erased {
 }
 
 impl ImageStore {
-    /// Records that `user` of `org` owns the object at `path`.
-    pub async fn mark_owner(&self, org: &str, user: &str, kind: Kind, path: &str) -> Result<(), StorageError> {
+    /// Records that `user` of `org` owns the image at `key`.
+    pub async fn mark_image(&self, org: &str, user: &str, key: &str) -> Result<(), StorageError> {
+        self.mark_owner(org, user, Kind::Image, key).await
+    }
+
+    /// Records that `user` of `org` owns upload `id` (before its ticket is given out).
+    pub async fn mark_upload(&self, org: &str, user: &str, id: &str) -> Result<(), StorageError> {
+        self.mark_owner(org, user, Kind::Upload, upload_path(org, id)?.as_ref())
+            .await
+    }
+
+    /// Records that `user` of `org` owns task `task_id` (before its record is written).
+    pub async fn mark_task(&self, org: &str, user: &str, task_id: &str) -> Result<(), StorageError> {
+        self.mark_owner(org, user, Kind::Task, task_path(org, task_id)?.as_ref())
+            .await
+    }
+
+    async fn mark_owner(&self, org: &str, user: &str, kind: Kind, path: &str) -> Result<(), StorageError> {
         let name = path.rsplit('/').next().unwrap_or(path);
         let marker = safe_path(&format!(
             "owners/{org}/{}/{}/{name}",
@@ -99,21 +123,20 @@ impl ImageStore {
             let target = String::from_utf8_lossy(&self.inner().get(&marker).await?.bytes().await?).into_owned();
             let target_path = safe_path(&target)?;
             let removed = self.delete_quietly(&target_path).await?;
-            let kind = marker.as_ref().split('/').nth(3).unwrap_or_default();
-            match kind {
-                "images" => {
+            match marker.as_ref().split('/').nth(3).and_then(Kind::of_folder) {
+                Some(Kind::Image) => {
                     erased.images += u64::from(removed);
                     let file = target.rsplit('/').next().unwrap_or_default();
                     self.tombstone(org, file, now).await?;
                 }
-                "uploads" => erased.uploads += u64::from(removed),
-                "tasks" => {
+                Some(Kind::Upload) => erased.uploads += u64::from(removed),
+                Some(Kind::Task) => {
                     erased.tasks += u64::from(removed);
                     if let Some(lease) = target.strip_suffix(".json") {
                         self.delete_quietly(&safe_path(&format!("{lease}.lease"))?).await?;
                     }
                 }
-                _ => {}
+                None => {}
             }
             self.delete_quietly(&marker).await?;
         }
@@ -125,25 +148,19 @@ impl ImageStore {
 
     async fn erase_org(&self, org: &str, now: DateTime<Utc>) -> Result<Erased, StorageError> {
         let mut erased = Erased::default();
-        let prefixes = [
-            org.to_string(),
-            format!("uploads/{org}"),
-            format!("tasks/{org}"),
-            format!("audit-prompts/{org}"),
-            format!("owners/{org}"),
+        // Each prefix and what one of its objects counts as (owner records count as nothing).
+        let prefixes: [(String, Counter); 5] = [
+            (org.to_string(), |e| e.images += 1),
+            (format!("uploads/{org}"), |e| e.uploads += 1),
+            (format!("tasks/{org}"), |e| e.tasks += 1),
+            (format!("audit-prompts/{org}"), |e| e.prompts += 1),
+            (format!("owners/{org}"), |_| {}),
         ];
-        for (index, prefix) in prefixes.iter().enumerate() {
-            for path in self.list_prefix(prefix).await? {
+        for (prefix, count) in prefixes {
+            for path in self.list_prefix(&prefix).await? {
                 // A task is its record; its lease goes with it uncounted.
-                if !self.delete_quietly(&path).await? || path.as_ref().ends_with(".lease") {
-                    continue;
-                }
-                match index {
-                    0 => erased.images += 1,
-                    1 => erased.uploads += 1,
-                    2 => erased.tasks += 1,
-                    3 => erased.prompts += 1,
-                    _ => {}
+                if self.delete_quietly(&path).await? && !path.as_ref().ends_with(".lease") {
+                    count(&mut erased);
                 }
             }
         }
@@ -203,16 +220,6 @@ impl ImageStore {
             Err(error) => Err(error.into()),
         }
     }
-}
-
-/// Counts per kind for an audit event.
-pub fn counts(erased: &Erased) -> BTreeMap<&'static str, u64> {
-    BTreeMap::from([
-        ("images", erased.images),
-        ("uploads", erased.uploads),
-        ("tasks", erased.tasks),
-        ("prompts", erased.prompts),
-    ])
 }
 
 fn safe_path(path: &str) -> Result<Path, StorageError> {

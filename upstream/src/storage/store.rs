@@ -182,7 +182,7 @@ impl ImageStore {
             }
             // Both writes at once: the record costs no extra wait.
             let (marked, stored) = tokio::join!(
-                self.mark_owner(org, user, super::erasure::Kind::Image, &key),
+                self.mark_image(org, user, &key),
                 self.store.put_opts(&path, PutPayload::from(bytes.clone()), options)
             );
             keys.push(key);
@@ -402,7 +402,7 @@ pub fn key_in_uri(uri: &str) -> Option<String> {
 }
 
 /// Where a task record lives; the id must be a UUID we issued.
-fn task_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
+pub(super) fn task_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
     if !is_safe_segment(org) || uuid::Uuid::parse_str(task_id).is_err() {
         return Err(StorageError::InvalidKey);
     }
@@ -432,7 +432,7 @@ fn audit_path(key: &str) -> Result<Path, StorageError> {
 }
 
 /// Where an upload lives; the id must be a UUID we issued.
-fn upload_path(org: &str, id: &str) -> Result<Path, StorageError> {
+pub(super) fn upload_path(org: &str, id: &str) -> Result<Path, StorageError> {
     if !is_safe_segment(org) || uuid::Uuid::parse_str(id).is_err() {
         return Err(StorageError::InvalidKey);
     }

@@ -59,13 +59,10 @@ impl UploadSettings {
     ) -> Result<UploadTicket, String> {
         let id = uuid::Uuid::new_v4().to_string();
         // Recorded under its owner before it can exist, so erasure finds it.
-        store
-            .mark_owner(org, user, super::erasure::Kind::Upload, &format!("uploads/{org}/{id}"))
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "recording an upload's owner failed");
-                "The upload could not be prepared (storage unavailable); try again shortly.".to_string()
-            })?;
+        store.mark_upload(org, user, &id).await.map_err(|error| {
+            tracing::error!(%error, "recording an upload's owner failed");
+            "The upload could not be prepared (storage unavailable); try again shortly.".to_string()
+        })?;
         let expires = Utc::now() + self.ttl;
         let presigned = store.presigned_upload_url(org, &id, self.ttl).await.map_err(|error| {
             tracing::error!(%error, "presigning an upload failed");
