@@ -7,26 +7,6 @@ use gateway_tests::stack::http_client;
 use gateway_tests::{Stack, StackOptions};
 use serde_json::{json, Value};
 
-async fn generate(stack: &Stack) -> String {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "generate_image", "arguments": {"prompt": "an old photograph"}}});
-    let reply: Value = http_client()
-        .post(&stack.mcp_url)
-        .bearer_auth(stack.token("alice", "acme"))
-        .header("accept", "application/json, text/event-stream")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    reply["result"]["structuredContent"]["image_urls"][0]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn sweeper_deletes_images_past_retention() {
     let options = StackOptions {
@@ -34,8 +14,8 @@ async fn sweeper_deletes_images_past_retention() {
         ..StackOptions::default()
     };
     let stack = Stack::start_with(options).await.unwrap();
-    let old = generate(&stack).await;
-    let fresh = generate(&stack).await;
+    let old = generate_as(&stack, "alice", "an old photograph").await;
+    let fresh = generate_as(&stack, "alice", "an old photograph").await;
     // Backdate the first image by 40 days, as if it had been stored then.
     let key = old.split_once("/images/").unwrap().1.split('?').next().unwrap();
     let file = stack.state_dir.join("images").join(key);
