@@ -261,6 +261,34 @@ def series_total(metrics: str, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
 
 
+class HeldSampler:
+    """Samples, twice a second, how many calls the upstream holds (in flight
+    and waiting) and its RSS at that moment: memory per call held is the RSS
+    at the most calls held, less the RSS before, over that count (the peak
+    RSS also counts what finishing calls allocate: results, stored images)."""
+
+    def __init__(self, stack: "Stackup"):
+        import threading
+        self.most, self.rss_at_most = 0, 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(stack,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stack: "Stackup") -> None:
+        while not self._done.wait(0.5):
+            try:
+                now = int(series_total(stack.metrics(), "mcp_gateway_tool_calls_in_flight"))
+                rss = rss_mib(stack.upstream.pid)
+            except OSError:
+                continue
+            if now > self.most:
+                self.most, self.rss_at_most = now, rss
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def pool_burst(envoy: str) -> dict:
     """5,000 calls at 500/s onto a pool capped at 64, with a fallback after it."""
     stack = Stackup(envoy, 0, "pool", pool={
@@ -270,24 +298,10 @@ def pool_burst(envoy: str) -> dict:
     try:
         total = BURST_RATE * BURST_SECONDS
         before = rss_mib(stack.upstream.pid)
-        # Sample how many calls the upstream holds (in flight + waiting) during the burst.
-        import threading
-        held, stop_sampling = [0], threading.Event()
-
-        def sample():
-            while not stop_sampling.wait(0.5):
-                try:
-                    text = stack.metrics()
-                except OSError:
-                    continue
-                now = series_total(text, "mcp_gateway_tool_calls_in_flight")
-                held[0] = max(held[0], int(now))
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        held = HeldSampler(stack)
         report = stack.oha("-n", str(total), "-q", str(BURST_RATE), "-c", str(total + 500), "--latency-correction",
                            "-t", "120s")
-        stop_sampling.set()
-        sampler.join()
+        held.stop()
         metrics = stack.metrics()
         events = [e for e in stack.audit() if e.get("tool") == "generate_image"]
         result = {
@@ -300,10 +314,11 @@ def pool_burst(envoy: str) -> dict:
             "wait_p50": histogram_bucket(metrics, "mcp_gateway_pool_wait_duration_seconds", 0.5),
             "wait_p99": histogram_bucket(metrics, "mcp_gateway_pool_wait_duration_seconds", 0.99),
             "rss": peak_rss_mib(stack.upstream.pid),
-            "held": held[0],
+            "held": held.most,
             "non_200": sum(v for k, v in report.get("statusCodeDistribution", {}).items() if k != "200"),
         }
-        result["kib_per_call"] = (result["rss"] - before) * 1024 / max(held[0], 1)
+        result["kib_per_call"] = (held.rss_at_most - before) * 1024 / max(held.most, 1)
+        result["kib_peak"] = (result["rss"] - before) * 1024 / max(held.most, 1)
         print(json.dumps(result), flush=True)
         return result
     finally:
@@ -366,11 +381,15 @@ def main() -> int:
     stack = Stackup(envoy, MODEL_LATENCY_MS, "burst")
     try:
         total = BURST_RATE * BURST_SECONDS
+        before = rss_mib(stack.upstream.pid)
+        held = HeldSampler(stack)
+        report = stack.oha("-n", str(total), "-q", str(BURST_RATE), "-c", str(total + 500), "--latency-correction",
+                           "-t", "120s")
+        held.stop()
         results.append(summarize(
-            f"{MODEL_LATENCY_MS / 1000:.0f} s model, {BURST_RATE}/s burst for {BURST_SECONDS} s",
-            stack.oha("-n", str(total), "-q", str(BURST_RATE), "-c", str(total + 500), "--latency-correction",
-                      "-t", "120s"),
-            stack, 0))
+            f"{MODEL_LATENCY_MS / 1000:.0f} s model, {BURST_RATE}/s burst for {BURST_SECONDS} s", report, stack, 0))
+        results[-1]["held"] = held.most
+        results[-1]["kib_per_call"] = (held.rss_at_most - before) * 1024 / max(held.most, 1)
     finally:
         stack.close()
 
@@ -431,14 +450,18 @@ def main() -> int:
               f"with max_in_flight {POOL_CAP} and a {POOL_TIMEOUT_SECS} s wait; an instant OpenAI model follows. "
               f"{BURST_RATE * BURST_SECONDS} calls at {BURST_RATE}/s.", "",
               "| calls | succeeded | served by the pool | spilled (queue timeout / full) | pool in flight, most | "
-              "queue wait p50 (bucket, s) | p99 (bucket, s) | upstream peak RSS MiB | KiB per call in flight or waiting |",
-              "|---|---|---|---|---|---|---|---|---|",
+              "queue wait p50 (bucket, s) | p99 (bucket, s) | upstream peak RSS MiB | KiB per call held "
+              "(in flight or waiting) | KiB per call held, from the peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|---|",
               f"| {pool['calls']} | {pool['succeeded']} | {pool['by_pool']} | {pool['spilled']} | "
               f"{pool['max_in_flight']} | {pool['wait_p50']} | {pool['wait_p99']} | {pool['rss']:.0f} | "
-              f"{pool['kib_per_call']:.0f} |", "",
+              f"{pool['kib_per_call']:.1f} | {pool['kib_peak']:.1f} |", "",
               f"Target: at most {POOL_CAP} in flight on the pool (the fake's own count), and at most 50 KiB of "
-              f"upstream memory per call in flight or waiting (peak RSS less RSS before the burst, over the most "
-              f"calls the upstream held at once: {pool['held']})."]
+              f"upstream memory per call in flight or waiting: the RSS when the upstream held the most calls "
+              f"({pool['held']}) less the RSS before the burst, over that count. The peak RSS comes later, when "
+              f"the waiting calls spill to the instant model and their images are stored. For comparison, the "
+              f"burst without a pool: {burst['kib_per_call']:.1f} KiB per generation in flight ({burst['held']} "
+              f"held), each with its own HTTP/1.1 connection to the provider."]
     lines += ["", "### Tracing's cost (100 % sampling)", "",
               f"Two instant-model stacks running at once, tracing off and on (Envoy's OpenTelemetry tracer and the "
               f"upstream's OTLP exporter, every request sampled, into a local OTLP/gRPC receiver on the same "

@@ -500,8 +500,10 @@ async fn verify_audit(args: &VerifyArgs) -> anyhow::Result<()> {
 /// JSON logs, one line per event; spans exported too when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set and `traces` is true.
 fn init_logging_with(traces: bool) -> anyhow::Result<()> {
+    use mcp_image_gateway::telemetry::traces::ByCallsite;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     let export = if traces {
@@ -515,7 +517,9 @@ fn init_logging_with(traces: bool) -> anyhow::Result<()> {
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_current_span(false)
-                .with_span_list(false),
+                .with_span_list(false)
+                // Lines are events; spans reach the exporter, not the log.
+                .with_filter(ByCallsite(|meta| meta.is_event())),
         )
         .with(export)
         .with(mcp_image_gateway::telemetry::audit_sink::ChainLayer)

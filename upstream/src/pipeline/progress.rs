@@ -34,7 +34,9 @@ impl Progress {
     pub async fn send(&mut self, message: String) {
         self.step += 1.0;
         let param = ProgressNotificationParam::new(self.token.clone(), self.step).with_message(message);
-        if let Err(error) = self.peer.notify_progress(param).await {
+        // Boxed: the notification's future is large and lives only while it
+        // is sent, not for the whole call that awaits this one (a waiting call's memory).
+        if let Err(error) = Box::pin(self.peer.notify_progress(param)).await {
             tracing::debug!(%error, "progress notification not delivered");
         }
     }

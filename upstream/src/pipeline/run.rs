@@ -65,21 +65,22 @@ pub struct GenerateImageOutput {
 
 /// A call whose future may be dropped before it ends (client disconnect):
 /// the guard still writes the call's one audit event.
-pub(crate) struct Unfinished {
-    pub state: AppState,
-    pub caller: Caller,
-    pub call: ImageCall,
+/// It borrows what the call holds: nothing is copied for it.
+pub(crate) struct Unfinished<'a> {
+    pub state: &'a AppState,
+    pub caller: &'a Caller,
+    pub call: &'a ImageCall,
     pub started: Instant,
     pub armed: bool,
 }
 
-impl Drop for Unfinished {
+impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         if self.armed {
             let ended = Ended::failed(Outcome::Cancelled, "client_gone");
             audit(
-                &self.state,
-                &self.caller,
+                self.state,
+                self.caller,
                 self.call.tool,
                 Some(&self.call.args),
                 self.started,

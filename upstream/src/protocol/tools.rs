@@ -157,10 +157,9 @@ impl ImageTools {
     async fn generate_image(
         &self,
         arguments: JsonObject,
-        Extension(parts): Extension<Parts>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.image_tool("generate_image", arguments, &parts, context).await
+        self.image_tool("generate_image", arguments, context).await
     }
 
     /// Edit or in-paint images passed by reference.
@@ -173,10 +172,9 @@ impl ImageTools {
     async fn edit_image(
         &self,
         arguments: JsonObject,
-        Extension(parts): Extension<Parts>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        self.image_tool("edit_image", arguments, &parts, context).await
+        self.image_tool("edit_image", arguments, context).await
     }
 
     /// A one-time URL to upload an image for `edit_image`.
@@ -240,26 +238,31 @@ impl ImageTools {
         &self,
         tool: &'static str,
         arguments: JsonObject,
-        parts: &Parts,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let started = Instant::now();
+        // Borrowed, not cloned: a call may wait a long time in a pool's line.
+        let parts = context.extensions.get::<Parts>().ok_or_else(no_identity)?;
         let caller = caller_in(parts)?;
-        let call = match self.prepare(tool, &caller, Some(&arguments), started, parts).await {
+        // Boxed so its size is not carried through the whole call.
+        let call = match Box::pin(self.prepare(tool, &caller, Some(&arguments), started, parts)).await {
             Ok(call) => call,
             Err(refusal) => return refusal,
         };
         let progress = Progress::for_request(&context, self.state.progress_interval);
+        let cancelled = context.ct.clone();
+        // Not held while the call waits for a model (thousands may).
+        drop((arguments, context));
         // If the client goes away mid-call, the transport drops this future:
         // the guard still writes the call's one audit event.
         let mut unfinished = Unfinished {
-            state: self.state.clone(),
-            caller: caller.clone(),
-            call: call.clone(),
+            state: &self.state,
+            caller: &caller,
+            call: &call,
             started,
             armed: true,
         };
-        let result = run::run(&self.state, &caller, &call, started, progress, context.ct.clone()).await;
+        let result = run::run(&self.state, &caller, &call, started, progress, cancelled).await;
         unfinished.armed = false;
         Ok(result)
     }
@@ -312,6 +315,27 @@ impl ImageTools {
             notes: Vec::new(),
             sources: Vec::new(),
         })
+    }
+}
+
+impl ImageTools {
+    /// An image tool call from a client that declared Tasks: checked, then started as a task.
+    async fn call_as_task(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let started = Instant::now();
+        let caller = caller_of(&context)?;
+        let parts = context.extensions.get::<Parts>().ok_or_else(no_identity)?;
+        let call = match self
+            .prepare(&request.name, &caller, request.arguments.as_ref(), started, parts)
+            .await
+        {
+            Ok(call) => call,
+            Err(refusal) => return refusal.map(CallToolResponse::Complete),
+        };
+        self.start_task(caller, call, started).await
     }
 }
 
@@ -380,17 +404,8 @@ impl ServerHandler for ImageTools {
     ) -> Result<CallToolResponse, ErrorData> {
         let wants_task = context.client_capabilities().is_some_and(|c| c.supports_tasks());
         if wants_task && IMAGE_TOOLS.contains(&request.name.as_ref()) {
-            let started = Instant::now();
-            let caller = caller_of(&context)?;
-            let parts = context.extensions.get::<Parts>().ok_or_else(no_identity)?;
-            let call = match self
-                .prepare(&request.name, &caller, request.arguments.as_ref(), started, parts)
-                .await
-            {
-                Ok(call) => call,
-                Err(refusal) => return refusal.map(CallToolResponse::Complete),
-            };
-            return self.start_task(caller, call, started).await;
+            // Boxed: a plain call's future (held while it waits for a model) stays small.
+            return Box::pin(self.call_as_task(request, context)).await;
         }
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
         self.tool_router.call(call).await

@@ -29,6 +29,7 @@ pub fn layer<S>() -> anyhow::Result<Option<impl tracing_subscriber::Layer<S>>>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
+    use tracing_subscriber::Layer;
     if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").map_or(true, |e| e.is_empty()) {
         return Ok(None);
     }
@@ -43,8 +44,50 @@ where
         .build();
     let tracer = provider.tracer("mcp-image-gateway");
     let _ = PROVIDER.set(provider);
-    Ok(Some(tracing_opentelemetry::layer().with_tracer(tracer)))
+    // Only what a trace reader needs, at the least cost per span: our own
+    // spans and the routing decisions (fallback, retry, breaker) as span
+    // events; not the audit and billing events (they carry the trace id
+    // already), nor source locations, threads or busy/idle times.
+    Ok(Some(
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(ByCallsite(exported)),
+    ))
 }
+
+/// Our own spans, and the routing decisions as events on them.
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with(CRATE) && (meta.is_span() || meta.target().starts_with(DECISIONS))
+}
+
+/// A per-layer filter decided once per callsite from its metadata, so a
+/// call pays a cached interest, not a check per span or event.
+pub struct ByCallsite(pub fn(&tracing::Metadata<'_>) -> bool);
+
+impl<S> tracing_subscriber::layer::Filter<S> for ByCallsite {
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        (self.0)(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        if (self.0)(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+}
+
+/// Whose spans are exported.
+const CRATE: &str = "mcp_image_gateway";
+
+/// Where the routing decisions are logged: those events join the attempt's span.
+const DECISIONS: &str = "mcp_image_gateway::routing";
 
 /// Spans the exporter could not deliver (collector down or refusing); the
 /// batch queue is bounded, so they are dropped, never waited for.
