@@ -269,6 +269,7 @@ class HeldSampler:
 
     def __init__(self, stack: "Stackup"):
         import threading
+        self.before = rss_mib(stack.upstream.pid)
         self.most, self.rss_at_most = 0, 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(stack,), daemon=True)
@@ -288,6 +289,11 @@ class HeldSampler:
         self._done.set()
         self._thread.join()
 
+    def kib_per_call(self, rss_mib_then: float | None = None) -> float:
+        """KiB per call held: at the most calls held, or from `rss_mib_then` (e.g. the peak)."""
+        rss = self.rss_at_most if rss_mib_then is None else rss_mib_then
+        return (rss - self.before) * 1024 / max(self.most, 1)
+
 
 def pool_burst(envoy: str) -> dict:
     """5,000 calls at 500/s onto a pool capped at 64, with a fallback after it."""
@@ -297,7 +303,6 @@ def pool_burst(envoy: str) -> dict:
                         "queue_timeout_secs": POOL_TIMEOUT_SECS}})
     try:
         total = BURST_RATE * BURST_SECONDS
-        before = rss_mib(stack.upstream.pid)
         held = HeldSampler(stack)
         report = stack.oha("-n", str(total), "-q", str(BURST_RATE), "-c", str(total + 500), "--latency-correction",
                            "-t", "120s")
@@ -317,8 +322,8 @@ def pool_burst(envoy: str) -> dict:
             "held": held.most,
             "non_200": sum(v for k, v in report.get("statusCodeDistribution", {}).items() if k != "200"),
         }
-        result["kib_per_call"] = (held.rss_at_most - before) * 1024 / max(held.most, 1)
-        result["kib_peak"] = (result["rss"] - before) * 1024 / max(held.most, 1)
+        result["kib_per_call"] = held.kib_per_call()
+        result["kib_peak"] = held.kib_per_call(result["rss"])
         print(json.dumps(result), flush=True)
         return result
     finally:
@@ -381,7 +386,6 @@ def main() -> int:
     stack = Stackup(envoy, MODEL_LATENCY_MS, "burst")
     try:
         total = BURST_RATE * BURST_SECONDS
-        before = rss_mib(stack.upstream.pid)
         held = HeldSampler(stack)
         report = stack.oha("-n", str(total), "-q", str(BURST_RATE), "-c", str(total + 500), "--latency-correction",
                            "-t", "120s")
@@ -389,7 +393,7 @@ def main() -> int:
         results.append(summarize(
             f"{MODEL_LATENCY_MS / 1000:.0f} s model, {BURST_RATE}/s burst for {BURST_SECONDS} s", report, stack, 0))
         results[-1]["held"] = held.most
-        results[-1]["kib_per_call"] = (held.rss_at_most - before) * 1024 / max(held.most, 1)
+        results[-1]["kib_per_call"] = held.kib_per_call()
     finally:
         stack.close()
 

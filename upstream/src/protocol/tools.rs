@@ -267,6 +267,25 @@ impl ImageTools {
         Ok(result)
     }
 
+    /// An image tool call from a client that declared Tasks: checked, then started as a task.
+    async fn call_as_task(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let started = Instant::now();
+        let parts = context.extensions.get::<Parts>().ok_or_else(no_identity)?;
+        let caller = caller_in(parts)?;
+        let call = match self
+            .prepare(&request.name, &caller, request.arguments.as_ref(), started, parts)
+            .await
+        {
+            Ok(call) => call,
+            Err(refusal) => return refusal.map(CallToolResponse::Complete),
+        };
+        self.start_task(caller, call, started).await
+    }
+
     /// Validates a call of `tool` and, for an edit, reads and checks its
     /// inputs. The refusal is the answer to send: bad arguments follow the
     /// client's revision (SEP-1303); unusable inputs are tool errors.
@@ -315,27 +334,6 @@ impl ImageTools {
             notes: Vec::new(),
             sources: Vec::new(),
         })
-    }
-}
-
-impl ImageTools {
-    /// An image tool call from a client that declared Tasks: checked, then started as a task.
-    async fn call_as_task(
-        &self,
-        request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let started = Instant::now();
-        let caller = caller_of(&context)?;
-        let parts = context.extensions.get::<Parts>().ok_or_else(no_identity)?;
-        let call = match self
-            .prepare(&request.name, &caller, request.arguments.as_ref(), started, parts)
-            .await
-        {
-            Ok(call) => call,
-            Err(refusal) => return refusal.map(CallToolResponse::Complete),
-        };
-        self.start_task(caller, call, started).await
     }
 }
 
