@@ -151,6 +151,9 @@ pub struct ServeConfig {
     /// OpenAI API key (enables the `openai` backend under `auto`).
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub openai_api_key: Option<String>,
+    /// A file holding the OpenAI API key (a Secret mounted as a file), read at start.
+    #[arg(long, env = "OPENAI_API_KEY_FILE", conflicts_with = "openai_api_key")]
+    pub openai_api_key_file: Option<PathBuf>,
     /// OpenAI API base URL (any server speaking the Images API).
     #[arg(long, env = "OPENAI_BASE_URL", default_value = openai::DEFAULT_BASE_URL)]
     pub openai_base_url: String,
@@ -173,6 +176,9 @@ pub struct ServeConfig {
     pub admin_files_poll_secs: u64,
     #[arg(long, env = "STABILITY_API_KEY", hide_env_values = true)]
     pub stability_api_key: Option<String>,
+    /// A file holding the Stability API key, read at start.
+    #[arg(long, env = "STABILITY_API_KEY_FILE", conflicts_with = "stability_api_key")]
+    pub stability_api_key_file: Option<PathBuf>,
     #[arg(long, env = "STABILITY_BASE_URL", default_value = crate::providers::stability::DEFAULT_BASE_URL)]
     pub stability_base_url: String,
     #[arg(long, env = "STABILITY_MODEL", default_value = crate::providers::stability::DEFAULT_MODEL)]
@@ -188,6 +194,13 @@ pub struct ServeConfig {
     pub openai_compatible_base_url: Option<String>,
     #[arg(long, env = "OPENAI_COMPATIBLE_API_KEY", hide_env_values = true)]
     pub openai_compatible_api_key: Option<String>,
+    /// A file holding the OpenAI-compatible server's API key, read at start.
+    #[arg(
+        long,
+        env = "OPENAI_COMPATIBLE_API_KEY_FILE",
+        conflicts_with = "openai_compatible_api_key"
+    )]
+    pub openai_compatible_api_key_file: Option<PathBuf>,
     #[arg(long, env = "OPENAI_COMPATIBLE_MODEL", default_value = "stablediffusion")]
     pub openai_compatible_model: String,
     #[arg(long, env = "OPENAI_ORGANIZATION")]
@@ -215,6 +228,26 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Reads the provider keys given as files (`*_API_KEY_FILE`) into their
+    /// settings: a Secret mounted as a file stays out of the environment.
+    pub fn read_key_files(&mut self) -> anyhow::Result<()> {
+        for (file, key) in [
+            (&self.openai_api_key_file, &mut self.openai_api_key),
+            (&self.stability_api_key_file, &mut self.stability_api_key),
+            (
+                &self.openai_compatible_api_key_file,
+                &mut self.openai_compatible_api_key,
+            ),
+        ] {
+            if let Some(path) = file {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading the API key file {}: {e}", path.display()))?;
+                *key = Some(text.trim().to_string());
+            }
+        }
+        Ok(())
+    }
+
     /// Checks values that the flag parser cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -529,5 +562,20 @@ mod tests {
         );
         let bad_provider = chain("dall-e:3").unwrap_err().to_string();
         assert!(bad_provider.contains("unknown provider \"dall-e\""), "{bad_provider}");
+    }
+
+    #[test]
+    fn provider_keys_can_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("key-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("openai.key");
+        std::fs::write(&file, "sk-from-file\n").unwrap();
+        let mut from_file = config(&["--openai-api-key-file", file.to_str().unwrap()]);
+        from_file.read_key_files().unwrap();
+        assert_eq!(from_file.openai_api_key.as_deref(), Some("sk-from-file"));
+        assert_eq!(from_file.resolved_backend(), BackendChoice::Openai);
+        let mut missing = config(&["--stability-api-key-file", dir.join("absent").to_str().unwrap()]);
+        assert!(missing.read_key_files().unwrap_err().to_string().contains("absent"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -210,7 +210,8 @@ pub fn metrics_router(metrics: Arc<crate::telemetry::metrics::Metrics>) -> Route
 }
 
 /// Runs the service until `shutdown` is cancelled.
-pub async fn serve(config: ServeConfig, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(mut config: ServeConfig, stop: CancellationToken) -> anyhow::Result<()> {
+    config.read_key_files()?;
     config.validate()?;
     let config = Arc::new(config);
     let state = AppState::from_config(&config).await?;
