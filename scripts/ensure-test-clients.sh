@@ -57,3 +57,5 @@ if ! .venv/bin/python -c "import kubernetes_validate" 2>/dev/null; then
   echo "installing kubernetes-validate into .venv ..." >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.*" >&2
 fi
+# Checkov (pinned, its own venv) for the deploy/ policy scan.
+scripts/ensure-checkov.sh >/dev/null
