@@ -86,6 +86,21 @@ pub struct AssertionClaims {
     /// The tools the caller may call, when per-tool access hides some.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<String>>,
+    /// True when the caller may call no tool (it lacks `tools_call_scope`):
+    /// the upstream refuses its calls too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_calls: bool,
+}
+
+/// What a caller may do with the tools, as the edge decided it: carried in
+/// the assertion so that the upstream holds every call to the same rules.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ToolRights {
+    /// The tools the caller may see and call, when per-tool access hides
+    /// some (`None`: every tool).
+    pub tools: Option<Vec<String>>,
+    /// The caller lacks the scope every `tools/call` needs (it may still list).
+    pub no_calls: bool,
 }
 
 /// The claims fixed for one caller, written first; `rid`, `jti`, `iat` and
@@ -103,6 +118,8 @@ struct FixedClaims<'a> {
     /// (the upstream's `tools/list` shows only these).
     #[serde(skip_serializing_if = "Option::is_none")]
     tools: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_calls: bool,
 }
 
 /// The compiled signer.
@@ -162,7 +179,7 @@ impl AssertionSigner {
 
     /// The assertion for `identity` on request `request_id` at `now_ms`;
     /// `jti` must never repeat (the upstream refuses a second use).
-    /// `visible_tools` is asked once per caller (its answer is part of the
+    /// `rights` is asked once per caller (its answer is part of the
     /// caller's prefix).
     ///
     /// The claims fixed for a caller come first, padded with JSON whitespace
@@ -173,12 +190,12 @@ impl AssertionSigner {
         &self,
         prefixes: &mut Prefixes,
         identity: &Identity,
-        visible_tools: impl FnOnce() -> Option<Vec<String>>,
+        rights: impl FnOnce() -> ToolRights,
         request_id: &str,
         jti: &str,
         now_ms: u64,
     ) -> Option<String> {
-        let prefix = prefixes.get_or_make(identity, || self.prefix(identity, visible_tools()))?;
+        let prefix = prefixes.get_or_make(identity, || self.prefix(identity, rights()))?;
         let now = now_ms / 1000;
         let mut tail = String::with_capacity(request_id.len() + jti.len() + 64);
         tail.push_str(",\"rid\":");
@@ -199,7 +216,7 @@ impl AssertionSigner {
 
     /// The encoded header and fixed claims of `identity`'s assertions, and
     /// the MAC state after them.
-    fn prefix(&self, identity: &Identity, tools: Option<Vec<String>>) -> Option<Prefix> {
+    fn prefix(&self, identity: &Identity, rights: ToolRights) -> Option<Prefix> {
         let scope = identity.scopes.join(" ");
         let fixed = FixedClaims {
             iss: ISSUER,
@@ -208,7 +225,8 @@ impl AssertionSigner {
             org: &identity.org,
             key_id: identity.key_id.as_deref(),
             scope: &scope,
-            tools: tools.as_deref(),
+            tools: rights.tools.as_deref(),
+            no_calls: rights.no_calls,
         };
         let mut json = serde_json::to_string(&fixed).ok()?;
         json.pop(); // the closing brace: the request's own claims follow
@@ -376,11 +394,25 @@ mod tests {
         let now = jwt_simple::prelude::Clock::now_since_epoch().as_secs();
         let mut prefixes = Prefixes::default();
         let token = signer
-            .sign(&mut prefixes, &identity, || None, "rid-1", "0707", now * 1000)
+            .sign(
+                &mut prefixes,
+                &identity,
+                ToolRights::default,
+                "rid-1",
+                "0707",
+                now * 1000,
+            )
             .unwrap();
         // The second request of the caller reuses the prefix and still verifies.
         let again = signer
-            .sign(&mut prefixes, &identity, || None, "rid-\"2\"", "0708", now * 1000)
+            .sign(
+                &mut prefixes,
+                &identity,
+                ToolRights::default,
+                "rid-\"2\"",
+                "0708",
+                now * 1000,
+            )
             .unwrap();
         assert_eq!(prefixes.len(), 1);
         let prefix = prefixes.get_or_make(&identity, || None).unwrap();
@@ -397,7 +429,10 @@ mod tests {
             .sign(
                 &mut prefixes,
                 &other_caller,
-                || Some(vec!["list_models".into()]),
+                || ToolRights {
+                    tools: Some(vec!["list_models".into()]),
+                    no_calls: true,
+                },
                 "rid-3",
                 "0709",
                 now * 1000,
@@ -427,6 +462,7 @@ mod tests {
                 scope: "images:generate x".into(),
                 rid: "rid-1".into(),
                 tools: None,
+                no_calls: false,
             }
         );
         let again = key
@@ -444,6 +480,7 @@ mod tests {
             ("", Some("alice"))
         );
         assert_eq!(other.custom.tools, Some(vec!["list_models".to_string()]));
+        assert!(other.custom.no_calls, "a caller without the call scope is marked");
         let foreign = HS256Key::from_bytes(&[1; 32]);
         assert!(foreign.verify_token::<NoCustomClaims>(&token, None).is_err());
     }

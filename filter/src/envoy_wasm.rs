@@ -13,9 +13,10 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Stat
 use crate::assertion;
 use crate::config::FilterConfig;
 use crate::credentials::CacheUse;
-use crate::gate::{self, Admitted, HeadVerdict, Host, RequestHead};
+use crate::gate::{self, Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
 use crate::global_limit::{self, GlobalVerdict};
 use crate::header_map;
+use crate::jwt::Identity;
 use crate::limits::{CasMismatch, QuotaUse, SharedStore};
 use crate::phases::Phase;
 use crate::reply::Reject;
@@ -415,6 +416,8 @@ impl RootContext for EdgeRoot {
             state: StreamState::Headers,
             reply_id: serde_json::Value::Null,
             meter: StreamMeter::default(),
+            caller: None,
+            held_bytes: 0,
         }))
     }
 
@@ -434,6 +437,11 @@ struct EdgeRequest {
     /// The JSON-RPC id of the request, for errors sent in its place.
     reply_id: serde_json::Value,
     meter: StreamMeter,
+    /// The admitted caller and the request's id, until the request is
+    /// forwarded: the identity assertion is added only then.
+    caller: Option<(Rc<Identity>, String)>,
+    /// The request body Envoy holds for the filter so far, in bytes.
+    held_bytes: usize,
 }
 
 /// The clock in nanoseconds: the assertion ids' seed when WASI has no randomness.
@@ -475,8 +483,10 @@ impl EdgeRequest {
         }
     }
 
-    /// Lets the request through, counted.
+    /// Lets the request through, counted, with the caller's identity
+    /// assertion (added only now: after every check, body included, passed).
     fn pass(&mut self) -> Action {
+        self.assert_identity();
         self.tag(span_tags::forwarded);
         self.metrics.count(Hot::Forwarded);
         self.state = StreamState::Forwarded;
@@ -494,40 +504,118 @@ impl EdgeRequest {
         Action::Pause
     }
 
-    /// Replaces credentials and client-supplied identity headers (those in
-    /// `present`) with the signed identity assertion.
-    fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str) {
+    /// Removes credentials and client-supplied identity headers (those in
+    /// `present`) and keeps the caller for the assertion `pass` adds.
+    fn admit(&mut self, admitted: &Admitted, present: &[&str], request_id: &str) {
+        self.metrics.admitted(admitted);
         if let Some(tracing) = &self.config.tracing {
             self.tag(|| span_tags::caller(tracing, &admitted.identity));
         }
-        let write = !self.config.skip.skips(Phase::IdentityHeaderWrites);
-        // The client's credentials are for this gateway only; never pass them on.
-        for name in present.iter().filter(|_| write) {
-            self.remove_http_request_header(name);
-        }
-        if let Some(signer) = &self.config.assertion {
-            let worker = &mut *self.worker.borrow_mut();
-            let jti = worker.assertion_ids.next(|| assertion::random_seed(clock_nanos));
-            let config = &self.config;
-            if let Some(assertion) = signer
-                .sign(
-                    &mut worker.assertions,
-                    &admitted.identity,
-                    || gate::visible_tools(config, &admitted.identity),
-                    request_id,
-                    &jti,
-                    self.started_ms,
-                )
-                .filter(|_| write)
-            {
-                // Any client-supplied copy was removed above: add, not replace.
-                self.add_http_request_header(assertion::HEADER, &assertion);
+        if !self.config.skip.skips(Phase::IdentityHeaderWrites) {
+            // The client's credentials are for this gateway only; never pass them on.
+            for name in present {
+                self.remove_http_request_header(name);
             }
+        }
+        self.caller = Some((admitted.identity.clone(), request_id.to_string()));
+    }
+
+    /// Adds the signed identity assertion of the admitted caller.
+    fn assert_identity(&mut self) {
+        let Some((identity, request_id)) = self.caller.take() else {
+            return;
+        };
+        let Some(signer) = &self.config.assertion else { return };
+        let write = !self.config.skip.skips(Phase::IdentityHeaderWrites);
+        let config = &self.config;
+        let worker = &mut *self.worker.borrow_mut();
+        let jti = worker.assertion_ids.next(|| assertion::random_seed(clock_nanos));
+        let assertion = signer.sign(
+            &mut worker.assertions,
+            &identity,
+            || gate::tool_rights(config, &identity),
+            &request_id,
+            &jti,
+            self.started_ms,
+        );
+        if let Some(assertion) = assertion.filter(|_| write) {
+            // Any client-supplied copy was removed on admission: add, not replace.
+            self.add_http_request_header(assertion::HEADER, &assertion);
         }
     }
 }
 
 impl EdgeRequest {
+    /// Decides on a held request whose whole body has arrived (its last
+    /// chunk, or its trailers): answers a deferred refusal with the request's
+    /// id, or checks the body and forwards, asks the global limit or refuses.
+    fn body_complete(&mut self) -> Action {
+        let state = std::mem::replace(&mut self.state, StreamState::Forwarded);
+        let body = self.get_http_request_body(0, self.held_bytes).unwrap_or_default();
+        self.tag(|| span_tags::message(&body));
+        let held = match state {
+            StreamState::HoldingForBody(held) => held,
+            StreamState::RejectingAfterBody(reject) => {
+                let id = gate::reply_id_of(&self.config, &body);
+                return self.reject(&reject.with_id(id));
+            }
+            other => {
+                self.state = other;
+                return Action::Continue;
+            }
+        };
+        let verdict = self.with_host(|config, host| gate::check_body(config, &body, &held, host));
+        let checked = match verdict {
+            Ok(checked) => checked,
+            Err(reject) => return self.reject(&reject),
+        };
+        self.reply_id = checked.reply_id;
+        if let Some(quota) = checked.quota {
+            self.metrics.quota(&held.identity.org, quota);
+        }
+        let images = checked.call.as_ref().map_or(0, |call| call.images);
+        match (&self.config.global_rate_limit, images > 0) {
+            (Some(_), true) => self.ask_global_limit(&held, images),
+            _ => self.pass(),
+        }
+    }
+
+    /// Asks the global rate-limit service and holds the request until it answers.
+    fn ask_global_limit(&mut self, held: &HeldRequest, images: u64) -> Action {
+        let config = self.config.clone();
+        let Some(global) = &config.global_rate_limit else {
+            return self.pass();
+        };
+        let message = global.request(&held.identity, images);
+        let call = self.dispatch_grpc_call(
+            &global.cluster,
+            global_limit::SERVICE,
+            global_limit::METHOD,
+            Vec::new(),
+            Some(&message),
+            global.timeout,
+        );
+        // The head's clock read serves the body too (the quota's day is the request's start).
+        let charged = ChargedImages {
+            org: held.identity.org.clone(),
+            images,
+            charged_at_ms: self.started_ms,
+        };
+        match call {
+            Ok(_) => {
+                self.state = StreamState::AwaitingGlobalLimit(charged);
+                Action::Pause
+            }
+            Err(status) => {
+                let verdict = global.failed(
+                    format!("cannot call cluster {}: {status:?}", global.cluster),
+                    &charged.org,
+                );
+                self.apply_global_verdict(verdict, &charged)
+            }
+        }
+    }
+
     /// Carries out the global limit's verdict on a held call; returns what
     /// the body callback should (when called from it) return.
     fn apply_global_verdict(&mut self, verdict: GlobalVerdict, charged: &ChargedImages) -> Action {
@@ -610,13 +698,11 @@ impl HttpContext for EdgeRequest {
                 Action::Pause
             }
             HeadVerdict::Forward(admitted) => {
-                self.metrics.admitted(&admitted);
-                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default());
+                self.admit(&admitted, &present, h("x-request-id").unwrap_or_default());
                 self.pass()
             }
             HeadVerdict::InspectBody(admitted, held) => {
-                self.metrics.admitted(&admitted);
-                self.forward(&admitted, &present, h("x-request-id").unwrap_or_default());
+                self.admit(&admitted, &present, h("x-request-id").unwrap_or_default());
                 self.state = StreamState::HoldingForBody(Box::new(held));
                 Action::Pause
             }
@@ -624,85 +710,36 @@ impl HttpContext for EdgeRequest {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if matches!(self.state, StreamState::Replied) {
-            return Action::Pause;
-        }
-        if matches!(self.state, StreamState::RejectingAfterBody(_)) {
-            let too_large = gate::check_body_size(&self.config, body_size).is_err();
-            if !end_of_stream && !too_large {
-                return Action::Pause;
-            }
-            // Answered now either way: take the refusal out of the state.
-            let StreamState::RejectingAfterBody(reject) = std::mem::replace(&mut self.state, StreamState::Replied)
-            else {
-                return Action::Pause;
-            };
-            let id = if too_large {
-                serde_json::Value::Null
-            } else {
-                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-                self.tag(|| span_tags::message(&body));
-                gate::reply_id_of(&self.config, &body)
-            };
-            return self.reject(&reject.with_id(id));
-        }
+        let held = match self.state {
+            StreamState::Replied | StreamState::AwaitingGlobalLimit(_) => return Action::Pause,
+            StreamState::HoldingForBody(_) | StreamState::RejectingAfterBody(_) => true,
+            StreamState::Headers | StreamState::Forwarded => false,
+        };
         if let Err(reject) = gate::check_body_size(&self.config, body_size) {
-            return self.reject(&reject);
+            // Too large to read: a deferred refusal is answered with a null id.
+            return match std::mem::replace(&mut self.state, StreamState::Replied) {
+                StreamState::RejectingAfterBody(deferred) => self.reject(&deferred),
+                _ => self.reject(&reject),
+            };
         }
-        if !matches!(self.state, StreamState::HoldingForBody(_)) {
+        if !held {
             return Action::Continue;
         }
+        self.held_bytes = body_size;
         if !end_of_stream {
             return Action::Pause;
         }
-        // The request is decided now either way: take the held head out of the state.
-        let StreamState::HoldingForBody(held) = std::mem::replace(&mut self.state, StreamState::Forwarded) else {
-            return Action::Continue;
-        };
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        self.tag(|| span_tags::message(&body));
-        // The head's clock read serves the body too (the quota's day is the request's start).
-        let now_ms = self.started_ms;
-        let verdict = self.with_host(|config, host| gate::check_body(config, &body, &held, host));
-        match verdict {
-            Ok(checked) => {
-                self.reply_id = checked.reply_id;
-                if let Some(quota) = checked.quota {
-                    self.metrics.quota(&held.identity.org, quota);
-                }
-                let images = checked.call.as_ref().map_or(0, |call| call.images);
-                if let (Some(global), true) = (&self.config.global_rate_limit, images > 0) {
-                    let message = global.request(&held.identity, images);
-                    let call = self.dispatch_grpc_call(
-                        &global.cluster,
-                        global_limit::SERVICE,
-                        global_limit::METHOD,
-                        Vec::new(),
-                        Some(&message),
-                        global.timeout,
-                    );
-                    let charged = ChargedImages {
-                        org: held.identity.org.clone(),
-                        images,
-                        charged_at_ms: now_ms,
-                    };
-                    return match call {
-                        Ok(_) => {
-                            self.state = StreamState::AwaitingGlobalLimit(charged);
-                            Action::Pause
-                        }
-                        Err(status) => {
-                            let verdict = global.failed(
-                                format!("cannot call cluster {}: {status:?}", global.cluster),
-                                &charged.org,
-                            );
-                            self.apply_global_verdict(verdict, &charged)
-                        }
-                    };
-                }
-                self.pass()
-            }
-            Err(reject) => self.reject(&reject),
+        self.body_complete()
+    }
+
+    /// The body ends with trailers (HTTP/2, HTTP/1.1 chunked): the end of
+    /// the stream is here, and the body is checked here as it would be on
+    /// its last chunk. Nothing held goes on unchecked.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match self.state {
+            StreamState::HoldingForBody(_) | StreamState::RejectingAfterBody(_) => self.body_complete(),
+            StreamState::Replied | StreamState::AwaitingGlobalLimit(_) => Action::Pause,
+            StreamState::Headers | StreamState::Forwarded => Action::Continue,
         }
     }
 

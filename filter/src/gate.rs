@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use crate::assertion::ToolRights;
 use crate::config::FilterConfig;
 use crate::credentials::{self, CacheUse, TokenCache};
 use crate::jsonrpc::{self, code};
@@ -310,6 +311,19 @@ pub fn visible_tools(config: &FilterConfig, identity: &Identity) -> Option<Vec<S
     config
         .tool_access
         .visible_tools(identity, config.calls.allowed_tools.iter())
+}
+
+/// What `identity` may do with the tools, for the identity assertion: the
+/// upstream lists and refuses by it (defence in depth behind the edge).
+pub fn tool_rights(config: &FilterConfig, identity: &Identity) -> ToolRights {
+    let no_calls = config
+        .tools_call_scope
+        .as_ref()
+        .is_some_and(|scope| !identity.scopes.iter().any(|s| s == scope));
+    ToolRights {
+        tools: visible_tools(config, identity),
+        no_calls,
+    }
 }
 
 /// The caller of every request when the benchmark switches credentials off.
@@ -646,6 +660,7 @@ mod tests {
             visible_tools(&config, &held(&["images:generate"]).identity),
             Some(vec!["generate_image".to_string()])
         );
+        assert!(!tool_rights(&config, &held(&[]).identity).no_calls, "no call scope set");
     }
 
     #[test]
@@ -677,6 +692,8 @@ mod tests {
         assert!(body(&config, call, &held(&["images:generate"])).is_ok());
         let list = br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#;
         assert!(body(&config, list, &held(&[])).is_ok(), "listing needs no scope");
+        assert!(tool_rights(&config, &held(&["images:read"]).identity).no_calls);
+        assert!(!tool_rights(&config, &held(&["images:generate"]).identity).no_calls);
 
         for path in [
             "/.well-known/oauth-protected-resource",

@@ -5,6 +5,7 @@
 pub mod fake_openai;
 pub mod fake_stability;
 pub mod gcs_server;
+pub mod h2_trailers;
 pub mod stack;
 
 pub use stack::{Backend, Stack, StackOptions};

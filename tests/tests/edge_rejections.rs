@@ -1,6 +1,7 @@
 //! Every class of bad request is stopped by the Wasm filter inside real
 //! Envoy with a precise answer, and none of them reaches the upstream.
 
+use gateway_tests::h2_trailers::post_with_trailers;
 use gateway_tests::stack::{http_client, Edge};
 use gateway_tests::{Stack, StackOptions};
 use mcp_image_gateway::cli::devkit;
@@ -314,35 +315,19 @@ async fn bad_requests_are_rejected(edge: Edge) {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status().as_u16(), case.status, "case: {}", case.name);
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap().to_string());
-        match case.challenge {
-            Some(expected) => {
-                let challenge = challenge.unwrap_or_else(|| panic!("case {}: no WWW-Authenticate", case.name));
-                assert!(challenge.starts_with("Bearer "), "case {}: {challenge}", case.name);
-                assert!(challenge.contains(expected), "case {}: {challenge}", case.name);
-            }
-            None => assert!(challenge.is_none(), "case {}", case.name),
-        }
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["jsonrpc"], "2.0", "case: {}", case.name);
-        assert_eq!(body["error"]["code"].as_i64(), case.code, "case: {}: {body}", case.name);
-        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
-        // Every error answering a readable POSTed request carries its id,
-        // even when decided on the headers (401 and 413 answer before reading).
-        let request: Option<Value> = serde_json::from_slice(&case.body).ok();
-        let expected_id = match (&request, case.method, case.status) {
-            (Some(request), "POST", status) if status != 401 && status != 413 => request
-                .get("id")
-                .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
-                .cloned()
-                .unwrap_or(Value::Null),
-            _ => Value::Null,
-        };
-        assert_eq!(body["id"], expected_id, "case: {}: {body}", case.name);
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap();
+        check_answer(case, case.name, status, &headers, &body);
+    }
+    // The same requests over HTTP/2, each body ended by a trailers frame
+    // instead of END_STREAM on its last DATA frame: refused alike.
+    for case in cases.iter().filter(|case| case.method == "POST") {
+        let answer = post_with_trailers(&stack.mcp_url, &case.headers, &case.body)
+            .await
+            .unwrap();
+        let name = format!("{} (HTTP/2, trailers)", case.name);
+        check_answer(case, &name, answer.status, &answer.headers, &answer.body);
     }
     assert_eq!(
         stack.envoy_stat(UPSTREAM_REQUESTS).await,
@@ -360,6 +345,135 @@ async fn bad_requests_are_rejected(edge: Edge) {
         .unwrap();
     assert_eq!(at_limit.status(), 200);
     assert_eq!(stack.envoy_stat(UPSTREAM_REQUESTS).await, upstream_before + 1);
+    let at_limit = post_with_trailers(&stack.mcp_url, &mcp_headers(Some(&good)), &call_body_of_len(2048))
+        .await
+        .unwrap();
+    assert_eq!(at_limit.status, 200, "{}", String::from_utf8_lossy(&at_limit.body));
+    assert_eq!(stack.envoy_stat(UPSTREAM_REQUESTS).await, upstream_before + 2);
+}
+
+/// Checks one answer against its case: status, challenge, JSON-RPC code and id.
+fn check_answer(case: &Case, name: &str, status: u16, headers: &HeaderMap, body: &[u8]) {
+    assert_eq!(status, case.status, "case: {name}: {}", String::from_utf8_lossy(body));
+    let challenge = headers.get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    match case.challenge {
+        Some(expected) => {
+            let challenge = challenge.unwrap_or_else(|| panic!("case {name}: no WWW-Authenticate"));
+            assert!(challenge.starts_with("Bearer "), "case {name}: {challenge}");
+            assert!(challenge.contains(expected), "case {name}: {challenge}");
+        }
+        None => assert!(challenge.is_none(), "case {name}"),
+    }
+    let body: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(body["jsonrpc"], "2.0", "case: {name}");
+    assert_eq!(body["error"]["code"].as_i64(), case.code, "case: {name}: {body}");
+    assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    // Every error answering a readable POSTed request carries its id,
+    // even when decided on the headers (401 and 413 answer before reading).
+    let request: Option<Value> = serde_json::from_slice(&case.body).ok();
+    let expected_id = match (&request, case.method, case.status) {
+        (Some(request), "POST", status) if status != 401 && status != 413 => request
+            .get("id")
+            .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
+            .cloned()
+            .unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    assert_eq!(body["id"], expected_id, "case: {name}: {body}");
+}
+
+#[tokio::test]
+async fn trailers_do_not_skip_tool_access_or_quotas() {
+    trailers_keep_the_body_rules(Edge::Wasm).await;
+}
+
+#[tokio::test]
+async fn dynamic_module_trailers_do_not_skip_tool_access_or_quotas() {
+    trailers_keep_the_body_rules(Edge::DynamicModule).await;
+}
+
+/// A body ended by HTTP/2 trailers is held to per-tool access and the daily
+/// quota like any other, and what passes reaches the upstream with the
+/// caller's identity assertion (the upstream refuses a call without one).
+async fn trailers_keep_the_body_rules(edge: Edge) {
+    let stack = Stack::start_with(StackOptions {
+        edge,
+        filter_patch: json!({
+            "tool_access": {"orgs": {"acme": ["list_models"]}},
+            "rate_limits": {"daily_images_per_org": 1},
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let call = |tool: &str, arguments: Value| {
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+            .to_string()
+            .into_bytes()
+    };
+    let send = |token: String, body: Vec<u8>| {
+        let url = stack.mcp_url.clone();
+        async move {
+            post_with_trailers(&url, &mcp_headers(Some(&token)), &body)
+                .await
+                .unwrap()
+        }
+    };
+    let upstream_before = stack.envoy_stat(UPSTREAM_REQUESTS).await;
+
+    let refused = send(
+        stack.token("alice", "acme"),
+        call("generate_image", json!({"prompt": "a fox"})),
+    )
+    .await;
+    let body: Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(refused.status, 403, "{body}");
+    assert_eq!(
+        (body["error"]["code"].as_i64(), &body["id"]),
+        (Some(-32602), &json!(5)),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not available to organisation"),
+        "{body}"
+    );
+    assert_eq!(
+        stack.envoy_stat(UPSTREAM_REQUESTS).await,
+        upstream_before,
+        "refused, yet forwarded"
+    );
+
+    let allowed = send(stack.token("alice", "acme"), call("list_models", json!({}))).await;
+    let text = String::from_utf8_lossy(&allowed.body);
+    assert_eq!(allowed.status, 200, "{text}");
+    assert!(
+        text.contains("\"result\"") && !text.contains("\"isError\":true"),
+        "{text}"
+    );
+
+    let generated = send(
+        stack.token("bob", "beta"),
+        call("generate_image", json!({"prompt": "a fox"})),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&generated.body);
+    assert_eq!(generated.status, 200, "{text}");
+    assert!(
+        text.contains("\"result\"") && !text.contains("\"isError\":true"),
+        "{text}"
+    );
+    let over = send(
+        stack.token("bob", "beta"),
+        call("generate_image", json!({"prompt": "a hare"})),
+    )
+    .await;
+    let body: Value = serde_json::from_slice(&over.body).unwrap();
+    assert_eq!(over.status, 429, "the day's one image is spent: {body}");
+    assert_eq!(body["id"], json!(5), "{body}");
+    assert_eq!(stack.envoy_stat(UPSTREAM_REQUESTS).await, upstream_before + 2);
 }
 
 #[tokio::test]

@@ -39,11 +39,31 @@ pub struct Caller {
     /// The tools this caller may call, when the edge's per-tool access hides
     /// some (`tools/list` shows only these); `None`: every tool.
     pub tools: Option<Vec<String>>,
+    /// The edge found the caller without the scope every `tools/call` needs.
+    pub no_calls: bool,
     /// The trace and span of the request, when traces are exported.
     pub trace: Option<crate::telemetry::traces::TraceIds>,
 }
 
 impl Caller {
+    /// Whether the edge's rules (carried in the assertion) let this caller
+    /// call `tool`: the upstream holds every call to them again, so a request
+    /// that slipped past the edge's body checks still runs nothing it may not.
+    pub fn may_call(&self, tool: &str) -> Result<(), String> {
+        if self.no_calls {
+            return Err(format!(
+                "Tool {tool:?} cannot be called with this token: it lacks the scope the gateway requires for tool calls; sign in again granting it"
+            ));
+        }
+        match &self.tools {
+            Some(tools) if !tools.iter().any(|t| t == tool) => Err(format!(
+                "Tool {tool:?} is not available to this caller (organisation {:?}); ask your gateway admin for access",
+                self.org
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A stable opaque id for the provider's abuse monitoring (never the raw id).
     pub fn provider_user(&self) -> String {
         let digest = Sha256::new()
@@ -67,6 +87,8 @@ struct AssertionClaims {
     rid: String,
     #[serde(default)]
     tools: Option<Vec<String>>,
+    #[serde(default)]
+    no_calls: bool,
 }
 
 /// Why a request's assertion was refused (the metric's `result` label).
@@ -182,6 +204,7 @@ impl AssertionVerifier {
             scopes: custom.scope.split_whitespace().map(str::to_string).collect(),
             request_id: custom.rid,
             tools: custom.tools,
+            no_calls: custom.no_calls,
             trace: None,
         })
     }
@@ -259,6 +282,20 @@ mod tests {
                 .unwrap_err(),
             AssertionError::Replayed
         );
+    }
+
+    #[test]
+    fn calls_are_held_to_the_rights_the_edge_asserted() {
+        let v = verifier();
+        let mut caller = v.verify(&token("new", &[0xbb; 32], "acme", "r9", NOW), NOW).unwrap();
+        assert!(caller.may_call("generate_image").is_ok(), "no restriction asserted");
+        caller.tools = Some(vec!["list_models".into()]);
+        assert!(caller.may_call("list_models").is_ok());
+        let refused = caller.may_call("generate_image").unwrap_err();
+        assert!(refused.contains("\"generate_image\" is not available"), "{refused}");
+        caller.no_calls = true;
+        let refused = caller.may_call("list_models").unwrap_err();
+        assert!(refused.contains("lacks the scope"), "{refused}");
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub const RECEIVED_RESPONSE_BODY: u32 = 2;
 pub const CONTINUE: u32 = 0;
 pub const HEADERS_STOP_ITERATION: u32 = 1;
 pub const BODY_STOP_AND_BUFFER: u32 = 1;
+pub const TRAILERS_STOP_ITERATION: u32 = 1;
 
 /// `envoy_dynamic_module_type_http_callout_init_result` / `..._http_callout_result`.
 pub const CALLOUT_SUCCESS: u32 = 0;

@@ -172,6 +172,9 @@ struct Request {
     state: StreamState,
     reply_id: serde_json::Value,
     meter: StreamMeter,
+    /// The admitted caller and the request's id, until the request is
+    /// forwarded: the identity assertion is added only then.
+    caller: Option<(Rc<Identity>, String)>,
 }
 
 impl Request {
@@ -215,7 +218,10 @@ impl Request {
         }
     }
 
+    /// Lets the request through, counted, with the caller's identity
+    /// assertion (added only now: after every check, body included, passed).
     fn pass(&mut self) {
+        self.assert_identity();
         self.tag(span_tags::forwarded);
         self.metrics().forwarded(self.envoy);
         self.state = StreamState::Forwarded;
@@ -262,40 +268,48 @@ impl Request {
         self.state = StreamState::Replied;
     }
 
-    /// Replaces credentials and client-supplied identity headers (those in
-    /// `present`) with the signed identity assertion.
-    fn forward(&mut self, admitted: &Admitted, present: &[&str], request_id: &str) {
+    /// Removes credentials and client-supplied identity headers (those in
+    /// `present`) and keeps the caller for the assertion `pass` adds.
+    fn admit(&mut self, admitted: &Admitted, present: &[&str], request_id: &str) {
+        self.metrics().cache(self.envoy, admitted.cache);
         if let Some(tracing) = &self.worker.config.tracing {
             self.tag(|| span_tags::caller(tracing, &admitted.identity));
         }
         for name in present {
             remove_request_header(self.envoy, name);
         }
+        self.caller = Some((admitted.identity.clone(), request_id.to_string()));
+    }
+
+    /// Adds the signed identity assertion of the admitted caller.
+    fn assert_identity(&mut self) {
+        let Some((identity, request_id)) = self.caller.take() else {
+            return;
+        };
         let config = &self.worker.config;
-        if let Some(signer) = &config.assertion {
-            let token = with_state(config, |state| {
-                let jti = state.assertion_ids.next(|| assertion::random_seed(clock_nanos));
-                let tools = || gate::visible_tools(config, &admitted.identity);
-                signer.sign(
-                    &mut state.assertions,
-                    &admitted.identity,
-                    tools,
-                    request_id,
-                    &jti,
-                    self.started_ms,
-                )
-            });
-            if let Some(token) = token {
-                // Any client-supplied copy was removed above: add, not replace.
-                // SAFETY: key and value outlive the call.
-                unsafe {
-                    abi::envoy_dynamic_module_callback_http_add_header(
-                        self.envoy,
-                        abi::REQUEST_HEADERS,
-                        ModuleBuffer::of(assertion::HEADER.as_bytes()),
-                        ModuleBuffer::of(token.as_bytes()),
-                    );
-                }
+        let Some(signer) = &config.assertion else { return };
+        let token = with_state(config, |state| {
+            let jti = state.assertion_ids.next(|| assertion::random_seed(clock_nanos));
+            let rights = || gate::tool_rights(config, &identity);
+            signer.sign(
+                &mut state.assertions,
+                &identity,
+                rights,
+                &request_id,
+                &jti,
+                self.started_ms,
+            )
+        });
+        if let Some(token) = token {
+            // Any client-supplied copy was removed on admission: add, not replace.
+            // SAFETY: key and value outlive the call.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_add_header(
+                    self.envoy,
+                    abi::REQUEST_HEADERS,
+                    ModuleBuffer::of(assertion::HEADER.as_bytes()),
+                    ModuleBuffer::of(token.as_bytes()),
+                );
             }
         }
     }
@@ -317,14 +331,12 @@ impl Request {
             HeadVerdict::RejectAfterBody(reject) => self.state = StreamState::RejectingAfterBody(Box::new(reject)),
             HeadVerdict::Serve(document) => self.serve(&document),
             HeadVerdict::Forward(admitted) => {
-                self.metrics().cache(self.envoy, admitted.cache);
-                self.forward(&admitted, &present, request_id);
+                self.admit(&admitted, &present, request_id);
                 self.pass();
                 return abi::CONTINUE;
             }
             HeadVerdict::InspectBody(admitted, held) => {
-                self.metrics().cache(self.envoy, admitted.cache);
-                self.forward(&admitted, &present, request_id);
+                self.admit(&admitted, &present, request_id);
                 self.state = StreamState::HoldingForBody(Box::new(held));
             }
         }
@@ -334,60 +346,94 @@ impl Request {
     fn on_request_body(&mut self, end_of_stream: bool) -> u32 {
         let size =
             body_size(self.envoy, abi::BUFFERED_REQUEST_BODY) + body_size(self.envoy, abi::RECEIVED_REQUEST_BODY);
-        match &self.state {
-            StreamState::Replied => return abi::BODY_STOP_AND_BUFFER,
-            StreamState::Forwarded | StreamState::Headers => {
-                if let Err(reject) = gate::check_body_size(self.config(), size) {
-                    self.reject(&reject);
-                    return abi::BODY_STOP_AND_BUFFER;
-                }
-                return abi::CONTINUE;
+        let held = match self.state {
+            StreamState::Replied | StreamState::AwaitingGlobalLimit(_) => return abi::BODY_STOP_AND_BUFFER,
+            StreamState::HoldingForBody(_) | StreamState::RejectingAfterBody(_) => true,
+            StreamState::Forwarded | StreamState::Headers => false,
+        };
+        if let Err(reject) = gate::check_body_size(self.config(), size) {
+            // Too large to read: a deferred refusal is answered with a null id.
+            match std::mem::replace(&mut self.state, StreamState::Replied) {
+                StreamState::RejectingAfterBody(deferred) => self.reject(&deferred),
+                _ => self.reject(&reject),
             }
-            StreamState::AwaitingGlobalLimit(_) => return abi::BODY_STOP_AND_BUFFER,
-            StreamState::RejectingAfterBody(_) | StreamState::HoldingForBody(_) => {}
-        }
-        let too_large = gate::check_body_size(self.config(), size);
-        if too_large.is_ok() && !end_of_stream {
             return abi::BODY_STOP_AND_BUFFER;
         }
-        let state = std::mem::replace(&mut self.state, StreamState::Forwarded);
-        match (state, too_large) {
-            (StreamState::RejectingAfterBody(reject), Err(_)) => self.reject(&reject),
-            (StreamState::RejectingAfterBody(reject), Ok(())) => {
-                let body = request_body(self.envoy);
-                self.tag(|| span_tags::message(&body));
-                let id = gate::reply_id_of(self.config(), &body);
-                self.reject(&reject.with_id(id));
-            }
-            (StreamState::HoldingForBody(_), Err(reject)) => self.reject(&reject),
-            (StreamState::HoldingForBody(held), Ok(())) => {
-                let body = request_body(self.envoy);
-                self.tag(|| span_tags::message(&body));
-                match self.with_host(|config, host| gate::check_body(config, &body, &held, host)) {
-                    Ok(checked) => {
-                        self.reply_id = checked.reply_id;
-                        if let Some(quota) = checked.quota {
-                            self.metrics().quota(self.envoy, &held.identity.org, quota);
-                        }
-                        let images = checked.call.as_ref().map_or(0, |call| call.images);
-                        let worker = self.worker.clone();
-                        if let (Some(global), true) = (&worker.config.global_rate_limit, images > 0) {
-                            return self.ask_global_limit(global, &held.identity, images);
-                        }
-                        self.pass();
-                        return abi::CONTINUE;
-                    }
-                    Err(reject) => self.reject(&reject),
+        if !held {
+            return abi::CONTINUE;
+        }
+        if !end_of_stream {
+            return abi::BODY_STOP_AND_BUFFER;
+        }
+        let body = request_body(self.envoy, &[abi::BUFFERED_REQUEST_BODY, abi::RECEIVED_REQUEST_BODY]);
+        if self.body_complete(&body) {
+            abi::CONTINUE
+        } else {
+            abi::BODY_STOP_AND_BUFFER
+        }
+    }
+
+    /// The body ends with trailers (HTTP/2, HTTP/1.1 chunked): the end of
+    /// the stream is here, and the body is checked here as it would be on
+    /// its last chunk. Nothing held goes on unchecked.
+    fn on_request_trailers(&mut self) -> u32 {
+        match self.state {
+            StreamState::HoldingForBody(_) | StreamState::RejectingAfterBody(_) => {
+                // Every chunk is in Envoy's buffer by now.
+                let body = request_body(self.envoy, &[abi::BUFFERED_REQUEST_BODY]);
+                if self.body_complete(&body) {
+                    abi::CONTINUE
+                } else {
+                    abi::TRAILERS_STOP_ITERATION
                 }
             }
-            _ => return abi::CONTINUE,
+            StreamState::Replied | StreamState::AwaitingGlobalLimit(_) => abi::TRAILERS_STOP_ITERATION,
+            StreamState::Headers | StreamState::Forwarded => abi::CONTINUE,
         }
-        abi::BODY_STOP_AND_BUFFER
+    }
+
+    /// Decides on a held request whose whole `body` has arrived: answers a
+    /// deferred refusal with the request's id, or checks the body and
+    /// forwards, asks the global limit or refuses. True when it goes on now.
+    fn body_complete(&mut self, body: &[u8]) -> bool {
+        self.tag(|| span_tags::message(body));
+        let held = match std::mem::replace(&mut self.state, StreamState::Forwarded) {
+            StreamState::HoldingForBody(held) => held,
+            StreamState::RejectingAfterBody(reject) => {
+                let id = gate::reply_id_of(self.config(), body);
+                self.reject(&reject.with_id(id));
+                return false;
+            }
+            other => {
+                self.state = other;
+                return true;
+            }
+        };
+        let checked = match self.with_host(|config, host| gate::check_body(config, body, &held, host)) {
+            Ok(checked) => checked,
+            Err(reject) => {
+                self.reject(&reject);
+                return false;
+            }
+        };
+        self.reply_id = checked.reply_id;
+        if let Some(quota) = checked.quota {
+            self.metrics().quota(self.envoy, &held.identity.org, quota);
+        }
+        let images = checked.call.as_ref().map_or(0, |call| call.images);
+        let worker = self.worker.clone();
+        if let (Some(global), true) = (&worker.config.global_rate_limit, images > 0) {
+            return self.ask_global_limit(global, &held.identity, images);
+        }
+        self.pass();
+        true
     }
 
     /// Asks the global rate-limit service (gRPC over an HTTP callout) and
     /// holds the request until it answers.
-    fn ask_global_limit(&mut self, global: &GlobalRateLimit, identity: &Identity, images: u64) -> u32 {
+    /// True when the request goes on now (the service could not be asked
+    /// and the limit fails open).
+    fn ask_global_limit(&mut self, global: &GlobalRateLimit, identity: &Identity, images: u64) -> bool {
         let charged = ChargedImages {
             org: identity.org.clone(),
             images,
@@ -422,17 +468,13 @@ impl Request {
         };
         if started == abi::CALLOUT_SUCCESS {
             self.state = StreamState::AwaitingGlobalLimit(charged);
-            return abi::BODY_STOP_AND_BUFFER;
+            return false;
         }
         let verdict = global.failed(
             format!("cannot call cluster {} (result {started})", global.cluster),
             &charged.org,
         );
-        if self.apply_global_verdict(verdict, &charged) {
-            abi::CONTINUE
-        } else {
-            abi::BODY_STOP_AND_BUFFER
-        }
+        self.apply_global_verdict(verdict, &charged)
     }
 
     /// The global limit's answer: a gRPC status (from a trailers-only
@@ -602,10 +644,11 @@ fn body_size(envoy: FilterEnvoy, body_type: u32) -> usize {
     unsafe { abi::envoy_dynamic_module_callback_http_get_body_size(envoy, body_type) }
 }
 
-/// The whole request body: what Envoy buffered, then the latest chunk.
-fn request_body(envoy: FilterEnvoy) -> Vec<u8> {
+/// The request body held in `body_types`, in order (what Envoy buffered,
+/// then the latest chunk).
+fn request_body(envoy: FilterEnvoy, body_types: &[u32]) -> Vec<u8> {
     let mut body = Vec::new();
-    for body_type in [abi::BUFFERED_REQUEST_BODY, abi::RECEIVED_REQUEST_BODY] {
+    for &body_type in body_types {
         // SAFETY: Envoy fills `count` chunks, valid until the hook returns.
         unsafe {
             let count = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(envoy, body_type);
@@ -762,6 +805,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: ModulePtr, env
         state: StreamState::Headers,
         reply_id: serde_json::Value::Null,
         meter: StreamMeter::default(),
+        caller: None,
     })) as ModulePtr
 }
 
@@ -791,7 +835,23 @@ stream_hooks! {
     envoy_dynamic_module_on_http_filter_response_body: on_response_body, stopped abi::BODY_STOP_AND_BUFFER;
 }
 
-/// Hooks the ABI requires that this filter has no use for (trailers pass;
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy: FilterEnvoy,
+    module: ModulePtr,
+) -> u32 {
+    // SAFETY: see `request`.
+    unsafe {
+        guarded(
+            envoy,
+            module,
+            abi::TRAILERS_STOP_ITERATION,
+            Request::on_request_trailers,
+        )
+    }
+}
+
+/// Hooks the ABI requires that this filter has no use for (response trailers pass;
 /// it makes no callouts and schedules nothing). Extra C arguments are
 /// ignored by a callee that does not declare them.
 macro_rules! unused_hooks {
@@ -804,7 +864,6 @@ macro_rules! unused_hooks {
 }
 
 unused_hooks! {
-    envoy_dynamic_module_on_http_filter_request_trailers -> u32 = abi::CONTINUE;
     envoy_dynamic_module_on_http_filter_response_trailers -> u32 = abi::CONTINUE;
     envoy_dynamic_module_on_http_filter_stream_complete -> () = ();
     envoy_dynamic_module_on_http_filter_http_stream_headers -> () = ();
