@@ -194,7 +194,7 @@ impl Pools {
                 return Ok(slot.assign(org));
             }
         }
-        let (id, mut granted) = {
+        let (place, mut granted) = {
             let mut line = gate.line.lock().unwrap_or_else(|p| p.into_inner());
             if line.len() >= limits.max_queue as usize {
                 return Err(Busy::QueueFull);
@@ -202,12 +202,12 @@ impl Pools {
             let id = gate.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             line.push(org, id, tx);
-            (id, rx)
+            (Place::new(&gate, id, org, started), rx)
         };
-        self.metrics.pool_queued(model, org, 1);
+        let id = place.id;
         gate.wake.notify_one();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.queue_timeout_secs);
-        let outcome = loop {
+        loop {
             if let (Some(sink), Some(ahead)) = (reports, gate.ahead_of(id)) {
                 let _ = sink.send(Report::Queued {
                     model: model.to_string(),
@@ -218,17 +218,13 @@ impl Pools {
             tokio::select! {
                 slot = &mut granted => break slot.map_err(|_| Busy::Timeout),
                 _ = tokio::time::sleep_until(deadline) => {
-                    // Out of the line; a slot sent meanwhile is dropped, and so given back.
-                    gate.line.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+                    // Out of the line first, so that no slot is sent after this look.
+                    drop(place);
                     break granted.try_recv().map_err(|_| Busy::Timeout);
                 }
                 _ = tick => {}
             }
-        };
-        self.metrics.pool_queued(model, org, -1);
-        // Every wait counts, those that ended in a timeout too.
-        self.metrics.pool_waited(model, org, started.elapsed());
-        outcome
+        }
     }
 
     /// A call that got no slot goes on down its chain (counted).
@@ -240,6 +236,38 @@ impl Pools {
     /// down its chain, and the demand still shows for the autoscaler.
     pub fn unavailable(&self, model: &str) {
         self.metrics.capacity_spill(model, "unavailable");
+    }
+}
+
+/// A call's place in a pool's line, counted in `pool_queued` while held.
+/// However the wait ends (a slot, the queue timeout, or the call's future
+/// dropped when it is cancelled) the place leaves the line and the gauge:
+/// the autoscaler scales on that gauge, and a dead waiter would hold one of
+/// `max_queue` places for ever. A slot sent to a waiter that is gone is
+/// dropped with its channel, and so given back.
+struct Place<'a> {
+    gate: &'a Gate,
+    id: u64,
+    org: &'a str,
+    started: Instant,
+}
+
+impl<'a> Place<'a> {
+    fn new(gate: &'a Gate, id: u64, org: &'a str, started: Instant) -> Self {
+        gate.metrics.pool_queued(&gate.model, org, 1);
+        Self { gate, id, org, started }
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        // Already out when the dispatcher popped it for a slot.
+        self.gate.line.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
+        self.gate.metrics.pool_queued(&self.gate.model, self.org, -1);
+        // Every wait counts, those that ended in a timeout or a cancellation too.
+        self.gate
+            .metrics
+            .pool_waited(&self.gate.model, self.org, self.started.elapsed());
     }
 }
 
@@ -312,5 +340,43 @@ async fn dispatch(gate: Arc<Gate>) {
             }
             None => drop(slot),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(metrics: &Metrics, model: &str, org: &str) -> i64 {
+        metrics
+            .pool_queued
+            .get_or_create(&crate::telemetry::metrics::PoolOrgLabels {
+                model: model.into(),
+                org: org.into(),
+            })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_while_it_waits_leaves_the_line_and_the_gauge() {
+        let metrics = Metrics::new();
+        let pools = Pools::new(Arc::new(memory::MemorySlots::default()), metrics.clone());
+        let limits = PoolLimits {
+            max_in_flight: 1,
+            max_queue: 1,
+            queue_timeout_secs: 30,
+        };
+        let held = pools.acquire("sdxl", limits, "acme", None).await.unwrap();
+        // A call cancelled (its future dropped) while it waits for the slot.
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(100), pools.acquire("sdxl", limits, "acme", None)).await;
+        assert!(waiting.is_err(), "the slot is held: the waiter was still waiting");
+        assert_eq!(queued(&metrics, "sdxl", "acme"), 0, "the autoscaler's gauge");
+        let gate = pools.gates.lock().unwrap()["sdxl"].clone();
+        assert!(gate.line_is_empty(), "a dead waiter holds no place of max_queue");
+        // Its place is free again: the next waiter is queued, not refused.
+        drop(held);
+        let next = tokio::time::timeout(Duration::from_secs(5), pools.acquire("sdxl", limits, "acme", None)).await;
+        assert!(matches!(next, Ok(Ok(_))), "the freed slot goes to the next caller");
     }
 }
