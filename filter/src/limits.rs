@@ -5,7 +5,12 @@
 //! shared data and are updated with compare-and-swap: every worker enforces
 //! the same limit. `SharedStore` abstracts that host API so the logic is
 //! tested on the host, conflicts included.
+//!
+//! A key that stays contended for every attempt refuses the request (429
+//! `limit_contended`, `Retry-After: 1`): admitting it uncharged would let the
+//! hottest callers, the ones contention comes from, past their limit.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -18,6 +23,11 @@ use crate::reply::Reject;
 pub const RATE_LIMITED: i32 = -32029;
 /// Attempts at a compare-and-swap update before giving up.
 pub const MAX_CAS_ATTEMPTS: usize = 32;
+/// Bound of the pause after the first lost attempt, in spins; it doubles
+/// with each loss up to `MAX_BACKOFF_SPINS`.
+const FIRST_BACKOFF_SPINS: u64 = 8;
+/// Largest pause bound, in spins (some ten microseconds at most natively).
+const MAX_BACKOFF_SPINS: u64 = 256;
 
 /// A rate as the admin writes it.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -172,14 +182,18 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch>;
 }
 
-/// Reads, computes and writes back with CAS, retrying on conflicts.
-/// `Err(Contended)` when the key stayed contended for every attempt.
+/// Reads, computes and writes back with CAS, retrying on conflicts after a
+/// short jittered pause. `Err(Contended)` when the key stayed contended for
+/// every attempt.
 pub fn update<T>(
     store: &dyn SharedStore,
     key: &str,
     mut compute: impl FnMut(Option<&[u8]>) -> (T, Option<Vec<u8>>),
 ) -> Result<T, Contended> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        if attempt > 0 {
+            backoff(attempt);
+        }
         let (value, cas) = store.get(key);
         let (outcome, new_value) = compute(value.as_deref());
         match new_value {
@@ -192,6 +206,49 @@ pub fn update<T>(
         }
     }
     Err(Contended)
+}
+
+/// Pauses before attempt `attempt`: a random number of spins below a bound
+/// that doubles with each loss, so writers that collided do not collide
+/// again in step. A bounded spin, not a sleep: Wasm has no sleep, a worker
+/// that sleeps stalls every stream it serves, and the window to get out of
+/// is one rival's read and write, microseconds. (`spin_loop` is the CPU's
+/// pause hint natively and nothing in Wasm, where the loop is plain work.)
+fn backoff(attempt: usize) {
+    let bound = u32::try_from(attempt)
+        .ok()
+        .and_then(|shift| FIRST_BACKOFF_SPINS.checked_shl(shift))
+        .map_or(MAX_BACKOFF_SPINS, |b| b.min(MAX_BACKOFF_SPINS));
+    for spin in 0..jitter() % (bound + 1) {
+        std::hint::black_box(spin);
+        std::hint::spin_loop();
+    }
+}
+
+thread_local! {
+    /// This worker's xorshift state (0: not seeded yet).
+    static JITTER: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A random number, from a per-worker generator seeded once from the
+/// platform's randomness (WASI `random_get` in Envoy), so workers differ.
+fn jitter() -> u64 {
+    JITTER.with(|state| {
+        let mut x = state.get();
+        if x == 0 {
+            let mut seed = [0u8; 8];
+            x = match getrandom::fill(&mut seed) {
+                Ok(()) => u64::from_le_bytes(seed),
+                // Threads differ by address natively; good enough for a pause.
+                Err(_) => state as *const Cell<u64> as u64,
+            } | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x
+    })
 }
 
 /// Why the `rate_limits` section was refused.
@@ -341,7 +398,7 @@ impl RateLimits {
                 (Ok(limit - used - images), Some((used + images).to_le_bytes().to_vec()))
             }
         })
-        .unwrap_or(Ok(limit));
+        .map_err(|Contended| contended(org, &format!("the daily image quota of organisation {org:?}")))?;
         let reset_secs = ((day + 1) * 86_400_000 - now_ms).div_ceil(1000);
         match outcome {
             Ok(remaining) => Ok(Some(QuotaUse { used: limit - remaining, limit })),
@@ -401,20 +458,21 @@ fn take_bucket(
         let ((take, new_state), taken) = bucket.take_leasing(value.and_then(BucketState::decode), now_ms);
         ((take, taken), new_state.map(|s| s.encode()))
     });
+    // Refusals only: the admitted path allocates nothing here.
+    let reason_and_who = || match scope {
+        "caller" => ("rate_limited_caller", "this API key or user".to_string()),
+        _ => ("rate_limited_org", format!("organisation {org:?}")),
+    };
     match outcome {
         Ok((Take::Allowed { .. }, taken)) => {
             // One token is this request's; the rest serve this worker's next ones.
             leases.keep(key, taken.saturating_sub(1), now_ms);
             Ok(())
         }
-        // Persistent contention on one key: let the request through rather than fail it.
-        Err(Contended) => Ok(()),
+        Err(Contended) => Err(contended(org, &format!("the rate limit of {}", reason_and_who().1))),
         Ok((Take::Limited { retry_after_ms }, _)) => {
             let retry = retry_after_ms.div_ceil(1000).max(1);
-            let (reason, who) = match scope {
-                "caller" => ("rate_limited_caller", "this API key or user".to_string()),
-                _ => ("rate_limited_org", format!("organisation {org:?}")),
-            };
+            let (reason, who) = reason_and_who();
             Err(limited(
                 org,
                 reason,
@@ -430,6 +488,22 @@ fn take_bucket(
             ))
         }
     }
+}
+
+/// A 429 for a count that stayed contended for every attempt: `Retry-After`
+/// only, as what is left is not known. Counted apart (`limit_contended`) so a
+/// hot key shows in the metrics and can be alerted on.
+fn contended(org: &str, what: &str) -> Reject {
+    Reject::new(
+        429,
+        RATE_LIMITED,
+        "limit_contended",
+        format!(
+            "Too many concurrent requests for {what}: the gateway could not update its count in time. Retry after 1 s."
+        ),
+    )
+    .with_org(org)
+    .with_header("retry-after", "1")
 }
 
 /// A 429 with `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields.

@@ -296,3 +296,53 @@ fn leased_tokens_lapse() {
         .is_ok());
     assert!(store.reads.get() > reads, "a lapsed lease goes back to the bucket");
 }
+
+/// Every write loses its compare-and-swap, as when other workers always win.
+#[derive(Default)]
+struct ConflictingStore {
+    inner: MemStore,
+}
+
+impl SharedStore for ConflictingStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.inner.get(key)
+    }
+
+    fn set(&self, _key: &str, _value: &[u8], _cas: Option<u32>) -> Result<(), CasMismatch> {
+        Err(CasMismatch)
+    }
+}
+
+/// A bucket or quota that stays contended for every attempt refuses (429,
+/// `Retry-After`, its own reason for the metrics) instead of admitting
+/// uncharged, after a bounded number of reads.
+#[test]
+fn contention_refuses_rather_than_admitting_uncharged() {
+    let l = limits(serde_json::json!({
+        "per_caller": {"requests_per_second": 1, "burst": 100},
+        "daily_images_per_org": 100
+    }));
+    let store = ConflictingStore::default();
+    let request = l.check_request(
+        &store,
+        &mut Leases::default(),
+        &identity(None),
+        CallerOverride::default(),
+        0,
+    );
+    let refused = request.expect_err("a contended bucket must not admit");
+    assert_eq!(
+        (refused.status, refused.code, refused.reason),
+        (429, RATE_LIMITED, "limit_contended")
+    );
+    assert!(
+        refused.headers.iter().any(|(k, v)| *k == "retry-after" && v == "1"),
+        "{:?}",
+        refused.headers
+    );
+    assert!(refused.message.contains("Retry after 1 s"), "{}", refused.message);
+    assert_eq!(store.inner.reads.get(), MAX_CAS_ATTEMPTS, "bounded retries");
+    let images = l.check_images(&store, "acme", 1, 0);
+    let refused = images.expect_err("a contended quota must not admit");
+    assert_eq!((refused.status, refused.reason), (429, "limit_contended"));
+}

@@ -72,4 +72,72 @@ mod tests {
         assert!(store.set(key, b"c", version).is_err(), "a stale version must not write");
         assert_eq!(store.get(key).0.as_deref(), Some(&b"b"[..]));
     }
+
+    /// Widens the window between a read and its write, so threads collide.
+    struct Yielding;
+
+    impl SharedStore for Yielding {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            let read = ProcessStore.get(key);
+            std::thread::yield_now();
+            read
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasMismatch> {
+            ProcessStore.set(key, value, cas)
+        }
+    }
+
+    /// Many worker threads against one limit of 100 (a bucket, a daily
+    /// quota) admit at most 100, however often they collide.
+    #[test]
+    fn worker_threads_never_admit_more_than_the_limit() {
+        use crate::jwt::Identity;
+        use crate::leases::Leases;
+        use crate::limits::{CallerOverride, RateLimits};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Barrier;
+
+        let limits = RateLimits::from_spec(
+            &serde_json::from_value(serde_json::json!({
+                "per_org": {"requests_per_second": 0.001, "burst": 100},
+                "daily_images_per_org": 100
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let caller = Identity {
+            user: "alice".into(),
+            org: "native-store-threads".into(),
+            scopes: vec![],
+            expires_at: u64::MAX,
+            key_id: None,
+        };
+        let (threads, tries) = (16, 60);
+        let (requests, images) = (AtomicU64::new(0), AtomicU64::new(0));
+        let start = Barrier::new(threads);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    let mut leases = Leases::default();
+                    start.wait();
+                    for _ in 0..tries {
+                        if limits
+                            .check_request(&Yielding, &mut leases, &caller, CallerOverride::default(), 10)
+                            .is_ok()
+                        {
+                            requests.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if limits.check_images(&Yielding, &caller.org, 1, 10).is_ok() {
+                            images.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let (requests, images) = (requests.into_inner(), images.into_inner());
+        assert!(requests <= 100, "bucket over-admitted: {requests}");
+        assert!(images <= 100, "quota over-admitted: {images}");
+        assert!(images >= 50, "contention refused most of the quota: {images}");
+    }
 }
