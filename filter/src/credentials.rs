@@ -1,8 +1,8 @@
 //! Who is calling: an IAM JWT (`Authorization: Bearer <JWT>`) or an API key
 //! (`x-api-key: <key>` or an opaque `Authorization: Bearer <key>`). API keys
 //! are stored as SHA-256 hashes in the configuration, never in plaintext.
-//! Verified JWTs are cached by the hash of the token until they expire, so
-//! repeat callers cost no signature check.
+//! Verified JWTs are cached by the hash of the token until they expire or
+//! their signing key leaves the JWKS, so repeat callers cost no signature check.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -10,11 +10,12 @@ use std::rc::Rc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::jwt::{bearer_token, is_safe_identity, AuthError, Identity, JwtVerifier};
+use crate::jwt::{bearer_token, is_safe_identity, AuthError, Identity, JwtVerifier, KeyFingerprint, KeySet};
 use crate::limits::CallerOverride;
 
 /// An API key as the admin writes it.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySpec {
     /// Public id of the key (logged, sent upstream as `x-mcp-key-id`).
@@ -26,12 +27,14 @@ pub struct ApiKeySpec {
     /// User recorded for the key's calls; defaults to `key:{id}`.
     #[serde(default)]
     pub user: Option<String>,
+    /// Scopes the key grants (as a token's `scope` would).
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// Per-key request rate override (requests per second).
+    /// This key's own caller bucket rate (requests per second), instead of
+    /// `rate_limits.per_caller`'s.
     #[serde(default)]
     pub requests_per_second: Option<f64>,
-    /// Per-key burst override.
+    /// This key's own caller bucket burst.
     #[serde(default)]
     pub burst: Option<u32>,
 }
@@ -124,8 +127,16 @@ pub enum CacheUse {
 /// full token, so a forged token sharing a signature never matches.
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: HashMap<Box<str>, (Box<str>, Rc<Identity>)>,
+    entries: HashMap<Box<str>, CachedToken>,
     capacity: usize,
+}
+
+#[derive(Debug)]
+struct CachedToken {
+    token: Box<str>,
+    identity: Rc<Identity>,
+    /// The key that verified it: the entry lasts as long as the key is loaded.
+    key: KeyFingerprint,
 }
 
 impl TokenCache {
@@ -145,31 +156,44 @@ impl TokenCache {
     }
 
     fn get(&mut self, token: &str, now: u64, leeway: u64) -> Option<Rc<Identity>> {
-        let (stored, identity) = self.entries.get(signature_of(token))?;
-        if &**stored != token {
+        let cached = self.entries.get(signature_of(token))?;
+        if &*cached.token != token {
             return None;
         }
-        if now > identity.expires_at.saturating_add(leeway) {
+        if now > cached.identity.expires_at.saturating_add(leeway) {
             self.entries.remove(signature_of(token));
             return None;
         }
-        Some(identity.clone())
+        Some(cached.identity.clone())
     }
 
-    fn insert(&mut self, token: &str, identity: Rc<Identity>, now: u64, leeway: u64) {
+    /// After a JWKS refresh: drops the tokens verified by keys no longer
+    /// loaded, keeps the rest (an unchanged or grown key set keeps them all).
+    /// Returns how many were dropped.
+    pub fn retain_keys(&mut self, keys: &KeySet) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, cached| keys.holds(cached.key));
+        before - self.entries.len()
+    }
+
+    fn insert(&mut self, token: &str, identity: Rc<Identity>, key: KeyFingerprint, now: u64, leeway: u64) {
         if self.capacity == 0 {
             return;
         }
         if self.entries.len() >= self.capacity {
             self.entries
-                .retain(|_, (_, id)| now <= id.expires_at.saturating_add(leeway));
+                .retain(|_, cached| now <= cached.identity.expires_at.saturating_add(leeway));
         }
         if self.entries.len() >= self.capacity {
             // Still full of live tokens: start over rather than grow without bound.
             self.entries.clear();
         }
-        self.entries
-            .insert(signature_of(token).into(), (token.into(), identity));
+        let cached = CachedToken {
+            token: token.into(),
+            identity,
+            key,
+        };
+        self.entries.insert(signature_of(token).into(), cached);
     }
 }
 
@@ -195,8 +219,9 @@ pub fn authenticate(
     if let Some(identity) = cache.get(token, now, leeway) {
         return Ok((identity, CacheUse::Hit, CallerOverride::default()));
     }
-    let identity = Rc::new(jwt.verify_token(token, now)?);
-    cache.insert(token, identity.clone(), now, leeway);
+    let (identity, key) = jwt.verify_token_with_key(token, now)?;
+    let identity = Rc::new(identity);
+    cache.insert(token, identity.clone(), key, now, leeway);
     Ok((identity, CacheUse::Miss, CallerOverride::default()))
 }
 
@@ -310,12 +335,12 @@ mod tests {
             })
         };
         for i in 0..10u8 {
-            cache.insert(&format!("h.p.sig{i}"), id(NOW + 100), NOW, 0);
+            cache.insert(&format!("h.p.sig{i}"), id(NOW + 100), KeyFingerprint(1), NOW, 0);
             assert!(cache.len() <= 3);
         }
-        cache.insert("h.p.sig50", id(NOW - 1), NOW, 0);
+        cache.insert("h.p.sig50", id(NOW - 1), KeyFingerprint(1), NOW, 0);
         assert!(cache.get("h.p.sig50", NOW, 0).is_none(), "expired");
-        cache.insert("h.p.live", id(NOW + 100), NOW, 0);
+        cache.insert("h.p.live", id(NOW + 100), KeyFingerprint(1), NOW, 0);
         assert!(cache.get("h.p.live", NOW, 0).is_some());
         // Same signature, other token: never a hit.
         assert!(cache.get("h.forged.live", NOW, 0).is_none());

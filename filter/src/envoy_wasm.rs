@@ -318,11 +318,11 @@ impl EdgeRoot {
         }
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
         let jwks: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
-        let count = config.jwt.replace_keys(&jwks).map_err(|e| e.to_string())?;
+        let keys = config.jwt.replace_keys(&jwks).map_err(|e| e.to_string())?;
         if let Some(worker) = &self.worker {
-            worker.borrow_mut().keys_changed();
+            worker.borrow_mut().keys_changed(&keys);
         }
-        Ok(count)
+        Ok(keys.len())
     }
 }
 

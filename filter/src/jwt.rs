@@ -15,6 +15,7 @@ use jwt_simple::token::Token;
 use jwt_simple::JWTError;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8192;
@@ -131,6 +132,48 @@ impl PublicKey {
 struct KeyEntry {
     kid: Option<String>,
     key: PublicKey,
+    fingerprint: KeyFingerprint,
+}
+
+/// Names one signing key by what verification rests on: its `kid` and its
+/// public material. A verified token remembers it, so a JWKS refresh drops
+/// only the tokens whose key left. (64 bits of SHA-256: the keys compared
+/// are a handful from one trusted JWKS.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyFingerprint(pub(crate) u64);
+
+impl KeyFingerprint {
+    fn of(jwk: &Value) -> Self {
+        let mut hash = Sha256::new();
+        for member in ["kid", "kty", "crv", "n", "e", "x", "y"] {
+            // Values as JSON text (strings quoted): no two key sets hash alike by shifting.
+            let value = jwk.get(member).map(Value::to_string).unwrap_or_default();
+            hash.update(member.as_bytes());
+            hash.update(b"=");
+            hash.update(value.as_bytes());
+            hash.update(b";");
+        }
+        let digest: [u8; 32] = hash.finalize().into();
+        Self(digest.first_chunk().map_or(0, |bytes| u64::from_le_bytes(*bytes)))
+    }
+}
+
+/// The keys a fetched JWKS loaded, by fingerprint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySet(Vec<KeyFingerprint>);
+
+impl KeySet {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn holds(&self, key: KeyFingerprint) -> bool {
+        self.0.contains(&key)
+    }
 }
 
 /// Verifies bearer tokens against a fixed key set and claim policy.
@@ -187,12 +230,12 @@ impl JwtVerifier {
     }
 
     /// Replaces the key set with a fetched JWKS; on error the old keys stay.
-    /// Returns the number of keys loaded.
-    pub fn replace_keys(&self, jwks: &Value) -> Result<usize, JwtVerifierError> {
+    /// Returns the keys loaded (verified tokens of other keys are to be dropped).
+    pub fn replace_keys(&self, jwks: &Value) -> Result<KeySet, JwtVerifierError> {
         let keys = load_jwks(jwks)?;
-        let count = keys.len();
+        let loaded = KeySet(keys.iter().map(|entry| entry.fingerprint).collect());
         *self.keys.borrow_mut() = Rc::new(keys);
-        Ok(count)
+        Ok(loaded)
     }
 
     /// Takes the keys `previous` fetched from the same JWKS URL, so new
@@ -226,6 +269,11 @@ impl JwtVerifier {
 
     /// Verifies a compact JWS token at time `now` (Unix seconds).
     pub fn verify_token(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
+        self.verify_token_with_key(token, now).map(|(identity, _)| identity)
+    }
+
+    /// Verifies a token and says which key verified it.
+    pub fn verify_token_with_key(&self, token: &str, now: u64) -> Result<(Identity, KeyFingerprint), AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::MalformedToken);
         }
@@ -265,7 +313,7 @@ impl JwtVerifier {
                 PublicKey::EdDsa(key) => key.verify_token::<Map<String, Value>>(token, Some(options.clone())),
             };
             match verified {
-                Ok(claims) => return self.identity_from(claims),
+                Ok(claims) => return self.identity_from(claims).map(|identity| (identity, entry.fingerprint)),
                 Err(error) => {
                     last_error = classify(&error);
                     // Only a bad signature means another key might still match.
@@ -371,7 +419,11 @@ fn load_jwks(jwks: &Value) -> Result<Vec<KeyEntry>, JwtVerifierError> {
                 return Err(bad(format!("`alg` {alg:?} does not fit a {} key", key.alg())));
             }
         }
-        entries.push(KeyEntry { kid, key });
+        entries.push(KeyEntry {
+            kid,
+            key,
+            fingerprint: KeyFingerprint::of(jwk),
+        });
     }
     if entries.is_empty() {
         return Err(JwtVerifierError::NoKeys);
@@ -384,31 +436,36 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 
 /// IAM JWT verification settings.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JwtSpec {
-    /// Required `iss` claim.
+    /// The required `iss` claim.
     pub issuer: String,
     /// Accepted `aud` values (the MCP server's resource URL, RFC 8707).
     pub audiences: Vec<String>,
-    /// Claim carrying the caller's organisation.
+    /// The claim carrying the caller's organisation.
     #[serde(default = "default_org_claim")]
     pub org_claim: String,
-    /// Allowed clock skew for `exp` / `nbf`.
+    /// Allowed clock skew for `exp` / `nbf`, in seconds.
     #[serde(default = "default_leeway_seconds")]
     pub leeway_seconds: u64,
-    /// Public keys as a JWKS document (`{"keys": [...]}`), inline.
+    /// Public keys as a JWKS document (`{"keys": [...]}`), inline: `RSA` keys
+    /// verify RS256, `EC` P-256 ES256, `OKP` Ed25519 EdDSA.
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
-    /// Or: where to fetch the JWKS, through an Envoy cluster, refreshed on a timer.
+    /// Or: where to fetch the JWKS, through an Envoy cluster, refreshed on a
+    /// timer. The last good keys stay if a refresh fails; JWT callers get 503
+    /// with `Retry-After` until the first load.
     #[serde(default)]
     pub jwks_uri: Option<JwksUriSpec>,
-    /// Optional realm for `WWW-Authenticate`.
+    /// The realm named in `WWW-Authenticate`.
     #[serde(default = "default_realm")]
     pub realm: String,
 }
 
 /// A JWKS fetched from the IAM through an Envoy cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JwksUriSpec {
     /// Envoy cluster that reaches the IAM.
@@ -423,6 +480,7 @@ pub struct JwksUriSpec {
     /// Seconds between retries while fetches fail.
     #[serde(default = "default_jwks_retry_seconds")]
     pub retry_seconds: u64,
+    /// How long one fetch may take, in milliseconds.
     #[serde(default = "default_jwks_timeout_ms")]
     pub timeout_ms: u64,
 }

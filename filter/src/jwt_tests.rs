@@ -330,12 +330,28 @@ fn fetched_key_sets_replace_the_old_and_bad_ones_are_ignored() {
     assert!(!remote.has_keys());
     assert_eq!(remote.verify_token(&es_token, NOW), Err(AuthError::KeysNotLoaded));
     let jwk = |public: String| serde_json::from_str::<Value>(&public).unwrap();
-    assert_eq!(
-        remote
-            .replace_keys(&json!({"keys": [jwk(k.es.public_key().to_jwk())]}))
-            .unwrap(),
-        1
-    );
+    let es_only = remote
+        .replace_keys(&json!({"keys": [jwk(k.es.public_key().to_jwk())]}))
+        .unwrap();
+    assert_eq!(es_only.len(), 1);
+    let (_, es_key) = remote.verify_token_with_key(&es_token, NOW).unwrap();
+    assert!(es_only.holds(es_key), "a token names the key that verified it");
+    // The same key again, its members in another order and with extra ones: the same key.
+    let mut reordered: Map<String, Value> = jwk(k.es.public_key().to_jwk()).as_object().unwrap().clone();
+    reordered.insert("use".into(), json!("sig"));
+    let reordered: Map<String, Value> = reordered.into_iter().rev().collect();
+    assert!(remote
+        .replace_keys(&json!({"keys": [reordered]}))
+        .unwrap()
+        .holds(es_key));
+    // Another key under the same `kid` is another key.
+    let stranger = remote
+        .replace_keys(&json!({"keys": [jwk(k.stranger.public_key().to_jwk())]}))
+        .unwrap();
+    assert!(!stranger.holds(es_key));
+    remote
+        .replace_keys(&json!({"keys": [jwk(k.es.public_key().to_jwk())]}))
+        .unwrap();
     assert!(remote.verify_token(&es_token, NOW).is_ok());
     // Rotation: the new set replaces the old one.
     remote

@@ -10,6 +10,7 @@
 use crate::assertion::{self, Prefixes};
 use crate::config::{FilterConfig, SettingsIdentity};
 use crate::credentials::TokenCache;
+use crate::jwt::KeySet;
 use crate::leases::Leases;
 
 /// Per-worker state (one per Wasm VM, one per native worker thread).
@@ -68,10 +69,11 @@ impl WorkerState {
         dropped
     }
 
-    /// After keys fetched from a JWKS URL changed: tokens verified with
-    /// keys that may be gone must be checked again.
-    pub fn keys_changed(&mut self) {
-        self.cache = TokenCache::new(self.cache_entries);
+    /// After keys were fetched from a JWKS URL (every refresh, changed or
+    /// not): tokens verified with keys now gone must be checked again; the
+    /// others stay, so a refresh does not re-verify every caller at once.
+    pub fn keys_changed(&mut self, keys: &KeySet) {
+        self.cache.retain_keys(keys);
     }
 }
 
@@ -131,5 +133,75 @@ mod tests {
             assert_eq!(state.adopt(&config(patch)), expected, "{name}");
             assert_eq!(state.adopt(&base), expected, "{name}, back again");
         }
+    }
+
+    /// A JWKS refresh drops exactly the verified tokens whose key left: an
+    /// identical document or an added key keeps every one, a rotated-out key
+    /// drops its own and no other.
+    #[test]
+    fn a_jwks_refresh_drops_only_the_tokens_of_keys_that_left() {
+        use crate::credentials::{authenticate, CacheUse};
+        use jwt_simple::prelude::*;
+
+        const NOW: u64 = 1_800_000_000;
+        let config = config(json!({"jwt": {"issuer": "i", "audiences": ["a"],
+            "jwks_uri": {"cluster": "iam", "path": "/jwks", "authority": "iam"}}}));
+        let (old, new) = (
+            Ed25519KeyPair::generate().with_key_id("old"),
+            Ed25519KeyPair::generate().with_key_id("new"),
+        );
+        let jwks = |keys: &[&Ed25519KeyPair]| {
+            let keys: Vec<serde_json::Value> = keys
+                .iter()
+                .map(|k| serde_json::from_str(&k.public_key().to_jwk()).unwrap())
+                .collect();
+            json!({ "keys": keys })
+        };
+        let token = |key: &Ed25519KeyPair, user: &str| {
+            let mut claims = Claims::with_custom_claims(json!({"org": "acme"}), Duration::from_secs(600))
+                .with_issuer("i")
+                .with_audience("a")
+                .with_subject(user);
+            claims.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+            claims.invalid_before = Some(UnixTimeStamp::from_secs(NOW));
+            claims.expires_at = Some(UnixTimeStamp::from_secs(NOW + 600));
+            format!("Bearer {}", key.sign(claims).unwrap())
+        };
+        let old_tokens: Vec<String> = ["u1", "u2", "u3"].iter().map(|u| token(&old, u)).collect();
+        let new_tokens: Vec<String> = ["u4", "u5"].iter().map(|u| token(&new, u)).collect();
+        let mut state = WorkerState::new(&config);
+        let call = |state: &mut WorkerState, auth: &str| {
+            authenticate(&config.jwt, &config.api_keys, &mut state.cache, Some(auth), None, NOW)
+                .map(|(_, cache, _)| cache)
+        };
+        let refresh = |state: &mut WorkerState, keys: &[&Ed25519KeyPair]| {
+            let change = config.jwt.replace_keys(&jwks(keys)).unwrap();
+            state.keys_changed(&change);
+        };
+
+        refresh(&mut state, &[&old]);
+        for auth in &old_tokens {
+            assert_eq!(call(&mut state, auth), Ok(CacheUse::Miss));
+        }
+        refresh(&mut state, &[&old]);
+        assert_eq!(state.cache.len(), 3, "an identical JWKS keeps every verified token");
+        refresh(&mut state, &[&old, &new]);
+        assert_eq!(state.cache.len(), 3, "an added key keeps every verified token");
+        for auth in &new_tokens {
+            assert_eq!(call(&mut state, auth), Ok(CacheUse::Miss));
+        }
+        refresh(&mut state, &[&new]);
+        assert_eq!(
+            state.cache.len(),
+            2,
+            "the rotated-out key's tokens, and only they, are dropped"
+        );
+        for auth in &new_tokens {
+            assert_eq!(call(&mut state, auth), Ok(CacheUse::Hit));
+        }
+        assert!(
+            call(&mut state, &old_tokens[0]).is_err(),
+            "a token of the removed key is checked again"
+        );
     }
 }

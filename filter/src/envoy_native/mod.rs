@@ -88,8 +88,8 @@ impl Worker {
         }
         self.keys_generation.set(generation);
         if let Some(document) = jwks.document() {
-            if self.config.jwt.replace_keys(&document).is_ok() {
-                with_state(&self.config, WorkerState::keys_changed);
+            if let Ok(keys) = self.config.jwt.replace_keys(&document) {
+                with_state(&self.config, |state| state.keys_changed(&keys));
             }
         }
     }
