@@ -13,9 +13,10 @@ ORG ?= acme
 export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT TLS_PORT TLS STATE_DIR SUB ORG RESET_SETTINGS
 
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
-# The filter is on Envoy's hot path: whole-program optimisation for it alone
-# (the service's release builds keep the workspace profile).
-WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 cargo
+# The filter is on Envoy's hot path: whole-program optimisation for it alone, and
+# abort on panic (wasm32 cannot unwind; the service's release builds keep the
+# workspace profile, which unwinds).
+WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort cargo
 BIN := target/debug/mcp-image-gateway
 
 .PHONY: cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci app app-check evidence

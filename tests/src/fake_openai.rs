@@ -25,6 +25,11 @@ use serde_json::{json, Value};
 
 /// Marker that makes the fake refuse a prompt as its moderation would.
 pub const BLOCKED_MARKER: &str = "[[blocked]]";
+/// Marker that makes the fake answer with `HUGE_ANSWER_BYTES` of JSON,
+/// streamed without a length and never held (a provider, or whatever
+/// answers at its address, that does not stop).
+pub const HUGE_ANSWER_MARKER: &str = "[[huge-answer]]";
+pub const HUGE_ANSWER_BYTES: usize = 200 * 1024 * 1024;
 const STANDARD_SIZES: [&str; 4] = ["1024x1024", "1536x1024", "1024x1536", "auto"];
 const KNOWN_PARAMS: [&str; 12] = [
     "model",
@@ -714,6 +719,9 @@ async fn answer(state: &FakeState, request: &Value) -> Response {
             Some("moderation_blocked"),
         );
     }
+    if prompt.contains(HUGE_ANSWER_MARKER) {
+        return huge_answer();
+    }
     if let Some(limit) = state.options.images_per_minute {
         let now = Instant::now();
         let mut served = match state.served.lock() {
@@ -945,6 +953,25 @@ pub fn solid_webp(width: u32, height: u32) -> Vec<u8> {
     let pixels = vec![96u8; (width * height * 3) as usize];
     let _ = image_webp::WebPEncoder::new(&mut out).encode(&pixels, width, height, image_webp::ColorType::Rgb8);
     out
+}
+
+/// `HUGE_ANSWER_BYTES` of a generation answer whose `b64_json` never ends
+/// soon enough, produced chunk by chunk as the client reads.
+fn huge_answer() -> Response {
+    const CHUNK: usize = 64 * 1024;
+    static FILLER: [u8; CHUNK] = [b'A'; CHUNK];
+    let head = axum::body::Bytes::from_static(b"{\"created\":0,\"data\":[{\"b64_json\":\"");
+    let tail = axum::body::Bytes::from_static(b"\"}]}");
+    let filler = (0..HUGE_ANSWER_BYTES / CHUNK).map(|_| axum::body::Bytes::from_static(&FILLER));
+    let chunks = std::iter::once(head)
+        .chain(filler)
+        .chain(std::iter::once(tail))
+        .map(Ok::<_, std::convert::Infallible>);
+    let mut response = axum::body::Body::from_stream(futures::stream::iter(chunks)).into_response();
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
 }
 
 /// A small, valid PNG of the given size.

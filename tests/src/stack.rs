@@ -755,6 +755,14 @@ impl Stack {
         self.filter_config.clone()
     }
 
+    /// The process id of a process of the stack (`upstream`, `envoy`, ...).
+    pub fn process_id(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, child)| child.id())
+    }
+
     /// The process id of the first Envoy.
     pub fn envoy_pid(&self) -> u64 {
         self.children

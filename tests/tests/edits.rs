@@ -561,3 +561,68 @@ async fn openai_compatible_servers_get_the_classic_edit_form() {
     assert_eq!(sent["response_format"], "b64_json");
     assert!(sent.get("quality").is_none());
 }
+
+/// A region edit of a 40 MP image (the input limit): its mask is drawn off
+/// the async runtime (`media::blocking`), so other calls keep being answered
+/// while it is encoded, even by an upstream with one runtime worker (a pod
+/// with one CPU). Their latencies are printed for the report, never
+/// asserted (a timed assertion would flake on a busy machine).
+#[tokio::test]
+async fn a_forty_megapixel_region_edit_leaves_other_calls_answered() {
+    let stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: FakeOptions::default(),
+        },
+        upstream_env: vec![("TOKIO_WORKER_THREADS".into(), "1".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let (url, reference) = create_upload(&stack, &token, "image/png").await;
+    let (status, body) = put(&url, "image/png", solid_png(8000, 5000)).await;
+    assert_eq!(status, 201, "{body}");
+
+    let edit = {
+        let (mcp_url, token) = (stack.mcp_url.clone(), token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let arguments = json!({"prompt": "a boat", "images": [reference],
+                                   "mask_region": {"x": 100, "y": 100, "width": 4000, "height": 3000}});
+            let reply = call_http(&mcp_url, &token, "2025-11-25", "edit_image", arguments).await;
+            (reply, started.elapsed())
+        })
+    };
+    let other = stack.token("bob", "acme");
+    let mut latencies = Vec::new();
+    // Within bob's burst (40) of the development rate limits.
+    while !edit.is_finished() && latencies.len() < 35 {
+        let started = Instant::now();
+        let reply = gateway_tests::mcp_client::rpc(&stack.mcp_url, &other, "2025-11-25", "tools/list", json!({})).await;
+        assert!(reply["result"]["tools"].is_array(), "{reply}");
+        latencies.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (reply, took) = edit.await.unwrap();
+    let sent = structured(&reply);
+    assert!(sent["image_urls"][0].is_string(), "{reply}");
+    let fake = stack.fake.as_ref().unwrap();
+    let mask = fake
+        .requests()
+        .into_iter()
+        .find_map(|r| r.get("edit").cloned())
+        .unwrap()["mask"]
+        .clone();
+    assert_eq!(
+        (mask["width"].as_u64(), mask["height"].as_u64()),
+        (Some(8000), Some(5000))
+    );
+    latencies.sort();
+    eprintln!(
+        "40 MP region edit took {took:?}; {} tools/list calls meanwhile: median {:?}, max {:?}",
+        latencies.len(),
+        latencies.get(latencies.len() / 2),
+        latencies.last()
+    );
+}

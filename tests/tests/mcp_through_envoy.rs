@@ -2,7 +2,7 @@
 //! Wasm filter, with the offline backend and with the OpenAI backend
 //! against the provider fake.
 
-use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER};
+use gateway_tests::fake_openai::{FakeOptions, BLOCKED_MARKER, HUGE_ANSWER_BYTES, HUGE_ANSWER_MARKER};
 use gateway_tests::mcp_client::{connect, generate, list_models, text_of};
 use gateway_tests::png_info::dimensions;
 use gateway_tests::stack::http_client;
@@ -373,6 +373,66 @@ async fn oversized_images_are_refused_and_not_stored() {
         .find(|e| e["fields"]["event"] == "tool_call")
         .unwrap();
     assert_eq!(call["fields"]["error_class"], "image_too_large");
+    client.cancel().await.unwrap();
+}
+
+/// The most memory a process has held (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A provider that streams without end (200 MB here): the upstream reads at
+/// most its limit (the images asked for, as base64, plus room for the JSON),
+/// the call is a tool error naming the limit, and the process lives on with
+/// its peak memory nowhere near the answer's size. Both ways of reading an
+/// answer: streamed (the rmcp client asks for progress) and whole (a plain POST).
+#[tokio::test]
+async fn endless_provider_answers_are_cut_at_the_limit() {
+    // One attempt per call: retries would read (at most) the limit again.
+    let mut options = openai("gpt-image-2", FakeOptions::default());
+    options.upstream_env = vec![("GATEWAY_MAX_ATTEMPTS".into(), "1".into())];
+    let mut stack = Stack::start_with(options).await.unwrap();
+    let token = stack.token("alice", "acme");
+    let client = connect(&stack.mcp_url, &token).await.unwrap();
+    let warm = generate(&client, json!({"prompt": "a lighthouse"})).await.unwrap();
+    assert_eq!(warm.is_error, Some(false), "{warm:?}");
+    let pid = stack.process_id("upstream").unwrap();
+    let before = peak_rss_kib(pid);
+
+    let prompt = format!("a flood {HUGE_ANSWER_MARKER}");
+    let streamed = generate(&client, json!({"prompt": prompt})).await.unwrap();
+    let whole = gateway_tests::mcp_client::call_http(
+        &stack.mcp_url,
+        &token,
+        "2025-11-25",
+        "generate_image",
+        json!({"prompt": prompt}),
+    )
+    .await;
+    let grown_kib = peak_rss_kib(pid).saturating_sub(before);
+    eprintln!(
+        "two {} MiB answers grew the upstream's peak RSS by {grown_kib} KiB",
+        HUGE_ANSWER_BYTES >> 20
+    );
+    assert_eq!(streamed.is_error, Some(true), "{streamed:?}");
+    for text in [text_of(&streamed), gateway_tests::mcp_client::tool_error(&whole)] {
+        assert!(
+            text.contains("limit of") && text.contains("GATEWAY_MAX_IMAGE_BYTES"),
+            "{text}"
+        );
+    }
+    assert!(grown_kib < 100 * 1024, "peak RSS grew by {grown_kib} KiB");
+
+    assert!(!stack.exited("upstream"));
+    let after = generate(&client, json!({"prompt": "a lighthouse again"}))
+        .await
+        .unwrap();
+    assert_eq!(after.is_error, Some(false), "{after:?}");
     client.cancel().await.unwrap();
 }
 

@@ -177,6 +177,32 @@ async fn the_upstream_believes_only_fresh_signed_assertions() {
         .is_some_and(|r| !r.is_empty() && r != "forged"));
 }
 
+/// The gate comes before the body: a request without a valid assertion is
+/// refused on its headers, the upstream neither waiting for its body nor
+/// holding it (here a body that never ends).
+#[tokio::test]
+async fn requests_without_an_assertion_are_refused_before_their_body() {
+    let stack = Stack::start().await.unwrap();
+    let (mut open, chunks) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    open.try_send(Ok(
+        br#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"#.to_vec(),
+    ))
+    .unwrap();
+    let send = http_client()
+        .post(format!("{}/mcp", stack.upstream_url))
+        .headers(headers(None, "2025-06-18"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(20), send)
+        .await
+        .expect("refused without waiting for the body")
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let series = "mcp_gateway_identity_assertions_total{result=\"missing\"} ";
+    assert_eq!(metric(&stack.metrics_url, series).await, 1);
+    drop(open);
+}
+
 /// Rotation: the upstream accepts the old and the new key; the filter moves
 /// from one to the other by a hot restart; a key the upstream does not hold
 /// is refused. The first key reaches the filter through Envoy's environment

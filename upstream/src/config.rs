@@ -462,6 +462,7 @@ impl ServeConfig {
             timeout: Duration::from_secs(self.openai_timeout_secs),
             moderation: self.openai_moderation.clone(),
             dialect: crate::providers::openai::Dialect::OpenAi,
+            max_image_bytes: self.max_image_bytes,
         }
     }
 

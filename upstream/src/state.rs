@@ -269,6 +269,7 @@ fn build_backend(
             config.openai_compatible_api_key.as_deref(),
             &model,
             Duration::from_secs(config.openai_compatible_timeout_secs),
+            config.max_image_bytes,
         )?),
         BackendChoice::Stability => Arc::new(crate::providers::stability::StabilityBackend::new(
             crate::providers::stability::StabilitySettings {
@@ -276,6 +277,7 @@ fn build_backend(
                 base_url: config.stability_base_url.clone(),
                 model,
                 timeout: Duration::from_secs(config.stability_timeout_secs),
+                max_image_bytes: config.max_image_bytes,
             },
         )?),
         BackendChoice::OfflinePreview | BackendChoice::Auto => Arc::new(OfflinePreview),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::identity::Caller;
-use crate::media::input;
 use crate::media::types::{ImageOptions, ImageSize};
+use crate::media::{blocking, input};
 use crate::pipeline::args::{EditImageArgs, GenerateImageArgs};
 use crate::pipeline::run::ImageCall;
 use crate::providers::EditInputs;
@@ -41,7 +41,7 @@ pub async fn prepare(state: &AppState, caller: &Caller, args: EditImageArgs) -> 
             input::check_mask(&mask, first)?;
             Some(mask.bytes)
         }
-        (None, Some(region)) => Some(input::region_mask(region, first.width, first.height)?),
+        (None, Some(region)) => Some(draw_region_mask(region, first.width, first.height).await?),
         (None, None) => None,
     };
     let mut base = args.base;
@@ -89,8 +89,24 @@ async fn read_image(
         .instrument(span)
         .await
         .map_err(|e| format!("{label} ({}) {e}", short(reference)))?;
-    let _checking = tracing::info_span!("mcp_gateway.input_check", bytes = bytes.len()).entered();
-    input::inspect(bytes, &limits).map_err(|e| format!("{label} ({}) {e}", short(reference)))
+    let checking = tracing::info_span!("mcp_gateway.input_check", bytes = bytes.len());
+    // A decoder reads the header: off the runtime, and a panic there is this call's error.
+    let checked = blocking::run("checking an input image", move || {
+        let _checking = checking.entered();
+        input::inspect(bytes, &limits)
+    })
+    .await?;
+    checked.map_err(|e| format!("{label} ({}) {e}", short(reference)))
+}
+
+/// The mask of `mask_region`, drawn on the blocking pool: up to 40 MP of
+/// pixels (`GATEWAY_EDIT_MAX_PIXELS`) to encode, which would stall the
+/// runtime's other calls for as long.
+async fn draw_region_mask(region: input::Region, width: u32, height: u32) -> Result<Bytes, String> {
+    blocking::run("drawing the mask_region mask", move || {
+        input::region_mask(region, width, height)
+    })
+    .await?
 }
 
 /// Reads one reference's bytes (at most `limit`).
@@ -246,6 +262,35 @@ mod tests {
         let two = catalog.get("gpt-image-2");
         assert_eq!(choose_size(two, &args(), own(1024, 768)), (own(1024, 768), None));
         assert_eq!(choose_size(None, &args(), own(5, 5)), (own(5, 5), None));
+    }
+
+    // One runtime thread (`#[tokio::test]`): while a 10 MP mask is drawn,
+    // this task keeps being polled. Drawn on the runtime, the mask would
+    // finish before this task ran again.
+    #[tokio::test]
+    async fn region_masks_are_drawn_while_the_runtime_serves_others() {
+        let region = input::Region {
+            x: 10,
+            y: 10,
+            width: 3000,
+            height: 2000,
+        };
+        let mask = tokio::spawn(draw_region_mask(region, 4000, 2500));
+        let mut polled = 0u64;
+        while !mask.is_finished() {
+            tokio::task::yield_now().await;
+            polled += 1;
+        }
+        assert!(polled > 1, "polled {polled} time(s) while the mask was drawn");
+        let mask = input::inspect(
+            mask.await.unwrap().unwrap(),
+            &input::InputLimits {
+                max_bytes: usize::MAX,
+                max_pixels: 10_000_000,
+            },
+        )
+        .unwrap();
+        assert_eq!((mask.width, mask.height), (4000, 2500));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod offline_preview;
 pub mod openai;
 pub mod openai_compatible;
 pub mod rate_limits;
+pub mod response_body;
 pub mod stability;
 
 use std::sync::Arc;

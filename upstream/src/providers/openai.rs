@@ -11,6 +11,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::response_body::{self, ReadError};
 use super::{BackendError, EditInputs, GeneratedImage, Generation, ImageBackend, ImageRequest};
 use crate::media::types::Usage;
 use crate::media::types::{Background, OutputFormat};
@@ -31,6 +32,9 @@ pub struct OpenAiSettings {
     /// `moderation`: `auto` (the provider's default) or `low`.
     pub moderation: String,
     pub dialect: Dialect,
+    /// The gateway's cap per image (`GATEWAY_MAX_IMAGE_BYTES`): it bounds
+    /// how much of an answer is read.
+    pub max_image_bytes: usize,
 }
 
 /// Which flavour of the Images API the server speaks.
@@ -175,7 +179,10 @@ impl ImageBackend for OpenAiBackend {
         if streaming && status.is_success() {
             return self.read_stream(response, request).await.map(with_quota);
         }
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let limit = response_body::base64_images_limit(usize::from(request.n), self.settings.max_image_bytes);
+        let bytes = response_body::read(response, limit)
+            .await
+            .map_err(|e| e.into_backend(|e| self.transport_error(&e)))?;
         if !status.is_success() {
             let setting = match self.settings.dialect {
                 Dialect::OpenAi => MODEL_SETTING,
@@ -189,9 +196,16 @@ impl ImageBackend for OpenAiBackend {
                 setting,
             ));
         }
-        let parsed: GenerationResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
-        decode(parsed, &self.settings.model, request).map(with_quota)
+        // Megabytes of JSON and base64: parsed and decoded off the runtime.
+        let (model, n, format) = (self.settings.model.clone(), request.n, request.output_format);
+        crate::media::blocking::run(READING_IMAGES, move || {
+            let parsed: GenerationResponse = serde_json::from_slice(&bytes)
+                .map_err(|e| BackendError::InvalidResponse(format!("unexpected JSON: {e}")))?;
+            decode(parsed, &model, n, format)
+        })
+        .await
+        .map_err(BackendError::InvalidResponse)?
+        .map(with_quota)
     }
 }
 
@@ -334,9 +348,16 @@ impl OpenAiBackend {
         request: &ImageRequest,
     ) -> Result<Generation, BackendError> {
         use futures::StreamExt;
-        let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        // Partial images come as base64 too.
+        let images = usize::from(request.n) + usize::from(PARTIAL_IMAGES);
+        let limit = response_body::base64_images_limit(images, self.settings.max_image_bytes);
+        let body = response_body::bounded(response.bytes_stream(), limit);
+        let mut events = sse_stream::SseStream::from_bytes_stream(body);
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| self.transport_error(&e))?;
+            let event = event.map_err(|e| match ReadError::find(&e) {
+                Some(ReadError::TooLarge { limit }) => response_body::too_large(*limit),
+                _ => self.transport_error(&e),
+            })?;
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
                 continue;
             };
@@ -358,7 +379,10 @@ impl OpenAiBackend {
                         }],
                         usage: parsed.usage,
                     };
-                    return decode(completed, &self.settings.model, request);
+                    let (model, n, format) = (self.settings.model.clone(), request.n, request.output_format);
+                    return crate::media::blocking::run(READING_IMAGES, move || decode(completed, &model, n, format))
+                        .await
+                        .map_err(BackendError::InvalidResponse)?;
                 }
                 "error" => {
                     let message = parsed.error.map(|e| e.message).unwrap_or_else(|| data.clone());
@@ -373,9 +397,10 @@ impl OpenAiBackend {
     }
 }
 
-fn decode(parsed: GenerationResponse, model: &str, request: &ImageRequest) -> Result<Generation, BackendError> {
-    let n = request.n;
-    let format = request.output_format;
+/// What decoding an answer's images is called in errors.
+const READING_IMAGES: &str = "reading the provider's images";
+
+fn decode(parsed: GenerationResponse, model: &str, n: u8, format: OutputFormat) -> Result<Generation, BackendError> {
     if parsed.data.is_empty() || parsed.data.len() > usize::from(n) {
         return Err(BackendError::InvalidResponse(format!(
             "expected {n} image(s), got {}",

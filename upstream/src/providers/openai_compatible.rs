@@ -13,7 +13,13 @@ use super::openai::{Dialect, OpenAiBackend, OpenAiSettings};
 pub const MODEL_SETTING: &str = "OPENAI_COMPATIBLE_MODEL";
 
 /// A backend for the server at `base_url` (e.g. `http://localai:8080/v1`).
-pub fn backend(base_url: &str, api_key: Option<&str>, model: &str, timeout: Duration) -> anyhow::Result<OpenAiBackend> {
+pub fn backend(
+    base_url: &str,
+    api_key: Option<&str>,
+    model: &str,
+    timeout: Duration,
+    max_image_bytes: usize,
+) -> anyhow::Result<OpenAiBackend> {
     OpenAiBackend::new(OpenAiSettings {
         api_key: api_key.unwrap_or_default().to_string(),
         base_url: base_url.to_string(),
@@ -22,5 +28,6 @@ pub fn backend(base_url: &str, api_key: Option<&str>, model: &str, timeout: Dura
         timeout,
         moderation: String::new(),
         dialect: Dialect::Compatible,
+        max_image_bytes,
     })
 }

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{BackendError, EditInputs, GeneratedImage, Generation, ImageBackend, ImageRequest};
+use super::{response_body, BackendError, EditInputs, GeneratedImage, Generation, ImageBackend, ImageRequest};
 use crate::media::types::ImageSize;
 use crate::media::types::OutputFormat;
 
@@ -56,6 +56,9 @@ pub struct StabilitySettings {
     pub base_url: String,
     pub model: String,
     pub timeout: Duration,
+    /// The gateway's cap per image (`GATEWAY_MAX_IMAGE_BYTES`): it bounds
+    /// how much of an answer (one image's bytes) is read.
+    pub max_image_bytes: usize,
 }
 
 pub struct StabilityBackend {
@@ -106,7 +109,14 @@ impl StabilityBackend {
             .text("prompt", request.prompt.clone())
             .text("output_format", request.output_format.as_str());
         if let Some(mask) = &edit.mask {
-            let painted = crate::media::input::paint_where_transparent(mask).map_err(BackendError::BadRequest)?;
+            // A full decode and encode of the mask: off the runtime.
+            let mask = mask.clone();
+            let painted = crate::media::blocking::run("converting the mask for in-painting", move || {
+                crate::media::input::paint_where_transparent(&mask)
+            })
+            .await
+            .map_err(BackendError::InvalidResponse)?
+            .map_err(BackendError::BadRequest)?;
             form = form.part("mask", file(painted, "mask.png", "image/png")?);
         }
         self.send("edit/inpaint", form, request).await
@@ -143,10 +153,10 @@ impl StabilityBackend {
         };
         let retry_after = header("retry-after").and_then(|v| v.trim().parse().ok());
         let finish_reason = header("finish-reason");
-        let bytes = response
-            .bytes()
+        let limit = response_body::raw_image_limit(self.settings.max_image_bytes);
+        let bytes = response_body::read(response, limit)
             .await
-            .map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| e.into_backend(|e| BackendError::Transport(e.without_url().to_string())))?;
         if status != 200 {
             return Err(map_error(status, retry_after, &bytes, &self.settings.model));
         }

@@ -1,5 +1,6 @@
 //! The `/mcp` route's gate: no MCP request runs without the edge's valid,
-//! fresh, unused identity assertion.
+//! fresh, unused identity assertion. It is the route's outermost layer and
+//! reads headers only: a refused request's body is never read.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -10,7 +11,7 @@ use crate::state::AppState;
 
 /// Axum middleware on `/mcp`: refuses a request without a valid, fresh,
 /// unused assertion (401), else hands the verified [`Caller`] to the handlers
-/// as a request extension.
+/// as a request extension (the timing layer adds its trace ids).
 pub async fn require_assertion(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let token = request.headers().get(HEADER).and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now().timestamp().max(0) as u64;
@@ -23,11 +24,7 @@ pub async fn require_assertion(State(state): State<AppState>, mut request: Reque
         Err(error) => error.label(),
     });
     match verdict {
-        Ok(mut caller) => {
-            caller.trace = request
-                .extensions()
-                .get::<crate::telemetry::traces::TraceIds>()
-                .cloned();
+        Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

@@ -38,15 +38,15 @@ pub fn router(live: Live, allowed_hosts: Vec<String>, shutdown: CancellationToke
         Arc::new(NeverSessionManager::default()),
         mcp_config,
     );
-    // Outermost first: time every request, then refuse any without a valid
-    // identity assertion before rmcp sees it.
+    // Outermost first: refuse a request without a valid identity assertion
+    // on its headers, before its body is read; then time it (which reads the body).
     let mcp = Router::new()
         .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(metrics, record_mcp_request))
         .layer(axum::middleware::from_fn_with_state(
             live.clone(),
             assertion::require_assertion,
-        ))
-        .layer(axum::middleware::from_fn_with_state(metrics, record_mcp_request));
+        ));
     Router::new()
         .nest("/mcp", mcp)
         .route("/images/{*key}", get(images::get_image))
@@ -95,7 +95,8 @@ fn spawn_retention_sweeper(
 }
 
 /// Times each MCP request by its JSON-RPC method. Bodies are small (the
-/// edge caps them at 2 KiB), so reading one to find the method is cheap.
+/// edge caps them at 2 KiB), so reading one to find the method is cheap;
+/// only requests that passed the identity gate get here.
 async fn record_mcp_request(
     axum::extract::State(metrics): axum::extract::State<Arc<crate::telemetry::metrics::Metrics>>,
     request: axum::extract::Request,
@@ -130,6 +131,9 @@ async fn record_mcp_request(
         crate::telemetry::traces::server_span(&message, &parts.headers)
     });
     if let Some((_, ids)) = &traced {
+        if let Some(caller) = parts.extensions.get_mut::<crate::identity::Caller>() {
+            caller.trace = Some(ids.clone());
+        }
         parts.extensions.insert(ids.clone());
     }
     // Not held while the call runs (thousands may be in flight).
