@@ -19,6 +19,12 @@ use crate::transport::{self, TransportPolicy};
 /// Default cap on a request body, from the PRD (2 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2048;
 
+/// Default cap on an upstream response, sized with the upstream's image cap
+/// (`GATEWAY_MAX_IMAGE_BYTES`, 4 MiB): such an image read as an MCP resource
+/// travels as base64 in a JSON-RPC reply, a third larger, plus 64 KiB for
+/// the envelope. A 4 MiB cap here would cut off every image over 3 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = (4 * 1024 * 1024usize).div_ceil(3) * 4 + 64 * 1024;
+
 /// What the admin writes, as JSON.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,7 +165,7 @@ fn default_max_images_per_call() -> u64 {
     policy::DEFAULT_MAX_IMAGES_PER_CALL
 }
 fn default_max_response_bytes() -> usize {
-    4 * 1024 * 1024
+    DEFAULT_MAX_RESPONSE_BYTES
 }
 fn default_token_cache_entries() -> usize {
     10_000

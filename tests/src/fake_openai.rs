@@ -25,6 +25,9 @@ use serde_json::{json, Value};
 
 /// Marker that makes the fake refuse a prompt as its moderation would.
 pub const BLOCKED_MARKER: &str = "[[blocked]]";
+/// Marker that makes the fake draw PNGs of random pixels, which barely
+/// compress (about 3 bytes a pixel: 1200x1024 is about 3.5 MiB).
+pub const NOISE_MARKER: &str = "[[noise]]";
 /// Marker that makes the fake answer with `HUGE_ANSWER_BYTES` of JSON,
 /// streamed without a length and never held (a provider, or whatever
 /// answers at its address, that does not stop).
@@ -778,11 +781,17 @@ async fn answer(state: &FakeState, request: &Value) -> Response {
         }
     };
     let cache_key = (output_format.clone(), width, height);
-    let cached = state
-        .images
-        .lock()
-        .ok()
-        .and_then(|images| images.get(&cache_key).cloned());
+    let cached = if prompt.contains(NOISE_MARKER) {
+        Some(Arc::new(
+            base64::engine::general_purpose::STANDARD.encode(noisy_png(width, height)),
+        ))
+    } else {
+        state
+            .images
+            .lock()
+            .ok()
+            .and_then(|images| images.get(&cache_key).cloned())
+    };
     let b64 = match cached {
         Some(b64) => b64,
         None => {
@@ -972,6 +981,30 @@ fn huge_answer() -> Response {
         .headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
     response
+}
+
+/// A valid PNG of random pixels (they barely compress).
+pub fn noisy_png(width: u32, height: u32) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let pixels: Vec<u8> = (0..u64::from(width) * u64::from(height) * 3)
+        .map(|_| {
+            // xorshift64: cheap, and enough to defeat deflate.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    if let Ok(mut writer) = encoder.write_header() {
+        let _ = writer.write_image_data(&pixels);
+        let _ = writer.finish();
+    }
+    out
 }
 
 /// A small, valid PNG of the given size.

@@ -138,6 +138,11 @@ pub struct ServeConfig {
     /// Largest image accepted from a model; larger ones are a tool error and are not stored.
     #[arg(long, env = "GATEWAY_MAX_IMAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_image_bytes: usize,
+    /// Largest `resources/read` reply (an image inlined as base64): keep it
+    /// within the edge filter's `max_response_bytes`, whose default it is.
+    /// Larger images are refused with an error carrying their signed link.
+    #[arg(long, env = "GATEWAY_MAX_RESOURCE_REPLY_BYTES", default_value_t = mcp_edge_filter::config::DEFAULT_MAX_RESPONSE_BYTES)]
+    pub max_resource_reply_bytes: usize,
     /// Seconds between `generating` progress notifications (heartbeats) while a model works.
     #[arg(long, env = "GATEWAY_PROGRESS_INTERVAL_SECS", default_value_t = 10)]
     pub progress_interval_secs: u64,

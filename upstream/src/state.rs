@@ -36,6 +36,8 @@ pub struct AppState {
     pub progress_interval: Duration,
     /// Largest image accepted from a model (the PRD's 4 MiB output cap).
     pub max_image_bytes: usize,
+    /// Largest `resources/read` reply (`protocol::resources`).
+    pub max_resource_reply_bytes: usize,
     /// Set once a stop signal arrived: readiness fails while calls drain.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Prices for models missing from the capability table.
@@ -111,6 +113,7 @@ impl AppState {
             budgets,
             progress_interval: Duration::from_secs(config.progress_interval_secs.max(1)),
             max_image_bytes: config.max_image_bytes,
+            max_resource_reply_bytes: config.max_resource_reply_bytes,
             draining: Arc::default(),
             pricing: crate::routing::pricing::Pricing {
                 input_per_million_tokens: config.price_input_per_mtok,

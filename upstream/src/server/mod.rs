@@ -166,20 +166,27 @@ async fn record_mcp_request(
 }
 
 /// Puts how a message ended on its span; a JSON reply (small: one result)
-/// is read to tell a JSON-RPC error or a tool error from a success.
+/// is read to tell a JSON-RPC error or a tool error from a success. A large
+/// one (an image read as a resource, up to `GATEWAY_MAX_RESOURCE_REPLY_BYTES`)
+/// is a result: it passes untouched, never parsed nor cut.
 async fn record_reply(span: &tracing::Span, response: axum::response::Response) -> axum::response::Response {
+    use axum::body::HttpBody;
+    const READ_AT_MOST: u64 = 1024 * 1024;
     let status = response.status().as_u16();
     let is_json = response
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !is_json {
+    let small = response.body().size_hint().upper().is_some_and(|n| n <= READ_AT_MOST);
+    if !is_json || !small {
         crate::telemetry::traces::record_outcome(span, status, None);
         return response;
     }
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 8 * 1024 * 1024).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, READ_AT_MOST as usize)
+        .await
+        .unwrap_or_default();
     let reply: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
     crate::telemetry::traces::record_outcome(span, status, reply.as_ref());
     axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
