@@ -69,6 +69,10 @@ pub struct FakeOptions {
     pub request_quota: Option<RequestQuota>,
     /// The key callers must present (else a fresh one).
     pub api_key: Option<String>,
+    /// The first this many generations answer 200 and then drop the
+    /// connection half-way through the body: the image was made, and is
+    /// billed (`billed`), but the client never reads it whole.
+    pub cut_off_answers: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +104,11 @@ pub enum Fault {
 struct FakeState {
     /// The fault in force and until when.
     fault: Mutex<Option<(Fault, Instant)>>,
+    /// The usage (input, output tokens) of every generation answered 200,
+    /// those cut off included: what OpenAI would bill.
+    billed: Mutex<Vec<(u64, u64)>>,
+    /// Answers cut off so far (`FakeOptions::cut_off_answers`).
+    cut_off: std::sync::atomic::AtomicU32,
     api_key: String,
     options: FakeOptions,
     requests: Mutex<Vec<Value>>,
@@ -131,6 +140,8 @@ impl FakeOpenAi {
             .unwrap_or_else(|| format!("sk-test-{}", uuid::Uuid::new_v4().simple()));
         let state = Arc::new(FakeState {
             fault: Mutex::new(None),
+            billed: Mutex::new(Vec::new()),
+            cut_off: Default::default(),
             api_key: api_key.clone(),
             options,
             requests: Mutex::new(Vec::new()),
@@ -188,6 +199,11 @@ impl FakeOpenAi {
 
     pub fn requests(&self) -> Vec<Value> {
         self.state.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The usage (input, output tokens) of every generation billed.
+    pub fn billed(&self) -> Vec<(u64, u64)> {
+        self.state.billed.lock().map(|b| b.clone()).unwrap_or_default()
     }
 }
 
@@ -810,6 +826,9 @@ async fn answer(state: &FakeState, request: &Value) -> Response {
     let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": b64.as_str()})).collect();
     let text_tokens = (prompt.len() / 4).max(1) as u64;
     let output_tokens = 1056 * n;
+    if let Ok(mut billed) = state.billed.lock() {
+        billed.push((text_tokens, output_tokens));
+    }
     if stream {
         return streamed(
             state.options.latency,
@@ -834,10 +853,35 @@ async fn answer(state: &FakeState, request: &Value) -> Response {
             "total_tokens": text_tokens + output_tokens
         }
     });
+    let cut = state.options.cut_off_answers;
+    let counted = state.cut_off.fetch_update(
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+        |done| (done < cut).then_some(done + 1),
+    );
+    if counted.is_ok() {
+        return cut_off(body.to_string());
+    }
     let mut response = (StatusCode::OK, Json(body)).into_response();
     response
         .headers_mut()
         .insert("x-request-id", HeaderValue::from_static("req_fake"));
+    response
+}
+
+/// A 200 whose body stops half-way: the connection is dropped after the
+/// first half (chunked, so the client sees an unfinished answer).
+fn cut_off(body: String) -> Response {
+    let mut first = body.into_bytes();
+    first.truncate(first.len() / 2);
+    let chunks = [
+        Ok(axum::body::Bytes::from(first)),
+        Err(std::io::Error::other("the fake drops the connection")),
+    ];
+    let mut response = axum::body::Body::from_stream(futures::stream::iter(chunks)).into_response();
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     response
 }
 

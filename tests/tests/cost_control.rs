@@ -311,6 +311,52 @@ async fn budgets_are_reserved_settled_released_and_shared_by_replicas() {
     assert_eq!(refusals, 2, "the replicas refused from the shared total");
 }
 
+/// A provider bills an attempt whose answer is lost after its 200 (the
+/// connection drops half-way through the body) as it bills the retry that
+/// delivered: the organisation's spend counts both.
+#[tokio::test]
+async fn an_answer_lost_after_its_200_is_spent_beside_the_retry() {
+    let budgets = write_config("budgets.json", &json!({"orgs": {"acme": 10.0}}));
+    let stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: FakeOptions {
+                cut_off_answers: 1,
+                ..FakeOptions::default()
+            },
+        },
+        upstream_env: vec![
+            ("GATEWAY_BUDGETS_FILE".into(), budgets.display().to_string()),
+            ("GATEWAY_MAX_ATTEMPTS".into(), "2".into()),
+            ("GATEWAY_RETRY_MAX_DELAY_SECS".into(), "1".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    // 40 characters: the gateway's estimate of the lost attempt counts the
+    // prompt's tokens as the fake does (a quarter of its length).
+    let prompt = "a lighthouse on a cliff at dawn, in fog.";
+    assert_eq!(prompt.len(), 40);
+    structured(&call(&stack, &token, "generate_image", json!({"prompt": prompt})).await);
+    let fake = stack.fake.as_ref().unwrap();
+    assert_eq!(fake.requests().len(), 2, "the lost answer was retried");
+    let billed = fake.billed();
+    assert_eq!(billed.len(), 2, "{billed:?}");
+    // gpt-image-2's prices: $5 per million input tokens, $40 per million output tokens.
+    let billed_usd: f64 = billed
+        .iter()
+        .map(|(input, output)| (*input as f64 * 5.0 + *output as f64 * 40.0) / 1e6)
+        .sum();
+    let listed = call(&stack, &token, "list_models", json!({})).await;
+    let spent = structured(&listed)["budget"]["spent_usd"].as_f64().unwrap();
+    assert!(
+        (spent - billed_usd).abs() < 1e-6,
+        "spent ${spent}, billed ${billed_usd} for two attempts"
+    );
+}
+
 #[test]
 fn the_example_configuration_meets_the_cost_kpi_in_simulation() {
     let dir = workspace_root().join("deploy/examples/cost");

@@ -437,7 +437,8 @@ async fn endless_provider_answers_are_cut_at_the_limit() {
 }
 
 /// A provider that does not answer within `OPENAI_TIMEOUT_SECS`: the call is
-/// abandoned (after the configured attempts) and is a tool error that says so.
+/// abandoned (after the configured attempts) and is a tool error that says so
+/// (the request went out: its answer was lost, not the provider unreachable).
 #[tokio::test]
 async fn provider_timeout_is_a_tool_error() {
     let slow = FakeOptions {
@@ -458,7 +459,7 @@ async fn provider_timeout_is_a_tool_error() {
     assert_eq!(result.is_error, Some(true), "{result:?}");
     let text = result.content.iter().find_map(|c| c.as_text()).unwrap().text.clone();
     assert!(
-        text.contains("could not be reached") && text.contains("timed out"),
+        text.contains("answer did not arrive") && text.contains("timed out"),
         "{text}"
     );
     assert!(
@@ -467,6 +468,6 @@ async fn provider_timeout_is_a_tool_error() {
     );
     assert_eq!(stack.fake.as_ref().unwrap().requests().len(), 2, "retried once");
     let events = stack.audit_events();
-    assert_eq!(events[0]["fields"]["error_class"], "provider_unreachable", "{events:?}");
+    assert_eq!(events[0]["fields"]["error_class"], "provider_answer_lost", "{events:?}");
     client.cancel().await.unwrap();
 }

@@ -221,6 +221,12 @@ pub struct ServeConfig {
     /// Longest wait between attempts, in seconds.
     #[arg(long, env = "GATEWAY_RETRY_MAX_DELAY_SECS", default_value_t = 20)]
     pub retry_max_delay_secs: u64,
+    /// The most a call spends with the models, in seconds: pool waits,
+    /// attempts, backoff and fallbacks together (an attempt is cut at it).
+    /// Keep it under Envoy's `/mcp` route timeout (600 s) with room to store
+    /// and sign; every provider timeout must fit inside it.
+    #[arg(long, env = "GATEWAY_CALL_DEADLINE_SECS", default_value_t = crate::routing::chain::DEFAULT_CALL_DEADLINE.as_secs())]
+    pub call_deadline_secs: u64,
     /// Consecutive failed calls after which a model is skipped for a while.
     #[arg(long, env = "GATEWAY_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
@@ -290,7 +296,43 @@ impl ServeConfig {
             !self.openai_image_model.is_empty(),
             "OPENAI_IMAGE_MODEL must not be empty"
         );
+        anyhow::ensure!(
+            self.call_deadline_secs >= 1,
+            "GATEWAY_CALL_DEADLINE_SECS must be at least 1"
+        );
+        // Timeouts that fit inside each other: one attempt inside the call's
+        // deadline (which is inside Envoy's route timeout, a test checks).
+        for (setting, secs) in self.provider_timeouts() {
+            anyhow::ensure!(
+                secs <= self.call_deadline_secs,
+                "{setting} ({secs} s) is longer than GATEWAY_CALL_DEADLINE_SECS ({} s), the most a whole call may spend with the models: lower it, or raise the deadline (and Envoy's /mcp route timeout with it)",
+                self.call_deadline_secs
+            );
+        }
         Ok(())
+    }
+
+    /// Each provider's timeout for one attempt, by its setting.
+    fn provider_timeouts(&self) -> [(&'static str, u64); 3] {
+        [
+            ("OPENAI_TIMEOUT_SECS", self.openai_timeout_secs),
+            ("STABILITY_TIMEOUT_SECS", self.stability_timeout_secs),
+            ("OPENAI_COMPATIBLE_TIMEOUT_SECS", self.openai_compatible_timeout_secs),
+        ]
+    }
+
+    /// The longest a call can spend with the models: every attempt to its
+    /// timeout with the longest backoff between, cut at the call's deadline.
+    pub fn longest_with_models(&self) -> Duration {
+        let attempt = self
+            .provider_timeouts()
+            .iter()
+            .map(|(_, secs)| *secs)
+            .max()
+            .unwrap_or(0);
+        let attempts = u64::from(self.max_attempts.max(1));
+        let unbounded = attempt * attempts + self.retry_max_delay_secs * (attempts - 1);
+        Duration::from_secs(unbounded.min(self.call_deadline_secs))
     }
 
     pub fn retry_policy(&self) -> crate::routing::chain::RetryPolicy {
@@ -298,6 +340,7 @@ impl ServeConfig {
             max_attempts: self.max_attempts.max(1),
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(self.retry_max_delay_secs),
+            call_deadline: Duration::from_secs(self.call_deadline_secs),
         }
     }
 
@@ -583,5 +626,41 @@ mod tests {
         let mut missing = config(&["--stability-api-key-file", dir.join("absent").to_str().unwrap()]);
         assert!(missing.read_key_files().unwrap_err().to_string().contains("absent"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The `timeout` of Envoy's `/mcp` route in an Envoy config, in seconds.
+    fn mcp_route_timeout(envoy_config: &str) -> u64 {
+        let route = envoy_config.split("match: { path: /mcp }").nth(1).unwrap();
+        let timeout = route.split("timeout: ").nth(1).unwrap();
+        timeout.split('s').next().unwrap().trim().parse().unwrap()
+    }
+
+    #[test]
+    fn a_calls_time_with_the_models_fits_inside_envoys_route_timeout() {
+        // Storing and signing come after the models, inside the same route timeout.
+        const STORE_AND_SIGN_SECS: u64 = 30;
+        let configs = [
+            include_str!("../../envoy/envoy.yaml.tmpl"),
+            include_str!("../../deploy/gateway/envoy.yaml"),
+        ];
+        let serve = config(&[]);
+        let longest = serve.longest_with_models().as_secs();
+        for envoy in configs {
+            let route = mcp_route_timeout(envoy);
+            assert!(
+                longest + STORE_AND_SIGN_SECS < route,
+                "a call may spend {longest} s with the models, past Envoy's {route} s"
+            );
+        }
+        // A provider timeout that cannot fit inside the deadline stops the start.
+        let too_long = config(&["--openai-timeout-secs", "900"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            too_long.contains("OPENAI_TIMEOUT_SECS (900 s)") && too_long.contains("GATEWAY_CALL_DEADLINE_SECS"),
+            "{too_long}"
+        );
+        assert!(serve.validate().is_ok());
     }
 }

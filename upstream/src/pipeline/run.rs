@@ -3,6 +3,7 @@
 //! → store → sign → audit and billing → the tool result. `generate_image`
 //! and `edit_image` differ only in what they hand it (`ImageCall::edit`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -18,6 +19,7 @@ use crate::identity::Caller;
 use crate::pipeline::args::GenerateImageArgs;
 use crate::pipeline::progress::{with_heartbeats, Progress};
 use crate::providers::{BackendError, EditInputs, ImageBackend, ImageRequest};
+use crate::routing::budget::tab::{ModelPrice, Tab};
 use crate::routing::chain::Claim;
 use crate::routing::rules::{CallFacts, Strategy};
 use crate::state::AppState;
@@ -169,9 +171,12 @@ pub(crate) async fn run(
         Vec::new()
     };
     let dearest = estimates.iter().map(|(_, cost)| *cost).fold(0.0, f64::max);
+    // Every provider attempt is written on the call's tab; the reservation
+    // settles to it, or, dropped with the call, settles all the same.
+    let tab = Arc::new(Tab::new(call_prices(state, &router, &estimates)));
     let reservation = match state
         .budgets
-        .reserve(&caller.org, dearest)
+        .reserve(&caller.org, dearest, tab.clone())
         .instrument(tracing::info_span!("mcp_gateway.budget.reserve", usd = dearest))
         .await
     {
@@ -208,12 +213,14 @@ pub(crate) async fn run(
         org: &caller.org,
         priority: state.routes.is_priority(&caller.org),
     };
-    // A cancelled call stops the backend request: nothing is stored or billed.
+    // A cancelled call stops the backend request: nothing is stored. An
+    // attempt under way may have gone out: its estimate stays spent.
+    let generating = router.generate_in(&request, order.as_deref(), claim, Some(&tab));
     let routed = tokio::select! {
-        routed = with_heartbeats(&mut progress, partials, router.generate_in(&request, order.as_deref(), claim)) => routed,
+        routed = with_heartbeats(&mut progress, partials, generating) => routed,
         _ = cancelled.cancelled() => {
             if let Some(reservation) = reservation {
-                state.budgets.release(reservation).await;
+                reservation.settle().await;
             }
             audit(Ended::failed(Outcome::Cancelled, "cancelled"));
             return CallToolResult::error(vec![ContentBlock::text("The generation was cancelled; nothing was stored.")]);
@@ -244,15 +251,13 @@ pub(crate) async fn run(
             .cost(generation.usage, generation.images.len())
             .0
     });
-    // Settle the reservation to that cost, or give it back.
+    // Settle the reservation to what every attempt may have cost: the one
+    // that served at that cost, answers lost after their request at their
+    // estimate; nothing when no provider worked on the call.
     if let Some(reservation) = reservation {
-        match cost_usd {
-            Some(cost) => {
-                let span = tracing::info_span!("mcp_gateway.budget.settle", usd = cost);
-                state.budgets.settle(reservation, cost).instrument(span).await
-            }
-            None => state.budgets.release(reservation).await,
-        }
+        let span = tracing::info_span!("mcp_gateway.budget.settle", usd = tracing::field::Empty);
+        let spent = reservation.settle().instrument(span.clone()).await;
+        span.record("usd", spent);
     }
     let (generation, routed_fallbacks) = match routed {
         Ok(routed) => (routed.generation, routed.fallbacks),
@@ -408,6 +413,27 @@ fn estimates(
         .map(|(index, backend)| {
             let pricing = state.pricing_for(backend.model());
             (index, crate::routing::cost::estimate(&pricing, &inputs))
+        })
+        .collect()
+}
+
+/// The prices the call's tab counts with: for each model of the chain that
+/// can serve it, its price table and this call's estimate on it.
+fn call_prices(
+    state: &AppState,
+    router: &crate::routing::chain::ModelRouter,
+    estimates: &[(usize, f64)],
+) -> HashMap<String, ModelPrice> {
+    let models: Vec<&str> = router.backends().map(|backend| backend.model()).collect();
+    estimates
+        .iter()
+        .filter_map(|&(index, estimate_usd)| {
+            let model = *models.get(index)?;
+            let price = ModelPrice {
+                pricing: state.pricing_for(model),
+                estimate_usd,
+            };
+            Some((model.to_string(), price))
         })
         .collect()
 }

@@ -115,8 +115,13 @@ pub enum BackendError {
     BadRequest(String),
     #[error("The image provider failed (HTTP {status}): {message}")]
     Provider { status: u16, message: String },
+    /// The request never went out: no connection (refused, DNS, TLS, connect timeout).
     #[error("The image provider could not be reached: {0}")]
     Transport(String),
+    /// The request went out and its answer never came whole (a timeout, a
+    /// connection cut mid-answer): the provider may have done the work.
+    #[error("The image provider's answer did not arrive: {0}")]
+    AnswerLost(String),
     #[error("The image provider returned an unusable response: {0}")]
     InvalidResponse(String),
     /// Raised by the gateway itself, before any provider refuses: every
@@ -142,9 +147,34 @@ impl BackendError {
             BackendError::BadRequest(_) => "provider_bad_request",
             BackendError::Provider { .. } => "provider_error",
             BackendError::Transport(_) => "provider_unreachable",
+            BackendError::AnswerLost(_) => "provider_answer_lost",
             BackendError::InvalidResponse(_) => "provider_invalid_response",
             BackendError::NoCapacity { .. } => "no_capacity",
         }
+    }
+}
+
+/// Whether a transport failure (`error` or one of its causes) came before
+/// the request went out: no connection was made. Anything later (a
+/// timeout waiting for the answer, a body cut off) may follow work done.
+pub fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(http) = current.downcast_ref::<reqwest::Error>() {
+            return http.is_connect();
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// A transport failure as a `BackendError`: `Transport` when the request
+/// never went out, else `AnswerLost`.
+pub fn transport_error(error: &(dyn std::error::Error + 'static), message: String) -> BackendError {
+    if never_sent(error) {
+        BackendError::Transport(message)
+    } else {
+        BackendError::AnswerLost(message)
     }
 }
 

@@ -323,13 +323,15 @@ impl OpenAiBackend {
         Ok(self.http.post(&url).multipart(form))
     }
 
-    /// A transport failure in words: a timeout says so, with the limit.
+    /// A transport failure in words: a timeout waiting for the answer says
+    /// so, with the limit. Never sent (no connection) or sent (the answer
+    /// lost) as `super::transport_error` tells: the budget counts the second.
     fn transport_error(&self, error: &(dyn std::error::Error + 'static)) -> BackendError {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(current) = cause {
             if let Some(http) = current.downcast_ref::<reqwest::Error>() {
-                if http.is_timeout() {
-                    return BackendError::Transport(format!(
+                if http.is_timeout() && !http.is_connect() {
+                    return BackendError::AnswerLost(format!(
                         "no answer within {} s (timed out; OPENAI_TIMEOUT_SECS)",
                         self.settings.timeout.as_secs()
                     ));
@@ -337,7 +339,7 @@ impl OpenAiBackend {
             }
             cause = current.source();
         }
-        BackendError::Transport(error.to_string())
+        super::transport_error(error, error.to_string())
     }
 
     /// Reads `image_generation.*` server-sent events: partial images are

@@ -142,7 +142,7 @@ impl StabilityBackend {
             .multipart(form)
             .send()
             .await
-            .map_err(|e| BackendError::Transport(e.without_url().to_string()))?;
+            .map_err(transport_error)?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -156,7 +156,7 @@ impl StabilityBackend {
         let limit = response_body::raw_image_limit(self.settings.max_image_bytes);
         let bytes = response_body::read(response, limit)
             .await
-            .map_err(|e| e.into_backend(|e| BackendError::Transport(e.without_url().to_string())))?;
+            .map_err(|e| e.into_backend(transport_error))?;
         if status != 200 {
             return Err(map_error(status, retry_after, &bytes, &self.settings.model));
         }
@@ -176,6 +176,18 @@ impl StabilityBackend {
             bytes: Bytes::from(bytes.to_vec()),
             format: request.output_format,
         })
+    }
+}
+
+/// A transport failure: never sent (`Transport`) or the answer lost after
+/// it went out (`AnswerLost`, which the budget counts).
+fn transport_error(error: reqwest::Error) -> BackendError {
+    let sent = !super::never_sent(&error);
+    let message = error.without_url().to_string();
+    if sent {
+        BackendError::AnswerLost(message)
+    } else {
+        BackendError::Transport(message)
     }
 }
 

@@ -2,7 +2,11 @@
 //! each with retries (jittered exponential backoff that honours the
 //! provider's `Retry-After`) and a circuit breaker. Content-policy refusals
 //! and bad requests are never retried or re-routed: they are the caller's
-//! answer.
+//! answer. The whole chain (pool waits, attempts, backoff, fallbacks) runs
+//! within one deadline that every attempt respects, so that a call ends
+//! inside Envoy's route timeout. Every attempt is written on the call's
+//! budget tab: an answer lost after its request went out is retried, and
+//! counted as possibly billed.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -13,6 +17,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::providers::{BackendError, Generation, ImageBackend, ImageRequest};
+use crate::routing::budget::tab::Tab;
 use crate::routing::capacity::{Capacity, Verdict};
 use crate::routing::catalog::ModelCatalog;
 use crate::routing::pools::{Busy, Slot};
@@ -25,7 +30,14 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest wait between attempts, `Retry-After` included.
     pub max_delay: Duration,
+    /// The most a call spends down the chain, all of it: an attempt is cut
+    /// at it, and no retry or fallback starts past it.
+    pub call_deadline: Duration,
 }
+
+/// `GATEWAY_CALL_DEADLINE_SECS`'s default: Envoy's `/mcp` route timeout
+/// (600 s) less room to store and sign the images.
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(540);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -33,6 +45,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(20),
+            call_deadline: DEFAULT_CALL_DEADLINE,
         }
     }
 }
@@ -100,9 +113,12 @@ fn disposition(error: &BackendError) -> Disposition {
             Disposition::Final
         }
         BackendError::ModelNotFound { .. } | BackendError::Unauthorized(_) => Disposition::NextBackend,
+        // An answer lost after its request went out is retried too: the
+        // caller still wants its image, and the lost attempt is on the tab.
         BackendError::RateLimited { .. }
         | BackendError::Provider { .. }
         | BackendError::Transport(_)
+        | BackendError::AnswerLost(_)
         | BackendError::InvalidResponse(_) => Disposition::Retry,
     }
 }
@@ -196,6 +212,14 @@ impl ModelRouter {
         wait.min(self.retry.max_delay)
     }
 
+    /// An attempt cut at the call's deadline: its request had gone out.
+    fn past_deadline(&self) -> BackendError {
+        BackendError::AnswerLost(format!(
+            "no answer within the call's deadline of {} s (GATEWAY_CALL_DEADLINE_SECS)",
+            self.retry.call_deadline.as_secs()
+        ))
+    }
+
     fn breaker_open(&self, route: &Route) -> bool {
         let state = route.breaker.lock().unwrap_or_else(|p| p.into_inner());
         state.open_until.is_some_and(|until| Instant::now() < until)
@@ -220,7 +244,7 @@ impl ModelRouter {
 
     /// Runs the request down the chain.
     pub async fn generate(&self, request: &ImageRequest) -> Result<Routed, BackendError> {
-        self.generate_in(request, None, Claim::default()).await
+        self.generate_in(request, None, Claim::default(), None).await
     }
 
     /// Whether `model` takes this call now (its provider's quota and reserve).
@@ -267,13 +291,15 @@ impl ModelRouter {
 
     /// Runs the request down the chain in `order` (positions in the chain,
     /// e.g. cheapest first; `None` as configured), with the capacity the
-    /// `claim` may use.
+    /// `claim` may use, writing each attempt on `tab`.
     pub async fn generate_in(
         &self,
         request: &ImageRequest,
         order: Option<&[usize]>,
         claim: Claim<'_>,
+        tab: Option<&Tab>,
     ) -> Result<Routed, BackendError> {
+        let deadline = Instant::now() + self.retry.call_deadline;
         let mut last_error = BackendError::Transport("no image backend is configured".into());
         // With every breaker open, still try the chain rather than fail without asking anyone.
         let all_open = self.routes.iter().all(|r| self.breaker_open(r));
@@ -283,6 +309,16 @@ impl ModelRouter {
         let mut spilled: Option<u64> = None;
         let mut asked = false;
         for (index, route) in order.iter().filter_map(|&i| self.routes.get(i)).enumerate() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    model = route.backend.model(),
+                    "the call's deadline passed: no further model is tried"
+                );
+                if !asked {
+                    last_error = self.past_deadline();
+                }
+                break;
+            }
             if !all_open && self.breaker_open(route) {
                 tracing::info!(
                     model = route.backend.model(),
@@ -311,8 +347,11 @@ impl ModelRouter {
                 spilled = Some(spilled.map_or(retry_after_ms, |s| s.min(retry_after_ms)));
                 continue;
             }
-            // Held until this model's attempts end.
-            let _slot = match self.slot(model, request, claim).await {
+            // Held until this model's attempts end; the wait ends at the deadline.
+            let slot = tokio::time::timeout_at(deadline, self.slot(model, request, claim))
+                .await
+                .unwrap_or(Err(Busy::Timeout));
+            let _slot = match slot {
                 Ok(slot) => slot,
                 Err(busy) => {
                     tracing::info!(model, reason = busy.as_str(), "no slot of the model's pool: next model");
@@ -330,10 +369,19 @@ impl ModelRouter {
             asked = true;
             for attempt in 1..=self.retry.max_attempts {
                 let span = crate::telemetry::traces::attempt_span(route.backend.kind(), route.backend.model(), attempt);
+                if let Some(tab) = tab {
+                    tab.started(model);
+                }
                 let outcome = {
                     use tracing::Instrument;
-                    route.backend.generate(request).instrument(span.clone()).await
+                    let attempt = route.backend.generate(request).instrument(span.clone());
+                    tokio::time::timeout_at(deadline, attempt)
+                        .await
+                        .unwrap_or_else(|_| Err(self.past_deadline()))
                 };
+                if let Some(tab) = tab {
+                    tab.ended(model, &outcome);
+                }
                 self.learn(route.backend.model(), &outcome).await;
                 let usage = outcome
                     .as_ref()
@@ -366,7 +414,8 @@ impl ModelRouter {
                             if Duration::from_secs(secs) > self.retry.max_delay);
                         // A capped pool that does not answer is scaled to zero or warming:
                         // on down the chain at once (the spill asks the autoscaler for it).
-                        let pool_down = _slot.is_some() && matches!(error, BackendError::Transport(_));
+                        let pool_down = _slot.is_some()
+                            && matches!(error, BackendError::Transport(_) | BackendError::AnswerLost(_));
                         if pool_down {
                             if let Some(capacity) = &self.capacity {
                                 capacity.pools.unavailable(model);
@@ -377,8 +426,10 @@ impl ModelRouter {
                             && !too_long
                             && !pool_down;
                         let delay = self.delay(attempt, &error);
+                        // A retry that could not start before the deadline is not waited for.
+                        let in_time = Instant::now() + delay < deadline;
                         last_error = error;
-                        if !retry {
+                        if !(retry && in_time) {
                             break;
                         }
                         tracing::info!(

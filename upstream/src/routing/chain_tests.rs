@@ -81,6 +81,7 @@ fn router(backends: Vec<Arc<Scripted>>, breaker: BreakerPolicy) -> ModelRouter {
         max_attempts: 3,
         base_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(10),
+        call_deadline: DEFAULT_CALL_DEADLINE,
     };
     ModelRouter::new(
         backends.into_iter().map(|b| b as Arc<dyn ImageBackend>).collect(),
@@ -230,4 +231,85 @@ async fn requests_go_to_the_first_model_that_can_serve_them() {
     };
     let why = r.check(&impossible).unwrap_err();
     assert!(why.contains("cannot make transparent backgrounds"), "{why}");
+}
+
+/// A tab pricing every attempt on model `a` that may have been done at $1.
+fn tab() -> Tab {
+    let price = crate::routing::budget::tab::ModelPrice {
+        pricing: crate::routing::pricing::Pricing {
+            input_per_million_tokens: 0.0,
+            output_per_million_tokens: 0.0,
+            per_image: 1.0,
+        },
+        estimate_usd: 1.0,
+    };
+    Tab::new(std::collections::HashMap::from([("a".to_string(), price)]))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_lost_after_its_request_went_out_is_retried_and_both_are_on_the_tab() {
+    let primary = Scripted::new(
+        "a",
+        vec![
+            Err(BackendError::Transport("connection refused".into())),
+            Err(BackendError::AnswerLost("cut off after its 200".into())),
+        ],
+    );
+    let r = router(vec![primary.clone()], BreakerPolicy::default());
+    let tab = tab();
+    let routed = r
+        .generate_in(&request(), None, Claim::default(), Some(&tab))
+        .await
+        .unwrap();
+    assert_eq!((routed.generation.model.as_str(), primary.calls()), ("a", 3));
+    // Never sent: nothing. Lost after it went out: its estimate. Served: its price.
+    assert_eq!(tab.spent_usd(), 2.0);
+}
+
+/// A model that answers only after `latency`, with what its own client's
+/// timeout would say.
+struct Hanging {
+    latency: Duration,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl ImageBackend for Hanging {
+    fn kind(&self) -> &'static str {
+        "hanging"
+    }
+    fn model(&self) -> &str {
+        "a"
+    }
+    async fn generate(&self, _: &ImageRequest) -> Result<Generation, BackendError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.latency).await;
+        Err(BackendError::AnswerLost("timed out".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_and_retries_end_at_the_calls_deadline() {
+    // Three attempts of 300 s would take 900 s, past Envoy's 600 s route timeout.
+    let hanging = Arc::new(Hanging {
+        latency: Duration::from_secs(300),
+        calls: AtomicU32::new(0),
+    });
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(10),
+        call_deadline: Duration::from_secs(540),
+    };
+    let r = ModelRouter::new(vec![hanging.clone()], retry, BreakerPolicy::default());
+    let tab = tab();
+    let started = Instant::now();
+    let error = r
+        .generate_in(&request(), None, Claim::default(), Some(&tab))
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(540), "cut at the deadline");
+    assert_eq!(hanging.calls.load(Ordering::SeqCst), 2, "no third attempt past it");
+    assert!(error.to_string().contains("GATEWAY_CALL_DEADLINE_SECS"), "{error}");
+    assert_eq!(tab.spent_usd(), 2.0, "both attempts went out and may be billed");
 }

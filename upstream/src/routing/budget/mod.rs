@@ -3,14 +3,18 @@
 //! call's estimated cost (`routing::cost`, the dearest model of the chain that
 //! could serve it) is reserved against the organisation's month in a store
 //! every replica shares (Redis; one replica may keep it in memory); after the
-//! call the reservation is settled to the cost computed from the provider's
-//! usage, or released when the call failed. A call that would pass the
-//! budget is refused before anything is generated, saying when it resets.
-//! Amounts are kept in integer micro-dollars so that concurrent additions
-//! are exact.
+//! call the reservation is settled to what its provider attempts may have
+//! cost (`tab`: the one that served at its usage, each whose answer was lost
+//! after the request went out at its estimate; nothing for a call no
+//! provider worked on). A reservation is a guard: a call dropped mid-way
+//! (its client gone) settles all the same, never left reserved for the
+//! month. A call that would pass the budget is refused before anything is
+//! generated, saying when it resets. Amounts are kept in integer
+//! micro-dollars so that concurrent additions are exact.
 
 pub mod memory;
 pub mod redis;
+pub mod tab;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,13 +27,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::telemetry::metrics::Metrics;
 
-/// What the budgets file says.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What the budgets file says: monthly budgets in USD per organisation
+/// (calendar months, UTC).
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSettings {
     /// The budget of every organisation not listed (none when absent).
     #[serde(default)]
     pub default_usd: Option<f64>,
+    /// The budget of each listed organisation.
     #[serde(default)]
     pub orgs: BTreeMap<String, f64>,
 }
@@ -71,13 +77,59 @@ pub trait BudgetStore: Send + Sync {
     async fn total(&self, key: &str) -> Result<i64, String>;
 }
 
-/// A reservation to settle or release.
-#[derive(Debug, Clone)]
+/// A reservation, settled to its tab by `settle`, or when dropped unsettled.
 pub struct Reservation {
+    budgets: Budgets,
     org: String,
     key: String,
     amount: i64,
     limit: i64,
+    tab: Arc<tab::Tab>,
+    settled: bool,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("org", &self.org)
+            .field("key", &self.key)
+            .field("amount", &self.amount)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reservation {
+    /// Replaces the reservation by what the call's attempts may have cost
+    /// (its tab): all of it given back when no provider worked on the call.
+    pub async fn settle(mut self) -> f64 {
+        self.settled = true;
+        let spent = self.tab.spent_usd();
+        let delta = micros(spent) - self.amount;
+        self.budgets.adjust(&self.org, &self.key, self.limit, delta).await;
+        spent
+    }
+}
+
+impl Drop for Reservation {
+    /// A call dropped before it settled (its client gone, its future
+    /// dropped): settled in the background to what it may have cost so far,
+    /// an attempt under way included.
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let delta = micros(self.tab.spent_usd()) - self.amount;
+        let (budgets, org, key, limit) = (self.budgets.clone(), self.org.clone(), self.key.clone(), self.limit);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { budgets.adjust(&org, &key, limit, delta).await });
+            }
+            Err(_) => tracing::warn!(
+                org,
+                "a budget reservation was dropped outside the runtime; it stays reserved"
+            ),
+        }
+    }
 }
 
 /// A refused call: the budget, what is spent, and when it resets.
@@ -184,10 +236,16 @@ impl Budgets {
         self.settings.limit_for(org).is_some()
     }
 
-    /// Reserves `estimate_usd` for `org`; `Ok(None)` when the organisation
-    /// has no budget. A store that cannot be reached lets the call through
-    /// (logged and counted): budgets are a cost control, not an outage.
-    pub async fn reserve(&self, org: &str, estimate_usd: f64) -> Result<Option<Reservation>, Exceeded> {
+    /// Reserves `estimate_usd` for `org`, to be settled to `tab`; `Ok(None)`
+    /// when the organisation has no budget. A store that cannot be reached
+    /// lets the call through (logged and counted): budgets are a cost
+    /// control, not an outage.
+    pub async fn reserve(
+        &self,
+        org: &str,
+        estimate_usd: f64,
+        tab: Arc<tab::Tab>,
+    ) -> Result<Option<Reservation>, Exceeded> {
         let Some(limit_usd) = self.settings.limit_for(org) else {
             return Ok(None);
         };
@@ -199,10 +257,13 @@ impl Budgets {
             Ok(Ok(total)) => {
                 self.metrics.budget_spent(org, usd(total));
                 Ok(Some(Reservation {
+                    budgets: self.clone(),
                     org: org.to_string(),
                     key,
                     amount,
                     limit,
+                    tab,
+                    settled: false,
                 }))
             }
             Ok(Err(total)) => {
@@ -223,34 +284,19 @@ impl Budgets {
         }
     }
 
-    /// Replaces a reservation by what the call really cost.
-    pub async fn settle(&self, reservation: Reservation, cost_usd: f64) {
-        let delta = micros(cost_usd) - reservation.amount;
-        self.adjust(&reservation, delta).await;
-    }
-
-    /// Gives a failed call's reservation back.
-    pub async fn release(&self, reservation: Reservation) {
-        let delta = -reservation.amount;
-        self.adjust(&reservation, delta).await;
-    }
-
-    async fn adjust(&self, reservation: &Reservation, delta: i64) {
+    async fn adjust(&self, org: &str, key: &str, limit: i64, delta: i64) {
         if delta == 0 {
             return;
         }
-        match self.store.adjust(&reservation.key, delta, KEY_TTL_SECS).await {
+        match self.store.adjust(key, delta, KEY_TTL_SECS).await {
             Ok(total) => {
-                self.metrics.budget_spent(&reservation.org, usd(total));
-                if total > reservation.limit {
-                    tracing::info!(
-                        org = reservation.org,
-                        "the month's spend passed the budget after settling a call"
-                    );
+                self.metrics.budget_spent(org, usd(total));
+                if total > limit {
+                    tracing::info!(org, "the month's spend passed the budget after settling a call");
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, org = reservation.org, "settling a budget reservation failed");
+                tracing::warn!(%error, org, "settling a budget reservation failed");
                 self.metrics.budget_store_error();
             }
         }
@@ -289,17 +335,37 @@ mod tests {
         )
     }
 
+    /// A tab whose one attempt (on model `m`) may have cost `usd`; `open`:
+    /// the attempt is still under way.
+    fn spending(usd: f64, open: bool) -> Arc<tab::Tab> {
+        let price = tab::ModelPrice {
+            pricing: crate::routing::pricing::Pricing {
+                input_per_million_tokens: 0.0,
+                output_per_million_tokens: 0.0,
+                per_image: usd,
+            },
+            estimate_usd: usd,
+        };
+        let tab = tab::Tab::new(std::collections::HashMap::from([("m".to_string(), price)]));
+        tab.started("m");
+        if !open {
+            tab.ended("m", &Err(crate::providers::BackendError::AnswerLost("cut off".into())));
+        }
+        Arc::new(tab)
+    }
+
     #[tokio::test]
     async fn reserve_settle_release_and_refuse_at_the_limit() {
         let now = Arc::new(Mutex::new(Utc.with_ymd_and_hms(2026, 11, 30, 23, 0, 0).unwrap()));
         let b = budgets(now.clone());
-        let first = b.reserve("acme", 0.4).await.unwrap().unwrap();
-        b.settle(first, 0.3).await;
-        let second = b.reserve("acme", 0.5).await.unwrap().unwrap();
+        let first = b.reserve("acme", 0.4, spending(0.3, false)).await.unwrap().unwrap();
+        assert_eq!(first.settle().await, 0.3);
+        let second = b.reserve("acme", 0.5, Arc::default()).await.unwrap().unwrap();
         assert_eq!(b.status("acme").await.unwrap().spent_usd, 0.8);
-        b.release(second).await;
+        // No provider worked on it: all given back.
+        assert_eq!(second.settle().await, 0.0);
         assert_eq!(b.status("acme").await.unwrap().spent_usd, 0.3);
-        let refused = b.reserve("acme", 0.71).await.unwrap_err();
+        let refused = b.reserve("acme", 0.71, Arc::default()).await.unwrap_err();
         assert_eq!(refused.limit_usd, 1.0);
         assert!((refused.spent_usd - 0.3).abs() < 1e-9);
         assert_eq!(refused.resets_at, Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
@@ -308,22 +374,54 @@ mod tests {
             "{refused}"
         );
         assert!(
-            b.reserve("acme", 0.7).await.unwrap().is_some(),
+            b.reserve("acme", 0.7, Arc::default()).await.unwrap().is_some(),
             "exactly the limit is allowed"
         );
-        assert!(b.reserve("big", 50.0).await.unwrap().is_some(), "per-org budgets");
+        assert!(
+            b.reserve("big", 50.0, Arc::default()).await.unwrap().is_some(),
+            "per-org budgets"
+        );
         // The month turns: a fresh budget.
         *now.lock().unwrap() = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 1).unwrap();
         assert_eq!(b.status("acme").await.unwrap().spent_usd, 0.0);
-        assert!(b.reserve("acme", 0.9).await.unwrap().is_some());
+        assert!(b.reserve("acme", 0.9, Arc::default()).await.unwrap().is_some());
         assert_eq!(b.status("acme").await.unwrap().month, "2026-12");
     }
 
     #[tokio::test]
     async fn no_budget_no_reservation() {
         let b = Budgets::none(Metrics::new());
-        assert!(b.reserve("acme", 1e9).await.unwrap().is_none());
+        assert!(b.reserve("acme", 1e9, Arc::default()).await.unwrap().is_none());
         assert!(b.status("acme").await.is_none());
+    }
+
+    /// What the store holds for `org` once the background settlement of a
+    /// dropped reservation has run.
+    async fn settled_spend(b: &Budgets, org: &str, expected: f64) -> f64 {
+        for _ in 0..100 {
+            let spent = b.status(org).await.unwrap().spent_usd;
+            if (spent - expected).abs() < 1e-9 {
+                return spent;
+            }
+            tokio::task::yield_now().await;
+        }
+        b.status(org).await.unwrap().spent_usd
+    }
+
+    #[tokio::test]
+    async fn a_reservation_dropped_mid_call_settles_what_may_have_been_spent() {
+        let b = budgets(Arc::new(Mutex::new(Utc::now())));
+        // Dropped with its request out (the call's client gone): the
+        // attempt may be billed, so its estimate stays spent.
+        let sent = b.reserve("acme", 0.4, spending(0.25, true)).await.unwrap().unwrap();
+        drop(sent);
+        assert_eq!(settled_spend(&b, "acme", 0.25).await, 0.25);
+        // Dropped before any provider was asked: all given back, not left
+        // reserved until the month's key expires.
+        let unsent = b.reserve("acme", 0.4, Arc::default()).await.unwrap().unwrap();
+        assert!((b.status("acme").await.unwrap().spent_usd - 0.65).abs() < 1e-9);
+        drop(unsent);
+        assert_eq!(settled_spend(&b, "acme", 0.25).await, 0.25);
     }
 
     #[test]
