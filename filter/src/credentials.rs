@@ -48,6 +48,8 @@ pub enum ApiKeyError {
     BadIdentity(usize),
     #[error("`api_keys[{0}]`: the same key hash appears twice")]
     Duplicate(usize),
+    #[error("`api_keys[{0}].org`: the name is reserved for the gateway's own storage (one of {reserved})", reserved = crate::org_names::RESERVED.join(", "))]
+    ReservedOrg(usize),
 }
 
 /// A loaded API key.
@@ -78,6 +80,9 @@ impl ApiKeys {
             let user = spec.user.clone().unwrap_or_else(|| format!("key:{}", spec.id));
             if ![&spec.id, &spec.org, &user].iter().all(|v| is_safe_identity(v)) {
                 return Err(ApiKeyError::BadIdentity(index));
+            }
+            if crate::org_names::is_reserved(&spec.org) {
+                return Err(ApiKeyError::ReservedOrg(index));
             }
             let key = ApiKey {
                 id: spec.id.clone(),
@@ -369,6 +374,10 @@ mod tests {
         assert!(matches!(
             ApiKeys::from_specs(&[spec(&good, "a"), spec(&good, "b")]),
             Err(ApiKeyError::Duplicate(1))
+        ));
+        assert!(matches!(
+            ApiKeys::from_specs(&[spec(&good, "uploads")]),
+            Err(ApiKeyError::ReservedOrg(0))
         ));
     }
 }

@@ -11,6 +11,7 @@ use crate::jsonrpc::{self, code};
 use crate::jwt::{AuthError, Identity};
 use crate::leases::Leases;
 use crate::limits::{QuotaUse, SharedStore};
+use crate::org_names;
 use crate::phases::Phase;
 use crate::policy::ToolCall;
 use crate::reply::Reject;
@@ -192,6 +193,9 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
         )
         .map_err(|e| unauthorized(config, e))?
     };
+    if org_names::is_reserved(&identity.org) {
+        return Err(org_names::refusal(&identity.org));
+    }
     let admitted = Admitted { identity, cache };
     if !(is_mcp && head.method == "POST") {
         return Ok(HeadVerdict::Forward(admitted));
@@ -454,13 +458,18 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn setup() -> (FilterConfig, String) {
+        setup_for("acme")
+    }
+
+    /// The filter's settings and a bearer token of a caller of `org`.
+    fn setup_for(org: &str) -> (FilterConfig, String) {
         let key = Ed25519KeyPair::generate().with_key_id("dev");
         let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
         let config = json!({
             "jwt": {"issuer": "iss", "audiences": ["aud"], "jwks": {"keys": [jwk]}}
         });
         let config = FilterConfig::from_json(config.to_string().as_bytes()).unwrap();
-        let mut claims = Claims::with_custom_claims(json!({"org": "acme"}), Duration::from_secs(600))
+        let mut claims = Claims::with_custom_claims(json!({"org": org}), Duration::from_secs(600))
             .with_issuer("iss")
             .with_audience("aud")
             .with_subject("alice");
@@ -469,6 +478,28 @@ mod tests {
         claims.expires_at = Some(UnixTimeStamp::from_secs(NOW + 600));
         let token = key.sign(claims).unwrap();
         (config, format!("Bearer {token}"))
+    }
+
+    /// A valid token of an organisation named like a store prefix: 403,
+    /// answered once the body gives the request's id; any request, not
+    /// only tool calls (nothing of such an organisation can be served).
+    #[test]
+    fn organisations_named_like_store_prefixes_are_refused() {
+        let (config, auth) = setup_for("uploads");
+        match run(&config, &post(Some(&auth), Some("10"))) {
+            HeadVerdict::RejectAfterBody(reject) => {
+                assert_eq!((reject.status, reject.reason), (403, "reserved_org"));
+                assert!(reject.message.contains("\"uploads\" is reserved"), "{}", reject.message);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let get = RequestHead {
+            method: "GET",
+            path: "/mcp",
+            authorization: Some(&auth),
+            ..Default::default()
+        };
+        assert!(matches!(run(&config, &get), HeadVerdict::Reject(r) if r.status == 403));
     }
 
     fn post<'a>(auth: Option<&'a str>, length: Option<&'a str>) -> RequestHead<'a> {

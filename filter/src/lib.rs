@@ -16,6 +16,7 @@ pub mod jsonrpc;
 pub mod jwt;
 pub mod leases;
 pub mod limits;
+pub mod org_names;
 pub mod phases;
 pub mod policy;
 pub mod reply;

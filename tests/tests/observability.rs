@@ -829,3 +829,73 @@ async fn calls_leave_an_audit_chain_that_verifies_and_tampering_is_named() {
     assert_eq!(report["open_segments"].as_array().unwrap().len(), 1, "{report}");
     assert!(report["events"].as_u64().unwrap() >= 10, "{report}");
 }
+
+/// An idle replica closes its open segment by age: with segments of at most
+/// 1 s, three calls and then 3 s without any leave every stored segment
+/// closed with its signed record (nothing unsigned to rewrite). A replica
+/// that stops anchors its end, so `audit verify` reports its run ended, and
+/// a tail segment removed afterwards is named.
+#[tokio::test]
+async fn an_idle_replica_closes_its_audit_segment_by_age() {
+    let mut stack = Stack::start_with(StackOptions {
+        upstream_env: vec![("GATEWAY_AUDIT_SEGMENT_SECS".into(), "1".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": "a kite"}}});
+    for _ in 0..3 {
+        assert_eq!(post(&stack, &token, call.clone()).await, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dir = stack.state_dir.join("images/audit");
+    let segments: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flat_map(|replica| std::fs::read_dir(replica.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
+        .map(|path| (path.display().to_string(), std::fs::read_to_string(&path).unwrap()))
+        .collect();
+    let events: usize = segments
+        .iter()
+        .map(|(_, text)| text.lines().filter(|l| l.starts_with("{\"seq\":")).count())
+        .sum();
+    assert!(events >= 6, "an audit and a billing event per call: {segments:?}");
+    for (path, text) in &segments {
+        assert!(
+            text.lines().last().is_some_and(|l| l.starts_with("{\"close\":")),
+            "{path} is still open after 3 s idle:\n{text}"
+        );
+    }
+    let (report, ok) = verify_audit(&stack);
+    assert!(ok, "{report}");
+    assert_eq!(report["live"].as_array().map(Vec::len), Some(1), "{report}");
+
+    stack.signal("upstream", "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stack.exited("upstream") {
+        assert!(Instant::now() < deadline, "the upstream did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (report, ok) = verify_audit(&stack);
+    assert!(ok, "{report}");
+    assert_eq!(report["ended"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(report["incomplete"], json!([]), "{report}");
+    // The run's last segment removed: its signed end says what is missing.
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flat_map(|replica| std::fs::read_dir(replica.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    std::fs::remove_file(files.last().unwrap()).unwrap();
+    let (report, ok) = verify_audit(&stack);
+    assert!(!ok, "{report}");
+    assert!(
+        report["broken"].as_str().unwrap_or_default().contains("missing"),
+        "{report}"
+    );
+}

@@ -42,6 +42,56 @@ async fn sweeper_deletes_images_past_retention() {
     );
 }
 
+/// An organisation named like one of the store's own prefixes (`uploads`,
+/// `audit`, `tasks`, …) would share that prefix's retention and erasure
+/// (organisation `uploads` lost its images to the sweeper after a day, not
+/// 29). The edge refuses such a caller, 403 with the reason, before
+/// anything reaches the upstream: nothing of the organisation is stored.
+#[tokio::test]
+async fn an_organisation_named_like_a_store_prefix_is_refused() {
+    let stack = Stack::start().await.unwrap();
+    for org in ["uploads", "audit"] {
+        let reply = http_client()
+            .post(&stack.mcp_url)
+            .bearer_auth(stack.token("alice", org))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "params": {"name": "generate_image", "arguments": {"prompt": "a parcel"}}}))
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status();
+        let body: Value = reply.json().await.unwrap();
+        assert_eq!(status, 403, "{org}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("\"{org}\" is reserved")), "{org}: {body}");
+        assert_eq!(body["id"], 7, "answered with the request's id: {body}");
+    }
+    let images: Vec<String> = stored(&stack, "uploads")
+        .into_iter()
+        .chain(stored(&stack, "audit"))
+        .filter(|key| key.ends_with(".png"))
+        .collect();
+    assert!(images.is_empty(), "{images:?}");
+    assert!(
+        stack.audit_events().is_empty(),
+        "the upstream ran nothing: {:?}",
+        stack.audit_events()
+    );
+}
+
+/// The edge's list of reserved organisation names is the store's own (the
+/// filter cannot import the upstream's).
+#[test]
+fn the_edge_reserves_the_stores_prefixes() {
+    assert_eq!(
+        mcp_edge_filter::org_names::RESERVED,
+        mcp_image_gateway::storage::store::RESERVED_PREFIXES
+    );
+}
+
 /// Files under the stack's store (`{state_dir}/images`) below `prefix`.
 fn stored(stack: &Stack, prefix: &str) -> Vec<String> {
     let root = stack.state_dir.join("images");
@@ -327,4 +377,73 @@ async fn evidence_bundle_matches_its_manifest() {
             assert!(!text.contains(secret.as_str()), "{secret} in {}", file["path"]);
         }
     }
+}
+
+/// Erasure wins over a running task: alice's task is still generating when
+/// she is erased; once it has finished, nothing of hers is in the store
+/// (no image, owner record, task record, lease or kept prompt) and a second
+/// erasure finds nothing.
+#[tokio::test]
+async fn a_task_running_through_an_erasure_leaves_nothing_behind() {
+    use gateway_tests::fake_openai::FakeOptions;
+    use rmcp::model::{CallToolRequestParams, CallToolResponse};
+    let stack = Stack::start_with(StackOptions {
+        backend: gateway_tests::Backend::FakeOpenAi {
+            model: "gpt-image-2".into(),
+            options: FakeOptions {
+                latency: Duration::from_secs(4),
+                ..FakeOptions::default()
+            },
+        },
+        upstream_env: vec![("GATEWAY_LOG_PROMPTS".into(), "true".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = gateway_tests::mcp_client::connect_with_tasks(&stack.mcp_url, &stack.token("alice", "acme"))
+        .await
+        .unwrap();
+    let arguments = json!({"prompt": "a slow sunrise"}).as_object().cloned().unwrap();
+    let CallToolResponse::Task(created) = client
+        .call_tool_once(CallToolRequestParams::new("generate_image").with_arguments(arguments))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a task")
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (report, ok) = stack.gateway_command(&["erase", "--org", "acme", "--user", "alice"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["tasks"], 1, "the running task's record went: {report}");
+    // The generation ends (delivered or stopped): its call is audited.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack.audit_events().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the task {} never ended",
+            created.task.task_id
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The writer stores kept prompts about once a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left: Vec<String> = [
+        "acme",
+        "tasks/acme",
+        "owners/acme",
+        "audit-prompts/acme",
+        "uploads/acme",
+    ]
+    .iter()
+    .flat_map(|prefix| stored(&stack, prefix))
+    .collect();
+    assert!(left.is_empty(), "alice's data outlived her erasure: {left:?}");
+    let (again, ok) = stack.gateway_command(&["erase", "--org", "acme", "--user", "alice"]);
+    assert!(ok, "{again}");
+    assert_eq!(
+        (&again["images"], &again["uploads"], &again["tasks"], &again["prompts"]),
+        (&json!(0), &json!(0), &json!(0), &json!(0)),
+        "{again}"
+    );
+    client.cancel().await.unwrap();
 }

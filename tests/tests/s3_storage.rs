@@ -255,10 +255,13 @@ async fn gcs_emulator_reads_and_verifies_what_the_bucket_holds() {
     for n in 0..3 {
         chain.push(json!({"event": "tool_call", "tool": "generate_image", "n": n}));
     }
-    let (segment, text) = chain.close(&keys);
+    let now = chrono::Utc::now();
+    let (segment, text) = chain.close(&keys, now);
     gcs.upload(&segment, text.clone().into_bytes(), "application/x-ndjson")
         .await
         .unwrap();
+    let (anchor, end) = chain.anchor(&keys, now, now, true);
+    gcs.upload(&anchor, end.into_bytes(), "application/json").await.unwrap();
 
     let uri = format!("image://{key}");
     let token = stack.token("alice", "acme");

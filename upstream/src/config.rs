@@ -101,7 +101,8 @@ pub struct ServeConfig {
     /// Events per audit segment before it is closed.
     #[arg(long, env = "GATEWAY_AUDIT_SEGMENT_EVENTS", default_value_t = 10_000)]
     pub audit_segment_events: usize,
-    /// Seconds an audit segment stays open (closed with the next event after).
+    /// Seconds an audit segment stays open (closed by age even when idle);
+    /// the run's anchor is written at least this often.
     #[arg(long, env = "GATEWAY_AUDIT_SEGMENT_SECS", default_value_t = 300)]
     pub audit_segment_secs: u64,
     /// How long an upload URL stays valid, in seconds.

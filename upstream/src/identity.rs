@@ -106,6 +106,8 @@ pub enum AssertionError {
     Stale,
     #[error("the identity assertion was already used")]
     Replayed,
+    #[error("the identity assertion names an organisation whose name is reserved for the store's own prefixes ({0}); the edge should have refused it")]
+    ReservedOrg(String),
 }
 
 impl AssertionError {
@@ -117,6 +119,7 @@ impl AssertionError {
             Self::Invalid => "invalid",
             Self::Stale => "stale",
             Self::Replayed => "replayed",
+            Self::ReservedOrg(_) => "reserved_org",
         }
     }
 }
@@ -195,6 +198,13 @@ impl AssertionVerifier {
         let custom = claims.custom;
         if user.is_empty() || !is_safe_org(&custom.org) {
             return Err(AssertionError::Invalid);
+        }
+        // Images are stored under `{org}/`: an org named like the store's
+        // own prefixes would share their retention and erasure.
+        if crate::storage::store::is_reserved_org(&custom.org) {
+            return Err(AssertionError::ReservedOrg(
+                crate::storage::store::RESERVED_PREFIXES.join(", "),
+            ));
         }
         self.first_use(jti, expires.as_secs(), now)?;
         Ok(Caller {
@@ -327,6 +337,11 @@ mod tests {
                 "unsafe org",
                 token("new", &[0xbb; 32], "../x", "e", NOW),
                 AssertionError::Invalid,
+            ),
+            (
+                "org named like a store prefix",
+                token("new", &[0xbb; 32], "uploads", "f", NOW),
+                AssertionError::ReservedOrg(crate::storage::store::RESERVED_PREFIXES.join(", ")),
             ),
         ];
         for (name, token, expected) in cases {

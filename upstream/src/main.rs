@@ -426,7 +426,9 @@ struct EvidenceArgs {
 enum AuditCommand {
     /// Checks every audit segment in the store (the serve settings say
     /// where; the development defaults need no flags) and names the first
-    /// break. Exit status 1 when the chain is broken.
+    /// break, and says of each run whether it ended, runs, or stopped
+    /// without an anchored end (`incomplete`: a crash, or its tail removed).
+    /// Exit status 1 when the chain is broken.
     Verify(Box<VerifyArgs>),
 }
 
@@ -462,14 +464,18 @@ async fn erase(args: &EraseArgs) -> anyhow::Result<()> {
     if let (Some(event), serde_json::Value::Object(counts)) = (event.as_object_mut(), serde_json::to_value(&erased)?) {
         event.extend(counts);
     }
-    // Its own short chain, closed and signed: `audit verify` checks it like a replica's.
+    // Its own short chain, closed, signed and its end anchored: `audit
+    // verify` checks it like a replica's.
     let mut chain = Chain::new(format!("erasure-{}", audit_chain::run_id(now)));
     chain.push(event.clone());
-    let (key, text) = chain.close(&keys);
-    store
-        .put_audit(&key, text.into())
-        .await
-        .map_err(|e| anyhow::anyhow!("the erasure is done but its audit record could not be stored: {e}"))?;
+    let segment = chain.close(&keys, now);
+    let end = chain.anchor(&keys, now, now, true);
+    for (key, text) in [segment, end] {
+        store
+            .put_audit(&key, text.into())
+            .await
+            .map_err(|e| anyhow::anyhow!("the erasure is done but its audit record could not be stored: {e}"))?;
+    }
     println!("{event}");
     Ok(())
 }
@@ -479,18 +485,12 @@ async fn verify_audit(args: &VerifyArgs) -> anyhow::Result<()> {
     use mcp_image_gateway::telemetry::audit_chain;
     let keys = config.audit_keys()?;
     let segments = mcp_image_gateway::cli::evidence::audit_segments(&config.image_store()?, args.since).await?;
-    let report = audit_chain::verify_from(&segments, &keys, args.since.is_some());
-    println!(
-        "{}",
-        serde_json::json!({
-            "since": args.since,
-            "replicas": report.replicas,
-            "segments": report.segments,
-            "events": report.events,
-            "open_segments": report.open,
-            "broken": report.broken,
-        })
-    );
+    let report = audit_chain::verify_from(&segments, &keys, args.since.is_some(), chrono::Utc::now());
+    let mut printed = report.to_json();
+    if let Some(fields) = printed.as_object_mut() {
+        fields.insert("since".into(), serde_json::json!(args.since));
+    }
+    println!("{printed}");
     match report.broken {
         Some(problem) => anyhow::bail!("the audit chain is broken: {problem}"),
         None => Ok(()),

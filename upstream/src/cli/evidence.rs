@@ -182,16 +182,15 @@ pub async fn collect(config: &ServeConfig, sources: &Sources) -> anyhow::Result<
     add("settings/upstream.json", &upstream);
     let keys = config.audit_keys()?;
     let segments = audit_segments(&config.image_store()?, sources.since).await?;
-    let report = audit_chain::verify_from(&segments, &keys, sources.since.is_some());
+    let report = audit_chain::verify_from(&segments, &keys, sources.since.is_some(), now);
     let since = sources.since.map(|s| s.to_rfc3339());
-    add(
-        "audit/verification.json",
-        &json!({
-            "checked_at": now.to_rfc3339(), "since": since, "ok": report.broken.is_none(), "broken": report.broken,
-            "replicas": report.replicas, "segments": report.segments, "events": report.events,
-            "open_segments": report.open,
-        }),
-    );
+    let mut verification = report.to_json();
+    if let Some(fields) = verification.as_object_mut() {
+        fields.insert("checked_at".into(), now.to_rfc3339().into());
+        fields.insert("since".into(), json!(since));
+        fields.insert("ok".into(), report.broken.is_none().into());
+    }
+    add("audit/verification.json", &verification);
     add(
         "audit/lifecycle.json",
         &json!({"since": since, "events": lifecycle_events(&segments, since.as_deref())}),

@@ -2,7 +2,10 @@
 //! it returns a task at once; the generation runs on, its record lives in the
 //! shared store so any replica answers `tasks/get`, a cancellation written by
 //! any replica stops it, and a lease (`task_lease`) lets the others report
-//! it failed if this replica dies.
+//! it failed if this replica dies. A task ends once (`ImageStore::finish_task`):
+//! the first of its completion, a cancellation or a lapse settlement decides,
+//! and a completion that comes second deletes the images it stored. A task
+//! whose owner is erased stops (its record is gone) and keeps nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::identity::Caller;
 use crate::pipeline::run::ImageCall;
 use crate::protocol::task_lease::Lease;
 use crate::protocol::tools::ImageTools;
+use crate::storage::store::{StorageError, TaskEnd};
 use crate::telemetry::traces;
 
 /// Clock skew allowed between replicas when judging a lease.
@@ -84,19 +88,35 @@ impl ImageTools {
             if lease_lost.load(Ordering::SeqCst) && result.is_error == Some(true) {
                 return;
             }
-            if cancelled_in_store(&tools, &caller, &seed.task_id).await {
-                return;
-            }
             let result = match serde_json::to_value(&result) {
                 Ok(serde_json::Value::Object(result)) => result,
                 _ => JsonObject::new(),
             };
-            let mut finished = seed;
-            finished.last_updated_at = Utc::now().to_rfc3339();
-            finished.status_message = None;
-            let done = DetailedTask::new(finished, TaskPayload::Completed { result });
-            if let Err(error) = tools.write_task(&caller, &done).await {
-                tracing::error!(?error, "recording a finished task failed");
+            let stored = stored_keys(&result);
+            // A record gone (erased) still goes through `finish_task`: it
+            // removes whatever the task brought back after the erasure.
+            let delivered = if matches!(marked_cancelled(&tools, &caller, &seed.task_id).await, Ok(true)) {
+                false
+            } else {
+                let mut finished = seed;
+                finished.last_updated_at = Utc::now().to_rfc3339();
+                finished.status_message = None;
+                let done = DetailedTask::new(finished, TaskPayload::Completed { result });
+                match tools.finish_task(&caller, &done).await {
+                    Ok(ended) => ended == TaskEnd::Recorded,
+                    Err(error) => {
+                        tracing::error!(?error, "recording a finished task failed");
+                        true
+                    }
+                }
+            };
+            // Cancelled, failed or erased first: the images go undelivered.
+            if !delivered && !stored.is_empty() {
+                tools
+                    .state
+                    .store
+                    .discard_images(&caller.org, &caller.user, &stored)
+                    .await;
             }
         };
         self.state.tasks.spawn(running.instrument(span));
@@ -196,10 +216,15 @@ impl ImageTools {
             task_id = task.task.task_id,
             "task lease lapsed; recording the task as failed"
         );
-        if let Err(error) = self.write_task(caller, &failed).await {
-            tracing::warn!(?error, "recording a lapsed task failed");
+        match self.finish_task(caller, &failed).await {
+            // It finished meanwhile after all: that end stands.
+            Ok(TaskEnd::AlreadyEnded(record)) => serde_json::from_slice(&record).unwrap_or(failed),
+            Ok(_) => failed,
+            Err(error) => {
+                tracing::warn!(?error, "recording a lapsed task failed");
+                failed
+            }
         }
-        failed
     }
 
     /// The task as a client asks for it: its span links to the generation's.
@@ -244,6 +269,22 @@ impl ImageTools {
         Ok(self.settle_lapsed(caller, task, lease).await)
     }
 
+    /// Records how a task ended, unless it already ended otherwise or was
+    /// erased (`ImageStore::finish_task`).
+    pub(crate) async fn finish_task(&self, caller: &Caller, task: &DetailedTask) -> Result<TaskEnd, ErrorData> {
+        let bytes = serde_json::to_vec(task).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let created =
+            chrono::DateTime::parse_from_rfc3339(&task.task.created_at).map_or_else(|_| Utc::now(), |t| t.to_utc());
+        self.state
+            .store
+            .finish_task(&caller.org, &task.task.task_id, created, bytes.into())
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "recording a task's end failed");
+                ErrorData::internal_error("the task store is unavailable; try again shortly", None)
+            })
+    }
+
     pub(crate) async fn write_task(&self, caller: &Caller, task: &DetailedTask) -> Result<(), ErrorData> {
         let bytes = serde_json::to_vec(task).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         self.state
@@ -257,7 +298,30 @@ impl ImageTools {
     }
 }
 
+/// Whether the task should stop: cancelled, or its record gone (its owner
+/// was erased). Read from inside the task's own span: no link.
 async fn cancelled_in_store(tools: &ImageTools, caller: &Caller, task_id: &str) -> bool {
-    // Read from inside the task's own span: no link.
-    matches!(tools.read_task_linking(caller, task_id, false).await, Ok(task) if task.status() == TaskStatus::Cancelled)
+    match marked_cancelled(tools, caller, task_id).await {
+        Ok(cancelled) => cancelled,
+        Err(StorageError::NotFound) => true,
+        Err(_) => false,
+    }
+}
+
+/// Whether the task's record says it was cancelled.
+async fn marked_cancelled(tools: &ImageTools, caller: &Caller, task_id: &str) -> Result<bool, StorageError> {
+    let bytes = tools.state.store.get_task(&caller.org, task_id).await?;
+    Ok(serde_json::from_slice::<DetailedTask>(&bytes).is_ok_and(|task| task.status() == TaskStatus::Cancelled))
+}
+
+/// The storage keys of the images a tool result links to.
+fn stored_keys(result: &JsonObject) -> Vec<String> {
+    result
+        .get("structuredContent")
+        .and_then(|content| content.get("image_urls"))
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|url| url.as_str().and_then(crate::storage::store::key_in_uri))
+        .collect()
 }

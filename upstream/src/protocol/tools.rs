@@ -427,7 +427,7 @@ impl ServerHandler for ImageTools {
 
     /// Marks the task cancelled in the shared record; the replica running it
     /// sees the mark within a poll interval, stops the provider call and
-    /// stores nothing.
+    /// stores nothing. A task that ended first keeps its end (`finish_task`).
     async fn cancel_task(
         &self,
         request: CancelTaskParams,
@@ -442,7 +442,13 @@ impl ServerHandler for ImageTools {
         marked.last_updated_at = chrono::Utc::now().to_rfc3339();
         marked.status_message = Some("cancelled by the client".into());
         let cancelled = DetailedTask::new(marked, TaskPayload::Cancelled);
-        self.write_task(&caller, &cancelled).await
+        match self.finish_task(&caller, &cancelled).await? {
+            crate::storage::store::TaskEnd::Erased => Err(ErrorData::invalid_params(
+                format!("no task {} of yours", request.task_id),
+                None,
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The tools, less those the edge's per-tool access keeps from this

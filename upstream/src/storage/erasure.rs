@@ -10,6 +10,14 @@
 //! so that later links answer 410 Gone rather than 404; they, the markers
 //! and the prompts kept apart from the audit (`audit-prompts/`) expire with
 //! the images' retention.
+//!
+//! Work still running when its owner is erased must not bring anything
+//! back: each tombstone is written before what it stands for is deleted,
+//! and a writer that may outlive an erasure (a task's end, a kept prompt)
+//! checks for one after writing and removes what it wrote. Either the
+//! writer sees the tombstone, or its writes came before it and the erasure
+//! deletes them. Tombstones: `{file}` per image, `{task_id}.task` per task,
+//! `_owner-{owner}` per user (its time), `_org` per organisation (its time).
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -18,12 +26,16 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
-use super::store::{is_safe_segment, task_path, upload_path, ImageStore, StorageError};
+use super::store::{
+    is_reserved_org, is_safe_segment, parse_key, task_end_path, task_lease_path, task_path, upload_path, ImageStore,
+    StorageError,
+};
 
-/// Top-level prefixes of the store that are not organisations.
-const RESERVED: [&str; 6] = ["audit", "audit-prompts", "erased", "owners", "tasks", "uploads"];
 /// The tombstone of a whole organisation's erasure.
 const ORG_TOMBSTONE: &str = "_org";
+/// Work that started up to this long after an erasure (by the erasing
+/// host's clock) counts as started before it: clocks of hosts differ.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// What an owner can have in the store, by its folder under the owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,17 +109,68 @@ impl ImageStore {
     }
 
     /// Keeps an opted-in prompt apart from the audit chain (which holds its
-    /// hash), under its owner, so erasure can remove it.
-    pub async fn put_prompt(&self, org: &str, user: &str, sha256: &str, text: &str) -> Result<(), StorageError> {
-        let path = safe_path(&format!("audit-prompts/{org}/{}/{sha256}.txt", owner_id(org, user)))?;
+    /// hash), under its owner, so erasure can remove it. The prompt of a
+    /// call that `started` before its owner was erased is not kept.
+    pub async fn put_prompt(
+        &self,
+        org: &str,
+        user: &str,
+        sha256: &str,
+        text: &str,
+        started: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let owner = owner_id(org, user);
+        let path = safe_path(&format!("audit-prompts/{org}/{owner}/{sha256}.txt"))?;
         self.inner().put(&path, PutPayload::from(text.to_string())).await?;
+        if self
+            .erased_since(org, &[&owner_tombstone(&owner), ORG_TOMBSTONE], started)
+            .await
+        {
+            self.delete_quietly(&path).await?;
+        }
         Ok(())
+    }
+
+    /// Whether task `task_id` (created at `created`) was erased: by its
+    /// owner's erasure, or its organisation's.
+    pub(crate) async fn task_erased(&self, org: &str, task_id: &str, created: DateTime<Utc>) -> bool {
+        self.read_tombstone(org, &task_tombstone(task_id)).await.is_some()
+            || self.erased_since(org, &[ORG_TOMBSTONE], created).await
+    }
+
+    /// Removes what a task's writers may have brought back after its erasure.
+    pub(crate) async fn forget_task(&self, org: &str, task_id: &str) -> Result<(), StorageError> {
+        for path in [
+            task_path(org, task_id)?,
+            task_end_path(org, task_id)?,
+            task_lease_path(org, task_id)?,
+        ] {
+            self.delete_quietly(&path).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes stored images that will not be delivered (their task ended
+    /// otherwise, or was erased) and their owner records.
+    pub async fn discard_images(&self, org: &str, user: &str, keys: &[String]) {
+        let owner = owner_id(org, user);
+        for key in keys {
+            let (Ok(path), Some(file)) = (parse_key(key), key.rsplit('/').next()) else {
+                continue;
+            };
+            let marker = safe_path(&format!("owners/{org}/{owner}/{}/{file}", Kind::Image.as_str()));
+            for path in [Ok(path), marker].into_iter().flatten() {
+                if let Err(error) = self.delete_quietly(&path).await {
+                    tracing::warn!(%error, %key, "could not delete an undelivered image");
+                }
+            }
+        }
     }
 
     /// Erases one user's (or, without `user`, a whole organisation's)
     /// images, uploads, task records and kept prompts.
     pub async fn erase(&self, org: &str, user: Option<&str>, now: DateTime<Utc>) -> Result<Erased, StorageError> {
-        if !is_safe_segment(org) || RESERVED.contains(&org) {
+        if !is_safe_segment(org) || is_reserved_org(org) {
             return Err(StorageError::InvalidKey);
         }
         match user {
@@ -119,22 +182,31 @@ impl ImageStore {
     async fn erase_user(&self, org: &str, user: &str, now: DateTime<Utc>) -> Result<Erased, StorageError> {
         let owner = owner_id(org, user);
         let mut erased = Erased::default();
+        // First: a call of this owner's that ends later keeps no prompt.
+        self.tombstone(org, &owner_tombstone(&owner), now).await?;
         for marker in self.list_prefix(&format!("owners/{org}/{owner}")).await? {
             let target = String::from_utf8_lossy(&self.inner().get(&marker).await?.bytes().await?).into_owned();
             let target_path = safe_path(&target)?;
-            let removed = self.delete_quietly(&target_path).await?;
-            match marker.as_ref().split('/').nth(3).and_then(Kind::of_folder) {
-                Some(Kind::Image) => {
-                    erased.images += u64::from(removed);
-                    let file = target.rsplit('/').next().unwrap_or_default();
-                    self.tombstone(org, file, now).await?;
+            let kind = marker.as_ref().split('/').nth(3).and_then(Kind::of_folder);
+            let file = target.rsplit('/').next().unwrap_or_default();
+            // The tombstone before the deletion: a writer still running sees it.
+            match kind {
+                Some(Kind::Image) => self.tombstone(org, file, now).await?,
+                Some(Kind::Task) => {
+                    let task_id = file.strip_suffix(".json").unwrap_or(file);
+                    self.tombstone(org, &task_tombstone(task_id), now).await?;
                 }
+                _ => {}
+            }
+            let removed = self.delete_quietly(&target_path).await?;
+            match kind {
+                Some(Kind::Image) => erased.images += u64::from(removed),
                 Some(Kind::Upload) => erased.uploads += u64::from(removed),
                 Some(Kind::Task) => {
                     erased.tasks += u64::from(removed);
-                    if let Some(lease) = target.strip_suffix(".json") {
-                        self.delete_quietly(&safe_path(&format!("{lease}.lease"))?).await?;
-                    }
+                    // Its end and lease go with it.
+                    self.forget_task(org, file.strip_suffix(".json").unwrap_or(file))
+                        .await?;
                 }
                 None => {}
             }
@@ -148,6 +220,8 @@ impl ImageStore {
 
     async fn erase_org(&self, org: &str, now: DateTime<Utc>) -> Result<Erased, StorageError> {
         let mut erased = Erased::default();
+        // First, so a task or call still running sees it (`erased_since`).
+        self.tombstone(org, ORG_TOMBSTONE, now).await?;
         // Each prefix and what one of its objects counts as (owner records count as nothing).
         let prefixes: [(String, Counter); 5] = [
             (org.to_string(), |e| e.images += 1),
@@ -158,13 +232,13 @@ impl ImageStore {
         ];
         for (prefix, count) in prefixes {
             for path in self.list_prefix(&prefix).await? {
-                // A task is its record; its lease goes with it uncounted.
-                if self.delete_quietly(&path).await? && !path.as_ref().ends_with(".lease") {
+                // A task is its record; its lease and end go with it uncounted.
+                let beside = [".lease", ".end"].iter().any(|s| path.as_ref().ends_with(s));
+                if self.delete_quietly(&path).await? && !beside {
                     count(&mut erased);
                 }
             }
         }
-        self.tombstone(org, ORG_TOMBSTONE, now).await?;
         Ok(erased)
     }
 
@@ -194,6 +268,21 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Whether one of the tombstones `names` of `org` was written at or
+    /// after `started` (less the clock skew allowed).
+    async fn erased_since(&self, org: &str, names: &[&str], started: DateTime<Utc>) -> bool {
+        for name in names {
+            if self
+                .read_tombstone(org, name)
+                .await
+                .is_some_and(|at| at + CLOCK_SKEW >= started)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     async fn read_tombstone(&self, org: &str, name: &str) -> Option<DateTime<Utc>> {
         let path = safe_path(&format!("erased/{org}/{name}")).ok()?;
         let bytes: Bytes = self.inner().get(&path).await.ok()?.bytes().await.ok()?;
@@ -220,6 +309,16 @@ impl ImageStore {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// A user's tombstone: when the owner's data was last erased.
+fn owner_tombstone(owner: &str) -> String {
+    format!("_owner-{owner}")
+}
+
+/// A task's tombstone: it was erased, whenever it runs on.
+fn task_tombstone(task_id: &str) -> String {
+    format!("{task_id}.task")
 }
 
 fn safe_path(path: &str) -> Result<Path, StorageError> {
@@ -256,7 +355,7 @@ mod tests {
         let png = || vec![(Bytes::from_static(b"png"), OutputFormat::Png)];
         let ann = store.put_all("acme", "ann", &png(), now).await.unwrap();
         let bob = store.put_all("acme", "bob", &png(), now).await.unwrap();
-        store.put_prompt("acme", "ann", "abc", "a red fox").await.unwrap();
+        store.put_prompt("acme", "ann", "abc", "a red fox", now).await.unwrap();
         let erased = store.erase("acme", Some("ann"), now).await.unwrap();
         assert_eq!(
             erased,
@@ -272,6 +371,69 @@ mod tests {
         assert!(!store.was_erased(&bob[0]).await);
         // Again: nothing left to erase.
         assert_eq!(store.erase("acme", Some("ann"), now).await.unwrap(), Erased::default());
+    }
+
+    /// A task still running when its owner is erased: its end, written
+    /// after, is removed again with what it brought back (record, lease),
+    /// and the prompt of its call is not kept; a later call's is.
+    #[tokio::test]
+    async fn work_running_through_an_erasure_keeps_nothing() {
+        use crate::storage::store::TaskEnd;
+        let store = store();
+        let now = Utc::now();
+        let task = uuid::Uuid::new_v4().to_string();
+        store.mark_task("acme", "ann", &task).await.unwrap();
+        store
+            .put_task("acme", &task, Bytes::from_static(b"working"))
+            .await
+            .unwrap();
+        let erased = store.erase("acme", Some("ann"), now).await.unwrap();
+        assert_eq!(erased.tasks, 1);
+        store
+            .put_task_lease("acme", &task, Bytes::from_static(b"lease"))
+            .await
+            .unwrap();
+        let ended = store
+            .finish_task("acme", &task, now, Bytes::from_static(b"completed"))
+            .await
+            .unwrap();
+        assert_eq!(ended, TaskEnd::Erased);
+        assert!(store.list_prefix("tasks/acme").await.unwrap().is_empty());
+        // The images it stored after the erasure go undelivered, owner records and all.
+        let png = vec![(Bytes::from_static(b"png"), OutputFormat::Png)];
+        let keys = store.put_all("acme", "ann", &png, now).await.unwrap();
+        store.discard_images("acme", "ann", &keys).await;
+        assert!(store.list_prefix("acme").await.unwrap().is_empty());
+        assert!(store.list_prefix("owners/acme").await.unwrap().is_empty());
+        store.put_prompt("acme", "ann", "abc", "a red fox", now).await.unwrap();
+        assert!(store.list_prefix("audit-prompts/acme").await.unwrap().is_empty());
+        let later = now + chrono::TimeDelta::minutes(1);
+        store
+            .put_prompt("acme", "ann", "def", "a blue fox", later)
+            .await
+            .unwrap();
+        assert_eq!(store.list_prefix("audit-prompts/acme").await.unwrap().len(), 1);
+        assert_eq!(
+            store.erase("acme", Some("ann"), later).await.unwrap(),
+            Erased {
+                prompts: 1,
+                ..Default::default()
+            }
+        );
+        // An organisation's erasure stops its tasks' ends the same way.
+        let other = uuid::Uuid::new_v4().to_string();
+        store.mark_task("globex", "bob", &other).await.unwrap();
+        store
+            .put_task("globex", &other, Bytes::from_static(b"working"))
+            .await
+            .unwrap();
+        assert_eq!(store.erase("globex", None, now).await.unwrap().tasks, 1);
+        let ended = store
+            .finish_task("globex", &other, now, Bytes::from_static(b"completed"))
+            .await
+            .unwrap();
+        assert_eq!(ended, TaskEnd::Erased);
+        assert!(store.list_prefix("tasks/globex").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Image storage through `object_store`: the local filesystem by default,
 //! S3 and S3-compatible stores by URL (`s3://bucket[/prefix]`).
-//! Keys are `{org}/{yyyy}/{mm}/{dd}/{uuid}.png`.
+//! Keys are `{org}/{yyyy}/{mm}/{dd}/{uuid}.png`, beside prefixes of the
+//! store's own (`RESERVED_PREFIXES`) that no organisation may be named.
 //!
 //! Links: stores that can presign (S3) hand out presigned GET URLs; the
 //! filesystem store's images are served by this service behind HMAC links.
@@ -15,7 +16,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::signer::Signer;
-use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::media::types::OutputFormat;
 
@@ -284,6 +285,49 @@ impl ImageStore {
         self.read(&task_lease_path(org, task_id)?).await
     }
 
+    /// Records how a task ended, once: the first of its completion, a
+    /// cancellation or a lapse settlement to create the end (`PutMode::Create`,
+    /// which every store here supports) decides, and its record is copied
+    /// over the task's; a later one gets the end in force
+    /// (`TaskEnd::AlreadyEnded`) and writes nothing of its own. A task erased
+    /// meanwhile (its tombstone, checked after writing) is removed again.
+    pub async fn finish_task(
+        &self,
+        org: &str,
+        task_id: &str,
+        created: DateTime<Utc>,
+        record: Bytes,
+    ) -> Result<TaskEnd, StorageError> {
+        let end = task_end_path(org, task_id)?;
+        let ended = match self
+            .store
+            .put_opts(&end, PutPayload::from(record.clone()), PutMode::Create.into())
+            .await
+        {
+            Ok(_) => {
+                self.put_task(org, task_id, record).await?;
+                TaskEnd::Recorded
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => match self.read(&end).await {
+                Ok(winner) => {
+                    // The winner may have stopped before copying it: the record follows its end.
+                    self.put_task(org, task_id, winner.clone()).await?;
+                    TaskEnd::AlreadyEnded(winner)
+                }
+                Err(StorageError::NotFound) => TaskEnd::Erased,
+                Err(error) => return Err(error),
+            },
+            Err(error) => return Err(error.into()),
+        };
+        // After the writes, so an erasure that began before them is seen here
+        // or else finds them itself (it writes its tombstone before deleting).
+        if self.task_erased(org, task_id, created).await {
+            self.forget_task(org, task_id).await?;
+            return Ok(TaskEnd::Erased);
+        }
+        Ok(ended)
+    }
+
     /// Reads a task record of `org`.
     pub async fn get_task(&self, org: &str, task_id: &str) -> Result<Bytes, StorageError> {
         self.read(&task_path(org, task_id)?).await
@@ -303,7 +347,7 @@ impl ImageStore {
     /// (`AlreadyExists`), so an upload URL works one time.
     pub async fn put_upload(&self, org: &str, id: &str, bytes: Bytes, mime: &str) -> Result<(), StorageError> {
         let path = upload_path(org, id)?;
-        let mut options = PutOptions::from(object_store::PutMode::Create);
+        let mut options = PutOptions::from(PutMode::Create);
         if self.content_type {
             let mut attributes = Attributes::new();
             attributes.insert(Attribute::ContentType, mime.to_string().into());
@@ -410,21 +454,56 @@ pub(super) fn task_path(org: &str, task_id: &str) -> Result<Path, StorageError> 
 }
 
 /// Where a task's lease lives, beside its record.
-fn task_lease_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
+pub(super) fn task_lease_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
     task_path(org, task_id)?;
     Path::parse(format!("tasks/{org}/{task_id}.lease")).map_err(|_| StorageError::InvalidKey)
+}
+
+/// Where a task's end lives, beside its record: created once (`finish_task`).
+pub(super) fn task_end_path(org: &str, task_id: &str) -> Result<Path, StorageError> {
+    task_path(org, task_id)?;
+    Path::parse(format!("tasks/{org}/{task_id}.end")).map_err(|_| StorageError::InvalidKey)
+}
+
+/// How `finish_task` went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskEnd {
+    /// This end is the task's.
+    Recorded,
+    /// The task had already ended otherwise (cancelled, failed, completed): its record.
+    AlreadyEnded(Bytes),
+    /// The task was erased on request: nothing of it is kept.
+    Erased,
+}
+
+/// The store's own top-level prefixes: everything under them is not an
+/// organisation's images. An organisation named like one would share its
+/// retention (`uploads`: a day; `audit`: 400 days) and its erasure, so the
+/// edge refuses such callers (the filter's `org_names::RESERVED`, checked
+/// equal by a test in `tests/`) and so does `identity`.
+pub const RESERVED_PREFIXES: [&str; 6] = ["audit", "audit-prompts", "erased", "owners", "tasks", "uploads"];
+
+/// Whether `org` names one of the store's own prefixes (in any case: a
+/// case-insensitive filesystem would mix them).
+pub fn is_reserved_org(org: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|prefix| prefix.eq_ignore_ascii_case(org))
 }
 
 /// Where uploads live: a prefix of their own, swept on a shorter retention.
 const UPLOADS_PREFIX: &str = "uploads/";
 const AUDIT_PREFIX: &str = "audit/";
+/// A run's anchor, beside its segments (`audit_chain::anchor_key`).
+const AUDIT_ANCHOR: &str = "anchor.json";
 
-/// Where an audit segment lives (`audit/{replica}/{segment}.jsonl`).
+/// Where an audit segment lives (`audit/{replica}/{segment}.jsonl`), and
+/// its run's anchor (`audit/{replica}/anchor.json`).
 fn audit_path(key: &str) -> Result<Path, StorageError> {
     let safe = key
         .strip_prefix(AUDIT_PREFIX)
         .and_then(|rest| rest.split_once('/'))
-        .is_some_and(|(replica, file)| is_safe_segment(replica) && is_safe_segment(file) && file.ends_with(".jsonl"));
+        .is_some_and(|(replica, file)| {
+            is_safe_segment(replica) && is_safe_segment(file) && (file.ends_with(".jsonl") || file == AUDIT_ANCHOR)
+        });
     if !safe {
         return Err(StorageError::InvalidKey);
     }
@@ -595,6 +674,48 @@ mod tests {
             store.get_upload("acme", "../x", 10).await,
             Err(StorageError::InvalidKey)
         ));
+    }
+
+    /// The first end of a task is its end: a cancellation or a lapse
+    /// settlement after a completion gets the completion, and the record says it.
+    #[tokio::test]
+    async fn a_task_ends_once() {
+        let store = ImageStore::new(Arc::new(InMemory::new()), "memory");
+        let task = uuid::Uuid::new_v4().to_string();
+        let now = Utc::now();
+        store
+            .put_task("acme", &task, Bytes::from_static(b"working"))
+            .await
+            .unwrap();
+        let done = Bytes::from_static(b"completed");
+        assert_eq!(
+            store.finish_task("acme", &task, now, done.clone()).await.unwrap(),
+            TaskEnd::Recorded
+        );
+        for late in ["cancelled", "failed"] {
+            assert_eq!(
+                store.finish_task("acme", &task, now, Bytes::from(late)).await.unwrap(),
+                TaskEnd::AlreadyEnded(done.clone())
+            );
+        }
+        assert_eq!(store.get_task("acme", &task).await.unwrap(), done);
+    }
+
+    /// Every prefix the store writes outside organisations' images is reserved.
+    #[test]
+    fn the_stores_own_prefixes_are_reserved_organisation_names() {
+        let id = uuid::Uuid::new_v4().to_string();
+        let paths = [
+            task_path("acme", &id).unwrap(),
+            task_end_path("acme", &id).unwrap(),
+            upload_path("acme", &id).unwrap(),
+            audit_path("audit/r1/0000000000.jsonl").unwrap(),
+        ];
+        for path in paths {
+            let top = path.as_ref().split('/').next().unwrap().to_string();
+            assert!(is_reserved_org(&top), "{path}");
+        }
+        assert!(is_reserved_org("Uploads") && !is_reserved_org("acme"));
     }
 
     #[tokio::test]

@@ -6,11 +6,25 @@
 //! keys rotate). Editing, removing, reordering or inserting an event breaks
 //! a hash or a sequence number; a missing segment breaks the chain between
 //! two; a segment without its closing record is where a replica stopped.
+//!
+//! A run's tail is anchored apart (`audit/{replica}/anchor.json`, written
+//! again as the run goes on): a signed record of how many segments and
+//! events it has stored and the last hash, when, until when the run vouches
+//! to write the next (it does at least once a segment age, idle or not),
+//! and at a clean stop that this is the end. So `verify` can say of a run:
+//! ended (its end anchored: anything removed after is named), live (its
+//! anchor is still due: segments removed before it are named; at most what
+//! it wrote since is unverifiable), incomplete (its anchor lapsed without
+//! an end: it crashed, or its tail and newer anchors were removed — only
+//! the run's host can tell which), or unanchored (written before anchors).
+//! A run removed entirely, anchor and all, leaves nothing to compare with.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use chrono::{DateTime, Utc};
 
 use crate::storage::keyring::Keyring;
 
@@ -32,8 +46,41 @@ pub struct Close {
     pub first_seq: u64,
     pub last_seq: u64,
     pub last_hash: String,
+    /// When it was closed (RFC 3339); absent in segments from before
+    /// anchors, whose runs therefore need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
     pub kid: String,
     pub sig: String,
+}
+
+/// A run's anchor: how far its stored, closed chain reaches, signed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Anchor {
+    pub replica: String,
+    /// Closed segments stored (numbered `0..segments`).
+    pub segments: u64,
+    /// Events in them.
+    pub events: u64,
+    /// The hash of the last of those events (`GENESIS` for none).
+    pub last_hash: String,
+    /// When it was written (RFC 3339).
+    pub at: String,
+    /// By when the run writes its next anchor, if it has not ended.
+    pub until: String,
+    /// The run stopped cleanly: nothing follows.
+    pub end: bool,
+    pub kid: String,
+    pub sig: String,
+}
+
+impl Anchor {
+    fn signed_text(&self) -> String {
+        format!(
+            "anchor|{}|{}|{}|{}|{}|{}|{}",
+            self.replica, self.segments, self.events, self.last_hash, self.at, self.until, self.end
+        )
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,14 +93,20 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn signature(secret: &[u8], close: &Close) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(
-        format!(
-            "{}|{}|{}|{}|{}",
-            close.replica, close.segment, close.first_seq, close.last_seq, close.last_hash
-        )
-        .as_bytes(),
+    let mut text = format!(
+        "{}|{}|{}|{}|{}",
+        close.replica, close.segment, close.first_seq, close.last_seq, close.last_hash
     );
+    if let Some(at) = &close.at {
+        text.push('|');
+        text.push_str(at);
+    }
+    mac_hex(secret, &text)
+}
+
+fn mac_hex(secret: &[u8], text: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(text.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
@@ -65,6 +118,8 @@ pub struct Chain {
     first_seq: u64,
     next_seq: u64,
     prev: String,
+    /// The hash of the last event of the last closed segment.
+    closed_hash: String,
     lines: Vec<String>,
 }
 
@@ -76,6 +131,7 @@ impl Chain {
             first_seq: 0,
             next_seq: 0,
             prev: GENESIS.to_string(),
+            closed_hash: GENESIS.to_string(),
             lines: Vec::new(),
         }
     }
@@ -113,8 +169,8 @@ impl Chain {
         text
     }
 
-    /// The segment closed with its signed record; the chain goes on in the next.
-    pub fn close(&mut self, keys: &Keyring) -> (String, String) {
+    /// The segment closed at `now` with its signed record; the chain goes on in the next.
+    pub fn close(&mut self, keys: &Keyring, now: DateTime<Utc>) -> (String, String) {
         let (kid, secret) = keys.newest();
         let mut close = Close {
             replica: self.replica.clone(),
@@ -122,6 +178,7 @@ impl Chain {
             first_seq: self.first_seq,
             last_seq: self.next_seq.saturating_sub(1),
             last_hash: self.prev.clone(),
+            at: Some(now.to_rfc3339()),
             kid: kid.to_string(),
             sig: String::new(),
         };
@@ -132,8 +189,36 @@ impl Chain {
         let key = self.key();
         self.segment += 1;
         self.first_seq = self.next_seq;
+        self.closed_hash = self.prev.clone();
         self.lines.clear();
         (key, text)
+    }
+
+    /// Closed segments so far (the open one not counted).
+    pub fn closed_segments(&self) -> u64 {
+        self.segment
+    }
+
+    /// The anchor of the closed part (every closed segment must be stored
+    /// first), written at `now`: the run vouches to write the next by
+    /// `until`, or with `end`, that nothing follows.
+    pub fn anchor(&self, keys: &Keyring, now: DateTime<Utc>, until: DateTime<Utc>, end: bool) -> (String, String) {
+        let (kid, secret) = keys.newest();
+        let mut anchor = Anchor {
+            replica: self.replica.clone(),
+            segments: self.segment,
+            events: self.first_seq,
+            last_hash: self.closed_hash.clone(),
+            at: now.to_rfc3339(),
+            until: until.to_rfc3339(),
+            end,
+            kid: kid.to_string(),
+            sig: String::new(),
+        };
+        anchor.sig = mac_hex(secret, &anchor.signed_text());
+        let mut text = serde_json::to_string(&anchor).unwrap_or_default();
+        text.push('\n');
+        (anchor_key(&self.replica), text)
     }
 }
 
@@ -151,6 +236,11 @@ pub fn segment_key(replica: &str, segment: u64) -> String {
     format!("audit/{replica}/{segment:010}.jsonl")
 }
 
+/// Where a run's anchor lives, beside its segments.
+pub fn anchor_key(replica: &str) -> String {
+    format!("audit/{replica}/anchor.json")
+}
+
 /// What verification found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -159,13 +249,39 @@ pub struct Report {
     pub events: u64,
     /// Segments without a closing record: where a replica stopped (or is writing now).
     pub open: Vec<String>,
+    /// Runs whose signed end is anchored, every segment up to it present.
+    pub ended: Vec<String>,
+    /// Runs whose anchor is still due: running now.
+    pub live: Vec<String>,
+    /// Runs whose anchor lapsed without an end: they crashed, or their
+    /// tail (and newer anchors) were removed since the anchor was written.
+    pub incomplete: Vec<String>,
+    /// Runs written before anchors: where they end cannot be shown.
+    pub unanchored: Vec<String>,
     /// The first break, in words; `None` when every link holds.
     pub broken: Option<String>,
 }
 
-/// Checks every replica's segments (`(key, text)`, any order).
-pub fn verify(segments: &[(String, String)], keys: &Keyring) -> Report {
-    verify_from(segments, keys, false)
+impl Report {
+    /// The report's fields as `audit verify` prints them and the evidence bundle keeps them.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "replicas": self.replicas,
+            "segments": self.segments,
+            "events": self.events,
+            "open_segments": self.open,
+            "ended": self.ended,
+            "live": self.live,
+            "incomplete": self.incomplete,
+            "unanchored": self.unanchored,
+            "broken": self.broken,
+        })
+    }
+}
+
+/// Checks every replica's segments and anchors (`(key, text)`, any order) at `now`.
+pub fn verify(segments: &[(String, String)], keys: &Keyring, now: DateTime<Utc>) -> Report {
+    verify_from(segments, keys, false, now)
 }
 
 /// As `verify`; with `partial`, the segments are a period's (`audit verify
@@ -173,51 +289,44 @@ pub fn verify(segments: &[(String, String)], keys: &Keyring) -> Report {
 /// which starts from its own first event instead of the genesis. A change
 /// inside the period still breaks a hash or a signed closing record; only
 /// segments before the period go unread.
-pub fn verify_from(segments: &[(String, String)], keys: &Keyring, partial: bool) -> Report {
-    let mut by_replica: std::collections::BTreeMap<&str, Vec<(u64, &str, &str)>> = Default::default();
+pub fn verify_from(segments: &[(String, String)], keys: &Keyring, partial: bool, now: DateTime<Utc>) -> Report {
+    let mut runs: std::collections::BTreeMap<&str, Run<'_>> = Default::default();
     let mut report = Report::default();
     for (key, text) in segments {
-        let Some((replica, number)) = parse_key(key) else {
-            report.broken.get_or_insert(format!("{key}: not an audit segment name"));
-            continue;
-        };
-        by_replica.entry(replica).or_default().push((number, key, text));
-    }
-    report.replicas = by_replica.len();
-    for (_, mut list) in by_replica {
-        list.sort_by_key(|(n, _, _)| *n);
-        let mut expect = Expected {
-            segment: 0,
-            seq: 0,
-            prev: GENESIS.to_string(),
-        };
-        if let (true, Some((number, _, text))) = (partial, list.first()) {
-            if let Some(first) = text.lines().next().and_then(|l| serde_json::from_str::<Link>(l).ok()) {
-                expect = Expected {
-                    segment: *number,
-                    seq: first.seq,
-                    prev: first.prev,
-                };
+        match parse_key(key) {
+            Some((replica, Stored::Segment(number))) => {
+                runs.entry(replica).or_default().segments.push((number, key, text));
+            }
+            Some((replica, Stored::Anchor)) => runs.entry(replica).or_default().anchor = Some((key, text)),
+            None => {
+                report.broken.get_or_insert(format!("{key}: not an audit segment name"));
             }
         }
-        for (number, key, text) in list {
-            report.segments += 1;
-            if number != expect.segment {
-                report
-                    .broken
-                    .get_or_insert(format!("{key}: segment {} is missing before it", expect.segment));
-                return report;
-            }
-            match check_segment(key, text, &mut expect, keys, &mut report) {
-                Ok(()) => expect.segment += 1,
-                Err(problem) => {
-                    report.broken.get_or_insert(problem);
-                    return report;
-                }
-            }
+    }
+    report.replicas = runs.len();
+    for (replica, run) in runs {
+        if let Err(problem) = check_run(replica, run, keys, partial, now, &mut report) {
+            report.broken.get_or_insert(problem);
+            return report;
         }
     }
     report
+}
+
+/// One run's stored objects: its segments (by number) and its anchor.
+#[derive(Default)]
+struct Run<'a> {
+    segments: Vec<(u64, &'a str, &'a str)>,
+    anchor: Option<(&'a str, &'a str)>,
+}
+
+/// What a run's segments showed of its tail.
+#[derive(Default)]
+struct Tail {
+    /// Each closed segment: its number, the events up to its end, the last hash.
+    closes: Vec<(u64, u64, String)>,
+    /// Closing records carry their time: the run wrote anchors.
+    dated: bool,
 }
 
 struct Expected {
@@ -226,11 +335,117 @@ struct Expected {
     prev: String,
 }
 
-fn parse_key(key: &str) -> Option<(&str, u64)> {
+enum Stored {
+    Segment(u64),
+    Anchor,
+}
+
+fn parse_key(key: &str) -> Option<(&str, Stored)> {
     let rest = key.strip_prefix("audit/")?;
     let (replica, file) = rest.split_once('/')?;
+    if file == "anchor.json" {
+        return Some((replica, Stored::Anchor));
+    }
     let number = file.strip_suffix(".jsonl")?.parse().ok()?;
-    Some((replica, number))
+    Some((replica, Stored::Segment(number)))
+}
+
+fn check_run(
+    replica: &str,
+    mut run: Run<'_>,
+    keys: &Keyring,
+    partial: bool,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> Result<(), String> {
+    run.segments.sort_by_key(|(n, _, _)| *n);
+    let mut expect = Expected {
+        segment: 0,
+        seq: 0,
+        prev: GENESIS.to_string(),
+    };
+    // The period's first segment, before which nothing is given.
+    let mut period_start = None;
+    if let (true, Some((number, _, text))) = (partial, run.segments.first()) {
+        period_start = Some(*number);
+        if let Some(first) = text.lines().next().and_then(|l| serde_json::from_str::<Link>(l).ok()) {
+            expect = Expected {
+                segment: *number,
+                seq: first.seq,
+                prev: first.prev,
+            };
+        }
+    }
+    let mut tail = Tail::default();
+    for (number, key, text) in run.segments {
+        report.segments += 1;
+        if number != expect.segment {
+            return Err(format!("{key}: segment {} is missing before it", expect.segment));
+        }
+        check_segment(key, text, &mut expect, keys, report, &mut tail)?;
+        expect.segment += 1;
+    }
+    let Some((key, text)) = run.anchor else {
+        if tail.dated {
+            return Err(format!(
+                "audit/{replica}: the run's anchor is missing (its segments are of a version that writes one)"
+            ));
+        }
+        report.unanchored.push(replica.to_string());
+        return Ok(());
+    };
+    let anchor = read_anchor(key, text, replica, keys)?;
+    // The anchor's last segment must be here and end where it says.
+    if let Some(last) = anchor.segments.checked_sub(1) {
+        match tail.closes.iter().find(|(n, _, _)| *n == last) {
+            Some((_, events, hash)) if *events == anchor.events && *hash == anchor.last_hash => {}
+            Some(_) => {
+                return Err(format!(
+                    "{key}: segment {last} does not end where the run's anchor of {} says",
+                    anchor.at
+                ))
+            }
+            // Before the period: not given, not checked.
+            None if partial && period_start.is_none_or(|start| last < start) => {}
+            None if last < expect.segment => {
+                return Err(format!(
+                    "{key}: segment {last} is not closed, though the run's anchor of {} says it was",
+                    anchor.at
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{key}: the run's anchor of {} vouches for {} segments, but segment {last} is missing",
+                    anchor.at, anchor.segments
+                ))
+            }
+        }
+    }
+    if anchor.end {
+        if expect.segment > anchor.segments {
+            return Err(format!(
+                "{key}: segment {} follows the run's signed end",
+                anchor.segments
+            ));
+        }
+        report.ended.push(replica.to_string());
+    } else if DateTime::parse_from_rfc3339(&anchor.until).is_ok_and(|until| until >= now) {
+        report.live.push(replica.to_string());
+    } else {
+        report.incomplete.push(replica.to_string());
+    }
+    Ok(())
+}
+
+fn read_anchor(key: &str, text: &str, replica: &str, keys: &Keyring) -> Result<Anchor, String> {
+    let anchor: Anchor = serde_json::from_str(text.trim()).map_err(|_| format!("{key}: not an anchor"))?;
+    let secret = keys
+        .get(&anchor.kid)
+        .ok_or_else(|| format!("{key}: anchor signed with unknown key {:?}", anchor.kid))?;
+    if mac_hex(secret, &anchor.signed_text()) != anchor.sig || anchor.replica != replica {
+        return Err(format!("{key}: the anchor's signature does not match"));
+    }
+    Ok(anchor)
 }
 
 fn check_segment(
@@ -239,6 +454,7 @@ fn check_segment(
     expect: &mut Expected,
     keys: &Keyring,
     report: &mut Report,
+    tail: &mut Tail,
 ) -> Result<(), String> {
     let mut closed = false;
     for (index, line) in text.lines().enumerate() {
@@ -261,6 +477,8 @@ fn check_segment(
                 ));
             }
             closed = true;
+            tail.dated |= close.at.is_some();
+            tail.closes.push((expect.segment, expect.seq, expect.prev.clone()));
             continue;
         }
         let link: Link = serde_json::from_str(line).map_err(|_| format!("{at}: not an audit event"))?;
@@ -305,42 +523,153 @@ fn check_segment(
 mod tests {
     use super::*;
 
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().to_utc()
+    }
+
     #[test]
     fn a_period_verifies_from_its_first_segment_and_still_catches_edits() {
         let keys = keys();
         let segments = stored();
         let period = &segments[1..];
         assert!(
-            verify(period, &keys).broken.is_some(),
+            verify(period, &keys, now()).broken.is_some(),
             "segment 0 is missing without --since"
         );
-        let report = verify_from(period, &keys, true);
+        let report = verify_from(period, &keys, true, now());
         assert_eq!(report.broken, None);
         assert_eq!(report.events, 5);
         let mut edited = period.to_vec();
         edited[0].1 = edited[0].1.replacen("\"n\":4", "\"n\":40", 1);
-        assert!(verify_from(&edited, &keys, true).broken.unwrap().contains("event 4"));
+        assert!(verify_from(&edited, &keys, true, now())
+            .broken
+            .unwrap()
+            .contains("event 4"));
     }
 
     fn keys() -> Keyring {
         Keyring::parse(&format!("audit-1 {}\n", "ab".repeat(32)), 32).unwrap()
     }
 
-    /// Two closed segments of three events and an open one of two.
+    /// Two closed segments of three events, an open one of two, and the
+    /// run's anchor (due again in a minute).
     fn stored() -> Vec<(String, String)> {
         let keys = keys();
         let mut chain = Chain::new("r1".into());
+        let mut segments = chain_segments(&mut chain);
+        let anchor = chain.anchor(&keys, now(), now() + chrono::TimeDelta::minutes(1), false);
+        chain.push(serde_json::json!({"n": 6}));
+        chain.push(serde_json::json!({"n": 7}));
+        segments.push((chain.key(), chain.open_text()));
+        segments.push(anchor);
+        segments
+    }
+
+    /// Two segments of three events, closed.
+    fn chain_segments(chain: &mut Chain) -> Vec<(String, String)> {
         let mut segments = Vec::new();
         for segment in 0..2 {
             for i in 0..3 {
                 chain.push(serde_json::json!({"tool": "generate_image", "n": segment * 3 + i}));
             }
-            segments.push(chain.close(&keys));
+            segments.push(chain.close(&keys(), now()));
         }
-        chain.push(serde_json::json!({"n": 6}));
-        chain.push(serde_json::json!({"n": 7}));
-        segments.push((chain.key(), chain.open_text()));
         segments
+    }
+
+    /// A run of two closed segments that stopped cleanly: its end anchored.
+    fn ended() -> Vec<(String, String)> {
+        let mut chain = Chain::new("r1".into());
+        let mut segments = chain_segments(&mut chain);
+        segments.push(chain.anchor(&keys(), now(), now(), true));
+        segments
+    }
+
+    #[test]
+    fn a_runs_anchor_says_whether_it_ended_runs_or_lapsed() {
+        let keys = keys();
+        let report = verify(&ended(), &keys, now());
+        assert_eq!((report.broken, report.ended), (None, vec!["r1".to_string()]));
+        let report = verify(&stored(), &keys, now());
+        assert_eq!(report.live, ["r1"]);
+        let later = now() + chrono::TimeDelta::minutes(2);
+        let report = verify(&stored(), &keys, later);
+        assert_eq!((report.broken, report.incomplete), (None, vec!["r1".to_string()]));
+        // Closed before anchors existed: nothing to say where the run ends.
+        let legacy: Vec<(String, String)> = ended()[..2]
+            .iter()
+            .map(|(key, text)| {
+                let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+                let mut close: CloseLine = serde_json::from_str(lines.last().unwrap()).unwrap();
+                close.close.at = None;
+                close.close.sig = signature(keys.newest().1, &close.close);
+                *lines.last_mut().unwrap() = serde_json::to_string(&close).unwrap();
+                (key.clone(), lines.join("\n") + "\n")
+            })
+            .collect();
+        let report = verify(&legacy, &keys, now());
+        assert_eq!((report.broken, report.unanchored), (None, vec!["r1".to_string()]));
+    }
+
+    #[test]
+    fn a_runs_tail_cannot_go_unnoticed() {
+        let keys = keys();
+        type Segments = Vec<(String, String)>;
+        type Tamper = Box<dyn Fn(&mut Segments)>;
+        let cases: Vec<(&str, Segments, Tamper, &str)> = vec![
+            (
+                "last segment of an ended run removed",
+                ended(),
+                Box::new(|s| {
+                    s.remove(1);
+                }),
+                "vouches for 2 segments, but segment 1 is missing",
+            ),
+            (
+                "last segment of a live run removed",
+                stored(),
+                Box::new(|s| {
+                    s.truncate(1);
+                    s.push(stored().pop().unwrap());
+                }),
+                "segment 1 is missing",
+            ),
+            (
+                "a segment after the end",
+                ended(),
+                Box::new(|s| s.push(("audit/r1/0000000002.jsonl".into(), stored()[2].1.clone()))),
+                "segment 2 follows the run's signed end",
+            ),
+            (
+                "anchor removed",
+                ended(),
+                Box::new(|s| {
+                    s.pop();
+                }),
+                "the run's anchor is missing",
+            ),
+            (
+                "anchor forged",
+                ended(),
+                Box::new(|s| s[2].1 = s[2].1.replace("\"segments\":2", "\"segments\":1")),
+                "the anchor's signature does not match",
+            ),
+            (
+                "a segment rewritten with its closing record dropped",
+                ended(),
+                Box::new(|s| {
+                    edit(s, 1, |l| {
+                        l.pop();
+                    })
+                }),
+                "segment 1 is not closed, though the run's anchor",
+            ),
+        ];
+        for (name, mut segments, tamper, expected) in cases {
+            tamper(&mut segments);
+            let broken = verify(&segments, &keys, now()).broken.unwrap_or_default();
+            assert!(broken.contains(expected), "{name}: {broken}");
+        }
     }
 
     fn edit(segments: &mut [(String, String)], index: usize, change: impl FnOnce(&mut Vec<String>)) {
@@ -351,7 +680,7 @@ mod tests {
 
     #[test]
     fn an_untouched_chain_verifies_and_names_its_open_segment() {
-        let report = verify(&stored(), &keys());
+        let report = verify(&stored(), &keys(), now());
         assert_eq!(report.broken, None, "{report:?}");
         assert_eq!((report.replicas, report.segments, report.events), (1, 3, 8));
         assert_eq!(report.open, ["audit/r1/0000000002.jsonl"]);
@@ -410,7 +739,7 @@ mod tests {
         for (name, tamper, expected) in cases {
             let mut segments = stored();
             tamper(&mut segments);
-            let broken = verify(&segments, &keys()).broken.unwrap_or_default();
+            let broken = verify(&segments, &keys(), now()).broken.unwrap_or_default();
             assert!(broken.contains(expected), "{name}: {broken}");
         }
     }
@@ -423,8 +752,8 @@ mod tests {
             32,
         )
         .unwrap();
-        assert_eq!(verify(&segments, &rotated).broken, None);
+        assert_eq!(verify(&segments, &rotated, now()).broken, None);
         let other = Keyring::parse(&format!("audit-2 {}\n", "cd".repeat(32)), 32).unwrap();
-        assert!(verify(&segments, &other).broken.unwrap().contains("unknown key"));
+        assert!(verify(&segments, &other, now()).broken.unwrap().contains("unknown key"));
     }
 }

@@ -1,7 +1,11 @@
 //! Feeds the tamper-evident audit (`audit_chain`): a tracing layer copies
 //! every event on the `audit` and `billing` targets (stdout keeps its JSON
 //! line as before) into a bounded channel, and the writer links them and
-//! stores the open segment about once a second, closing it by size or age.
+//! stores the open segment about once a second, closing it by size or by
+//! age (checked every second, so an idle replica's last events are signed
+//! within a segment age too). After each close it stores, at least once a
+//! segment age, and at a clean stop, it anchors the run's tail
+//! (`audit_chain::Anchor`): a run's end is then verifiable.
 //! A store that fails loses nothing still in memory (the whole open segment
 //! is written again next time) and never blocks a call; a full channel drops
 //! the event and counts it (`mcp_gateway_audit_events_dropped_total`).
@@ -12,6 +16,8 @@
 
 use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -36,6 +42,8 @@ enum Entry {
         user: String,
         sha256: String,
         text: String,
+        /// When the call began: the prompt of one begun before its owner's erasure is not kept.
+        started: DateTime<Utc>,
     },
 }
 
@@ -62,7 +70,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ChainLayer {
         let mut fields = Fields(Map::new());
         fields.0.insert("target".into(), target.into());
         // When, inside the chain (stdout's line has its own timestamp).
-        fields.0.insert("time".into(), chrono::Utc::now().to_rfc3339().into());
+        let now = Utc::now();
+        fields.0.insert("time".into(), now.to_rfc3339().into());
         event.record(&mut fields);
         if let Some(Value::String(text)) = fields.0.remove("prompt") {
             let field = |name: &str| {
@@ -73,11 +82,13 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ChainLayer {
                     .unwrap_or_default()
                     .to_string()
             };
+            let latency = fields.0.get("latency_ms").and_then(Value::as_i64).unwrap_or_default();
             let prompt = Entry::Prompt {
                 org: field("org"),
                 user: field("user"),
                 sha256: field("prompt_sha256"),
                 text,
+                started: now - chrono::TimeDelta::milliseconds(latency),
             };
             if sink.try_send(prompt).is_err() {
                 DROPPED.inc();
@@ -112,8 +123,9 @@ impl tracing::field::Visit for Fields {
     }
 }
 
-/// Starts the writer for this replica; it closes its last segment once
-/// `stop` fires and the channel is drained. Returns when that is done.
+/// Starts the writer for this replica; it closes its last segment and
+/// anchors the run's end once `stop` fires and the channel is drained.
+/// Returns when that is done.
 pub fn start(
     store: ImageStore,
     keys: Keyring,
@@ -124,55 +136,119 @@ pub fn start(
     let _ = SINK.set(sender);
     // One chain per process run: a restart starts a new replica id, so a
     // crashed run's open segment stays as it was last written.
-    let replica = crate::telemetry::audit_chain::run_id(chrono::Utc::now());
-    tokio::spawn(write(Chain::new(replica), store, keys, limits, receiver, stop))
+    let replica = crate::telemetry::audit_chain::run_id(Utc::now());
+    let writer = Writer {
+        chain: Chain::new(replica),
+        store,
+        keys,
+        limits,
+        opened: None,
+        dirty: false,
+        pending: Vec::new(),
+        anchored: None,
+    };
+    tokio::spawn(writer.run(receiver, stop))
 }
 
-async fn write(
-    mut chain: Chain,
+/// The writer's state: the chain, its open segment's age, the closed
+/// segments the store has not taken yet, and the last anchor.
+struct Writer {
+    chain: Chain,
     store: ImageStore,
     keys: Keyring,
     limits: SegmentLimits,
-    mut receiver: mpsc::Receiver<Entry>,
-    stop: CancellationToken,
-) {
-    let mut opened = Instant::now();
-    let mut dirty = false;
-    // Closed segments the store has not taken yet, retried every tick.
-    let mut pending: Vec<(String, String)> = Vec::new();
-    let mut ticker = tokio::time::interval(WRITE_EVERY);
-    loop {
-        tokio::select! {
-            entry = receiver.recv() => {
-                let Some(entry) = entry else { break };
-                if !take(entry, &mut chain, &store).await {
-                    continue;
+    /// When the open segment's first event came.
+    opened: Option<Instant>,
+    /// The open segment changed since it was last stored.
+    dirty: bool,
+    /// Closed segments the store has not taken yet, retried every tick.
+    pending: Vec<(String, String)>,
+    /// When the last anchor was stored, and how many closed segments it counted.
+    anchored: Option<(Instant, u64)>,
+}
+
+impl Writer {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Entry>, stop: CancellationToken) {
+        // Anchored from the start: a run that writes segments has an anchor.
+        self.anchor(false).await;
+        let mut ticker = tokio::time::interval(WRITE_EVERY);
+        loop {
+            tokio::select! {
+                entry = receiver.recv() => {
+                    let Some(entry) = entry else { break };
+                    if !take(entry, &mut self.chain, &self.store).await {
+                        continue;
+                    }
+                    self.opened.get_or_insert_with(Instant::now);
+                    self.dirty = true;
+                    if self.chain.len() >= self.limits.max_events || self.aged() {
+                        self.close().await;
+                    }
                 }
-                dirty = true;
-                if chain.len() >= limits.max_events || opened.elapsed() >= limits.max_age {
-                    pending.push(chain.close(&keys));
-                    opened = Instant::now();
-                    dirty = false;
-                    flush(&store, &mut pending).await;
+                _ = ticker.tick() => {
+                    // Idle or not, a segment is signed once it is a segment age old.
+                    if self.aged() {
+                        self.close().await;
+                    }
+                    flush(&self.store, &mut self.pending).await;
+                    if self.dirty {
+                        self.dirty = !store_segment(&self.store, &self.chain.key(), self.chain.open_text()).await;
+                    }
+                    if self.anchor_due() {
+                        self.anchor(false).await;
+                    }
                 }
+                _ = stop.cancelled() => break,
             }
-            _ = ticker.tick() => {
-                flush(&store, &mut pending).await;
-                if dirty {
-                    dirty = !store_segment(&store, &chain.key(), chain.open_text()).await;
-                }
-            }
-            _ = stop.cancelled() => break,
+        }
+        // What arrived before the stop is kept.
+        while let Ok(entry) = receiver.try_recv() {
+            take(entry, &mut self.chain, &self.store).await;
+        }
+        if !self.chain.is_empty() {
+            self.pending.push(self.chain.close(&self.keys, Utc::now()));
+        }
+        flush(&self.store, &mut self.pending).await;
+        if self.pending.is_empty() {
+            self.anchor(true).await;
+        } else {
+            tracing::error!("the last audit segments could not be stored: this run's end is not anchored");
         }
     }
-    // What arrived before the stop is kept.
-    while let Ok(entry) = receiver.try_recv() {
-        take(entry, &mut chain, &store).await;
+
+    fn aged(&self) -> bool {
+        self.opened.is_some_and(|at| at.elapsed() >= self.limits.max_age)
     }
-    if !chain.is_empty() {
-        pending.push(chain.close(&keys));
+
+    async fn close(&mut self) {
+        self.pending.push(self.chain.close(&self.keys, Utc::now()));
+        self.opened = None;
+        self.dirty = false;
+        flush(&self.store, &mut self.pending).await;
+        if self.pending.is_empty() {
+            self.anchor(false).await;
+        }
     }
-    flush(&store, &mut pending).await;
+
+    /// Due after a close the last anchor does not count, and once a segment
+    /// age since it; only when every closed segment is stored (an anchor
+    /// vouches for what is in the store).
+    fn anchor_due(&self) -> bool {
+        self.pending.is_empty()
+            && self.anchored.is_none_or(|(at, segments)| {
+                segments != self.chain.closed_segments() || at.elapsed() >= self.limits.max_age
+            })
+    }
+
+    async fn anchor(&mut self, end: bool) {
+        let now = Utc::now();
+        // Two segment ages and a tick: one late anchor is not yet a lapse.
+        let until = now + 2 * self.limits.max_age + 2 * WRITE_EVERY;
+        let (key, text) = self.chain.anchor(&self.keys, now, until, end);
+        if store_segment(&self.store, &key, text).await {
+            self.anchored = Some((Instant::now(), self.chain.closed_segments()));
+        }
+    }
 }
 
 /// Links an event into the chain (`true`), or stores a prompt apart from it.
@@ -187,8 +263,9 @@ async fn take(entry: Entry, chain: &mut Chain, store: &ImageStore) -> bool {
             user,
             sha256,
             text,
+            started,
         } => {
-            if let Err(error) = store.put_prompt(&org, &user, &sha256, &text).await {
+            if let Err(error) = store.put_prompt(&org, &user, &sha256, &text, started).await {
                 tracing::warn!(%error, "an opted-in prompt could not be stored apart from the audit");
             }
             false
