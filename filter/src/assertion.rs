@@ -38,18 +38,20 @@ pub const MIN_KEY_BYTES: usize = 32;
 
 /// What the admin writes under `identity_assertion`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Id of the signing key (the upstream looks the key up by it).
     pub key_id: String,
-    /// The key, hex-encoded, inline...
+    /// The HMAC key, hex of at least 32 bytes, inline...
     #[serde(default)]
     pub key: Option<String>,
     /// ...or the name of an environment variable of Envoy's holding it
-    /// (exposed to the VM with `vm_config.environment_variables.host_env_keys`).
+    /// (exposed to the VM with `vm_config.environment_variables.host_env_keys`;
+    /// the template lists `MCP_IDENTITY_ASSERTION_KEY`). Exactly one of the two.
     #[serde(default)]
     pub key_env: Option<String>,
-    /// Lifetime of an assertion.
+    /// Lifetime of an assertion, in seconds (1 to 300).
     #[serde(default = "default_ttl_seconds")]
     pub ttl_seconds: u64,
 }

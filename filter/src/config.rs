@@ -25,67 +25,99 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 2048;
 /// the envelope. A 4 MiB cap here would cut off every image over 3 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = (4 * 1024 * 1024usize).div_ceil(3) * 4 + 64 * 1024;
 
-/// What the admin writes, as JSON.
+/// What the admin writes, as JSON: the edge filter's settings.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfigSpec {
-    /// Largest accepted request body in bytes; larger bodies get 413.
+    /// Largest accepted request body in bytes (1 to 1048576): larger bodies get
+    /// 413, checked on `Content-Length` and while the body streams.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// Larger limits for calls of some tools (`{"edit_image": 4096}`): the
-    /// edge reads bodies up to the largest, then holds each call to its tool's.
+    /// Larger body limits for calls of named tools (`{"edit_image": 4096}`):
+    /// the edge reads bodies up to the largest, then holds each call to its
+    /// tool's; every other request keeps `max_body_bytes`.
     #[serde(default)]
     pub max_body_bytes_per_tool: std::collections::BTreeMap<String, usize>,
-    /// Where the MCP endpoint lives; used to scope JSON-RPC checks.
+    /// The MCP endpoint: POSTs there must be one JSON-RPC 2.0 message.
     #[serde(default = "default_mcp_path")]
     pub mcp_path: String,
-    /// Accepted `MCP-Protocol-Version` values.
+    /// Accepted `MCP-Protocol-Version` values; others get 400 with `-32022`
+    /// and the supported list.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(default = "schema_defaults::protocol_versions"))]
     pub protocol_versions: Option<Vec<String>>,
-    /// Accepted `Origin`s: bare hosts (any port) or `scheme://host[:port|:*]`.
+    /// Accepted `Origin`s: a bare host (any port) or `scheme://host[:port|:*]`;
+    /// other origins get 403. Requests without `Origin` are not browsers' and pass.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(default = "schema_defaults::allowed_origins"))]
     pub allowed_origins: Option<Vec<String>>,
-    /// JSON-RPC methods let through to the upstream.
+    /// JSON-RPC methods let through to the upstream (by default, what the
+    /// upstream serves); others get 404 with `-32601`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(default = "schema_defaults::allowed_methods"))]
     pub allowed_methods: Option<Vec<String>>,
-    /// Tools `tools/call` may name.
+    /// Tools `tools/call` may name; others get `-32602`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(default = "schema_defaults::allowed_tools"))]
     pub allowed_tools: Option<Vec<String>>,
-    /// Longest `generate_image` prompt, in characters.
+    /// Longest `generate_image` / `edit_image` prompt, in characters: a cheap
+    /// check at the edge (the upstream checks again).
     #[serde(default = "default_max_prompt_chars")]
     pub max_prompt_chars: usize,
-    /// Largest `n` of one `generate_image` call.
+    /// Largest `n` of one `generate_image` / `edit_image` call (the edge also
+    /// checks that `images` holds 1 to 16 strings).
     #[serde(default = "default_max_images_per_call")]
     pub max_images_per_call: u64,
+    /// IAM JWT verification: issuer, audiences and the keys, inline or fetched.
+    /// Tokens with `alg: none`, HMAC algorithms, unknown `kid`s, a bad
+    /// signature, wrong issuer or audience, expired or not-yet-valid times, or
+    /// no `sub`/org claim get 401 with `WWW-Authenticate: Bearer …`.
     pub jwt: JwtSpec,
-    /// API keys (hashed), each mapped to an id, org and limits.
+    /// API keys, sent as `x-api-key` or an opaque bearer; only their SHA-256 is
+    /// configured, each mapped to an id, organisation, scopes and limits.
     #[serde(default)]
     pub api_keys: Vec<ApiKeySpec>,
-    /// Token buckets and daily quotas.
+    /// Token buckets per caller and per organisation, and daily image quotas,
+    /// kept in Envoy's shared data (one limit across worker threads, per Envoy).
     #[serde(default)]
     pub rate_limits: RateLimitsSpec,
-    /// Image counts shared by every Envoy replica, through a ratelimit.v3 service.
+    /// Image counts shared by every Envoy replica, through a service speaking
+    /// Envoy's `envoy.service.ratelimit.v3` API (`mcp-ratelimit`); none by default.
     #[serde(default)]
     pub global_rate_limit: Option<GlobalRateLimitSpec>,
     /// Scope a caller needs for `tools/call` (403 `insufficient_scope` without it).
     #[serde(default)]
     pub tools_call_scope: Option<String>,
-    /// Per-tool scopes and per-organisation tool allow-lists (`tool_access.rs`).
+    /// Per-tool access: a scope per tool and the tools each organisation may
+    /// call. A caller without a tool's scope gets 403 `insufficient_scope`
+    /// naming it; a tool not on its organisation's list gets 403 with `-32602`.
+    /// `tools/list` shows each caller only the tools it may call (the identity
+    /// assertion carries the list, so this needs `identity_assertion`).
     #[serde(default)]
     pub tool_access: ToolAccessSpec,
-    /// RFC 9728 protected-resource metadata, served by the filter and named in 401s.
+    /// RFC 9728 protected-resource metadata: served at
+    /// `/.well-known/oauth-protected-resource[/mcp]` and named in every 401.
     #[serde(default)]
     pub protected_resource: Option<ProtectedResourceSpec>,
-    /// Largest upstream response passed to the client (the PRD's output cap).
+    /// Largest upstream response passed to the client (the output cap): a larger
+    /// one is replaced by a JSON-RPC `-32603` error (502), a stream is cut off
+    /// with an SSE error event. The default fits a `resources/read` of the
+    /// largest image (the upstream's `GATEWAY_MAX_IMAGE_BYTES`, 4 MiB, as base64,
+    /// plus 64 KiB); lower it only with the upstream's
+    /// `GATEWAY_MAX_RESOURCE_REPLY_BYTES`.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
-    /// Verified JWTs kept per worker (0 disables the cache).
+    /// Verified JWTs cached per worker until they expire (0 disables the cache).
     #[serde(default = "default_token_cache_entries")]
     pub token_cache_entries: usize,
-    /// The signed identity assertion sent to the upstream (`assertion.rs`).
+    /// The key the filter signs the identity assertion (`x-mcp-identity`) with.
+    /// Without it the upstream refuses every request. `make run` fills it from
+    /// `.state/identity.keys`.
     #[serde(default)]
     pub identity_assertion: Option<assertion::Settings>,
-    /// The decision as tags on Envoy's trace span (`span_tags.rs`).
+    /// The filter's decision as tags on Envoy's trace span (`{"span_tags": true,
+    /// "user_id": false}`); none by default.
     #[serde(default)]
     pub tracing: Option<TracingSpec>,
     /// Phases switched off for the benchmark's breakdown (`phases.rs`; only
@@ -97,13 +129,17 @@ pub struct FilterConfigSpec {
 
 /// RFC 9728 metadata for this MCP server.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProtectedResourceSpec {
     /// The MCP server's resource URL, e.g. `https://gw.example.com/mcp`.
     pub resource: String,
+    /// Issuers of the authorization servers clients get tokens from (at least one).
     pub authorization_servers: Vec<String>,
+    /// Scopes this server understands.
     #[serde(default)]
     pub scopes_supported: Vec<String>,
+    /// A name for people (default `MCP image gateway`).
     #[serde(default)]
     pub resource_name: Option<String>,
 }
@@ -169,6 +205,27 @@ fn default_max_response_bytes() -> usize {
 }
 fn default_token_cache_entries() -> usize {
     10_000
+}
+
+/// The defaults of the optional lists, as the settings reference shows them
+/// (the settings themselves fall back to the same constants when compiled).
+#[cfg(feature = "schema")]
+mod schema_defaults {
+    fn strings(list: &[&str]) -> Option<Vec<String>> {
+        Some(list.iter().map(|s| s.to_string()).collect())
+    }
+    pub fn protocol_versions() -> Option<Vec<String>> {
+        strings(&crate::transport::DEFAULT_PROTOCOL_VERSIONS)
+    }
+    pub fn allowed_origins() -> Option<Vec<String>> {
+        strings(&crate::transport::DEFAULT_ORIGIN_HOSTS)
+    }
+    pub fn allowed_methods() -> Option<Vec<String>> {
+        strings(&crate::policy::DEFAULT_METHODS)
+    }
+    pub fn allowed_tools() -> Option<Vec<String>> {
+        strings(&crate::policy::DEFAULT_TOOLS)
+    }
 }
 
 /// The compiled configuration the filter runs on.

@@ -29,6 +29,7 @@ pub const LIMITER_UNAVAILABLE: i32 = -32030;
 
 /// What the admin writes under `global_rate_limit`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GlobalRateLimitSpec {
     /// The Envoy cluster (HTTP/2) of the rate-limit service.
@@ -36,21 +37,23 @@ pub struct GlobalRateLimitSpec {
     /// The rate-limit domain (the service's namespace for our limits).
     #[serde(default = "default_domain")]
     pub domain: String,
-    /// How long to wait for an answer.
+    /// How long to wait for an answer, in milliseconds (1 to 10000).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// What a failed or late answer means: `allow` (fail open) or `deny` (fail closed).
+    /// What a failed, late or nonsensical answer means.
     #[serde(default)]
     pub failure_mode: FailureMode,
 }
 
+/// What a failed or late answer of the rate-limit service means.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum FailureMode {
     /// Let the request through on the local limits alone (Envoy's own default).
     #[default]
     Allow,
-    /// Refuse with 503 until the service answers again.
+    /// Refuse with 503 (`-32030`) until the service answers again.
     Deny,
 }
 

@@ -29,39 +29,49 @@ const FIRST_BACKOFF_SPINS: u64 = 8;
 /// Largest pause bound, in spins (some ten microseconds at most natively).
 const MAX_BACKOFF_SPINS: u64 = 256;
 
-/// A rate as the admin writes it.
+/// A token bucket as the admin writes it.
 #[derive(Debug, Clone, Copy, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateSpec {
+    /// Tokens added per second (above 0).
     pub requests_per_second: f64,
+    /// Tokens the bucket holds when full: the largest burst (at least 1).
     pub burst: u32,
 }
 
 /// Per-organisation overrides.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OrgLimitsSpec {
+    /// This organisation's bucket rate, instead of `per_org`'s.
     #[serde(default)]
     pub requests_per_second: Option<f64>,
+    /// This organisation's bucket burst, instead of `per_org`'s.
     #[serde(default)]
     pub burst: Option<u32>,
+    /// This organisation's daily image quota, instead of `daily_images_per_org`.
     #[serde(default)]
     pub daily_images: Option<u64>,
 }
 
 /// The `rate_limits` section.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsSpec {
-    /// Bucket per API key or JWT user.
+    /// A bucket per API key or JWT user; over it, 429 with `Retry-After`.
     #[serde(default)]
     pub per_caller: Option<RateSpec>,
-    /// Bucket per organisation.
+    /// A bucket per organisation.
     #[serde(default)]
     pub per_org: Option<RateSpec>,
-    /// Images per organisation per UTC day.
+    /// Images per organisation per UTC day, charged when the edge admits a
+    /// call (`n` images); over it, 429 until midnight UTC.
     #[serde(default)]
     pub daily_images_per_org: Option<u64>,
+    /// Overrides by organisation name.
     #[serde(default)]
     pub orgs: HashMap<String, OrgLimitsSpec>,
 }

@@ -12,6 +12,7 @@ use crate::reply::Reject;
 
 /// What the admin writes under `tracing`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TracingSpec {
     /// Put the decision on Envoy's span.

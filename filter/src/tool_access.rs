@@ -14,6 +14,7 @@ use crate::reply::Reject;
 
 /// What the admin writes under `tool_access`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToolAccessSpec {
     /// The scope a tool needs (`{"edit_image": "images:edit"}`).

@@ -20,11 +20,14 @@ pub const MAX_URL_TTL_SECS: u64 = 7 * 24 * 3600;
 pub enum BackendChoice {
     /// `openai` when OPENAI_API_KEY is set, else `offline-preview`.
     Auto,
+    /// OpenAI's GPT image models (OPENAI_*).
     Openai,
     /// A self-hosted server speaking the OpenAI Images API (OPENAI_COMPATIBLE_*).
     OpenaiCompatible,
     /// Stability AI's Stable Diffusion 3.5 (STABILITY_*).
     Stability,
+    /// A deterministic abstract PNG from the prompt's hash: not a model, for
+    /// development and tests.
     OfflinePreview,
 }
 
@@ -40,11 +43,14 @@ pub struct ServeConfig {
     /// Public origin clients use, for signed links (scheme://host:port).
     #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
     pub public_base_url: String,
-    /// Folder for local state (images, secrets) when no other location is set.
+    /// Folder for local state (images, keys) when no other location is set.
     #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
     pub state_dir: PathBuf,
-    /// Image store URL: `file:///path` or `s3://bucket` (with the `AWS_*`
-    /// variables); default `file://{state_dir}/images`.
+    /// Image store URL: `file:///path`; `s3://bucket`, with the standard
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` and, for
+    /// S3-compatible stores, `AWS_ENDPOINT` / `AWS_ALLOW_HTTP`; or `gs://bucket`,
+    /// with `GOOGLE_SERVICE_ACCOUNT` or the instance's credentials. Default
+    /// `file://{state_dir}/images`.
     #[arg(long, env = "GATEWAY_STORAGE_URL")]
     pub storage_url: Option<String>,
     /// Links straight to the bucket (S3/GCS presigned URLs); `false` serves
@@ -53,10 +59,13 @@ pub struct ServeConfig {
     #[arg(long, env = "GATEWAY_STORAGE_PRESIGN", default_value_t = true, action = clap::ArgAction::Set)]
     pub storage_presign: bool,
     /// Keys for signed image links, one `KEY_ID HEX` line each (at least 32
-    /// bytes), the newest last: it signs, all verify; default `{state_dir}/url-signing.key`.
+    /// bytes), the newest last: it signs, every listed key verifies (links
+    /// carry `kid`); a bare hex line is the key `default`. Default
+    /// `{state_dir}/url-signing.key`.
     #[arg(long, env = "GATEWAY_URL_SIGNING_KEY_FILE")]
     pub url_signing_key_file: Option<PathBuf>,
-    /// Per-organisation monthly budgets in USD (`{"default_usd": 50, "orgs": {"acme": 500}}`).
+    /// Per-organisation monthly budgets in USD (`{"default_usd": 50, "orgs":
+    /// {"acme": 500}}`); none without it.
     #[arg(long, env = "GATEWAY_BUDGETS_FILE")]
     pub budgets_file: Option<PathBuf>,
     /// Redis shared by every replica for budget totals (`redis://host:6379`);
@@ -75,17 +84,18 @@ pub struct ServeConfig {
     /// line each (two during a rotation); default `{state_dir}/identity.keys`.
     #[arg(long, env = "GATEWAY_IDENTITY_KEYS_FILE")]
     pub identity_keys_file: Option<PathBuf>,
-    /// Lifetime of signed image links, in seconds (at most 7 days).
+    /// Lifetime of signed image links, in seconds (at most 7 days, S3's presign limit).
     #[arg(long, env = "GATEWAY_URL_TTL_SECS", default_value_t = 86_400)]
     pub url_ttl_secs: u64,
     /// Host names (optionally host:port) the MCP endpoint accepts in `Host`;
     /// comma separated. Loopback and the public base URL's host are always allowed.
     #[arg(long, env = "GATEWAY_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
-    /// Model backend.
+    /// The primary model's backend.
     #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Days images are kept; a sweeper deletes older ones (GDPR: under 30).
+    /// Days images are kept (1 to 29: GDPR, under 30; links may not outlive
+    /// them); a sweeper in every replica deletes older ones.
     #[arg(long, env = "GATEWAY_RETENTION_DAYS", default_value_t = 29)]
     pub retention_days: u32,
     /// Hours uploads (`create_upload`) are kept before the sweeper deletes them.
@@ -94,8 +104,9 @@ pub struct ServeConfig {
     /// Days audit segments are kept (SOC 2 looks back a year).
     #[arg(long, env = "GATEWAY_AUDIT_RETENTION_DAYS", default_value_t = 400)]
     pub audit_retention_days: u32,
-    /// The keyring that signs audit segments (`KEY_ID HEX_SECRET` lines,
-    /// newest first); the tamper-evident audit runs when it exists.
+    /// The keyring that signs audit segments (`KEY_ID HEX_SECRET` lines, the
+    /// newest last); the tamper-evident audit runs when it exists. Default
+    /// `{state_dir}/audit.keys` (made by `dev-init`).
     #[arg(long, env = "GATEWAY_AUDIT_KEYS_FILE")]
     pub audit_keys_file: Option<PathBuf>,
     /// Events per audit segment before it is closed.
@@ -136,7 +147,10 @@ pub struct ServeConfig {
     /// USD per image when the provider reports no usage (0 for the offline preview).
     #[arg(long, env = "GATEWAY_PRICE_PER_IMAGE_USD", default_value_t = 0.0)]
     pub price_per_image: f64,
-    /// Largest image accepted from a model; larger ones are a tool error and are not stored.
+    /// Largest image accepted from a model, in bytes; larger ones are a tool
+    /// error and are not stored. It also bounds how much of a provider's answer
+    /// is read: the images asked for as base64 (Stability: one image's bytes)
+    /// plus 1 MiB; a longer answer is cut off there and is a tool error.
     #[arg(long, env = "GATEWAY_MAX_IMAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_image_bytes: usize,
     /// Largest `resources/read` reply (an image inlined as base64): keep it
@@ -163,30 +177,40 @@ pub struct ServeConfig {
     /// OpenAI API base URL (any server speaking the Images API).
     #[arg(long, env = "OPENAI_BASE_URL", default_value = openai::DEFAULT_BASE_URL)]
     pub openai_base_url: String,
-    /// OpenAI image model.
+    /// OpenAI image model (the primary model under the `openai` backend).
     #[arg(long, env = "OPENAI_IMAGE_MODEL", default_value = openai::DEFAULT_MODEL)]
     pub openai_image_model: String,
-    /// OpenAI organisation id, sent as `OpenAI-Organization`.
-    /// OpenAI's `moderation` level for generations: `auto` or `low`.
+    /// OpenAI's `moderation` level, sent with every OpenAI request.
     #[arg(long, env = "OPENAI_MODERATION", default_value = "auto", value_parser = ["auto", "low"])]
     pub openai_moderation: String,
-    /// Model chains by rule, organisation or style (JSON; see `upstream/src/routing/rules.rs`).
+    /// Routes (JSON): model chains by rule (prompt length, keywords and
+    /// patterns, tools, sizes, styles, qualities, backgrounds, organisations,
+    /// number of images), by organisation, by style and a `default`, each a
+    /// chain, a `cheapest` chain or weighted arms; the models each organisation
+    /// may choose (`selectable`); the organisations that may use a model's
+    /// reserve (`priority_orgs`).
     #[arg(long, env = "GATEWAY_ROUTES_FILE")]
     pub routes_file: Option<PathBuf>,
-    /// A JSON model capability table replacing the built-in one (see `upstream/src/routing/models.json`).
+    /// A JSON model capability table replacing the built-in one
+    /// (`upstream/src/routing/models.json`): sizes, qualities, formats,
+    /// transparency, edits, prices, and a self-hosted pool's reserve and
+    /// concurrency.
     #[arg(long, env = "GATEWAY_MODELS_FILE")]
     pub models_file: Option<PathBuf>,
     /// How often the admin files (routes, models, budgets, keyrings) are
     /// looked at for changes, in seconds; SIGHUP re-reads them at once.
     #[arg(long, env = "GATEWAY_ADMIN_FILES_POLL_SECS", default_value_t = 1)]
     pub admin_files_poll_secs: u64,
+    /// Stability AI API key (the `stability` backend: SD3.5, one request per image).
     #[arg(long, env = "STABILITY_API_KEY", hide_env_values = true)]
     pub stability_api_key: Option<String>,
     /// A file holding the Stability API key, read at start.
     #[arg(long, env = "STABILITY_API_KEY_FILE", conflicts_with = "stability_api_key")]
     pub stability_api_key_file: Option<PathBuf>,
+    /// Stability AI API base URL.
     #[arg(long, env = "STABILITY_BASE_URL", default_value = crate::providers::stability::DEFAULT_BASE_URL)]
     pub stability_base_url: String,
+    /// Stability model (`POST /v2beta/stable-image/generate/sd3`).
     #[arg(long, env = "STABILITY_MODEL", default_value = crate::providers::stability::DEFAULT_MODEL)]
     pub stability_model: String,
     /// Timeout for one Stability call, in seconds (SD3.5 answers in seconds).
@@ -195,9 +219,12 @@ pub struct ServeConfig {
     /// Timeout for one call to the OpenAI-compatible server, in seconds.
     #[arg(long, env = "OPENAI_COMPATIBLE_TIMEOUT_SECS", default_value_t = 300)]
     pub openai_compatible_timeout_secs: u64,
-    /// Base URL of an OpenAI-compatible image server, e.g. http://localai:8080/v1.
+    /// Base URL of a self-hosted server speaking the classic OpenAI Images API
+    /// (LocalAI and the like: `response_format: b64_json`, PNG only, no
+    /// GPT-image options), e.g. `http://localai:8080/v1`.
     #[arg(long, env = "OPENAI_COMPATIBLE_BASE_URL")]
     pub openai_compatible_base_url: Option<String>,
+    /// API key of the OpenAI-compatible server, if it wants one.
     #[arg(long, env = "OPENAI_COMPATIBLE_API_KEY", hide_env_values = true)]
     pub openai_compatible_api_key: Option<String>,
     /// A file holding the OpenAI-compatible server's API key, read at start.
@@ -207,19 +234,23 @@ pub struct ServeConfig {
         conflicts_with = "openai_compatible_api_key"
     )]
     pub openai_compatible_api_key_file: Option<PathBuf>,
+    /// The OpenAI-compatible server's model name.
     #[arg(long, env = "OPENAI_COMPATIBLE_MODEL", default_value = "stablediffusion")]
     pub openai_compatible_model: String,
+    /// OpenAI organisation id, sent as `OpenAI-Organization`.
     #[arg(long, env = "OPENAI_ORGANIZATION")]
     pub openai_organization: Option<String>,
     /// Models tried in order when the primary fails, comma separated:
     /// `provider:model`, or a bare name that binds to the provider of its
-    /// capability row (a name the table does not know stops the start).
+    /// capability row (`offline-preview` goes to the offline renderer,
+    /// `sd3.5-large` to Stability; a name the table does not know stops the
+    /// start), e.g. `gpt-image-1.5,stability:sd3.5-large`.
     #[arg(long, env = "GATEWAY_FALLBACK_MODELS", value_delimiter = ',')]
     pub fallback_models: Vec<String>,
     /// Attempts per model on rate limits, 5xx and network errors (jittered backoff, `Retry-After` honoured).
     #[arg(long, env = "GATEWAY_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
-    /// Longest wait between attempts, in seconds.
+    /// Longest wait between attempts, in seconds; a longer `Retry-After` moves on at once.
     #[arg(long, env = "GATEWAY_RETRY_MAX_DELAY_SECS", default_value_t = 20)]
     pub retry_max_delay_secs: u64,
     /// The most a call spends with the models, in seconds: pool waits,

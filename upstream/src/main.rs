@@ -112,6 +112,12 @@ enum Command {
         #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
         public_base_url: String,
     },
+    /// Writes the book's settings reference (edge settings, these flags, the
+    /// admin files' formats) from the types that parse them.
+    DocsReference {
+        #[arg(long, default_value = mcp_image_gateway::cli::reference::DEFAULT_DIR)]
+        out: PathBuf,
+    },
     /// Check an edge settings file with the filter's own validation, offline;
     /// prints its SHA-256 (what `mcp_edge_settings_info` reports) or the refusal.
     CheckSettings { file: PathBuf },
@@ -243,6 +249,11 @@ async fn main() -> anyhow::Result<()> {
             public_base_url,
         } => {
             println!("{}", devkit::filter_config(&state_dir, &public_base_url)?);
+            Ok(())
+        }
+        Command::DocsReference { out } => {
+            mcp_image_gateway::cli::reference::write(&out).with_context(|| format!("writing {}", out.display()))?;
+            println!("settings reference written to {}", out.display());
             Ok(())
         }
         Command::CheckSettings { file } => {

@@ -1,8 +1,10 @@
 //! Commands beside serving: dev keys and Envoy rendering (`devkit`), live
 //! edge settings (`edge_settings`), cost simulation (`cost_sim`), the
-//! compliance evidence bundle (`evidence`).
+//! compliance evidence bundle (`evidence`), the book's settings reference
+//! (`reference`).
 
 pub mod cost_sim;
 pub mod devkit;
 pub mod edge_settings;
 pub mod evidence;
+pub mod reference;

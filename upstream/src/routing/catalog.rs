@@ -26,10 +26,15 @@ const BUILTIN: &str = include_str!("models.json");
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomSizes {
+    /// Both sides must be multiples of this.
     pub multiple_of: u32,
+    /// The long side over the short one, at most.
     pub max_aspect_ratio: f64,
+    /// The longest long side, in pixels.
     pub max_long_edge: u32,
+    /// The longest short side, in pixels.
     pub max_short_edge: u32,
+    /// The fewest pixels in all.
     #[serde(default)]
     pub min_pixels: u64,
 }
@@ -77,7 +82,9 @@ pub struct ModelCapabilities {
     pub sizes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_sizes: Option<CustomSizes>,
+    /// The qualities it takes (`low`, `medium`, `high`, `auto`).
     pub qualities: Vec<Quality>,
+    /// The formats it writes (`png`, `jpeg`, `webp`).
     pub output_formats: Vec<OutputFormat>,
     /// Whether `background: "transparent"` works.
     pub transparent_background: bool,
@@ -88,9 +95,12 @@ pub struct ModelCapabilities {
     /// false for edit-only services such as Stability's in-painting.
     #[serde(default = "yes")]
     pub generates: bool,
+    /// The most images one call may ask for (`n`).
     pub max_images: u8,
+    /// Price per million input (prompt and input image) tokens, for cost estimates.
     #[serde(default)]
     pub usd_per_million_input_tokens: f64,
+    /// Price per million output (image) tokens, for cost estimates.
     #[serde(default)]
     pub usd_per_million_output_tokens: f64,
     /// Price of one image when the provider reports no token usage.

@@ -28,7 +28,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::media::style::Style;
@@ -40,14 +41,18 @@ use crate::routing::chain::ModelRouter;
 const MAX_PATTERN_CHARS: usize = 256;
 const MAX_PATTERN_BYTES: usize = 64 * 1024;
 
-/// The routes file.
-#[derive(Debug, Default, Deserialize)]
+/// The routes file: which chain of models serves a call, and which models
+/// callers may choose.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutesSpec {
+    /// The route of calls with this `style`, when no rule and no organisation matched.
     #[serde(default)]
     pub styles: BTreeMap<String, RouteSpec>,
+    /// The route of this organisation's calls, when no rule matched.
     #[serde(default)]
     pub orgs: BTreeMap<String, RouteSpec>,
+    /// Rules tried in order: the first whose conditions all hold picks the route.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
     /// The route of every call nothing else matched (else the built-in chain).
@@ -62,39 +67,50 @@ pub struct RoutesSpec {
     pub priority_orgs: Vec<String>,
 }
 
-/// A chain, or a chain with a strategy, or weighted arms.
-#[derive(Debug, Clone, Deserialize)]
+/// A chain (a list of `provider:model` or model names), or a chain with a
+/// strategy, or weighted arms.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RouteSpec {
     Chain(Vec<String>),
     Target(TargetSpec),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A chain with a strategy, or weighted arms.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
+    /// The chain's models, the first tried first (unless `strategy` orders them).
     #[serde(default)]
     pub models: Vec<String>,
+    /// How the chain orders its models for a call.
     #[serde(default)]
     pub strategy: Strategy,
+    /// Weighted arms instead of one chain: each caller is assigned one, stably.
     #[serde(default)]
     pub arms: Vec<ArmSpec>,
+    /// What keeps a caller on one arm.
     #[serde(default)]
     pub assign_by: AssignBy,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One arm of a route: a share of the callers and its chain.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArmSpec {
+    /// The arm's name, in results, audit events and metrics (`arm`).
     pub name: String,
+    /// Its share against the other arms' weights.
     pub weight: u32,
+    /// The arm's chain.
     pub models: Vec<String>,
+    /// How the arm's chain orders its models for a call.
     #[serde(default)]
     pub strategy: Strategy,
 }
 
 /// How a chain orders its models for a call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// As written: the first is the primary, the rest fallbacks.
@@ -105,7 +121,7 @@ pub enum Strategy {
 }
 
 /// What keeps a caller on one arm.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AssignBy {
     /// Organisation and user: each user sees one arm.
@@ -116,43 +132,57 @@ pub enum AssignBy {
 }
 
 /// Models callers may choose, per organisation (else `default`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelectableSpec {
+    /// The models every organisation not listed may ask for.
     #[serde(default)]
     pub default: Vec<String>,
+    /// The models each listed organisation may ask for.
     #[serde(default)]
     pub orgs: BTreeMap<String, Vec<String>>,
 }
 
 /// A rule: every condition given must hold.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
+    /// Prompts at least this long, in characters.
     #[serde(default)]
     pub min_prompt_chars: Option<usize>,
+    /// Prompts at most this long, in characters.
     #[serde(default)]
     pub max_prompt_chars: Option<usize>,
     /// Words or phrases, any of which (case-insensitive) in the prompt.
     #[serde(default)]
     pub prompt_keywords: Vec<String>,
-    /// Regular expressions, any of which matches the prompt (case-insensitive).
+    /// Regular expressions, any of which matches the prompt (case-insensitive;
+    /// compiled once at start, at most 256 characters and 64 KiB compiled each;
+    /// a bad one refuses the file, naming it).
     #[serde(default)]
     pub prompt_patterns: Vec<String>,
+    /// Calls of any of these tools (`generate_image`, `edit_image`).
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Calls asking for any of these sizes (`WIDTHxHEIGHT`).
     #[serde(default)]
     pub sizes: Vec<String>,
+    /// Calls with any of these styles.
     #[serde(default)]
     pub styles: Vec<String>,
+    /// Calls with any of these qualities.
     #[serde(default)]
     pub qualities: Vec<String>,
+    /// Calls with any of these backgrounds.
     #[serde(default)]
     pub backgrounds: Vec<String>,
+    /// Calls of any of these organisations.
     #[serde(default)]
     pub orgs: Vec<String>,
+    /// Calls asking for at least this many images (`n`).
     #[serde(default)]
     pub min_images: Option<u8>,
+    /// The route of the calls the rule matches.
     pub route: RouteSpec,
 }
 

@@ -30,10 +30,13 @@ use crate::telemetry::metrics::Metrics;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reserve {
+    /// Requests kept back of the provider's request window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<f64>,
+    /// Tokens kept back of the provider's token window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<f64>,
+    /// Images kept back of the provider's image window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<f64>,
 }
