@@ -3,7 +3,7 @@
 //! allowing exactly the architecture's flows, the filter settings in the
 //! Istio WasmPlugin and the gateway config accepted by the filter itself, the
 //! rendered Envoy config current and valid, and the OCI image layout well
-//! formed.
+//! formed; and every alert has its runbook page in the book, and every page its alert.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -577,4 +577,155 @@ fn oci_image_layout_holds_the_filter() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The alerts of `rules.yml`, each with its `runbook_url` annotation (if any):
+/// read line by line, as the file keeps one alert per `- alert:` block.
+fn alerts_and_runbook_urls(rules: &str) -> Vec<(String, Option<String>)> {
+    let mut alerts: Vec<(String, Option<String>)> = Vec::new();
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert:") {
+            alerts.push((name.trim().to_string(), None));
+        } else if line.starts_with("- record:") {
+            alerts.push((String::new(), None));
+        } else if let (Some(url), Some(last)) = (line.strip_prefix("runbook_url:"), alerts.last_mut()) {
+            last.1 = Some(url.trim().trim_matches('"').to_string());
+        }
+    }
+    alerts.retain(|(name, _)| !name.is_empty());
+    alerts
+}
+
+/// What is wrong between the alerts and the book's runbook pages: an alert
+/// without a `runbook_url` to `runbooks/<alert>.html`, without a page, or whose
+/// page the book's SUMMARY.md or its alerts page leaves out (mdBook would
+/// not render it; the alerts page lists every runbook); a page
+/// without an alert; a page missing one of the five parts; a dashboard panel
+/// named (`panel “…”`) that the dashboard does not have.
+fn runbook_problems(
+    rules: &str,
+    pages: &std::collections::BTreeMap<String, String>,
+    summary: &str,
+    alerts_page: &str,
+    panels: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let alerts = alerts_and_runbook_urls(rules);
+    for (alert, url) in &alerts {
+        match url {
+            Some(url) if url.ends_with(&format!("/runbooks/{alert}.html")) => {}
+            Some(url) => problems.push(format!("{alert}: runbook_url {url} is not …/runbooks/{alert}.html")),
+            None => problems.push(format!("{alert}: no runbook_url annotation")),
+        }
+        if !pages.contains_key(alert) {
+            problems.push(format!("{alert}: no page docs/src/runbooks/{alert}.md"));
+        }
+        if !summary.contains(&format!("(runbooks/{alert}.md)")) {
+            problems.push(format!("{alert}: its page is not in docs/src/SUMMARY.md"));
+        }
+        if !alerts_page.contains(&format!("(../runbooks/{alert}.md)")) {
+            problems.push(format!("{alert}: not listed in docs/src/operations/alerts.md"));
+        }
+    }
+    for (page, text) in pages {
+        if !alerts.iter().any(|(alert, _)| alert == page) {
+            problems.push(format!("runbooks/{page}.md: no alert of that name in rules.yml"));
+        }
+        for part in [
+            "## What it means",
+            "## Confirm it",
+            "## Likely causes",
+            "## What to do",
+            "## When it is over",
+        ] {
+            if !text.contains(part) {
+                problems.push(format!("runbooks/{page}.md: no \"{part}\""));
+            }
+        }
+        for named in text.split("panel “").skip(1) {
+            let title = named.split('”').next().unwrap_or_default();
+            if !panels.contains(title) {
+                problems.push(format!("runbooks/{page}.md: the dashboard has no panel “{title}”"));
+            }
+        }
+    }
+    problems
+}
+
+fn dashboard_panel_titles(dashboard: &Value) -> BTreeSet<String> {
+    let mut titles = BTreeSet::new();
+    let mut stack: Vec<&Value> = dashboard["panels"].as_array().into_iter().flatten().collect();
+    while let Some(panel) = stack.pop() {
+        if let Some(title) = panel["title"].as_str() {
+            titles.insert(title.to_string());
+        }
+        stack.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    titles
+}
+
+/// Every Prometheus alert carries a `runbook_url` to its page in the book, and
+/// every runbook page belongs to an alert (and names only panels that exist).
+#[test]
+fn every_alert_has_a_runbook_and_every_runbook_an_alert() {
+    let root = workspace_root();
+    let rules = std::fs::read_to_string(root.join("envoy/observability/rules.yml")).unwrap();
+    let summary = std::fs::read_to_string(root.join("docs/src/SUMMARY.md")).unwrap();
+    let alerts_page = std::fs::read_to_string(root.join("docs/src/operations/alerts.md")).unwrap();
+    let dashboard: Value =
+        serde_json::from_slice(&std::fs::read(root.join("envoy/observability/grafana/gateway.json")).unwrap()).unwrap();
+    let mut pages = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(root.join("docs/src/runbooks")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            pages.insert(name, std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    assert!(alerts_and_runbook_urls(&rules).len() >= 19, "the alerts were not read");
+    let problems = runbook_problems(
+        &rules,
+        &pages,
+        &summary,
+        &alerts_page,
+        &dashboard_panel_titles(&dashboard),
+    );
+    assert!(
+        problems.is_empty(),
+        "alerts and runbooks disagree:\n{}",
+        problems.join("\n")
+    );
+
+    // The check itself: a new alert without a page, and a page left behind.
+    let with_new_alert = format!(
+        "{rules}\n      - alert: McpSomethingNew\n        annotations:\n          runbook_url: \"https://x/runbooks/McpSomethingNew.html\"\n"
+    );
+    let problems = runbook_problems(
+        &with_new_alert,
+        &pages,
+        &summary,
+        &alerts_page,
+        &dashboard_panel_titles(&dashboard),
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == "McpSomethingNew: no page docs/src/runbooks/McpSomethingNew.md"),
+        "{problems:?}"
+    );
+    let mut orphan = pages.clone();
+    orphan.insert("McpGone".into(), String::new());
+    let problems = runbook_problems(
+        &rules,
+        &orphan,
+        &summary,
+        &alerts_page,
+        &dashboard_panel_titles(&dashboard),
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == "runbooks/McpGone.md: no alert of that name in rules.yml"),
+        "{problems:?}"
+    );
 }
