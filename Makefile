@@ -19,7 +19,7 @@ WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort cargo
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci app app-check evidence
+.PHONY: docs docs-reference cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci app app-check evidence
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT); EDGE=native runs the filter as a dynamic module)"
@@ -28,6 +28,8 @@ help:
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"
 	@echo "make token   print a dev token (SUB=alice ORG=acme)"
 	@echo "make lint    rustfmt and clippy (-D warnings)"
+	@echo "make docs    the book (docs/) into target/book: fails on a warning or a broken internal link"
+	@echo "make docs-reference  regenerate the book's settings reference from the code (docs/src/reference)"
 	@echo "make evidence OUT=DIR  the compliance evidence bundle: SBOMs, licence checks, settings, audit verification, erasures (README, Compliance evidence)"
 	@echo "make app     rebuild the image studio MCP App (app/) into upstream/assets/image-studio.html (needs Node; commit the result)"
 	@echo "make bench-edge  bare Envoy, Envoy's native MCP stack, a no-op Wasm filter, ours as Wasm and as a dynamic module (bench/results/edge.md)"
@@ -137,6 +139,19 @@ evidence: upstream
 # The filter as an OCI image layout Istio's WasmPlugin can pull (target/oci/mcp-edge-filter).
 wasm-oci: wasm
 	python3 scripts/build-wasm-oci.py
+
+# The book: mdBook (pinned, installed on first use) into target/book; a warning
+# or a broken internal link or anchor fails it.
+docs:
+	@mkdir -p target
+	set -o pipefail; "$$(scripts/ensure-mdbook.sh)" build docs 2>&1 | tee target/mdbook.log
+	@! grep -E '\b(WARN|ERROR)\b' target/mdbook.log || (echo "make docs: mdBook warned (above)" >&2; exit 1)
+	python3 scripts/check-book-links.py target/book
+
+# The settings reference pages, from the types that parse the settings; a unit
+# test (cli::reference) fails when the committed pages differ.
+docs-reference: upstream
+	$(BIN) docs-reference --out docs/src/reference
 
 lint:
 	cargo fmt --all --check

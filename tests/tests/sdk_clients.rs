@@ -280,7 +280,7 @@ async fn image_studio_in_a_browser() {
     assert!(errors.is_empty(), "console errors: {errors:?}");
     let shot = std::fs::read(stack.state_dir.join("image-studio.png")).unwrap();
     assert!(dimensions(&shot).is_ok(), "a screenshot of the studio is saved");
-    // Kept for a person to look at (docs/image-studio.png is a copy of one).
+    // Kept for a person to look at (docs/src/images/image-studio.png is a copy of one).
     std::fs::write(workspace_root().join("target/image-studio.png"), &shot).unwrap();
     // Every edit was a real call through the edge: 1 generation, 3 edits, 1 variation.
     let tools: Vec<String> = stack
