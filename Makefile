@@ -30,7 +30,7 @@ help:
 	@echo "make lint    rustfmt and clippy (-D warnings)"
 	@echo "make docs    the book (docs/) into target/book: fails on a warning or a broken internal link"
 	@echo "make docs-reference  regenerate the book's settings reference from the code (docs/src/reference)"
-	@echo "make evidence OUT=DIR  the compliance evidence bundle: SBOMs, licence checks, settings, audit verification, erasures (README, Compliance evidence)"
+	@echo "make evidence OUT=DIR  the compliance evidence bundle: SBOMs, licence checks, settings, audit verification, erasures (book: docs/src/operations/evidence.md)"
 	@echo "make app     rebuild the image studio MCP App (app/) into upstream/assets/image-studio.html (needs Node; commit the result)"
 	@echo "make bench-edge  bare Envoy, Envoy's native MCP stack, a no-op Wasm filter, ours as Wasm and as a dynamic module (bench/results/edge.md)"
 	@echo "make native-module  the filter as an Envoy dynamic module (target/release/libmcp_edge_native.so)"

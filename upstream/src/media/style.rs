@@ -1,4 +1,4 @@
-//! Style presets, applied as documented prompt templates (see README).
+//! Style presets, applied as documented prompt templates (see the book, docs/src/tools/generate-image.md).
 
 use serde::{Deserialize, Serialize};
 
