@@ -291,7 +291,7 @@ impl SettingsIdentity {
             sha256: hex::encode(sha2::Sha256::digest(bytes)),
             credentials: group(&["jwt", "api_keys", "token_cache_entries"]),
             limits: group(&["rate_limits", "api_keys"]),
-            assertion: group(&["identity_assertion", "tool_access", "allowed_tools"]),
+            assertion: group(&["identity_assertion", "tool_access", "allowed_tools", "tools_call_scope"]),
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::credentials::{self, CacheUse, TokenCache};
 use crate::jsonrpc::{self, code};
 use crate::jwt::{AuthError, Identity};
 use crate::leases::Leases;
-use crate::limits::{QuotaUse, SharedStore};
+use crate::limits::{CallerOverride, QuotaUse, SharedStore};
 use crate::org_names;
 use crate::phases::Phase;
 use crate::policy::ToolCall;
@@ -197,7 +197,18 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
         return Err(org_names::refusal(&identity.org));
     }
     let admitted = Admitted { identity, cache };
-    if !(is_mcp && head.method == "POST") {
+    if !is_mcp {
+        return Ok(HeadVerdict::Forward(admitted));
+    }
+    if head.method != "POST" {
+        // GET and DELETE carry no message: a body would reach the upstream unchecked.
+        if !head.end_of_stream {
+            return Err(Reject::bad_request(
+                code::INVALID_REQUEST,
+                format!("Invalid Request: {} on the MCP endpoint takes no body", head.method),
+            ));
+        }
+        charge_request(config, host, &admitted, caller_limits)?;
         return Ok(HeadVerdict::Forward(admitted));
     }
     if !config.skip.skips(Phase::McpRules) {
@@ -214,10 +225,7 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
             "Parse error: the request body is empty; send one JSON-RPC 2.0 message",
         ));
     }
-    config
-        .rate_limits
-        .check_request(host.store, host.leases, &admitted.identity, caller_limits, host.now_ms)
-        .map_err(|reject| reject.with_key(admitted.identity.key_id.as_deref().unwrap_or("jwt")))?;
+    charge_request(config, host, &admitted, caller_limits)?;
     if config.skip.skips(Phase::Body) {
         return Ok(HeadVerdict::Forward(admitted));
     }
@@ -228,6 +236,19 @@ fn check_head_inner(config: &FilterConfig, head: &RequestHead<'_>, host: &mut Ho
         mcp_name: head.mcp_name.map(str::to_string),
     };
     Ok(HeadVerdict::InspectBody(admitted, held))
+}
+
+/// Takes one request from the caller's and the organisation's buckets.
+fn charge_request(
+    config: &FilterConfig,
+    host: &mut Host<'_>,
+    admitted: &Admitted,
+    caller_limits: CallerOverride,
+) -> Result<(), Reject> {
+    config
+        .rate_limits
+        .check_request(host.store, host.leases, &admitted.identity, caller_limits, host.now_ms)
+        .map_err(|reject| reject.with_key(admitted.identity.key_id.as_deref().unwrap_or("jwt")))
 }
 
 /// Checks the size of the body received so far (against the largest limit:

@@ -295,6 +295,15 @@ async fn bad_requests_are_rejected(edge: Edge) {
             challenge: None,
         },
         Case {
+            name: "GET with a body",
+            method: "GET",
+            headers: mcp_headers(Some(&good)),
+            body: list.clone(),
+            status: 400,
+            code: Some(-32600),
+            challenge: None,
+        },
+        Case {
             name: "PUT",
             method: "PUT",
             headers: mcp_headers(Some(&good)),

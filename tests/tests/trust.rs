@@ -39,6 +39,11 @@ fn generate(id: u64, arguments: Value) -> Value {
 
 /// An assertion as the filter would sign it, with the stack's own key.
 fn assertion(stack: &Stack, kid: Option<&str>, org: &str, jti: &str, issued_at: u64) -> String {
+    let custom = json!({"org": org, "scope": "images:generate", "rid": "forged"});
+    assertion_with(stack, kid, custom, jti, issued_at)
+}
+
+fn assertion_with(stack: &Stack, kid: Option<&str>, custom: Value, jti: &str, issued_at: u64) -> String {
     let ring = Keyring::from_file(&stack.state_dir.join("identity.keys"), 32).unwrap();
     let (newest, secret) = ring.newest();
     let claims = JWTClaims {
@@ -50,7 +55,7 @@ fn assertion(stack: &Stack, kid: Option<&str>, org: &str, jti: &str, issued_at: 
         audiences: Some(Audiences::AsString("mcp-upstream".into())),
         jwt_id: Some(jti.into()),
         nonce: None,
-        custom: json!({"org": org, "scope": "images:generate", "rid": "forged"}),
+        custom,
     };
     HS256Key::from_bytes(secret)
         .with_key_id(kid.unwrap_or(newest))
@@ -175,6 +180,60 @@ async fn the_upstream_believes_only_fresh_signed_assertions() {
     assert!(last["fields"]["request_id"]
         .as_str()
         .is_some_and(|r| !r.is_empty() && r != "forged"));
+}
+
+/// Behind the edge, the upstream serves MCP at exactly `/mcp` (the path the
+/// edge checks) and holds each call to the rights the assertion carries.
+#[tokio::test]
+async fn the_upstream_holds_calls_to_the_asserted_rights_at_the_checked_path() {
+    let stack = Stack::start().await.unwrap();
+    let now = chrono::Utc::now().timestamp() as u64;
+    let call = |path: &str, custom: Value, jti: &str| {
+        let mut h = headers(None, "2025-06-18");
+        let token = assertion_with(&stack, None, custom, jti, now);
+        h.insert("x-mcp-identity", HeaderValue::from_str(&token).unwrap());
+        http_client()
+            .post(format!("{}{path}", stack.upstream_url))
+            .headers(h)
+            .json(&generate(4, json!({"prompt": "around the edge"})))
+            .send()
+    };
+    let claims = |extra: Value| {
+        let mut claims = json!({"org": "acme", "scope": "images:generate", "rid": "r"});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        claims
+    };
+    for (n, path) in ["/mcp/", "/mcp/x", "/mcp/tools/call"].into_iter().enumerate() {
+        let response = call(path, claims(json!({})), &format!("p{n}")).await.unwrap();
+        assert_eq!(response.status(), 404, "{path} is not the MCP endpoint");
+    }
+    let refused = [
+        (json!({"tools": ["list_models"]}), "\"generate_image\" is not available"),
+        (json!({"no_calls": true}), "lacks the scope"),
+    ];
+    for (n, (extra, message)) in refused.into_iter().enumerate() {
+        let reply: Value = call("/mcp", claims(extra), &format!("r{n}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply["error"]["code"].as_i64(), &reply["id"]),
+            (Some(-32602), &json!(4)),
+            "{reply}"
+        );
+        assert!(reply["error"]["message"].as_str().unwrap().contains(message), "{reply}");
+    }
+    let calls = stack
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["fields"]["event"] == "tool_call")
+        .count();
+    assert_eq!(calls, 0, "nothing ran");
 }
 
 /// The gate comes before the body: a request without a valid assertion is

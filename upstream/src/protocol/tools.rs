@@ -401,11 +401,9 @@ impl ServerHandler for ImageTools {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         // The edge decided this already; a call that got past it runs nothing it may not.
-        if let Ok(caller) = caller_of(&context) {
-            caller
-                .may_call(&request.name)
-                .map_err(|message| ErrorData::invalid_params(message, None))?;
-        }
+        caller_of(&context)?
+            .may_call(&request.name)
+            .map_err(|message| ErrorData::invalid_params(message, None))?;
         let wants_task = context.client_capabilities().is_some_and(|c| c.supports_tasks());
         if wants_task && IMAGE_TOOLS.contains(&request.name.as_ref()) {
             // Boxed: a plain call's future (held while it waits for a model) stays small.

@@ -80,7 +80,8 @@ pub async fn read(response: reqwest::Response, limit: usize) -> Result<Bytes, Re
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(ReadError::TooLarge { limit });
     }
-    let mut body = BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
+    // A declared length is a promise, not a reservation: grow as bytes arrive.
+    let mut body = BytesMut::with_capacity(declared.map_or(0, |length| length.min(1 << 20) as usize));
     let mut chunks = std::pin::pin!(bounded(response.bytes_stream(), limit));
     while let Some(chunk) = chunks.next().await {
         body.extend_from_slice(&chunk?);

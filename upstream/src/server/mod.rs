@@ -47,8 +47,9 @@ pub fn router(live: Live, allowed_hosts: Vec<String>, shutdown: CancellationToke
             live.clone(),
             assertion::require_assertion,
         ));
+    // Exactly `/mcp`: the edge checks that path's messages, and nothing below it.
     Router::new()
-        .nest("/mcp", mcp)
+        .route_service("/mcp", mcp)
         .route("/images/{*key}", get(images::get_image))
         .route("/uploads/{org}/{id}", axum::routing::put(uploads::put_upload))
         .route("/healthz", get(|| async { "ok" }))

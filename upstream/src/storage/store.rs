@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
@@ -389,7 +390,25 @@ impl ImageStore {
         if meta.size > limit as u64 {
             return Err(StorageError::TooLarge { size: meta.size, limit });
         }
-        self.read(path).await
+        // The object may grow between `head` and `get` (a presigned PUT can be
+        // replayed until it expires): count what is read, never trust the head.
+        let mut stream = match self.store.get(path).await {
+            Ok(result) => result.into_stream(),
+            Err(object_store::Error::NotFound { .. }) => return Err(StorageError::NotFound),
+            Err(error) => return Err(error.into()),
+        };
+        let mut bytes = Vec::with_capacity(meta.size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(StorageError::TooLarge {
+                    size: (bytes.len() + chunk.len()) as u64,
+                    limit,
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(bytes))
     }
 
     async fn read(&self, path: &Path) -> Result<Bytes, StorageError> {
