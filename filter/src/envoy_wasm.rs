@@ -14,7 +14,7 @@ use crate::assertion;
 use crate::config::FilterConfig;
 use crate::credentials::CacheUse;
 use crate::gate::{self, Admitted, HeadVerdict, HeldRequest, Host, RequestHead};
-use crate::global_limit::{self, GlobalVerdict};
+use crate::global_limit::{self, GlobalRateLimit, GlobalVerdict};
 use crate::header_map;
 use crate::jwt::Identity;
 use crate::limits::{CasMismatch, QuotaUse, SharedStore};
@@ -574,18 +574,15 @@ impl EdgeRequest {
             self.metrics.quota(&held.identity.org, quota);
         }
         let images = checked.call.as_ref().map_or(0, |call| call.images);
-        match (&self.config.global_rate_limit, images > 0) {
-            (Some(_), true) => self.ask_global_limit(&held, images),
+        let config = self.config.clone();
+        match (&config.global_rate_limit, images > 0) {
+            (Some(global), true) => self.ask_global_limit(global, &held, images),
             _ => self.pass(),
         }
     }
 
     /// Asks the global rate-limit service and holds the request until it answers.
-    fn ask_global_limit(&mut self, held: &HeldRequest, images: u64) -> Action {
-        let config = self.config.clone();
-        let Some(global) = &config.global_rate_limit else {
-            return self.pass();
-        };
+    fn ask_global_limit(&mut self, global: &GlobalRateLimit, held: &HeldRequest, images: u64) -> Action {
         let message = global.request(&held.identity, images);
         let call = self.dispatch_grpc_call(
             &global.cluster,
