@@ -347,6 +347,11 @@ def main() -> int:
             (HERE / "ours-filter.yaml.tmpl").read_text(),
             {"WASM_PATH": WASM, "FILTER_CONFIG": json.dumps(traced_config)})}),
         "bare_traced": render(variant_template, {**traced, "HTTP_FILTERS": ""}),
+        # Another build of the filter (BENCH_BASELINE_WASM=FILE) beside ours in the same run:
+        # a change's cost measured against the build before it, not against last week's run.
+        "ours_baseline": render(variant_template, {**common, "HTTP_FILTERS": render(
+            (HERE / "ours-filter.yaml.tmpl").read_text(),
+            {"WASM_PATH": os.environ.get("BENCH_BASELINE_WASM", WASM), "FILTER_CONFIG": json.dumps(filter_config)})}),
         "bare_traced_untagged": render(variant_template, {**traced, "TRACING": untagged, "HTTP_FILTERS": ""}),
     }
     breakdown = {}
