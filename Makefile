@@ -5,12 +5,15 @@ SHELL := /bin/bash
 LISTEN_PORT ?= 8080
 ADMIN_PORT ?= 9901
 UPSTREAM_PORT ?= 8081
+AUTHORIZE_PORT ?= 8082
 METRICS_PORT ?= 9464
 TLS_PORT ?= 8443
 STATE_DIR ?= .state
 SUB ?= alice
 ORG ?= acme
-export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT TLS_PORT TLS STATE_DIR SUB ORG RESET_SETTINGS
+export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT METRICS_PORT TLS_PORT TLS STATE_DIR SUB ORG RESET_SETTINGS AUTHORIZE_PORT
+# Sign-in through a company IdP instead of the development sign-in (book: operations/sign-in.md).
+export IDP_ISSUER IDP_CLIENT_ID IDP_CLIENT_SECRET IDP_AUDIENCE IDP_ORG_CLAIM IDP_SCOPE_CLAIM
 
 WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 # The filter is on Envoy's hot path: whole-program optimisation for it alone, and
@@ -23,6 +26,7 @@ BIN := target/debug/mcp-image-gateway
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT); EDGE=native runs the filter as a dynamic module)"
+	@echo "             sign-in: MCP clients follow the 401 to the development sign-in; IDP_ISSUER=URL IDP_CLIENT_ID=ID IDP_CLIENT_SECRET=S signs in at your IdP"
 	@echo "             edge settings live in $(STATE_DIR)/edge-settings.json: edits apply at once (RESET_SETTINGS=1 starts over)"
 	@echo "make check-settings FILE=...  validate edge settings offline with the filter's own code"
 	@echo "make test    all tests: filter and upstream unit tests, integration tests through Envoy"

@@ -9,7 +9,7 @@ if ! .venv/bin/python -c "import importlib.metadata as m; assert m.version('mcp'
   echo "installing the MCP Python SDK ${MCP_PYTHON_VERSION} into .venv ..." >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "mcp==${MCP_PYTHON_VERSION}" >&2
 fi
-if [[ ! -d tests/clients/node_modules/@modelcontextprotocol/sdk || ! -d tests/clients/node_modules/@kubernetes-models/keda ]]; then
+if [[ ! -d tests/clients/node_modules/@modelcontextprotocol/sdk || ! -d tests/clients/node_modules/@kubernetes-models/keda || ! -d tests/clients/node_modules/oidc-provider ]]; then
   echo "installing the MCP TypeScript SDK under tests/clients ..." >&2
   (cd tests/clients && npm ci --silent --no-audit --no-fund) >&2
 fi

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 LISTEN_PORT="${LISTEN_PORT:-8080}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-8081}"
+AUTHORIZE_PORT="${AUTHORIZE_PORT:-8082}"
 METRICS_PORT="${METRICS_PORT:-9464}"
 TLS_PORT="${TLS_PORT:-8443}"
 export GATEWAY_METRICS_LISTEN="127.0.0.1:${METRICS_PORT}"
@@ -28,9 +29,9 @@ export GATEWAY_STATE_DIR="${STATE_DIR}"
 # No load balancer to drain from locally: stop at once on Ctrl-C.
 export GATEWAY_DRAIN_DELAY_SECS="${GATEWAY_DRAIN_DELAY_SECS:-0}"
 
-for port in "${LISTEN_PORT}" "${ADMIN_PORT}" "${UPSTREAM_PORT}" "${METRICS_PORT}"; do
+for port in "${LISTEN_PORT}" "${ADMIN_PORT}" "${UPSTREAM_PORT}" "${METRICS_PORT}" "${AUTHORIZE_PORT}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
-    echo "port ${port} is already in use; choose others, e.g. make run LISTEN_PORT=18080 ADMIN_PORT=19901 UPSTREAM_PORT=18081 METRICS_PORT=19464" >&2
+    echo "port ${port} is already in use; choose others, e.g. make run LISTEN_PORT=18080 ADMIN_PORT=19901 UPSTREAM_PORT=18081 METRICS_PORT=19464 AUTHORIZE_PORT=18082" >&2
     exit 1
   fi
 done
@@ -44,6 +45,7 @@ fi
 "${BIN}" render-envoy --template envoy/envoy.yaml.tmpl --out "${STATE_DIR}/envoy.yaml" \
   --set "ADMIN_PORT=${ADMIN_PORT}" --set "LISTEN_PORT=${LISTEN_PORT}" \
   --set "UPSTREAM_PORT=${UPSTREAM_PORT}" --set "WASM_PATH=$(realpath "${WASM}")" \
+  --set "AUTHORIZE_PORT=${AUTHORIZE_PORT}" \
   ${TLS:+--tls-port "${TLS_PORT}"} --ecds-dir "${ECDS_DIR}" --settings "${SETTINGS}" \
   $([[ "${EDGE}" == native ]] && echo --dynamic-module "${MODULE}")
 "${ENVOY}" --mode validate -c "${STATE_DIR}/envoy.yaml" >/dev/null
@@ -63,6 +65,19 @@ pids+=($!)
 "${ENVOY}" -c "${STATE_DIR}/envoy.yaml" --use-dynamic-base-id --concurrency "${ENVOY_CONCURRENCY}" \
   --log-level warn --component-log-level wasm:info,dynamic_modules:info 2>&1 &
 pids+=($!)
+# Sign-in: the authorization server on the gateway's origin (/oauth/*).
+# Without IDP_ISSUER it is the development sign-in (a form: user id and
+# organisation); with IDP_ISSUER, IDP_CLIENT_ID and IDP_CLIENT_SECRET users
+# sign in at that IdP through the gateway's client there.
+if [[ -n "${IDP_ISSUER:-}" && -n "${IDP_CLIENT_ID:-}" ]]; then
+  SIGN_IN="your IdP (${IDP_ISSUER}) through the gateway"
+  authorize_env=()
+else
+  SIGN_IN="development sign-in (a form: user id and organisation)"
+  authorize_env=(GATEWAY_AUTHZ_DEV_SIGN_IN=true)
+fi
+env "${authorize_env[@]}" GATEWAY_AUTHZ_LISTEN="127.0.0.1:${AUTHORIZE_PORT}" "${BIN}" authorize &
+pids+=($!)
 # Hands each edit of the settings file to Envoy and audits it.
 "${BIN}" watch-edge-settings --settings "${SETTINGS}" --ecds-dir "${ECDS_DIR}" \
   --envoy-admin "http://127.0.0.1:${ADMIN_PORT}" &
@@ -70,6 +85,7 @@ pids+=($!)
 
 for _ in $(seq 1 150); do
   if curl -fsS "http://127.0.0.1:${UPSTREAM_PORT}/healthz" >/dev/null 2>&1 \
+     && curl -fsS "http://127.0.0.1:${AUTHORIZE_PORT}/healthz" >/dev/null 2>&1 \
      && curl -fsS "http://127.0.0.1:${ADMIN_PORT}/ready" >/dev/null 2>&1; then
     ready=1; break
   fi
@@ -88,6 +104,7 @@ cat <<BANNER
     Envoy admin  : http://127.0.0.1:${ADMIN_PORT}   (stats: /stats/prometheus)
     metrics      : http://127.0.0.1:${METRICS_PORT}/metrics (upstream, not routed by Envoy)${TLS:+
     TLS 1.3      : https://localhost:${TLS_PORT}/mcp (self-signed: ${STATE_DIR}/tls.crt)}
+    sign-in      : ${SIGN_IN}
     state        : ${STATE_DIR}/ (dev keys, images)
     edge settings: ${SETTINGS}  (edit it: the running Envoy applies it in seconds;
                    check a copy offline with '${BIN} check-settings FILE')
@@ -102,7 +119,12 @@ cat <<BANNER
       -H 'MCP-Protocol-Version: 2025-06-18' \\
       -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"a lighthouse at dusk","size":"1536x1024"}}}'
 
-  MCP client config (Claude Desktop / VS Code / SDKs):
+  Connect an MCP client with no token: it follows the 401 and signs you in
+  (a browser page; then consent):
+    Claude Code : claude mcp add --transport http images ${MCP_URL}
+                  (then /mcp in Claude Code, choose images, Authenticate)
+    VS Code     : .vscode/mcp.json  {"servers": {"images": {"type": "http", "url": "${MCP_URL}"}}}
+  Or with the token above (scripts, SDKs):
     {"mcpServers": {"images": {"type": "http", "url": "${MCP_URL}",
       "headers": {"Authorization": "Bearer ${TOKEN}"}}}}
 

@@ -15,3 +15,4 @@ pub mod png_info;
 pub mod ratelimit_service;
 pub mod redis_server;
 pub mod s3_server;
+pub mod test_idp;

@@ -51,6 +51,10 @@ pub struct StackOptions {
     pub live_settings: bool,
     /// Traces to this OTLP/gRPC endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub otlp_endpoint: Option<String>,
+    /// Starts the authorization server (`mcp-image-gateway authorize`) with
+    /// this environment on top of the stack's (e.g. the development sign-in,
+    /// or `IDP_ISSUER`…); its log is `authorize.log` in the state dir.
+    pub authorize: Option<Vec<(String, String)>>,
 }
 
 /// The edge filter's build: the deployed Wasm filter, or the same decisions
@@ -76,6 +80,7 @@ impl Default for StackOptions {
             edge: Edge::Wasm,
             live_settings: false,
             otlp_endpoint: None,
+            authorize: None,
         }
     }
 }
@@ -83,6 +88,8 @@ impl Default for StackOptions {
 /// A running stack; processes are stopped when it is dropped.
 pub struct Stack {
     pub base_url: String,
+    /// The authorization server, directly (its `/metrics`); empty unless started.
+    pub authorize_url: String,
     pub mcp_url: String,
     pub admin_url: String,
     pub upstream_url: String,
@@ -225,6 +232,7 @@ impl Stack {
         let (listen_port, admin_port, upstream_port) = (free_port(), free_port(), free_port());
         let base_url = format!("http://127.0.0.1:{listen_port}");
         let mut stack = Stack {
+            authorize_url: String::new(),
             mcp_url: format!("{base_url}/mcp"),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
             upstream_url: format!("http://127.0.0.1:{upstream_port}"),
@@ -309,6 +317,27 @@ impl Stack {
             let upstream = stack.upstream_command(&name, &[])?;
             stack.spawn(&name, upstream)?;
         }
+        let authorize_port = free_port();
+        if let Some(env) = &options.authorize {
+            let mut authorize = Command::new(upstream_binary()?);
+            authorize
+                .arg("authorize")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("RUST_LOG", "info")
+                .env("GATEWAY_PUBLIC_BASE_URL", &base_url)
+                .env("GATEWAY_STATE_DIR", state_dir.display().to_string())
+                .env("GATEWAY_AUTHZ_LISTEN", format!("127.0.0.1:{authorize_port}"))
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            stack.spawn("authorize", authorize)?;
+            stack.authorize_url = format!("http://127.0.0.1:{authorize_port}");
+            if !wait_for_port(authorize_port, Duration::from_secs(30)).await {
+                bail!(
+                    "the authorization server did not start: {}",
+                    std::fs::read_to_string(state_dir.join("authorize.log")).unwrap_or_default()
+                );
+            }
+        }
         let extra_endpoints: String = upstream_ports[1..]
             .iter()
             .map(|port| {
@@ -364,6 +393,9 @@ impl Stack {
             ("ADMIN_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("UPSTREAM_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("UPSTREAM_CLUSTER_TYPE".to_string(), "STATIC".to_string()),
+            ("AUTHORIZE_ADDRESS".to_string(), "127.0.0.1".to_string()),
+            ("AUTHORIZE_PORT".to_string(), authorize_port.to_string()),
+            ("AUTHORIZE_CLUSTER_TYPE".to_string(), "STATIC".to_string()),
             (
                 "CORS_ORIGIN_REGEX".to_string(),
                 devkit::DEV_CORS_ORIGIN_REGEX.to_string(),
@@ -697,6 +729,7 @@ impl Stack {
         devkit::mint_token(
             &self.state_dir,
             &devkit::TokenRequest {
+                issuer: devkit::dev_issuer(&self.base_url),
                 subject: sub.into(),
                 org: org.into(),
                 audience: audience.into(),

@@ -106,7 +106,10 @@ async fn api_keys_scopes_and_metadata() {
         assert_eq!(response.status(), 200, "{path}");
         let document: Value = response.json().await.unwrap();
         assert_eq!(document["resource"], audience);
-        assert_eq!(document["authorization_servers"], json!([devkit::DEV_ISSUER]));
+        assert_eq!(
+            document["authorization_servers"],
+            json!([devkit::dev_issuer(&stack.base_url)])
+        );
     }
     let (status, headers_out, _) = post(&stack, headers(None), LIST.into()).await;
     assert_eq!(status, 401);

@@ -84,6 +84,7 @@ async fn bad_requests_are_rejected(edge: Edge) {
     let stranger = devkit::mint_token(
         &stranger_dir,
         &devkit::TokenRequest {
+            issuer: devkit::dev_issuer(&stack.base_url),
             subject: "mallory".into(),
             org: "acme".into(),
             audience: audience.clone(),

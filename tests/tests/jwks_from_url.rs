@@ -81,7 +81,7 @@ async fn keys_load_rotate_and_survive(edge: Edge) {
         "  - name: iam_jwks\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: iam_jwks\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n"
     );
     let patch = json!({"jwt": {
-        "issuer": devkit::DEV_ISSUER,
+        "issuer": "https://iam.test",
         "audiences": ["placeholder"],
         "jwks_uri": {"cluster": "iam_jwks", "path": "/jwks.json", "authority": "iam.test", "refresh_seconds": 1, "retry_seconds": 1}
     }});
@@ -94,7 +94,19 @@ async fn keys_load_rotate_and_survive(edge: Edge) {
         ..Default::default()
     };
     let mut stack = Stack::start_with(options).await.unwrap();
-    let dev_token = stack.token_with("alice", "acme", "placeholder", 3600);
+    let dev_token = devkit::mint_token(
+        &stack.state_dir,
+        &devkit::TokenRequest {
+            issuer: "https://iam.test".into(),
+            subject: "alice".into(),
+            org: "acme".into(),
+            audience: "placeholder".into(),
+            scope: devkit::TOOLS_SCOPE.into(),
+            valid_for_secs: 3600,
+            issued_at: None,
+        },
+    )
+    .unwrap();
 
     // No keys yet (the IAM answers 503): JWT callers get 503 with Retry-After, not 401.
     let response = http_client()
@@ -121,7 +133,7 @@ async fn keys_load_rotate_and_survive(edge: Edge) {
         json!({"org": "acme", "scope": devkit::TOOLS_SCOPE}),
         Duration::from_secs(600).into(),
     )
-    .with_issuer(devkit::DEV_ISSUER)
+    .with_issuer("https://iam.test")
     .with_audience("placeholder")
     .with_subject("alice");
     let rotated_token = rotated.sign(claims).unwrap();

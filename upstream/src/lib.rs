@@ -8,6 +8,8 @@
 //! this list down (a module uses only those below it):
 //! - `cli`: commands beside serving (dev keys, Envoy rendering, live edge
 //!   settings, cost simulation);
+//! - `authorize`: the OAuth authorization server MCP clients sign in with,
+//!   run as a process of its own (`mcp-image-gateway authorize`);
 //! - `server`: HTTP wiring (the MCP endpoint, image links, uploads, health);
 //! - `protocol`: the MCP surface (tools, tasks, resources, schemas);
 //! - `pipeline`: one call from arguments to links;
@@ -19,6 +21,7 @@
 //! - `media`, `telemetry`: image facts; metrics, audit and traces.
 
 pub mod admin_files;
+pub mod authorize;
 pub mod cli;
 pub mod config;
 pub mod identity;

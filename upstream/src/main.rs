@@ -20,6 +20,10 @@ struct Cli {
 enum Command {
     /// Run the MCP service.
     Serve(Box<ServeConfig>),
+    /// Run the OAuth authorization server MCP clients sign in with (Envoy
+    /// routes `/oauth/*` and its metadata here): the development sign-in, or
+    /// the company IdP by its issuer (`IDP_ISSUER`, `IDP_CLIENT_ID`, …).
+    Authorize(Box<mcp_image_gateway::authorize::AuthorizeConfig>),
     /// The tamper-evident audit: `verify` checks every stored segment.
     Audit {
         #[command(subcommand)]
@@ -162,6 +166,12 @@ async fn main() -> anyhow::Result<()> {
             mcp_image_gateway::telemetry::traces::flush();
             served
         }
+        Command::Authorize(config) => {
+            init_logging();
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            mcp_image_gateway::authorize::serve(*config, shutdown).await
+        }
         Command::DevInit { state_dir } => devkit::init(&state_dir),
         Command::Erase(args) => erase(&args).await,
         Command::Evidence(args) => {
@@ -233,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
             let token = devkit::mint_token(
                 &state_dir,
                 &devkit::TokenRequest {
+                    issuer: devkit::dev_issuer(&public_base_url),
                     subject: sub,
                     org,
                     audience: devkit::audience(&public_base_url),
@@ -336,6 +347,9 @@ async fn main() -> anyhow::Result<()> {
                 ("ADMIN_ADDRESS", "127.0.0.1"),
                 ("UPSTREAM_ADDRESS", "127.0.0.1"),
                 ("UPSTREAM_CLUSTER_TYPE", "STATIC"),
+                ("AUTHORIZE_ADDRESS", "127.0.0.1"),
+                ("AUTHORIZE_PORT", "8082"),
+                ("AUTHORIZE_CLUSTER_TYPE", "STATIC"),
                 // Browser hosts allowed to call /mcp (CORS): loopback in development.
                 ("CORS_ORIGIN_REGEX", devkit::DEV_CORS_ORIGIN_REGEX),
             ] {

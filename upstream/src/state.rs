@@ -142,6 +142,7 @@ impl AppState {
                     .collect(),
                 timeout: Duration::from_secs(10),
                 max_bytes: config.upload_max_bytes,
+                allow_loopback: false,
             },
             catalog,
             routes: Arc::new(routes),

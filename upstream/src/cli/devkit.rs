@@ -10,13 +10,20 @@ use jwt_simple::prelude::*;
 use rand::RngCore;
 use serde_json::{json, Value};
 
-/// Issuer of development tokens.
-pub const DEV_ISSUER: &str = "https://dev-iam.mcp-image-gateway.local";
+/// Issuer of development tokens: the gateway's own authorization server
+/// (`mcp-image-gateway authorize`, the development sign-in of `make run`):
+/// the gateway's public origin, with the `/` a root URL is rendered with
+/// (clients compare issuers as strings).
+pub fn dev_issuer(public_base_url: &str) -> String {
+    format!("{}/", public_base_url.trim_end_matches('/'))
+}
 const SIGNING_KEY_FILE: &str = "dev-signing-key.jwk";
 const URL_KEY_FILE: &str = "url-signing.key";
 const IDENTITY_KEYS_FILE: &str = "identity.keys";
 const AUDIT_KEYS_FILE: &str = "audit.keys";
 const API_KEY_FILE: &str = "dev-api-key";
+/// Seals the authorization server's registered client ids.
+const AUTHZ_KEYS_FILE: &str = "authz.keys";
 /// Scope dev tokens carry and `tools/call` requires.
 pub const TOOLS_SCOPE: &str = "images:generate";
 
@@ -42,6 +49,7 @@ pub fn init(state_dir: &Path) -> anyhow::Result<()> {
         (URL_KEY_FILE, "url-1"),
         (IDENTITY_KEYS_FILE, "edge-1"),
         (AUDIT_KEYS_FILE, "audit-1"),
+        (AUTHZ_KEYS_FILE, "authz-1"),
     ] {
         let path = state_dir.join(file);
         if !path.exists() {
@@ -118,7 +126,7 @@ pub fn filter_config(state_dir: &Path, public_base_url: &str) -> anyhow::Result<
         "max_body_bytes": 2048,
         "mcp_path": "/mcp",
         "jwt": {
-            "issuer": DEV_ISSUER,
+            "issuer": dev_issuer(public_base_url),
             "audiences": [audience(public_base_url)],
             "org_claim": "org",
             "jwks": jwks(state_dir)?,
@@ -133,7 +141,7 @@ pub fn filter_config(state_dir: &Path, public_base_url: &str) -> anyhow::Result<
         "identity_assertion": identity_assertion_settings(state_dir)?,
         "protected_resource": {
             "resource": audience(public_base_url),
-            "authorization_servers": [DEV_ISSUER],
+            "authorization_servers": [dev_issuer(public_base_url)],
             "scopes_supported": [TOOLS_SCOPE],
         },
         "rate_limits": {
@@ -154,6 +162,8 @@ pub fn filter_config(state_dir: &Path, public_base_url: &str) -> anyhow::Result<
 /// What a dev token says.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
+    /// The issuer: `dev_issuer(public base URL)`.
+    pub issuer: String,
     pub subject: String,
     pub org: String,
     pub audience: String,
@@ -169,7 +179,7 @@ pub fn mint_token(state_dir: &Path, request: &TokenRequest) -> anyhow::Result<St
         json!({"org": request.org, "scope": request.scope}),
         Duration::from_secs(request.valid_for_secs),
     )
-    .with_issuer(DEV_ISSUER)
+    .with_issuer(&request.issuer)
     .with_audience(&request.audience)
     .with_subject(&request.subject);
     let mut claims = claims;
@@ -388,6 +398,7 @@ mod tests {
         let token = mint_token(
             &dir,
             &TokenRequest {
+                issuer: dev_issuer("http://127.0.0.1:8080/"),
                 subject: "alice".into(),
                 org: "acme".into(),
                 audience: audience("http://127.0.0.1:8080/"),

@@ -19,10 +19,14 @@ const MAX_REDIRECTS: usize = 3;
 /// Settings and client policy for remote references.
 #[derive(Debug, Clone)]
 pub struct RemoteFetch {
-    /// Hosts allowed: `cdn.example.com`, or `.example.com` for any subdomain.
+    /// Hosts allowed: `cdn.example.com`, `.example.com` for any subdomain,
+    /// or `*` for any host (still public addresses only).
     pub hosts: Vec<String>,
     pub timeout: Duration,
     pub max_bytes: usize,
+    /// Development and tests only: `http://` and loopback addresses are
+    /// fetched too (never private or link-local ones).
+    pub allow_loopback: bool,
 }
 
 impl RemoteFetch {
@@ -34,6 +38,9 @@ impl RemoteFetch {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.hosts.iter().any(|allowed| {
             let allowed = allowed.to_ascii_lowercase();
+            if allowed == "*" {
+                return true;
+            }
             match allowed.strip_prefix('.') {
                 Some(domain) => host == domain || host.ends_with(&allowed),
                 None => host == allowed,
@@ -92,7 +99,8 @@ impl RemoteFetch {
 
     /// The address to connect to for `url`, once every check passed.
     async fn checked_address(&self, url: &reqwest::Url) -> Result<SocketAddr, String> {
-        if url.scheme() != "https" {
+        let loopback_http = self.allow_loopback && url.scheme() == "http";
+        if url.scheme() != "https" && !loopback_http {
             return Err(format!("uses {}: only https is fetched", url.scheme()));
         }
         let host = url.host_str().ok_or("has no host")?;
@@ -108,10 +116,16 @@ impl RemoteFetch {
         if addresses.is_empty() {
             return Err(format!("host {host} does not resolve"));
         }
-        if let Some(bad) = addresses.iter().find(|a| forbidden(a.ip())) {
+        let allowed = |ip: IpAddr| self.allow_loopback && ip.is_loopback();
+        if let Some(bad) = addresses.iter().find(|a| forbidden(a.ip()) && !allowed(a.ip())) {
             return Err(format!(
                 "host {host} resolves to {}, a private or reserved address",
                 bad.ip()
+            ));
+        }
+        if loopback_http && addresses.iter().any(|a| !a.ip().is_loopback()) {
+            return Err(format!(
+                "uses http on host {host}: only https is fetched beyond loopback"
             ));
         }
         Ok(addresses[0])
@@ -190,6 +204,7 @@ mod tests {
             hosts: vec!["cdn.example.com".into(), ".images.example.org".into()],
             timeout: Duration::from_secs(1),
             max_bytes: 10,
+            allow_loopback: false,
         };
         assert!(fetch.host_allowed("cdn.example.com"));
         assert!(fetch.host_allowed("CDN.example.com."));
@@ -205,6 +220,7 @@ mod tests {
             hosts: vec!["localhost".into(), "127.0.0.1".into()],
             timeout: Duration::from_secs(1),
             max_bytes: 10,
+            allow_loopback: false,
         };
         for url in ["https://localhost/x.png", "https://127.0.0.1:8443/x.png"] {
             let error = fetch.fetch(url).await.unwrap_err();
