@@ -13,13 +13,15 @@ use serde_json::{json, Value};
 
 /// `scripts/run.sh` (what `make run` runs) on these ports and state, in
 /// its own process group; returns it and the banner it printed.
-fn start_run(ports: (u16, u16, u16, u16), state: &std::path::Path) -> (std::process::Child, Vec<String>) {
-    let (listen, admin, upstream, metrics) = ports;
+fn start_run(ports: (u16, u16, u16, u16, u16), state: &std::path::Path) -> (std::process::Child, Vec<String>) {
+    let (listen, admin, upstream, metrics, authorize) = ports;
     let mut child = Command::new(workspace_root().join("scripts/run.sh"))
         .env("LISTEN_PORT", listen.to_string())
         .env("ADMIN_PORT", admin.to_string())
         .env("UPSTREAM_PORT", upstream.to_string())
         .env("METRICS_PORT", metrics.to_string())
+        .env("AUTHORIZE_PORT", authorize.to_string())
+        .env_remove("IDP_ISSUER")
         .env("STATE_DIR", state)
         .env("ENVOY_BIN", envoy_binary())
         .env_remove("OPENAI_API_KEY")
@@ -68,7 +70,7 @@ fn start_run(ports: (u16, u16, u16, u16), state: &std::path::Path) -> (std::proc
 }
 
 /// Ctrl-C to the whole group; waits until every port is free again.
-fn ctrl_c(mut child: std::process::Child, ports: [u16; 4]) {
+fn ctrl_c(mut child: std::process::Child, ports: [u16; 5]) {
     let pgid = child.id();
     Command::new("kill")
         .args(["-INT", "--", &format!("-{pgid}")])
@@ -121,9 +123,10 @@ async fn generate(mcp_url: &str, token: &str, prompt: &str) -> Value {
 
 #[tokio::test]
 async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
-    let (listen, admin, upstream, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let ports = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (listen, admin, upstream, metrics, authorize) = ports;
     let state = std::env::temp_dir().join(format!("make-run-{}", uuid::Uuid::new_v4()));
-    let (child, banner) = start_run((listen, admin, upstream, metrics), &state);
+    let (child, banner) = start_run(ports, &state);
     let text = banner.join("\n");
     let mcp_url = format!("http://127.0.0.1:{listen}/mcp");
     assert!(text.contains(&format!("MCP endpoint : {mcp_url}")), "{text}");
@@ -146,6 +149,26 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
     let png = http_client().get(&url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(dimensions(&png).unwrap(), (1536, 1024));
 
+    // No token at all: a real MCP client follows the 401 to the development
+    // sign-in the protected resource metadata names, and signs in.
+    assert!(text.contains("claude mcp add --transport http images"), "{text}");
+    let signed_in = Command::new(".venv/bin/python")
+        .args(["tests/clients/python_oauth_client.py", &mcp_url, "olga", "acme"])
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(
+        signed_in
+            .stdout
+            .trim_ascii_end()
+            .rsplit(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&signed_in.stderr)));
+    assert_eq!(report["generated"], true, "{report}");
+    assert_eq!(report["sign_ins_before_refresh"], 1, "{report}");
+
     // An admin edits the settings file the banner names; the running
     // Envoy applies it within 2 s.
     let settings_path = state.join("edge-settings.json");
@@ -163,11 +186,11 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(refused.to_string().contains("12"), "{refused}");
-    let ports = [listen, admin, upstream, metrics];
-    ctrl_c(child, ports);
+    let all = [listen, admin, upstream, metrics, authorize];
+    ctrl_c(child, all);
 
     // The edit outlives a restart.
-    let (child, banner) = start_run((listen, admin, upstream, metrics), &state);
+    let (child, banner) = start_run(ports, &state);
     assert!(
         banner.iter().any(|l| l.contains("Ctrl-C stops everything")),
         "{banner:?}"
@@ -177,6 +200,6 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
         reply.to_string().contains("12"),
         "the edited limit holds after a restart: {reply}"
     );
-    ctrl_c(child, ports);
+    ctrl_c(child, all);
     let _ = std::fs::remove_dir_all(&state);
 }

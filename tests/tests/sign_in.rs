@@ -730,3 +730,53 @@ async fn identity_assertion_grants_trade_the_idps_assertion_for_a_token_without_
         .count();
     assert!(refused >= 6, "refusals audited: {refused}");
 }
+
+/// A Keycloak-like IdP (dynamic registration, resource indicators): MCP
+/// clients sign in there directly and the edge trusts its tokens by its
+/// keys, fetched through an Envoy cluster; the gateway's authorization
+/// server is not involved.
+#[tokio::test]
+async fn the_python_sdk_signs_in_directly_at_a_keycloak_like_idp() {
+    let idp = TestIdp::start_free(Profile::Keycloak);
+    let cluster = format!(
+        "  - name: idp_jwks\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: idp_jwks\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n",
+        idp.port
+    );
+    let options = StackOptions {
+        extra_clusters: cluster,
+        live_settings: true,
+        ..Default::default()
+    };
+    let mut stack = Stack::start_with(options).await.unwrap();
+    let mcp_url = stack.mcp_url.clone();
+    let issuer = idp.issuer.clone();
+    let authority = format!("127.0.0.1:{}", idp.port);
+    let sha = stack
+        .edit_settings(|settings| {
+            settings["jwt"] = json!({
+                "issuer": issuer,
+                "audiences": [mcp_url],
+                "jwks_uri": {"cluster": "idp_jwks", "path": "/jwks", "authority": authority, "refresh_seconds": 60, "retry_seconds": 1},
+            });
+            settings["protected_resource"]["authorization_servers"] = json!([issuer]);
+        })
+        .unwrap();
+    stack
+        .wait_settings(&sha, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let report = python_sign_in(&stack, "hana@umbrella", "ignored", None);
+    check_signed_in(&report, 4, 1);
+    assert!(
+        !report["client_id"].as_str().unwrap_or_default().starts_with("mcpc."),
+        "registered at the IdP: {report}"
+    );
+    let upstream_log = std::fs::read_to_string(stack.state_dir.join("upstream.log")).unwrap();
+    assert!(
+        upstream_log.lines().any(|l| l.contains("\"tool_call\"")
+            && l.contains("\"user\":\"hana@umbrella\"")
+            && l.contains("\"org\":\"umbrella\"")),
+        "{}",
+        idp.log()
+    );
+}
