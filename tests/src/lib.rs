@@ -10,6 +10,7 @@ pub mod stack;
 
 pub use stack::{Backend, Stack, StackOptions};
 pub mod mcp_client;
+pub mod oauth_browser;
 pub mod otlp_receiver;
 pub mod png_info;
 pub mod ratelimit_service;

@@ -331,6 +331,12 @@ fn gateway_envoy_config_is_current_and_valid() {
             "--set",
             "UPSTREAM_CLUSTER_TYPE=STRICT_DNS",
             "--set",
+            "AUTHORIZE_ADDRESS=mcp-authorize.mcp-images.svc.cluster.local",
+            "--set",
+            "AUTHORIZE_CLUSTER_TYPE=STRICT_DNS",
+            "--set",
+            "AUTHORIZE_PORT=8082",
+            "--set",
             "UPSTREAM_PORT=8081",
             "--set",
             "WASM_PATH=/etc/envoy-wasm/mcp_edge_filter.wasm",
@@ -434,7 +440,7 @@ fn network_policies_allow_exactly_the_architectures_flows() {
     assert_eq!(deny["spec"]["podSelector"], serde_json::json!({}));
     assert_eq!(deny["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
     assert!(deny["spec"].get("ingress").is_none() && deny["spec"].get("egress").is_none());
-    for file in ["gateway", "upstream", "ratelimit", "models"] {
+    for file in ["gateway", "upstream", "ratelimit", "models", "authorize"] {
         policies.extend(load(&format!("deploy/{file}/networkpolicy.yaml")));
     }
     let peer = |peer: &Value| -> String {
@@ -501,10 +507,18 @@ fn network_policies_allow_exactly_the_architectures_flows() {
         format!("egress: mcp-upstream -> {internet} TCP/443"),
         "egress: mcp-ratelimit -> mcp-ratelimit-redis TCP/6379".into(),
         format!("egress: sd3-pool -> {internet} TCP/443"),
+        // Sign-in: the gateway routes /oauth/* to the authorization server,
+        // which keeps its grants in the shared Redis and calls the IdP.
+        "ingress: mcp-gateway -> mcp-authorize TCP/8082".into(),
+        "ingress: ns/monitoring -> mcp-authorize TCP/8082".into(),
+        "egress: mcp-gateway -> mcp-authorize TCP/8082".into(),
+        "ingress: mcp-authorize -> mcp-ratelimit-redis TCP/6379".into(),
+        "egress: mcp-authorize -> mcp-ratelimit-redis TCP/6379".into(),
+        "egress: mcp-authorize -> 0.0.0.0/0 except [\"10.0.0.0/8\",\"172.16.0.0/12\",\"192.168.0.0/16\",\"169.254.0.0/16\"] TCP/443".into(),
     ]
     .into_iter()
     .collect();
-    for pod in ["mcp-gateway", "mcp-upstream", "mcp-ratelimit", "sd3-pool"] {
+    for pod in ["mcp-gateway", "mcp-upstream", "mcp-ratelimit", "sd3-pool", "mcp-authorize"] {
         expected.extend(dns(pod));
     }
     assert_eq!(flows, expected);

@@ -182,11 +182,14 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
                 config_dir.join("routes.json").display().to_string(),
             ),
         ],
+        // Sign-ins for the sign-in panel.
+        authorize: Some(vec![("GATEWAY_AUTHZ_DEV_SIGN_IN".into(), "true".into())]),
         ..StackOptions::default()
     })
     .await
     .unwrap();
     let admin_port = stack.admin_url.rsplit(':').next().unwrap().to_string();
+    let authorize_port = stack.authorize_url.rsplit(':').next().unwrap().to_string();
     let metrics_port = stack
         .metrics_url
         .trim_end_matches("/metrics")
@@ -208,6 +211,7 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
             ),
             ("ADMIN_PORT".to_string(), admin_port),
             ("METRICS_PORT".to_string(), metrics_port),
+            ("AUTHORIZE_PORT".to_string(), authorize_port),
         ]),
     )
     .unwrap();
@@ -231,6 +235,16 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
     let url = format!("http://127.0.0.1:{port}");
 
     // Traffic of every kind the dashboard shows, over several scrapes.
+    let client: Value = http_client()
+        .post(format!("{}/oauth/register", stack.base_url))
+        .json(&json!({"redirect_uris": [oauth_browser::REDIRECT]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = client["client_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(7);
     let mut round = 0;
     while Instant::now() < deadline {
@@ -245,6 +259,23 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
         )
         .await;
+        // A sign-in, its code redeemed, and a forged code refused.
+        let code = oauth_browser::dev_code(&stack, &client_id).await["code"].clone();
+        for code in [code.as_str(), "forged"] {
+            http_client()
+                .post(format!("{}/oauth/token", stack.base_url))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(oauth_browser::form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("client_id", &client_id),
+                    ("redirect_uri", oauth_browser::REDIRECT),
+                    ("code_verifier", oauth_browser::VERIFIER),
+                ]))
+                .send()
+                .await
+                .unwrap();
+        }
         let burst = stack.token("burst", "acme");
         for _ in 0..4 {
             post(
@@ -296,6 +327,7 @@ async fn prometheus_rules_and_every_dashboard_query_work() {
 
 // ---- Traces: Envoy's span for every request, with the edge's decision ----
 
+use gateway_tests::oauth_browser;
 use gateway_tests::otlp_receiver::{OtlpReceiver, Span};
 use gateway_tests::stack::Edge;
 

@@ -8,11 +8,11 @@
 use std::process::Command;
 
 use axum::routing::get;
+use gateway_tests::oauth_browser::{authorize_url, dev_code, form, hidden, query_of, Browser, REDIRECT, VERIFIER};
 use gateway_tests::stack::{http_client, workspace_root, Edge};
 use gateway_tests::test_idp::{Profile, TestIdp};
 use gateway_tests::{Stack, StackOptions};
 use jwt_simple::prelude::*;
-use mcp_image_gateway::authorize::grants::pkce_challenge;
 use serde_json::{json, Value};
 
 fn dev_sign_in() -> Option<Vec<(String, String)>> {
@@ -158,123 +158,6 @@ async fn the_typescript_sdk_signs_in_with_the_development_sign_in_and_refreshes(
         &["tests/clients/ts_oauth_client.mjs", &stack.mcp_url, "gus", "acme"],
     );
     check_signed_in(&report, 4, 1);
-}
-
-/// What a browser keeps between requests here: the sign-in cookie.
-struct Browser {
-    cookie: Option<String>,
-    http: reqwest::Client,
-}
-
-impl Browser {
-    fn new() -> Self {
-        Self {
-            cookie: None,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-        }
-    }
-
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> (u16, Option<String>, String) {
-        let request = match &self.cookie {
-            Some(cookie) => request.header("cookie", cookie),
-            None => request,
-        };
-        let response = request.send().await.unwrap();
-        if let Some(set) = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()) {
-            self.cookie = set.split(';').next().map(str::to_string);
-        }
-        let location = response
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        (response.status().as_u16(), location, response.text().await.unwrap())
-    }
-
-    async fn get(&mut self, url: &str) -> (u16, Option<String>, String) {
-        let request = self.http.get(url);
-        self.send(request).await
-    }
-
-    async fn post(&mut self, url: &str, fields: &[(&str, &str)]) -> (u16, Option<String>, String) {
-        let request = self
-            .http
-            .post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(fields));
-        self.send(request).await
-    }
-}
-
-fn form(fields: &[(&str, &str)]) -> String {
-    let mut url = reqwest::Url::parse("http://form/").unwrap();
-    url.query_pairs_mut().extend_pairs(fields);
-    url.query().unwrap_or_default().to_string()
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
-    html[start..].split('"').next().unwrap_or_default().to_string()
-}
-
-fn query_of(location: &str) -> std::collections::HashMap<String, String> {
-    reqwest::Url::parse(location)
-        .unwrap()
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-const REDIRECT: &str = "http://127.0.0.1:40111/callback";
-const VERIFIER: &str = "a-verifier-of-at-least-forty-three-characters-long";
-
-fn authorize_url(stack: &Stack, client_id: &str, redirect: &str, extra: &[(&str, &str)]) -> String {
-    let mut url = reqwest::Url::parse(&format!("{}/oauth/authorize", stack.base_url)).unwrap();
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", client_id)
-        .append_pair("redirect_uri", redirect)
-        .append_pair("code_challenge", &pkce_challenge(VERIFIER))
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("state", "st-1")
-        .append_pair("resource", &stack.mcp_url)
-        .extend_pairs(extra);
-    url.to_string()
-}
-
-/// The development sign-in by hand: authorize, sign in, consent; the redirect's query.
-async fn dev_code(stack: &Stack, client_id: &str) -> std::collections::HashMap<String, String> {
-    let mut browser = Browser::new();
-    let (status, _, html) = browser.get(&authorize_url(stack, client_id, REDIRECT, &[])).await;
-    assert_eq!(status, 200, "{html}");
-    assert!(
-        html.contains("value=\"alice\"") && html.contains("value=\"acme\""),
-        "prefilled: {html}"
-    );
-    let pending = hidden(&html, "pending");
-    let (status, _, html) = browser
-        .post(
-            &format!("{}/oauth/sign-in", stack.base_url),
-            &[("pending", &pending), ("user", "erin"), ("org", "acme")],
-        )
-        .await;
-    assert_eq!(status, 200, "{html}");
-    assert!(html.contains("Allow access?") && html.contains("erin"), "{html}");
-    let (status, location, _) = browser
-        .post(
-            &format!("{}/oauth/consent", stack.base_url),
-            &[("pending", &pending), ("decision", "allow")],
-        )
-        .await;
-    assert_eq!(status, 303);
-    let location = location.unwrap();
-    assert!(location.starts_with(REDIRECT), "{location}");
-    query_of(&location)
 }
 
 async fn token(stack: &Stack, fields: &[(&str, &str)]) -> (u16, Value) {
@@ -779,4 +662,31 @@ async fn the_python_sdk_signs_in_directly_at_a_keycloak_like_idp() {
         "{}",
         idp.log()
     );
+}
+
+/// An Entra-like IdP: no registration, OpenID discovery only (no RFC 8414
+/// document), `resource` refused at its authorization endpoint, the
+/// organisation in `tid`. The TypeScript SDK signs in through the gateway.
+#[tokio::test]
+async fn the_typescript_sdk_signs_in_through_the_gateway_at_an_entra_like_idp() {
+    let (stack, idp) = through_the_gateway(
+        Profile::Entra,
+        &[("IDP_ORG_CLAIM", "/tid"), ("IDP_USER_CLAIM", "oid")],
+        Edge::Wasm,
+    )
+    .await;
+    let report = run_client("node", &["tests/clients/ts_oauth_client.mjs", &stack.mcp_url, "ivan", "ignored"]);
+    check_signed_in(&report, 4, 1);
+    // The tenant id of "acme" in the test IdP (test_idp.mjs, tidOf).
+    let tid = "61636d65-3030-3030-3030-303030303030";
+    let upstream_log = std::fs::read_to_string(stack.state_dir.join("upstream.log")).unwrap();
+    assert!(
+        upstream_log
+            .lines()
+            .any(|l| l.contains("\"tool_call\"") && l.contains("\"user\":\"ivan\"") && l.contains(&format!("\"org\":\"{tid}\""))),
+        "{}",
+        idp.log()
+    );
+    let sign_ins = audit(&stack, "sign_in");
+    assert_eq!(sign_ins[0]["org"], tid);
 }

@@ -64,6 +64,8 @@ pub struct AuthorizeConfig {
     /// The gateway's public origin: this server's issuer; the MCP URL is `{it}/mcp`.
     #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
     pub public_base_url: String,
+    /// Where the development key and keyring are (`make run`) when the files
+    /// below are not named.
     #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
     pub state_dir: PathBuf,
     /// The private ES256 JWK that signs access tokens (default: the
@@ -85,6 +87,7 @@ pub struct AuthorizeConfig {
     /// Its secret (prefer `IDP_CLIENT_SECRET_FILE`, e.g. a mounted Secret).
     #[arg(long, env = "IDP_CLIENT_SECRET", hide_env_values = true)]
     pub idp_client_secret: Option<String>,
+    /// A file holding that secret (a mounted Secret in `deploy/`).
     #[arg(long, env = "IDP_CLIENT_SECRET_FILE")]
     pub idp_client_secret_file: Option<PathBuf>,
     /// Scopes asked of the IdP (OpenID: the ID token says who signed in).

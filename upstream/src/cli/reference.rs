@@ -27,7 +27,7 @@ pub struct Page {
 
 /// Every page of the reference.
 pub fn pages() -> Vec<Page> {
-    vec![edge_settings(), upstream_flags(), admin_files()]
+    vec![edge_settings(), upstream_flags(), authorize_flags(), admin_files()]
 }
 
 /// Writes every page into `dir`.
@@ -68,6 +68,22 @@ fn edge_settings() -> Page {
     }
 }
 
+fn authorize_flags() -> Page {
+    let command = crate::authorize::AuthorizeConfig::augment_args(clap::Command::new("authorize"));
+    let mut md = format!(
+        "# Authorization server flags and environment\n\n{GENERATED}\n\n\
+         Every setting of `mcp-image-gateway authorize`, the OAuth authorization server MCP clients \
+         sign in with (see [Sign-in](../security/sign-in.md)), is a flag or the environment variable beside \
+         it. Exactly one of the development sign-in and `IDP_ISSUER` must be set.\n\n\
+         | flag | environment | default | meaning |\n|---|---|---|---|\n"
+    );
+    md.push_str(&flags_table(&command));
+    Page {
+        file: "authorize-flags.md",
+        markdown: md,
+    }
+}
+
 fn upstream_flags() -> Page {
     let command = ServeConfig::augment_args(clap::Command::new("serve"));
     let mut md = format!(
@@ -80,6 +96,16 @@ fn upstream_flags() -> Page {
          [Upstream](../configuration/upstream.md).\n\n\
          | flag | environment | default | meaning |\n|---|---|---|---|\n"
     );
+    md.push_str(&flags_table(&command));
+    Page {
+        file: "upstream-flags.md",
+        markdown: md,
+    }
+}
+
+/// One row per visible flag: flag, variable, default, meaning.
+fn flags_table(command: &clap::Command) -> String {
+    let mut md = String::new();
     for arg in command.get_arguments().filter(|arg| !arg.is_hide_set()) {
         let Some(long) = arg.get_long() else { continue };
         let env = arg
@@ -114,10 +140,7 @@ fn upstream_flags() -> Page {
         }
         md.push_str(&format!("| `--{long}` | {env} | {default} | {} |\n", cell(&meaning)));
     }
-    Page {
-        file: "upstream-flags.md",
-        markdown: md,
-    }
+    md
 }
 
 fn admin_files() -> Page {
