@@ -132,7 +132,7 @@ deploy-render: upstream
 	$(DEPLOY_OTEL) $(BIN) render-envoy --template envoy/envoy.yaml.tmpl --out deploy/gateway/envoy.yaml \
 	  --set LISTEN_ADDRESS=0.0.0.0 --set LISTEN_PORT=8080 --set ADMIN_ADDRESS=0.0.0.0 --set ADMIN_PORT=9901 \
 	  --set UPSTREAM_ADDRESS=mcp-upstream.mcp-images.svc.cluster.local --set UPSTREAM_CLUSTER_TYPE=STRICT_DNS \
-	  --set AUTHORIZE_ADDRESS=mcp-authorize.mcp-images.svc.cluster.local --set AUTHORIZE_CLUSTER_TYPE=STRICT_DNS --set AUTHORIZE_PORT=8082 \
+	  --set AUTHORIZE_ADDRESS=mcp-authorize.mcp-images.svc.cluster.local --set AUTHORIZE_CLUSTER_TYPE=STRICT_DNS --set AUTHORIZE_PORT=8082 --set XFF_TRUSTED_HOPS=1 \
 	  --set UPSTREAM_PORT=8081 --set WASM_PATH=/etc/envoy-wasm/mcp_edge_filter.wasm \
   --set 'CORS_ORIGIN_REGEX=^https://app\.example\.com$$' \
 	  --set-file FILTER_CONFIG=deploy/gateway/filter-config.json --set-file EXTRA_CLUSTERS=deploy/gateway/clusters.yaml

@@ -10,7 +10,7 @@ use crate::Stack;
 
 /// What a browser keeps between requests here: the sign-in cookie.
 pub struct Browser {
-    cookie: Option<String>,
+    pub cookie: Option<String>,
     http: reqwest::Client,
 }
 
@@ -52,6 +52,30 @@ impl Browser {
     pub async fn get(&mut self, url: &str) -> (u16, Option<String>, String) {
         let request = self.http.get(url);
         self.send(request).await
+    }
+
+    /// A form post with extra headers (which replace the browser's own).
+    pub async fn send_with(
+        &mut self,
+        url: &str,
+        fields: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> (u16, Option<String>, String) {
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields));
+        let saved = self.cookie.clone();
+        for (name, value) in headers {
+            if *name == "cookie" {
+                self.cookie = None;
+            }
+            request = request.header(*name, *value);
+        }
+        let answer = self.send(request).await;
+        self.cookie = saved;
+        answer
     }
 
     pub async fn post(&mut self, url: &str, fields: &[(&str, &str)]) -> (u16, Option<String>, String) {

@@ -396,6 +396,7 @@ impl Stack {
             ("AUTHORIZE_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("AUTHORIZE_PORT".to_string(), authorize_port.to_string()),
             ("AUTHORIZE_CLUSTER_TYPE".to_string(), "STATIC".to_string()),
+            ("XFF_TRUSTED_HOPS".to_string(), "0".to_string()),
             (
                 "CORS_ORIGIN_REGEX".to_string(),
                 devkit::DEV_CORS_ORIGIN_REGEX.to_string(),

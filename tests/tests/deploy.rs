@@ -337,6 +337,8 @@ fn gateway_envoy_config_is_current_and_valid() {
             "--set",
             "AUTHORIZE_PORT=8082",
             "--set",
+            "XFF_TRUSTED_HOPS=1",
+            "--set",
             "UPSTREAM_PORT=8081",
             "--set",
             "WASM_PATH=/etc/envoy-wasm/mcp_edge_filter.wasm",
@@ -518,7 +520,13 @@ fn network_policies_allow_exactly_the_architectures_flows() {
     ]
     .into_iter()
     .collect();
-    for pod in ["mcp-gateway", "mcp-upstream", "mcp-ratelimit", "sd3-pool", "mcp-authorize"] {
+    for pod in [
+        "mcp-gateway",
+        "mcp-upstream",
+        "mcp-ratelimit",
+        "sd3-pool",
+        "mcp-authorize",
+    ] {
         expected.extend(dns(pod));
     }
     assert_eq!(flows, expected);

@@ -209,10 +209,19 @@ async fn serve_client_document(redirect: &str) -> String {
         "token_endpoint_auth_method": "none",
     })
     .to_string();
+    let json_of = |body: String| ([("content-type", "application/json")], body);
     let big = json!({"client_id": format!("{base}/big.json"), "pad": "x".repeat(20_000)}).to_string();
+    let text = json!({"client_id": format!("{base}/text.json"), "redirect_uris": [redirect]}).to_string();
+    let moved = format!("{base}/client.json");
     let app = axum::Router::new()
-        .route("/client.json", get(move || async move { document }))
-        .route("/big.json", get(move || async move { big }));
+        .route("/client.json", get(move || async move { json_of(document) }))
+        .route("/big.json", get(move || async move { json_of(big) }))
+        // The right document, but as text: not a metadata document.
+        .route("/text.json", get(move || async move { text }))
+        .route(
+            "/moved.json",
+            get(move || async move { axum::response::Redirect::temporary(&moved) }),
+        );
     tokio::spawn(async move { axum::serve(listener, app).await });
     base
 }
@@ -349,6 +358,22 @@ async fn the_authorization_server_refuses_what_the_specs_refuse_and_audits_it() 
         (400, Some("invalid_grant")),
         "{error}"
     );
+    // That replay revoked the whole sign-in: the newer refresh token is dead too.
+    assert!(
+        error["error_description"].as_str().unwrap().contains("revoked"),
+        "{error}"
+    );
+    let newer = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refreshed["refresh_token"].as_str().unwrap()),
+        ("client_id", client_id.as_str()),
+    ];
+    let (status, error) = token(&stack, &newer).await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{error}"
+    );
     let (status, error) = token(&stack, &[("grant_type", "password"), ("client_id", &client_id)]).await;
     assert_eq!((status, error["error"].as_str()), (400, Some("unsupported_grant_type")));
     let (status, error) = token(
@@ -368,21 +393,32 @@ async fn the_authorization_server_refuses_what_the_specs_refuse_and_audits_it() 
         .get(&authorize_url(&stack, &client_id, "http://127.0.0.1:40111/other", &[]))
         .await;
     assert_eq!((status, location), (400, None), "{html}");
-    // Errors after the redirect URI checked out go back to the client, with state and iss.
+    // Errors after the redirect URI checked out are shown, with a link back
+    // to the client carrying the error, state and iss — never an automatic
+    // redirect (no open redirect through a registered client).
     let other_resource = authorize_url(&stack, &client_id, REDIRECT, &[]).replace(
         &format!("resource={}", form(&[("r", &stack.mcp_url)]).trim_start_matches("r=")),
         "resource=https%3A%2F%2Fother.example%2Fmcp",
     );
-    let (status, location, _) = browser.get(&other_resource).await;
-    assert_eq!(status, 303);
-    let query = query_of(&location.unwrap());
+    let back_link = |html: &str| {
+        let start = html
+            .find("<a href=\"")
+            .unwrap_or_else(|| panic!("no link back: {html}"))
+            + 9;
+        html[start..].split('"').next().unwrap().replace("&amp;", "&")
+    };
+    let (status, location, html) = browser.get(&other_resource).await;
+    assert_eq!((status, location), (400, None), "{html}");
+    let query = query_of(&back_link(&html));
     assert_eq!(query.get("error").map(String::as_str), Some("invalid_target"));
     assert_eq!(query.get("iss"), Some(&issuer));
+    assert_eq!(query.get("state").map(String::as_str), Some("st-1"));
     let mut plain = authorize_url(&stack, &client_id, REDIRECT, &[]);
     plain = plain.replace("code_challenge_method=S256", "code_challenge_method=plain");
-    let (_, location, _) = browser.get(&plain).await;
+    let (status, _, html) = browser.get(&plain).await;
+    assert_eq!(status, 400);
     assert_eq!(
-        query_of(&location.unwrap()).get("error").map(String::as_str),
+        query_of(&back_link(&html)).get("error").map(String::as_str),
         Some("invalid_request")
     );
     // A consent posted from another site, or from a browser that did not start the sign-in.
@@ -395,6 +431,32 @@ async fn the_authorization_server_refuses_what_the_specs_refuse_and_audits_it() 
         )
         .await;
     assert_eq!(status, 403, "another browser");
+    let (status, _, _) = browser
+        .send_with(
+            &format!("{}/oauth/sign-in", stack.base_url),
+            &[("pending", &pending), ("user", "x"), ("org", "acme")],
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(status, 403, "another site");
+    let (status, _, _) = browser
+        .send_with(
+            &format!("{}/oauth/sign-in", stack.base_url),
+            &[("pending", &pending), ("user", "x"), ("org", "acme")],
+            &[(
+                "cookie",
+                &format!("mcp_authz={pending}; {}", browser.cookie.clone().unwrap_or_default()),
+            )],
+        )
+        .await;
+    assert_eq!(status, 403, "a second, planted sign-in cookie");
+    let (status, _, _) = browser
+        .post(
+            &format!("{}/oauth/consent", stack.base_url),
+            &[("pending", "not-an-id"), ("decision", "allow")],
+        )
+        .await;
+    assert_eq!(status, 400, "an id of the wrong shape never reaches the store");
 
     // Client ID Metadata Documents: fetched, bounded, never from private addresses.
     let documents = serve_client_document(REDIRECT).await;
@@ -422,9 +484,15 @@ async fn the_authorization_server_refuses_what_the_specs_refuse_and_audits_it() 
     ] {
         let (status, _, html) = browser.get(&authorize_url(&stack, private, REDIRECT, &[])).await;
         assert!(
-            status == 400 && html.contains("private or reserved"),
+            status == 400 && html.contains("does not resolve to a public address") && !html.contains("10.1.2.3,"),
             "{private}: {html}"
         );
+    }
+    for (path, reason) in [("text.json", "application/json"), ("moved.json", "redirect")] {
+        let (status, _, html) = browser
+            .get(&authorize_url(&stack, &format!("{documents}/{path}"), REDIRECT, &[]))
+            .await;
+        assert!(status == 400 && html.contains(reason), "{path}: {html}");
     }
 
     // Every refusal is audited with its error code, never a secret.
@@ -524,8 +592,16 @@ async fn identity_assertion_grants_trade_the_idps_assertion_for_a_token_without_
         .unwrap()
         .contains(&json!("urn:ietf:params:oauth:grant-type:jwt-bearer")));
     let issuer = format!("{}/", stack.base_url);
-    let (_, client) = register(&stack, json!({"redirect_uris": [REDIRECT], "client_name": "Agent"})).await;
+    // An agent registered with a secret: it proves who it is when it trades.
+    let (status, client) = register(
+        &stack,
+        json!({"redirect_uris": [REDIRECT], "client_name": "Agent", "token_endpoint_auth_method": "client_secret_post",
+               "grant_types": ["urn:ietf:params:oauth:grant-type:jwt-bearer"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{client}");
     let client_id = client["client_id"].as_str().unwrap().to_string();
+    let secret = client["client_secret"].as_str().unwrap().to_string();
     let grant = |assertion: &str| {
         vec![
             (
@@ -534,6 +610,7 @@ async fn identity_assertion_grants_trade_the_idps_assertion_for_a_token_without_
             ),
             ("assertion".to_string(), assertion.to_string()),
             ("client_id".to_string(), client_id.clone()),
+            ("client_secret".to_string(), secret.clone()),
         ]
     };
     let send = |fields: Vec<(String, String)>| {
@@ -543,6 +620,34 @@ async fn identity_assertion_grants_trade_the_idps_assertion_for_a_token_without_
             token(stack, &pairs).await
         }
     };
+    // A public client may not trade an assertion (it is a bearer credential).
+    let (_, public) = register(&stack, json!({"redirect_uris": [REDIRECT]})).await;
+    let public_id = public["client_id"].as_str().unwrap();
+    let for_public = idp.id_jag(&issuer, public_id, &stack.mcp_url, |_| {});
+    let (status, error) = token(
+        &stack,
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", &for_public),
+            ("client_id", public_id),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{error}"
+    );
+    // No more scope than the IdP granted in the assertion.
+    let modest = idp.id_jag(&issuer, &client_id, &stack.mcp_url, |c| c.custom["scope"] = json!(""));
+    let mut wider = grant(&modest);
+    wider.push(("scope".into(), "images:generate".into()));
+    let (status, error) = send(wider).await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (400, Some("invalid_scope")),
+        "{error}"
+    );
     let good = idp.id_jag(&issuer, &client_id, &stack.mcp_url, |_| {});
     let (status, tokens) = send(grant(&good)).await;
     assert_eq!(status, 200, "{tokens}");
@@ -675,15 +780,18 @@ async fn the_typescript_sdk_signs_in_through_the_gateway_at_an_entra_like_idp() 
         Edge::Wasm,
     )
     .await;
-    let report = run_client("node", &["tests/clients/ts_oauth_client.mjs", &stack.mcp_url, "ivan", "ignored"]);
+    let report = run_client(
+        "node",
+        &["tests/clients/ts_oauth_client.mjs", &stack.mcp_url, "ivan", "ignored"],
+    );
     check_signed_in(&report, 4, 1);
     // The tenant id of "acme" in the test IdP (test_idp.mjs, tidOf).
     let tid = "61636d65-3030-3030-3030-303030303030";
     let upstream_log = std::fs::read_to_string(stack.state_dir.join("upstream.log")).unwrap();
     assert!(
-        upstream_log
-            .lines()
-            .any(|l| l.contains("\"tool_call\"") && l.contains("\"user\":\"ivan\"") && l.contains(&format!("\"org\":\"{tid}\""))),
+        upstream_log.lines().any(|l| l.contains("\"tool_call\"")
+            && l.contains("\"user\":\"ivan\"")
+            && l.contains(&format!("\"org\":\"{tid}\""))),
         "{}",
         idp.log()
     );

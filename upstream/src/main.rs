@@ -350,6 +350,7 @@ async fn main() -> anyhow::Result<()> {
                 ("AUTHORIZE_ADDRESS", "127.0.0.1"),
                 ("AUTHORIZE_PORT", "8082"),
                 ("AUTHORIZE_CLUSTER_TYPE", "STATIC"),
+                ("XFF_TRUSTED_HOPS", "0"),
                 // Browser hosts allowed to call /mcp (CORS): loopback in development.
                 ("CORS_ORIGIN_REGEX", devkit::DEV_CORS_ORIGIN_REGEX),
             ] {

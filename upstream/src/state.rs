@@ -143,6 +143,7 @@ impl AppState {
                 timeout: Duration::from_secs(10),
                 max_bytes: config.upload_max_bytes,
                 allow_loopback: false,
+                max_redirects: 3,
             },
             catalog,
             routes: Arc::new(routes),

@@ -116,10 +116,11 @@ pub fn register(keys: &Keyring, request: &RegistrationRequest, now: u64) -> Resu
     if let Some(grants) = &request.grant_types {
         if let Some(other) = grants
             .iter()
-            .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token"))
+            .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token" | super::JWT_BEARER))
         {
             return Err(invalid_metadata(format!(
-                "grant type {other:?} is not offered to registered clients: authorization_code and refresh_token are"
+                "grant type {other:?} is not offered to registered clients: authorization_code, refresh_token and (confidential clients) {} are",
+                super::JWT_BEARER
             )));
         }
     }
@@ -205,11 +206,39 @@ pub async fn from_metadata_document(fetch: &RemoteFetch, client_id: &str) -> Res
             "a client id URL must have a path and no fragment or user info",
         ));
     }
-    let body = fetch
-        .fetch(client_id)
-        .await
-        .map_err(|e| invalid_metadata(format!("the client metadata document {e}")))?;
+    let (body, content_type) = fetch.fetch_typed(client_id).await.map_err(|detail| {
+        // The detail may name internal addresses: it goes to the log only.
+        tracing::info!(client_id, %detail, "a client metadata document was refused");
+        invalid_metadata(public_reason(&detail))
+    })?;
+    let json = content_type
+        .as_deref()
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(invalid_metadata(
+            "the client metadata document must be served as application/json",
+        ));
+    }
     parse_metadata_document(client_id, &body)
+}
+
+/// What a person may be told of a failed document fetch.
+fn public_reason(detail: &str) -> String {
+    let reason = if detail.contains("private or reserved") {
+        "its host does not resolve to a public address"
+    } else if detail.contains("larger than") {
+        return format!("the client metadata document is larger than {MAX_METADATA_BYTES} bytes");
+    } else if detail.contains("only https") {
+        "a client id URL must be https"
+    } else if detail.contains("redirects are not followed") {
+        "it answered with a redirect, which is not followed"
+    } else if detail.contains("took longer") {
+        "it took too long"
+    } else {
+        "it could not be fetched (unreachable, or not HTTP 200)"
+    };
+    format!("the client metadata document cannot be used: {reason}")
 }
 
 /// Checks a fetched metadata document against the URL it came from.

@@ -54,6 +54,9 @@ pub struct Pending {
     pub client_id: String,
     pub client_name: String,
     pub redirect_uri: String,
+    /// Whether the request named its redirect URI (then the token request must too).
+    #[serde(default = "yes")]
+    pub redirect_uri_sent: bool,
     pub code_challenge: String,
     pub state: Option<String>,
     pub scope: String,
@@ -81,11 +84,23 @@ pub struct Grant {
     pub resource: String,
     /// Who vouched for the user: `dev` or the IdP's issuer.
     pub idp: String,
-    /// Codes only: where the code went and the PKCE challenge.
+    /// Codes only: where the code went (when the request named it) and the
+    /// PKCE challenge.
     #[serde(default)]
     pub redirect_uri: Option<String>,
     #[serde(default)]
     pub code_challenge: Option<String>,
+    /// The sign-in this grant descends from: refresh tokens rotate within
+    /// it, a replayed one revokes all of it, and none outlives its end.
+    #[serde(default)]
+    pub family: String,
+    /// Unix seconds after which no refresh is granted (a new sign-in is).
+    #[serde(default)]
+    pub family_expires_at: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Checks an authorization request from a known client whose redirect URI
@@ -149,7 +164,7 @@ pub fn check_scope(requested: Option<&str>, grantable: &Grantable) -> Result<Str
     let requested: Vec<&str> = requested
         .unwrap_or_default()
         .split_whitespace()
-        .filter(|s| !matches!(*s, "openid" | "profile" | "email" | "offline_access"))
+        .filter(|s| !is_openid_scope(s))
         .collect();
     if requested.is_empty() {
         return Ok(grantable.scopes.join(" "));
@@ -170,6 +185,17 @@ pub fn check_scope(requested: Option<&str>, grantable: &Grantable) -> Result<Str
         }
     }
     Ok(granted.join(" "))
+}
+
+/// OpenID scopes clients add out of habit: accepted, never granted (no ID tokens here).
+fn is_openid_scope(scope: &str) -> bool {
+    matches!(scope, "openid" | "profile" | "email" | "offline_access")
+}
+
+/// Whether a value has the shape of our random tokens (sign-in ids, states):
+/// anything else is refused before the store is asked.
+pub fn is_random_token(value: &str) -> bool {
+    is_pkce_value(value)
 }
 
 /// RFC 7636: base64url of 32 bytes (43 characters).
@@ -209,7 +235,8 @@ pub fn redeem_code(
             "the code was issued to another client",
         ));
     }
-    if redirect_uri != grant.redirect_uri.as_deref() {
+    let named_then = grant.redirect_uri.is_some();
+    if (named_then || redirect_uri.is_some()) && redirect_uri != grant.redirect_uri.as_deref() {
         return Err(OAuthError::new(
             "invalid_grant",
             "redirect_uri is not the one the code was issued for",
@@ -241,17 +268,22 @@ pub fn refresh_scope(
         ));
     }
     check_same_resource(grant, resource)?;
-    let Some(scope) = scope.filter(|s| !s.trim().is_empty()) else {
+    let asked: Vec<&str> = scope
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|s| !is_openid_scope(s))
+        .collect();
+    if asked.is_empty() {
         return Ok(grant.scope.clone());
-    };
+    }
     let held: Vec<&str> = grant.scope.split_whitespace().collect();
-    if let Some(extra) = scope.split_whitespace().find(|s| !held.contains(s)) {
+    if let Some(extra) = asked.iter().find(|s| !held.contains(s)) {
         return Err(OAuthError::new(
             "invalid_scope",
             format!("scope {extra:?} was not granted; sign in again to ask for it"),
         ));
     }
-    Ok(scope.split_whitespace().collect::<Vec<_>>().join(" "))
+    Ok(asked.join(" "))
 }
 
 fn check_same_resource(grant: &Grant, resource: Option<&str>) -> Result<(), OAuthError> {
@@ -352,6 +384,8 @@ mod tests {
             idp: "dev".into(),
             redirect_uri: Some("http://127.0.0.1:1/cb".into()),
             code_challenge: Some(pkce_challenge(&"v".repeat(43))),
+            family: "f".into(),
+            family_expires_at: u64::MAX,
         }
     }
 

@@ -163,6 +163,8 @@ pub struct Authz {
     pub metrics: AuthzMetrics,
     pub documents: RemoteFetch,
     document_cache: Mutex<HashMap<String, (Client, Instant)>>,
+    /// Metadata documents fetched at once, at most.
+    document_fetches: tokio::sync::Semaphore,
     pub access_token_secs: u64,
     pub refresh_ttl: Duration,
     limiter: Mutex<(Instant, HashMap<String, u32>)>,
@@ -171,6 +173,11 @@ pub struct Authz {
 
 /// How long a fetched client metadata document is used before fetching again.
 const DOCUMENT_CACHE: Duration = Duration::from_secs(300);
+/// At most this many documents are cached, and fetched at once.
+const MAX_CACHED_DOCUMENTS: usize = 1024;
+const MAX_DOCUMENT_FETCHES: usize = 16;
+/// Client IPs counted per minute, at most; beyond, new addresses wait.
+const MAX_COUNTED_IPS: usize = 50_000;
 /// How long a sign-in may take, from the client's request to the code.
 pub const SIGN_IN_TTL: Duration = Duration::from_secs(600);
 /// Codes are redeemed at once by clients: one minute.
@@ -223,7 +230,10 @@ impl Authz {
                 timeout: clients::METADATA_TIMEOUT,
                 max_bytes: clients::MAX_METADATA_BYTES,
                 allow_loopback: config.cimd_allow_loopback,
+                // The draft: a metadata document is never fetched through a redirect.
+                max_redirects: 0,
             },
+            document_fetches: tokio::sync::Semaphore::new(MAX_DOCUMENT_FETCHES),
             document_cache: Mutex::new(HashMap::new()),
             access_token_secs: config.access_token_secs.max(60),
             refresh_ttl: Duration::from_secs(config.refresh_token_days.max(1) * 86_400),
@@ -251,12 +261,22 @@ impl Authz {
                 return Ok(client.clone());
             }
         }
+        let Ok(_permit) = self.document_fetches.try_acquire() else {
+            self.metrics.client_document("busy");
+            return Err(clients::ClientError {
+                code: "temporarily_unavailable",
+                message: "too many client metadata documents are being fetched; retry in a moment".into(),
+            });
+        };
         match clients::from_metadata_document(&self.documents, client_id).await {
             Ok(client) => {
                 self.metrics.client_document("fetched");
                 let mut cache = self.document_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() > 1024 {
+                if cache.len() >= MAX_CACHED_DOCUMENTS {
                     cache.retain(|_, (_, at)| at.elapsed() < DOCUMENT_CACHE);
+                }
+                if cache.len() >= MAX_CACHED_DOCUMENTS {
+                    cache.clear();
                 }
                 cache.insert(client_id.to_string(), (client.clone(), Instant::now()));
                 Ok(client)
@@ -273,6 +293,9 @@ impl Authz {
         let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
         if limiter.0.elapsed() >= Duration::from_secs(60) {
             *limiter = (Instant::now(), HashMap::new());
+        }
+        if limiter.1.len() >= MAX_COUNTED_IPS && !limiter.1.contains_key(ip) {
+            return false;
         }
         let count = limiter.1.entry(ip.to_string()).or_insert(0);
         *count += 1;

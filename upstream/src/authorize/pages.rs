@@ -108,6 +108,22 @@ pub fn error(title: &str, message: &str) -> String {
     )
 }
 
+/// A refused authorization request: the reason, and a link back to the
+/// client with the error (followed only if the person chooses to).
+pub fn error_with_return(message: &str, client_name: &str, back: Option<&str>) -> String {
+    let back = back.map_or(String::new(), |url| {
+        format!(
+            "<p><a href=\"{}\">Return to {}</a></p>",
+            escape(url),
+            escape(client_name)
+        )
+    });
+    page(
+        "Sign-in refused",
+        &format!("<h1>Sign-in refused</h1><p>{}</p>{back}", escape(message)),
+    )
+}
+
 fn scope_meaning(scope: &str) -> &'static str {
     match scope {
         "images:generate" => " — generate and edit images, and read the images it made",

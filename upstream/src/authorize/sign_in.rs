@@ -23,7 +23,10 @@ use super::record::AuthzEvent;
 use super::store::Kind;
 use super::{client_ip, pages, too_many, Authz, Vouch, CODE_TTL, SIGN_IN_TTL};
 
+/// The sign-in cookie: `__Host-` on https (no other host or path can set
+/// it); plain on the development sign-in's http.
 const COOKIE: &str = "mcp_authz";
+const HOST_COOKIE: &str = "__Host-mcp_authz";
 const DEV_USER: &str = "alice";
 const DEV_ORG: &str = "acme";
 
@@ -49,6 +52,7 @@ pub async fn authorize(
             return page(StatusCode::BAD_REQUEST, pages::error("Unknown client", &error.message));
         }
     };
+    let redirect_uri_sent = query.redirect_uri.is_some();
     let redirect_uri = match query.redirect_uri.as_deref() {
         Some(uri) if client.accepts_redirect(uri) => uri.to_string(),
         None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
@@ -62,19 +66,27 @@ pub async fn authorize(
         Ok(granted) => granted,
         Err(error) => {
             refused(&authz, client_id, error.code, &error.message, &ip);
-            return to_client(
+            // Shown, with a link back: no redirect without the person acting
+            // (a registered client must not turn this into an open redirect).
+            let back = to_client_url(
                 &authz,
                 &redirect_uri,
                 query.state.as_deref(),
                 Err((error.code, &error.message)),
             );
+            return page(
+                StatusCode::BAD_REQUEST,
+                pages::error_with_return(&error.message, &client.name, back.as_deref()),
+            );
         }
     };
-    let (browser, cookie) = browser_secret(&headers);
+    // A fresh secret for every sign-in: a cookie planted beforehand is never adopted.
+    let browser = grants::random_token();
     let pending = Pending {
         client_id: client.id.clone(),
         client_name: client.name.clone(),
         redirect_uri,
+        redirect_uri_sent,
         code_challenge: query.code_challenge.clone().unwrap_or_default(),
         state: query.state.clone(),
         scope,
@@ -94,16 +106,13 @@ pub async fn authorize(
         Vouch::Idp(_) => consent_page(&id, &pending),
     };
     let mut response = page(StatusCode::OK, body);
-    if let Some(cookie) = cookie {
-        let secure = if authz.issuer.starts_with("https://") {
-            "; Secure"
-        } else {
-            ""
-        };
-        let value = format!("{COOKIE}={cookie}; Path=/oauth; HttpOnly; SameSite=Lax; Max-Age=600{secure}");
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(header::SET_COOKIE, value);
-        }
+    let value = if authz.issuer.starts_with("https://") {
+        format!("{HOST_COOKIE}={browser}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600")
+    } else {
+        format!("{COOKIE}={browser}; Path=/oauth; HttpOnly; SameSite=Lax; Max-Age=600")
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
 }
@@ -215,11 +224,12 @@ pub async fn consent(State(authz): State<Arc<Authz>>, headers: HeaderMap, Form(f
                 &error.to_string(),
                 &ip,
             );
+            let message = "the identity provider cannot be reached; try again later";
             return to_client(
                 &authz,
                 &pending.redirect_uri,
                 pending.state.as_deref(),
-                Err(("temporarily_unavailable", &error.to_string())),
+                Err(("temporarily_unavailable", message)),
             );
         }
     };
@@ -262,14 +272,17 @@ pub async fn callback(
         Ok(pending) => pending,
         Err(response) => return response,
     };
-    let fail = |code: &'static str, message: String| {
+    // The detail goes to the audit; the client (anyone can register one)
+    // hears only that the sign-in failed.
+    let fail = |code: &'static str, detail: String| {
         authz.metrics.sign_in(authz.vouch.label(), "failed");
-        refused(&authz, &pending.client_id, code, &message, &ip);
+        refused(&authz, &pending.client_id, code, &detail, &ip);
+        let message = "the sign-in at the identity provider failed";
         to_client(
             &authz,
             &pending.redirect_uri,
             pending.state.as_deref(),
-            Err((code, &message)),
+            Err((code, message)),
         )
     };
     // RFC 9207: an answer naming another issuer is a mix-up attack.
@@ -315,8 +328,10 @@ async fn issue_code(authz: &Authz, pending: &Pending, user: &str, org: &str, ip:
         scope: pending.scope.clone(),
         resource: pending.resource.clone(),
         idp: authz.vouch.label().to_string(),
-        redirect_uri: Some(pending.redirect_uri.clone()),
+        redirect_uri: pending.redirect_uri_sent.then(|| pending.redirect_uri.clone()),
         code_challenge: Some(pending.code_challenge.clone()),
+        family: grants::random_token(),
+        family_expires_at: super::idp::unix_now() + authz.refresh_ttl.as_secs(),
     };
     let code = grants::random_token();
     let stored = serde_json::to_string(&grant).unwrap_or_default();
@@ -346,12 +361,27 @@ async fn issue_code(authz: &Authz, pending: &Pending, user: &str, org: &str, ip:
 
 /// The redirect to the client: the code or the error, its state, our issuer.
 fn to_client(authz: &Authz, redirect_uri: &str, state: Option<&str>, outcome: Result<&str, (&str, &str)>) -> Response {
-    let Ok(mut url) = reqwest::Url::parse(redirect_uri) else {
+    let Some(url) = to_client_url(authz, redirect_uri, state, outcome) else {
         return page(
             StatusCode::BAD_REQUEST,
             pages::error("Sign-in refused", "The redirect URI is not valid."),
         );
     };
+    let mut response = Redirect::to(&url).into_response();
+    response
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The client's redirect URI with the authorization response (RFC 6749 §4.1.2, RFC 9207).
+fn to_client_url(
+    authz: &Authz,
+    redirect_uri: &str,
+    state: Option<&str>,
+    outcome: Result<&str, (&str, &str)>,
+) -> Option<String> {
+    let mut url = reqwest::Url::parse(redirect_uri).ok()?;
     {
         let mut pairs = url.query_pairs_mut();
         match outcome {
@@ -369,37 +399,34 @@ fn to_client(authz: &Authz, redirect_uri: &str, state: Option<&str>, outcome: Re
         }
         pairs.append_pair("iss", &authz.issuer);
     }
-    let mut response = Redirect::to(url.as_str()).into_response();
-    response
-        .headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-store"));
-    response
+    Some(url.into())
 }
 
 /// Loads a sign-in in progress for the browser that started it; `take`
 /// consumes it (the last step of each leg).
 async fn resume(authz: &Authz, headers: &HeaderMap, id: &str, take: bool) -> Result<Pending, Response> {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        if origin != authz.origin && origin != "null" {
+    // Our pages send `Referrer-Policy: same-origin`, so browsers name our
+    // origin on their form posts: any other (or "null") is another site.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if origin.as_bytes() != authz.origin.as_bytes() {
             return Err(page(
                 StatusCode::FORBIDDEN,
                 pages::error("Sign-in refused", "This form was sent from another site."),
             ));
         }
     }
-    let stored = if take {
-        authz.store.take(Kind::Pending, id).await
-    } else {
-        authz.store.get(Kind::Pending, id).await
+    let expired = || {
+        page(
+            StatusCode::BAD_REQUEST,
+            pages::error("Sign-in expired", "This sign-in has expired or was already used."),
+        )
     };
-    let stored = match stored {
+    if !grants::is_random_token(id) {
+        return Err(expired());
+    }
+    let stored = match authz.store.get(Kind::Pending, id).await {
         Ok(Some(stored)) => stored,
-        Ok(None) => {
-            return Err(page(
-                StatusCode::BAD_REQUEST,
-                pages::error("Sign-in expired", "This sign-in has expired or was already used."),
-            ))
-        }
+        Ok(None) => return Err(expired()),
         Err(error) => return Err(unavailable(&error)),
     };
     let pending: Pending = serde_json::from_str(&stored).map_err(|_| unavailable("a stored sign-in is unreadable"))?;
@@ -412,6 +439,15 @@ async fn resume(authz: &Authz, headers: &HeaderMap, id: &str, take: bool) -> Res
                 "This sign-in was started in another browser (or its cookie is gone).",
             ),
         ));
+    }
+    // Consumed only once the browser is known: a stranger who learns an id
+    // cannot burn someone's sign-in.
+    if take {
+        match authz.store.take(Kind::Pending, id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(expired()),
+            Err(error) => return Err(unavailable(&error)),
+        }
     }
     Ok(pending)
 }
@@ -431,26 +467,19 @@ fn consent_page(id: &str, pending: &Pending) -> String {
     pages::consent(id, &pending.client_name, &pending.client_id, &host, &scopes, who)
 }
 
-/// The browser's secret: the one it holds, or a new one to set.
-fn browser_secret(headers: &HeaderMap) -> (String, Option<String>) {
-    match cookie(headers) {
-        Some(existing) => (existing, None),
-        None => {
-            let fresh = grants::random_token();
-            (fresh.clone(), Some(fresh))
-        }
-    }
-}
-
+/// The sign-in cookie's value: exactly one, of our shape (two means one
+/// was planted beside ours: refused).
 fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| *name == COOKIE && value.len() == 43)
-        .map(|(_, value)| value.to_string())
+        .filter(|(name, _)| *name == COOKIE || *name == HOST_COOKIE)
+        .map(|(_, value)| value.to_string());
+    let first = values.next()?;
+    (values.next().is_none() && grants::is_random_token(&first)).then_some(first)
 }
 
 fn refused(authz: &Authz, client_id: &str, code: &str, message: &str, ip: &str) {
@@ -479,7 +508,8 @@ fn page(status: StatusCode, html: String) -> Response {
         "content-security-policy",
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
     );
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // Same-origin: our own form posts carry our Origin (checked above); nothing leaves.
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     response
 }
 

@@ -27,13 +27,12 @@ impl Params {
     fn parse(body: &[u8]) -> Result<Self, OAuthError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
             .map_err(|_| OAuthError::new("invalid_request", "the body must be application/x-www-form-urlencoded"))?;
-        for (index, (name, _)) in pairs.iter().enumerate() {
-            if pairs[..index].iter().any(|(other, _)| other == name) {
-                return Err(OAuthError::new(
-                    "invalid_request",
-                    format!("parameter {name:?} is repeated"),
-                ));
-            }
+        let mut seen = std::collections::HashSet::new();
+        if let Some((name, _)) = pairs.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+            return Err(OAuthError::new(
+                "invalid_request",
+                format!("parameter {name:?} is repeated"),
+            ));
         }
         Ok(Self(pairs))
     }
@@ -143,13 +142,43 @@ async fn by_refresh(authz: &Authz, client: &Client, params: &Params) -> Result<I
     let token = params
         .get("refresh_token")
         .ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
-    let grant = take(
-        authz,
-        Kind::Refresh,
-        token,
-        "the refresh token is invalid, expired or already used",
-    )
-    .await?;
+    let digest = grants::digest(token);
+    let gone = "the refresh token is invalid, expired or already used";
+    let Some(stored) = authz.store.take(Kind::Refresh, &digest).await.map_err(store_error)? else {
+        // A refresh token used twice was stolen (or its client is broken):
+        // every token of that sign-in goes (RFC 9700 §4.14.2).
+        if let Some(family) = authz.store.get(Kind::UsedRefresh, &digest).await.map_err(store_error)? {
+            authz
+                .store
+                .put(Kind::RevokedFamily, &family, "revoked".into(), authz.refresh_ttl)
+                .await
+                .map_err(store_error)?;
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "the refresh token was already used: every token of this sign-in is revoked; sign in again",
+            ));
+        }
+        return Err(OAuthError::new("invalid_grant", gone));
+    };
+    let grant: Grant = serde_json::from_str(&stored).map_err(|_| OAuthError::new("invalid_grant", gone))?;
+    let now = super::idp::unix_now();
+    let revoked = authz
+        .store
+        .get(Kind::RevokedFamily, &grant.family)
+        .await
+        .map_err(store_error)?;
+    if revoked.is_some() || now >= grant.family_expires_at {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "this sign-in has ended (revoked or past its lifetime); sign in again",
+        ));
+    }
+    let remembered = Duration::from_secs(grant.family_expires_at.saturating_sub(now).max(1));
+    authz
+        .store
+        .put(Kind::UsedRefresh, &digest, grant.family.clone(), remembered)
+        .await
+        .map_err(store_error)?;
     let scope = grants::refresh_scope(&grant, client, params.get("scope"), params.get("resource"))?;
     Ok((grant, scope, true))
 }
@@ -161,6 +190,14 @@ async fn by_assertion(authz: &Authz, client: &Client, params: &Params) -> Result
             "identity assertion grants need a company IdP (IDP_ISSUER)",
         ));
     };
+    // An assertion is a bearer credential: only a client that proves who
+    // it is may trade one (SEP-990 has the client authenticate).
+    if !client.confidential {
+        return Err(OAuthError::new(
+            "unauthorized_client",
+            "identity assertion grants are for confidential clients (register with a client secret)",
+        ));
+    }
     let assertion = params
         .get("assertion")
         .ok_or_else(|| OAuthError::new("invalid_request", "assertion is required"))?;
@@ -176,16 +213,36 @@ async fn by_assertion(authz: &Authz, client: &Client, params: &Params) -> Result
     let remaining = identity.expires_at.saturating_sub(super::idp::unix_now()).max(1);
     let first = authz
         .store
-        .put_new(Kind::Pending, &key, "used".into(), Duration::from_secs(remaining + 60))
+        .put_new(
+            Kind::Assertion,
+            &key,
+            "used".into(),
+            Duration::from_secs(remaining + 60),
+        )
         .await
         .map_err(store_error)?;
     if !first {
         return Err(OAuthError::new("invalid_grant", "the assertion was already used"));
     }
-    let asked = params
-        .get("scope")
-        .or_else(|| claims.get("scope").and_then(|v| v.as_str()));
-    let scope = grants::check_scope(asked, &authz.grantable)?;
+    if mcp_edge_filter::org_names::is_reserved(&identity.org) {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the assertion's organisation is reserved by the gateway",
+        ));
+    }
+    // The IdP's grant is the ceiling: a client may ask for less, never more.
+    let granted_by_idp = claims.get("scope").and_then(|v| v.as_str()).unwrap_or_default();
+    let asked = params.get("scope").unwrap_or(granted_by_idp);
+    if let Some(extra) = asked
+        .split_whitespace()
+        .find(|s| !granted_by_idp.split_whitespace().any(|g| g == *s))
+    {
+        return Err(OAuthError::new(
+            "invalid_scope",
+            format!("scope {extra:?} is not in the identity provider's assertion"),
+        ));
+    }
+    let scope = grants::check_scope(Some(asked), &authz.grantable)?;
     let grant = Grant {
         client_id: client.id.clone(),
         user: identity.user,
@@ -195,6 +252,8 @@ async fn by_assertion(authz: &Authz, client: &Client, params: &Params) -> Result
         idp: idp.settings.issuer.clone(),
         redirect_uri: None,
         code_challenge: None,
+        family: String::new(),
+        family_expires_at: 0,
     };
     Ok((grant, scope, false))
 }
@@ -241,9 +300,12 @@ async fn answer(authz: &Authz, label: &str, grant: &Grant, scope: &str, refresh:
         kept.redirect_uri = None;
         kept.code_challenge = None;
         let stored = serde_json::to_string(&kept).unwrap_or_default();
+        // No refresh token outlives its sign-in's family.
+        let left = grant.family_expires_at.saturating_sub(super::idp::unix_now());
+        let lifetime = authz.refresh_ttl.min(Duration::from_secs(left.max(1)));
         if let Err(error) = authz
             .store
-            .put(Kind::Refresh, &grants::digest(&token), stored, authz.refresh_ttl)
+            .put(Kind::Refresh, &grants::digest(&token), stored, lifetime)
             .await
         {
             let error = store_error(error);

@@ -27,6 +27,8 @@ pub struct RemoteFetch {
     /// Development and tests only: `http://` and loopback addresses are
     /// fetched too (never private or link-local ones).
     pub allow_loopback: bool,
+    /// Redirects followed (each checked like the first URL); 0 refuses any.
+    pub max_redirects: usize,
 }
 
 impl RemoteFetch {
@@ -50,8 +52,20 @@ impl RemoteFetch {
 
     /// Fetches `url` under the rules above.
     pub async fn fetch(&self, url: &str) -> Result<Bytes, String> {
+        self.fetch_typed(url).await.map(|(body, _)| body)
+    }
+
+    /// Fetches `url`; the body and its `Content-Type`. The whole fetch, name
+    /// resolution included, is bounded by twice the timeout.
+    pub async fn fetch_typed(&self, url: &str) -> Result<(Bytes, Option<String>), String> {
+        tokio::time::timeout(self.timeout * 2, self.fetch_inner(url))
+            .await
+            .map_err(|_| format!("took longer than {} s", (self.timeout * 2).as_secs()))?
+    }
+
+    async fn fetch_inner(&self, url: &str) -> Result<(Bytes, Option<String>), String> {
         let mut current = reqwest::Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
-        for _ in 0..=MAX_REDIRECTS {
+        for _ in 0..=self.max_redirects.min(MAX_REDIRECTS) {
             let address = self.checked_address(&current).await?;
             let host = current.host_str().unwrap_or_default().to_string();
             let client = reqwest::Client::builder()
@@ -66,6 +80,12 @@ impl RemoteFetch {
                 .send()
                 .await
                 .map_err(|e| format!("could not be fetched ({e})"))?;
+            if response.status().is_redirection() && self.max_redirects == 0 {
+                return Err(format!(
+                    "answered HTTP {} (redirects are not followed)",
+                    response.status().as_u16()
+                ));
+            }
             if response.status().is_redirection() {
                 let location = response
                     .headers()
@@ -80,6 +100,11 @@ impl RemoteFetch {
             if !response.status().is_success() {
                 return Err(format!("answered HTTP {}", response.status().as_u16()));
             }
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             if response.content_length().is_some_and(|n| n > self.max_bytes as u64) {
                 return Err(format!("is larger than {} bytes", self.max_bytes));
             }
@@ -92,9 +117,12 @@ impl RemoteFetch {
                 }
                 body.extend_from_slice(&chunk);
             }
-            return Ok(Bytes::from(body));
+            return Ok((Bytes::from(body), content_type));
         }
-        Err(format!("redirected more than {MAX_REDIRECTS} times"))
+        Err(format!(
+            "redirected more than {} times",
+            self.max_redirects.min(MAX_REDIRECTS)
+        ))
     }
 
     /// The address to connect to for `url`, once every check passed.
@@ -205,6 +233,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_bytes: 10,
             allow_loopback: false,
+            max_redirects: 3,
         };
         assert!(fetch.host_allowed("cdn.example.com"));
         assert!(fetch.host_allowed("CDN.example.com."));
@@ -221,6 +250,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_bytes: 10,
             allow_loopback: false,
+            max_redirects: 3,
         };
         for url in ["https://localhost/x.png", "https://127.0.0.1:8443/x.png"] {
             let error = fetch.fetch(url).await.unwrap_err();

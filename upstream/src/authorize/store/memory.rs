@@ -8,8 +8,11 @@ use async_trait::async_trait;
 
 use super::{GrantStore, Kind};
 
-/// Expired records are swept on writes once the map holds this many.
+/// Expired records are swept on writes once the map holds this many…
 const SWEEP_AT: usize = 4096;
+/// …and no more live ones than this are kept (a flood of sign-ins that are
+/// never finished must not take the process down).
+const MAX_RECORDS: usize = 200_000;
 
 #[derive(Default)]
 pub struct MemoryGrants {
@@ -21,8 +24,11 @@ impl GrantStore for MemoryGrants {
     async fn put(&self, kind: Kind, key: &str, value: String, ttl: Duration) -> Result<(), String> {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if records.len() >= SWEEP_AT {
+        if records.len() >= SWEEP_AT && records.len() % SWEEP_AT == 0 {
             records.retain(|_, (_, until)| *until > now);
+        }
+        if records.len() >= MAX_RECORDS {
+            return Err("the in-memory grant store is full".into());
         }
         records.insert((kind, key.to_string()), (value, now + ttl));
         Ok(())

@@ -21,6 +21,13 @@ pub enum Kind {
     Code,
     /// A refresh token (stored by its hash).
     Refresh,
+    /// A refresh token already used (its hash → its sign-in's family), to
+    /// catch a replay.
+    UsedRefresh,
+    /// A sign-in family whose refresh token was replayed: all of it revoked.
+    RevokedFamily,
+    /// An identity assertion's `jti`, once used.
+    Assertion,
 }
 
 impl Kind {
@@ -29,6 +36,9 @@ impl Kind {
             Kind::Pending => "mcp-authz:pending:",
             Kind::Code => "mcp-authz:code:",
             Kind::Refresh => "mcp-authz:refresh:",
+            Kind::UsedRefresh => "mcp-authz:used-refresh:",
+            Kind::RevokedFamily => "mcp-authz:revoked:",
+            Kind::Assertion => "mcp-authz:jti:",
         }
     }
 }
