@@ -349,5 +349,6 @@ async fn several_identity_providers(edge: Edge) {
     let rotated = okta(&okta_new, json!(["images:generate"]));
     eventually(&stack, &rotated, 200).await;
     eventually(&stack, &okta_token, 401).await;
-    assert_eq!(status(&stack, &entra_token).await, 200);
+    let list = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"});
+    assert_eq!(mcp(&stack, &entra_token, list).await.0, 200, "the other issuer is untouched");
 }
