@@ -429,14 +429,17 @@ fn check_scopes(config: &FilterConfig, identity: &Identity, tool: &str) -> Resul
         needed.join(" "),
         resource_metadata_param(config)
     );
-    let message = match (needed.as_slice(), missing.as_slice()) {
-        ([scope], _) => format!("Forbidden: calling {tool} needs the {scope:?} scope, which this token or key does not grant"),
-        (_, missing) => format!(
-            "Forbidden: calling {tool} needs the scopes {:?}; this token or key does not grant {}",
-            needed.join(" "),
-            missing.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
-        ),
+    let lacking: Vec<String> = missing.iter().map(|scope| format!("{scope:?}")).collect();
+    let plural = if missing.len() > 1 { "s" } else { "" };
+    let all = if needed.len() > missing.len() {
+        format!(" (re-authorize with every scope the call needs: {:?})", needed.join(" "))
+    } else {
+        String::new()
     };
+    let message = format!(
+        "Forbidden: calling {tool} needs the {} scope{plural}, which this token or key does not grant{all}",
+        lacking.join(", ")
+    );
     Err(Reject::new(403, code::UNAUTHORIZED, "insufficient_scope", message).with_header("www-authenticate", challenge))
 }
 
@@ -777,7 +780,12 @@ mod tests {
             }
         }
         let refused = body(&config, edit, &held(&["images:generate"])).unwrap_err();
-        assert!(refused.message.contains("does not grant \"images:edit\""), "{}", refused.message);
+        assert!(
+            refused.message.contains("calling edit_image needs the \"images:edit\" scope, which")
+                && refused.message.contains("every scope the call needs: \"images:generate images:edit\""),
+            "{}",
+            refused.message
+        );
         let other_org = HeldRequest {
             identity: Rc::new(Identity {
                 org: "globex".into(),
