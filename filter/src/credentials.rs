@@ -339,12 +339,30 @@ mod tests {
             })
         };
         for i in 0..10u8 {
-            cache.insert(&format!("h.p.sig{i}"), id(NOW + 100), KeyFingerprint { issuer: 0, material: 1 }, NOW, 0);
+            cache.insert(
+                &format!("h.p.sig{i}"),
+                id(NOW + 100),
+                KeyFingerprint { issuer: 0, material: 1 },
+                NOW,
+                0,
+            );
             assert!(cache.len() <= 3);
         }
-        cache.insert("h.p.sig50", id(NOW - 1), KeyFingerprint { issuer: 0, material: 1 }, NOW, 0);
+        cache.insert(
+            "h.p.sig50",
+            id(NOW - 1),
+            KeyFingerprint { issuer: 0, material: 1 },
+            NOW,
+            0,
+        );
         assert!(cache.get("h.p.sig50", NOW, 0).is_none(), "expired");
-        cache.insert("h.p.live", id(NOW + 100), KeyFingerprint { issuer: 0, material: 1 }, NOW, 0);
+        cache.insert(
+            "h.p.live",
+            id(NOW + 100),
+            KeyFingerprint { issuer: 0, material: 1 },
+            NOW,
+            0,
+        );
         assert!(cache.get("h.p.live", NOW, 0).is_some());
         // Same signature, other token: never a hit.
         assert!(cache.get("h.forged.live", NOW, 0).is_none());

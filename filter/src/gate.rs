@@ -432,7 +432,10 @@ fn check_scopes(config: &FilterConfig, identity: &Identity, tool: &str) -> Resul
     let lacking: Vec<String> = missing.iter().map(|scope| format!("{scope:?}")).collect();
     let plural = if missing.len() > 1 { "s" } else { "" };
     let all = if needed.len() > missing.len() {
-        format!(" (re-authorize with every scope the call needs: {:?})", needed.join(" "))
+        format!(
+            " (re-authorize with every scope the call needs: {:?})",
+            needed.join(" ")
+        )
     } else {
         String::new()
     };
@@ -764,7 +767,12 @@ mod tests {
             ("edit, only the call scope", edit, &["images:generate"], Some(both)),
             ("edit, only the tool scope", edit, &["images:edit"], Some(both)),
             ("edit, both", edit, &["images:edit", "images:generate"], None),
-            ("generate: the same scope twice is named once", generate, &["images:edit"], Some("images:generate")),
+            (
+                "generate: the same scope twice is named once",
+                generate,
+                &["images:edit"],
+                Some("images:generate"),
+            ),
             ("generate, held", generate, &["images:generate"], None),
         ];
         for (name, call, scopes, expected) in cases {
@@ -781,8 +789,12 @@ mod tests {
         }
         let refused = body(&config, edit, &held(&["images:generate"])).unwrap_err();
         assert!(
-            refused.message.contains("calling edit_image needs the \"images:edit\" scope, which")
-                && refused.message.contains("every scope the call needs: \"images:generate images:edit\""),
+            refused
+                .message
+                .contains("calling edit_image needs the \"images:edit\" scope, which")
+                && refused
+                    .message
+                    .contains("every scope the call needs: \"images:generate images:edit\""),
             "{}",
             refused.message
         );

@@ -376,7 +376,13 @@ impl JwtVerifier {
         }
         let (index, issuer) = self.route(token)?;
         let (identity, material) = issuer.verify(token, now, self.leeway_seconds)?;
-        Ok((identity, KeyFingerprint { issuer: index, material }))
+        Ok((
+            identity,
+            KeyFingerprint {
+                issuer: index,
+                material,
+            },
+        ))
     }
 
     /// The issuer whose keys may verify `token`. With one issuer there is
@@ -408,9 +414,7 @@ fn unverified_issuer(token: &str) -> Result<String, AuthError> {
         (Some(_), Some(payload), Some(_), None) => payload,
         _ => return Err(AuthError::MalformedToken),
     };
-    let json = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| AuthError::MalformedToken)?;
+    let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| AuthError::MalformedToken)?;
     let claims: Issuer<'_> = serde_json::from_slice(&json).map_err(|_| AuthError::MalformedToken)?;
     claims.iss.map(Cow::into_owned).ok_or(AuthError::WrongIssuer)
 }
@@ -521,11 +525,7 @@ impl IssuerVerifier {
         }
         let scopes = match self.scope.find(&custom) {
             Some(Value::String(scope)) => scope.split_whitespace().map(str::to_string).collect(),
-            Some(Value::Array(scopes)) => scopes
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect(),
+            Some(Value::Array(scopes)) => scopes.iter().filter_map(Value::as_str).map(str::to_string).collect(),
             _ => Vec::new(),
         };
         Ok(Identity {

@@ -420,34 +420,48 @@ fn several_issuers_each_with_its_own_claims() {
         (
             "entra: org from the /tid pointer, scp a string",
             k.entra
-                .sign(entra(json!({"sub": "u-1", "tid": TENANT, "scp": "images:generate images:edit"})))
+                .sign(entra(
+                    json!({"sub": "u-1", "tid": TENANT, "scp": "images:generate images:edit"}),
+                ))
                 .unwrap(),
             ok("u-1", TENANT, &["images:generate", "images:edit"]),
         ),
         (
             "okta: user claim uid, scp an array",
             k.okta
-                .sign(okta(json!({"sub": "00u1", "uid": "alice@acme", "org": "acme", "scp": ["images:generate", 7, "x"]})))
+                .sign(okta(
+                    json!({"sub": "00u1", "uid": "alice@acme", "org": "acme", "scp": ["images:generate", 7, "x"]}),
+                ))
                 .unwrap(),
             ok("alice@acme", "acme", &["images:generate", "x"]),
         ),
         (
             "fixed org: the token's own org claim is not read",
             k.m2m
-                .sign(idp_claims(Some(M2M), AUD, json!({"sub": "svc-1", "org": "acme", "scope": "images:generate"})))
+                .sign(idp_claims(
+                    Some(M2M),
+                    AUD,
+                    json!({"sub": "svc-1", "org": "acme", "scope": "images:generate"}),
+                ))
                 .unwrap(),
             ok("svc-1", "robots", &["images:generate"]),
         ),
         (
             "unknown issuer",
             k.entra
-                .sign(idp_claims(Some("https://evil.example"), AUD, json!({"sub": "u", "org": "acme"})))
+                .sign(idp_claims(
+                    Some("https://evil.example"),
+                    AUD,
+                    json!({"sub": "u", "org": "acme"}),
+                ))
                 .unwrap(),
             Err(AuthError::WrongIssuer),
         ),
         (
             "no issuer",
-            k.entra.sign(idp_claims(None, AUD, json!({"sub": "u", "org": "acme"}))).unwrap(),
+            k.entra
+                .sign(idp_claims(None, AUD, json!({"sub": "u", "org": "acme"})))
+                .unwrap(),
             Err(AuthError::WrongIssuer),
         ),
         (
@@ -469,7 +483,9 @@ fn several_issuers_each_with_its_own_claims() {
         ),
         (
             "entra audience is its own application's",
-            k.entra.sign(idp_claims(Some(ENTRA), AUD, json!({"sub": "u", "tid": TENANT}))).unwrap(),
+            k.entra
+                .sign(idp_claims(Some(ENTRA), AUD, json!({"sub": "u", "tid": TENANT})))
+                .unwrap(),
             Err(AuthError::WrongAudience),
         ),
         (
@@ -487,12 +503,14 @@ fn several_issuers_each_with_its_own_claims() {
             k.entra.sign(entra(json!({"sub": "u", "tid": "../etc"}))).unwrap(),
             Err(AuthError::InvalidIdentity),
         ),
-        ("payload not JSON", format!("{}.{}.c2ln", b64(b"{}"), b64(b"nope")), Err(AuthError::MalformedToken)),
+        (
+            "payload not JSON",
+            format!("{}.{}.c2ln", b64(b"{}"), b64(b"nope")),
+            Err(AuthError::MalformedToken),
+        ),
     ];
     for (name, token, expected) in cases {
-        let got = v
-            .verify_token(&token, NOW)
-            .map(|id| (id.user, id.org, id.scopes));
+        let got = v.verify_token(&token, NOW).map(|id| (id.user, id.org, id.scopes));
         assert_eq!(got, expected, "case: {name}");
     }
 }
@@ -507,15 +525,16 @@ fn claim_paths_reach_nested_and_registered_claims() {
     }))
     .unwrap();
     let v = JwtVerifier::from_spec(&spec).unwrap();
-    let token = k
-        .es
-        .sign(good_claims().with_subject("bob"))
-        .unwrap();
+    let token = k.es.sign(good_claims().with_subject("bob")).unwrap();
     assert_eq!(v.verify_token(&token, NOW), Err(AuthError::MissingOrg));
-    let nested = claims(json!({"ext": {"org/unit": "globex", "grants": ["a", "b"]}}), NOW - 60, 3600)
-        .with_issuer(ISS)
-        .with_audience(AUD)
-        .with_subject("bob");
+    let nested = claims(
+        json!({"ext": {"org/unit": "globex", "grants": ["a", "b"]}}),
+        NOW - 60,
+        3600,
+    )
+    .with_issuer(ISS)
+    .with_audience(AUD)
+    .with_subject("bob");
     let id = v.verify_token(&k.es.sign(nested).unwrap(), NOW).unwrap();
     assert_eq!((id.user.as_str(), id.org.as_str()), ("bob", "globex"));
     assert_eq!(id.scopes, vec!["a".to_string(), "b".to_string()]);
@@ -535,12 +554,18 @@ fn a_refresh_of_one_issuer_keeps_the_others_tokens() {
         .unwrap();
     let (_, entra_key) = v.verify_token_with_key(&token, NOW).unwrap();
     let okta_set = v
-        .replace_keys(1, &json!({"keys": [serde_json::from_str::<Value>(&k.okta.public_key().to_jwk()).unwrap()]}))
+        .replace_keys(
+            1,
+            &json!({"keys": [serde_json::from_str::<Value>(&k.okta.public_key().to_jwk()).unwrap()]}),
+        )
         .unwrap();
     assert!(okta_set.keeps(entra_key), "another issuer's refresh keeps the token");
     assert!(!okta_set.holds(entra_key));
     let entra_set = v
-        .replace_keys(0, &json!({"keys": [serde_json::from_str::<Value>(&k.m2m.public_key().to_jwk()).unwrap()]}))
+        .replace_keys(
+            0,
+            &json!({"keys": [serde_json::from_str::<Value>(&k.m2m.public_key().to_jwk()).unwrap()]}),
+        )
         .unwrap();
     assert!(!entra_set.keeps(entra_key), "its own issuer's rotation drops it");
     assert!(v.replace_keys(3, &json!({"keys": []})).is_err());
@@ -579,7 +604,11 @@ fn issuer_settings_errors_name_the_issuer_and_field() {
             with(json!({"issuer": "https://b", "scope_claim": ""})),
             "`jwt.issuers[1]`: `scope_claim`",
         ),
-        ("duplicate issuer", with(json!({})), "`jwt.issuers[1]`: the issuer \"https://a\" is listed twice"),
+        (
+            "duplicate issuer",
+            with(json!({})),
+            "`jwt.issuers[1]`: the issuer \"https://a\" is listed twice",
+        ),
         (
             "no audience",
             with(json!({"issuer": "https://b", "audiences": []})),
@@ -601,7 +630,11 @@ fn issuer_settings_errors_name_the_issuer_and_field() {
             with(json!({"issuer": "https://b", "jwks_uri": {"url": "https://idp.example.com/keys"}})),
             "`jwt.issuers[1]`: set exactly one of `jwks` and `jwks_uri`",
         ),
-        ("empty list", json!({"issuers": []}), "`jwt`: `issuers` must list at least one issuer"),
+        (
+            "empty list",
+            json!({"issuers": []}),
+            "`jwt`: `issuers` must list at least one issuer",
+        ),
         (
             "list and shorthand",
             json!({"issuers": [good.clone()], "issuer": "https://c"}),
@@ -615,7 +648,10 @@ fn issuer_settings_errors_name_the_issuer_and_field() {
     ];
     for (name, settings, expected) in cases {
         let spec: JwtSpec = serde_json::from_value(settings).unwrap();
-        let error = JwtVerifier::from_spec(&spec).err().map(|e| e.to_string()).unwrap_or_default();
+        let error = JwtVerifier::from_spec(&spec)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(error.contains(expected), "{name}: {error}");
     }
     let unknown: Result<JwtSpec, _> = serde_json::from_value(json!({"issuers": [{"issuer": "i", "audience": ["x"]}]}));
@@ -636,15 +672,26 @@ fn jwks_urls_become_a_cluster_path_and_authority() {
         ),
         (
             "https://IdP.Example.com:8443/keys?tenant=a",
-            Ok(("jwks_idp_example_com_8443", "/keys?tenant=a", "idp.example.com:8443", true)),
+            Ok((
+                "jwks_idp_example_com_8443",
+                "/keys?tenant=a",
+                "idp.example.com:8443",
+                true,
+            )),
         ),
-        ("https://idp.example.com", Ok(("jwks_idp_example_com_443", "/", "idp.example.com", true))),
+        (
+            "https://idp.example.com",
+            Ok(("jwks_idp_example_com_443", "/", "idp.example.com", true)),
+        ),
         (
             "http://127.0.0.1:4444/jwks.json",
             Ok(("jwks_127_0_0_1_4444", "/jwks.json", "127.0.0.1:4444", false)),
         ),
         ("http://[::1]:80/k", Ok(("jwks___1_80", "/k", "[::1]", false))),
-        ("http://localhost:9/k", Ok(("jwks_localhost_9", "/k", "localhost:9", false))),
+        (
+            "http://localhost:9/k",
+            Ok(("jwks_localhost_9", "/k", "localhost:9", false)),
+        ),
         ("http://idp.example.com/keys", Err("over https")),
         ("ftp://idp.example.com/keys", Err("scheme")),
         ("https://user:pw@idp.example.com/keys", Err("credentials")),

@@ -313,7 +313,10 @@ async fn several_identity_providers(edge: Edge) {
 
     // Step-up: the 403 names every scope the call needs, held or not.
     let edit = tool_call(2, "edit_image", json!({"prompt": "x", "images": ["image://none"]}));
-    for token in [okta(&okta_old, json!(["images:generate"])), entra(json!({"tid": TENANT}))] {
+    for token in [
+        okta(&okta_old, json!(["images:generate"])),
+        entra(json!({"tid": TENANT})),
+    ] {
         let (status, challenge, _) = mcp(&stack, &token, edit.clone()).await;
         assert_eq!(status, 403, "{challenge}");
         assert!(
@@ -324,10 +327,13 @@ async fn several_identity_providers(edge: Edge) {
 
     // A token claiming one issuer, signed by the other's key; an issuer not trusted.
     let forged = {
-        let claims = Claims::with_custom_claims(json!({"tid": TENANT, "scp": "images:generate"}), Duration::from_secs(600).into())
-            .with_issuer(entra_issuer())
-            .with_audience("api://mcp-image-gateway")
-            .with_subject("mallory");
+        let claims = Claims::with_custom_claims(
+            json!({"tid": TENANT, "scp": "images:generate"}),
+            Duration::from_secs(600).into(),
+        )
+        .with_issuer(entra_issuer())
+        .with_audience("api://mcp-image-gateway")
+        .with_subject("mallory");
         okta_old.sign(claims).unwrap()
     };
     let stranger = {
@@ -350,5 +356,9 @@ async fn several_identity_providers(edge: Edge) {
     eventually(&stack, &rotated, 200).await;
     eventually(&stack, &okta_token, 401).await;
     let list = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"});
-    assert_eq!(mcp(&stack, &entra_token, list).await.0, 200, "the other issuer is untouched");
+    assert_eq!(
+        mcp(&stack, &entra_token, list).await.0,
+        200,
+        "the other issuer is untouched"
+    );
 }

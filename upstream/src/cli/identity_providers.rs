@@ -261,7 +261,11 @@ mod tests {
         assert!(clusters.contains("name: jwks_idp_example_com_443\n"), "{clusters}");
         assert!(clusters.contains("sni: idp.example.com"));
         assert!(clusters.contains("type: LOGICAL_DNS"));
-        assert_eq!(jwks_clusters(&settings, &clusters).unwrap(), "", "an existing cluster is not rendered twice");
+        assert_eq!(
+            jwks_clusters(&settings, &clusters).unwrap(),
+            "",
+            "an existing cluster is not rendered twice"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -273,7 +277,11 @@ mod tests {
             {"issuer": "c", "jwks": {}}
         ]}});
         let clusters = jwks_clusters(&settings, "").unwrap();
-        assert_eq!(clusters.matches("- name:").count(), 1, "one per host and port: {clusters}");
+        assert_eq!(
+            clusters.matches("- name:").count(),
+            1,
+            "one per host and port: {clusters}"
+        );
         assert!(clusters.contains("type: STATIC") && !clusters.contains("transport_socket"));
         let bad = json!({"jwt": {"jwks_uri": {"url": "http://idp.example.com/jwks"}}});
         assert!(jwks_clusters(&bad, "").unwrap_err().to_string().contains("https"));
