@@ -762,7 +762,9 @@ mod tests {
         let edit = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"edit_image","arguments":{"prompt":"x","images":["image://a"]}}}"#;
         let generate = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"x"}}}"#;
         let both = "images:generate images:edit";
-        let cases: &[(&str, &[u8], &[&str], Option<&str>)] = &[
+        /// Name, call, scopes held, the `scope=` expected (`None`: admitted).
+        type Case<'a> = (&'a str, &'a [u8], &'a [&'a str], Option<&'a str>);
+        let cases: &[Case] = &[
             ("edit, no scope", edit, &[], Some(both)),
             ("edit, only the call scope", edit, &["images:generate"], Some(both)),
             ("edit, only the tool scope", edit, &["images:edit"], Some(both)),

@@ -416,7 +416,9 @@ fn several_issuers_each_with_its_own_claims() {
             scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         ))
     };
-    let cases: Vec<(&str, String, Result<(String, String, Vec<String>), AuthError>)> = vec![
+    /// User, organisation, scopes.
+    type Caller = (String, String, Vec<String>);
+    let cases: Vec<(&str, String, Result<Caller, AuthError>)> = vec![
         (
             "entra: org from the /tid pointer, scp a string",
             k.entra
@@ -660,7 +662,9 @@ fn issuer_settings_errors_name_the_issuer_and_field() {
 
 #[test]
 fn jwks_urls_become_a_cluster_path_and_authority() {
-    let cases: Vec<(&str, Result<(&str, &str, &str, bool), &str>)> = vec![
+    /// Cluster, path, authority, TLS; or a part of the refusal.
+    type Expected<'a> = Result<(&'a str, &'a str, &'a str, bool), &'a str>;
+    let cases: Vec<(&str, Expected)> = vec![
         (
             "https://login.microsoftonline.com/common/discovery/v2.0/keys",
             Ok((
