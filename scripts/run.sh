@@ -42,6 +42,23 @@ if [[ -n "${RESET_SETTINGS:-}" && -f "${SETTINGS}" ]]; then
   mv "${SETTINGS}" "${SETTINGS}.$(date +%Y%m%dT%H%M%S).bak"
   echo "edge settings reset to the development defaults (the old file is kept beside it)"
 fi
+# ---- Identity provider trust (IDP_ISSUER) ---------------------------------
+# make run IDP_ISSUER=URL [IDP_AUDIENCE=…] [IDP_ORG_CLAIM=…] [IDP_SCOPE_CLAIM=…]:
+# the edge also trusts that IdP: its metadata (RFC 8414, else OpenID Connect
+# discovery) gives its jwks_uri; the issuer joins the settings' jwt.issuers
+# (audience: the MCP URL unless IDP_AUDIENCE) and leads authorization_servers.
+# render-envoy below renders the cluster its keys are fetched through.
+trust_idp() {
+  [[ -n "${IDP_ISSUER:-}" ]] || return 0
+  # With IDP_CLIENT_ID the gateway fronts the IdP (below): clients get the
+  # gateway's tokens, and the IdP's own need no trust at the edge.
+  [[ -z "${IDP_CLIENT_ID:-}" ]] || return 0
+  "${BIN}" trust-issuer --settings "${SETTINGS}" --issuer "${IDP_ISSUER}" \
+    ${IDP_AUDIENCE:+--audience "${IDP_AUDIENCE}"} \
+    --org-claim "${IDP_ORG_CLAIM:-org}" --scope-claim "${IDP_SCOPE_CLAIM:-scope}"
+}
+trust_idp
+# ---- end of identity provider trust ---------------------------------------
 "${BIN}" render-envoy --template envoy/envoy.yaml.tmpl --out "${STATE_DIR}/envoy.yaml" \
   --set "ADMIN_PORT=${ADMIN_PORT}" --set "LISTEN_PORT=${LISTEN_PORT}" \
   --set "UPSTREAM_PORT=${UPSTREAM_PORT}" --set "WASM_PATH=$(realpath "${WASM}")" \

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::assertion::{self, AssertionSigner};
 use crate::credentials::{ApiKeyError, ApiKeySpec, ApiKeys};
 use crate::global_limit::{GlobalRateLimit, GlobalRateLimitError, GlobalRateLimitSpec};
-use crate::jwt::{JwtSpec, JwtVerifier, JwtVerifierError};
+use crate::jwt::{JwtSettingsError, JwtSpec, JwtVerifier};
 use crate::limits::{LimitsError, RateLimits, RateLimitsSpec};
 use crate::phases::Skips;
 use crate::policy::{self, CallPolicy};
@@ -69,7 +69,8 @@ pub struct FilterConfigSpec {
     /// checks that `images` holds 1 to 16 strings).
     #[serde(default = "default_max_images_per_call")]
     pub max_images_per_call: u64,
-    /// IAM JWT verification: issuer, audiences and the keys, inline or fetched.
+    /// IAM JWT verification: the trusted issuers (`issuers`, or one with the
+    /// shorthand), their audiences, claims and keys, inline or fetched.
     /// Tokens with `alg: none`, HMAC algorithms, unknown `kid`s, a bad
     /// signature, wrong issuer or audience, expired or not-yet-valid times, or
     /// no `sub`/org claim get 401 with `WWW-Authenticate: Bearer …`.
@@ -323,8 +324,8 @@ pub enum ConfigError {
     Limits(#[from] LimitsError),
     #[error("{0}")]
     GlobalRateLimit(#[from] GlobalRateLimitError),
-    #[error("`jwt`: {0}")]
-    Jwt(#[from] JwtVerifierError),
+    #[error("{0}")]
+    Jwt(#[from] JwtSettingsError),
     #[error("{0}")]
     Assertion(#[from] assertion::SettingsError),
     #[error("{0}")]

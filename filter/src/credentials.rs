@@ -172,12 +172,13 @@ impl TokenCache {
         Some(cached.identity.clone())
     }
 
-    /// After a JWKS refresh: drops the tokens verified by keys no longer
-    /// loaded, keeps the rest (an unchanged or grown key set keeps them all).
+    /// After a JWKS refresh of one issuer: drops the tokens verified by that
+    /// issuer's keys no longer loaded, keeps the rest (an unchanged or grown
+    /// key set keeps them all; other issuers' tokens are untouched).
     /// Returns how many were dropped.
     pub fn retain_keys(&mut self, keys: &KeySet) -> usize {
         let before = self.entries.len();
-        self.entries.retain(|_, cached| keys.holds(cached.key));
+        self.entries.retain(|_, cached| keys.keeps(cached.key));
         before - self.entries.len()
     }
 
@@ -259,13 +260,11 @@ mod tests {
         let key = Ed25519KeyPair::generate().with_key_id("k");
         let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
         let jwt = JwtVerifier::from_spec(&JwtSpec {
-            issuer: "iss".into(),
-            audiences: vec!["aud".into()],
-            org_claim: "org".into(),
+            issuer: Some("iss".into()),
+            audiences: Some(vec!["aud".into()]),
             leeway_seconds: 30,
             jwks: Some(json!({"keys": [jwk]})),
-            jwks_uri: None,
-            realm: "r".into(),
+            ..JwtSpec::default()
         })
         .unwrap();
         let mut claims = Claims::with_custom_claims(json!({"org": "acme"}), Duration::from_secs(600))
@@ -340,12 +339,30 @@ mod tests {
             })
         };
         for i in 0..10u8 {
-            cache.insert(&format!("h.p.sig{i}"), id(NOW + 100), KeyFingerprint(1), NOW, 0);
+            cache.insert(
+                &format!("h.p.sig{i}"),
+                id(NOW + 100),
+                KeyFingerprint { issuer: 0, material: 1 },
+                NOW,
+                0,
+            );
             assert!(cache.len() <= 3);
         }
-        cache.insert("h.p.sig50", id(NOW - 1), KeyFingerprint(1), NOW, 0);
+        cache.insert(
+            "h.p.sig50",
+            id(NOW - 1),
+            KeyFingerprint { issuer: 0, material: 1 },
+            NOW,
+            0,
+        );
         assert!(cache.get("h.p.sig50", NOW, 0).is_none(), "expired");
-        cache.insert("h.p.live", id(NOW + 100), KeyFingerprint(1), NOW, 0);
+        cache.insert(
+            "h.p.live",
+            id(NOW + 100),
+            KeyFingerprint { issuer: 0, material: 1 },
+            NOW,
+            0,
+        );
         assert!(cache.get("h.p.live", NOW, 0).is_some());
         // Same signature, other token: never a hit.
         assert!(cache.get("h.forged.live", NOW, 0).is_none());

@@ -32,8 +32,7 @@ proxy_wasm::main! {{
             config: None,
             worker: None,
             metrics: Rc::default(),
-            jwks_call: None,
-            jwks_due_ms: 0,
+            jwks: Vec::new(),
         })
     });
 }}
@@ -271,24 +270,35 @@ impl Metrics {
 }
 
 /// Per-plugin state: the compiled configuration, the worker's token cache
-/// and bucket leases, and the JWKS fetch loop when keys come from a URL.
+/// and bucket leases, and a JWKS fetch loop per issuer whose keys come from a URL.
 struct EdgeRoot {
     config: Option<Rc<FilterConfig>>,
     worker: Option<Rc<RefCell<WorkerState>>>,
     metrics: Rc<Metrics>,
-    /// Token of the JWKS fetch under way.
-    jwks_call: Option<u32>,
-    /// When the next JWKS fetch is due (Unix ms; 0: on the first tick).
-    jwks_due_ms: u64,
+    /// One per issuer with a `jwks_uri`.
+    jwks: Vec<JwksFetch>,
+}
+
+/// The fetch loop of one issuer's JWKS.
+struct JwksFetch {
+    /// The issuer's place in the settings.
+    issuer: usize,
+    /// Token of the fetch under way.
+    call: Option<u32>,
+    /// When the next fetch is due (Unix ms; 0: on the first tick).
+    due_ms: u64,
 }
 
 impl EdgeRoot {
-    fn fetch_jwks(&mut self) {
+    /// Starts the fetch of `self.jwks[slot]`.
+    fn fetch_jwks(&mut self, slot: usize) {
         let Some(config) = self.config.clone() else { return };
-        let Some(remote) = &config.jwt.remote else { return };
-        if self.jwks_call.is_some() {
+        let Some(issuer) = self.jwks.get(slot).map(|fetch| fetch.issuer) else {
             return;
-        }
+        };
+        let Some((_, remote)) = config.jwt.remotes().find(|(index, _)| *index == issuer) else {
+            return;
+        };
         let headers = vec![
             (":method", "GET"),
             (":path", remote.path.as_str()),
@@ -301,16 +311,27 @@ impl EdgeRoot {
             vec![],
             Duration::from_millis(remote.timeout_ms),
         ) {
-            Ok(token) => self.jwks_call = Some(token),
+            Ok(token) => {
+                if let Some(fetch) = self.jwks.get_mut(slot) {
+                    fetch.call = Some(token);
+                }
+            }
             Err(status) => {
-                log::warn!("JWKS fetch from cluster {} could not start: {status:?}", remote.cluster);
+                log::warn!(
+                    "JWKS fetch for issuer {} from cluster {} could not start: {status:?}",
+                    config.jwt.issuer_name(issuer),
+                    remote.cluster
+                );
                 self.metrics.increment("mcp_edge.jwks_refreshes_total.result.failed");
-                self.jwks_due_ms = unix_ms(self.get_current_time()) + 1000;
+                let due_ms = unix_ms(self.get_current_time()) + 1000;
+                if let Some(fetch) = self.jwks.get_mut(slot) {
+                    fetch.due_ms = due_ms;
+                }
             }
         }
     }
 
-    fn jwks_arrived(&mut self, body_size: usize) -> Result<usize, String> {
+    fn jwks_arrived(&mut self, issuer: usize, body_size: usize) -> Result<usize, String> {
         let config = self.config.clone().ok_or("no configuration")?;
         let status = self.get_http_call_response_header(":status").unwrap_or_default();
         if status != "200" {
@@ -318,7 +339,7 @@ impl EdgeRoot {
         }
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
         let jwks: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
-        let keys = config.jwt.replace_keys(&jwks).map_err(|e| e.to_string())?;
+        let keys = config.jwt.replace_keys(issuer, &jwks).map_err(|e| e.to_string())?;
         if let Some(worker) = &self.worker {
             worker.borrow_mut().keys_changed(&keys);
         }
@@ -328,29 +349,44 @@ impl EdgeRoot {
 
 impl Context for EdgeRoot {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        if self.jwks_call != Some(token_id) {
-            return;
-        }
-        self.jwks_call = None;
-        let Some(remote) = self.config.as_ref().and_then(|c| c.jwt.remote.clone()) else {
+        let Some(slot) = self.jwks.iter().position(|fetch| fetch.call == Some(token_id)) else {
             return;
         };
-        match self.jwks_arrived(body_size) {
+        let Some(config) = self.config.clone() else { return };
+        let Some(issuer) = self.jwks.get_mut(slot).map(|fetch| {
+            fetch.call = None;
+            fetch.issuer
+        }) else {
+            return;
+        };
+        let Some((_, remote)) = config.jwt.remotes().find(|(index, _)| *index == issuer) else {
+            return;
+        };
+        let name = config.jwt.issuer_name(issuer);
+        let wait_s = match self.jwks_arrived(issuer, body_size) {
             Ok(count) => {
-                log::info!("loaded {count} signing key(s) from {}{}", remote.authority, remote.path);
+                log::info!(
+                    "loaded {count} signing key(s) of issuer {name} from {}{}",
+                    remote.authority,
+                    remote.path
+                );
                 self.metrics.increment("mcp_edge.jwks_refreshes_total.result.ok");
-                self.jwks_due_ms = unix_ms(self.get_current_time()) + remote.refresh_seconds * 1000;
+                remote.refresh_seconds
             }
             Err(error) => {
                 // Keep the last good keys; retry sooner than the refresh period.
                 log::warn!(
-                    "JWKS refresh from {}{} failed: {error}; keeping the last good keys",
+                    "JWKS refresh of issuer {name} from {}{} failed: {error}; keeping the last good keys",
                     remote.authority,
                     remote.path
                 );
                 self.metrics.increment("mcp_edge.jwks_refreshes_total.result.failed");
-                self.jwks_due_ms = unix_ms(self.get_current_time()) + remote.retry_seconds * 1000;
+                remote.retry_seconds
             }
+        };
+        let due_ms = unix_ms(self.get_current_time()) + wait_s * 1000;
+        if let Some(fetch) = self.jwks.get_mut(slot) {
+            fetch.due_ms = due_ms;
         }
     }
 }
@@ -362,13 +398,25 @@ impl RootContext for EdgeRoot {
         match FilterConfig::from_json(&bytes) {
             Ok(config) => {
                 let previous = APPLIED.with(|applied| applied.borrow().clone());
-                if let Some(previous) = &previous {
-                    if config.jwt.adopt_keys(&previous.jwt) {
-                        // The keys are current: the next fetch is a refresh.
-                        let refresh_ms = config.jwt.remote.as_ref().map_or(0, |r| r.refresh_seconds * 1000);
-                        self.jwks_due_ms = unix_ms(self.get_current_time()) + refresh_ms;
-                    }
-                }
+                let adopted = previous
+                    .as_ref()
+                    .map(|previous| config.jwt.adopt_keys(&previous.jwt))
+                    .unwrap_or_default();
+                let now_ms = unix_ms(self.get_current_time());
+                self.jwks = config
+                    .jwt
+                    .remotes()
+                    .map(|(issuer, remote)| JwksFetch {
+                        issuer,
+                        call: None,
+                        // Adopted keys are current: the next fetch is a refresh.
+                        due_ms: if adopted.contains(&issuer) {
+                            now_ms + remote.refresh_seconds * 1000
+                        } else {
+                            0
+                        },
+                    })
+                    .collect();
                 let (worker, dropped) = state_for(&config);
                 self.worker = Some(worker);
                 self.metrics.off.set(config.skip.skips(Phase::Metrics));
@@ -401,8 +449,15 @@ impl RootContext for EdgeRoot {
 
     fn on_tick(&mut self) {
         self.metrics.flush();
-        if self.jwks_call.is_none() && unix_ms(self.get_current_time()) >= self.jwks_due_ms {
-            self.fetch_jwks();
+        let now_ms = unix_ms(self.get_current_time());
+        for slot in 0..self.jwks.len() {
+            let due = self
+                .jwks
+                .get(slot)
+                .is_some_and(|fetch| fetch.call.is_none() && now_ms >= fetch.due_ms);
+            if due {
+                self.fetch_jwks(slot);
+            }
         }
     }
 

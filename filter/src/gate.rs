@@ -15,7 +15,7 @@ use crate::org_names;
 use crate::phases::Phase;
 use crate::policy::ToolCall;
 use crate::reply::Reject;
-use crate::tool_access::{self, Denied};
+use crate::tool_access;
 use crate::transport::{self, McpHeaders};
 
 /// Identity headers: the signed assertion, and the bare headers older
@@ -300,18 +300,12 @@ pub fn check_body(
     }
     let mut quota = None;
     if let Some(call) = &call {
-        if let Some(scope) = &config.tools_call_scope {
-            if !held.identity.scopes.iter().any(|s| s == scope) {
-                return Err(insufficient_scope(config, scope, "calling tools").with_id(envelope.reply_id()));
-            }
-        }
-        if let Err(denied) = config.tool_access.check(&held.identity, &call.tool) {
-            let reject = match denied {
-                Denied::Scope(scope) => insufficient_scope(config, &scope, &format!("calling {}", call.tool)),
-                Denied::NotForOrg => tool_access::not_for_org(&call.tool, &held.identity.org),
-            };
+        // The organisation first: re-authorizing with more scopes would not help.
+        if !config.tool_access.org_allows(&held.identity.org, &call.tool) {
+            let reject = tool_access::not_for_org(&call.tool, &held.identity.org);
             return Err(reject.with_id(envelope.reply_id()));
         }
+        check_scopes(config, &held.identity, &call.tool).map_err(|reject| reject.with_id(envelope.reply_id()))?;
         if call.images > 0 {
             quota = config
                 .rate_limits
@@ -404,19 +398,52 @@ fn unauthorized(config: &FilterConfig, error: AuthError) -> Reject {
         .with_header("www-authenticate", challenge)
 }
 
-fn insufficient_scope(config: &FilterConfig, scope: &str, what: &str) -> Reject {
+/// The scopes a call of `tool` needs: `tools_call_scope`, then the tool's
+/// own (`tool_access.scopes`), each once.
+pub fn needed_scopes<'a>(config: &'a FilterConfig, tool: &str) -> Vec<&'a str> {
+    let mut needed: Vec<&str> = config.tools_call_scope.as_deref().into_iter().collect();
+    if let Some(scope) = config.tool_access.scope_of(tool) {
+        if !needed.contains(&scope) {
+            needed.push(scope);
+        }
+    }
+    needed
+}
+
+/// Refuses a call whose caller lacks any scope it needs. The challenge's
+/// `scope=` names every scope the call needs, held or not (the 2026-07-28
+/// step-up rule): a client that re-authorizes once with them gets them all.
+fn check_scopes(config: &FilterConfig, identity: &Identity, tool: &str) -> Result<(), Reject> {
+    let needed = needed_scopes(config, tool);
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|scope| !identity.scopes.iter().any(|held| held == scope))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     let challenge = format!(
-        "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{scope}\"{}",
+        "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{}\"{}",
         config.realm,
+        needed.join(" "),
         resource_metadata_param(config)
     );
-    Reject::new(
-        403,
-        code::UNAUTHORIZED,
-        "insufficient_scope",
-        format!("Forbidden: {what} needs the {scope:?} scope, which this token or key does not grant"),
-    )
-    .with_header("www-authenticate", challenge)
+    let lacking: Vec<String> = missing.iter().map(|scope| format!("{scope:?}")).collect();
+    let plural = if missing.len() > 1 { "s" } else { "" };
+    let all = if needed.len() > missing.len() {
+        format!(
+            " (re-authorize with every scope the call needs: {:?})",
+            needed.join(" ")
+        )
+    } else {
+        String::new()
+    };
+    let message = format!(
+        "Forbidden: calling {tool} needs the {} scope{plural}, which this token or key does not grant{all}",
+        lacking.join(", ")
+    );
+    Err(Reject::new(403, code::UNAUTHORIZED, "insufficient_scope", message).with_header("www-authenticate", challenge))
 }
 
 #[cfg(test)]
@@ -713,6 +740,78 @@ mod tests {
             Some(vec!["generate_image".to_string()])
         );
         assert!(!tool_rights(&config, &held(&[]).identity).no_calls, "no call scope set");
+    }
+
+    /// Step-up (2026-07-28): a 403 names every scope the call needs, so one
+    /// re-authorization with them is enough.
+    #[test]
+    fn insufficient_scope_names_the_union_of_what_the_call_needs() {
+        let key = Ed25519KeyPair::generate();
+        let jwk: serde_json::Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+        let config = FilterConfig::from_json(
+            json!({
+                "jwt": {"issuer": "iss", "audiences": ["aud"], "jwks": {"keys": [jwk]}},
+                "tools_call_scope": "images:generate",
+                "tool_access": {"scopes": {"edit_image": "images:edit", "generate_image": "images:generate"},
+                                "orgs": {"globex": ["generate_image"]}}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let edit = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"edit_image","arguments":{"prompt":"x","images":["image://a"]}}}"#;
+        let generate = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"generate_image","arguments":{"prompt":"x"}}}"#;
+        let both = "images:generate images:edit";
+        /// Name, call, scopes held, the `scope=` expected (`None`: admitted).
+        type Case<'a> = (&'a str, &'a [u8], &'a [&'a str], Option<&'a str>);
+        let cases: &[Case] = &[
+            ("edit, no scope", edit, &[], Some(both)),
+            ("edit, only the call scope", edit, &["images:generate"], Some(both)),
+            ("edit, only the tool scope", edit, &["images:edit"], Some(both)),
+            ("edit, both", edit, &["images:edit", "images:generate"], None),
+            (
+                "generate: the same scope twice is named once",
+                generate,
+                &["images:edit"],
+                Some("images:generate"),
+            ),
+            ("generate, held", generate, &["images:generate"], None),
+        ];
+        for (name, call, scopes, expected) in cases {
+            let got = body(&config, call, &held(scopes));
+            match (got, expected) {
+                (Ok(_), None) => {}
+                (Err(reject), Some(scope)) => {
+                    assert_eq!((reject.status, reject.reason), (403, "insufficient_scope"), "{name}");
+                    let challenge = &reject.headers[0].1;
+                    assert!(challenge.contains(&format!("scope=\"{scope}\"")), "{name}: {challenge}");
+                }
+                (got, _) => panic!("{name}: {got:?}"),
+            }
+        }
+        let refused = body(&config, edit, &held(&["images:generate"])).unwrap_err();
+        assert!(
+            refused
+                .message
+                .contains("calling edit_image needs the \"images:edit\" scope, which")
+                && refused
+                    .message
+                    .contains("every scope the call needs: \"images:generate images:edit\""),
+            "{}",
+            refused.message
+        );
+        let other_org = HeldRequest {
+            identity: Rc::new(Identity {
+                org: "globex".into(),
+                ..(*held(&[]).identity).clone()
+            }),
+            ..held(&[])
+        };
+        assert_eq!(
+            body(&config, edit, &other_org).unwrap_err().reason,
+            "tool_not_permitted",
+            "a tool the organisation may not call is refused as such, not as a scope to step up to"
+        );
     }
 
     #[test]

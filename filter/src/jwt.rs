@@ -1,11 +1,19 @@
-//! IAM JWT verification: keys from a JWKS, selected by `kid` and `alg`,
-//! signature and registered claims checked by `jwt-simple`, identity taken
-//! from `sub` and the configured organisation claim.
+//! IAM JWT verification for one or several trusted issuers (identity
+//! providers). A token is routed to its issuer by its (unverified) `iss`,
+//! then verified with that issuer's keys only: keys from a JWKS, selected by
+//! `kid` and `alg`, signature and registered claims checked by `jwt-simple`.
+//! The identity is read where that issuer puts it: the user claim, the
+//! organisation (a claim, a JSON pointer such as Entra's `/tid`, or a fixed
+//! organisation), and the scopes (a space-separated string or an array, as
+//! Entra's and Okta's `scp`).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jwt_simple::algorithms::{
     ECDSAP256PublicKeyLike, ES256PublicKey, Ed25519PublicKey, EdDSAPublicKeyLike, RS256PublicKey, RSAPublicKeyLike,
 };
@@ -58,7 +66,7 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token's audience is not this server")]
     WrongAudience,
-    #[error("the token has no `sub` claim")]
+    #[error("the token has no user claim (`sub`, unless its issuer names another)")]
     MissingSubject,
     #[error("the token has no organisation claim")]
     MissingOrg,
@@ -94,7 +102,7 @@ impl AuthError {
     }
 }
 
-/// Why a JWKS could not be loaded.
+/// Why an issuer's settings or a JWKS could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum JwtVerifierError {
     #[error("`jwks` must be an object with a `keys` array")]
@@ -109,8 +117,32 @@ pub enum JwtVerifierError {
     NoAudience,
     #[error("set exactly one of `jwks` and `jwks_uri`")]
     KeySource,
-    #[error("`jwks_uri`: `cluster`, `path` (starting with '/') and `authority` are required, and periods must be at least 1")]
+    #[error("`jwks_uri`: give `url`, or `cluster`, `path` (starting with '/') and `authority`; and periods must be at least 1")]
     BadUri,
+    #[error("`jwks_uri.url`: {0}")]
+    BadUrl(String),
+    #[error("set one of `org_claim` and `org`, not both")]
+    OrgSource,
+    #[error("`{0}` must be a claim name, or a JSON pointer starting with '/' (e.g. \"/tid\")")]
+    BadClaim(&'static str),
+    #[error("`org` must be a plain identifier (letters, digits, '-', '_', '.', '@', '|', ':')")]
+    BadOrg,
+    #[error("the issuer {0:?} is listed twice")]
+    DuplicateIssuer(String),
+    #[error("`issuers` must list at least one issuer")]
+    NoIssuers,
+    #[error("list the issuers in `issuers`, or give one with the shorthand (`issuer`, `audiences`, …), not both")]
+    Shorthand,
+    #[error("no issuer {0} in these settings")]
+    NoSuchIssuer(usize),
+}
+
+/// A settings error and where it is: `jwt` (the shorthand) or `jwt.issuers[N]`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{at}`: {cause}")]
+pub struct JwtSettingsError {
+    pub at: String,
+    pub cause: JwtVerifierError,
 }
 
 enum PublicKey {
@@ -132,93 +164,133 @@ impl PublicKey {
 struct KeyEntry {
     kid: Option<String>,
     key: PublicKey,
-    fingerprint: KeyFingerprint,
+    material: u64,
 }
 
-/// Names one signing key by what verification rests on: its `kid` and its
-/// public material. A verified token remembers it, so a JWKS refresh drops
-/// only the tokens whose key left. (64 bits of SHA-256: the keys compared
-/// are a handful from one trusted JWKS.)
+/// Names one signing key by what verification rests on: the issuer it
+/// belongs to (its place in the settings), its `kid` and its public
+/// material. A verified token remembers it, so a JWKS refresh of one issuer
+/// drops only the tokens whose key left that issuer's set. (64 bits of
+/// SHA-256: the keys compared are a handful from one trusted JWKS.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyFingerprint(pub(crate) u64);
-
-impl KeyFingerprint {
-    fn of(jwk: &Value) -> Self {
-        let mut hash = Sha256::new();
-        for member in ["kid", "kty", "crv", "n", "e", "x", "y"] {
-            // Values as JSON text (strings quoted): no two key sets hash alike by shifting.
-            let value = jwk.get(member).map(Value::to_string).unwrap_or_default();
-            hash.update(member.as_bytes());
-            hash.update(b"=");
-            hash.update(value.as_bytes());
-            hash.update(b";");
-        }
-        let digest: [u8; 32] = hash.finalize().into();
-        Self(digest.first_chunk().map_or(0, |bytes| u64::from_le_bytes(*bytes)))
-    }
+pub struct KeyFingerprint {
+    pub(crate) issuer: usize,
+    pub(crate) material: u64,
 }
 
-/// The keys a fetched JWKS loaded, by fingerprint.
+fn material_of(jwk: &Value) -> u64 {
+    let mut hash = Sha256::new();
+    for member in ["kid", "kty", "crv", "n", "e", "x", "y"] {
+        // Values as JSON text (strings quoted): no two key sets hash alike by shifting.
+        let value = jwk.get(member).map(Value::to_string).unwrap_or_default();
+        hash.update(member.as_bytes());
+        hash.update(b"=");
+        hash.update(value.as_bytes());
+        hash.update(b";");
+    }
+    let digest: [u8; 32] = hash.finalize().into();
+    digest.first_chunk().map_or(0, |bytes| u64::from_le_bytes(*bytes))
+}
+
+/// The keys a fetched JWKS loaded for one issuer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeySet(Vec<KeyFingerprint>);
+pub struct KeySet {
+    issuer: usize,
+    keys: Vec<u64>,
+}
 
 impl KeySet {
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.keys.is_empty()
     }
 
+    /// Whether `key` is one of these keys.
     pub fn holds(&self, key: KeyFingerprint) -> bool {
-        self.0.contains(&key)
+        key.issuer == self.issuer && self.keys.contains(&key.material)
+    }
+
+    /// Whether a token verified by `key` stays verified after this set
+    /// replaced its issuer's keys: other issuers' tokens are untouched.
+    pub fn keeps(&self, key: KeyFingerprint) -> bool {
+        key.issuer != self.issuer || self.keys.contains(&key.material)
     }
 }
 
-/// Verifies bearer tokens against a fixed key set and claim policy.
-pub struct JwtVerifier {
+/// Where the organisation of a token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OrgSource {
+    Claim(ClaimPath),
+    Fixed(String),
+}
+
+/// A claim by name (`org`) or by JSON pointer (`/tid`, `/ext/org`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ClaimPath {
+    Name(String),
+    Pointer(String),
+}
+
+impl ClaimPath {
+    fn parse(value: &str, field: &'static str) -> Result<Self, JwtVerifierError> {
+        match value.strip_prefix('/') {
+            Some(rest) if !rest.is_empty() => Ok(Self::Pointer(value.to_string())),
+            None if !value.is_empty() => Ok(Self::Name(value.to_string())),
+            _ => Err(JwtVerifierError::BadClaim(field)),
+        }
+    }
+
+    fn find<'a>(&self, claims: &'a Value) -> Option<&'a Value> {
+        match self {
+            Self::Name(name) => claims.get(name),
+            Self::Pointer(pointer) => claims.pointer(pointer),
+        }
+    }
+}
+
+/// One trusted issuer: its keys and where its tokens carry the identity.
+struct IssuerVerifier {
     /// Replaced whole when a fetched JWKS arrives (the VM is single-threaded).
     keys: RefCell<Rc<Vec<KeyEntry>>>,
-    /// Where the keys come from when they are fetched.
-    pub remote: Option<JwksUriSpec>,
+    remote: Option<JwksRemote>,
     issuer: String,
     audiences: HashSet<String>,
-    org_claim: String,
+    org: OrgSource,
+    user: ClaimPath,
+    scope: ClaimPath,
+}
+
+/// Verifies bearer tokens against the trusted issuers' keys and claim rules.
+pub struct JwtVerifier {
+    issuers: Vec<IssuerVerifier>,
     leeway_seconds: u64,
 }
 
 impl JwtVerifier {
-    /// Builds a verifier from its configuration, loading every key of the JWKS.
-    pub fn from_spec(spec: &JwtSpec) -> Result<Self, JwtVerifierError> {
-        if spec.issuer.is_empty() {
-            return Err(JwtVerifierError::EmptyIssuer);
-        }
-        if spec.audiences.is_empty() {
-            return Err(JwtVerifierError::NoAudience);
-        }
-        let (keys, remote) = match (&spec.jwks, &spec.jwks_uri) {
-            (Some(jwks), None) => (load_jwks(jwks)?, None),
-            (None, Some(uri)) => {
-                let valid = !uri.cluster.is_empty()
-                    && uri.path.starts_with('/')
-                    && !uri.authority.is_empty()
-                    && uri.refresh_seconds >= 1
-                    && uri.retry_seconds >= 1
-                    && uri.timeout_ms >= 1;
-                if !valid {
-                    return Err(JwtVerifierError::BadUri);
+    /// Builds a verifier from its settings, loading every inline key; an
+    /// error names the issuer (`jwt.issuers[N]`, or `jwt` for the shorthand).
+    pub fn from_spec(spec: &JwtSpec) -> Result<Self, JwtSettingsError> {
+        let specs = spec.issuer_specs()?;
+        let mut issuers: Vec<IssuerVerifier> = Vec::with_capacity(specs.len());
+        for (index, issuer) in specs.iter().enumerate() {
+            let at = || {
+                if spec.issuers.is_empty() {
+                    "jwt".to_string()
+                } else {
+                    format!("jwt.issuers[{index}]")
                 }
-                (Vec::new(), Some(uri.clone()))
+            };
+            let located = |cause| JwtSettingsError { at: at(), cause };
+            if issuers.iter().any(|known| known.issuer == issuer.issuer) {
+                return Err(located(JwtVerifierError::DuplicateIssuer(issuer.issuer.clone())));
             }
-            _ => return Err(JwtVerifierError::KeySource),
-        };
+            issuers.push(IssuerVerifier::from_spec(issuer).map_err(located)?);
+        }
         Ok(Self {
-            keys: RefCell::new(Rc::new(keys)),
-            remote,
-            issuer: spec.issuer.clone(),
-            audiences: spec.audiences.iter().cloned().collect(),
-            org_claim: spec.org_claim.clone(),
+            issuers,
             leeway_seconds: spec.leeway_seconds,
         })
     }
@@ -229,30 +301,55 @@ impl JwtVerifier {
         load_jwks(jwks).map(|keys| keys.len())
     }
 
-    /// Replaces the key set with a fetched JWKS; on error the old keys stay.
-    /// Returns the keys loaded (verified tokens of other keys are to be dropped).
-    pub fn replace_keys(&self, jwks: &Value) -> Result<KeySet, JwtVerifierError> {
+    /// Replaces issuer `issuer`'s key set with a fetched JWKS; on error the
+    /// old keys stay. Returns the keys loaded (verified tokens of that
+    /// issuer's other keys are to be dropped).
+    pub fn replace_keys(&self, issuer: usize, jwks: &Value) -> Result<KeySet, JwtVerifierError> {
+        let verifier = self.issuers.get(issuer).ok_or(JwtVerifierError::NoSuchIssuer(issuer))?;
         let keys = load_jwks(jwks)?;
-        let loaded = KeySet(keys.iter().map(|entry| entry.fingerprint).collect());
-        *self.keys.borrow_mut() = Rc::new(keys);
+        let loaded = KeySet {
+            issuer,
+            keys: keys.iter().map(|entry| entry.material).collect(),
+        };
+        *verifier.keys.borrow_mut() = Rc::new(keys);
         Ok(loaded)
     }
 
-    /// Takes the keys `previous` fetched from the same JWKS URL, so new
+    /// Takes the keys `previous` fetched from the same JWKS URLs, so new
     /// settings verify tokens at once instead of waiting for a fetch.
-    /// Returns whether it took any.
-    pub fn adopt_keys(&self, previous: &JwtVerifier) -> bool {
-        let same_source = self.remote.is_some() && self.remote == previous.remote;
-        if !same_source || !previous.has_keys() {
-            return false;
+    /// Returns the issuers that took keys.
+    pub fn adopt_keys(&self, previous: &JwtVerifier) -> Vec<usize> {
+        let mut adopted = Vec::new();
+        for (index, verifier) in self.issuers.iter().enumerate() {
+            let Some(remote) = &verifier.remote else { continue };
+            let source = previous
+                .issuers
+                .iter()
+                .find(|old| old.remote.as_ref() == Some(remote) && !old.keys.borrow().is_empty());
+            if let Some(old) = source {
+                *verifier.keys.borrow_mut() = old.keys.borrow().clone();
+                adopted.push(index);
+            }
         }
-        *self.keys.borrow_mut() = previous.keys.borrow().clone();
-        true
+        adopted
     }
 
-    /// True once keys are available.
+    /// The issuers whose keys are fetched, with where from.
+    pub fn remotes(&self) -> impl Iterator<Item = (usize, &JwksRemote)> {
+        self.issuers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, issuer)| issuer.remote.as_ref().map(|remote| (index, remote)))
+    }
+
+    /// The `iss` of issuer `index`, for log lines.
+    pub fn issuer_name(&self, index: usize) -> &str {
+        self.issuers.get(index).map_or("", |issuer| issuer.issuer.as_str())
+    }
+
+    /// True once every issuer has keys.
     pub fn has_keys(&self) -> bool {
-        !self.keys.borrow().is_empty()
+        self.issuers.iter().all(|issuer| !issuer.keys.borrow().is_empty())
     }
 
     /// Allowed clock skew, in seconds.
@@ -277,6 +374,84 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::MalformedToken);
         }
+        let (index, issuer) = self.route(token)?;
+        let (identity, material) = issuer.verify(token, now, self.leeway_seconds)?;
+        Ok((
+            identity,
+            KeyFingerprint {
+                issuer: index,
+                material,
+            },
+        ))
+    }
+
+    /// The issuer whose keys may verify `token`. With one issuer there is
+    /// nothing to choose (its own check names a wrong `iss`), so the payload
+    /// is read only by the verification; with several, its `iss` is read
+    /// first. Either runs only on a token-cache miss.
+    fn route(&self, token: &str) -> Result<(usize, &IssuerVerifier), AuthError> {
+        if let [only] = self.issuers.as_slice() {
+            return Ok((0, only));
+        }
+        let iss = unverified_issuer(token)?;
+        self.issuers
+            .iter()
+            .enumerate()
+            .find(|(_, issuer)| issuer.issuer == iss)
+            .ok_or(AuthError::WrongIssuer)
+    }
+}
+
+/// The `iss` a token claims, before anything about it is verified.
+fn unverified_issuer(token: &str) -> Result<String, AuthError> {
+    #[derive(Deserialize)]
+    struct Issuer<'a> {
+        #[serde(borrow, default)]
+        iss: Option<Cow<'a, str>>,
+    }
+    let mut parts = token.split('.');
+    let payload = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(payload), Some(_), None) => payload,
+        _ => return Err(AuthError::MalformedToken),
+    };
+    let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| AuthError::MalformedToken)?;
+    let claims: Issuer<'_> = serde_json::from_slice(&json).map_err(|_| AuthError::MalformedToken)?;
+    claims.iss.map(Cow::into_owned).ok_or(AuthError::WrongIssuer)
+}
+
+impl IssuerVerifier {
+    fn from_spec(spec: &IssuerSpec) -> Result<Self, JwtVerifierError> {
+        if spec.issuer.is_empty() {
+            return Err(JwtVerifierError::EmptyIssuer);
+        }
+        if spec.audiences.is_empty() || spec.audiences.iter().any(String::is_empty) {
+            return Err(JwtVerifierError::NoAudience);
+        }
+        let org = match (&spec.org_claim, &spec.org) {
+            (Some(_), Some(_)) => return Err(JwtVerifierError::OrgSource),
+            (None, Some(org)) if is_safe_identity(org) => OrgSource::Fixed(org.clone()),
+            (None, Some(_)) => return Err(JwtVerifierError::BadOrg),
+            (claim, None) => OrgSource::Claim(ClaimPath::parse(claim.as_deref().unwrap_or("org"), "org_claim")?),
+        };
+        let (keys, remote) = match (&spec.jwks, &spec.jwks_uri) {
+            (Some(jwks), None) => (load_jwks(jwks)?, None),
+            (None, Some(uri)) => (Vec::new(), Some(JwksRemote::from_spec(uri)?)),
+            _ => return Err(JwtVerifierError::KeySource),
+        };
+        Ok(Self {
+            keys: RefCell::new(Rc::new(keys)),
+            remote,
+            issuer: spec.issuer.clone(),
+            audiences: spec.audiences.iter().cloned().collect(),
+            org,
+            user: ClaimPath::parse(&spec.user_claim, "user_claim")?,
+            scope: ClaimPath::parse(&spec.scope_claim, "scope_claim")?,
+        })
+    }
+
+    /// Verifies `token` with this issuer's keys; returns the identity and
+    /// the material of the key that verified it.
+    fn verify(&self, token: &str, now: u64, leeway_seconds: u64) -> Result<(Identity, u64), AuthError> {
         let metadata = Token::decode_metadata(token).map_err(|_| AuthError::MalformedToken)?;
         let alg = metadata.algorithm();
         // `none` and HMAC never match: only asymmetric keys are loaded.
@@ -300,7 +475,7 @@ impl JwtVerifier {
         let options = VerificationOptions {
             allowed_issuers: Some(HashSet::from([self.issuer.clone()])),
             allowed_audiences: Some(self.audiences.clone()),
-            time_tolerance: Some(Duration::from_secs(self.leeway_seconds)),
+            time_tolerance: Some(Duration::from_secs(leeway_seconds)),
             artificial_time: Some(UnixTimeStamp::from_secs(now)),
             max_token_length: Some(MAX_TOKEN_BYTES),
             ..VerificationOptions::default()
@@ -313,7 +488,7 @@ impl JwtVerifier {
                 PublicKey::EdDsa(key) => key.verify_token::<Map<String, Value>>(token, Some(options.clone())),
             };
             match verified {
-                Ok(claims) => return self.identity_from(claims).map(|identity| (identity, entry.fingerprint)),
+                Ok(claims) => return self.identity_from(claims).map(|identity| (identity, entry.material)),
                 Err(error) => {
                     last_error = classify(&error);
                     // Only a bad signature means another key might still match.
@@ -328,16 +503,29 @@ impl JwtVerifier {
 
     fn identity_from(&self, claims: JWTClaims<Map<String, Value>>) -> Result<Identity, AuthError> {
         let expires_at = claims.expires_at.ok_or(AuthError::MissingExpiry)?.as_secs();
-        let user = claims.subject.ok_or(AuthError::MissingSubject)?;
-        let org = match claims.custom.get(&self.org_claim) {
-            Some(Value::String(org)) => org.clone(),
-            _ => return Err(AuthError::MissingOrg),
+        // `sub` is parsed into its own field: put it back where claim paths look.
+        let mut custom = claims.custom;
+        if let Some(subject) = claims.subject {
+            custom.insert("sub".into(), Value::String(subject));
+        }
+        let custom = Value::Object(custom);
+        let user = match self.user.find(&custom) {
+            Some(Value::String(user)) => user.clone(),
+            _ => return Err(AuthError::MissingSubject),
+        };
+        let org = match &self.org {
+            OrgSource::Fixed(org) => org.clone(),
+            OrgSource::Claim(path) => match path.find(&custom) {
+                Some(Value::String(org)) => org.clone(),
+                _ => return Err(AuthError::MissingOrg),
+            },
         };
         if !is_safe_identity(&user) || !is_safe_identity(&org) {
             return Err(AuthError::InvalidIdentity);
         }
-        let scopes = match claims.custom.get("scope") {
+        let scopes = match self.scope.find(&custom) {
             Some(Value::String(scope)) => scope.split_whitespace().map(str::to_string).collect(),
+            Some(Value::Array(scopes)) => scopes.iter().filter_map(Value::as_str).map(str::to_string).collect(),
             _ => Vec::new(),
         };
         Ok(Identity {
@@ -422,7 +610,7 @@ fn load_jwks(jwks: &Value) -> Result<Vec<KeyEntry>, JwtVerifierError> {
         entries.push(KeyEntry {
             kid,
             key,
-            fingerprint: KeyFingerprint::of(jwk),
+            material: material_of(jwk),
         });
     }
     if entries.is_empty() {
@@ -431,49 +619,281 @@ fn load_jwks(jwks: &Value) -> Result<Vec<KeyEntry>, JwtVerifierError> {
     Ok(entries)
 }
 
+/// Where an issuer's keys are fetched: an Envoy cluster, the path and
+/// authority to ask it for, and the refresh timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksRemote {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub refresh_seconds: u64,
+    pub retry_seconds: u64,
+    pub timeout_ms: u64,
+}
+
+impl JwksRemote {
+    fn from_spec(spec: &JwksUriSpec) -> Result<Self, JwtVerifierError> {
+        let timing_ok = spec.refresh_seconds >= 1 && spec.retry_seconds >= 1 && spec.timeout_ms >= 1;
+        let (cluster, path, authority) = match (&spec.url, &spec.cluster, &spec.path, &spec.authority) {
+            (Some(url), None, None, None) if timing_ok => {
+                let endpoint = JwksEndpoint::parse(url).map_err(JwtVerifierError::BadUrl)?;
+                (endpoint.cluster, endpoint.path, endpoint.authority)
+            }
+            (None, Some(cluster), Some(path), Some(authority))
+                if timing_ok && !cluster.is_empty() && path.starts_with('/') && !authority.is_empty() =>
+            {
+                (cluster.clone(), path.clone(), authority.clone())
+            }
+            _ => return Err(JwtVerifierError::BadUri),
+        };
+        Ok(Self {
+            cluster,
+            path,
+            authority,
+            refresh_seconds: spec.refresh_seconds,
+            retry_seconds: spec.retry_seconds,
+            timeout_ms: spec.timeout_ms,
+        })
+    }
+}
+
+/// A JWKS URL taken apart: what `render-envoy` renders a cluster for and
+/// what the filter asks that cluster. One function for both, so the
+/// cluster the filter names is the one rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksEndpoint {
+    /// `https`, or `http` on a loopback host only.
+    pub tls: bool,
+    /// The host, lower-case (an IPv6 address without brackets).
+    pub host: String,
+    pub port: u16,
+    /// `Host` to send: the URL's host, and its port unless the scheme's default.
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// `jwks_<host>_<port>`, every character but letters and digits as `_`.
+    pub cluster: String,
+}
+
+impl JwksEndpoint {
+    /// Parses `https://host[:port]/path[?query]` (or `http://` on loopback).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url.split_once("://").ok_or("not an absolute URL")?;
+        let tls = match scheme {
+            "https" => true,
+            "http" => false,
+            _ => return Err(format!("the scheme must be https, not {scheme:?}")),
+        };
+        if rest.contains('#') {
+            return Err("a fragment is not allowed".into());
+        }
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        if authority.contains('@') {
+            return Err("credentials in the URL are not allowed".into());
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed.split_once(']').ok_or("an unclosed '[' in the host")?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+        if !host_ok {
+            return Err(format!("{host:?} is not a host name or address"));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let port = match port {
+            None => default_port,
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{port:?} is not a port"))?,
+        };
+        let host = host.to_ascii_lowercase();
+        let loopback = host == "localhost" || host == "::1" || host.starts_with("127.");
+        if !tls && !loopback {
+            return Err("keys are fetched over https (http only from a loopback host)".into());
+        }
+        let shown = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let authority = if port == default_port {
+            shown
+        } else {
+            format!("{shown}:{port}")
+        };
+        let path = match path {
+            "" => "/".to_string(),
+            query if query.starts_with('?') => format!("/{query}"),
+            path => path.to_string(),
+        };
+        let cluster = format!(
+            "jwks_{}_{port}",
+            host.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+        );
+        Ok(Self {
+            tls,
+            host,
+            port,
+            authority,
+            path,
+            cluster,
+        })
+    }
+}
+
 /// Default allowance for clock skew between the IAM and Envoy.
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 
-/// IAM JWT verification settings.
-#[derive(Debug, Deserialize)]
+/// IAM JWT verification settings: the trusted issuers in `issuers`, or one
+/// issuer given with the shorthand (`issuer`, `audiences`, `org_claim`,
+/// `jwks` or `jwks_uri`, … directly under `jwt`).
+#[derive(Debug, Default, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JwtSpec {
-    /// The required `iss` claim.
-    pub issuer: String,
-    /// Accepted `aud` values (the MCP server's resource URL, RFC 8707).
-    pub audiences: Vec<String>,
-    /// The claim carrying the caller's organisation.
-    #[serde(default = "default_org_claim")]
-    pub org_claim: String,
-    /// Allowed clock skew for `exp` / `nbf`, in seconds.
-    #[serde(default = "default_leeway_seconds")]
-    pub leeway_seconds: u64,
-    /// Public keys as a JWKS document (`{"keys": [...]}`), inline: `RSA` keys
-    /// verify RS256, `EC` P-256 ES256, `OKP` Ed25519 EdDSA.
+    /// The trusted issuers (identity providers), several at once: a token
+    /// is routed to its issuer by its `iss` and verified with that issuer's
+    /// keys only; an `iss` not listed gets 401 `wrong_issuer`.
+    #[serde(default)]
+    pub issuers: Vec<IssuerSpec>,
+    /// Shorthand for one issuer: its `issuer` (the required `iss` claim).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Shorthand for one issuer: its `audiences`.
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    /// Shorthand for one issuer: its `org_claim`.
+    #[serde(default)]
+    pub org_claim: Option<String>,
+    /// Shorthand for one issuer: its fixed `org`.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// Shorthand for one issuer: its `user_claim`.
+    #[serde(default)]
+    pub user_claim: Option<String>,
+    /// Shorthand for one issuer: its `scope_claim`.
+    #[serde(default)]
+    pub scope_claim: Option<String>,
+    /// Shorthand for one issuer: its inline `jwks`.
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
-    /// Or: where to fetch the JWKS, through an Envoy cluster, refreshed on a
-    /// timer. The last good keys stay if a refresh fails; JWT callers get 503
-    /// with `Retry-After` until the first load.
+    /// Shorthand for one issuer: its `jwks_uri`.
     #[serde(default)]
     pub jwks_uri: Option<JwksUriSpec>,
+    /// Allowed clock skew for `exp` / `nbf`, in seconds (every issuer).
+    #[serde(default = "default_leeway_seconds")]
+    pub leeway_seconds: u64,
     /// The realm named in `WWW-Authenticate`.
     #[serde(default = "default_realm")]
     pub realm: String,
 }
 
-/// A JWKS fetched from the IAM through an Envoy cluster.
+impl JwtSpec {
+    /// The issuers these settings trust: `issuers`, or the one the shorthand gives.
+    pub fn issuer_specs(&self) -> Result<Cow<'_, [IssuerSpec]>, JwtSettingsError> {
+        let shorthand = self.issuer.is_some()
+            || self.audiences.is_some()
+            || self.org_claim.is_some()
+            || self.org.is_some()
+            || self.user_claim.is_some()
+            || self.scope_claim.is_some()
+            || self.jwks.is_some()
+            || self.jwks_uri.is_some();
+        let at = |cause| JwtSettingsError {
+            at: "jwt".into(),
+            cause,
+        };
+        match (self.issuers.is_empty(), shorthand) {
+            (false, false) => Ok(Cow::Borrowed(&self.issuers)),
+            (false, true) => Err(at(JwtVerifierError::Shorthand)),
+            (true, false) => Err(at(JwtVerifierError::NoIssuers)),
+            (true, true) => Ok(Cow::Owned(vec![IssuerSpec {
+                issuer: self.issuer.clone().unwrap_or_default(),
+                audiences: self.audiences.clone().unwrap_or_default(),
+                org_claim: self.org_claim.clone(),
+                org: self.org.clone(),
+                user_claim: self.user_claim.clone().unwrap_or_else(default_user_claim),
+                scope_claim: self.scope_claim.clone().unwrap_or_else(default_scope_claim),
+                jwks: self.jwks.clone(),
+                jwks_uri: self.jwks_uri.clone(),
+            }])),
+        }
+    }
+}
+
+/// One trusted issuer (identity provider).
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSpec {
+    /// The issuer's `iss`, exactly (e.g. `https://login.microsoftonline.com/<tenant>/v2.0`).
+    pub issuer: String,
+    /// Accepted `aud` values: the MCP server's resource URL (RFC 8707), or
+    /// the IdP application's audience (e.g. Entra's `api://…`).
+    pub audiences: Vec<String>,
+    /// The claim carrying the caller's organisation: a claim name, or a
+    /// JSON pointer when it starts with `/` (`/tid`, `/ext/org`). Default
+    /// `org`; set this or `org`, not both.
+    #[serde(default)]
+    pub org_claim: Option<String>,
+    /// A fixed organisation for every token of this issuer (e.g. a
+    /// machine-to-machine IdP of one team), instead of `org_claim`.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// The claim naming the user (name or JSON pointer, as `org_claim`).
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// The claim holding the granted scopes (name or JSON pointer): a
+    /// space-separated string (`scope`, Entra's `scp`) or an array of
+    /// strings (Okta's `scp`).
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: String,
+    /// Public keys as a JWKS document (`{"keys": [...]}`), inline: `RSA` keys
+    /// verify RS256, `EC` P-256 ES256, `OKP` Ed25519 EdDSA.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Or: where to fetch the JWKS, refreshed on a timer. The last good keys
+    /// stay if a refresh fails; this issuer's callers get 503 with
+    /// `Retry-After` until the first load.
+    #[serde(default)]
+    pub jwks_uri: Option<JwksUriSpec>,
+}
+
+/// A JWKS fetched from the IdP: by its URL (`render-envoy` renders the
+/// Envoy cluster), or through an Envoy cluster named here.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JwksUriSpec {
-    /// Envoy cluster that reaches the IAM.
-    pub cluster: String,
+    /// The JWKS URL (`https://…`; `http://` only on loopback), e.g. the IdP
+    /// metadata's `jwks_uri`. `render-envoy` renders a cluster for it,
+    /// named `jwks_<host>_<port>` (TLS with SNI and the host's certificate
+    /// checked for https), which the filter fetches through. Instead of
+    /// `cluster`, `path` and `authority`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Envoy cluster that reaches the IdP.
+    #[serde(default)]
+    pub cluster: Option<String>,
     /// Path of the JWKS, e.g. `/.well-known/jwks.json`.
-    pub path: String,
+    #[serde(default)]
+    pub path: Option<String>,
     /// `Host`/`:authority` to send.
-    pub authority: String,
+    #[serde(default)]
+    pub authority: Option<String>,
     /// Seconds between refreshes after a successful fetch.
     #[serde(default = "default_jwks_refresh_seconds")]
     pub refresh_seconds: u64,
@@ -495,8 +915,11 @@ fn default_jwks_timeout_ms() -> u64 {
     5000
 }
 
-fn default_org_claim() -> String {
-    "org".to_string()
+fn default_user_claim() -> String {
+    "sub".to_string()
+}
+fn default_scope_claim() -> String {
+    "scope".to_string()
 }
 fn default_leeway_seconds() -> u64 {
     DEFAULT_LEEWAY_SECONDS

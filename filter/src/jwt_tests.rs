@@ -2,7 +2,7 @@ use jwt_simple::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::jwt::JwtSpec;
+use crate::jwt::{JwksEndpoint, JwtSpec};
 
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://iam.example.test";
@@ -33,13 +33,11 @@ fn verifier() -> JwtVerifier {
         serde_json::from_str::<Value>(&k.rs.public_key().to_jwk()).unwrap(),
     ]});
     JwtVerifier::from_spec(&JwtSpec {
-        issuer: ISS.into(),
-        audiences: vec![AUD.into()],
-        org_claim: "org".into(),
+        issuer: Some(ISS.into()),
+        audiences: Some(vec![AUD.into()]),
         leeway_seconds: 30,
         jwks: Some(jwks),
-        jwks_uri: None,
-        realm: "r".into(),
+        ..JwtSpec::default()
     })
     .unwrap()
 }
@@ -279,13 +277,10 @@ fn authorization_header_forms() {
 #[test]
 fn jwks_errors_name_the_key() {
     let spec = |jwks: Value| JwtSpec {
-        issuer: ISS.into(),
-        audiences: vec![AUD.into()],
-        org_claim: "org".into(),
-        leeway_seconds: 0,
+        issuer: Some(ISS.into()),
+        audiences: Some(vec![AUD.into()]),
         jwks: Some(jwks),
-        jwks_uri: None,
-        realm: "r".into(),
+        ..JwtSpec::default()
     };
     let cases = [
         (json!([]), "`jwks` must be an object"),
@@ -309,20 +304,19 @@ fn jwks_errors_name_the_key() {
 fn fetched_key_sets_replace_the_old_and_bad_ones_are_ignored() {
     let k = keys();
     let remote = JwtVerifier::from_spec(&JwtSpec {
-        issuer: ISS.into(),
-        audiences: vec![AUD.into()],
-        org_claim: "org".into(),
+        issuer: Some(ISS.into()),
+        audiences: Some(vec![AUD.into()]),
         leeway_seconds: 30,
-        jwks: None,
         jwks_uri: Some(crate::jwt::JwksUriSpec {
-            cluster: "iam".into(),
-            path: "/jwks".into(),
-            authority: "iam".into(),
+            url: None,
+            cluster: Some("iam".into()),
+            path: Some("/jwks".into()),
+            authority: Some("iam".into()),
             refresh_seconds: 60,
             retry_seconds: 5,
             timeout_ms: 1000,
         }),
-        realm: "r".into(),
+        ..JwtSpec::default()
     })
     .unwrap();
     let es_token = k.es.sign(good_claims()).unwrap();
@@ -331,7 +325,7 @@ fn fetched_key_sets_replace_the_old_and_bad_ones_are_ignored() {
     assert_eq!(remote.verify_token(&es_token, NOW), Err(AuthError::KeysNotLoaded));
     let jwk = |public: String| serde_json::from_str::<Value>(&public).unwrap();
     let es_only = remote
-        .replace_keys(&json!({"keys": [jwk(k.es.public_key().to_jwk())]}))
+        .replace_keys(0, &json!({"keys": [jwk(k.es.public_key().to_jwk())]}))
         .unwrap();
     assert_eq!(es_only.len(), 1);
     let (_, es_key) = remote.verify_token_with_key(&es_token, NOW).unwrap();
@@ -341,26 +335,386 @@ fn fetched_key_sets_replace_the_old_and_bad_ones_are_ignored() {
     reordered.insert("use".into(), json!("sig"));
     let reordered: Map<String, Value> = reordered.into_iter().rev().collect();
     assert!(remote
-        .replace_keys(&json!({"keys": [reordered]}))
+        .replace_keys(0, &json!({"keys": [reordered]}))
         .unwrap()
         .holds(es_key));
     // Another key under the same `kid` is another key.
     let stranger = remote
-        .replace_keys(&json!({"keys": [jwk(k.stranger.public_key().to_jwk())]}))
+        .replace_keys(0, &json!({"keys": [jwk(k.stranger.public_key().to_jwk())]}))
         .unwrap();
     assert!(!stranger.holds(es_key));
     remote
-        .replace_keys(&json!({"keys": [jwk(k.es.public_key().to_jwk())]}))
+        .replace_keys(0, &json!({"keys": [jwk(k.es.public_key().to_jwk())]}))
         .unwrap();
     assert!(remote.verify_token(&es_token, NOW).is_ok());
     // Rotation: the new set replaces the old one.
     remote
-        .replace_keys(&json!({"keys": [jwk(k.ed.public_key().to_jwk())]}))
+        .replace_keys(0, &json!({"keys": [jwk(k.ed.public_key().to_jwk())]}))
         .unwrap();
     assert!(remote.verify_token(&ed_token, NOW).is_ok());
     assert_eq!(remote.verify_token(&es_token, NOW), Err(AuthError::UnknownKey));
     // A broken document leaves the last good keys in place.
-    assert!(remote.replace_keys(&json!({"keys": []})).is_err());
-    assert!(remote.replace_keys(&json!("garbage")).is_err());
+    assert!(remote.replace_keys(0, &json!({"keys": []})).is_err());
+    assert!(remote.replace_keys(0, &json!("garbage")).is_err());
     assert!(remote.verify_token(&ed_token, NOW).is_ok());
+}
+
+const ENTRA: &str = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0";
+const OKTA: &str = "https://acme.okta.com/oauth2/default";
+const M2M: &str = "https://m2m.example.test";
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+struct IdpKeys {
+    entra: ES256KeyPair,
+    okta: Ed25519KeyPair,
+    /// The machine-to-machine IdP's key, under the same `kid` as Entra's.
+    m2m: ES256KeyPair,
+}
+
+fn idp_keys() -> &'static IdpKeys {
+    static KEYS: std::sync::OnceLock<IdpKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| IdpKeys {
+        entra: ES256KeyPair::generate().with_key_id("k1"),
+        okta: Ed25519KeyPair::generate().with_key_id("okta-1"),
+        m2m: ES256KeyPair::generate().with_key_id("k1"),
+    })
+}
+
+/// Three IdPs at once, each with its own claim rules.
+fn several() -> JwtVerifier {
+    let k = idp_keys();
+    let jwks = |public: String| json!({"keys": [serde_json::from_str::<Value>(&public).unwrap()]});
+    let spec: JwtSpec = serde_json::from_value(json!({"issuers": [
+        {"issuer": ENTRA, "audiences": ["api://mcp-image-gateway"], "org_claim": "/tid",
+         "scope_claim": "scp", "jwks": jwks(k.entra.public_key().to_jwk())},
+        {"issuer": OKTA, "audiences": [AUD], "user_claim": "uid", "scope_claim": "scp",
+         "jwks": jwks(k.okta.public_key().to_jwk())},
+        {"issuer": M2M, "audiences": [AUD], "org": "robots", "jwks": jwks(k.m2m.public_key().to_jwk())}
+    ]}))
+    .unwrap();
+    JwtVerifier::from_spec(&spec).unwrap()
+}
+
+fn idp_claims(iss: Option<&str>, aud: &str, custom: Value) -> JWTClaims<Value> {
+    let c = claims(custom, NOW - 60, 3600).with_audience(aud);
+    match iss {
+        Some(iss) => c.with_issuer(iss),
+        None => c,
+    }
+}
+
+#[test]
+fn several_issuers_each_with_its_own_claims() {
+    let k = idp_keys();
+    let v = several();
+    let entra = |custom: Value| idp_claims(Some(ENTRA), "api://mcp-image-gateway", custom);
+    let okta = |custom: Value| idp_claims(Some(OKTA), AUD, custom);
+    let ok = |user: &str, org: &str, scopes: &[&str]| {
+        Ok((
+            user.to_string(),
+            org.to_string(),
+            scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ))
+    };
+    /// User, organisation, scopes.
+    type Caller = (String, String, Vec<String>);
+    let cases: Vec<(&str, String, Result<Caller, AuthError>)> = vec![
+        (
+            "entra: org from the /tid pointer, scp a string",
+            k.entra
+                .sign(entra(
+                    json!({"sub": "u-1", "tid": TENANT, "scp": "images:generate images:edit"}),
+                ))
+                .unwrap(),
+            ok("u-1", TENANT, &["images:generate", "images:edit"]),
+        ),
+        (
+            "okta: user claim uid, scp an array",
+            k.okta
+                .sign(okta(
+                    json!({"sub": "00u1", "uid": "alice@acme", "org": "acme", "scp": ["images:generate", 7, "x"]}),
+                ))
+                .unwrap(),
+            ok("alice@acme", "acme", &["images:generate", "x"]),
+        ),
+        (
+            "fixed org: the token's own org claim is not read",
+            k.m2m
+                .sign(idp_claims(
+                    Some(M2M),
+                    AUD,
+                    json!({"sub": "svc-1", "org": "acme", "scope": "images:generate"}),
+                ))
+                .unwrap(),
+            ok("svc-1", "robots", &["images:generate"]),
+        ),
+        (
+            "unknown issuer",
+            k.entra
+                .sign(idp_claims(
+                    Some("https://evil.example"),
+                    AUD,
+                    json!({"sub": "u", "org": "acme"}),
+                ))
+                .unwrap(),
+            Err(AuthError::WrongIssuer),
+        ),
+        (
+            "no issuer",
+            k.entra
+                .sign(idp_claims(None, AUD, json!({"sub": "u", "org": "acme"})))
+                .unwrap(),
+            Err(AuthError::WrongIssuer),
+        ),
+        (
+            "entra's iss signed by the m2m IdP's key under the same kid",
+            k.m2m.sign(entra(json!({"sub": "u", "tid": TENANT}))).unwrap(),
+            Err(AuthError::BadSignature),
+        ),
+        (
+            "entra's iss signed by okta's key",
+            k.okta.sign(entra(json!({"sub": "u", "tid": TENANT}))).unwrap(),
+            Err(AuthError::UnknownKey),
+        ),
+        (
+            "m2m's iss signed by entra's key under the same kid",
+            k.entra
+                .sign(idp_claims(Some(M2M), AUD, json!({"sub": "svc-1"})))
+                .unwrap(),
+            Err(AuthError::BadSignature),
+        ),
+        (
+            "entra audience is its own application's",
+            k.entra
+                .sign(idp_claims(Some(ENTRA), AUD, json!({"sub": "u", "tid": TENANT})))
+                .unwrap(),
+            Err(AuthError::WrongAudience),
+        ),
+        (
+            "entra without tid",
+            k.entra.sign(entra(json!({"sub": "u", "org": "acme"}))).unwrap(),
+            Err(AuthError::MissingOrg),
+        ),
+        (
+            "okta without its user claim",
+            k.okta.sign(okta(json!({"sub": "00u1", "org": "acme"}))).unwrap(),
+            Err(AuthError::MissingSubject),
+        ),
+        (
+            "a pointer's value must be plain",
+            k.entra.sign(entra(json!({"sub": "u", "tid": "../etc"}))).unwrap(),
+            Err(AuthError::InvalidIdentity),
+        ),
+        (
+            "payload not JSON",
+            format!("{}.{}.c2ln", b64(b"{}"), b64(b"nope")),
+            Err(AuthError::MalformedToken),
+        ),
+    ];
+    for (name, token, expected) in cases {
+        let got = v.verify_token(&token, NOW).map(|id| (id.user, id.org, id.scopes));
+        assert_eq!(got, expected, "case: {name}");
+    }
+}
+
+#[test]
+fn claim_paths_reach_nested_and_registered_claims() {
+    let k = keys();
+    let spec: JwtSpec = serde_json::from_value(json!({
+        "issuer": ISS, "audiences": [AUD], "org_claim": "/ext/org~1unit", "user_claim": "/sub",
+        "scope_claim": "/ext/grants",
+        "jwks": {"keys": [serde_json::from_str::<Value>(&k.es.public_key().to_jwk()).unwrap()]}
+    }))
+    .unwrap();
+    let v = JwtVerifier::from_spec(&spec).unwrap();
+    let token = k.es.sign(good_claims().with_subject("bob")).unwrap();
+    assert_eq!(v.verify_token(&token, NOW), Err(AuthError::MissingOrg));
+    let nested = claims(
+        json!({"ext": {"org/unit": "globex", "grants": ["a", "b"]}}),
+        NOW - 60,
+        3600,
+    )
+    .with_issuer(ISS)
+    .with_audience(AUD)
+    .with_subject("bob");
+    let id = v.verify_token(&k.es.sign(nested).unwrap(), NOW).unwrap();
+    assert_eq!((id.user.as_str(), id.org.as_str()), ("bob", "globex"));
+    assert_eq!(id.scopes, vec!["a".to_string(), "b".to_string()]);
+}
+
+#[test]
+fn a_refresh_of_one_issuer_keeps_the_others_tokens() {
+    let k = idp_keys();
+    let v = several();
+    let token = k
+        .entra
+        .sign(idp_claims(
+            Some(ENTRA),
+            "api://mcp-image-gateway",
+            json!({"sub": "u", "tid": TENANT}),
+        ))
+        .unwrap();
+    let (_, entra_key) = v.verify_token_with_key(&token, NOW).unwrap();
+    let okta_set = v
+        .replace_keys(
+            1,
+            &json!({"keys": [serde_json::from_str::<Value>(&k.okta.public_key().to_jwk()).unwrap()]}),
+        )
+        .unwrap();
+    assert!(okta_set.keeps(entra_key), "another issuer's refresh keeps the token");
+    assert!(!okta_set.holds(entra_key));
+    let entra_set = v
+        .replace_keys(
+            0,
+            &json!({"keys": [serde_json::from_str::<Value>(&k.m2m.public_key().to_jwk()).unwrap()]}),
+        )
+        .unwrap();
+    assert!(!entra_set.keeps(entra_key), "its own issuer's rotation drops it");
+    assert!(v.replace_keys(3, &json!({"keys": []})).is_err());
+}
+
+#[test]
+fn issuer_settings_errors_name_the_issuer_and_field() {
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]});
+    let good = json!({"issuer": "https://a", "audiences": ["x"], "jwks": jwks});
+    let with = |patch: Value| {
+        let mut issuer = good.clone();
+        for (key, value) in patch.as_object().unwrap() {
+            issuer[key] = value.clone();
+        }
+        json!({"issuers": [good.clone(), issuer]})
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "org and org_claim",
+            with(json!({"issuer": "https://b", "org": "acme", "org_claim": "tid"})),
+            "`jwt.issuers[1]`: set one of `org_claim` and `org`",
+        ),
+        (
+            "fixed org not plain",
+            with(json!({"issuer": "https://b", "org": "a/b"})),
+            "`jwt.issuers[1]`: `org` must be a plain identifier",
+        ),
+        (
+            "empty pointer",
+            with(json!({"issuer": "https://b", "org_claim": "/"})),
+            "`jwt.issuers[1]`: `org_claim` must be a claim name, or a JSON pointer",
+        ),
+        (
+            "empty scope claim",
+            with(json!({"issuer": "https://b", "scope_claim": ""})),
+            "`jwt.issuers[1]`: `scope_claim`",
+        ),
+        (
+            "duplicate issuer",
+            with(json!({})),
+            "`jwt.issuers[1]`: the issuer \"https://a\" is listed twice",
+        ),
+        (
+            "no audience",
+            with(json!({"issuer": "https://b", "audiences": []})),
+            "`jwt.issuers[1]`: `audiences`",
+        ),
+        (
+            "plain http off loopback",
+            with(json!({"issuer": "https://b", "jwks": null, "jwks_uri": {"url": "http://idp.example.com/keys"}})),
+            "`jwt.issuers[1]`: `jwks_uri.url`: keys are fetched over https",
+        ),
+        (
+            "url and cluster",
+            with(json!({"issuer": "https://b", "jwks": null,
+                "jwks_uri": {"url": "https://idp.example.com/keys", "cluster": "c"}})),
+            "`jwt.issuers[1]`: `jwks_uri`: give `url`, or `cluster`",
+        ),
+        (
+            "both jwks sources",
+            with(json!({"issuer": "https://b", "jwks_uri": {"url": "https://idp.example.com/keys"}})),
+            "`jwt.issuers[1]`: set exactly one of `jwks` and `jwks_uri`",
+        ),
+        (
+            "empty list",
+            json!({"issuers": []}),
+            "`jwt`: `issuers` must list at least one issuer",
+        ),
+        (
+            "list and shorthand",
+            json!({"issuers": [good.clone()], "issuer": "https://c"}),
+            "`jwt`: list the issuers in `issuers`",
+        ),
+        (
+            "shorthand keeps its location",
+            json!({"issuer": "https://c", "audiences": ["x"], "jwks": {"keys": []}}),
+            "`jwt`: `jwks` has no usable keys",
+        ),
+    ];
+    for (name, settings, expected) in cases {
+        let spec: JwtSpec = serde_json::from_value(settings).unwrap();
+        let error = JwtVerifier::from_spec(&spec)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains(expected), "{name}: {error}");
+    }
+    let unknown: Result<JwtSpec, _> = serde_json::from_value(json!({"issuers": [{"issuer": "i", "audience": ["x"]}]}));
+    assert!(unknown.unwrap_err().to_string().contains("unknown field `audience`"));
+}
+
+#[test]
+fn jwks_urls_become_a_cluster_path_and_authority() {
+    /// Cluster, path, authority, TLS; or a part of the refusal.
+    type Expected<'a> = Result<(&'a str, &'a str, &'a str, bool), &'a str>;
+    let cases: Vec<(&str, Expected)> = vec![
+        (
+            "https://login.microsoftonline.com/common/discovery/v2.0/keys",
+            Ok((
+                "jwks_login_microsoftonline_com_443",
+                "/common/discovery/v2.0/keys",
+                "login.microsoftonline.com",
+                true,
+            )),
+        ),
+        (
+            "https://IdP.Example.com:8443/keys?tenant=a",
+            Ok((
+                "jwks_idp_example_com_8443",
+                "/keys?tenant=a",
+                "idp.example.com:8443",
+                true,
+            )),
+        ),
+        (
+            "https://idp.example.com",
+            Ok(("jwks_idp_example_com_443", "/", "idp.example.com", true)),
+        ),
+        (
+            "http://127.0.0.1:4444/jwks.json",
+            Ok(("jwks_127_0_0_1_4444", "/jwks.json", "127.0.0.1:4444", false)),
+        ),
+        ("http://[::1]:80/k", Ok(("jwks___1_80", "/k", "[::1]", false))),
+        (
+            "http://localhost:9/k",
+            Ok(("jwks_localhost_9", "/k", "localhost:9", false)),
+        ),
+        ("http://idp.example.com/keys", Err("over https")),
+        ("ftp://idp.example.com/keys", Err("scheme")),
+        ("https://user:pw@idp.example.com/keys", Err("credentials")),
+        ("https://idp.example.com:0/keys", Err("not a port")),
+        ("https://idp.example.com:99999/keys", Err("not a port")),
+        ("https:///keys", Err("not a host")),
+        ("https://idp_example.com/keys", Err("not a host")),
+        ("https://idp.example.com/keys#x", Err("fragment")),
+        ("idp.example.com/keys", Err("absolute")),
+    ];
+    for (url, expected) in cases {
+        match (JwksEndpoint::parse(url), expected) {
+            (Ok(e), Ok((cluster, path, authority, tls))) => assert_eq!(
+                (e.cluster.as_str(), e.path.as_str(), e.authority.as_str(), e.tls),
+                (cluster, path, authority, tls),
+                "{url}"
+            ),
+            (Err(error), Err(part)) => assert!(error.contains(part), "{url}: {error}"),
+            (got, _) => panic!("{url}: {got:?}"),
+        }
+    }
 }

@@ -91,15 +91,23 @@ impl ToolAccess {
 
     /// Whether `identity` may call `tool`.
     pub fn check(&self, identity: &Identity, tool: &str) -> Result<(), Denied> {
-        if let Some(tools) = self.orgs.get(&identity.org) {
-            if !tools.contains(tool) {
-                return Err(Denied::NotForOrg);
-            }
+        if !self.org_allows(&identity.org, tool) {
+            return Err(Denied::NotForOrg);
         }
-        match self.scopes.get(tool) {
-            Some(scope) if !identity.scopes.iter().any(|s| s == scope) => Err(Denied::Scope(scope.clone())),
+        match self.scope_of(tool) {
+            Some(scope) if !identity.scopes.iter().any(|s| s == scope) => Err(Denied::Scope(scope.to_string())),
             _ => Ok(()),
         }
+    }
+
+    /// Whether organisation `org`'s list (if it has one) names `tool`.
+    pub fn org_allows(&self, org: &str, tool: &str) -> bool {
+        self.orgs.get(org).is_none_or(|tools| tools.contains(tool))
+    }
+
+    /// The scope `tool` needs, if it has its own.
+    pub fn scope_of(&self, tool: &str) -> Option<&str> {
+        self.scopes.get(tool).map(String::as_str)
     }
 
     /// The tools of `allowed` that `identity` may call, when the rules hide

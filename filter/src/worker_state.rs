@@ -175,7 +175,7 @@ mod tests {
                 .map(|(_, cache, _)| cache)
         };
         let refresh = |state: &mut WorkerState, keys: &[&Ed25519KeyPair]| {
-            let change = config.jwt.replace_keys(&jwks(keys)).unwrap();
+            let change = config.jwt.replace_keys(0, &jwks(keys)).unwrap();
             state.keys_changed(&change);
         };
 

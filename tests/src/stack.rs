@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mcp_image_gateway::cli::{devkit, edge_settings};
+use mcp_image_gateway::cli::{devkit, edge_settings, identity_providers};
 
 use crate::fake_openai::{FakeOpenAi, FakeOptions};
 use crate::fake_stability::FakeStability;
@@ -370,7 +370,7 @@ impl Stack {
                 config.insert(key.clone(), value.clone());
             }
         }
-        let vars = BTreeMap::from([
+        let mut vars = BTreeMap::from([
             ("ADMIN_PORT".to_string(), admin_port.to_string()),
             ("LISTEN_PORT".to_string(), listen_port.to_string()),
             ("UPSTREAM_PORT".to_string(), upstream_port.to_string()),
@@ -402,6 +402,8 @@ impl Stack {
                 devkit::DEV_CORS_ORIGIN_REGEX.to_string(),
             ),
         ]);
+        // A cluster per `jwks_uri.url`, as `render-envoy` renders them.
+        identity_providers::add_jwks_clusters(&mut vars, &filter_config)?;
         stack.envoy_vars = vars;
         stack.filter_config = filter_config;
         stack.live_settings = options.live_settings;

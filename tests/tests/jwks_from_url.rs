@@ -1,6 +1,10 @@
 //! Signing keys fetched by the filter from the IAM's JWKS URL through an
 //! Envoy cluster: loaded at start, rotated on refresh, and kept when a
-//! refresh fails or the settings change live.
+//! refresh fails or the settings change live. And several identity
+//! providers at once (`jwt.issuers`), each with its own JWKS URL, rendered
+//! into an Envoy cluster from `jwks_uri.url`, its own claims (Entra- and
+//! Okta-shaped tokens), rotation of one leaving the other alone, and the
+//! step-up 403 naming every scope a call needs.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -169,4 +173,204 @@ async fn keys_load_rotate_and_survive(edge: Edge) {
     for _ in 0..6 {
         assert_eq!(status(&stack, &rotated_token).await, 200, "keys kept across the change");
     }
+}
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const OKTA_AUDIENCE: &str = "https://images.example.com/mcp";
+
+fn entra_issuer() -> String {
+    format!("https://login.microsoftonline.com/{TENANT}/v2.0")
+}
+
+const OKTA_ISSUER: &str = "https://acme.okta.com/oauth2/default";
+
+fn jwks_of(public_jwk: String) -> String {
+    let key: serde_json::Value = serde_json::from_str(&public_jwk).unwrap();
+    json!({"keys": [key]}).to_string()
+}
+
+/// An MCP POST with `token`: the status, the `WWW-Authenticate` header, the body.
+async fn mcp(stack: &Stack, token: &str, body: serde_json::Value) -> (u16, String, serde_json::Value) {
+    let response = http_client()
+        .post(&stack.mcp_url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = response.text().await.unwrap_or_default();
+    // A JSON reply, or the JSON of an SSE reply's data line.
+    let json = serde_json::from_str(&text)
+        .ok()
+        .or_else(|| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .find_map(|d| serde_json::from_str(d.trim()).ok())
+        })
+        .unwrap_or(serde_json::Value::Null);
+    (status, challenge, json)
+}
+
+fn tool_call(id: u64, tool: &str, arguments: serde_json::Value) -> serde_json::Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+}
+
+#[tokio::test]
+async fn several_identity_providers_at_once() {
+    several_identity_providers(Edge::Wasm).await;
+}
+
+#[tokio::test]
+async fn dynamic_module_several_identity_providers_at_once() {
+    several_identity_providers(Edge::DynamicModule).await;
+}
+
+/// An Entra-shaped IdP (audience `api://…`, organisation in `tid`, `scp` a
+/// string) and an Okta-shaped one (`scp` an array, organisation in `org`),
+/// each serving its own JWKS; the Okta one rotates its key.
+async fn several_identity_providers(edge: Edge) {
+    let entra_key = ES256KeyPair::generate().with_key_id("nOo3ZDrODXEK1jKWhXslHR_KXEg");
+    let (okta_old, okta_new) = (
+        Ed25519KeyPair::generate().with_key_id("okta-1"),
+        Ed25519KeyPair::generate().with_key_id("okta-2"),
+    );
+    let entra_jwks: Jwks = Arc::new(Mutex::new((StatusCode::OK, jwks_of(entra_key.public_key().to_jwk()))));
+    let okta_jwks: Jwks = Arc::new(Mutex::new((StatusCode::OK, jwks_of(okta_old.public_key().to_jwk()))));
+    let (entra_port, okta_port) = (serve_jwks(entra_jwks).await, serve_jwks(okta_jwks.clone()).await);
+    let patch = json!({
+        "jwt": {"issuers": [
+            {"issuer": entra_issuer(), "audiences": ["api://mcp-image-gateway"], "org_claim": "/tid",
+             "scope_claim": "scp",
+             "jwks_uri": {"url": format!("http://127.0.0.1:{entra_port}/jwks.json"), "refresh_seconds": 1, "retry_seconds": 1}},
+            {"issuer": OKTA_ISSUER, "audiences": [OKTA_AUDIENCE], "scope_claim": "scp",
+             "jwks_uri": {"url": format!("http://localhost:{okta_port}/jwks.json"), "refresh_seconds": 1, "retry_seconds": 1}}
+        ]},
+        "tool_access": {"scopes": {"edit_image": "images:edit"}}
+    });
+    let stack = Stack::start_with(StackOptions {
+        filter_patch: patch,
+        edge,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // Each URL became a cluster of its own, and Envoy runs it.
+    let clusters = http_client()
+        .get(format!("{}/clusters", stack.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        format!("jwks_127_0_0_1_{entra_port}"),
+        format!("jwks_localhost_{okta_port}"),
+    ] {
+        assert!(clusters.contains(&format!("{name}::")), "no cluster {name}");
+    }
+
+    let entra = |custom: serde_json::Value| {
+        let claims = Claims::with_custom_claims(custom, Duration::from_secs(600).into())
+            .with_issuer(entra_issuer())
+            .with_audience("api://mcp-image-gateway")
+            .with_subject("00000000-0000-0000-66f3-3332eca7ea81");
+        entra_key.sign(claims).unwrap()
+    };
+    let okta = |key: &Ed25519KeyPair, scp: serde_json::Value| {
+        let claims = Claims::with_custom_claims(json!({"org": "globex", "scp": scp}), Duration::from_secs(600).into())
+            .with_issuer(OKTA_ISSUER)
+            .with_audience(OKTA_AUDIENCE)
+            .with_subject("00u1okta");
+        key.sign(claims).unwrap()
+    };
+    let entra_token = entra(json!({"tid": TENANT, "scp": "images:generate images:edit"}));
+    let okta_token = okta(&okta_old, json!(["images:generate"]));
+    let generate = tool_call(1, "generate_image", json!({"prompt": "a lighthouse"}));
+
+    // Both admitted (once each issuer's keys are fetched), with the organisation where each IdP puts it.
+    eventually(&stack, &entra_token, 200).await;
+    eventually(&stack, &okta_token, 200).await;
+    for token in [&entra_token, &okta_token] {
+        let (status, _, body) = mcp(&stack, token, generate.clone()).await;
+        assert_eq!((status, &body["result"]["isError"]), (200, &json!(false)), "{body}");
+    }
+    let calls: Vec<(String, String)> = stack
+        .audit_events()
+        .iter()
+        .filter(|e| e["fields"]["tool"] == "generate_image")
+        .map(|e| {
+            let fields = &e["fields"];
+            (
+                fields["user"].as_str().unwrap_or_default().to_string(),
+                fields["org"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        calls.contains(&("00000000-0000-0000-66f3-3332eca7ea81".into(), TENANT.into())),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&("00u1okta".into(), "globex".into())), "{calls:?}");
+
+    // Step-up: the 403 names every scope the call needs, held or not.
+    let edit = tool_call(2, "edit_image", json!({"prompt": "x", "images": ["image://none"]}));
+    for token in [
+        okta(&okta_old, json!(["images:generate"])),
+        entra(json!({"tid": TENANT})),
+    ] {
+        let (status, challenge, _) = mcp(&stack, &token, edit.clone()).await;
+        assert_eq!(status, 403, "{challenge}");
+        assert!(
+            challenge.contains(r#"error="insufficient_scope", scope="images:generate images:edit""#),
+            "{challenge}"
+        );
+    }
+
+    // A token claiming one issuer, signed by the other's key; an issuer not trusted.
+    let forged = {
+        let claims = Claims::with_custom_claims(
+            json!({"tid": TENANT, "scp": "images:generate"}),
+            Duration::from_secs(600).into(),
+        )
+        .with_issuer(entra_issuer())
+        .with_audience("api://mcp-image-gateway")
+        .with_subject("mallory");
+        okta_old.sign(claims).unwrap()
+    };
+    let stranger = {
+        let claims = Claims::with_custom_claims(json!({"org": "globex"}), Duration::from_secs(600).into())
+            .with_issuer("https://evil.example.com")
+            .with_audience(OKTA_AUDIENCE)
+            .with_subject("mallory");
+        okta_old.sign(claims).unwrap()
+    };
+    let (status, _, body) = mcp(&stack, &forged, generate.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, challenge, _) = mcp(&stack, &stranger, generate.clone()).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("issuer is not trusted"), "{challenge}");
+
+    // The Okta IdP rotates: its new key's tokens pass, its old key's are refused,
+    // and the Entra IdP's are untouched.
+    *okta_jwks.lock().unwrap() = (StatusCode::OK, jwks_of(okta_new.public_key().to_jwk()));
+    let rotated = okta(&okta_new, json!(["images:generate"]));
+    eventually(&stack, &rotated, 200).await;
+    eventually(&stack, &okta_token, 401).await;
+    let list = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"});
+    assert_eq!(
+        mcp(&stack, &entra_token, list).await.0,
+        200,
+        "the other issuer is untouched"
+    );
 }

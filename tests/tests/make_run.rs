@@ -9,11 +9,16 @@ use std::time::{Duration, Instant};
 
 use gateway_tests::png_info::dimensions;
 use gateway_tests::stack::{envoy_binary, free_port, http_client, workspace_root};
+use jwt_simple::prelude::*;
 use serde_json::{json, Value};
 
-/// `scripts/run.sh` (what `make run` runs) on these ports and state, in
-/// its own process group; returns it and the banner it printed.
-fn start_run(ports: (u16, u16, u16, u16, u16), state: &std::path::Path) -> (std::process::Child, Vec<String>) {
+/// `scripts/run.sh` (what `make run` runs) on these ports and state, with
+/// `env` added, in its own process group; returns it and the banner it printed.
+fn start_run(
+    ports: (u16, u16, u16, u16, u16),
+    state: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, Vec<String>) {
     let (listen, admin, upstream, metrics, authorize) = ports;
     let mut child = Command::new(workspace_root().join("scripts/run.sh"))
         .env("LISTEN_PORT", listen.to_string())
@@ -27,6 +32,7 @@ fn start_run(ports: (u16, u16, u16, u16, u16), state: &std::path::Path) -> (std:
         .env_remove("OPENAI_API_KEY")
         .env_remove("GATEWAY_PUBLIC_BASE_URL")
         .env_remove("RESET_SETTINGS")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,7 +132,7 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
     let ports = (free_port(), free_port(), free_port(), free_port(), free_port());
     let (listen, admin, upstream, metrics, authorize) = ports;
     let state = std::env::temp_dir().join(format!("make-run-{}", uuid::Uuid::new_v4()));
-    let (child, banner) = start_run(ports, &state);
+    let (child, banner) = start_run(ports, &state, &[]);
     let text = banner.join("\n");
     let mcp_url = format!("http://127.0.0.1:{listen}/mcp");
     assert!(text.contains(&format!("MCP endpoint : {mcp_url}")), "{text}");
@@ -190,7 +196,7 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
     ctrl_c(child, all);
 
     // The edit outlives a restart.
-    let (child, banner) = start_run(ports, &state);
+    let (child, banner) = start_run(ports, &state, &[]);
     assert!(
         banner.iter().any(|l| l.contains("Ctrl-C stops everything")),
         "{banner:?}"
@@ -201,5 +207,95 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
         "the edited limit holds after a restart: {reply}"
     );
     ctrl_c(child, all);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// `make run IDP_ISSUER=…` against an IdP with OpenID Connect discovery
+/// only (as Entra ID): its `jwks_uri` is found and fetched through the
+/// cluster `render-envoy` rendered for it, its tokens (organisation in
+/// `tid`, scopes in `scp`, its own audience) are admitted beside the
+/// development ones, and the protected resource metadata names it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_run_trusts_an_idp_by_its_issuer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let key = ES256KeyPair::generate().with_key_id("idp-1");
+    let public: Value = serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+    let metadata = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/discovery/keys")});
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || async move { axum::Json(metadata) }),
+        )
+        .route(
+            "/discovery/keys",
+            axum::routing::get(move || async move { axum::Json(json!({"keys": [public]})) }),
+        );
+    let idp = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ports = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (listen, admin, upstream, metrics, authorize) = ports;
+    let state = std::env::temp_dir().join(format!("make-run-idp-{}", uuid::Uuid::new_v4()));
+    let env = [
+        ("IDP_ISSUER", issuer.as_str()),
+        ("IDP_AUDIENCE", "api://mcp-image-gateway"),
+        ("IDP_ORG_CLAIM", "/tid"),
+        ("IDP_SCOPE_CLAIM", "scp"),
+    ];
+    let (child, banner) = start_run(ports, &state, &env);
+    let text = banner.join("\n");
+    assert!(text.contains("Ctrl-C stops everything"), "{text}");
+    let mcp_url = format!("http://127.0.0.1:{listen}/mcp");
+
+    let claims = Claims::with_custom_claims(
+        json!({"tid": "contoso", "scp": "images:generate"}),
+        Duration::from_secs(600).into(),
+    )
+    .with_issuer(&issuer)
+    .with_audience("api://mcp-image-gateway")
+    .with_subject("erin");
+    let token = key.sign(claims).unwrap();
+    // Admitted once the edge has fetched the IdP's keys.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        let reply = generate(&mcp_url, &token, "a lighthouse at dusk").await;
+        if reply["result"]["structuredContent"]["image_urls"][0].is_string() || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        reply["result"]["structuredContent"]["image_urls"][0].is_string(),
+        "{reply}"
+    );
+    let dev_token_line = banner
+        .iter()
+        .position(|l| l.contains("Development bearer token"))
+        .unwrap();
+    let dev = generate(&mcp_url, banner[dev_token_line + 1].trim(), "a lighthouse at dusk").await;
+    assert!(
+        dev["result"]["structuredContent"].is_object(),
+        "the development issuer stays trusted: {dev}"
+    );
+
+    let resource: Value = http_client()
+        .get(format!(
+            "http://127.0.0.1:{listen}/.well-known/oauth-protected-resource"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resource["authorization_servers"][0], issuer.as_str(), "{resource}");
+    let settings: Value = serde_json::from_slice(&std::fs::read(state.join("edge-settings.json")).unwrap()).unwrap();
+    assert_eq!(
+        settings["jwt"]["issuers"][1]["jwks_uri"]["url"],
+        format!("{issuer}/discovery/keys"),
+        "{settings:#}"
+    );
+    ctrl_c(child, [listen, admin, upstream, metrics, authorize]);
+    idp.abort();
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -125,6 +125,31 @@ enum Command {
     /// Check an edge settings file with the filter's own validation, offline;
     /// prints its SHA-256 (what `mcp_edge_settings_info` reports) or the refusal.
     CheckSettings { file: PathBuf },
+    /// Trust an identity provider by its issuer: read its metadata (RFC 8414,
+    /// else OpenID Connect discovery), take its `jwks_uri`, and add it to the
+    /// edge settings file's `jwt.issuers` and first among the protected
+    /// resource metadata's `authorization_servers` (`make run IDP_ISSUER=…`).
+    TrustIssuer {
+        /// The edge settings file (created with the development defaults when absent).
+        #[arg(long)]
+        settings: PathBuf,
+        /// The IdP's issuer, exactly as its tokens' `iss`.
+        #[arg(long)]
+        issuer: String,
+        /// The accepted audience (default: the MCP URL).
+        #[arg(long)]
+        audience: Option<String>,
+        /// The organisation claim: a name or a JSON pointer (`/tid`).
+        #[arg(long, default_value = "org")]
+        org_claim: String,
+        /// The scope claim (`scope`, or `scp`: a string or an array).
+        #[arg(long, default_value = "scope")]
+        scope_claim: String,
+        #[arg(long, env = "GATEWAY_STATE_DIR", default_value = ".state")]
+        state_dir: PathBuf,
+        #[arg(long, env = "GATEWAY_PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8080")]
+        public_base_url: String,
+    },
     /// Follow an edge settings file and hand each change to Envoy (ECDS);
     /// audits every change. Runs until stopped.
     WatchEdgeSettings {
@@ -305,6 +330,32 @@ async fn main() -> anyhow::Result<()> {
                 .await;
             Ok(())
         }
+        Command::TrustIssuer {
+            settings,
+            issuer,
+            audience,
+            org_claim,
+            scope_claim,
+            state_dir,
+            public_base_url,
+        } => {
+            use mcp_image_gateway::cli::identity_providers::{self, TrustedIssuer};
+            if !settings.exists() {
+                let defaults = devkit::filter_config(&state_dir, &public_base_url)?;
+                std::fs::write(&settings, format!("{}\n", serde_json::to_string_pretty(&defaults)?))?;
+            }
+            let audience = audience.unwrap_or_else(|| devkit::audience(&public_base_url));
+            identity_providers::trust_file(&settings, &issuer, |jwks_url| TrustedIssuer {
+                issuer: issuer.clone(),
+                jwks_url,
+                audience,
+                org_claim,
+                scope_claim,
+            })
+            .await?;
+            println!("trusting {issuer} (keys from its jwks_uri) in {}", settings.display());
+            Ok(())
+        }
         Command::RenderEnvoy {
             template,
             tls_port,
@@ -385,6 +436,7 @@ async fn main() -> anyhow::Result<()> {
                     std::fs::read_to_string(&snippet).with_context(|| format!("reading {}", snippet.display()))?;
                 text = devkit::with_dynamic_module(&text, &block, &std::path::absolute(&module)?)?;
             }
+            use mcp_image_gateway::cli::identity_providers;
             let rendered = match (ecds_dir, settings) {
                 (Some(dir), Some(settings)) => {
                     use mcp_image_gateway::cli::edge_settings;
@@ -399,9 +451,16 @@ async fn main() -> anyhow::Result<()> {
                             settings.display()
                         );
                     }
+                    let json: serde_json::Value = serde_json::from_slice(&bytes)?;
+                    identity_providers::add_jwks_clusters(&mut vars, &json)?;
                     edge_settings::install(&text, &vars, &std::path::absolute(&dir)?, &bytes)?
                 }
-                _ => devkit::render(&text, &vars)?,
+                _ => {
+                    let json: serde_json::Value =
+                        serde_json::from_str(vars.get("FILTER_CONFIG").map_or("{}", String::as_str))?;
+                    identity_providers::add_jwks_clusters(&mut vars, &json)?;
+                    devkit::render(&text, &vars)?
+                }
             };
             std::fs::write(&out, rendered).with_context(|| format!("writing {}", out.display()))?;
             Ok(())

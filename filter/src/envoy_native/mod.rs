@@ -62,7 +62,7 @@ struct ModuleConfig {
     id: u64,
     json: Vec<u8>,
     metrics: Metrics,
-    /// Keys fetched from a JWKS URL, when the configuration names one.
+    /// Keys fetched from JWKS URLs, when the configuration's issuers name any.
     jwks: Option<Arc<Jwks>>,
     /// Cleared when Envoy drops the configuration: workers drop their copy.
     alive: Arc<AtomicBool>,
@@ -73,8 +73,10 @@ struct ModuleConfig {
 /// by every configuration, so a settings change keeps it.
 struct Worker {
     config: FilterConfig,
-    /// The JWKS generation loaded into `config`'s verifier.
+    /// The JWKS generation loaded into `config`'s verifier: all issuers
+    /// together, then each issuer's (by its slot in `Jwks::remotes`).
     keys_generation: Cell<u64>,
+    issuer_generations: RefCell<Vec<u64>>,
     /// The configuration's `alive` flag.
     alive: Arc<AtomicBool>,
 }
@@ -87,9 +89,18 @@ impl Worker {
             return;
         }
         self.keys_generation.set(generation);
-        if let Some(document) = jwks.document() {
-            if let Ok(keys) = self.config.jwt.replace_keys(&document) {
-                with_state(&self.config, |state| state.keys_changed(&keys));
+        let mut seen = self.issuer_generations.borrow_mut();
+        seen.resize(jwks.remotes().len(), 0);
+        for (remote, seen) in jwks.remotes().iter().zip(seen.iter_mut()) {
+            let generation = remote.generation();
+            if generation == *seen {
+                continue;
+            }
+            *seen = generation;
+            if let Some(document) = remote.document() {
+                if let Ok(keys) = self.config.jwt.replace_keys(remote.issuer, &document) {
+                    with_state(&self.config, |state| state.keys_changed(&keys));
+                }
             }
         }
     }
@@ -121,6 +132,7 @@ fn worker_for(config: &ModuleConfig) -> Option<Rc<Worker>> {
         with_state(&compiled, |state| state.adopt(&compiled));
         let worker = Rc::new(Worker {
             keys_generation: Cell::new(0),
+            issuer_generations: RefCell::new(Vec::new()),
             alive: config.alive.clone(),
             config: compiled,
         });
@@ -158,7 +170,14 @@ fn new_config(envoy: FilterConfigEnvoy, json: &[u8]) -> Option<ModuleConfig> {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         json: json.to_vec(),
         metrics,
-        jwks: config.jwt.remote.clone().map(|remote| Jwks::start(envoy, remote)),
+        jwks: {
+            let remotes: Vec<_> = config
+                .jwt
+                .remotes()
+                .map(|(issuer, remote)| (issuer, remote.clone()))
+                .collect();
+            (!remotes.is_empty()).then(|| Jwks::start(envoy, remotes))
+        },
         alive: Arc::new(AtomicBool::new(true)),
     })
 }
@@ -737,12 +756,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: Mod
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     envoy: FilterConfigEnvoy,
     config: ModulePtr,
-    _event: u64,
+    event: u64,
 ) {
     // SAFETY: made by `config_new`; the main thread is its only user here.
     let config = unsafe { &*(config as *const ModuleConfig) };
     if let Some(jwks) = &config.jwks {
-        jwks.fetch(envoy, &config.metrics);
+        jwks.fetch(envoy, &config.metrics, event);
     }
 }
 

@@ -1,10 +1,11 @@
 //! Commands beside serving: dev keys and Envoy rendering (`devkit`), live
 //! edge settings (`edge_settings`), cost simulation (`cost_sim`), the
 //! compliance evidence bundle (`evidence`), the book's settings reference
-//! (`reference`).
+//! (`reference`), the edge's identity providers (`identity_providers`).
 
 pub mod cost_sim;
 pub mod devkit;
 pub mod edge_settings;
 pub mod evidence;
+pub mod identity_providers;
 pub mod reference;
