@@ -91,7 +91,8 @@ if [[ -n "${IDP_ISSUER:-}" && -n "${IDP_CLIENT_ID:-}" ]]; then
   authorize_env=()
 else
   SIGN_IN="development sign-in (a form: user id and organisation)"
-  authorize_env=(GATEWAY_AUTHZ_DEV_SIGN_IN=true)
+  # (IDP_ISSUER alone means the edge trusts that IdP directly, above.)
+  authorize_env=(-u IDP_ISSUER GATEWAY_AUTHZ_DEV_SIGN_IN=true)
 fi
 env "${authorize_env[@]}" GATEWAY_AUTHZ_LISTEN="127.0.0.1:${AUTHORIZE_PORT}" "${BIN}" authorize &
 pids+=($!)
