@@ -3,13 +3,14 @@
 // client id and no token: the SDK follows the 401, registers, and sends the
 // person to sign in. The person is played by a headless form filler (the
 // same rules as python_oauth_client.py).
-// Usage: node ts_oauth_client.mjs MCP_URL LOGIN ORG
-// Prints one JSON object: tools, the generation's result, sign-ins, refresh.
+// Usage: node ts_oauth_client.mjs MCP_URL LOGIN ORG [STEP_UP_TOOL]
+// Prints one JSON object: tools, the generation's result, sign-ins, refresh,
+// and (with STEP_UP_TOOL) the step-up after a 403 insufficient_scope.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { UnauthorizedError } from "@modelcontextprotocol/sdk/client/auth.js";
 
-const [url, login, org] = process.argv.slice(2);
+const [url, login, org, stepUpTool] = process.argv.slice(2);
 const REDIRECT = "http://127.0.0.1:33419/callback";
 
 class MemoryProvider {
@@ -119,6 +120,22 @@ const again = await client.listTools();
 report.after_refresh_tools = again.tools.length;
 report.refreshed = provider.saved.access_token !== "expired" && provider.saved.access_token !== before;
 report.sign_ins_after_refresh = signIns;
+if (stepUpTool) {
+  // The SDK answers the 403 by asking for the scope the challenge names; the
+  // person signs in again, and the call is retried.
+  const call = () => client.callTool({ name: stepUpTool, arguments: { content_type: "image/png" } });
+  let stepped;
+  try {
+    stepped = await call();
+  } catch (error) {
+    if (!(error instanceof UnauthorizedError)) throw error;
+    await transport.finishAuth(await person(provider.authUrl));
+    stepped = await call();
+  }
+  report.step_up_ok = stepped.isError !== true;
+  report.sign_ins_after_step_up = signIns;
+  report.scope_after_step_up = provider.saved?.scope ?? null;
+}
 report.pages = pages;
 console.log(JSON.stringify(report));
 await client.close();

@@ -338,7 +338,8 @@ mod tests {
             check_request(&query(), &grantable()),
             Ok(("images:generate".into(), "http://127.0.0.1:8080/mcp".into()))
         );
-        let cases: Vec<(Box<dyn Fn(&mut AuthorizeQuery)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut AuthorizeQuery)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|q| q.response_type = Some("token".into())),
                 "unsupported_response_type",

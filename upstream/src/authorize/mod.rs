@@ -11,6 +11,7 @@
 //! - the company IdP, by its issuer, through the gateway's one confidential
 //!   client there (`idp`): for IdPs without dynamic registration, Client ID
 //!   Metadata Documents, or `resource` (Entra, Google, ADFS…).
+//!
 //! Either way clients get this server's own short-lived access tokens for
 //! the MCP URL (`tokens`), with rotating refresh tokens (`store`), and a
 //! client already signed in to the IdP may trade the IdP's identity

@@ -24,7 +24,7 @@ impl GrantStore for MemoryGrants {
     async fn put(&self, kind: Kind, key: &str, value: String, ttl: Duration) -> Result<(), String> {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if records.len() >= SWEEP_AT && records.len() % SWEEP_AT == 0 {
+        if records.len() >= SWEEP_AT && records.len().is_multiple_of(SWEEP_AT) {
             records.retain(|_, (_, until)| *until > now);
         }
         if records.len() >= MAX_RECORDS {
