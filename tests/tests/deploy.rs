@@ -56,6 +56,7 @@ fn kubernetes_manifests_validate_offline() {
         "deploy/namespace/namespace.yaml",
         "deploy/namespace/networkpolicy.yaml",
         "deploy/upstream/configmap.yaml",
+        "deploy/upstream/content-policy.yaml",
         "deploy/upstream/deployment.yaml",
         "deploy/upstream/service.yaml",
         "deploy/upstream/pdb.yaml",
@@ -119,6 +120,22 @@ fn filter_settings_in_deploy_are_accepted_by_the_filter() {
         FilterConfig::from_json(unset.as_bytes()).is_err(),
         "a missing key is refused at configure time"
     );
+}
+
+/// The content policy in deploy/ is one the upstream accepts, mounted where
+/// the upstream reads it.
+#[test]
+fn the_content_policy_in_deploy_is_accepted() {
+    let config = &load("deploy/upstream/content-policy.yaml")[0];
+    let text = config["data"]["content-policy.json"].as_str().unwrap();
+    let spec: mcp_image_gateway::policy::rules::PolicyFileSpec = serde_json::from_str(text).unwrap();
+    let policies = mcp_image_gateway::policy::rules::ContentPolicies::new(&spec).unwrap();
+    assert!(policies.for_org("kids-app").moderates_images_of("gpt-image-2"));
+    assert!(!policies.for_org("anyone").moderates_images_of("gpt-image-2"));
+    assert_eq!(policies.for_org("anyone").denied_term("a Bazooka"), Some("weapons"));
+    let upstream = std::fs::read_to_string(workspace_root().join("deploy/upstream/deployment.yaml")).unwrap();
+    assert!(upstream.contains("value: /etc/mcp/policy/content-policy.json"));
+    assert!(upstream.contains("name: mcp-content-policy"));
 }
 
 /// The YAML documents of a file under the workspace, as JSON.

@@ -1,0 +1,113 @@
+//! The moderation model as the call path uses it: the provider client
+//! (`providers::moderation`) behind the same retry policy and circuit
+//! breaker as image models (`routing::chain`), with a GenAI span per attempt
+//! and latency and error metrics. It answers with the model's verdict or
+//! the error; what either means is the policy's business (`rules`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use crate::providers::moderation::{ModerationClient, ModerationInput, ModerationResult};
+use crate::providers::BackendError;
+use crate::routing::chain::{retryable, Breaker, BreakerPolicy, RetryPolicy};
+use crate::telemetry::metrics::{ErrorLabels, Metrics, StageLabels};
+
+/// The moderation model, with retries and a breaker.
+pub struct Moderator {
+    client: ModerationClient,
+    retry: RetryPolicy,
+    breaker: Breaker,
+    metrics: Arc<Metrics>,
+}
+
+impl Moderator {
+    pub fn new(client: ModerationClient, retry: RetryPolicy, breaker: BreakerPolicy, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            retry,
+            breaker: Breaker::new(breaker),
+            metrics,
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        self.client.model()
+    }
+
+    /// The model's verdict on `inputs`, checked at `stage` (`prompt`, `image`).
+    pub async fn check(&self, stage: &str, inputs: &[ModerationInput]) -> Result<ModerationResult, BackendError> {
+        let started = Instant::now();
+        let outcome = self.attempts(stage, inputs).await;
+        let label = match &outcome {
+            Ok(result) if result.flagged => "flagged",
+            Ok(_) => "clear",
+            Err(_) => "error",
+        };
+        self.metrics
+            .moderation_seconds
+            .get_or_create(&StageLabels {
+                stage: stage.into(),
+                outcome: label.into(),
+            })
+            .observe(started.elapsed().as_secs_f64(), None, None);
+        outcome
+    }
+
+    async fn attempts(&self, stage: &str, inputs: &[ModerationInput]) -> Result<ModerationResult, BackendError> {
+        if self.breaker.is_open() {
+            self.count_error("breaker_open");
+            return Err(BackendError::Transport(
+                "the moderation model failed repeatedly; its circuit breaker is open".into(),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + self.retry.call_deadline;
+        let mut attempt = 1;
+        loop {
+            let span =
+                crate::telemetry::traces::moderation_span(self.client.kind(), self.client.model(), stage, attempt);
+            let outcome = tokio::time::timeout_at(deadline, self.client.moderate(inputs).instrument(span.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(BackendError::AnswerLost(
+                        "no moderation answer within its deadline".into(),
+                    ))
+                });
+            let error = match outcome {
+                Ok(result) => {
+                    crate::telemetry::traces::record_attempt(&span, Some(self.client.model()), None, None);
+                    self.breaker.record(true);
+                    return Ok(result);
+                }
+                Err(error) => error,
+            };
+            crate::telemetry::traces::record_attempt(&span, None, None, Some(error.class()));
+            self.count_error(error.class());
+            let retry_after = match &error {
+                BackendError::RateLimited { retry_after_secs } => *retry_after_secs,
+                _ => None,
+            };
+            let delay = self.retry.backoff(attempt, retry_after);
+            let again = retryable(&error)
+                && attempt < self.retry.max_attempts
+                && tokio::time::Instant::now() + delay < deadline;
+            if !again {
+                if self.breaker.record(false) {
+                    tracing::warn!(model = self.client.model(), "moderation circuit breaker opened");
+                }
+                return Err(error);
+            }
+            tracing::info!(parent: &span, delay_ms = delay.as_millis() as u64, "retrying the moderation model");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    fn count_error(&self, class: &str) {
+        self.metrics
+            .moderation_errors
+            .get_or_create(&ErrorLabels { class: class.into() })
+            .inc();
+    }
+}
