@@ -99,7 +99,7 @@ bench-edge: build envoy native-module
 
 # The content policy's denied-terms check: 10,000 terms, a 4,000-character prompt (bench/results/policy.md).
 bench-policy:
-	cargo run --release -p mcp-image-gateway --example deny_terms_bench > bench/results/policy.md
+	CARGO_TARGET_DIR=$(CURDIR)/target cargo run --release --manifest-path bench/policy/Cargo.toml > bench/results/policy.md
 	cat bench/results/policy.md
 
 bench-stack: wasm envoy

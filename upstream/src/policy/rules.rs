@@ -222,13 +222,14 @@ impl ContentPolicies {
     /// Compiles a parsed file.
     pub fn new(spec: &PolicyFileSpec) -> Result<Self, String> {
         let base = PolicySpec::default();
-        let default = Arc::new(compile("default", &spec.default, &base)?);
+        let default = Arc::new(compile("default", &spec.default, &base, None)?);
         let orgs = spec
             .orgs
             .iter()
             .map(|(org, own)| {
                 let source = format!("orgs.{org}");
-                Ok((org.clone(), Arc::new(compile(&source, own, &spec.default)?)))
+                let compiled = compile(&source, own, &spec.default, Some(&default.deny_terms))?;
+                Ok((org.clone(), Arc::new(compiled)))
             })
             .collect::<Result<_, String>>()?;
         Ok(Self { default, orgs })
@@ -240,14 +241,16 @@ impl ContentPolicies {
     }
 }
 
-/// `own`'s fields over `base`'s, checked and compiled.
-fn compile(source: &str, own: &PolicySpec, base: &PolicySpec) -> Result<Policy, String> {
+/// `own`'s fields over `base`'s, checked and compiled; an organisation
+/// that keeps the default's terms shares its automaton (`inherited`).
+fn compile(source: &str, own: &PolicySpec, base: &PolicySpec, inherited: Option<&DenyTerms>) -> Result<Policy, String> {
     let field = |name: &str| format!("{source}.{name}");
     let terms = own.deny_terms.as_ref().or(base.deny_terms.as_ref());
-    let deny_terms = match terms {
-        Some(terms) => DenyTerms::new(terms.iter().map(|(c, t)| (c.as_str(), t.as_slice())))
+    let deny_terms = match (terms, inherited) {
+        (_, Some(shared)) if own.deny_terms.is_none() => shared.clone(),
+        (Some(terms), _) => DenyTerms::new(terms.iter().map(|(c, t)| (c.as_str(), t.as_slice())))
             .map_err(|e| format!("{}: {e}", field("deny_terms")))?,
-        None => DenyTerms::default(),
+        (None, _) => DenyTerms::default(),
     };
     if let Some(terms) = terms {
         if let Some(bad) = terms.keys().find(|c| !valid_label(c)) {

@@ -8,6 +8,8 @@
 //! terms match exactly, so plurals are listed or starred — the admin decides,
 //! the gateway does not guess at a language's plurals.
 
+use std::sync::Arc;
+
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
@@ -15,13 +17,14 @@ use unicode_normalization::UnicodeNormalization;
 /// Longest term accepted, in folded characters.
 pub const MAX_TERM_CHARS: usize = 200;
 
-/// A compiled set of denied terms, each with its category.
+/// A compiled set of denied terms, each with its category. Cloning shares
+/// the automaton (organisations that keep the default's terms).
 #[derive(Debug, Clone, Default)]
 pub struct DenyTerms {
     automaton: Option<AhoCorasick>,
     /// Per pattern: its category's index and whether it is a word prefix (`*`).
-    patterns: Vec<(usize, bool)>,
-    categories: Vec<String>,
+    patterns: Arc<[(usize, bool)]>,
+    categories: Arc<[String]>,
 }
 
 /// Which rule a prompt broke: the category, never the words.
@@ -71,9 +74,14 @@ impl DenyTerms {
             .map_err(|e| format!("deny_terms: {e}"))?;
         Ok(Self {
             automaton: Some(automaton),
-            patterns,
-            categories,
+            patterns: patterns.into(),
+            categories: categories.into(),
         })
+    }
+
+    /// Heap bytes the automaton holds.
+    pub fn memory_usage(&self) -> usize {
+        self.automaton.as_ref().map_or(0, AhoCorasick::memory_usage)
     }
 
     /// How many terms are compiled.
@@ -105,15 +113,9 @@ impl DenyTerms {
 /// The folded form terms and prompts are compared in: NFKD, no combining
 /// marks, lower case, non-alphanumeric runs as one space.
 pub fn fold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::with_capacity(text.len() + 2);
     let mut space = false;
-    let letters = text
-        .nfkd()
-        .filter(|c| !is_combining_mark(*c))
-        .flat_map(char::to_lowercase)
-        // Lower-casing can decompose again (`İ` is `i` and a dot above).
-        .filter(|c| !is_combining_mark(*c));
-    for c in letters {
+    let mut push = |c: char| {
         if c.is_alphanumeric() {
             out.push(c);
             space = false;
@@ -121,6 +123,22 @@ pub fn fold(text: &str) -> String {
             out.push(' ');
             space = true;
         }
+    };
+    for c in text.chars() {
+        // Most prompts are ASCII: nothing to decompose (the bench's hot path).
+        if c.is_ascii() {
+            push(c.to_ascii_lowercase());
+            continue;
+        }
+        // NFKD one character at a time is enough here: the combining marks
+        // canonical reordering would move are dropped anyway.
+        let letters = std::iter::once(c)
+            .nfkd()
+            .filter(|c| !is_combining_mark(*c))
+            .flat_map(char::to_lowercase)
+            // Lower-casing can decompose again (`İ` is `i` and a dot above).
+            .filter(|c| !is_combining_mark(*c));
+        letters.for_each(&mut push);
     }
     out
 }
