@@ -124,7 +124,11 @@ async fn moderate(
     inputs: &[ModerationInput],
 ) -> Result<(), Refused> {
     let rule = || format!("moderation:{}", state.moderator.model());
-    match state.moderator.check(stage.as_str(), inputs).await {
+    match state
+        .moderator
+        .check(stage.as_str(), inputs, caller.trace.as_ref())
+        .await
+    {
         Ok(result) => match policy.refused_category(&result) {
             Some(category) => Err(Refused {
                 stage,

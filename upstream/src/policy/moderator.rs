@@ -12,7 +12,8 @@ use tracing::Instrument;
 use crate::providers::moderation::{ModerationClient, ModerationInput, ModerationResult};
 use crate::providers::BackendError;
 use crate::routing::chain::{retryable, Breaker, BreakerPolicy, RetryPolicy};
-use crate::telemetry::metrics::{ErrorLabels, Metrics, StageLabels};
+use crate::telemetry::metrics::{exemplar, ErrorLabels, Metrics, StageLabels};
+use crate::telemetry::traces::TraceIds;
 
 /// The moderation model, with retries and a breaker.
 pub struct Moderator {
@@ -36,8 +37,14 @@ impl Moderator {
         self.client.model()
     }
 
-    /// The model's verdict on `inputs`, checked at `stage` (`prompt`, `image`).
-    pub async fn check(&self, stage: &str, inputs: &[ModerationInput]) -> Result<ModerationResult, BackendError> {
+    /// The model's verdict on `inputs`, checked at `stage` (`prompt`, `image`)
+    /// for a call in `trace` (the latency's exemplar).
+    pub async fn check(
+        &self,
+        stage: &str,
+        inputs: &[ModerationInput],
+        trace: Option<&TraceIds>,
+    ) -> Result<ModerationResult, BackendError> {
         let started = Instant::now();
         let outcome = self.attempts(stage, inputs).await;
         let label = match &outcome {
@@ -51,7 +58,7 @@ impl Moderator {
                 stage: stage.into(),
                 outcome: label.into(),
             })
-            .observe(started.elapsed().as_secs_f64(), None, None);
+            .observe(started.elapsed().as_secs_f64(), exemplar(trace), None);
         outcome
     }
 
