@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gateway_tests::fake_openai::{flag_marker, unsafe_image_marker, FakeOpenAi, FakeOptions, BLOCKED_MARKER};
+use gateway_tests::fake_openai::{
+    flag_marker, flagged_png, unsafe_image_marker, FakeOpenAi, FakeOptions, BLOCKED_MARKER,
+};
 use gateway_tests::mcp_client::{call_http, structured, tool_error};
 use gateway_tests::{Backend, Stack, StackOptions};
 use serde_json::{json, Value};
@@ -315,7 +317,7 @@ async fn withheld(stack: &Stack, moderation: &FakeOpenAi, arguments: Value, tool
 /// A generated image is checked before it is stored or linked, whichever
 /// backend drew it (OpenAI, a self-hosted server, Stability), an edit's
 /// result included; `image_moderation_models` limits which models' images
-/// are checked.
+/// are checked; `moderate_edit_inputs` sends an edit's inputs with its prompt.
 #[tokio::test]
 async fn flagged_images_are_withheld_from_every_backend() {
     let unsafe_prompt = format!("a street {}", unsafe_image_marker("violence/graphic"));
@@ -323,7 +325,8 @@ async fn flagged_images_are_withheld_from_every_backend() {
     write_policy(
         &policy,
         &json!({"default": {"moderation": "prompts_and_images"},
-                "orgs": {"trusted": {"image_moderation_models": ["stablediffusion"]}}}),
+                "orgs": {"trusted": {"image_moderation_models": ["stablediffusion"]},
+                         "careful": {"moderate_edit_inputs": true}}}),
     );
 
     // OpenAI: a generation, then an edit of a clean image.
@@ -351,6 +354,43 @@ async fn flagged_images_are_withheld_from_every_backend() {
         "edit_image",
     )
     .await;
+    // An edit's own input, where the policy says so: refused before the provider.
+    let careful = stack.token("cat", "careful");
+    let ticket = call_http(
+        &stack.mcp_url,
+        &careful,
+        REVISION,
+        "create_upload",
+        json!({"content_type": "image/png"}),
+    )
+    .await;
+    let ticket = structured(&ticket).clone();
+    let put = gateway_tests::stack::http_client()
+        .put(ticket["upload_url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(flagged_png(64, 64, "sexual"))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let edits_before = fake.requests().len();
+    let reply = call_http(
+        &stack.mcp_url,
+        &careful,
+        REVISION,
+        "edit_image",
+        json!({"prompt": "make it brighter", "images": [ticket["reference"]]}),
+    )
+    .await;
+    let (stage, category, _) = refusal_of(&reply);
+    assert_eq!((stage.as_str(), category.as_str()), ("prompt", "sexual"));
+    assert_eq!(fake.requests().len(), edits_before, "no edit request went out");
+    let asked = fake.moderations();
+    assert_eq!(
+        asked.last().unwrap()["images"],
+        1,
+        "the input went with the prompt: {asked:?}"
+    );
     // Not this model's images, for an organisation that checks only self-hosted ones.
     let trusted = stack.token("tom", "trusted");
     structured(
