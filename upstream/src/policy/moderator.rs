@@ -118,3 +118,85 @@ impl Moderator {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::providers::moderation::ModerationSettings;
+
+    /// A moderations endpoint that answers 503 to its first `failures` requests.
+    async fn endpoint(failures: u32) -> (String, Arc<AtomicU32>) {
+        let seen = Arc::new(AtomicU32::new(0));
+        let counter = seen.clone();
+        let app = axum::Router::new().route(
+            "/v1/moderations",
+            axum::routing::post(move || {
+                let counter = counter.clone();
+                async move {
+                    if counter.fetch_add(1, Ordering::SeqCst) < failures {
+                        let body = serde_json::json!({"error": {"message": "overloaded", "type": "server_error", "param": null, "code": null}});
+                        return (http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body));
+                    }
+                    let body = serde_json::json!({"id": "modr-1", "model": "omni-moderation-latest", "results": [
+                        {"flagged": true, "categories": {"violence": true}, "category_scores": {"violence": 0.9},
+                         "category_applied_input_types": {"violence": ["text"]}}]});
+                    (http::StatusCode::OK, axum::Json(body))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, seen)
+    }
+
+    fn moderator(base: String, attempts: u32) -> Moderator {
+        let client = ModerationClient::new(ModerationSettings {
+            base_url: base,
+            api_key: "k".into(),
+            model: "omni-moderation-latest".into(),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let retry = RetryPolicy {
+            max_attempts: attempts,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            call_deadline: Duration::from_secs(10),
+        };
+        let breaker = BreakerPolicy {
+            failure_threshold: 2,
+            open_for: Duration::from_secs(60),
+        };
+        Moderator::new(client, retry, breaker, Metrics::new())
+    }
+
+    fn text() -> Vec<ModerationInput> {
+        vec![ModerationInput::Text("a scene".into())]
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_retried() {
+        let (base, seen) = endpoint(1).await;
+        let verdict = moderator(base, 2).check("prompt", &text(), None).await.unwrap();
+        assert_eq!(verdict.categories.get("violence"), Some(&true));
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn failed_checks_open_the_breaker_and_later_ones_ask_nobody() {
+        let (base, seen) = endpoint(u32::MAX).await;
+        let moderator = moderator(base, 1);
+        for _ in 0..2 {
+            let error = moderator.check("prompt", &text(), None).await.unwrap_err();
+            assert_eq!(error.class(), "provider_error");
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        let error = moderator.check("image", &text(), None).await.unwrap_err();
+        assert_eq!(error.class(), "provider_unreachable", "{error}");
+        assert_eq!(seen.load(Ordering::SeqCst), 2, "an open breaker sends nothing");
+    }
+}
