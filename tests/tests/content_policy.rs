@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use gateway_tests::fake_openai::{
     flag_marker, flagged_png, unsafe_image_marker, FakeOpenAi, FakeOptions, BLOCKED_MARKER,
 };
-use gateway_tests::mcp_client::{call_http, structured, tool_error};
+use gateway_tests::mcp_client::{call_http, connect_with_tasks, structured, tool_error};
 use gateway_tests::{Backend, Stack, StackOptions};
+use rmcp::model::{CallToolRequestParams, CallToolResponse};
 use serde_json::{json, Value};
 
 const REVISION: &str = "2025-11-25";
@@ -198,6 +199,20 @@ async fn prompts_are_checked_per_organisation_before_any_provider_is_called() {
     assert_eq!(old["error"]["code"], -32602, "{old}");
     assert_eq!(old["error"]["data"]["category"], "weapons", "{old}");
 
+    // A client with Tasks gets the refusal at once, not a task that fails later.
+    let tasks = connect_with_tasks(&stack.mcp_url, &acme).await.unwrap();
+    let arguments = json!({"prompt": "a bazooka"}).as_object().cloned().unwrap();
+    let response = tasks
+        .call_tool_once(CallToolRequestParams::new("generate_image").with_arguments(arguments))
+        .await
+        .unwrap();
+    let CallToolResponse::Complete(result) = response else {
+        panic!("a refused prompt starts no task: {response:?}")
+    };
+    assert_eq!(result.is_error, Some(true));
+    assert_eq!(result.structured_content.unwrap()["category"], "weapons");
+    tasks.cancel().await.unwrap();
+
     // The provider's own refusal: the same shape, category `provider`, no fallback.
     let blocked = call(&acme, &format!("a cat {BLOCKED_MARKER}")).await;
     let (stage, category, text) = refusal_of(&blocked);
@@ -235,7 +250,7 @@ async fn prompts_are_checked_per_organisation_before_any_provider_is_called() {
         })
         .collect();
     let weapons = ("prompt".to_string(), "weapons".to_string(), "deny_terms".to_string());
-    assert_eq!(summary.iter().filter(|s| **s == weapons).count(), 5, "{summary:?}");
+    assert_eq!(summary.iter().filter(|s| **s == weapons).count(), 6, "{summary:?}");
     assert!(summary.contains(&(
         "prompt".into(),
         "violence".into(),
@@ -264,7 +279,7 @@ async fn prompts_are_checked_per_organisation_before_any_provider_is_called() {
             "mcp_gateway_content_policy_refusals_total{stage=\"prompt\",category=\"weapons\",org=\"acme\"}"
         )
         .await,
-        5.0
+        6.0
     );
     assert_eq!(
         metric(
