@@ -270,7 +270,7 @@ pub(crate) async fn run(
             let refused = screen::Refused {
                 stage: screen::Stage::Provider,
                 category: "provider".into(),
-                rule: format!("provider:{}", router.model()),
+                rule: format!("provider:{}", tab.last_model().as_deref().unwrap_or(router.model())),
             };
             screen::record(state, caller, &args.prompt, Some(&policy), &refused);
             audit(Ended::failed(Outcome::ToolError, refused.error_class()));

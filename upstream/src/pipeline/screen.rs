@@ -48,7 +48,7 @@ pub struct Refused {
     pub stage: Stage,
     /// A denied-terms category, a moderation category, `moderation_unavailable` or `provider`.
     pub category: String,
-    /// `deny_terms`, `moderation:<model>` or `provider:<model>` (the chain's first model).
+    /// `deny_terms`, `moderation:<model>` or `provider:<model>` (the model that refused).
     pub rule: String,
 }
 

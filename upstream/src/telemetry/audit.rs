@@ -148,7 +148,7 @@ pub struct ContentRefusalEvent<'a> {
     /// `prompt`, `image` or `provider`.
     pub stage: &'a str,
     pub category: &'a str,
-    /// `deny_terms`, `moderation:<model>` or `provider:<model>` (the chain's first model).
+    /// `deny_terms`, `moderation:<model>` or `provider:<model>` (the model that refused).
     pub rule: &'a str,
     /// Where in the policy file the rule came from (`default`, `orgs.<org>`).
     pub policy: Option<&'a str>,
