@@ -22,7 +22,7 @@ WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort cargo
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: docs docs-reference cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack soak fuzz deploy-render wasm-oci app app-check evidence
+.PHONY: docs docs-reference cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack bench-policy soak fuzz deploy-render wasm-oci app app-check evidence
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT); EDGE=native runs the filter as a dynamic module)"
@@ -38,6 +38,7 @@ help:
 	@echo "make app     rebuild the image studio MCP App (app/) into upstream/assets/image-studio.html (needs Node; commit the result)"
 	@echo "make bench-edge  bare Envoy, Envoy's native MCP stack, a no-op Wasm filter, ours as Wasm and as a dynamic module (bench/results/edge.md)"
 	@echo "make native-module  the filter as an Envoy dynamic module (target/release/libmcp_edge_native.so)"
+	@echo "make bench-policy  denied-terms matching, 10,000 terms against a 4,000-character prompt, automaton against a loop (bench/results/policy.md)"
 	@echo "make bench-stack  the whole stack under load: instant model, and a 500/s burst with 10 s model latency (bench/results/stack.md)"
 	@echo "make cost-sim  weighted cost per image of the example routing configurations"
 	@echo "make soak    steady mixed traffic for SOAK_SECONDS (600) while faults are injected (bench/results/soak.md)"
@@ -99,6 +100,11 @@ bench-edge: build envoy native-module
 	CARGO_TARGET_DIR=$(CURDIR)/target cargo build --release --target wasm32-wasip1 --manifest-path bench/edge/noop-filter/Cargo.toml
 	cargo build --release -p gateway-tests --bin otlp-receiver
 	python3 bench/edge/run.py
+
+# The content policy's denied-terms check: 10,000 terms, a 4,000-character prompt (bench/results/policy.md).
+bench-policy:
+	CARGO_TARGET_DIR=$(CURDIR)/target cargo run --release --manifest-path bench/policy/Cargo.toml > bench/results/policy.md
+	cat bench/results/policy.md
 
 bench-stack: wasm envoy
 	@command -v oha >/dev/null || cargo install oha --locked

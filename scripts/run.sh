@@ -38,6 +38,23 @@ done
 
 ENVOY="$(scripts/ensure-envoy.sh)"
 "${BIN}" dev-init --state-dir "${STATE_DIR}"
+# The content policy (book: configuration/content-policy.md), re-read while
+# running: a starting file with denied terms; moderation is off because the
+# local stack has no moderation model (set "moderation" with OPENAI_API_KEY).
+POLICY="${STATE_DIR}/content-policy.json"
+if [[ ! -f "${POLICY}" ]]; then
+  cat > "${POLICY}" <<'JSON'
+{
+  "default": {
+    "deny_terms": {"weapons": ["bazooka", "rocket launcher", "grenade*"]},
+    "moderation": "off",
+    "when_moderation_unavailable": "refuse"
+  },
+  "orgs": {}
+}
+JSON
+fi
+export GATEWAY_CONTENT_POLICY_FILE="${GATEWAY_CONTENT_POLICY_FILE:-${POLICY}}"
 if [[ -n "${RESET_SETTINGS:-}" && -f "${SETTINGS}" ]]; then
   mv "${SETTINGS}" "${SETTINGS}.$(date +%Y%m%dT%H%M%S).bak"
   echo "edge settings reset to the development defaults (the old file is kept beside it)"

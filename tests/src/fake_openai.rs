@@ -10,6 +10,18 @@
 //!
 //! Content moderation cannot be reproduced, so a prompt containing
 //! `[[blocked]]` stands for one the safety system refuses.
+//!
+//! It also answers the moderations endpoint
+//! (https://platform.openai.com/docs/api-reference/moderations/create):
+//! `POST /v1/moderations` `{"model", "input"}`, `input` a string, a list of
+//! strings, or a list of parts `{"type": "text", "text"}` /
+//! `{"type": "image_url", "image_url": {"url": "data:…;base64,…" | "https://…"}}`;
+//! answers `{id, model, results: [{flagged, categories,
+//! category_scores, category_applied_input_types}]}` with every category
+//! of `omni-moderation-latest`. A text, or an image's bytes, holding
+//! `[[flag:CATEGORY]]` is flagged in that category; a prompt holding
+//! `[[unsafe-image:CATEGORY]]` makes the image endpoints draw a PNG that
+//! carries that flag (a `tEXt` chunk), so a generated image gets flagged.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -33,6 +45,30 @@ pub const NOISE_MARKER: &str = "[[noise]]";
 /// answers at its address, that does not stop).
 pub const HUGE_ANSWER_MARKER: &str = "[[huge-answer]]";
 pub const HUGE_ANSWER_BYTES: usize = 200 * 1024 * 1024;
+/// `[[flag:CATEGORY]]`: what the moderation fake flags, in a text or in an image's bytes.
+pub fn flag_marker(category: &str) -> String {
+    format!("[[flag:{category}]]")
+}
+/// `[[unsafe-image:CATEGORY]]` in a prompt: the image drawn carries `flag_marker(CATEGORY)`.
+pub fn unsafe_image_marker(category: &str) -> String {
+    format!("[[unsafe-image:{category}]]")
+}
+/// The categories of `omni-moderation-latest`.
+pub const MODERATION_CATEGORIES: [&str; 13] = [
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+];
 const STANDARD_SIZES: [&str; 4] = ["1024x1024", "1536x1024", "1024x1536", "auto"];
 const KNOWN_PARAMS: [&str; 12] = [
     "model",
@@ -125,6 +161,10 @@ struct FakeState {
     /// Encoded images by (format, width, height): encoding is the fake's own
     /// cost, and a load test should measure the gateway, not the fake.
     images: Mutex<std::collections::HashMap<(String, u32, u32), Arc<String>>>,
+    /// Every moderation request: its model, texts and how many images.
+    moderations: Mutex<Vec<Value>>,
+    /// The moderations endpoint answers 503 (an outage) while set.
+    moderation_down: std::sync::atomic::AtomicBool,
 }
 
 impl FakeOpenAi {
@@ -152,10 +192,13 @@ impl FakeOpenAi {
             in_flight: Default::default(),
             max_in_flight: Default::default(),
             images: Mutex::new(std::collections::HashMap::new()),
+            moderations: Mutex::new(Vec::new()),
+            moderation_down: Default::default(),
         });
         let app = Router::new()
             .route("/v1/images/generations", post(generate))
             .route("/v1/images/edits", post(edit))
+            .route("/v1/moderations", post(moderate))
             .route("/_fake/fault", post(set_fault_route))
             .route("/_fake/stats", axum::routing::get(stats_route))
             .with_state(state.clone());
@@ -205,6 +248,177 @@ impl FakeOpenAi {
     pub fn billed(&self) -> Vec<(u64, u64)> {
         self.state.billed.lock().map(|b| b.clone()).unwrap_or_default()
     }
+
+    /// Every moderation request: `{"model", "texts": [...], "images": N}`.
+    pub fn moderations(&self) -> Vec<Value> {
+        self.state.moderations.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Switches a moderation outage on or off (503 `server_error`).
+    pub fn set_moderation_down(&self, down: bool) {
+        self.state
+            .moderation_down
+            .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `POST /v1/moderations`, checked as the API documents it.
+async fn moderate(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refused) = unauthorized(&state, &headers) {
+        return refused;
+    }
+    if state.moderation_down.load(std::sync::atomic::Ordering::SeqCst) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server is overloaded or not ready yet.",
+            "server_error",
+            None,
+            None,
+        );
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return invalid(
+            "We could not parse the JSON body of your request.",
+            "body",
+            "invalid_json",
+        );
+    };
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("omni-moderation-latest");
+    if !matches!(
+        model,
+        "omni-moderation-latest" | "omni-moderation-2024-09-26" | "text-moderation-latest"
+    ) {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist or you do not have access to it."),
+            "invalid_request_error",
+            None,
+            Some("model_not_found"),
+        );
+    }
+    // (type, bytes to look for markers in)
+    let mut parts: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    let mut texts = Vec::new();
+    match request.get("input") {
+        Some(Value::String(text)) => parts.push(("text", text.clone().into_bytes())),
+        Some(Value::Array(items)) if !items.is_empty() => {
+            for item in items {
+                match item {
+                    Value::String(text) => parts.push(("text", text.clone().into_bytes())),
+                    Value::Object(part) => match part.get("type").and_then(Value::as_str) {
+                        Some("text") => match part.get("text").and_then(Value::as_str) {
+                            Some(text) => parts.push(("text", text.as_bytes().to_vec())),
+                            None => {
+                                return invalid(
+                                    "Missing required parameter: 'input[].text'.",
+                                    "input",
+                                    "missing_required_parameter",
+                                )
+                            }
+                        },
+                        Some("image_url") => {
+                            let url = part
+                                .get("image_url")
+                                .and_then(|u| u.get("url"))
+                                .and_then(Value::as_str)
+                                .unwrap_or_default();
+                            let data = url
+                                .split_once(";base64,")
+                                .filter(|(head, _)| {
+                                    ["data:image/png", "data:image/jpeg", "data:image/webp", "data:image/gif"]
+                                        .contains(head)
+                                })
+                                .and_then(|(_, b64)| base64::engine::general_purpose::STANDARD.decode(b64).ok());
+                            match data {
+                                Some(bytes) if image_kind(&bytes).is_some() => parts.push(("image", bytes)),
+                                _ if url.starts_with("https://") => parts.push(("image", Vec::new())),
+                                _ => return invalid("Invalid image URL: expected a data URL of a PNG, JPEG, WebP or GIF image, or an https URL.", "input", "invalid_image_url"),
+                            }
+                        }
+                        _ => {
+                            return invalid(
+                                "Invalid value for 'input[].type': expected 'text' or 'image_url'.",
+                                "input",
+                                "invalid_value",
+                            )
+                        }
+                    },
+                    _ => return invalid("Invalid type for 'input'.", "input", "invalid_type"),
+                }
+            }
+        }
+        _ => {
+            return invalid(
+                "Missing required parameter: 'input'.",
+                "input",
+                "missing_required_parameter",
+            )
+        }
+    }
+    if parts.iter().filter(|(kind, _)| *kind == "image").count() > 1 {
+        return invalid("Only one image can be moderated per request.", "input", "invalid_value");
+    }
+    for (kind, bytes) in &parts {
+        if *kind == "text" {
+            texts.push(Value::String(String::from_utf8_lossy(bytes).into_owned()));
+        }
+    }
+    let images = parts.iter().filter(|(kind, _)| *kind == "image").count();
+    if let Ok(mut moderations) = state.moderations.lock() {
+        moderations.push(json!({"model": model, "texts": texts, "images": images}));
+    }
+    let mut categories = serde_json::Map::new();
+    let mut scores = serde_json::Map::new();
+    let mut applied = serde_json::Map::new();
+    for category in MODERATION_CATEGORIES {
+        let marker = flag_marker(category);
+        let hits: Vec<&str> = parts
+            .iter()
+            .filter(|(_, bytes)| bytes.windows(marker.len()).any(|w| w == marker.as_bytes()))
+            .map(|(kind, _)| *kind)
+            .collect();
+        categories.insert(category.into(), json!(!hits.is_empty()));
+        scores.insert(category.into(), json!(if hits.is_empty() { 0.0001 } else { 0.97 }));
+        applied.insert(category.into(), json!(hits));
+    }
+    let flagged = categories.values().any(|v| v == &json!(true));
+    Json(json!({
+        "id": format!("modr-{}", uuid::Uuid::new_v4().simple()),
+        "model": "omni-moderation-latest",
+        "results": [{
+            "flagged": flagged,
+            "categories": categories,
+            "category_scores": scores,
+            "category_applied_input_types": applied,
+        }]
+    }))
+    .into_response()
+}
+
+/// The category a prompt's `[[unsafe-image:CATEGORY]]` asks the image to carry.
+pub fn unsafe_image_category(prompt: &str) -> Option<&str> {
+    let start = prompt.find("[[unsafe-image:")? + "[[unsafe-image:".len();
+    let end = prompt[start..].find("]]")?;
+    Some(&prompt[start..start + end])
+}
+
+/// A small PNG that carries `flag_marker(category)` in a `tEXt` chunk.
+pub fn flagged_png(width: u32, height: u32, category: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let _ = encoder.add_text_chunk("Comment".into(), flag_marker(category));
+    if let Ok(mut writer) = encoder.write_header() {
+        let pixels = vec![200u8; (width * height * 3) as usize];
+        let _ = writer.write_image_data(&pixels);
+        let _ = writer.finish();
+    }
+    out
 }
 
 fn set_fault(state: &FakeState, fault: Option<Fault>, duration: Duration) {
@@ -801,6 +1015,10 @@ async fn answer(state: &FakeState, request: &Value) -> Response {
         Some(Arc::new(
             base64::engine::general_purpose::STANDARD.encode(noisy_png(width, height)),
         ))
+    } else if let Some(category) = unsafe_image_category(prompt) {
+        Some(Arc::new(
+            base64::engine::general_purpose::STANDARD.encode(flagged_png(width, height, category)),
+        ))
     } else {
         state
             .images
@@ -971,14 +1189,17 @@ fn classic(fields: &serde_json::Map<String, Value>) -> Response {
     else {
         return invalid(&format!("Invalid size: '{size}'."), "size", "invalid_value");
     };
-    let b64 = base64::engine::general_purpose::STANDARD.encode(solid_png(width, height));
+    let image = match unsafe_image_category(prompt) {
+        Some(category) => flagged_png(width, height, category),
+        None => solid_png(width, height),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(image);
     let data: Vec<Value> = match fields.get("response_format").and_then(Value::as_str) {
         Some("b64_json") => (0..n).map(|_| json!({"b64_json": b64})).collect(),
         _ => (0..n)
             .map(|i| json!({"url": format!("http://127.0.0.1/generated/{i}.png")}))
             .collect(),
     };
-    let _ = prompt;
     (
         StatusCode::OK,
         Json(json!({"created": chrono::Utc::now().timestamp(), "data": data})),

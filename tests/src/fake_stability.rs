@@ -200,10 +200,10 @@ async fn generate(State(state): State<Arc<FakeState>>, headers: HeaderMap, mut f
             "Your request was flagged by our content moderation system, as a result your request was denied and you were not charged.",
         );
     }
-    let image = if format == "jpeg" {
-        solid_jpeg(*width, *height)
-    } else {
-        solid_png(*width, *height)
+    let image = match (format, crate::fake_openai::unsafe_image_category(&prompt)) {
+        ("jpeg", _) => solid_jpeg(*width, *height),
+        (_, Some(category)) => crate::fake_openai::flagged_png(*width, *height, category),
+        _ => solid_png(*width, *height),
     };
     let finish = if prompt.contains(FILTERED_MARKER) {
         "CONTENT_FILTERED"

@@ -56,6 +56,7 @@ fn kubernetes_manifests_validate_offline() {
         "deploy/namespace/namespace.yaml",
         "deploy/namespace/networkpolicy.yaml",
         "deploy/upstream/configmap.yaml",
+        "deploy/upstream/content-policy.yaml",
         "deploy/upstream/deployment.yaml",
         "deploy/upstream/service.yaml",
         "deploy/upstream/pdb.yaml",
@@ -71,6 +72,7 @@ fn kubernetes_manifests_validate_offline() {
         "deploy/ratelimit/networkpolicy.yaml",
         "deploy/onprem/networkpolicy.yaml",
         "deploy/onprem/configmap-patch.yaml",
+        "deploy/onprem/content-policy-patch.yaml",
         "deploy/models/sd3-pool.yaml",
         "deploy/models/networkpolicy.yaml",
         "deploy/istio/networkpolicy.yaml",
@@ -119,6 +121,31 @@ fn filter_settings_in_deploy_are_accepted_by_the_filter() {
         FilterConfig::from_json(unset.as_bytes()).is_err(),
         "a missing key is refused at configure time"
     );
+}
+
+/// The content policy in deploy/ is one the upstream accepts, mounted where
+/// the upstream reads it.
+#[test]
+fn the_content_policy_in_deploy_is_accepted() {
+    let policies_in = |file: &str| {
+        let config = &load(file)[0];
+        let text = config["data"]["content-policy.json"].as_str().unwrap().to_string();
+        let spec: mcp_image_gateway::policy::rules::PolicyFileSpec = serde_json::from_str(&text).unwrap();
+        mcp_image_gateway::policy::rules::ContentPolicies::new(&spec).unwrap()
+    };
+    // On-prem has no moderation model in the cluster: its patch checks terms only.
+    let onprem = policies_in("deploy/onprem/content-policy-patch.yaml");
+    assert!(!onprem.for_org("anyone").moderates_prompts());
+    assert_eq!(onprem.for_org("anyone").denied_term("a bazooka"), Some("weapons"));
+    let kustomization = std::fs::read_to_string(workspace_root().join("deploy/onprem/kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("content-policy-patch.yaml"));
+    let policies = policies_in("deploy/upstream/content-policy.yaml");
+    assert!(policies.for_org("kids-app").moderates_images_of("gpt-image-2"));
+    assert!(!policies.for_org("anyone").moderates_images_of("gpt-image-2"));
+    assert_eq!(policies.for_org("anyone").denied_term("a Bazooka"), Some("weapons"));
+    let upstream = std::fs::read_to_string(workspace_root().join("deploy/upstream/deployment.yaml")).unwrap();
+    assert!(upstream.contains("value: /etc/mcp/policy/content-policy.json"));
+    assert!(upstream.contains("name: mcp-content-policy"));
 }
 
 /// The YAML documents of a file under the workspace, as JSON.

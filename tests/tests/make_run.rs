@@ -175,6 +175,13 @@ async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
     assert_eq!(report["generated"], true, "{report}");
     assert_eq!(report["sign_ins_before_refresh"], 1, "{report}");
 
+    // The starting content policy is in force: a denied term is refused
+    // (2025-06-18: as an argument error), naming its category only.
+    assert!(state.join("content-policy.json").exists());
+    let denied = generate(&mcp_url, &token, "a bazooka at dusk").await;
+    assert_eq!(denied["error"]["code"], -32602, "{denied}");
+    assert_eq!(denied["error"]["data"]["category"], "weapons", "{denied}");
+
     // An admin edits the settings file the banner names; the running
     // Envoy applies it within 2 s.
     let settings_path = state.join("edge-settings.json");

@@ -276,7 +276,10 @@ async fn provider_failures_are_actionable_tool_errors() {
         assert_eq!(result.is_error, Some(true), "{model}");
         let text = result.content.iter().find_map(|c| c.as_text()).unwrap().text.clone();
         assert!(text.contains(expected_text), "{model}: {text}");
-        assert!(result.structured_content.is_none());
+        // A safety refusal names its stage and category, as the content policy's do.
+        let details = (class == "content_refused")
+            .then(|| json!({"error": "content_policy", "stage": "provider", "category": "provider"}));
+        assert_eq!(result.structured_content, details);
         let call = stack
             .audit_events()
             .into_iter()

@@ -1,5 +1,5 @@
-//! The upstream's admin files — routes, models, budgets and the two
-//! keyrings — re-read while it runs: on a change seen by polling and on
+//! The upstream's admin files — routes, models, budgets, the content
+//! policy and the two keyrings — re-read while it runs: on a change seen by polling and on
 //! SIGHUP. The files are validated together (a models change can break a
 //! route); good ones replace the state new calls get, a bad one is kept out
 //! with a log line, a metric and an audit event, and the running settings
@@ -45,7 +45,7 @@ impl FromRef<Live> for AppState {
 
 /// One admin file and the content the running state was built from.
 struct AdminFile {
-    /// `routes`, `models`, `budgets`, `url_keys`, `identity_keys`.
+    /// `routes`, `models`, `budgets`, `content_policy`, `url_keys`, `identity_keys`.
     name: &'static str,
     path: PathBuf,
     /// SHA-256 of the content running now.

@@ -197,7 +197,7 @@ pub struct ServeConfig {
     /// concurrency.
     #[arg(long, env = "GATEWAY_MODELS_FILE")]
     pub models_file: Option<PathBuf>,
-    /// How often the admin files (routes, models, budgets, keyrings) are
+    /// How often the admin files (routes, models, budgets, content policy, keyrings) are
     /// looked at for changes, in seconds; SIGHUP re-reads them at once.
     #[arg(long, env = "GATEWAY_ADMIN_FILES_POLL_SECS", default_value_t = 1)]
     pub admin_files_poll_secs: u64,
@@ -268,6 +268,29 @@ pub struct ServeConfig {
     /// Timeout for one provider call, in seconds (image models can take minutes).
     #[arg(long, env = "OPENAI_TIMEOUT_SECS", default_value_t = 300)]
     pub openai_timeout_secs: u64,
+    /// The content policy (JSON): per organisation, denied terms, whether the
+    /// moderation model checks prompts and images, what happens when it is
+    /// unavailable, which categories refuse from which score, and OpenAI's
+    /// own moderation level; re-read while running like the other admin files.
+    /// Without it nothing is checked.
+    #[arg(long, env = "GATEWAY_CONTENT_POLICY_FILE")]
+    pub content_policy_file: Option<PathBuf>,
+    /// The moderation model's API base URL (`POST {base}/moderations`, OpenAI's
+    /// or a server speaking it); default OPENAI_BASE_URL.
+    #[arg(long, env = "GATEWAY_MODERATION_BASE_URL")]
+    pub moderation_base_url: Option<String>,
+    /// The moderation model's API key; default OPENAI_API_KEY.
+    #[arg(long, env = "GATEWAY_MODERATION_API_KEY", hide_env_values = true)]
+    pub moderation_api_key: Option<String>,
+    /// The moderation model.
+    #[arg(long, env = "GATEWAY_MODERATION_MODEL", default_value = crate::providers::moderation::DEFAULT_MODEL)]
+    pub moderation_model: String,
+    /// Timeout for one moderation request, in seconds.
+    #[arg(long, env = "GATEWAY_MODERATION_TIMEOUT_SECS", default_value_t = 10)]
+    pub moderation_timeout_secs: u64,
+    /// Attempts per moderation check, the first included (transient failures are retried).
+    #[arg(long, env = "GATEWAY_MODERATION_MAX_ATTEMPTS", default_value_t = 2)]
+    pub moderation_max_attempts: u32,
 }
 
 impl ServeConfig {
@@ -342,6 +365,36 @@ impl ServeConfig {
             );
         }
         Ok(())
+    }
+
+    /// The moderation model's client settings (OpenAI's base URL and key unless set apart).
+    pub fn moderation_settings(&self) -> crate::providers::moderation::ModerationSettings {
+        crate::providers::moderation::ModerationSettings {
+            base_url: self
+                .moderation_base_url
+                .clone()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| self.openai_base_url.clone()),
+            api_key: self
+                .moderation_api_key
+                .clone()
+                .or_else(|| self.openai_api_key.clone())
+                .unwrap_or_default(),
+            model: self.moderation_model.clone(),
+            timeout: Duration::from_secs(self.moderation_timeout_secs.max(1)),
+        }
+    }
+
+    /// The moderation model's retries: a check sits before every generation,
+    /// so its attempts are short and its deadline is theirs.
+    pub fn moderation_retry(&self) -> crate::routing::chain::RetryPolicy {
+        let attempts = self.moderation_max_attempts.max(1);
+        crate::routing::chain::RetryPolicy {
+            max_attempts: attempts,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+            call_deadline: Duration::from_secs(self.moderation_timeout_secs.max(1) * u64::from(attempts) + 2),
+        }
     }
 
     /// Each provider's timeout for one attempt, by its setting.
@@ -420,6 +473,7 @@ impl ServeConfig {
             ("routes", self.routes_file.clone()),
             ("models", self.models_file.clone()),
             ("budgets", self.budgets_file.clone()),
+            ("content_policy", self.content_policy_file.clone()),
         ];
         optional
             .into_iter()

@@ -15,6 +15,7 @@
 //! - `pipeline`: one call from arguments to links;
 //! - `admin_files`, `state`, `config`: the shared state, its live reload and
 //!   the settings it is built from;
+//! - `policy`: the content policy (denied terms, the moderation model);
 //! - `identity`: the caller, from the edge's signed assertion;
 //! - `storage`, `routing`, `providers`: where images live; which model
 //!   serves a call; the provider clients;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod identity;
 pub mod media;
 pub mod pipeline;
+pub mod policy;
 pub mod protocol;
 pub mod providers;
 pub mod routing;

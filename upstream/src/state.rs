@@ -63,6 +63,10 @@ pub struct AppState {
     pub budgets: crate::routing::budget::Budgets,
     /// Provider quotas as their answers describe them, shared by replicas.
     pub capacity: Capacity,
+    /// Each organisation's content policy (`GATEWAY_CONTENT_POLICY_FILE`).
+    pub policies: Arc<crate::policy::rules::ContentPolicies>,
+    /// The moderation model the policies ask.
+    pub moderator: Arc<crate::policy::moderator::Moderator>,
 }
 
 impl AppState {
@@ -101,8 +105,15 @@ impl AppState {
             routes,
             url_keys,
             identity_keys,
+            policies,
             ..
         } = parts;
+        let moderator = crate::policy::moderator::Moderator::new(
+            crate::providers::moderation::ModerationClient::new(config.moderation_settings())?,
+            config.moderation_retry(),
+            config.breaker_policy(),
+            metrics.clone(),
+        );
         Ok(Self {
             backend,
             store: config.image_store()?,
@@ -149,10 +160,12 @@ impl AppState {
             routes: Arc::new(routes),
             tasks: tokio_util::task::TaskTracker::new(),
             capacity,
+            policies: Arc::new(policies),
+            moderator: Arc::new(moderator),
         })
     }
 
-    /// This state with its admin files (routes, models, budgets, keyrings)
+    /// This state with its admin files (routes, models, budgets, content policy, keyrings)
     /// read again: validated whole, or refused with the reason. Everything
     /// else (metrics, budget totals, the assertion replay memory, tasks,
     /// storage) carries over; model chains are rebuilt (their breakers
@@ -169,6 +182,7 @@ impl AppState {
             },
             catalog: parts.catalog,
             routes: Arc::new(parts.routes),
+            policies: Arc::new(parts.policies),
             ..self.clone()
         })
     }
@@ -188,6 +202,7 @@ struct AdminParts {
     url_keys: Keyring,
     identity_keys: Keyring,
     budgets: Option<crate::routing::budget::BudgetSettings>,
+    policies: crate::policy::rules::ContentPolicies,
 }
 
 impl AdminParts {
@@ -247,6 +262,10 @@ impl AdminParts {
         })?;
         let identity_keys = Keyring::from_file(&config.identity_keys_file(), crate::identity::MIN_KEY_BYTES)
             .map_err(|e| anyhow::anyhow!("identity assertion keys: {e:#} (run `mcp-image-gateway dev-init` or set GATEWAY_IDENTITY_KEYS_FILE)"))?;
+        let policies = match &config.content_policy_file {
+            Some(path) => crate::policy::rules::ContentPolicies::from_file(path)?,
+            None => crate::policy::rules::ContentPolicies::none(),
+        };
         Ok(Self {
             catalog,
             backend,
@@ -254,6 +273,7 @@ impl AdminParts {
             url_keys,
             identity_keys,
             budgets,
+            policies,
         })
     }
 }

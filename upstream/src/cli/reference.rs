@@ -3,7 +3,7 @@
 //! hand: the edge filter's JSON settings from `FilterConfigSpec`'s JSON Schema
 //! (the filter's `schema` feature), the upstream's flags and environment
 //! variables from clap's definition of `ServeConfig`, and the admin files'
-//! formats from the routes, models and budgets types' JSON Schemas. Meanings
+//! formats from the routes, models, budgets and content policy types' JSON Schemas. Meanings
 //! are the types' doc comments; defaults and allowed values are the code's.
 //! `mcp-image-gateway docs-reference` (`make docs-reference`) writes the pages;
 //! a unit test fails when the committed ones differ from what this generates.
@@ -177,6 +177,12 @@ fn admin_files() -> Page {
             "GATEWAY_BUDGETS_FILE",
             schemars::schema_for!(crate::routing::budget::BudgetSettings),
             "",
+        ),
+        (
+            "Content policy file",
+            "GATEWAY_CONTENT_POLICY_FILE",
+            schemars::schema_for!(crate::policy::rules::PolicyFileSpec),
+            "How the policy is applied, and what callers and admins see: [Content policy](../configuration/content-policy.md). An organisation's fields replace `default`'s.",
         ),
     ];
     for (title, env, schema, note) in json_files {

@@ -7,3 +7,4 @@ pub mod args;
 pub mod edit;
 pub mod progress;
 pub mod run;
+pub mod screen;

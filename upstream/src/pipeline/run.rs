@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::identity::Caller;
 use crate::pipeline::args::GenerateImageArgs;
 use crate::pipeline::progress::{with_heartbeats, Progress};
+use crate::pipeline::screen;
 use crate::providers::{BackendError, EditInputs, ImageBackend, ImageRequest};
 use crate::routing::budget::tab::{ModelPrice, Tab};
 use crate::routing::chain::Claim;
@@ -104,6 +105,8 @@ pub(crate) async fn run(
     let _in_flight = InFlight::start(&state.metrics);
     let args = &call.args;
     let audit = |ended: Ended<'_>| audit(state, caller, call.tool, Some(args), started, ended);
+    // The policy this call started with (its prompt passed it in `prepare`).
+    let policy = screen::policy_of(state, caller);
     let request = ImageRequest {
         prompt: args.style.apply(&args.prompt),
         size: args.size,
@@ -115,6 +118,7 @@ pub(crate) async fn run(
         user: caller.provider_user(),
         partials: None,
         edit: call.edit.clone(),
+        moderation: policy.provider_moderation.map(|m| m.as_str()),
     };
     // The chain: the caller's choice, a rule, the organisation's, the style's, else the default.
     let facts = CallFacts {
@@ -261,6 +265,17 @@ pub(crate) async fn run(
     }
     let (generation, routed_fallbacks) = match routed {
         Ok(routed) => (routed.generation, routed.fallbacks),
+        Err(BackendError::ContentRefused(says)) => {
+            // The provider's own safety system: final, never sent down the chain.
+            let refused = screen::Refused {
+                stage: screen::Stage::Provider,
+                category: "provider".into(),
+                rule: format!("provider:{}", tab.last_model().as_deref().unwrap_or(router.model())),
+            };
+            screen::record(state, caller, &args.prompt, Some(&policy), &refused);
+            audit(Ended::failed(Outcome::ToolError, refused.error_class()));
+            return screen::tool_error(&refused, Some(&says));
+        }
         Err(error) => {
             audit(Ended::failed(Outcome::ToolError, error.class()));
             let mut result = CallToolResult::error(vec![ContentBlock::text(error.to_string())]);
@@ -295,6 +310,22 @@ pub(crate) async fn run(
             "The generated image is {largest} bytes, over the gateway's output limit of {} bytes; nothing was stored. Try a smaller size.",
             state.max_image_bytes
         ))]);
+    }
+    // Checked before anything is stored or linked; a withheld image's cost is billed, marked.
+    if let Err(refused) = screen::images(state, caller, &policy, &generation).await {
+        screen::record(state, caller, &args.prompt, Some(&policy), &refused);
+        audit(
+            Ended::after(
+                &generation,
+                routed_fallbacks,
+                Outcome::ToolError,
+                Some(refused.error_class()),
+                0,
+            )
+            .model_time(model_time)
+            .blocked(),
+        );
+        return screen::tool_error(&refused, None);
     }
     if let Some(progress) = progress.as_mut() {
         progress.send("storing".to_string()).await;
@@ -504,9 +535,10 @@ pub(crate) fn audit(
             })
             .inc_by(cost_usd);
     }
-    // The caller is billed for delivered images only; what the provider
-    // charged for undelivered ones shows in the audit event's cost.
-    if ended.outcome == Outcome::Success {
+    // The caller is billed for delivered images, and for images the content
+    // policy withheld (marked `blocked`); what the provider charged for
+    // other undelivered ones shows in the audit event's cost.
+    if ended.outcome == Outcome::Success || (ended.blocked && ended.generated > 0) {
         BillingEvent {
             request_id: &caller.request_id,
             org: &caller.org,
@@ -519,6 +551,7 @@ pub(crate) fn audit(
             output_tokens: ended.usage.map(|u| u.output_tokens),
             cost_usd,
             priced_by,
+            blocked: ended.blocked,
             trace: caller.trace.as_ref(),
         }
         .emit();
@@ -569,6 +602,8 @@ pub(crate) struct Ended<'a> {
     /// The arm of a weighted route, and the model the caller asked for.
     arm: Option<String>,
     requested: Option<String>,
+    /// The images were withheld by the content policy (billed, marked).
+    blocked: bool,
 }
 
 impl<'a> Ended<'a> {
@@ -591,6 +626,7 @@ impl<'a> Ended<'a> {
             model_us: 0,
             arm: None,
             requested: None,
+            blocked: false,
         }
     }
 
@@ -598,6 +634,11 @@ impl<'a> Ended<'a> {
     fn route(mut self, arm: Option<&str>, requested: Option<&str>) -> Self {
         self.arm = arm.map(str::to_string);
         self.requested = requested.map(str::to_string);
+        self
+    }
+
+    fn blocked(mut self) -> Self {
+        self.blocked = true;
         self
     }
 
@@ -618,6 +659,7 @@ impl<'a> Ended<'a> {
             model_us: 0,
             arm: None,
             requested: None,
+            blocked: false,
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::identity::Caller;
 use crate::pipeline::args;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::run::{self, Ended, GenerateImageOutput, ImageCall, Unfinished};
+use crate::pipeline::screen;
 use crate::state::AppState;
 use crate::storage::uploads::UploadTicket;
 use crate::telemetry::audit::Outcome;
@@ -307,33 +308,72 @@ impl ImageTools {
                 Ended::failed(Outcome::Rejected, class),
             );
         };
-        if tool == "edit_image" {
+        let call = if tool == "edit_image" {
             let edit = args::parse_edit(arguments).map_err(|message| {
                 rejected("invalid_arguments");
                 argument_refusal(parts, message)
             })?;
-            return crate::pipeline::edit::prepare(&self.state, caller, edit)
+            crate::pipeline::edit::prepare(&self.state, caller, edit)
                 .await
                 .map_err(|message| {
                     rejected("invalid_input");
                     Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
-                });
+                })?
+        } else {
+            let args = args::parse(arguments).map_err(|message| {
+                rejected("invalid_arguments");
+                argument_refusal(parts, message)
+            })?;
+            self.check_model_choice(caller, &args).map_err(|message| {
+                rejected("model_not_allowed");
+                Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
+            })?;
+            ImageCall {
+                tool: "generate_image",
+                args,
+                edit: None,
+                notes: Vec::new(),
+                sources: Vec::new(),
+            }
+        };
+        self.screen_prompt(caller, call, started, parts).await
+    }
+
+    /// The content policy's prompt check, before any image provider is
+    /// called: a refusal costs nothing, and follows the client's revision
+    /// like bad arguments (SEP-1303), naming the category.
+    async fn screen_prompt(
+        &self,
+        caller: &Caller,
+        call: ImageCall,
+        started: Instant,
+        parts: &Parts,
+    ) -> Result<ImageCall, Refusal> {
+        let policy = screen::policy_of(&self.state, caller);
+        if policy.is_off() {
+            return Ok(call);
         }
-        let args = args::parse(arguments).map_err(|message| {
-            rejected("invalid_arguments");
-            argument_refusal(parts, message)
-        })?;
-        self.check_model_choice(caller, &args).map_err(|message| {
-            rejected("model_not_allowed");
-            Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
-        })?;
-        Ok(ImageCall {
-            tool: "generate_image",
-            args,
-            edit: None,
-            notes: Vec::new(),
-            sources: Vec::new(),
-        })
+        let Err(refused) = screen::prompt(&self.state, caller, &policy, &call).await else {
+            return Ok(call);
+        };
+        screen::record(&self.state, caller, &call.args.prompt, Some(&policy), &refused);
+        run::audit(
+            &self.state,
+            caller,
+            call.tool,
+            Some(&call.args),
+            started,
+            Ended::failed(Outcome::Rejected, refused.error_class()),
+        );
+        let version = parts.headers.get("mcp-protocol-version").and_then(|v| v.to_str().ok());
+        if args::errors_are_tool_results(version) {
+            Err(Ok(screen::tool_error(&refused, None)))
+        } else {
+            Err(Err(ErrorData::invalid_params(
+                screen::message(&refused, None),
+                Some(screen::details(&refused)),
+            )))
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! Which model serves a call, and what happens when it fails, is
 //! `routing/`'s business.
 
+pub mod moderation;
 pub mod offline_preview;
 pub mod openai;
 pub mod openai_compatible;
@@ -36,6 +37,9 @@ pub struct ImageRequest {
     pub partials: Option<ProgressSink>,
     /// The inputs of an edit (`edit_image`); `None` draws from the prompt alone.
     pub edit: Option<Arc<EditInputs>>,
+    /// The provider's own moderation level for this call (the caller's
+    /// content policy); `None`: the backend's setting.
+    pub moderation: Option<&'static str>,
 }
 
 /// What an edit starts from, checked before any provider sees it

@@ -187,6 +187,7 @@ mod tests {
             user: "u".into(),
             partials: None,
             edit: None,
+            moderation: None,
         };
         let generation = OfflinePreview.generate(&request).await.unwrap();
         assert_eq!(generation.images.len(), 3);

@@ -227,7 +227,7 @@ impl OpenAiBackend {
                 background: Some(request.background.as_str()),
                 output_format: Some(request.output_format.as_str()),
                 output_compression: request.output_compression,
-                moderation: Some(&self.settings.moderation),
+                moderation: Some(request.moderation.unwrap_or(&self.settings.moderation)),
                 response_format: None,
                 stream: streaming.then_some(true),
                 partial_images: streaming.then_some(PARTIAL_IMAGES),
@@ -440,7 +440,13 @@ fn decode(parsed: GenerationResponse, model: &str, n: u8, format: OutputFormat) 
 }
 
 /// Maps an OpenAI error answer to a cause the caller can act on.
-fn map_error(status: u16, retry_after: Option<u64>, body: &[u8], model: &str, setting: &'static str) -> BackendError {
+pub(super) fn map_error(
+    status: u16,
+    retry_after: Option<u64>,
+    body: &[u8],
+    model: &str,
+    setting: &'static str,
+) -> BackendError {
     let error = serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error);
     let message = error
         .as_ref()

@@ -68,15 +68,69 @@ impl Default for BreakerPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`: full-jitter exponential
+    /// backoff, at least the provider's `Retry-After`, at most `max_delay`.
+    pub fn backoff(&self, attempt: u32, retry_after_secs: Option<u64>) -> Duration {
+        let backoff = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+        // Full jitter keeps replicas from retrying in lockstep.
+        let jittered = Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis().max(1) as u64));
+        let wait = match retry_after_secs {
+            Some(secs) => Duration::from_secs(secs).max(jittered),
+            None => jittered,
+        };
+        wait.min(self.max_delay)
+    }
+}
+
 #[derive(Debug, Default)]
 struct BreakerState {
     consecutive_failures: u32,
     open_until: Option<Instant>,
 }
 
+/// One dependency's circuit breaker (an image model, the moderation model).
+#[derive(Debug)]
+pub struct Breaker {
+    policy: BreakerPolicy,
+    state: Mutex<BreakerState>,
+}
+
+impl Breaker {
+    pub fn new(policy: BreakerPolicy) -> Self {
+        Self {
+            policy,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether calls skip the dependency now.
+    pub fn is_open(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.open_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Notes a call's result; `true` when this failure opened the breaker.
+    pub fn record(&self, ok: bool) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            *state = BreakerState::default();
+            return false;
+        }
+        state.consecutive_failures += 1;
+        if state.consecutive_failures >= self.policy.failure_threshold {
+            state.open_until = Some(Instant::now() + self.policy.open_for);
+            return true;
+        }
+        false
+    }
+}
+
 struct Route {
     backend: Arc<dyn ImageBackend>,
-    breaker: Mutex<BreakerState>,
+    breaker: Breaker,
 }
 
 /// A generation and how it was obtained.
@@ -99,7 +153,6 @@ pub struct Claim<'a> {
 pub struct ModelRouter {
     routes: Vec<Route>,
     retry: RetryPolicy,
-    breaker: BreakerPolicy,
     /// Models listed here are skipped for requests they cannot serve.
     catalog: Option<Arc<ModelCatalog>>,
     /// Provider quotas: a model at its quota (or reserve) is passed over.
@@ -123,6 +176,12 @@ fn disposition(error: &BackendError) -> Disposition {
     }
 }
 
+/// Whether the same request may be tried again after `error` (a
+/// transient failure), as opposed to going on down the chain or stopping.
+pub fn retryable(error: &BackendError) -> bool {
+    disposition(error) == Disposition::Retry
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Disposition {
     Retry,
@@ -136,13 +195,12 @@ impl ModelRouter {
             .into_iter()
             .map(|backend| Route {
                 backend,
-                breaker: Mutex::default(),
+                breaker: Breaker::new(breaker),
             })
             .collect();
         Self {
             routes,
             retry,
-            breaker,
             catalog: None,
             capacity: None,
         }
@@ -197,19 +255,11 @@ impl ModelRouter {
     }
 
     fn delay(&self, attempt: u32, error: &BackendError) -> Duration {
-        let backoff = self
-            .retry
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
-        // Full jitter keeps replicas from retrying in lockstep.
-        let jittered = Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis().max(1) as u64));
-        let wait = match error {
-            BackendError::RateLimited {
-                retry_after_secs: Some(secs),
-            } => Duration::from_secs(*secs).max(jittered),
-            _ => jittered,
+        let retry_after = match error {
+            BackendError::RateLimited { retry_after_secs } => *retry_after_secs,
+            _ => None,
         };
-        wait.min(self.retry.max_delay)
+        self.retry.backoff(attempt, retry_after)
     }
 
     /// An attempt cut at the call's deadline: its request had gone out.
@@ -221,19 +271,11 @@ impl ModelRouter {
     }
 
     fn breaker_open(&self, route: &Route) -> bool {
-        let state = route.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        state.open_until.is_some_and(|until| Instant::now() < until)
+        route.breaker.is_open()
     }
 
     fn record(&self, route: &Route, ok: bool) {
-        let mut state = route.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        if ok {
-            *state = BreakerState::default();
-            return;
-        }
-        state.consecutive_failures += 1;
-        if state.consecutive_failures >= self.breaker.failure_threshold {
-            state.open_until = Some(Instant::now() + self.breaker.open_for);
+        if route.breaker.record(ok) {
             tracing::warn!(
                 backend = route.backend.kind(),
                 model = route.backend.model(),

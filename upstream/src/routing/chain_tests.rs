@@ -66,6 +66,7 @@ fn request() -> ImageRequest {
         user: "u".into(),
         partials: None,
         edit: None,
+        moderation: None,
     }
 }
 

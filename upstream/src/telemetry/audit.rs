@@ -108,6 +108,8 @@ pub struct BillingEvent<'a> {
     pub cost_usd: f64,
     /// `tokens` (provider-reported usage × token prices) or `per_image`.
     pub priced_by: &'a str,
+    /// The images were withheld by the content policy: made and paid for, never delivered.
+    pub blocked: bool,
     /// The trace and span the call ran in, when traces are exported.
     pub trace: Option<&'a crate::telemetry::traces::TraceIds>,
 }
@@ -129,8 +131,44 @@ impl BillingEvent<'_> {
             output_tokens = self.output_tokens,
             cost_usd = self.cost_usd,
             priced_by = self.priced_by,
+            blocked = self.blocked,
             trace_id = self.trace.map(|t| t.trace_id.as_str()),
             span_id = self.trace.map(|t| t.span_id.as_str()),
+        );
+    }
+}
+
+/// A call refused by the content policy (or by the provider's own safety
+/// system): where, why and by which rule; the prompt as its hash only.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContentRefusalEvent<'a> {
+    pub request_id: &'a str,
+    pub org: &'a str,
+    pub user: &'a str,
+    /// `prompt`, `image` or `provider`.
+    pub stage: &'a str,
+    pub category: &'a str,
+    /// `deny_terms`, `moderation:<model>` or `provider:<model>` (the model that refused).
+    pub rule: &'a str,
+    /// Where in the policy file the rule came from (`default`, `orgs.<org>`).
+    pub policy: Option<&'a str>,
+    pub prompt_sha256: &'a str,
+}
+
+impl ContentRefusalEvent<'_> {
+    /// Writes the event as one JSON log line on the `audit` target.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "audit",
+            event = "content_refusal",
+            request_id = self.request_id,
+            org = self.org,
+            user = self.user,
+            stage = self.stage,
+            category = self.category,
+            rule = self.rule,
+            policy = self.policy,
+            prompt_sha256 = self.prompt_sha256,
         );
     }
 }

@@ -142,6 +142,22 @@ pub struct OpLabels {
     pub operation: String,
 }
 
+/// A content-policy refusal: where it happened, why, and for whom.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `prompt`, `image` or `provider`.
+    pub stage: String,
+    pub category: String,
+    pub org: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `prompt` or `image`.
+    pub stage: String,
+    pub outcome: String,
+}
+
 /// Every metric of the service, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -172,6 +188,10 @@ pub struct Metrics {
     pub pool_in_flight: Family<PoolOrgLabels, Gauge>,
     pub pool_queued: Family<PoolOrgLabels, Gauge>,
     pub pool_wait_seconds: Family<PoolOrgLabels, Seconds>,
+    pub content_refusals: Family<RefusalLabels, Counter>,
+    pub moderation_seconds: Family<StageLabels, Seconds>,
+    pub moderation_errors: Family<ErrorLabels, Counter>,
+    pub moderation_unchecked: Family<RefusalLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -343,7 +363,36 @@ impl Metrics {
             "How long calls waited for a slot of a self-hosted pool",
             pool_wait_seconds.clone(),
         );
+        let content_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "content_policy_refusals",
+            "Calls refused by the content policy, by stage (prompt, image, provider), category and organisation",
+            content_refusals.clone(),
+        );
+        let moderation_seconds =
+            Family::<StageLabels, Seconds>::new_with_constructor(seconds_histogram as fn() -> Seconds);
+        registry.register(
+            "moderation_request_duration_seconds",
+            "Moderation model latency per check (retries included), by stage and outcome (clear, flagged, error)",
+            moderation_seconds.clone(),
+        );
+        let moderation_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "moderation_errors",
+            "Moderation requests that failed, by error class (breaker_open when skipped)",
+            moderation_errors.clone(),
+        );
+        let moderation_unchecked = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "content_policy_unchecked",
+            "Prompts or images let through unchecked because moderation was unavailable and the policy says allow",
+            moderation_unchecked.clone(),
+        );
         Arc::new(Self {
+            content_refusals,
+            moderation_seconds,
+            moderation_errors,
+            moderation_unchecked,
             pool_in_flight,
             pool_queued,
             pool_wait_seconds,

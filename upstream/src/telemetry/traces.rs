@@ -229,6 +229,25 @@ pub fn attempt_span(provider: &str, model: &str, attempt: u32) -> tracing::Span 
     )
 }
 
+/// One GenAI CLIENT span per moderation attempt (`moderation {model}`);
+/// its outcome is recorded by `record_attempt` like an image attempt's.
+pub fn moderation_span(provider: &str, model: &str, stage: &str, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "gen_ai.client",
+        otel.name = %format!("moderation {model}"),
+        otel.kind = "client",
+        gen_ai.operation.name = "moderation",
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = model,
+        mcp_gateway.policy.stage = stage,
+        mcp_gateway.attempt = attempt,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
 /// What an attempt's span says of its result.
 pub fn record_attempt(
     span: &tracing::Span,

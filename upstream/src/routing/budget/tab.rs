@@ -77,6 +77,8 @@ struct TabState {
     charges: Vec<Charge>,
     /// The model of the attempt under way, if one is.
     open: Option<String>,
+    /// The model of the latest attempt (the one whose answer ended the call).
+    last: Option<String>,
 }
 
 impl Tab {
@@ -93,7 +95,14 @@ impl Tab {
 
     /// An attempt on `model` is about to send its request.
     pub fn started(&self, model: &str) {
-        self.state().open = Some(model.to_string());
+        let mut state = self.state();
+        state.open = Some(model.to_string());
+        state.last = Some(model.to_string());
+    }
+
+    /// The model the latest attempt went to (e.g. the one that refused).
+    pub fn last_model(&self) -> Option<String> {
+        self.state().last.clone()
     }
 
     /// The attempt on `model` ended with `outcome`.
