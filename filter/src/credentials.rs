@@ -142,6 +142,9 @@ struct CachedToken {
     identity: Rc<Identity>,
     /// The key that verified it: the entry lasts as long as the key is loaded.
     key: KeyFingerprint,
+    /// The trust rules it was verified under (`JwtVerifier::rules`): a
+    /// filter configuration that trusts otherwise never reuses it.
+    rules: u64,
 }
 
 impl TokenCache {
@@ -160,9 +163,9 @@ impl TokenCache {
         self.entries.is_empty()
     }
 
-    fn get(&mut self, token: &str, now: u64, leeway: u64) -> Option<Rc<Identity>> {
+    fn get(&mut self, token: &str, now: u64, leeway: u64, rules: u64) -> Option<Rc<Identity>> {
         let cached = self.entries.get(signature_of(token))?;
-        if &*cached.token != token {
+        if &*cached.token != token || cached.rules != rules {
             return None;
         }
         if now > cached.identity.expires_at.saturating_add(leeway) {
@@ -182,7 +185,7 @@ impl TokenCache {
         before - self.entries.len()
     }
 
-    fn insert(&mut self, token: &str, identity: Rc<Identity>, key: KeyFingerprint, now: u64, leeway: u64) {
+    fn insert(&mut self, token: &str, identity: Rc<Identity>, key: KeyFingerprint, now: u64, leeway: u64, rules: u64) {
         if self.capacity == 0 {
             return;
         }
@@ -198,6 +201,7 @@ impl TokenCache {
             token: token.into(),
             identity,
             key,
+            rules,
         };
         self.entries.insert(signature_of(token).into(), cached);
     }
@@ -222,12 +226,12 @@ pub fn authenticate(
         return api_key_identity(api_keys, token);
     }
     let leeway = jwt.leeway_seconds();
-    if let Some(identity) = cache.get(token, now, leeway) {
+    if let Some(identity) = cache.get(token, now, leeway, jwt.rules()) {
         return Ok((identity, CacheUse::Hit, CallerOverride::default()));
     }
     let (identity, key) = jwt.verify_token_with_key(token, now)?;
     let identity = Rc::new(identity);
-    cache.insert(token, identity.clone(), key, now, leeway);
+    cache.insert(token, identity.clone(), key, now, leeway, jwt.rules());
     Ok((identity, CacheUse::Miss, CallerOverride::default()))
 }
 
@@ -345,6 +349,7 @@ mod tests {
                 KeyFingerprint { issuer: 0, material: 1 },
                 NOW,
                 0,
+                0,
             );
             assert!(cache.len() <= 3);
         }
@@ -354,18 +359,24 @@ mod tests {
             KeyFingerprint { issuer: 0, material: 1 },
             NOW,
             0,
+            0,
         );
-        assert!(cache.get("h.p.sig50", NOW, 0).is_none(), "expired");
+        assert!(cache.get("h.p.sig50", NOW, 0, 0).is_none(), "expired");
         cache.insert(
             "h.p.live",
             id(NOW + 100),
             KeyFingerprint { issuer: 0, material: 1 },
             NOW,
             0,
+            0,
         );
-        assert!(cache.get("h.p.live", NOW, 0).is_some());
+        assert!(cache.get("h.p.live", NOW, 0, 0).is_some());
+        assert!(
+            cache.get("h.p.live", NOW, 0, 1).is_none(),
+            "other trust rules never reuse it"
+        );
         // Same signature, other token: never a hit.
-        assert!(cache.get("h.forged.live", NOW, 0).is_none());
+        assert!(cache.get("h.forged.live", NOW, 0, 0).is_none());
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub enum AuthError {
     MissingOrg,
     #[error("the token's subject or organisation contains characters that are not allowed")]
     InvalidIdentity,
+    #[error("the token's issuer may not vouch for its organisation")]
+    OrgNotAllowed,
     #[error("the API key is not valid")]
     UnknownApiKey,
     #[error("the identity provider's keys are not loaded yet; retry shortly")]
@@ -96,6 +98,7 @@ impl AuthError {
             AuthError::MissingSubject => "missing_sub",
             AuthError::MissingOrg => "missing_org",
             AuthError::InvalidIdentity => "invalid_identity",
+            AuthError::OrgNotAllowed => "org_not_allowed",
             AuthError::UnknownApiKey => "unknown_api_key",
             AuthError::KeysNotLoaded => "jwks_not_loaded",
         }
@@ -259,6 +262,8 @@ struct IssuerVerifier {
     issuer: String,
     audiences: HashSet<String>,
     org: OrgSource,
+    /// The organisations this issuer may name (empty: any).
+    allowed_orgs: Vec<String>,
     user: ClaimPath,
     scope: ClaimPath,
 }
@@ -267,6 +272,9 @@ struct IssuerVerifier {
 pub struct JwtVerifier {
     issuers: Vec<IssuerVerifier>,
     leeway_seconds: u64,
+    /// A fingerprint of the trust rules (issuers, audiences, claims, key
+    /// sources): cached verifications are reused only under the same.
+    rules: u64,
 }
 
 impl JwtVerifier {
@@ -289,10 +297,18 @@ impl JwtVerifier {
             }
             issuers.push(IssuerVerifier::from_spec(issuer).map_err(located)?);
         }
+        let digest = Sha256::digest(format!("{specs:?}").as_bytes());
+        let rules = digest.first_chunk().map_or(0, |bytes| u64::from_le_bytes(*bytes));
         Ok(Self {
             issuers,
             leeway_seconds: spec.leeway_seconds,
+            rules,
         })
+    }
+
+    /// The fingerprint of these trust rules (see `rules`).
+    pub fn rules(&self) -> u64 {
+        self.rules
     }
 
     /// How many keys a fetched JWKS holds, or why none of it can be used
@@ -444,6 +460,7 @@ impl IssuerVerifier {
             issuer: spec.issuer.clone(),
             audiences: spec.audiences.iter().cloned().collect(),
             org,
+            allowed_orgs: spec.allowed_orgs.clone(),
             user: ClaimPath::parse(&spec.user_claim, "user_claim")?,
             scope: ClaimPath::parse(&spec.scope_claim, "scope_claim")?,
         })
@@ -523,9 +540,21 @@ impl IssuerVerifier {
         if !is_safe_identity(&user) || !is_safe_identity(&org) {
             return Err(AuthError::InvalidIdentity);
         }
-        let scopes = match self.scope.find(&custom) {
-            Some(Value::String(scope)) => scope.split_whitespace().map(str::to_string).collect(),
-            Some(Value::Array(scopes)) => scopes.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        // An IdP trusted beside others vouches only for its own organisations.
+        if !self.allowed_orgs.is_empty() && !self.allowed_orgs.contains(&org) {
+            return Err(AuthError::OrgNotAllowed);
+        }
+        // Array elements are split like the string form, so every layer
+        // reads the same scopes; at most 64 are kept.
+        let scopes: Vec<String> = match self.scope.find(&custom) {
+            Some(Value::String(scope)) => scope.split_whitespace().take(64).map(str::to_string).collect(),
+            Some(Value::Array(scopes)) => scopes
+                .iter()
+                .filter_map(Value::as_str)
+                .flat_map(str::split_whitespace)
+                .take(64)
+                .map(str::to_string)
+                .collect(),
             _ => Vec::new(),
         };
         Ok(Identity {
@@ -694,6 +723,9 @@ impl JwksEndpoint {
         }
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
             let (host, after) = bracketed.split_once(']').ok_or("an unclosed '[' in the host")?;
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err("text after ']' in the host".into());
+            }
             (host, after.strip_prefix(':'))
         } else {
             match authority.split_once(':') {
@@ -718,7 +750,8 @@ impl JwksEndpoint {
                 .ok_or_else(|| format!("{port:?} is not a port"))?,
         };
         let host = host.to_ascii_lowercase();
-        let loopback = host == "localhost" || host == "::1" || host.starts_with("127.");
+        // Loopback by address, never by a name's prefix (127.0.0.1.evil.example).
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
         if !tls && !loopback {
             return Err("keys are fetched over https (http only from a loopback host)".into());
         }
@@ -737,11 +770,15 @@ impl JwksEndpoint {
             query if query.starts_with('?') => format!("/{query}"),
             path => path.to_string(),
         };
+        // Readable, and injective: the hash of scheme, host and port tells
+        // `a-b.example` from `a.b.example`, and http from https.
+        let digest = Sha256::digest(format!("{scheme}://{host}:{port}").as_bytes());
         let cluster = format!(
-            "jwks_{}_{port}",
+            "jwks_{}_{port}_{}",
             host.chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect::<String>()
+                .collect::<String>(),
+            digest.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>()
         );
         Ok(Self {
             tls,
@@ -825,6 +862,7 @@ impl JwtSpec {
                 audiences: self.audiences.clone().unwrap_or_default(),
                 org_claim: self.org_claim.clone(),
                 org: self.org.clone(),
+                allowed_orgs: Vec::new(),
                 user_claim: self.user_claim.clone().unwrap_or_else(default_user_claim),
                 scope_claim: self.scope_claim.clone().unwrap_or_else(default_scope_claim),
                 jwks: self.jwks.clone(),
@@ -853,6 +891,12 @@ pub struct IssuerSpec {
     /// machine-to-machine IdP of one team), instead of `org_claim`.
     #[serde(default)]
     pub org: Option<String>,
+    /// The only organisations this issuer may name (empty: any). Set it for
+    /// every issuer whose organisation comes from a claim when several are
+    /// trusted, so that one IdP cannot vouch for another's tenants; a token
+    /// naming another gets 401 `org_not_allowed`.
+    #[serde(default)]
+    pub allowed_orgs: Vec<String>,
     /// The claim naming the user (name or JSON pointer, as `org_claim`).
     #[serde(default = "default_user_claim")]
     pub user_claim: String,

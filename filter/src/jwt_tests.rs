@@ -388,7 +388,7 @@ fn several() -> JwtVerifier {
         {"issuer": ENTRA, "audiences": ["api://mcp-image-gateway"], "org_claim": "/tid",
          "scope_claim": "scp", "jwks": jwks(k.entra.public_key().to_jwk())},
         {"issuer": OKTA, "audiences": [AUD], "user_claim": "uid", "scope_claim": "scp",
-         "jwks": jwks(k.okta.public_key().to_jwk())},
+         "allowed_orgs": ["acme", "initech"], "jwks": jwks(k.okta.public_key().to_jwk())},
         {"issuer": M2M, "audiences": [AUD], "org": "robots", "jwks": jwks(k.m2m.public_key().to_jwk())}
     ]}))
     .unwrap();
@@ -436,6 +436,24 @@ fn several_issuers_each_with_its_own_claims() {
                 ))
                 .unwrap(),
             ok("alice@acme", "acme", &["images:generate", "x"]),
+        ),
+        (
+            "okta: array elements split like the string form",
+            k.okta
+                .sign(okta(
+                    json!({"sub": "00u1", "uid": "bob", "org": "initech", "scp": ["images:generate images:admin"]}),
+                ))
+                .unwrap(),
+            ok("bob", "initech", &["images:generate", "images:admin"]),
+        ),
+        (
+            "okta may not vouch for an organisation it is not allowed",
+            k.okta
+                .sign(okta(
+                    json!({"sub": "00u1", "uid": "mallory", "org": "globex", "scp": []}),
+                ))
+                .unwrap(),
+            Err(AuthError::OrgNotAllowed),
         ),
         (
             "fixed org: the token's own org claim is not read",
@@ -697,6 +715,10 @@ fn jwks_urls_become_a_cluster_path_and_authority() {
             Ok(("jwks_localhost_9", "/k", "localhost:9", false)),
         ),
         ("http://idp.example.com/keys", Err("over https")),
+        // Loopback by address, not by a name that starts like one.
+        ("http://127.0.0.1.evil.example/keys", Err("over https")),
+        ("http://127.evil.example/keys", Err("over https")),
+        ("http://[::1]junk/keys", Err("after ']'")),
         ("ftp://idp.example.com/keys", Err("scheme")),
         ("https://user:pw@idp.example.com/keys", Err("credentials")),
         ("https://idp.example.com:0/keys", Err("not a port")),
@@ -706,13 +728,23 @@ fn jwks_urls_become_a_cluster_path_and_authority() {
         ("https://idp.example.com/keys#x", Err("fragment")),
         ("idp.example.com/keys", Err("absolute")),
     ];
+    // Different endpoints never share a cluster.
+    let cluster = |url: &str| JwksEndpoint::parse(url).unwrap().cluster;
+    assert_ne!(cluster("https://a-b.example/k"), cluster("https://a.b.example/k"));
+    assert_ne!(cluster("http://127.0.0.1:8443/k"), cluster("https://127.0.0.1:8443/k"));
+    assert_eq!(cluster("https://a.example/k"), cluster("https://A.example:443/other"));
     for (url, expected) in cases {
         match (JwksEndpoint::parse(url), expected) {
-            (Ok(e), Ok((cluster, path, authority, tls))) => assert_eq!(
-                (e.cluster.as_str(), e.path.as_str(), e.authority.as_str(), e.tls),
-                (cluster, path, authority, tls),
-                "{url}"
-            ),
+            (Ok(e), Ok((cluster, path, authority, tls))) => {
+                // The readable part, then 8 hex digits of the endpoint's hash.
+                let (readable, hash) = e.cluster.rsplit_once('_').unwrap();
+                assert_eq!(
+                    (readable, e.path.as_str(), e.authority.as_str(), e.tls),
+                    (cluster, path, authority, tls),
+                    "{url}"
+                );
+                assert!(hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{url}");
+            }
             (Err(error), Err(part)) => assert!(error.contains(part), "{url}: {error}"),
             (got, _) => panic!("{url}: {got:?}"),
         }

@@ -277,7 +277,8 @@ async fn several_identity_providers(edge: Edge) {
         format!("jwks_127_0_0_1_{entra_port}"),
         format!("jwks_localhost_{okta_port}"),
     ] {
-        assert!(clusters.contains(&format!("{name}::")), "no cluster {name}");
+        // The readable name, then the endpoint's hash.
+        assert!(clusters.contains(&format!("{name}_")), "no cluster {name}");
     }
 
     let entra = |custom: serde_json::Value| {

@@ -204,8 +204,13 @@ pub fn trust(settings: &mut Value, trusted: &TrustedIssuer) -> anyhow::Result<()
 /// to the settings file, checks the result with the filter's own code and
 /// replaces the file whole.
 pub async fn trust_file(path: &Path, issuer: &str, shape: impl FnOnce(String) -> TrustedIssuer) -> anyhow::Result<()> {
+    // The metadata names the keys every token is checked with: https only
+    // (loopback excepted, as for the keys themselves), no redirects.
+    mcp_edge_filter::jwt::JwksEndpoint::parse(issuer)
+        .map_err(|reason| anyhow::anyhow!("the issuer {issuer:?}: {reason}"))?;
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let metadata = discover(&http, issuer).await?;
     let trusted = shape(metadata["jwks_uri"].as_str().unwrap_or_default().to_string());
@@ -258,7 +263,7 @@ mod tests {
             crate::cli::edge_settings::check(bytes.as_bytes())
         );
         let clusters = jwks_clusters(&settings, "").unwrap();
-        assert!(clusters.contains("name: jwks_idp_example_com_443\n"), "{clusters}");
+        assert!(clusters.contains("name: jwks_idp_example_com_443_"), "{clusters}");
         assert!(clusters.contains("sni: idp.example.com"));
         assert!(clusters.contains("type: LOGICAL_DNS"));
         assert_eq!(
