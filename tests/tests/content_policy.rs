@@ -238,6 +238,28 @@ async fn prompts_are_checked_per_organisation_before_any_provider_is_called() {
     assert_eq!(fake.requests().len(), images_before + 1);
     fake.set_moderation_down(false);
     assert!(metric(&stack, "mcp_gateway_content_policy_unchecked_total{stage=\"prompt\",category=\"moderation_unavailable\",org=\"lenient\"}").await >= 1.0);
+    // The call let through is audited as unchecked, naming why.
+    let unchecked: Vec<Value> = events(&stack, "audit")
+        .into_iter()
+        .filter(|e| e["fields"]["event"] == "content_unchecked")
+        .collect();
+    assert_eq!(unchecked.len(), 1, "{unchecked:?}");
+    let fields = &unchecked[0]["fields"];
+    assert_eq!(
+        (
+            &fields["org"],
+            &fields["stage"],
+            &fields["error_class"],
+            &fields["policy"]
+        ),
+        (
+            &json!("lenient"),
+            &json!("prompt"),
+            &json!("provider_error"),
+            &json!("orgs.lenient")
+        )
+    );
+    assert!(fields["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert!(metric(&stack, "mcp_gateway_moderation_errors_total{class=\"provider_error\"}").await >= 1.0);
 
     // Every refusal: audited with its category and rule, the prompt as a hash only.
@@ -406,6 +428,62 @@ async fn flagged_images_are_withheld_from_every_backend() {
         1,
         "the input went with the prompt: {asked:?}"
     );
+    // Several inputs: the API takes one image per request, so the text and
+    // each image go alone; a clean multi-image edit goes through, however
+    // often (no 400s opening the moderation breaker for everyone), and a
+    // flagged second input is found.
+    let own = call_http(
+        &stack.mcp_url,
+        &careful,
+        REVISION,
+        "generate_image",
+        json!({"prompt": "a street"}),
+    )
+    .await;
+    let own = structured(&own)["image_urls"][0].as_str().unwrap().to_string();
+    let asked_before = fake.moderations().len();
+    for _ in 0..4 {
+        let reply = call_http(
+            &stack.mcp_url,
+            &careful,
+            REVISION,
+            "edit_image",
+            json!({"prompt": "make it brighter", "images": [own, own]}),
+        )
+        .await;
+        assert!(structured(&reply)["image_urls"].is_array(), "{reply}");
+    }
+    let asked = fake.moderations()[asked_before..].to_vec();
+    assert!(asked.iter().all(|m| m["images"].as_u64() <= Some(1)), "{asked:?}");
+    // Each edit: the text, each input, and the result (this org checks images too).
+    assert_eq!(asked.len(), 4 * 4, "the text and each image, per edit: {asked:?}");
+    let ticket = call_http(
+        &stack.mcp_url,
+        &careful,
+        REVISION,
+        "create_upload",
+        json!({"content_type": "image/png"}),
+    )
+    .await;
+    let ticket = structured(&ticket).clone();
+    let put = gateway_tests::stack::http_client()
+        .put(ticket["upload_url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(flagged_png(64, 64, "sexual"))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let reply = call_http(
+        &stack.mcp_url,
+        &careful,
+        REVISION,
+        "edit_image",
+        json!({"prompt": "make it brighter", "images": [own, ticket["reference"]]}),
+    )
+    .await;
+    let (stage, category, _) = refusal_of(&reply);
+    assert_eq!((stage.as_str(), category.as_str()), ("prompt", "sexual"));
     // Not this model's images, for an organisation that checks only self-hosted ones.
     let trusted = stack.token("tom", "trusted");
     structured(

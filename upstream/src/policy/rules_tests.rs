@@ -127,23 +127,49 @@ fn moderation_verdicts() {
         (
             "a threshold refuses below the model's flag",
             &thresholds,
-            verdict(&[], &[("violence", 0.35)]),
+            verdict(&[], &[("violence", 0.35), ("sexual", 0.0)]),
             Some("violence"),
         ),
         (
-            "a category left out of the thresholds is allowed",
+            "under the thresholds",
             &thresholds,
-            verdict(&[("hate", 0.95)], &[]),
+            verdict(&[], &[("violence", 0.25), ("sexual", 0.1)]),
             None,
         ),
         (
-            "sexual/minors refuses whatever the thresholds say",
+            "a flagged category left out of the thresholds still refuses",
             &thresholds,
-            verdict(&[("sexual/minors", 0.5)], &[]),
+            verdict(&[("hate", 0.95)], &[("violence", 0.0), ("sexual", 0.0)]),
+            Some("hate"),
+        ),
+        (
+            "sexual/minors refuses",
+            &thresholds,
+            verdict(&[("sexual/minors", 0.5)], &[("violence", 0.0), ("sexual", 0.0)]),
             Some("sexual/minors"),
+        ),
+        (
+            "an unknown category is named other",
+            &flags_only,
+            verdict(&[("violence\n<script>", 0.9)], &[]),
+            Some("other"),
+        ),
+        (
+            "flagged without a category",
+            &flags_only,
+            ModerationResult {
+                flagged: true,
+                ..Default::default()
+            },
+            Some("other"),
         ),
     ];
     for (name, policy, result, want) in rows {
-        assert_eq!(policy.refused_category(result).as_deref(), *want, "{name}");
+        assert_eq!(policy.refused_category(result).unwrap().as_deref(), *want, "{name}");
     }
+    // A category the thresholds name, without a score: not a usable answer.
+    let error = thresholds
+        .refused_category(&verdict(&[], &[("violence", 0.1)]))
+        .unwrap_err();
+    assert!(error.contains("no score for sexual"), "{error}");
 }
