@@ -239,6 +239,7 @@ impl ContentPolicies {
 
     /// Compiles a parsed file.
     pub fn new(spec: &PolicyFileSpec) -> Result<Self, String> {
+        check_org_names(spec.orgs.keys())?;
         let base = PolicySpec::default();
         let default = Arc::new(compile("default", &spec.default, &base, None)?);
         let orgs = spec
@@ -321,6 +322,31 @@ fn compile(source: &str, own: &PolicySpec, base: &PolicySpec, inherited: Option<
         edit_inputs: own.moderate_edit_inputs.or(base.moderate_edit_inputs).unwrap_or(false),
         provider_moderation: own.provider_moderation.or(base.provider_moderation),
     })
+}
+
+/// Organisation keys must be names the edge can give a caller: a key it
+/// would refuse (unsafe, reserved) is a typo that silently applies
+/// `default`; two differing only in case are one organisation on a
+/// case-insensitive store, so the file is ambiguous.
+fn check_org_names<'a>(orgs: impl Iterator<Item = &'a String>) -> Result<(), String> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for org in orgs {
+        if !mcp_edge_filter::jwt::is_safe_identity(org) {
+            return Err(format!(
+                "orgs: {org:?} is not an organisation name the gateway accepts (1 to 128 of letters, digits and - _ . @ | :, not starting with .)"
+            ));
+        }
+        if mcp_edge_filter::org_names::is_reserved(org) {
+            return Err(format!(
+                "orgs: {org:?} is reserved for the gateway's own storage ({})",
+                mcp_edge_filter::org_names::RESERVED.join(", ")
+            ));
+        }
+        if let Some(other) = seen.insert(org.to_ascii_lowercase(), org) {
+            return Err(format!("orgs: {other:?} and {org:?} differ only in case"));
+        }
+    }
+    Ok(())
 }
 
 /// Category names are metric labels and audit values: short and plain.

@@ -94,6 +94,21 @@ fn bad_files_are_refused_naming_the_field() {
             serde_json::json!({"default": {"deny_terms": {"Bad Label": ["x"]}}}),
             "Bad Label",
         ),
+        (
+            "an organisation the edge would refuse",
+            serde_json::json!({"orgs": {"kids app": {"moderation": "prompts"}}}),
+            "\"kids app\" is not an organisation name",
+        ),
+        (
+            "a reserved organisation",
+            serde_json::json!({"orgs": {"Uploads": {"moderation": "prompts"}}}),
+            "\"Uploads\" is reserved",
+        ),
+        (
+            "organisations differing only in case",
+            serde_json::json!({"orgs": {"Kids": {}, "kids": {}}}),
+            "differ only in case",
+        ),
     ];
     for (name, json, names) in rows {
         let error = policies(json).err().unwrap_or_else(|| panic!("{name}: accepted"));
