@@ -362,7 +362,7 @@ async fn flagged_images_are_withheld_from_every_backend() {
     write_policy(
         &policy,
         &json!({"default": {"moderation": "prompts_and_images"},
-                "orgs": {"trusted": {"image_moderation_models": ["stablediffusion"]},
+                "orgs": {"trusted": {"image_moderation_models": ["gpt-image-1.5"]},
                          "careful": {"moderate_edit_inputs": true}}}),
     );
 
@@ -411,6 +411,7 @@ async fn flagged_images_are_withheld_from_every_backend() {
         .unwrap();
     assert!(put.status().is_success(), "{}", put.status());
     let edits_before = fake.requests().len();
+    let moderations_before = fake.moderations().len();
     let reply = call_http(
         &stack.mcp_url,
         &careful,
@@ -422,12 +423,13 @@ async fn flagged_images_are_withheld_from_every_backend() {
     let (stage, category, _) = refusal_of(&reply);
     assert_eq!((stage.as_str(), category.as_str()), ("prompt", "sexual"));
     assert_eq!(fake.requests().len(), edits_before, "no edit request went out");
-    let asked = fake.moderations();
-    assert_eq!(
-        asked.last().unwrap()["images"],
-        1,
-        "the input went with the prompt: {asked:?}"
-    );
+    // The text and the input, each in its own request (in either order).
+    let mut asked: Vec<(u64, usize)> = fake.moderations()[moderations_before..]
+        .iter()
+        .map(|m| (m["images"].as_u64().unwrap(), m["texts"].as_array().unwrap().len()))
+        .collect();
+    asked.sort();
+    assert_eq!(asked, vec![(0, 1), (1, 0)], "the input went with the prompt");
     // Several inputs: the API takes one image per request, so the text and
     // each image go alone; a clean multi-image edit goes through, however
     // often (no 400s opening the moderation breaker for everyone), and a
@@ -498,7 +500,14 @@ async fn flagged_images_are_withheld_from_every_backend() {
     );
     drop(stack);
 
-    // A self-hosted server speaking the classic Images API.
+    // A self-hosted server speaking the classic Images API; the trusted
+    // organisation checks its images only (a model the policy names must be
+    // one this gateway knows: the catalogue's or a configured chain's).
+    write_policy(
+        &policy,
+        &json!({"default": {"moderation": "prompts_and_images"},
+                "orgs": {"trusted": {"image_moderation_models": ["stablediffusion"]}}}),
+    );
     let backend = Backend::FakeOpenAi {
         model: "stablediffusion".into(),
         options: FakeOptions {
@@ -534,6 +543,7 @@ async fn flagged_images_are_withheld_from_every_backend() {
     drop(stack);
 
     // Stability, with the moderation model elsewhere (GATEWAY_MODERATION_*).
+    write_policy(&policy, &json!({"default": {"moderation": "prompts_and_images"}}));
     let moderation = FakeOpenAi::start(FakeOptions::default()).await.unwrap();
     let base = format!("{}/v1", moderation.base_url);
     let stack = Stack::start_with(stack_options(
@@ -636,6 +646,20 @@ async fn the_policy_file_changes_live() {
         .await,
     );
     assert_eq!(category, "kitchenware", "the running policy stayed");
+    // A model this gateway does not know (a typo would leave images unchecked).
+    let unknown = write_policy(
+        &policy,
+        &json!({"default": {"moderation": "prompts_and_images", "image_moderation_models": ["gpt-image-22"]}}),
+    );
+    assert!(
+        metric_shows(
+            &stack,
+            "admin_file_reloads_total{file=\"content_policy\",result=\"rejected\"} 2"
+        )
+        .await,
+        "refused: {}",
+        stack.log_tail("upstream")
+    );
     let changes: Vec<(String, String)> = events(&stack, "audit")
         .iter()
         .filter(|e| e["fields"]["event"] == "settings_change" && e["fields"]["kind"] == "content_policy")
@@ -644,7 +668,25 @@ async fn the_policy_file_changes_live() {
             (f("result"), f("sha256_after"))
         })
         .collect();
-    assert_eq!(changes, vec![("applied".into(), second), ("rejected".into(), bad)]);
+    assert_eq!(
+        changes,
+        vec![
+            ("applied".into(), second),
+            ("rejected".into(), bad),
+            ("rejected".into(), unknown)
+        ]
+    );
+    let unknown_reason = events(&stack, "audit")
+        .into_iter()
+        .rfind(|e| e["fields"]["result"] == "rejected")
+        .unwrap();
+    assert!(
+        unknown_reason["fields"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown model \"gpt-image-22\""),
+        "{unknown_reason}"
+    );
     let reason = events(&stack, "audit")
         .into_iter()
         .find(|e| e["fields"]["result"] == "rejected")

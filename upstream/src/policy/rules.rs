@@ -85,7 +85,8 @@ pub struct PolicySpec {
     pub block_categories: Option<BTreeMap<String, f64>>,
     /// The models whose images are moderated under `prompts_and_images`
     /// (e.g. only self-hosted ones, as hosted providers screen their own);
-    /// `["*"]` or leaving it out: every model's.
+    /// `["*"]` or leaving it out: every model's. A name must be in the model
+    /// catalogue or a configured chain.
     #[serde(default)]
     pub image_moderation_models: Option<Vec<String>>,
     /// Also moderate an edit's input images with its prompt.
@@ -252,6 +253,25 @@ impl ContentPolicies {
             })
             .collect::<Result<_, String>>()?;
         Ok(Self { default, orgs })
+    }
+
+    /// Refuses a model in `image_moderation_models` that `known` does not
+    /// know (`*` is every model): a misspelt name would silently leave that
+    /// model's images unchecked. The admin files' loader passes the model
+    /// catalogue and the configured chains.
+    pub fn check_image_models(&self, known: impl Fn(&str) -> bool) -> Result<(), String> {
+        let mut policies: Vec<&Policy> = self.orgs.values().map(Arc::as_ref).collect();
+        policies.sort_by(|a, b| a.source.cmp(&b.source));
+        policies.insert(0, &self.default);
+        for policy in policies {
+            if let Some(model) = policy.image_models.iter().flatten().find(|m| *m != "*" && !known(m)) {
+                return Err(format!(
+                    "{}.image_moderation_models: unknown model {model:?} (neither in the model catalogue nor in a configured chain)",
+                    policy.source
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The policy `org`'s calls run under.

@@ -188,3 +188,26 @@ fn moderation_verdicts() {
         .unwrap_err();
     assert!(error.contains("no score for sexual"), "{error}");
 }
+
+#[test]
+fn image_moderation_models_must_be_known() {
+    let p = policies(serde_json::json!({
+        "default": {"moderation": "prompts_and_images", "image_moderation_models": ["sd3-medium"]},
+        "orgs": {"kids": {"image_moderation_models": ["*"]},
+                 "typo": {"image_moderation_models": ["gpt-image-2", "sd3-meduim"]}}
+    }))
+    .unwrap();
+    let known = |m: &str| ["gpt-image-2", "sd3-medium"].contains(&m);
+    let error = p.check_image_models(known).unwrap_err();
+    assert!(
+        error.contains("orgs.typo.image_moderation_models") && error.contains("\"sd3-meduim\""),
+        "{error}"
+    );
+    let error = p.check_image_models(|m| m == "gpt-image-2").unwrap_err();
+    assert!(
+        error.starts_with("default.image_moderation_models") && error.contains("\"sd3-medium\""),
+        "{error}"
+    );
+    let fine = policies(serde_json::json!({"default": {"image_moderation_models": ["*", "gpt-image-2"]}})).unwrap();
+    assert!(fine.check_image_models(known).is_ok());
+}
