@@ -238,6 +238,28 @@ async fn prompts_are_checked_per_organisation_before_any_provider_is_called() {
     assert_eq!(fake.requests().len(), images_before + 1);
     fake.set_moderation_down(false);
     assert!(metric(&stack, "mcp_gateway_content_policy_unchecked_total{stage=\"prompt\",category=\"moderation_unavailable\",org=\"lenient\"}").await >= 1.0);
+    // The call let through is audited as unchecked, naming why.
+    let unchecked: Vec<Value> = events(&stack, "audit")
+        .into_iter()
+        .filter(|e| e["fields"]["event"] == "content_unchecked")
+        .collect();
+    assert_eq!(unchecked.len(), 1, "{unchecked:?}");
+    let fields = &unchecked[0]["fields"];
+    assert_eq!(
+        (
+            &fields["org"],
+            &fields["stage"],
+            &fields["error_class"],
+            &fields["policy"]
+        ),
+        (
+            &json!("lenient"),
+            &json!("prompt"),
+            &json!("provider_error"),
+            &json!("orgs.lenient")
+        )
+    );
+    assert!(fields["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert!(metric(&stack, "mcp_gateway_moderation_errors_total{class=\"provider_error\"}").await >= 1.0);
 
     // Every refusal: audited with its category and rule, the prompt as a hash only.
@@ -340,7 +362,7 @@ async fn flagged_images_are_withheld_from_every_backend() {
     write_policy(
         &policy,
         &json!({"default": {"moderation": "prompts_and_images"},
-                "orgs": {"trusted": {"image_moderation_models": ["stablediffusion"]},
+                "orgs": {"trusted": {"image_moderation_models": ["gpt-image-1.5"]},
                          "careful": {"moderate_edit_inputs": true}}}),
     );
 
@@ -389,6 +411,7 @@ async fn flagged_images_are_withheld_from_every_backend() {
         .unwrap();
     assert!(put.status().is_success(), "{}", put.status());
     let edits_before = fake.requests().len();
+    let moderations_before = fake.moderations().len();
     let reply = call_http(
         &stack.mcp_url,
         &careful,
@@ -400,12 +423,69 @@ async fn flagged_images_are_withheld_from_every_backend() {
     let (stage, category, _) = refusal_of(&reply);
     assert_eq!((stage.as_str(), category.as_str()), ("prompt", "sexual"));
     assert_eq!(fake.requests().len(), edits_before, "no edit request went out");
-    let asked = fake.moderations();
-    assert_eq!(
-        asked.last().unwrap()["images"],
-        1,
-        "the input went with the prompt: {asked:?}"
-    );
+    // The text and the input, each in its own request (in either order).
+    let mut asked: Vec<(u64, usize)> = fake.moderations()[moderations_before..]
+        .iter()
+        .map(|m| (m["images"].as_u64().unwrap(), m["texts"].as_array().unwrap().len()))
+        .collect();
+    asked.sort();
+    assert_eq!(asked, vec![(0, 1), (1, 0)], "the input went with the prompt");
+    // Several inputs: the API takes one image per request, so the text and
+    // each image go alone; a clean multi-image edit goes through, however
+    // often (no 400s opening the moderation breaker for everyone), and a
+    // flagged second input is found.
+    let own = call_http(
+        &stack.mcp_url,
+        &careful,
+        REVISION,
+        "generate_image",
+        json!({"prompt": "a street"}),
+    )
+    .await;
+    let own = structured(&own)["image_urls"][0].as_str().unwrap().to_string();
+    let asked_before = fake.moderations().len();
+    for _ in 0..4 {
+        let reply = call_http(
+            &stack.mcp_url,
+            &careful,
+            REVISION,
+            "edit_image",
+            json!({"prompt": "make it brighter", "images": [own, own]}),
+        )
+        .await;
+        assert!(structured(&reply)["image_urls"].is_array(), "{reply}");
+    }
+    let asked = fake.moderations()[asked_before..].to_vec();
+    assert!(asked.iter().all(|m| m["images"].as_u64() <= Some(1)), "{asked:?}");
+    // Each edit: the text, each input, and the result (this org checks images too).
+    assert_eq!(asked.len(), 4 * 4, "the text and each image, per edit: {asked:?}");
+    let ticket = call_http(
+        &stack.mcp_url,
+        &careful,
+        REVISION,
+        "create_upload",
+        json!({"content_type": "image/png"}),
+    )
+    .await;
+    let ticket = structured(&ticket).clone();
+    let put = gateway_tests::stack::http_client()
+        .put(ticket["upload_url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(flagged_png(64, 64, "sexual"))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let reply = call_http(
+        &stack.mcp_url,
+        &careful,
+        REVISION,
+        "edit_image",
+        json!({"prompt": "make it brighter", "images": [own, ticket["reference"]]}),
+    )
+    .await;
+    let (stage, category, _) = refusal_of(&reply);
+    assert_eq!((stage.as_str(), category.as_str()), ("prompt", "sexual"));
     // Not this model's images, for an organisation that checks only self-hosted ones.
     let trusted = stack.token("tom", "trusted");
     structured(
@@ -420,7 +500,14 @@ async fn flagged_images_are_withheld_from_every_backend() {
     );
     drop(stack);
 
-    // A self-hosted server speaking the classic Images API.
+    // A self-hosted server speaking the classic Images API; the trusted
+    // organisation checks its images only (a model the policy names must be
+    // one this gateway knows: the catalogue's or a configured chain's).
+    write_policy(
+        &policy,
+        &json!({"default": {"moderation": "prompts_and_images"},
+                "orgs": {"trusted": {"image_moderation_models": ["stablediffusion"]}}}),
+    );
     let backend = Backend::FakeOpenAi {
         model: "stablediffusion".into(),
         options: FakeOptions {
@@ -456,6 +543,7 @@ async fn flagged_images_are_withheld_from_every_backend() {
     drop(stack);
 
     // Stability, with the moderation model elsewhere (GATEWAY_MODERATION_*).
+    write_policy(&policy, &json!({"default": {"moderation": "prompts_and_images"}}));
     let moderation = FakeOpenAi::start(FakeOptions::default()).await.unwrap();
     let base = format!("{}/v1", moderation.base_url);
     let stack = Stack::start_with(stack_options(
@@ -558,6 +646,20 @@ async fn the_policy_file_changes_live() {
         .await,
     );
     assert_eq!(category, "kitchenware", "the running policy stayed");
+    // A model this gateway does not know (a typo would leave images unchecked).
+    let unknown = write_policy(
+        &policy,
+        &json!({"default": {"moderation": "prompts_and_images", "image_moderation_models": ["gpt-image-22"]}}),
+    );
+    assert!(
+        metric_shows(
+            &stack,
+            "admin_file_reloads_total{file=\"content_policy\",result=\"rejected\"} 2"
+        )
+        .await,
+        "refused: {}",
+        stack.log_tail("upstream")
+    );
     let changes: Vec<(String, String)> = events(&stack, "audit")
         .iter()
         .filter(|e| e["fields"]["event"] == "settings_change" && e["fields"]["kind"] == "content_policy")
@@ -566,7 +668,25 @@ async fn the_policy_file_changes_live() {
             (f("result"), f("sha256_after"))
         })
         .collect();
-    assert_eq!(changes, vec![("applied".into(), second), ("rejected".into(), bad)]);
+    assert_eq!(
+        changes,
+        vec![
+            ("applied".into(), second),
+            ("rejected".into(), bad),
+            ("rejected".into(), unknown)
+        ]
+    );
+    let unknown_reason = events(&stack, "audit")
+        .into_iter()
+        .rfind(|e| e["fields"]["result"] == "rejected")
+        .unwrap();
+    assert!(
+        unknown_reason["fields"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown model \"gpt-image-22\""),
+        "{unknown_reason}"
+    );
     let reason = events(&stack, "audit")
         .into_iter()
         .find(|e| e["fields"]["result"] == "rejected")

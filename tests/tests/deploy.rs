@@ -140,6 +140,9 @@ fn the_content_policy_in_deploy_is_accepted() {
     let kustomization = std::fs::read_to_string(workspace_root().join("deploy/onprem/kustomization.yaml")).unwrap();
     assert!(kustomization.contains("content-policy-patch.yaml"));
     let policies = policies_in("deploy/upstream/content-policy.yaml");
+    // Every model it names is one the shipped catalogue knows (else the upstream refuses the file).
+    let catalog = mcp_image_gateway::routing::catalog::ModelCatalog::builtin().unwrap();
+    policies.check_image_models(|m| catalog.get(m).is_some()).unwrap();
     assert!(policies.for_org("kids-app").moderates_images_of("gpt-image-2"));
     assert!(!policies.for_org("anyone").moderates_images_of("gpt-image-2"));
     assert_eq!(policies.for_org("anyone").denied_term("a Bazooka"), Some("weapons"));

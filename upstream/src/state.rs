@@ -263,7 +263,14 @@ impl AdminParts {
         let identity_keys = Keyring::from_file(&config.identity_keys_file(), crate::identity::MIN_KEY_BYTES)
             .map_err(|e| anyhow::anyhow!("identity assertion keys: {e:#} (run `mcp-image-gateway dev-init` or set GATEWAY_IDENTITY_KEYS_FILE)"))?;
         let policies = match &config.content_policy_file {
-            Some(path) => crate::policy::rules::ContentPolicies::from_file(path)?,
+            Some(path) => {
+                let policies = crate::policy::rules::ContentPolicies::from_file(path)?;
+                let known = |model: &str| catalog.get(model).is_some() || built.values().any(|b| b.model() == model);
+                policies
+                    .check_image_models(known)
+                    .map_err(|e| anyhow::anyhow!("the content policy file {}: {e}", path.display()))?;
+                policies
+            }
             None => crate::policy::rules::ContentPolicies::none(),
         };
         Ok(Self {

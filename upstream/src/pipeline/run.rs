@@ -311,20 +311,24 @@ pub(crate) async fn run(
             state.max_image_bytes
         ))]);
     }
-    // Checked before anything is stored or linked; a withheld image's cost is billed, marked.
+    // Checked before anything is stored or linked; an image withheld for
+    // what the check found is billed, marked; one withheld because the
+    // check failed (our outage) is not billed.
     if let Err(refused) = screen::images(state, caller, &policy, &generation).await {
         screen::record(state, caller, &args.prompt, Some(&policy), &refused);
-        audit(
-            Ended::after(
-                &generation,
-                routed_fallbacks,
-                Outcome::ToolError,
-                Some(refused.error_class()),
-                0,
-            )
-            .model_time(model_time)
-            .blocked(),
-        );
+        let ended = Ended::after(
+            &generation,
+            routed_fallbacks,
+            Outcome::ToolError,
+            Some(refused.error_class()),
+            0,
+        )
+        .model_time(model_time);
+        audit(if refused.found_something() {
+            ended.blocked()
+        } else {
+            ended
+        });
         return screen::tool_error(&refused, None);
     }
     if let Some(progress) = progress.as_mut() {

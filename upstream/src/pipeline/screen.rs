@@ -13,9 +13,9 @@ use crate::identity::Caller;
 use crate::pipeline::run::ImageCall;
 use crate::policy::rules::{Policy, Unavailable};
 use crate::providers::moderation::ModerationInput;
-use crate::providers::Generation;
+use crate::providers::{BackendError, Generation};
 use crate::state::AppState;
-use crate::telemetry::audit::ContentRefusalEvent;
+use crate::telemetry::audit::{ContentRefusalEvent, ContentUncheckedEvent};
 use crate::telemetry::metrics::RefusalLabels;
 
 /// Where a call was refused.
@@ -41,6 +41,9 @@ impl Stage {
 
 /// Category of a refusal because the moderation model could not answer.
 pub const UNAVAILABLE: &str = "moderation_unavailable";
+/// Category of a refusal because the moderation model rejected the input
+/// as one it cannot check (a 400): refused whatever the policy says of outages.
+pub const UNMODERATABLE: &str = "input_not_moderatable";
 
 /// A refusal: what the caller, the audit and the metrics are told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +66,12 @@ impl Refused {
             _ => "content_policy",
         }
     }
+
+    /// Whether a rule or a model found something (a term, a flag), rather
+    /// than the check failing: only then is a withheld image billed.
+    pub fn found_something(&self) -> bool {
+        !matches!(self.category.as_str(), UNAVAILABLE | UNMODERATABLE)
+    }
 }
 
 /// The policy `caller`'s call runs under, from the call's own state
@@ -83,6 +92,8 @@ pub async fn prompt(state: &AppState, caller: &Caller, policy: &Policy, call: &I
     if !policy.moderates_prompts() {
         return Ok(());
     }
+    // The moderation API takes one image per request: the text alone, then
+    // each edit input on its own, all at once.
     let mut inputs = vec![ModerationInput::Text(call.args.prompt.clone())];
     if let Some(edit) = call.edit.as_ref().filter(|_| policy.edit_inputs) {
         inputs.extend(edit.images.iter().map(|image| ModerationInput::Image {
@@ -90,7 +101,10 @@ pub async fn prompt(state: &AppState, caller: &Caller, policy: &Policy, call: &I
             mime: image.format.mime_type(),
         }));
     }
-    moderate(state, caller, policy, Stage::Prompt, &inputs).await
+    let checks = inputs
+        .iter()
+        .map(|input| moderate(state, caller, policy, Stage::Prompt, std::slice::from_ref(input)));
+    first_refusal(futures::future::join_all(checks).await)
 }
 
 /// Checks each generated image whose model the policy moderates (one
@@ -111,11 +125,20 @@ pub async fn images(
         }];
         async move { moderate(state, caller, policy, Stage::Image, &input).await }
     });
-    futures::future::join_all(checks).await.into_iter().collect()
+    first_refusal(futures::future::join_all(checks).await)
+}
+
+/// Refused if any check refused; a finding (a flagged category) is named
+/// before a failed check, so the caller hears what was found.
+fn first_refusal(outcomes: Vec<Result<(), Refused>>) -> Result<(), Refused> {
+    let mut refusals: Vec<Refused> = outcomes.into_iter().filter_map(Result::err).collect();
+    refusals.sort_by_key(|r| !r.found_something());
+    refusals.into_iter().next().map_or(Ok(()), Err)
 }
 
 /// The moderation model's verdict under `policy`; when it cannot answer,
-/// what the policy says (`when_moderation_unavailable`).
+/// what the policy says (`when_moderation_unavailable`); an input it
+/// rejects is refused whatever the policy says of outages.
 async fn moderate(
     state: &AppState,
     caller: &Caller,
@@ -123,43 +146,52 @@ async fn moderate(
     stage: Stage,
     inputs: &[ModerationInput],
 ) -> Result<(), Refused> {
-    let rule = || format!("moderation:{}", state.moderator.model());
-    match state
+    let refused = |category: String| Refused {
+        stage,
+        category,
+        rule: format!("moderation:{}", state.moderator.model()),
+    };
+    let verdict = state
         .moderator
         .check(stage.as_str(), inputs, caller.trace.as_ref())
         .await
-    {
-        Ok(result) => match policy.refused_category(&result) {
-            Some(category) => Err(Refused {
-                stage,
-                category,
-                rule: rule(),
-            }),
-            None => Ok(()),
-        },
-        Err(error) => match policy.when_unavailable {
-            Unavailable::Refuse => {
-                tracing::warn!(stage = stage.as_str(), error = %error, "moderation unavailable: the policy refuses the call");
-                Err(Refused {
-                    stage,
+        .and_then(|result| policy.refused_category(&result).map_err(BackendError::InvalidResponse));
+    let error = match verdict {
+        Ok(None) => return Ok(()),
+        Ok(Some(category)) => return Err(refused(category)),
+        Err(error) => error,
+    };
+    if let BackendError::BadRequest(_) = error {
+        tracing::warn!(stage = stage.as_str(), error = %error, "the moderation model rejected the input: refused");
+        return Err(refused(UNMODERATABLE.into()));
+    }
+    match policy.when_unavailable {
+        Unavailable::Refuse => {
+            tracing::warn!(stage = stage.as_str(), error = %error, "moderation unavailable: the policy refuses the call");
+            Err(refused(UNAVAILABLE.into()))
+        }
+        Unavailable::Allow => {
+            tracing::warn!(stage = stage.as_str(), error = %error, "moderation unavailable: the policy lets the call through unchecked");
+            state
+                .metrics
+                .moderation_unchecked
+                .get_or_create(&RefusalLabels {
+                    stage: stage.as_str().into(),
                     category: UNAVAILABLE.into(),
-                    rule: rule(),
+                    org: caller.org.clone(),
                 })
+                .inc();
+            ContentUncheckedEvent {
+                request_id: &caller.request_id,
+                org: &caller.org,
+                user: &caller.user,
+                stage: stage.as_str(),
+                error_class: error.class(),
+                policy: &policy.source,
             }
-            Unavailable::Allow => {
-                tracing::warn!(stage = stage.as_str(), error = %error, "moderation unavailable: the policy lets the call through unchecked");
-                state
-                    .metrics
-                    .moderation_unchecked
-                    .get_or_create(&RefusalLabels {
-                        stage: stage.as_str().into(),
-                        category: UNAVAILABLE.into(),
-                        org: caller.org.clone(),
-                    })
-                    .inc();
-                Ok(())
-            }
-        },
+            .emit();
+            Ok(())
+        }
     }
 }
 
@@ -192,10 +224,11 @@ pub fn message(refused: &Refused, provider_says: Option<&str>) -> String {
     let category = &refused.category;
     match (refused.stage, category.as_str()) {
         (Stage::Prompt, UNAVAILABLE) => "The content policy's moderation check is unavailable, and this organisation's policy refuses prompts it cannot check. Nothing was generated or billed; try again shortly.".to_string(),
+        (Stage::Prompt, UNMODERATABLE) => "The content policy's moderation model could not check this input (it rejected it as unreadable), so it was refused. Nothing was generated or billed; check the prompt and the input images.".to_string(),
         (Stage::Prompt, _) => format!(
             "The prompt was refused by this organisation's content policy (category: {category}). Nothing was generated or billed; rephrase the prompt."
         ),
-        (Stage::Image, UNAVAILABLE) => "The generated image could not be checked (the content policy's moderation check is unavailable) and this organisation's policy withholds unchecked images: it was not stored or linked. The provider's charge for it is billed; try again shortly.".to_string(),
+        (Stage::Image, UNAVAILABLE | UNMODERATABLE) => "The generated image could not be checked (the content policy's moderation check failed) and this organisation's policy withholds unchecked images: it was not stored or linked, and it is not billed; try again shortly.".to_string(),
         (Stage::Image, _) => format!(
             "The generated image was withheld by this organisation's content policy (category: {category}): it was not stored or linked. The provider's charge for it is billed; rephrase the prompt."
         ),
@@ -240,5 +273,14 @@ mod tests {
         let provider = message(&refused(Stage::Provider, "provider"), Some("safety system"));
         assert!(provider.contains("content policy (category: provider): safety system"));
         assert_eq!(details(&refused(Stage::Image, "violence"))["stage"], "image");
+        // A withheld image is billed only when the check found something.
+        assert!(refused(Stage::Image, "violence").found_something());
+        for failed in [UNAVAILABLE, UNMODERATABLE] {
+            assert!(!refused(Stage::Image, failed).found_something());
+            let text = message(&refused(Stage::Image, failed), None);
+            assert!(text.contains("not billed"), "{text}");
+        }
+        let text = message(&refused(Stage::Prompt, UNMODERATABLE), None);
+        assert!(text.contains("could not check this input"), "{text}");
     }
 }

@@ -100,7 +100,7 @@ impl Moderator {
                 && attempt < self.retry.max_attempts
                 && tokio::time::Instant::now() + delay < deadline;
             if !again {
-                if self.breaker.record(false) {
+                if counts_against_breaker(&error) && self.breaker.record(false) {
                     tracing::warn!(model = self.client.model(), "moderation circuit breaker opened");
                 }
                 return Err(error);
@@ -119,6 +119,14 @@ impl Moderator {
     }
 }
 
+/// Whether a failure says the moderation model is unwell. A request it
+/// rejects (400: an input it cannot check) is that call's problem: counted,
+/// it would let a few odd inputs open the breaker for everyone. 401/403/404
+/// still count (they fail every call: the breaker only stops futile requests).
+fn counts_against_breaker(error: &BackendError) -> bool {
+    !matches!(error, BackendError::BadRequest(_) | BackendError::ContentRefused(_))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -129,6 +137,11 @@ mod tests {
 
     /// A moderations endpoint that answers 503 to its first `failures` requests.
     async fn endpoint(failures: u32) -> (String, Arc<AtomicU32>) {
+        endpoint_failing_with(failures, http::StatusCode::SERVICE_UNAVAILABLE).await
+    }
+
+    /// A moderations endpoint that answers `status` to its first `failures` requests.
+    async fn endpoint_failing_with(failures: u32, status: http::StatusCode) -> (String, Arc<AtomicU32>) {
         let seen = Arc::new(AtomicU32::new(0));
         let counter = seen.clone();
         let app = axum::Router::new().route(
@@ -138,7 +151,7 @@ mod tests {
                 async move {
                     if counter.fetch_add(1, Ordering::SeqCst) < failures {
                         let body = serde_json::json!({"error": {"message": "overloaded", "type": "server_error", "param": null, "code": null}});
-                        return (http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body));
+                        return (status, axum::Json(body));
                     }
                     let body = serde_json::json!({"id": "modr-1", "model": "omni-moderation-latest", "results": [
                         {"flagged": true, "categories": {"violence": true}, "category_scores": {"violence": 0.9},
@@ -198,5 +211,18 @@ mod tests {
         let error = moderator.check("image", &text(), None).await.unwrap_err();
         assert_eq!(error.class(), "provider_unreachable", "{error}");
         assert_eq!(seen.load(Ordering::SeqCst), 2, "an open breaker sends nothing");
+    }
+
+    #[tokio::test]
+    async fn inputs_the_model_rejects_do_not_open_the_breaker() {
+        let (base, seen) = endpoint_failing_with(3, http::StatusCode::BAD_REQUEST).await;
+        let moderator = moderator(base, 1);
+        for _ in 0..3 {
+            let error = moderator.check("prompt", &text(), None).await.unwrap_err();
+            assert_eq!(error.class(), "provider_bad_request");
+        }
+        let verdict = moderator.check("prompt", &text(), None).await.unwrap();
+        assert!(verdict.flagged, "the breaker stayed closed");
+        assert_eq!(seen.load(Ordering::SeqCst), 4);
     }
 }

@@ -13,8 +13,8 @@
 //! ```
 //!
 //! An organisation's policy starts from `default` and replaces the fields it
-//! names. `sexual/minors` refuses whenever the model flags it, whatever
-//! `block_categories` says.
+//! names. Whatever the moderation model flags is refused; `block_categories`
+//! adds lower thresholds per category.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -42,6 +42,9 @@ pub const CATEGORIES: [&str; 13] = [
     "violence",
     "violence/graphic",
 ];
+
+/// What a refusal names for a moderation category the gateway does not know.
+pub const OTHER: &str = "other";
 
 /// Refused whenever the model flags it: no policy may allow it.
 pub const ALWAYS_BLOCKED: &str = "sexual/minors";
@@ -74,14 +77,16 @@ pub struct PolicySpec {
     /// When the moderation model cannot answer: `refuse` the call (the default) or `allow` it unchecked.
     #[serde(default)]
     pub when_moderation_unavailable: Option<Unavailable>,
-    /// The categories that refuse, each with the score (0 to 1) from which it
-    /// does; categories left out are allowed. Without it, whatever the model
-    /// flags is refused.
+    /// Scores (0 to 1) from which a category refuses even when the model
+    /// does not flag it. They add to the model's own flags: whatever the
+    /// model flags is refused either way. An answer with no score for a
+    /// category named here counts as moderation unavailable.
     #[serde(default)]
     pub block_categories: Option<BTreeMap<String, f64>>,
     /// The models whose images are moderated under `prompts_and_images`
     /// (e.g. only self-hosted ones, as hosted providers screen their own);
-    /// `["*"]` or leaving it out: every model's.
+    /// `["*"]` or leaving it out: every model's. A name must be in the model
+    /// catalogue or a configured chain.
     #[serde(default)]
     pub image_moderation_models: Option<Vec<String>>,
     /// Also moderate an edit's input images with its prompt.
@@ -168,33 +173,47 @@ impl Policy {
     }
 
     /// The category a moderation answer refuses under this policy: the
-    /// highest-scoring category that blocks, if any.
-    pub fn refused_category(&self, result: &ModerationResult) -> Option<String> {
+    /// highest-scoring of the categories the model flagged and those whose
+    /// score reaches this policy's threshold (thresholds add to the model's
+    /// flags, never replace them). A category the gateway does not know is
+    /// named `other` (names go into metrics, audit and the caller's
+    /// message). An answer without a score for a category the thresholds
+    /// name cannot be judged: the error says so (moderation unavailable).
+    pub fn refused_category(&self, result: &ModerationResult) -> Result<Option<String>, String> {
         if result.categories.get(ALWAYS_BLOCKED) == Some(&true) {
-            return Some(ALWAYS_BLOCKED.to_string());
+            return Ok(Some(ALWAYS_BLOCKED.to_string()));
         }
         let score = |category: &str| result.category_scores.get(category).copied().unwrap_or(0.0);
-        let blocking: Vec<&str> = match &self.block_categories {
-            Some(thresholds) => thresholds
-                .iter()
-                .filter(|(category, threshold)| score(category) >= **threshold)
-                .map(|(category, _)| category.as_str())
-                .collect(),
-            None => result
-                .categories
-                .iter()
-                .filter(|(_, flagged)| **flagged)
-                .map(|(category, _)| category.as_str())
-                .collect(),
-        };
-        let highest = blocking.into_iter().max_by(|a, b| score(a).total_cmp(&score(b)));
-        match highest {
-            Some(category) => Some(category.to_string()),
-            // Flagged without a category we know of: still refused by default.
-            None if self.block_categories.is_none() && result.flagged => Some("flagged".to_string()),
-            None => None,
+        let mut blocking: Vec<(&str, f64)> = result
+            .categories
+            .iter()
+            .filter(|(_, flagged)| **flagged)
+            .map(|(category, _)| (category.as_str(), score(category)))
+            .collect();
+        for (category, threshold) in self.block_categories.iter().flatten() {
+            let Some(&score) = result.category_scores.get(category) else {
+                return Err(format!(
+                    "the moderation answer has no score for {category}, which the policy's block_categories name"
+                ));
+            };
+            if score >= *threshold {
+                blocking.push((category.as_str(), score));
+            }
         }
+        let highest = blocking.into_iter().max_by(|a, b| a.1.total_cmp(&b.1));
+        Ok(match highest {
+            Some((category, _)) => Some(known_category(category).to_string()),
+            // Flagged without a category: still refused.
+            None if result.flagged => Some(OTHER.to_string()),
+            None => None,
+        })
     }
+}
+
+/// The category a refusal names for a moderation category: itself when it
+/// is one of [`CATEGORIES`], else `other`.
+pub fn known_category(name: &str) -> &str {
+    CATEGORIES.iter().copied().find(|c| *c == name).unwrap_or(OTHER)
 }
 
 /// Every organisation's policy, as loaded from one file.
@@ -221,6 +240,7 @@ impl ContentPolicies {
 
     /// Compiles a parsed file.
     pub fn new(spec: &PolicyFileSpec) -> Result<Self, String> {
+        check_org_names(spec.orgs.keys())?;
         let base = PolicySpec::default();
         let default = Arc::new(compile("default", &spec.default, &base, None)?);
         let orgs = spec
@@ -233,6 +253,25 @@ impl ContentPolicies {
             })
             .collect::<Result<_, String>>()?;
         Ok(Self { default, orgs })
+    }
+
+    /// Refuses a model in `image_moderation_models` that `known` does not
+    /// know (`*` is every model): a misspelt name would silently leave that
+    /// model's images unchecked. The admin files' loader passes the model
+    /// catalogue and the configured chains.
+    pub fn check_image_models(&self, known: impl Fn(&str) -> bool) -> Result<(), String> {
+        let mut policies: Vec<&Policy> = self.orgs.values().map(Arc::as_ref).collect();
+        policies.sort_by(|a, b| a.source.cmp(&b.source));
+        policies.insert(0, &self.default);
+        for policy in policies {
+            if let Some(model) = policy.image_models.iter().flatten().find(|m| *m != "*" && !known(m)) {
+                return Err(format!(
+                    "{}.image_moderation_models: unknown model {model:?} (neither in the model catalogue nor in a configured chain)",
+                    policy.source
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The policy `org`'s calls run under.
@@ -303,6 +342,31 @@ fn compile(source: &str, own: &PolicySpec, base: &PolicySpec, inherited: Option<
         edit_inputs: own.moderate_edit_inputs.or(base.moderate_edit_inputs).unwrap_or(false),
         provider_moderation: own.provider_moderation.or(base.provider_moderation),
     })
+}
+
+/// Organisation keys must be names the edge can give a caller: a key it
+/// would refuse (unsafe, reserved) is a typo that silently applies
+/// `default`; two differing only in case are one organisation on a
+/// case-insensitive store, so the file is ambiguous.
+fn check_org_names<'a>(orgs: impl Iterator<Item = &'a String>) -> Result<(), String> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for org in orgs {
+        if !mcp_edge_filter::jwt::is_safe_identity(org) {
+            return Err(format!(
+                "orgs: {org:?} is not an organisation name the gateway accepts (1 to 128 of letters, digits and - _ . @ | :, not starting with .)"
+            ));
+        }
+        if mcp_edge_filter::org_names::is_reserved(org) {
+            return Err(format!(
+                "orgs: {org:?} is reserved for the gateway's own storage ({})",
+                mcp_edge_filter::org_names::RESERVED.join(", ")
+            ));
+        }
+        if let Some(other) = seen.insert(org.to_ascii_lowercase(), org) {
+            return Err(format!("orgs: {other:?} and {org:?} differ only in case"));
+        }
+    }
+    Ok(())
 }
 
 /// Category names are metric labels and audit values: short and plain.

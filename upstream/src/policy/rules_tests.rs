@@ -94,6 +94,21 @@ fn bad_files_are_refused_naming_the_field() {
             serde_json::json!({"default": {"deny_terms": {"Bad Label": ["x"]}}}),
             "Bad Label",
         ),
+        (
+            "an organisation the edge would refuse",
+            serde_json::json!({"orgs": {"kids app": {"moderation": "prompts"}}}),
+            "\"kids app\" is not an organisation name",
+        ),
+        (
+            "a reserved organisation",
+            serde_json::json!({"orgs": {"Uploads": {"moderation": "prompts"}}}),
+            "\"Uploads\" is reserved",
+        ),
+        (
+            "organisations differing only in case",
+            serde_json::json!({"orgs": {"Kids": {}, "kids": {}}}),
+            "differ only in case",
+        ),
     ];
     for (name, json, names) in rows {
         let error = policies(json).err().unwrap_or_else(|| panic!("{name}: accepted"));
@@ -127,23 +142,72 @@ fn moderation_verdicts() {
         (
             "a threshold refuses below the model's flag",
             &thresholds,
-            verdict(&[], &[("violence", 0.35)]),
+            verdict(&[], &[("violence", 0.35), ("sexual", 0.0)]),
             Some("violence"),
         ),
         (
-            "a category left out of the thresholds is allowed",
+            "under the thresholds",
             &thresholds,
-            verdict(&[("hate", 0.95)], &[]),
+            verdict(&[], &[("violence", 0.25), ("sexual", 0.1)]),
             None,
         ),
         (
-            "sexual/minors refuses whatever the thresholds say",
+            "a flagged category left out of the thresholds still refuses",
             &thresholds,
-            verdict(&[("sexual/minors", 0.5)], &[]),
+            verdict(&[("hate", 0.95)], &[("violence", 0.0), ("sexual", 0.0)]),
+            Some("hate"),
+        ),
+        (
+            "sexual/minors refuses",
+            &thresholds,
+            verdict(&[("sexual/minors", 0.5)], &[("violence", 0.0), ("sexual", 0.0)]),
             Some("sexual/minors"),
+        ),
+        (
+            "an unknown category is named other",
+            &flags_only,
+            verdict(&[("violence\n<script>", 0.9)], &[]),
+            Some("other"),
+        ),
+        (
+            "flagged without a category",
+            &flags_only,
+            ModerationResult {
+                flagged: true,
+                ..Default::default()
+            },
+            Some("other"),
         ),
     ];
     for (name, policy, result, want) in rows {
-        assert_eq!(policy.refused_category(result).as_deref(), *want, "{name}");
+        assert_eq!(policy.refused_category(result).unwrap().as_deref(), *want, "{name}");
     }
+    // A category the thresholds name, without a score: not a usable answer.
+    let error = thresholds
+        .refused_category(&verdict(&[], &[("violence", 0.1)]))
+        .unwrap_err();
+    assert!(error.contains("no score for sexual"), "{error}");
+}
+
+#[test]
+fn image_moderation_models_must_be_known() {
+    let p = policies(serde_json::json!({
+        "default": {"moderation": "prompts_and_images", "image_moderation_models": ["sd3-medium"]},
+        "orgs": {"kids": {"image_moderation_models": ["*"]},
+                 "typo": {"image_moderation_models": ["gpt-image-2", "sd3-meduim"]}}
+    }))
+    .unwrap();
+    let known = |m: &str| ["gpt-image-2", "sd3-medium"].contains(&m);
+    let error = p.check_image_models(known).unwrap_err();
+    assert!(
+        error.contains("orgs.typo.image_moderation_models") && error.contains("\"sd3-meduim\""),
+        "{error}"
+    );
+    let error = p.check_image_models(|m| m == "gpt-image-2").unwrap_err();
+    assert!(
+        error.starts_with("default.image_moderation_models") && error.contains("\"sd3-medium\""),
+        "{error}"
+    );
+    let fine = policies(serde_json::json!({"default": {"image_moderation_models": ["*", "gpt-image-2"]}})).unwrap();
+    assert!(fine.check_image_models(known).is_ok());
 }

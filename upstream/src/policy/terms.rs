@@ -1,12 +1,17 @@
 //! Denied terms: thousands of words and phrases matched against a prompt in
 //! one pass of an Aho–Corasick automaton, over text folded the same way as
-//! the terms: Unicode compatibility-decomposed (NFKD, so `ｂａｚｏｏｋａ` and
-//! ligatures read as plain letters), accents dropped, lower-cased, and every
-//! run of characters that are not letters or digits made one space. A term
-//! matches as whole words only (`gun` is not in `begun`). A term ending in
-//! `*` matches any word that begins with it (`bazooka*`: `bazookas`); plain
-//! terms match exactly, so plurals are listed or starred — the admin decides,
-//! the gateway does not guess at a language's plurals.
+//! the terms (the rules are [`words`]'s): invisible characters dropped,
+//! Unicode compatibility-decomposed (NFKD, so `ｂａｚｏｏｋａ` and ligatures
+//! read as plain letters), accents dropped, case-folded, Latin lookalikes
+//! from Cyrillic and Greek read as Latin, words cut where the script changes
+//! and each character of the scripts written without spaces a word of its
+//! own, and every run of characters that are not letters or digits made one
+//! space. A term matches as whole words only (`gun` is not in `begun`); a
+//! prompt is also read with split words joined (`b.a.z.o.o.k.a`, `baz-ooka`,
+//! `b a z o o k a`). A term ending in `*` matches any word that begins with
+//! it (`bazooka*`: `bazookas`); plain terms match exactly, so plurals are
+//! listed or starred — the admin decides, the gateway does not guess at a
+//! language's plurals.
 
 use std::sync::Arc;
 
@@ -93,16 +98,28 @@ impl DenyTerms {
         self.patterns.is_empty()
     }
 
-    /// The first denied term in `text`, as its category.
+    /// The first denied term in `text`, as its category: searched in the
+    /// folded text, then in its joined reading (`b.a.z.o.o.k.a`, `baz-ooka`).
     pub fn find(&self, text: &str) -> Option<TermHit<'_>> {
         let automaton = self.automaton.as_ref()?;
-        // Spaces around the text make every boundary a space.
-        let folded = format!(" {} ", fold(text));
+        let words = words(text);
+        let plain = format!(" {} ", spaced(&words));
+        self.find_in(automaton, &plain, &[]).or_else(|| {
+            let (joined, joins) = joined(&words)?;
+            self.find_in(automaton, &format!(" {joined} "), &joins)
+        })
+    }
+
+    /// A whole-word hit in `folded` (spaces at both ends make every boundary
+    /// a space); `joins` are byte offsets where split words were joined,
+    /// which count as boundaries too (`a b.a.z.o.o.k.a`: the `a` before).
+    fn find_in(&self, automaton: &AhoCorasick, folded: &str, joins: &[usize]) -> Option<TermHit<'_>> {
         let bytes = folded.as_bytes();
-        automaton.find_overlapping_iter(&folded).find_map(|hit| {
+        let boundary = |at: usize| bytes.get(at) == Some(&b' ') || joins.binary_search(&at).is_ok();
+        automaton.find_overlapping_iter(folded).find_map(|hit| {
             let (category, prefix) = self.patterns[hit.pattern().as_usize()];
-            let starts_word = bytes[hit.start() - 1] == b' ';
-            let ends_word = prefix || bytes.get(hit.end()) == Some(&b' ');
+            let starts_word = bytes[hit.start() - 1] == b' ' || boundary(hit.start());
+            let ends_word = prefix || boundary(hit.end());
             (starts_word && ends_word).then(|| TermHit {
                 category: &self.categories[category],
             })
@@ -110,37 +127,262 @@ impl DenyTerms {
     }
 }
 
-/// The folded form terms and prompts are compared in: NFKD, no combining
-/// marks, lower case, non-alphanumeric runs as one space.
+/// The folded form terms and prompts are compared in: the words of
+/// [`words`], one space between.
 pub fn fold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    let mut space = false;
-    let mut push = |c: char| {
-        if c.is_alphanumeric() {
-            out.push(c);
-            space = false;
-        } else if !space {
-            out.push(' ');
-            space = true;
-        }
-    };
+    spaced(&words(text))
+}
+
+/// One folded word and how it met the one before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Word {
+    text: String,
+    /// Only `-` or `.` stood between it and the word before (`baz-ooka`).
+    glued: bool,
+    /// A character of a script written without spaces (one word per character).
+    unspaced: bool,
+}
+
+/// The words of `text`, folded:
+/// 1. invisible characters (Unicode's Default_Ignorable_Code_Point: soft
+///    hyphen, zero-width spaces and joiners, word joiner, BOM, Hangul
+///    fillers, variation selectors, tags…) and non-whitespace control
+///    characters are dropped, so they cannot split a word;
+/// 2. NFKD (full-width letters, ligatures), combining marks dropped (accents);
+/// 3. full case folding (`ß` is `ss`, `ς` is `σ`, `ı` is `i`);
+/// 4. a word mixing Latin with Cyrillic or Greek letters, or one made only of
+///    Cyrillic or Greek letters that look Latin, is read as Latin
+///    ([`latin_lookalike`]: `bаzooka` with a Cyrillic `а`, `ѕех`);
+/// 5. a word is cut where its script changes (`的bazooka`), and each
+///    character of Han, Kana, Thai, Lao, Khmer and Myanmar (written without
+///    spaces) is a word of its own, in terms and prompts alike, so `火箭筒`
+///    matches inside `一个拿着火箭筒的人`;
+/// 6. every run of other characters is one boundary.
+fn words(text: &str) -> Vec<Word> {
+    let mut out = Vec::new();
+    let mut word: Vec<(char, Option<char>)> = Vec::new();
+    let mut glue = true;
     for c in text.chars() {
-        // Most prompts are ASCII: nothing to decompose (the bench's hot path).
         if c.is_ascii() {
-            push(c.to_ascii_lowercase());
+            // Most prompts are ASCII: nothing to decompose (the bench's hot path).
+            if c.is_ascii_alphanumeric() {
+                word.push((c.to_ascii_lowercase(), None));
+            } else if !c.is_ascii_control() || c.is_ascii_whitespace() {
+                end_word(&mut out, &mut word, &mut glue);
+                glue &= c == '-' || c == '.';
+            }
+            continue;
+        }
+        if invisible(c) {
             continue;
         }
         // NFKD one character at a time is enough here: the combining marks
         // canonical reordering would move are dropped anyway.
-        let letters = std::iter::once(c)
+        for d in std::iter::once(c)
             .nfkd()
-            .filter(|c| !is_combining_mark(*c))
-            .flat_map(char::to_lowercase)
-            // Lower-casing can decompose again (`İ` is `i` and a dot above).
-            .filter(|c| !is_combining_mark(*c));
-        letters.for_each(&mut push);
+            .filter(|d| !is_combining_mark(*d) && !invisible(*d))
+        {
+            if !d.is_alphanumeric() {
+                end_word(&mut out, &mut word, &mut glue);
+                glue = false;
+                continue;
+            }
+            let lookalike = latin_lookalike(d);
+            for folded in case_fold(d) {
+                word.push((folded, lookalike));
+            }
+        }
+    }
+    end_word(&mut out, &mut word, &mut glue);
+    out
+}
+
+/// Whether `c` is dropped before folding: invisible, or a control character
+/// that is not whitespace (whitespace separates words).
+fn invisible(c: char) -> bool {
+    (c.is_control() && !c.is_whitespace()) || default_ignorable(c)
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, 15.1).
+fn default_ignorable(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
+}
+
+/// Full case folding for the letters where lower-casing is not enough.
+fn case_fold(c: char) -> impl Iterator<Item = char> {
+    let special: Option<&'static str> = match c {
+        'ß' | 'ẞ' => Some("ss"),
+        'ς' => Some("σ"),
+        'ı' => Some("i"),
+        'ſ' => Some("s"),
+        _ => None,
+    };
+    let (special, lower) = match special {
+        Some(s) => (Some(s.chars()), None),
+        // Lower-casing can decompose again (`İ` is `i` and a dot above).
+        None => (None, Some(c.to_lowercase().filter(|c| !is_combining_mark(*c)))),
+    };
+    special.into_iter().flatten().chain(lower.into_iter().flatten())
+}
+
+/// The Latin letter a Cyrillic or Greek letter is written like: the
+/// frequent lookalikes of Unicode's confusables (UTS #39), by hand — a full
+/// skeleton crate would be heavier than the ~40 letters that matter here.
+fn latin_lookalike(c: char) -> Option<char> {
+    Some(match c {
+        'А' | 'а' | 'Α' | 'α' => 'a',
+        'В' | 'в' | 'Β' | 'β' | 'ь' | 'Ь' => 'b',
+        'С' | 'с' | 'ϲ' | 'Ϲ' => 'c',
+        'ԁ' => 'd',
+        'Е' | 'е' | 'Ε' | 'ε' => 'e',
+        'Н' | 'н' | 'Η' | 'һ' => 'h',
+        'І' | 'і' | 'Ι' | 'ι' | 'ӏ' | 'Ӏ' => 'i',
+        'Ј' | 'ј' | 'ϳ' => 'j',
+        'К' | 'к' | 'Κ' | 'κ' => 'k',
+        'М' | 'м' | 'Μ' => 'm',
+        'Ν' | 'η' | 'п' => 'n',
+        'О' | 'о' | 'Ο' | 'ο' | 'σ' => 'o',
+        'Р' | 'р' | 'Ρ' | 'ρ' => 'p',
+        'ԛ' => 'q',
+        'Ѕ' | 'ѕ' => 's',
+        'Т' | 'т' | 'Τ' | 'τ' => 't',
+        'υ' | 'μ' => 'u',
+        'ν' => 'v',
+        'ԝ' | 'ω' => 'w',
+        'Х' | 'х' | 'Χ' | 'χ' => 'x',
+        'У' | 'у' | 'Υ' | 'γ' | 'Ү' | 'ү' => 'y',
+        'Ζ' => 'z',
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    /// Digits: part of any script's word.
+    Common,
+    Latin,
+    Greek,
+    Cyrillic,
+    /// Han, Kana, Thai, Lao, Khmer, Myanmar: written without spaces.
+    Unspaced,
+    Other,
+}
+
+fn script(c: char) -> Script {
+    if c.is_numeric() && !matches!(c as u32, 0x3005..=0x3007 | 0x3021..=0x3029) {
+        return Script::Common;
+    }
+    match c as u32 {
+        0x61..=0x7A
+        | 0xC0..=0x2AF
+        | 0x1D00..=0x1DBF
+        | 0x1E00..=0x1EFF
+        | 0x2C60..=0x2C7F
+        | 0xA720..=0xA7FF
+        | 0xAB30..=0xAB6F => Script::Latin,
+        0x370..=0x3FF | 0x1F00..=0x1FFF => Script::Greek,
+        0x400..=0x52F | 0x1C80..=0x1C8F | 0x2DE0..=0x2DFF | 0xA640..=0xA69F => Script::Cyrillic,
+        0x0E00..=0x0EFF
+        | 0x1000..=0x109F
+        | 0x1780..=0x17FF
+        | 0x19E0..=0x19FF
+        | 0x2E80..=0x2FDF
+        | 0x3005..=0x3007
+        | 0x3021..=0x3029
+        | 0x3040..=0x30FF
+        | 0x31F0..=0x31FF
+        | 0x3400..=0x4DBF
+        | 0x4E00..=0x9FFF
+        | 0xA9E0..=0xA9FF
+        | 0xAA60..=0xAA7F
+        | 0xF900..=0xFAFF
+        | 0xFF66..=0xFF9F
+        | 0x20000..=0x3FFFF => Script::Unspaced,
+        _ => Script::Other,
+    }
+}
+
+/// Ends the word being read: read as Latin where it looks Latin, cut where
+/// its script changes, pushed.
+fn end_word(out: &mut Vec<Word>, word: &mut Vec<(char, Option<char>)>, glue: &mut bool) {
+    if word.is_empty() {
+        return;
+    }
+    let has_latin = word.iter().any(|(c, _)| script(*c) == Script::Latin);
+    let all_lookalike = word
+        .iter()
+        .all(|(c, lookalike)| lookalike.is_some() || script(*c) == Script::Common);
+    let as_latin = has_latin || all_lookalike;
+    let mut glued = !out.is_empty() && *glue;
+    let mut current = String::new();
+    let mut current_script = Script::Common;
+    for (c, lookalike) in word.drain(..) {
+        let c = match lookalike {
+            Some(latin) if as_latin => latin,
+            _ => c,
+        };
+        let s = script(c);
+        let cut = s == Script::Unspaced
+            || current_script == Script::Unspaced
+            || (s != Script::Common && current_script != Script::Common && s != current_script);
+        if cut && !current.is_empty() {
+            out.push(Word {
+                text: std::mem::take(&mut current),
+                glued,
+                unspaced: current_script == Script::Unspaced,
+            });
+            glued = false;
+        }
+        if s != Script::Common || cut {
+            current_script = s;
+        }
+        current.push(c);
+    }
+    out.push(Word {
+        text: current,
+        glued,
+        unspaced: current_script == Script::Unspaced,
+    });
+    *glue = true;
+}
+
+/// The words with one space between.
+fn spaced(words: &[Word]) -> String {
+    let mut out = String::new();
+    for (i, word) in words.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&word.text);
     }
     out
+}
+
+/// The words read joined where they were split to hide one: a run of
+/// single letters (`b a z o o k a`) and words split only by `-` or `.`
+/// (`baz-ooka`, `b.a.z.o.o.k.a`) are one word; with the byte offsets of
+/// the joins, counted from a leading space. `None` when nothing joins.
+fn joined(words: &[Word]) -> Option<(String, Vec<usize>)> {
+    let mut out = String::new();
+    let mut joins = Vec::new();
+    for (i, word) in words.iter().enumerate() {
+        let join = i > 0 && {
+            let before = &words[i - 1];
+            let single = |w: &Word| w.text.chars().count() == 1;
+            !word.unspaced && !before.unspaced && (word.glued || (single(word) && single(before)))
+        };
+        if join {
+            joins.push(out.len() + 1);
+        } else if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&word.text);
+    }
+    (!joins.is_empty()).then_some((out, joins))
 }
 
 #[cfg(test)]
@@ -199,5 +441,85 @@ mod tests {
         let bad = vec!["  -- ".to_string()];
         assert!(DenyTerms::new([("x", bad.as_slice())]).is_err());
         assert!(DenyTerms::new(std::iter::empty()).unwrap().find("anything").is_none());
+    }
+
+    #[test]
+    fn invisible_characters_do_not_split_a_word() {
+        let set = terms(&[("weapons", &["bazooka"])]);
+        for (name, hidden) in [
+            ("soft hyphen", '\u{AD}'),
+            ("zero-width space", '\u{200B}'),
+            ("zero-width non-joiner", '\u{200C}'),
+            ("zero-width joiner", '\u{200D}'),
+            ("word joiner", '\u{2060}'),
+            ("byte order mark", '\u{FEFF}'),
+            ("Mongolian vowel separator", '\u{180E}'),
+            ("tag letter", '\u{E0061}'),
+            ("Hangul filler", '\u{3164}'),
+            ("half-width Hangul filler", '\u{FFA0}'),
+            ("variation selector", '\u{FE0F}'),
+            ("a control character", '\u{7}'),
+            ("a C1 control character", '\u{9C}'),
+        ] {
+            let prompt = format!("a baz{hidden}oo{hidden}ka");
+            assert_eq!(set.find(&prompt).map(|h| h.category), Some("weapons"), "{name}");
+        }
+        // In a term too.
+        let soft = vec!["ba\u{AD}zooka".to_string()];
+        let set = DenyTerms::new([("w", soft.as_slice())]).unwrap();
+        assert_eq!(set.find("bazooka").map(|h| h.category), Some("w"));
+    }
+
+    #[test]
+    fn case_folding_and_lookalike_letters() {
+        let set = terms(&[("w", &["bazooka", "strasse", "ixos"]), ("g", &["σοφος"])]);
+        let rows: &[(&str, &str, Option<&str>)] = &[
+            ("Cyrillic a", "a b\u{430}zooka", Some("w")),
+            ("Cyrillic o and a, upper case", "B\u{410}Z\u{41E}\u{41E}KA", Some("w")),
+            ("Greek omicron", "baz\u{3BF}\u{3BF}ka", Some("w")),
+            (
+                "all Cyrillic lookalikes",
+                "\u{432}\u{430}z\u{43E}\u{43E}\u{43A}\u{430}",
+                Some("w"),
+            ),
+            ("dotless i", "\u{131}xos", Some("w")),
+            ("sharp s", "stra\u{DF}e", Some("w")),
+            ("capital sharp s", "STRA\u{1E9E}E", Some("w")),
+            ("final sigma", "\u{3C3}\u{3BF}\u{3C6}\u{3BF}\u{3C2}", Some("g")),
+            ("upper-case Greek", "\u{3A3}\u{39F}\u{3A6}\u{39F}\u{3A3}", Some("g")),
+            (
+                "a Russian word is not Latin",
+                "\u{431}\u{430}\u{437}\u{443}\u{43A}\u{430}",
+                None,
+            ),
+        ];
+        for (name, prompt, want) in rows {
+            assert_eq!(set.find(prompt).map(|h| h.category), *want, "{name}: {prompt:?}");
+        }
+    }
+
+    #[test]
+    fn words_in_scripts_without_spaces_and_split_words() {
+        let set = terms(&[("w", &["bazooka", "火箭筒", "ปืน"]), ("p", &["rocket launcher"])]);
+        let rows: &[(&str, &str, Option<&str>)] = &[
+            ("Han inside a sentence", "一个拿着火箭筒的人", Some("w")),
+            ("Han alone", "火箭筒", Some("w")),
+            ("Han, part of the term", "一个拿着火箭的人", None),
+            ("Thai inside a sentence", "ชายถือปืนยาว", Some("w")),
+            ("Latin glued to Han", "的bazooka", Some("w")),
+            ("Latin glued to Han, both sides", "拿着bazooka的人", Some("w")),
+            ("Latin glued to Kana", "バズーカbazookaです", Some("w")),
+            ("dotted letters", "a b.a.z.o.o.k.a here", Some("w")),
+            ("spaced letters", "a b a z o o k a here", Some("w")),
+            ("hyphen split", "a baz-ooka", Some("w")),
+            ("dot split", "a baz.ooka", Some("w")),
+            ("phrase with a split word", "rock-et launcher", Some("p")),
+            ("not joined across a comma", "baz, ooka", None),
+            ("a word with a hyphen after", "bazooka-like", Some("w")),
+            ("joined, still not inside a word", "superbaz-ooka", None),
+        ];
+        for (name, prompt, want) in rows {
+            assert_eq!(set.find(prompt).map(|h| h.category), *want, "{name}: {prompt:?}");
+        }
     }
 }

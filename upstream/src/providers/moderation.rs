@@ -2,8 +2,9 @@
 //! (https://platform.openai.com/docs/api-reference/moderations/create):
 //! `POST {base}/moderations` with `{"model": "omni-moderation-latest",
 //! "input": [{"type": "text", "text": …} | {"type": "image_url", "image_url":
-//! {"url": "data:image/png;base64,…"}}]}`; the answer's `results[0]` has
-//! `flagged`, `categories` (booleans) and `category_scores` (0 to 1). Errors
+//! {"url": "data:image/png;base64,…"}}]}`; each of the answer's `results` has
+//! `flagged`, `categories` (booleans) and `category_scores` (0 to 1); every
+//! result counts. The API moderates at most one image per request. Errors
 //! come in the Images API's envelope and map the same way (`openai::map_error`).
 //! One request per call here; retries, the breaker, metrics and the GenAI
 //! span are `policy::moderator`'s, as the chain's are for image models.
@@ -44,7 +45,7 @@ pub enum ModerationInput {
     },
 }
 
-/// The model's verdict on one request (`results[0]`).
+/// The model's verdict on one request (all its `results`, combined).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct ModerationResult {
     pub flagged: bool,
@@ -137,10 +138,7 @@ impl ModerationClient {
         }
         let answer: Answer = serde_json::from_slice(&bytes)
             .map_err(|e| BackendError::InvalidResponse(format!("not a moderation answer: {e}")))?;
-        answer
-            .results
-            .into_iter()
-            .next()
+        combine(answer.results)
             .ok_or_else(|| BackendError::InvalidResponse("a moderation answer without results".into()))
     }
 
@@ -159,6 +157,23 @@ impl ModerationClient {
         }
         super::transport_error(error, error.to_string())
     }
+}
+
+/// Every result of one answer as one verdict: flagged if any is, each
+/// category flagged if any flags it, at its highest score (reading only the
+/// first would let a later result's flag through).
+fn combine(results: Vec<ModerationResult>) -> Option<ModerationResult> {
+    results.into_iter().reduce(|mut all, result| {
+        all.flagged |= result.flagged;
+        for (category, flagged) in result.categories {
+            *all.categories.entry(category).or_default() |= flagged;
+        }
+        for (category, score) in result.category_scores {
+            let highest = all.category_scores.entry(category).or_insert(score);
+            *highest = highest.max(score);
+        }
+        all
+    })
 }
 
 fn part(input: &ModerationInput) -> Part {
@@ -217,5 +232,23 @@ mod tests {
         assert!(result.flagged);
         assert_eq!(result.categories.get("violence"), Some(&true));
         assert_eq!(result.category_scores.get("violence"), Some(&0.91));
+    }
+
+    #[test]
+    fn every_result_counts() {
+        let answer: Answer = serde_json::from_value(serde_json::json!({"results": [
+            {"flagged": false, "categories": {"violence": false, "hate": false},
+             "category_scores": {"violence": 0.2, "hate": 0.01}},
+            {"flagged": true, "categories": {"violence": true, "hate": false},
+             "category_scores": {"violence": 0.1, "hate": 0.3}}
+        ]}))
+        .unwrap();
+        let result = combine(answer.results).unwrap();
+        assert!(result.flagged);
+        assert_eq!(result.categories.get("violence"), Some(&true));
+        assert_eq!(result.categories.get("hate"), Some(&false));
+        assert_eq!(result.category_scores.get("violence"), Some(&0.2));
+        assert_eq!(result.category_scores.get("hate"), Some(&0.3));
+        assert!(combine(Vec::new()).is_none());
     }
 }

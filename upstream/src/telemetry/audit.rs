@@ -155,6 +155,36 @@ pub struct ContentRefusalEvent<'a> {
     pub prompt_sha256: &'a str,
 }
 
+/// A prompt or images let through unchecked: the moderation model could
+/// not answer and the organisation's policy says `allow`.
+pub struct ContentUncheckedEvent<'a> {
+    pub request_id: &'a str,
+    pub org: &'a str,
+    pub user: &'a str,
+    /// `prompt` or `image`.
+    pub stage: &'a str,
+    /// Why the moderation model did not answer (`provider_unreachable`, …).
+    pub error_class: &'a str,
+    /// Where in the policy file the `allow` came from (`default`, `orgs.<org>`).
+    pub policy: &'a str,
+}
+
+impl ContentUncheckedEvent<'_> {
+    /// Writes the event as one JSON log line on the `audit` target.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "audit",
+            event = "content_unchecked",
+            request_id = self.request_id,
+            org = self.org,
+            user = self.user,
+            stage = self.stage,
+            error_class = self.error_class,
+            policy = self.policy,
+        );
+    }
+}
+
 impl ContentRefusalEvent<'_> {
     /// Writes the event as one JSON log line on the `audit` target.
     pub fn emit(&self) {
