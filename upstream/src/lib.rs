@@ -14,8 +14,9 @@
 //! - `admin_files`, `state`, `config`: the shared state, its live reload and
 //!   the settings it is built from;
 //! - `identity`: the caller, from the edge's signed assertion;
-//! - `storage`, `routing`, `providers`: where images live; which model
-//!   serves a call; the provider clients;
+//! - `storage`, `provenance`, `routing`, `providers`: where images live;
+//!   the Content Credentials every stored image carries; which model serves
+//!   a call; the provider clients;
 //! - `media`, `telemetry`: image facts; metrics, audit and traces.
 
 pub mod admin_files;
@@ -25,6 +26,7 @@ pub mod identity;
 pub mod media;
 pub mod pipeline;
 pub mod protocol;
+pub mod provenance;
 pub mod providers;
 pub mod routing;
 pub mod server;

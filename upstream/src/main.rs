@@ -25,6 +25,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Content Credentials: `verify` checks an image's (a file or a URL).
+    Provenance {
+        #[command(subcommand)]
+        command: ProvenanceCommand,
+    },
     /// Erases one user's (`--user`) or a whole organisation's images,
     /// uploads, task records and opted-in prompts from the store, and
     /// records the erasure in the audit (counts, not contents). Later links
@@ -256,6 +261,22 @@ async fn main() -> anyhow::Result<()> {
             println!("settings reference written to {}", out.display());
             Ok(())
         }
+        Command::Provenance {
+            command: ProvenanceCommand::Verify { image, anchor, json },
+        } => {
+            use mcp_image_gateway::cli::provenance;
+            let report = provenance::check(&image, anchor.as_ref()).await;
+            let valid = report.as_ref().is_ok_and(|r| r.is_valid());
+            match report {
+                Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Ok(report) => print!("{}", provenance::render(&report)),
+                Err(error) => eprintln!("{error:#}"),
+            }
+            if !valid {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::CheckSettings { file } => {
             use mcp_image_gateway::cli::edge_settings;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -441,6 +462,23 @@ enum AuditCommand {
     /// without an anchored end (`incomplete`: a crash, or its tail removed).
     /// Exit status 1 when the chain is broken.
     Verify(Box<VerifyArgs>),
+}
+
+#[derive(Subcommand)]
+enum ProvenanceCommand {
+    /// Prints whether an image's C2PA Content Credentials are valid (and
+    /// trusted, with `--anchor`), the signer, the actions and the chain of
+    /// images it was made from. Exit status 1 when invalid or absent.
+    Verify {
+        /// A file, or an http(s) URL (a signed image link).
+        image: String,
+        /// PEM roots to trust (the development root is `.state/provenance/ca.pem`).
+        #[arg(long)]
+        anchor: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]

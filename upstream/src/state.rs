@@ -63,6 +63,8 @@ pub struct AppState {
     pub budgets: crate::routing::budget::Budgets,
     /// Provider quotas as their answers describe them, shared by replicas.
     pub capacity: Capacity,
+    /// Content Credentials: the policy and the signing key.
+    pub provenance: crate::provenance::Provenance,
 }
 
 impl AppState {
@@ -101,8 +103,26 @@ impl AppState {
             routes,
             url_keys,
             identity_keys,
+            provenance,
             ..
         } = parts;
+        // Zero series from the start, so the alert and dashboard see the first failure.
+        for reason in crate::provenance::ProvenanceError::REASONS {
+            let _ = metrics
+                .signing_failures
+                .get_or_create(&crate::telemetry::metrics::SigningFailureLabels {
+                    reason: reason.into(),
+                    policy: provenance.policy.as_str().into(),
+                });
+        }
+        if let Err(why) = &provenance.key {
+            if provenance.policy != crate::provenance::Policy::Off {
+                tracing::warn!(
+                    policy = provenance.policy.as_str(),
+                    "no Content Credentials signing key: {why}"
+                );
+            }
+        }
         Ok(Self {
             backend,
             store: config.image_store()?,
@@ -147,6 +167,7 @@ impl AppState {
             routes: Arc::new(routes),
             tasks: tokio_util::task::TaskTracker::new(),
             capacity,
+            provenance,
         })
     }
 
@@ -157,7 +178,13 @@ impl AppState {
     /// start closed).
     pub fn reload(&self, config: &ServeConfig) -> anyhow::Result<Self> {
         let parts = AdminParts::read(config, &self.capacity)?;
+        // A signing key that worked is not given up for one that does not (a
+        // rotation caught between its two files is read again at the next change).
+        if let (Ok(_), Err(why)) = (&self.provenance.key, &parts.provenance.key) {
+            anyhow::bail!("Content Credentials signing key: {why}");
+        }
         Ok(Self {
+            provenance: parts.provenance,
             backend: parts.backend,
             signer: UrlSigner::new(parts.url_keys, &config.public_base_url)?,
             identity: Arc::new(self.identity.with_keys(&parts.identity_keys)),
@@ -186,6 +213,7 @@ struct AdminParts {
     url_keys: Keyring,
     identity_keys: Keyring,
     budgets: Option<crate::routing::budget::BudgetSettings>,
+    provenance: crate::provenance::Provenance,
 }
 
 impl AdminParts {
@@ -252,6 +280,7 @@ impl AdminParts {
             url_keys,
             identity_keys,
             budgets,
+            provenance: config.provenance(),
         })
     }
 }

@@ -25,7 +25,8 @@ pub fn audience(public_base_url: &str) -> String {
     format!("{}/mcp", public_base_url.trim_end_matches('/'))
 }
 
-/// Creates, once, the dev signing key and the URL-signing secret under `state_dir`.
+/// Creates, once, the dev signing key, the URL-signing secret and the
+/// Content Credentials CA and signing certificate under `state_dir`.
 pub fn init(state_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let key_path = state_dir.join(SIGNING_KEY_FILE);
@@ -50,6 +51,7 @@ pub fn init(state_dir: &Path) -> anyhow::Result<()> {
             write_secret(&path, &format!("{key_id} {}\n", hex::encode(secret)))?;
         }
     }
+    crate::provenance::dev_ca::init(state_dir)?;
     Ok(())
 }
 

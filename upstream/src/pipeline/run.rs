@@ -1,6 +1,7 @@
 //! The one path every image tool takes once its call is prepared: route →
 //! capability check → provider (with heartbeats, cancellation) → output cap
-//! → store → sign → audit and billing → the tool result. `generate_image`
+//! → Content Credentials → store → sign links → audit and billing → the
+//! tool result. `generate_image`
 //! and `edit_image` differ only in what they hand it (`ImageCall::edit`).
 
 use std::collections::HashMap;
@@ -63,6 +64,10 @@ pub struct GenerateImageOutput {
     /// The arm of a weighted route that served the call (for comparing arms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
+    /// Per image, in the order of `image_urls`: its embedded C2PA Content
+    /// Credentials (`null`: delivered without, when the gateway's policy allows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_credentials: Vec<Option<crate::provenance::Credentials>>,
 }
 
 /// A call whose future may be dropped before it ends (client disconnect):
@@ -296,11 +301,36 @@ pub(crate) async fn run(
             state.max_image_bytes
         ))]);
     }
+    let provider = router
+        .backends()
+        .find(|backend| backend.model() == generation.model)
+        .map_or("unknown", |backend| backend.kind());
+    let signed = match crate::pipeline::credentials::sign_images(state, call, &generation, provider)
+        .instrument(tracing::info_span!("mcp_gateway.content_credentials"))
+        .await
+    {
+        Ok(signed) => signed,
+        Err(error) => {
+            audit(
+                Ended::after(
+                    &generation,
+                    routed_fallbacks,
+                    Outcome::ToolError,
+                    Some(error.reason()),
+                    0,
+                )
+                .model_time(model_time),
+            );
+            return CallToolResult::error(vec![ContentBlock::text(format!(
+                "The images were generated but not delivered: {error}, and this gateway delivers only images that carry its Content Credentials. Nothing was stored or billed; operators: see the runbook for ContentCredentialsFailing."
+            ))]);
+        }
+    };
     if let Some(progress) = progress.as_mut() {
         progress.send("storing".to_string()).await;
     }
     let now = Utc::now();
-    let files: Vec<_> = generation.images.iter().map(|i| (i.bytes.clone(), i.format)).collect();
+    let files = signed.files;
     let storage_started = Instant::now();
     let stored = state
         .store
@@ -373,6 +403,7 @@ pub(crate) async fn run(
         estimated_cost_usd: cost_usd.unwrap_or_default(),
         source_images: call.sources.clone(),
         arm: arm.clone(),
+        content_credentials: signed.credentials,
     };
     audit(Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys.len()).model_time(model_time));
     let mut notes = call.notes.clone();
@@ -638,6 +669,12 @@ pub fn result_for(output: &GenerateImageOutput, edit: bool, notes: &[String], of
     for note in notes {
         summary.push(' ');
         summary.push_str(note);
+    }
+    let signed = output.content_credentials.iter().flatten().count();
+    if signed > 0 {
+        summary.push_str(&format!(
+            " {signed} of {count} carry the gateway's signed Content Credentials (C2PA), marking them AI-generated."
+        ));
     }
     if offline_preview {
         summary.push_str(if edit {

@@ -172,6 +172,22 @@ pub struct Metrics {
     pub pool_in_flight: Family<PoolOrgLabels, Gauge>,
     pub pool_queued: Family<PoolOrgLabels, Gauge>,
     pub pool_wait_seconds: Family<PoolOrgLabels, Seconds>,
+    pub images_signed: Family<FormatLabels, Counter>,
+    pub signing_failures: Family<SigningFailureLabels, Counter>,
+    pub signing_seconds: Family<FormatLabels, Seconds>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabels {
+    pub format: String,
+}
+
+/// Why an image could not be signed, and what the policy did with it
+/// (`required`: not delivered; `best_effort`: delivered unsigned).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SigningFailureLabels {
+    pub reason: String,
+    pub policy: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -343,7 +359,29 @@ impl Metrics {
             "How long calls waited for a slot of a self-hosted pool",
             pool_wait_seconds.clone(),
         );
+        let images_signed = Family::<FormatLabels, Counter>::default();
+        registry.register(
+            "images_signed",
+            "Images stored with the gateway's Content Credentials (C2PA), by format",
+            images_signed.clone(),
+        );
+        let signing_failures = Family::<SigningFailureLabels, Counter>::default();
+        registry.register(
+            "content_credentials_failures",
+            "Images that could not be signed, by reason and policy (required: not delivered; best_effort: delivered unsigned)",
+            signing_failures.clone(),
+        );
+        let signing_seconds =
+            Family::<FormatLabels, Seconds>::new_with_constructor(seconds_histogram as fn() -> Seconds);
+        registry.register(
+            "content_credentials_signing_duration_seconds",
+            "Time to embed and sign one image's Content Credentials, by format",
+            signing_seconds.clone(),
+        );
         Arc::new(Self {
+            images_signed,
+            signing_failures,
+            signing_seconds,
             pool_in_flight,
             pool_queued,
             pool_wait_seconds,
