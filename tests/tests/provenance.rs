@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use gateway_tests::fake_openai::FakeOptions;
 use gateway_tests::mcp_client::{call_http, structured, tool_error};
 use gateway_tests::stack::{http_client, workspace_root};
-use gateway_tests::{Stack, StackOptions};
+use gateway_tests::{Backend, Stack, StackOptions};
 use serde_json::{json, Value};
 
 const AI: &str = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia";
@@ -130,6 +131,49 @@ async fn every_format_is_signed_trusted_and_names_the_model_not_the_caller() {
     assert!(upstream_metric(&stack, "mcp_gateway_images_signed_total{format=\"webp\"}").await >= 1.0);
 }
 
+/// The provider wire fakes: OpenAI (PNG) and Stability (JPEG): each image
+/// signed, trusted, its software agent the model that made it.
+#[tokio::test]
+async fn every_provider_backend_is_signed() {
+    let backends = [
+        (
+            Backend::FakeOpenAi {
+                model: "gpt-image-1.5".into(),
+                options: FakeOptions::default(),
+            },
+            "png",
+            "gpt-image-1.5 (openai)",
+        ),
+        (Backend::FakeStability { rate_limit: None }, "jpeg", "(stability)"),
+    ];
+    for (backend, format, agent) in backends {
+        let stack = Stack::start_with(StackOptions {
+            backend,
+            ..StackOptions::default()
+        })
+        .await
+        .unwrap();
+        let token = stack.token("alice", "acme");
+        let reply = call(
+            &stack,
+            &token,
+            "generate_image",
+            json!({"prompt": PROMPT, "output_format": format}),
+        )
+        .await;
+        let output = structured(&reply);
+        let image = fetch(output["image_urls"][0].as_str().unwrap()).await;
+        let report = &validate(&stack, Some(&anchor(&stack)), &[&image])[0];
+        assert_eq!(report["state"], "Trusted", "{agent}: {report}");
+        let created = &actions(active(report))[0];
+        assert!(
+            created["softwareAgent"]["name"].as_str().unwrap().ends_with(agent),
+            "{created}"
+        );
+        assert_eq!(created["digitalSourceType"], AI);
+    }
+}
+
 #[tokio::test]
 async fn edits_chain_to_their_source_and_one_changed_byte_is_invalid() {
     let stack = Stack::start().await.unwrap();
@@ -199,10 +243,14 @@ async fn required_without_a_readable_key_delivers_nothing_and_counts_it() {
     assert!(error.contains("signing key is unavailable"), "{error}");
     assert!(error.contains("/nonexistent/signer.key"), "{error}");
     assert!(error.contains("Nothing was stored or billed"), "{error}");
-    let stored = std::fs::read_dir(stack.state_dir.join("images"))
-        .map(|dir| walk(dir.flatten().map(|e| e.path()).collect()))
-        .unwrap_or_default();
-    assert!(stored.is_empty(), "nothing stored: {stored:?}");
+    let stored: Vec<PathBuf> = walk(vec![stack.state_dir.join("images")])
+        .into_iter()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| ["png", "jpg", "webp"].contains(&e.to_str().unwrap_or_default()))
+        })
+        .collect();
+    assert!(stored.is_empty(), "no image stored: {stored:?}");
     let events = stack.audit_events();
     assert!(
         !events.iter().any(|e| e["fields"]["event"] == "image_generation"),
@@ -219,13 +267,14 @@ async fn required_without_a_readable_key_delivers_nothing_and_counts_it() {
     assert_eq!(failures, 1.0);
 }
 
-/// Files under `paths`, recursively.
+/// Files under `paths`, recursively (none for a path that is not there).
 fn walk(paths: Vec<PathBuf>) -> Vec<PathBuf> {
     paths
         .into_iter()
         .flat_map(|p| match std::fs::read_dir(&p) {
             Ok(dir) => walk(dir.flatten().map(|e| e.path()).collect()),
-            Err(_) => vec![p],
+            Err(_) if p.is_file() => vec![p],
+            Err(_) => Vec::new(),
         })
         .collect()
 }

@@ -107,3 +107,23 @@ impl SigningKey {
         c2pa::create_signer::from_keys(&self.chain_pem, &self.key_pem, self.alg, None).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused() {
+        let dir = std::env::temp_dir().join(format!("prov-keys-{}", uuid::Uuid::new_v4()));
+        let ca = crate::provenance::dev_ca::init(&dir).unwrap();
+        let (chain, key) = crate::provenance::dev_ca::issue(&ca, "second").unwrap();
+        let first_key = std::fs::read(&ca.key).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let good = SigningKey::from_pem(chain.clone().into_bytes(), key.into_bytes()).unwrap();
+        assert_eq!(good.signer, "MCP Image Gateway (development)");
+        assert!(good.valid_at(chrono::Utc::now().timestamp()).is_ok());
+        let error = SigningKey::from_pem(chain.into_bytes(), first_key).unwrap_err();
+        assert!(error.contains("not the signing certificate's"), "{error}");
+        assert!(SigningKey::from_pem(b"not pem".to_vec(), b"x".to_vec()).is_err());
+    }
+}
