@@ -339,18 +339,20 @@ async fn main() -> anyhow::Result<()> {
                 let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
                 if name == "FILTER_CONFIG" {
                     // One line, so it sits inside the YAML block scalar.
-                    let json: serde_json::Value =
+                    let mut json: serde_json::Value =
                         serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?;
+                    devkit::sort_keys(&mut json);
                     text = json.to_string();
                 }
                 vars.insert(name, text.trim_end().to_string());
             }
             // The development filter configuration unless one was given.
             if !vars.contains_key("FILTER_CONFIG") {
-                vars.insert(
-                    "FILTER_CONFIG".into(),
-                    devkit::filter_config(&state_dir, &public_base_url)?.to_string(),
-                );
+                vars.insert("FILTER_CONFIG".into(), {
+                    let mut config = devkit::filter_config(&state_dir, &public_base_url)?;
+                    devkit::sort_keys(&mut config);
+                    config.to_string()
+                });
             }
             for (name, default) in [
                 ("LISTEN_ADDRESS", "127.0.0.1"),

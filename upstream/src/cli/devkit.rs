@@ -79,6 +79,19 @@ pub fn api_key_hash(key: &str) -> String {
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
+/// Every object of `value` with its keys in order, so rendered JSON is the
+/// same whatever order serde_json's map keeps (c2pa turns on `preserve_order`).
+pub fn sort_keys(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.sort_keys();
+            map.values_mut().for_each(sort_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
+}
+
 /// The development API key (created by `init`).
 pub fn dev_api_key(state_dir: &Path) -> anyhow::Result<String> {
     let path = state_dir.join(API_KEY_FILE);
