@@ -227,6 +227,22 @@ async fn edits_chain_to_their_source_and_one_changed_byte_is_invalid() {
     tampered[idat + 20] ^= 0x01;
     let report = &validate(&stack, Some(&anchor(&stack)), &[&tampered])[0];
     assert_eq!(report["state"], "Invalid", "{report}");
+
+    // The gateway's own `provenance verify` says the same, with the chain.
+    let path = |name: &str, bytes: &[u8]| {
+        let path = stack.state_dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let (good, bad) = (path("third.png", &image), path("tampered.png", &tampered));
+    let anchor = anchor(&stack).display().to_string();
+    let (report, ok) = stack.gateway_command(&["provenance", "verify", &good, "--anchor", &anchor, "--json"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["state"], "Trusted");
+    assert_eq!(report["ingredients"].as_array().unwrap().len(), 2, "{report}");
+    let (report, ok) = stack.gateway_command(&["provenance", "verify", &bad, "--json"]);
+    assert!(!ok);
+    assert_eq!(report["state"], "Invalid");
 }
 
 #[tokio::test]

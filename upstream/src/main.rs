@@ -268,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
             let report = provenance::check(&image, anchor.as_ref()).await;
             let valid = report.as_ref().is_ok_and(|r| r.is_valid());
             match report {
-                Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Ok(report) if json => println!("{}", serde_json::to_string(&report)?),
                 Ok(report) => print!("{}", provenance::render(&report)),
                 Err(error) => eprintln!("{error:#}"),
             }
