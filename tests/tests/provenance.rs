@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gateway_tests::fake_openai::FakeOptions;
+use gateway_tests::fake_openai::{FakeOptions, SIGNED_MARKER};
 use gateway_tests::mcp_client::{call_http, structured, tool_error};
 use gateway_tests::stack::{http_client, workspace_root};
 use gateway_tests::{Backend, Stack, StackOptions};
@@ -172,6 +172,44 @@ async fn every_provider_backend_is_signed() {
         );
         assert_eq!(created["digitalSourceType"], AI);
     }
+}
+
+/// OpenAI's images carry a manifest of their own: ours keeps it as an
+/// ingredient (its signer, its claim) instead of replacing it.
+#[tokio::test]
+async fn a_provider_manifest_is_kept_as_an_ingredient() {
+    let stack = Stack::start_with(StackOptions {
+        backend: Backend::FakeOpenAi {
+            model: "gpt-image-1.5".into(),
+            options: FakeOptions::default(),
+        },
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let prompt = format!("a fox {SIGNED_MARKER}");
+    let output = structured(&call(&stack, &token, "generate_image", json!({"prompt": prompt})).await).clone();
+    let image = fetch(output["image_urls"][0].as_str().unwrap()).await;
+    let report = &validate(&stack, Some(&anchor(&stack)), &[&image])[0];
+    assert_eq!(
+        report["store"]["active_manifest"],
+        output["content_credentials"][0]["manifest_label"]
+    );
+    let manifest = active(report);
+    let ingredient = manifest["ingredients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["relationship"] == "componentOf")
+        .unwrap_or_else(|| panic!("no provider ingredient in {manifest}"));
+    let theirs = &report["store"]["manifests"][ingredient["active_manifest"].as_str().unwrap()];
+    assert_eq!(
+        theirs["signature_info"]["common_name"], "fake OpenAI signer",
+        "{report}"
+    );
+    assert_eq!(actions(theirs)[0]["action"], "c2pa.created");
+    assert_eq!(report["state"], "Trusted", "{report}");
 }
 
 #[tokio::test]

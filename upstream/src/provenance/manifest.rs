@@ -15,6 +15,9 @@ pub const GENERATOR: &str = "mcp-image-gateway";
 /// The ingredient label actions refer to the source image by.
 pub const SOURCE_INGREDIENT: &str = "source";
 
+/// The ingredient label of the provider's own signed image.
+pub const PROVIDER_INGREDIENT: &str = "provider";
+
 /// The facts one image's manifest records.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageFacts<'a> {
@@ -52,6 +55,17 @@ pub fn source_ingredient(source: &Source<'_>) -> Value {
         "format": source.format.mime_type(),
         "relationship": "parentOf",
         "label": SOURCE_INGREDIENT,
+    })
+}
+
+/// The ingredient definition of a provider image that carried Content
+/// Credentials of its own (OpenAI's do): a component of ours.
+pub fn provider_ingredient(facts: &ImageFacts<'_>) -> Value {
+    json!({
+        "title": format!("{} output.{}", facts.provider, facts.format.extension()),
+        "format": facts.format.mime_type(),
+        "relationship": "componentOf",
+        "label": PROVIDER_INGREDIENT,
     })
 }
 

@@ -38,6 +38,18 @@ pub fn sign(image: &[u8], facts: &ImageFacts<'_>, key: &SigningKey, now: i64) ->
             )
             .map_err(failed)?;
     }
+    // A provider image with Content Credentials of its own (OpenAI's): kept
+    // as an ingredient, its manifest inside ours, rather than replaced.
+    let mime = facts.format.mime_type();
+    if c2pa::jumbf_io::load_jumbf_from_memory(mime, image).is_ok() {
+        builder
+            .add_ingredient_from_stream(
+                manifest::provider_ingredient(facts).to_string(),
+                mime,
+                &mut Cursor::new(image),
+            )
+            .map_err(failed)?;
+    }
     let mut signed = Cursor::new(Vec::with_capacity(image.len() + 32 * 1024));
     builder
         .sign(

@@ -208,6 +208,28 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_images_own_manifest_is_kept_as_an_ingredient() {
+        let (key, root) = key();
+        let now = chrono::Utc::now().timestamp();
+        let provider = sign(&picture(OutputFormat::Png), &png_facts(None), &key, now).unwrap();
+        let ours = sign(&provider.bytes, &png_facts(None), &key, now).unwrap();
+        let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+        assert_eq!(report.state, "Trusted", "{report:?}");
+        assert_eq!(
+            report.manifest_label.as_deref(),
+            Some(ours.credentials.manifest_label.as_str())
+        );
+        let reader = c2pa::Reader::from_context(c2pa::Context::new())
+            .with_stream("image/png", Cursor::new(ours.bytes.to_vec()))
+            .unwrap();
+        let ingredient = &reader.active_manifest().unwrap().ingredients()[0];
+        assert_eq!(
+            ingredient.active_manifest(),
+            Some(provider.credentials.manifest_label.as_str())
+        );
+    }
+
+    #[test]
     fn an_expired_certificate_signs_nothing() {
         let (key, _) = key();
         let facts = png_facts(None);
