@@ -230,6 +230,35 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_or_corrupt_source_manifest_never_stops_the_signing() {
+        let (key, root) = key();
+        let now = chrono::Utc::now().timestamp();
+        let signed = sign(&picture(OutputFormat::Png), &png_facts(None), &key, now)
+            .unwrap()
+            .bytes
+            .to_vec();
+        let manifest_at = signed.windows(4).position(|w| w == b"caBX").unwrap();
+        let idat = signed.windows(4).position(|w| w == b"IDAT").unwrap();
+        let mut forged = signed.clone();
+        forged[idat + 20] ^= 1; // its pixels no longer match its manifest
+        let mut corrupt = signed.clone();
+        for byte in &mut corrupt[manifest_at + 40..manifest_at + 240] {
+            *byte = 0x5a; // its manifest no longer parses
+        }
+        for (name, source) in [("forged", &forged), ("corrupt", &corrupt)] {
+            for facts in [png_facts(None), png_facts(png_source(source))] {
+                let ours = sign(source, &facts, &key, now).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+                assert_eq!(
+                    report.manifest_label.as_deref(),
+                    Some(ours.credentials.manifest_label.as_str())
+                );
+                assert_ne!(report.state, "Invalid", "{name}: {report:?}");
+            }
+        }
+    }
+
+    #[test]
     fn an_expired_certificate_signs_nothing() {
         let (key, _) = key();
         let facts = png_facts(None);
