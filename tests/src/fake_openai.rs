@@ -58,6 +58,12 @@ pub fn provider_root() -> String {
     std::fs::read_to_string(&provider_signer().0.root).unwrap_or_default()
 }
 
+/// A `width` x `height` PNG with Content Credentials signed elsewhere (by
+/// the fake provider's test root), as a user might upload.
+pub fn signed_png(width: u32, height: u32) -> Vec<u8> {
+    provider_signed(solid_png(width, height), "a camera app")
+}
+
 /// `png` with the provider's own Content Credentials.
 fn provider_signed(png: Vec<u8>, model: &str) -> Vec<u8> {
     use mcp_image_gateway::media::types::OutputFormat;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gateway_tests::fake_openai::{FakeOptions, SIGNED_MARKER};
+use gateway_tests::fake_openai::{signed_png, FakeOptions, SIGNED_MARKER};
 use gateway_tests::mcp_client::{call_http, structured, tool_error};
 use gateway_tests::stack::{http_client, workspace_root};
 use gateway_tests::{Backend, Stack, StackOptions};
@@ -210,6 +210,46 @@ async fn a_provider_manifest_is_kept_as_an_ingredient() {
     );
     assert_eq!(actions(theirs)[0]["action"], "c2pa.created");
     assert_eq!(report["state"], "Trusted", "{report}");
+}
+
+/// An uploaded image signed elsewhere: the edit's `parentOf` ingredient
+/// carries its own manifest.
+#[tokio::test]
+async fn an_uploaded_images_own_credentials_are_the_edits_parent() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack.token("alice", "acme");
+    let ticket = structured(&call(&stack, &token, "create_upload", json!({"content_type": "image/png"})).await).clone();
+    let response = http_client()
+        .put(ticket["upload_url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(signed_png(1024, 1024))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let reply = call(
+        &stack,
+        &token,
+        "edit_image",
+        json!({"prompt": "make it blue", "images": [ticket["reference"]]}),
+    )
+    .await;
+    let output = structured(&reply);
+    let image = fetch(output["image_urls"][0].as_str().unwrap()).await;
+    let report = &validate(&stack, Some(&anchor(&stack)), &[&image])[0];
+    let manifest = active(report);
+    let parent = manifest["ingredients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["relationship"] == "parentOf")
+        .unwrap_or_else(|| panic!("no parentOf ingredient in {manifest}"));
+    let theirs = &report["store"]["manifests"][parent["active_manifest"].as_str().unwrap()];
+    assert_eq!(
+        theirs["signature_info"]["common_name"], "fake OpenAI signer",
+        "{report}"
+    );
+    assert_eq!(actions(manifest).last().unwrap()["action"], "c2pa.edited");
 }
 
 #[tokio::test]
