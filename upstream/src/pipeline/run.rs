@@ -330,28 +330,10 @@ pub(crate) async fn run(
         progress.send("storing".to_string()).await;
     }
     let now = Utc::now();
-    let files = signed.files;
-    let storage_started = Instant::now();
-    let stored = state
-        .store
-        .put_all(&caller.org, &caller.user, &files, now)
-        .instrument(tracing::info_span!("mcp_gateway.store", images = files.len()))
-        .await;
-    state
-        .metrics
-        .storage_seconds
-        .get_or_create(&OpLabels {
-            operation: "put".into(),
-        })
-        .observe(
-            storage_started.elapsed().as_secs_f64(),
-            exemplar(caller.trace.as_ref()),
-            None,
-        );
-    let keys = match stored {
-        Ok(keys) => keys,
-        Err(error) => {
-            tracing::error!(%error, "storing generated images failed");
+    let expires = now + state.url_ttl;
+    let urls = match store_and_link(state, caller, &signed.files, now).await {
+        Ok(urls) => urls,
+        Err(message) => {
             audit(
                 Ended::after(
                     &generation,
@@ -362,37 +344,10 @@ pub(crate) async fn run(
                 )
                 .model_time(model_time),
             );
-            return CallToolResult::error(vec![ContentBlock::text(
-                "The images were generated but could not be stored; nothing was saved. Try again shortly.",
-            )]);
+            return CallToolResult::error(vec![ContentBlock::text(message)]);
         }
     };
-    let expires = now + state.url_ttl;
-    let mut urls = Vec::with_capacity(keys.len());
-    for key in &keys {
-        let signing = tracing::info_span!("mcp_gateway.sign_link");
-        match state.store.presigned_url(key, state.url_ttl).instrument(signing).await {
-            Ok(Some(url)) => urls.push(url),
-            Ok(None) => urls.push(state.signer.url(key, expires.timestamp())),
-            Err(error) => {
-                tracing::error!(%error, "presigning an image link failed");
-                state.store.delete_all(&keys).await;
-                audit(
-                    Ended::after(
-                        &generation,
-                        routed_fallbacks,
-                        Outcome::ToolError,
-                        Some("storage_failed"),
-                        0,
-                    )
-                    .model_time(model_time),
-                );
-                return CallToolResult::error(vec![ContentBlock::text(
-                    "The images were generated but no link could be signed; nothing was kept. Try again shortly.",
-                )]);
-            }
-        }
-    }
+    let keys = urls.len();
     let output = GenerateImageOutput {
         image_urls: urls.clone(),
         expires_at: expires.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -405,7 +360,7 @@ pub(crate) async fn run(
         arm: arm.clone(),
         content_credentials: signed.credentials,
     };
-    audit(Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys.len()).model_time(model_time));
+    audit(Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys).model_time(model_time));
     let mut notes = call.notes.clone();
     if let Some(requested) = requested.as_deref().filter(|m| *m != generation.model) {
         notes.push(format!(
@@ -419,6 +374,54 @@ pub(crate) async fn run(
         &notes,
         generation.model == crate::providers::offline_preview::MODEL,
     )
+}
+
+/// Stores the images and signs a link to each: the links, or what to tell
+/// the caller (nothing is kept when a link cannot be signed).
+async fn store_and_link(
+    state: &AppState,
+    caller: &Caller,
+    files: &[(bytes::Bytes, crate::media::types::OutputFormat)],
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<String>, &'static str> {
+    let storage_started = Instant::now();
+    let stored = state
+        .store
+        .put_all(&caller.org, &caller.user, files, now)
+        .instrument(tracing::info_span!("mcp_gateway.store", images = files.len()))
+        .await;
+    state
+        .metrics
+        .storage_seconds
+        .get_or_create(&OpLabels {
+            operation: "put".into(),
+        })
+        .observe(
+            storage_started.elapsed().as_secs_f64(),
+            exemplar(caller.trace.as_ref()),
+            None,
+        );
+    let keys = stored.map_err(|error| {
+        tracing::error!(%error, "storing generated images failed");
+        "The images were generated but could not be stored; nothing was saved. Try again shortly."
+    })?;
+    let expires = now + state.url_ttl;
+    let mut urls = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let signing = tracing::info_span!("mcp_gateway.sign_link");
+        match state.store.presigned_url(key, state.url_ttl).instrument(signing).await {
+            Ok(Some(url)) => urls.push(url),
+            Ok(None) => urls.push(state.signer.url(key, expires.timestamp())),
+            Err(error) => {
+                tracing::error!(%error, "presigning an image link failed");
+                state.store.delete_all(&keys).await;
+                return Err(
+                    "The images were generated but no link could be signed; nothing was kept. Try again shortly.",
+                );
+            }
+        }
+    }
+    Ok(urls)
 }
 
 /// The estimated cost of this call on each model of the chain that can
