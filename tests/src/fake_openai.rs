@@ -40,6 +40,56 @@ pub const BLOCKED_MARKER: &str = "[[blocked]]";
 /// Marker that makes the fake draw PNGs of random pixels, which barely
 /// compress (about 3 bytes a pixel: 1200x1024 is about 3.5 MiB).
 pub const NOISE_MARKER: &str = "[[noise]]";
+/// A prompt with this marker gets a PNG carrying Content Credentials of the
+/// provider's own, as OpenAI's images do (signed under `provider_root()`).
+pub const SIGNED_MARKER: &str = "[[signed]]";
+
+/// The provider's signing CA and key (made once per test process): the
+/// root of the manifests `SIGNED_MARKER` images carry.
+fn provider_signer() -> &'static (
+    mcp_image_gateway::provenance::dev_ca::DevCa,
+    mcp_image_gateway::provenance::SigningKey,
+) {
+    static SIGNER: std::sync::OnceLock<(
+        mcp_image_gateway::provenance::dev_ca::DevCa,
+        mcp_image_gateway::provenance::SigningKey,
+    )> = std::sync::OnceLock::new();
+    SIGNER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fake-openai-c2pa-{}", std::process::id()));
+        let ca = mcp_image_gateway::provenance::dev_ca::init(&dir).expect("provider CA");
+        let (chain, key) =
+            mcp_image_gateway::provenance::dev_ca::issue(&ca, "fake OpenAI signer").expect("provider cert");
+        let key = mcp_image_gateway::provenance::SigningKey::from_pem(chain.into_bytes(), key.into_bytes())
+            .expect("provider key");
+        (ca, key)
+    })
+}
+
+/// The PEM root `SIGNED_MARKER` images are signed under.
+pub fn provider_root() -> String {
+    std::fs::read_to_string(&provider_signer().0.root).unwrap_or_default()
+}
+
+/// A `width` x `height` PNG with Content Credentials signed elsewhere (by
+/// the fake provider's test root), as a user might upload.
+pub fn signed_png(width: u32, height: u32) -> Vec<u8> {
+    provider_signed(solid_png(width, height), "a camera app")
+}
+
+/// `png` with the provider's own Content Credentials.
+fn provider_signed(png: Vec<u8>, model: &str) -> Vec<u8> {
+    use mcp_image_gateway::media::types::OutputFormat;
+    use mcp_image_gateway::provenance::manifest::ImageFacts;
+    let facts = ImageFacts {
+        model,
+        provider: "fake OpenAI",
+        format: OutputFormat::Png,
+        source: None,
+    };
+    mcp_image_gateway::provenance::sign::sign(&png, &facts, &provider_signer().1, chrono::Utc::now().timestamp())
+        .map(|signed| signed.bytes.to_vec())
+        .unwrap_or(png)
+}
 /// Marker that makes the fake answer with `HUGE_ANSWER_BYTES` of JSON,
 /// streamed without a length and never held (a provider, or whatever
 /// answers at its address, that does not stop).
@@ -1018,6 +1068,10 @@ async fn answer(state: &FakeState, request: &Value) -> Response {
     } else if let Some(category) = unsafe_image_category(prompt) {
         Some(Arc::new(
             base64::engine::general_purpose::STANDARD.encode(flagged_png(width, height, category)),
+        ))
+    } else if prompt.contains(SIGNED_MARKER) {
+        Some(Arc::new(
+            base64::engine::general_purpose::STANDARD.encode(provider_signed(solid_png(width, height), model)),
         ))
     } else {
         state

@@ -84,6 +84,21 @@ pub struct ServeConfig {
     /// line each (two during a rotation); default `{state_dir}/identity.keys`.
     #[arg(long, env = "GATEWAY_IDENTITY_KEYS_FILE")]
     pub identity_keys_file: Option<PathBuf>,
+    /// Content Credentials (C2PA) on every stored image: `required` (an image
+    /// that cannot be signed is not delivered: a tool error naming why,
+    /// nothing stored or billed), `best_effort` (delivered unsigned, counted)
+    /// or `off`.
+    #[arg(long, env = "GATEWAY_PROVENANCE", value_enum, default_value_t = crate::provenance::Policy::Required)]
+    pub provenance: crate::provenance::Policy,
+    /// The Content Credentials signing certificate chain (PEM, the signing
+    /// certificate first, then its issuers; ES256 or Ed25519), re-read when it
+    /// changes. Default `{state_dir}/provenance/signer.pem` (made by `dev-init`).
+    #[arg(long, env = "GATEWAY_PROVENANCE_CERT_FILE")]
+    pub provenance_cert_file: Option<PathBuf>,
+    /// The signing certificate's private key (PKCS#8 PEM), re-read when it
+    /// changes. Default `{state_dir}/provenance/signer.key`.
+    #[arg(long, env = "GATEWAY_PROVENANCE_KEY_FILE")]
+    pub provenance_key_file: Option<PathBuf>,
     /// Lifetime of signed image links, in seconds (at most 7 days, S3's presign limit).
     #[arg(long, env = "GATEWAY_URL_TTL_SECS", default_value_t = 86_400)]
     pub url_ttl_secs: u64,
@@ -466,14 +481,39 @@ impl ServeConfig {
             .unwrap_or_else(|| self.state_dir.join("identity.keys"))
     }
 
+    pub fn provenance_cert_file(&self) -> PathBuf {
+        self.provenance_cert_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("provenance").join("signer.pem"))
+    }
+
+    pub fn provenance_key_file(&self) -> PathBuf {
+        self.provenance_key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("provenance").join("signer.key"))
+    }
+
+    /// The Content Credentials settings, with the key read from its files.
+    pub fn provenance(&self) -> crate::provenance::Provenance {
+        crate::provenance::Provenance::load(
+            self.provenance,
+            &self.provenance_cert_file(),
+            &self.provenance_key_file(),
+        )
+    }
+
     /// The admin files this service reads and re-reads while running:
-    /// `routes`, `models`, `budgets` where given, and both keyrings.
+    /// `routes`, `models`, `budgets` where given, both keyrings, and the
+    /// Content Credentials certificate and key unless provenance is off.
     pub fn admin_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let signing = self.provenance != crate::provenance::Policy::Off;
         let optional = [
             ("routes", self.routes_file.clone()),
             ("models", self.models_file.clone()),
             ("budgets", self.budgets_file.clone()),
             ("content_policy", self.content_policy_file.clone()),
+            ("provenance_cert", signing.then(|| self.provenance_cert_file())),
+            ("provenance_key", signing.then(|| self.provenance_key_file())),
         ];
         optional
             .into_iter()

@@ -17,8 +17,9 @@
 //!   the settings it is built from;
 //! - `policy`: the content policy (denied terms, the moderation model);
 //! - `identity`: the caller, from the edge's signed assertion;
-//! - `storage`, `routing`, `providers`: where images live; which model
-//!   serves a call; the provider clients;
+//! - `storage`, `provenance`, `routing`, `providers`: where images live;
+//!   the Content Credentials every stored image carries; which model serves
+//!   a call; the provider clients;
 //! - `media`, `telemetry`: image facts; metrics, audit and traces.
 
 pub mod admin_files;
@@ -30,6 +31,7 @@ pub mod media;
 pub mod pipeline;
 pub mod policy;
 pub mod protocol;
+pub mod provenance;
 pub mod providers;
 pub mod routing;
 pub mod server;

@@ -29,6 +29,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Content Credentials: `verify` checks an image's (a file or a URL).
+    Provenance {
+        #[command(subcommand)]
+        command: ProvenanceCommand,
+    },
     /// Erases one user's (`--user`) or a whole organisation's images,
     /// uploads, task records and opted-in prompts from the store, and
     /// records the erasure in the audit (counts, not contents). Later links
@@ -292,6 +297,22 @@ async fn main() -> anyhow::Result<()> {
             println!("settings reference written to {}", out.display());
             Ok(())
         }
+        Command::Provenance {
+            command: ProvenanceCommand::Verify { image, anchor, json },
+        } => {
+            use mcp_image_gateway::cli::provenance;
+            let report = provenance::check(&image, anchor.as_ref()).await;
+            let valid = report.as_ref().is_ok_and(|r| r.is_valid());
+            match report {
+                Ok(report) if json => println!("{}", serde_json::to_string(&report)?),
+                Ok(report) => print!("{}", provenance::render(&report)),
+                Err(error) => eprintln!("{error:#}"),
+            }
+            if !valid {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::CheckSettings { file } => {
             use mcp_image_gateway::cli::edge_settings;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -380,18 +401,20 @@ async fn main() -> anyhow::Result<()> {
                 let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
                 if name == "FILTER_CONFIG" {
                     // One line, so it sits inside the YAML block scalar.
-                    let json: serde_json::Value =
+                    let mut json: serde_json::Value =
                         serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?;
+                    devkit::sort_keys(&mut json);
                     text = json.to_string();
                 }
                 vars.insert(name, text.trim_end().to_string());
             }
             // The development filter configuration unless one was given.
             if !vars.contains_key("FILTER_CONFIG") {
-                vars.insert(
-                    "FILTER_CONFIG".into(),
-                    devkit::filter_config(&state_dir, &public_base_url)?.to_string(),
-                );
+                vars.insert("FILTER_CONFIG".into(), {
+                    let mut config = devkit::filter_config(&state_dir, &public_base_url)?;
+                    devkit::sort_keys(&mut config);
+                    config.to_string()
+                });
             }
             for (name, default) in [
                 ("LISTEN_ADDRESS", "127.0.0.1"),
@@ -515,6 +538,23 @@ enum AuditCommand {
     /// without an anchored end (`incomplete`: a crash, or its tail removed).
     /// Exit status 1 when the chain is broken.
     Verify(Box<VerifyArgs>),
+}
+
+#[derive(Subcommand)]
+enum ProvenanceCommand {
+    /// Prints whether an image's C2PA Content Credentials are valid (and
+    /// trusted, with `--anchor`), the signer, the actions and the chain of
+    /// images it was made from. Exit status 1 when invalid or absent.
+    Verify {
+        /// A file, or an http(s) URL (a signed image link).
+        image: String,
+        /// PEM roots to trust (the development root is `.state/provenance/ca.pem`).
+        #[arg(long)]
+        anchor: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]

@@ -67,6 +67,8 @@ pub struct AppState {
     pub policies: Arc<crate::policy::rules::ContentPolicies>,
     /// The moderation model the policies ask.
     pub moderator: Arc<crate::policy::moderator::Moderator>,
+    /// Content Credentials: the policy and the signing key.
+    pub provenance: crate::provenance::Provenance,
 }
 
 impl AppState {
@@ -106,6 +108,7 @@ impl AppState {
             url_keys,
             identity_keys,
             policies,
+            provenance,
             ..
         } = parts;
         let moderator = crate::policy::moderator::Moderator::new(
@@ -114,6 +117,23 @@ impl AppState {
             config.breaker_policy(),
             metrics.clone(),
         );
+        // Zero series from the start, so the alert and dashboard see the first failure.
+        for reason in crate::provenance::ProvenanceError::REASONS {
+            let _ = metrics
+                .signing_failures
+                .get_or_create(&crate::telemetry::metrics::SigningFailureLabels {
+                    reason: reason.into(),
+                    policy: provenance.policy.as_str().into(),
+                });
+        }
+        if let Err(why) = &provenance.key {
+            if provenance.policy != crate::provenance::Policy::Off {
+                tracing::warn!(
+                    policy = provenance.policy.as_str(),
+                    "no Content Credentials signing key: {why}"
+                );
+            }
+        }
         Ok(Self {
             backend,
             store: config.image_store()?,
@@ -162,6 +182,7 @@ impl AppState {
             capacity,
             policies: Arc::new(policies),
             moderator: Arc::new(moderator),
+            provenance,
         })
     }
 
@@ -172,7 +193,13 @@ impl AppState {
     /// start closed).
     pub fn reload(&self, config: &ServeConfig) -> anyhow::Result<Self> {
         let parts = AdminParts::read(config, &self.capacity)?;
+        // A signing key that worked is not given up for one that does not (a
+        // rotation caught between its two files is read again at the next change).
+        if let (Ok(_), Err(why)) = (&self.provenance.key, &parts.provenance.key) {
+            anyhow::bail!("Content Credentials signing key: {why}");
+        }
         Ok(Self {
+            provenance: parts.provenance,
             backend: parts.backend,
             signer: UrlSigner::new(parts.url_keys, &config.public_base_url)?,
             identity: Arc::new(self.identity.with_keys(&parts.identity_keys)),
@@ -203,6 +230,7 @@ struct AdminParts {
     identity_keys: Keyring,
     budgets: Option<crate::routing::budget::BudgetSettings>,
     policies: crate::policy::rules::ContentPolicies,
+    provenance: crate::provenance::Provenance,
 }
 
 impl AdminParts {
@@ -281,6 +309,7 @@ impl AdminParts {
             identity_keys,
             budgets,
             policies,
+            provenance: config.provenance(),
         })
     }
 }

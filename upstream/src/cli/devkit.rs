@@ -32,7 +32,8 @@ pub fn audience(public_base_url: &str) -> String {
     format!("{}/mcp", public_base_url.trim_end_matches('/'))
 }
 
-/// Creates, once, the dev signing key and the URL-signing secret under `state_dir`.
+/// Creates, once, the dev signing key, the URL-signing secret and the
+/// Content Credentials CA and signing certificate under `state_dir`.
 pub fn init(state_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let key_path = state_dir.join(SIGNING_KEY_FILE);
@@ -58,6 +59,7 @@ pub fn init(state_dir: &Path) -> anyhow::Result<()> {
             write_secret(&path, &format!("{key_id} {}\n", hex::encode(secret)))?;
         }
     }
+    crate::provenance::dev_ca::init(state_dir)?;
     Ok(())
 }
 
@@ -83,6 +85,19 @@ pub fn new_api_key() -> String {
 pub fn api_key_hash(key: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// Every object of `value` with its keys in order, so rendered JSON is the
+/// same whatever order serde_json's map keeps (c2pa turns on `preserve_order`).
+pub fn sort_keys(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.sort_keys();
+            map.values_mut().for_each(sort_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
 }
 
 /// The development API key (created by `init`).

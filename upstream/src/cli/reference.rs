@@ -267,6 +267,10 @@ fn walk(schema: &Value, defs: &Map<String, Value>, prefix: &str, rows: &mut Vec<
         .and_then(Value::as_array)
         .map(|list| list.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    // By name, whatever order the JSON map keeps (c2pa turns on serde_json's
+    // `preserve_order`), so the generated pages stay put.
+    let mut properties: Vec<(&String, &Value)> = properties.iter().collect();
+    properties.sort_by_key(|(name, _)| *name);
     for (name, property) in properties {
         let path = if prefix.is_empty() {
             name.clone()

@@ -1,6 +1,7 @@
 //! The one path every image tool takes once its call is prepared: route →
 //! capability check → provider (with heartbeats, cancellation) → output cap
-//! → store → sign → audit and billing → the tool result. `generate_image`
+//! → Content Credentials → store → sign links → audit and billing → the
+//! tool result. `generate_image`
 //! and `edit_image` differ only in what they hand it (`ImageCall::edit`).
 
 use std::collections::HashMap;
@@ -64,6 +65,10 @@ pub struct GenerateImageOutput {
     /// The arm of a weighted route that served the call (for comparing arms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
+    /// Per image, in the order of `image_urls`: its embedded C2PA Content
+    /// Credentials (`null`: delivered without, when the gateway's policy allows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_credentials: Vec<Option<crate::provenance::Credentials>>,
 }
 
 /// A call whose future may be dropped before it ends (client disconnect):
@@ -331,32 +336,39 @@ pub(crate) async fn run(
         });
         return screen::tool_error(&refused, None);
     }
+    let provider = router
+        .backends()
+        .find(|backend| backend.model() == generation.model)
+        .map_or("unknown", |backend| backend.kind());
+    let signed = match crate::pipeline::credentials::sign_images(state, call, &generation, provider)
+        .instrument(tracing::info_span!("mcp_gateway.content_credentials"))
+        .await
+    {
+        Ok(signed) => signed,
+        Err(error) => {
+            audit(
+                Ended::after(
+                    &generation,
+                    routed_fallbacks,
+                    Outcome::ToolError,
+                    Some(error.reason()),
+                    0,
+                )
+                .model_time(model_time),
+            );
+            return CallToolResult::error(vec![ContentBlock::text(format!(
+                "The images were generated but not delivered: {error}, and this gateway delivers only images that carry its Content Credentials. Nothing was stored or billed; operators: see the runbook for ContentCredentialsFailing."
+            ))]);
+        }
+    };
     if let Some(progress) = progress.as_mut() {
         progress.send("storing".to_string()).await;
     }
     let now = Utc::now();
-    let files: Vec<_> = generation.images.iter().map(|i| (i.bytes.clone(), i.format)).collect();
-    let storage_started = Instant::now();
-    let stored = state
-        .store
-        .put_all(&caller.org, &caller.user, &files, now)
-        .instrument(tracing::info_span!("mcp_gateway.store", images = files.len()))
-        .await;
-    state
-        .metrics
-        .storage_seconds
-        .get_or_create(&OpLabels {
-            operation: "put".into(),
-        })
-        .observe(
-            storage_started.elapsed().as_secs_f64(),
-            exemplar(caller.trace.as_ref()),
-            None,
-        );
-    let keys = match stored {
-        Ok(keys) => keys,
-        Err(error) => {
-            tracing::error!(%error, "storing generated images failed");
+    let expires = now + state.url_ttl;
+    let urls = match store_and_link(state, caller, &signed.files, now).await {
+        Ok(urls) => urls,
+        Err(message) => {
             audit(
                 Ended::after(
                     &generation,
@@ -367,37 +379,10 @@ pub(crate) async fn run(
                 )
                 .model_time(model_time),
             );
-            return CallToolResult::error(vec![ContentBlock::text(
-                "The images were generated but could not be stored; nothing was saved. Try again shortly.",
-            )]);
+            return CallToolResult::error(vec![ContentBlock::text(message)]);
         }
     };
-    let expires = now + state.url_ttl;
-    let mut urls = Vec::with_capacity(keys.len());
-    for key in &keys {
-        let signing = tracing::info_span!("mcp_gateway.sign_link");
-        match state.store.presigned_url(key, state.url_ttl).instrument(signing).await {
-            Ok(Some(url)) => urls.push(url),
-            Ok(None) => urls.push(state.signer.url(key, expires.timestamp())),
-            Err(error) => {
-                tracing::error!(%error, "presigning an image link failed");
-                state.store.delete_all(&keys).await;
-                audit(
-                    Ended::after(
-                        &generation,
-                        routed_fallbacks,
-                        Outcome::ToolError,
-                        Some("storage_failed"),
-                        0,
-                    )
-                    .model_time(model_time),
-                );
-                return CallToolResult::error(vec![ContentBlock::text(
-                    "The images were generated but no link could be signed; nothing was kept. Try again shortly.",
-                )]);
-            }
-        }
-    }
+    let keys = urls.len();
     let output = GenerateImageOutput {
         image_urls: urls.clone(),
         expires_at: expires.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -408,8 +393,9 @@ pub(crate) async fn run(
         estimated_cost_usd: cost_usd.unwrap_or_default(),
         source_images: call.sources.clone(),
         arm: arm.clone(),
+        content_credentials: signed.credentials,
     };
-    audit(Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys.len()).model_time(model_time));
+    audit(Ended::after(&generation, routed_fallbacks, Outcome::Success, None, keys).model_time(model_time));
     let mut notes = call.notes.clone();
     if let Some(requested) = requested.as_deref().filter(|m| *m != generation.model) {
         notes.push(format!(
@@ -423,6 +409,54 @@ pub(crate) async fn run(
         &notes,
         generation.model == crate::providers::offline_preview::MODEL,
     )
+}
+
+/// Stores the images and signs a link to each: the links, or what to tell
+/// the caller (nothing is kept when a link cannot be signed).
+async fn store_and_link(
+    state: &AppState,
+    caller: &Caller,
+    files: &[(bytes::Bytes, crate::media::types::OutputFormat)],
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<String>, &'static str> {
+    let storage_started = Instant::now();
+    let stored = state
+        .store
+        .put_all(&caller.org, &caller.user, files, now)
+        .instrument(tracing::info_span!("mcp_gateway.store", images = files.len()))
+        .await;
+    state
+        .metrics
+        .storage_seconds
+        .get_or_create(&OpLabels {
+            operation: "put".into(),
+        })
+        .observe(
+            storage_started.elapsed().as_secs_f64(),
+            exemplar(caller.trace.as_ref()),
+            None,
+        );
+    let keys = stored.map_err(|error| {
+        tracing::error!(%error, "storing generated images failed");
+        "The images were generated but could not be stored; nothing was saved. Try again shortly."
+    })?;
+    let expires = now + state.url_ttl;
+    let mut urls = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let signing = tracing::info_span!("mcp_gateway.sign_link");
+        match state.store.presigned_url(key, state.url_ttl).instrument(signing).await {
+            Ok(Some(url)) => urls.push(url),
+            Ok(None) => urls.push(state.signer.url(key, expires.timestamp())),
+            Err(error) => {
+                tracing::error!(%error, "presigning an image link failed");
+                state.store.delete_all(&keys).await;
+                return Err(
+                    "The images were generated but no link could be signed; nothing was kept. Try again shortly.",
+                );
+            }
+        }
+    }
+    Ok(urls)
 }
 
 /// The estimated cost of this call on each model of the chain that can
@@ -684,6 +718,12 @@ pub fn result_for(output: &GenerateImageOutput, edit: bool, notes: &[String], of
     for note in notes {
         summary.push(' ');
         summary.push_str(note);
+    }
+    let signed = output.content_credentials.iter().flatten().count();
+    if signed > 0 {
+        summary.push_str(&format!(
+            " {signed} of {count} carry the gateway's signed Content Credentials (C2PA), marking them AI-generated."
+        ));
     }
     if offline_preview {
         summary.push_str(if edit {

@@ -1,4 +1,5 @@
-//! `offline-preview`: renders a deterministic PNG from the prompt, so the
+//! `offline-preview`: renders a deterministic PNG, JPEG or WebP (lossless)
+//! from the prompt, so the
 //! whole gateway runs without a model provider. Not a model: the picture is
 //! an abstract pattern seeded by the prompt's hash, labelled as a preview.
 //! Its edit is as plain and as visible: every pixel of the masked area (the
@@ -12,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::{BackendError, EditInputs, GeneratedImage, Generation, ImageBackend, ImageRequest};
 use crate::media::input::decode_rgba;
+use crate::media::types::OutputFormat;
 
 pub const MODEL: &str = "offline-preview";
 
@@ -36,7 +38,15 @@ impl ImageBackend for OfflinePreview {
                 .map(|index| render_edit(&request, edit, index))
                 .collect::<Result<Vec<_>, _>>(),
             None => (0..request.n)
-                .map(|index| render(&request.prompt, index, request.size.width, request.size.height))
+                .map(|index| {
+                    render(
+                        &request.prompt,
+                        index,
+                        request.size.width,
+                        request.size.height,
+                        request.output_format,
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>(),
         })
         .await
@@ -50,8 +60,14 @@ impl ImageBackend for OfflinePreview {
     }
 }
 
-/// Renders image `index` for `prompt`: same inputs, same bytes.
-pub fn render(prompt: &str, index: u8, width: u32, height: u32) -> Result<GeneratedImage, BackendError> {
+/// Renders image `index` for `prompt` in `format`: same inputs, same bytes.
+pub fn render(
+    prompt: &str,
+    index: u8,
+    width: u32,
+    height: u32,
+    format: OutputFormat,
+) -> Result<GeneratedImage, BackendError> {
     let seed: [u8; 32] = Sha256::new()
         .chain_update(prompt.as_bytes())
         .chain_update([index])
@@ -81,7 +97,10 @@ pub fn render(prompt: &str, index: u8, width: u32, height: u32) -> Result<Genera
             pixels.extend_from_slice(&px);
         }
     }
-    encode(&pixels, width, height, png::ColorType::Rgb)
+    match format {
+        OutputFormat::Png => encode(&pixels, width, height, png::ColorType::Rgb),
+        other => encode_with_image(&pixels, width, height, image::ExtendedColorType::Rgb8, other),
+    }
 }
 
 /// Edit `index` of `request`: the masked pixels of the first input image
@@ -123,7 +142,50 @@ fn render_edit(request: &ImageRequest, edit: &EditInputs, index: u8) -> Result<G
     if (width, height) != picture.dimensions() {
         picture = image::imageops::resize(&picture, width, height, image::imageops::FilterType::Triangle);
     }
-    encode(picture.as_raw(), width, height, png::ColorType::Rgba)
+    match request.output_format {
+        OutputFormat::Png => encode(picture.as_raw(), width, height, png::ColorType::Rgba),
+        // JPEG has no alpha: the edit's pixels without it.
+        OutputFormat::Jpeg => {
+            let rgb = image::DynamicImage::ImageRgba8(picture).to_rgb8();
+            encode_with_image(
+                rgb.as_raw(),
+                width,
+                height,
+                image::ExtendedColorType::Rgb8,
+                OutputFormat::Jpeg,
+            )
+        }
+        OutputFormat::Webp => encode_with_image(
+            picture.as_raw(),
+            width,
+            height,
+            image::ExtendedColorType::Rgba8,
+            OutputFormat::Webp,
+        ),
+    }
+}
+
+/// JPEG (quality 90) or lossless WebP, with the `image` crate's own encoders.
+fn encode_with_image(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    color: image::ExtendedColorType,
+    format: OutputFormat,
+) -> Result<GeneratedImage, BackendError> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    let written = match format {
+        OutputFormat::Jpeg => {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).write_image(pixels, width, height, color)
+        }
+        _ => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(pixels, width, height, color),
+    };
+    written.map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
+    Ok(GeneratedImage {
+        bytes: Bytes::from(out),
+        format,
+    })
 }
 
 fn encode(pixels: &[u8], width: u32, height: u32, color: png::ColorType) -> Result<GeneratedImage, BackendError> {
@@ -147,7 +209,7 @@ fn encode(pixels: &[u8], width: u32, height: u32, color: png::ColorType) -> Resu
         .map_err(|e| BackendError::InvalidResponse(e.to_string()))?;
     Ok(GeneratedImage {
         bytes: Bytes::from(out),
-        format: crate::media::types::OutputFormat::Png,
+        format: OutputFormat::Png,
     })
 }
 
@@ -163,10 +225,10 @@ mod tests {
 
     #[test]
     fn deterministic_png_of_the_requested_size() {
-        let a = render("a lighthouse", 0, 64, 48).unwrap();
-        let b = render("a lighthouse", 0, 64, 48).unwrap();
-        let c = render("a lighthouse", 1, 64, 48).unwrap();
-        let d = render("a lighthouse at night", 0, 64, 48).unwrap();
+        let a = render("a lighthouse", 0, 64, 48, OutputFormat::Png).unwrap();
+        let b = render("a lighthouse", 0, 64, 48, OutputFormat::Png).unwrap();
+        let c = render("a lighthouse", 1, 64, 48, OutputFormat::Png).unwrap();
+        let d = render("a lighthouse at night", 0, 64, 48, OutputFormat::Png).unwrap();
         assert_eq!(a.bytes, b.bytes);
         assert_ne!(a.bytes, c.bytes);
         assert_ne!(a.bytes, d.bytes);
@@ -193,5 +255,19 @@ mod tests {
         assert_eq!(generation.images.len(), 3);
         assert_eq!(generation.model, MODEL);
         assert!(generation.images.iter().all(|i| dimensions(&i.bytes) == (32, 16)));
+    }
+
+    #[test]
+    fn renders_jpeg_and_webp() {
+        for (format, magic) in [
+            (OutputFormat::Jpeg, &b"\xff\xd8\xff"[..]),
+            (OutputFormat::Webp, &b"RIFF"[..]),
+        ] {
+            let image = render("a lighthouse", 0, 64, 48, format).unwrap();
+            assert_eq!(image.format, format);
+            assert!(image.bytes.starts_with(magic), "{format:?}");
+            let decoded = image::load_from_memory(&image.bytes).unwrap();
+            assert_eq!((decoded.width(), decoded.height()), (64, 48));
+        }
     }
 }

@@ -375,10 +375,8 @@ mod tests {
             ..options("1024x1024")
         };
         assert!(v2.check(&webp).is_ok());
-        assert!(preview
-            .check(&webp)
-            .unwrap_err()
-            .contains("`output_format` webp is not available on offline-preview"));
+        // offline-preview renders PNG, JPEG and WebP (lossless: the compression is a hint).
+        assert!(preview.check(&webp).is_ok());
         let compressed_png = ImageOptions {
             output_compression: Some(50),
             ..options("1024x1024")

@@ -192,6 +192,22 @@ pub struct Metrics {
     pub moderation_seconds: Family<StageLabels, Seconds>,
     pub moderation_errors: Family<ErrorLabels, Counter>,
     pub moderation_unchecked: Family<RefusalLabels, Counter>,
+    pub images_signed: Family<FormatLabels, Counter>,
+    pub signing_failures: Family<SigningFailureLabels, Counter>,
+    pub signing_seconds: Family<FormatLabels, Seconds>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabels {
+    pub format: String,
+}
+
+/// Why an image could not be signed, and what the policy did with it
+/// (`required`: not delivered; `best_effort`: delivered unsigned).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SigningFailureLabels {
+    pub reason: String,
+    pub policy: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -388,11 +404,33 @@ impl Metrics {
             "Prompts or images let through unchecked because moderation was unavailable and the policy says allow",
             moderation_unchecked.clone(),
         );
+        let images_signed = Family::<FormatLabels, Counter>::default();
+        registry.register(
+            "images_signed",
+            "Images stored with the gateway's Content Credentials (C2PA), by format",
+            images_signed.clone(),
+        );
+        let signing_failures = Family::<SigningFailureLabels, Counter>::default();
+        registry.register(
+            "content_credentials_failures",
+            "Images that could not be signed, by reason and policy (required: not delivered; best_effort: delivered unsigned)",
+            signing_failures.clone(),
+        );
+        let signing_seconds =
+            Family::<FormatLabels, Seconds>::new_with_constructor(seconds_histogram as fn() -> Seconds);
+        registry.register(
+            "content_credentials_signing_duration_seconds",
+            "Time to embed and sign one image's Content Credentials, by format",
+            signing_seconds.clone(),
+        );
         Arc::new(Self {
             content_refusals,
             moderation_seconds,
             moderation_errors,
             moderation_unchecked,
+            images_signed,
+            signing_failures,
+            signing_seconds,
             pool_in_flight,
             pool_queued,
             pool_wait_seconds,

@@ -1,0 +1,129 @@
+//! The Content Credentials signing key: an X.509 chain (leaf first, PEM)
+//! and its private key (PKCS#8 PEM), ES256 or Ed25519, read from the files
+//! the settings name. Checked when read: the chain parses, the key is the
+//! leaf's, and the leaf is within its validity (checked again per image,
+//! since a long-running replica can outlive it).
+
+use std::path::Path;
+
+use c2pa::SigningAlg;
+
+/// A loaded signing key and what the tool result says about it.
+pub struct SigningKey {
+    chain_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    alg: SigningAlg,
+    /// The certificate's organisation, else its common name.
+    pub signer: String,
+    /// Validity of the leaf certificate, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The leaf's serial number (hex), to tell certificates apart in logs.
+    pub serial: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("signer", &self.signer)
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Reads and checks the chain and key files.
+    pub fn from_files(chain: &Path, key: &Path) -> Result<Self, String> {
+        let chain_pem = std::fs::read(chain).map_err(|e| format!("reading {}: {e}", chain.display()))?;
+        let key_pem = std::fs::read(key).map_err(|e| format!("reading {}: {e}", key.display()))?;
+        Self::from_pem(chain_pem, key_pem)
+    }
+
+    /// Checks a chain (leaf first) and its private key, both PEM.
+    pub fn from_pem(chain_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Self, String> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&chain_pem)
+            .map_err(|e| format!("the certificate chain is not PEM: {e}"))?;
+        let leaf = pem
+            .parse_x509()
+            .map_err(|e| format!("the signing certificate does not parse: {e}"))?;
+        let spki = leaf.public_key();
+        let alg = match spki.algorithm.algorithm.to_id_string().as_str() {
+            "1.2.840.10045.2.1" => SigningAlg::Es256,
+            "1.3.101.112" => SigningAlg::Ed25519,
+            other => {
+                return Err(format!(
+                    "the signing certificate's key type {other} is not ES256 or Ed25519"
+                ))
+            }
+        };
+        let key_text = std::str::from_utf8(&key_pem).map_err(|_| "the private key is not PEM".to_string())?;
+        if alg == SigningAlg::Es256 {
+            use p256::pkcs8::DecodePrivateKey;
+            let secret = p256::SecretKey::from_pkcs8_pem(key_text)
+                .map_err(|e| format!("the private key is not a PKCS#8 P-256 key: {e}"))?;
+            let public = secret.public_key().to_sec1_bytes();
+            if public.as_ref() != spki.subject_public_key.data.as_ref() {
+                return Err("the private key is not the signing certificate's".into());
+            }
+        }
+        let subject = leaf.subject();
+        let signer = subject
+            .iter_organization()
+            .next()
+            .or_else(|| subject.iter_common_name().next())
+            .and_then(|attribute| attribute.as_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| subject.to_string());
+        let validity = leaf.validity();
+        Ok(Self {
+            alg,
+            signer,
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+            serial: leaf.raw_serial_as_string(),
+            chain_pem,
+            key_pem,
+        })
+    }
+
+    /// Whether the leaf is valid at `now` (Unix seconds): `Err` says how not.
+    pub fn valid_at(&self, now: i64) -> Result<(), String> {
+        let at = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default()
+        };
+        if now < self.not_before {
+            return Err(format!("is not valid before {}", at(self.not_before)));
+        }
+        if now > self.not_after {
+            return Err(format!("expired at {}", at(self.not_after)));
+        }
+        Ok(())
+    }
+
+    /// A c2pa signer over this key (no time-stamp authority).
+    pub fn signer(&self) -> Result<c2pa::BoxedSigner, String> {
+        c2pa::create_signer::from_keys(&self.chain_pem, &self.key_pem, self.alg, None).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused() {
+        let dir = std::env::temp_dir().join(format!("prov-keys-{}", uuid::Uuid::new_v4()));
+        let ca = crate::provenance::dev_ca::init(&dir).unwrap();
+        let (chain, key) = crate::provenance::dev_ca::issue(&ca, "second").unwrap();
+        let first_key = std::fs::read(&ca.key).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let good = SigningKey::from_pem(chain.clone().into_bytes(), key.into_bytes()).unwrap();
+        assert_eq!(good.signer, "MCP Image Gateway (development)");
+        assert!(good.valid_at(chrono::Utc::now().timestamp()).is_ok());
+        let error = SigningKey::from_pem(chain.into_bytes(), first_key).unwrap_err();
+        assert!(error.contains("not the signing certificate's"), "{error}");
+        assert!(SigningKey::from_pem(b"not pem".to_vec(), b"x".to_vec()).is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! Reads and validates an image's Content Credentials, for
+//! `mcp-image-gateway provenance verify`: validity (and trust, given an
+//! anchor), the signer, the actions and the chain of `parentOf` ingredients.
+
+use std::io::Cursor;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// What a check found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `Invalid`, `Valid`, or `Trusted` (valid and signed under a given anchor).
+    pub state: String,
+    pub manifest_label: Option<String>,
+    pub signer: Option<String>,
+    pub claim_generator: Vec<String>,
+    /// Each action: its name, software agent and digital source type.
+    pub actions: Vec<Value>,
+    /// The manifests the image was made from, newest first: label, signer, actions.
+    pub ingredients: Vec<Value>,
+    /// Validation failure codes and explanations.
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    pub fn is_valid(&self) -> bool {
+        self.state != "Invalid"
+    }
+}
+
+/// Checks `image` (of MIME type `mime`); `anchors` are PEM roots to trust.
+pub fn verify(image: &[u8], mime: &str, anchors: Option<&str>) -> Result<Report, String> {
+    let mut settings = json!({"verify": {"verify_trust": anchors.is_some()}});
+    if let Some(anchors) = anchors {
+        settings["trust"] = json!({"trust_anchors": anchors});
+    }
+    let context = c2pa::Context::new()
+        .with_settings(settings)
+        .map_err(|e| format!("validator settings: {e}"))?;
+    let reader = c2pa::Reader::from_context(context)
+        .with_stream(mime, Cursor::new(image))
+        .map_err(|e| match e {
+            c2pa::Error::JumbfNotFound => "the image carries no Content Credentials".to_string(),
+            other => format!("the Content Credentials could not be read: {other}"),
+        })?;
+    let state = match reader.validation_state() {
+        c2pa::ValidationState::Invalid => "Invalid",
+        c2pa::ValidationState::Valid => "Valid",
+        c2pa::ValidationState::Trusted => "Trusted",
+    };
+    let failures = reader
+        .validation_results()
+        .and_then(|results| results.active_manifest())
+        .map(|codes| {
+            codes
+                .failure()
+                .iter()
+                .map(|s| format!("{}: {}", s.code(), s.explanation().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let manifest = reader.active_manifest();
+    let mut ingredients = Vec::new();
+    let mut parent = manifest.and_then(|m| m.ingredients().iter().find(|i| i.is_parent()));
+    // Bounded: a manifest store cannot name more ancestors than it holds.
+    while let Some(ingredient) = parent.take() {
+        let ancestor = ingredient
+            .active_manifest()
+            .and_then(|label| reader.get_manifest(label));
+        ingredients.push(json!({
+            "title": ingredient.title(),
+            "manifest_label": ingredient.active_manifest(),
+            "signer": ancestor.and_then(|m| m.issuer()),
+            "actions": ancestor.map(actions).unwrap_or_default(),
+            "failures": ingredient.validation_status().unwrap_or_default().iter().map(|s| s.code()).collect::<Vec<_>>(),
+        }));
+        if ingredients.len() > reader.manifests().len() {
+            break;
+        }
+        parent = ancestor.and_then(|m| m.ingredients().iter().find(|i| i.is_parent()));
+    }
+    Ok(Report {
+        state: state.into(),
+        manifest_label: reader.active_label().map(str::to_string),
+        signer: manifest.and_then(|m| m.issuer()),
+        claim_generator: manifest
+            .map(|m| {
+                m.claim_generator_info
+                    .iter()
+                    .flatten()
+                    .map(|info| format!("{} {}", info.name, info.version.as_deref().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        actions: manifest.map(actions).unwrap_or_default(),
+        ingredients,
+        failures,
+    })
+}
+
+/// The actions of `manifest`'s actions assertion, each as name, agent and source type.
+fn actions(manifest: &c2pa::Manifest) -> Vec<Value> {
+    let assertion = manifest
+        .find_assertion::<Value>("c2pa.actions.v2")
+        .or_else(|_| manifest.find_assertion::<Value>("c2pa.actions"))
+        .unwrap_or_default();
+    assertion["actions"]
+        .as_array()
+        .map(|actions| {
+            actions
+                .iter()
+                .map(|a| {
+                    json!({
+                        "action": a["action"],
+                        "software_agent": a["softwareAgent"]["name"],
+                        "digital_source_type": a["digitalSourceType"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::types::OutputFormat;
+    use crate::provenance::manifest::{ImageFacts, Source};
+    use crate::provenance::sign::sign;
+    use crate::provenance::SigningKey;
+
+    /// A CA and a leaf as `dev-init` makes them.
+    fn key() -> (SigningKey, String) {
+        let dir = std::env::temp_dir().join(format!("prov-test-{}", uuid::Uuid::new_v4()));
+        let files = crate::provenance::dev_ca::init(&dir).unwrap();
+        let key = SigningKey::from_files(&files.chain, &files.key).unwrap();
+        let root = std::fs::read_to_string(&files.root).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        (key, root)
+    }
+
+    fn picture(format: OutputFormat) -> Vec<u8> {
+        crate::providers::offline_preview::render("a test", 0, 64, 48, format)
+            .unwrap()
+            .bytes
+            .to_vec()
+    }
+
+    #[test]
+    fn signed_images_of_every_format_are_trusted_under_the_dev_root() {
+        let (key, root) = key();
+        let now = chrono::Utc::now().timestamp();
+        for format in OutputFormat::ALL {
+            let facts = ImageFacts {
+                model: "offline-preview",
+                provider: "offline-preview",
+                format,
+                source: None,
+            };
+            let signed = sign(&picture(format), &facts, &key, now).unwrap();
+            let report = verify(&signed.bytes, format.mime_type(), Some(&root)).unwrap();
+            assert_eq!(report.state, "Trusted", "{format:?}: {report:?}");
+            assert_eq!(
+                report.manifest_label.as_deref(),
+                Some(signed.credentials.manifest_label.as_str())
+            );
+            assert_eq!(report.actions[0]["action"], "c2pa.created");
+            assert_eq!(verify(&signed.bytes, format.mime_type(), None).unwrap().state, "Valid");
+        }
+    }
+
+    fn png_facts(source: Option<Source<'_>>) -> ImageFacts<'_> {
+        ImageFacts {
+            model: "offline-preview",
+            provider: "offline-preview",
+            format: OutputFormat::Png,
+            source,
+        }
+    }
+
+    fn png_source(bytes: &[u8]) -> Option<Source<'_>> {
+        Some(Source {
+            bytes,
+            format: OutputFormat::Png,
+        })
+    }
+
+    #[test]
+    fn an_edit_of_an_edit_keeps_the_chain() {
+        let (key, root) = key();
+        let now = chrono::Utc::now().timestamp();
+        let image = picture(OutputFormat::Png);
+        let first = sign(&image, &png_facts(None), &key, now).unwrap();
+        let second = sign(&image, &png_facts(png_source(&first.bytes)), &key, now).unwrap();
+        let third = sign(&image, &png_facts(png_source(&second.bytes)), &key, now).unwrap();
+        let report = verify(&third.bytes, "image/png", Some(&root)).unwrap();
+        assert_eq!(report.state, "Trusted", "{report:?}");
+        let labels: Vec<_> = report.ingredients.iter().map(|i| i["manifest_label"].clone()).collect();
+        assert_eq!(
+            labels,
+            vec![
+                json!(second.credentials.manifest_label),
+                json!(first.credentials.manifest_label)
+            ]
+        );
+        assert_eq!(report.actions[1]["action"], "c2pa.edited");
+    }
+
+    #[test]
+    fn a_provider_images_own_manifest_is_kept_as_an_ingredient() {
+        let (key, root) = key();
+        let now = chrono::Utc::now().timestamp();
+        let provider = sign(&picture(OutputFormat::Png), &png_facts(None), &key, now).unwrap();
+        let ours = sign(&provider.bytes, &png_facts(None), &key, now).unwrap();
+        let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+        assert_eq!(report.state, "Trusted", "{report:?}");
+        assert_eq!(
+            report.manifest_label.as_deref(),
+            Some(ours.credentials.manifest_label.as_str())
+        );
+        let reader = c2pa::Reader::from_context(c2pa::Context::new())
+            .with_stream("image/png", Cursor::new(ours.bytes.to_vec()))
+            .unwrap();
+        let ingredient = &reader.active_manifest().unwrap().ingredients()[0];
+        assert_eq!(
+            ingredient.active_manifest(),
+            Some(provider.credentials.manifest_label.as_str())
+        );
+    }
+
+    #[test]
+    fn a_forged_or_corrupt_source_manifest_never_stops_the_signing() {
+        let (key, root) = key();
+        let now = chrono::Utc::now().timestamp();
+        let signed = sign(&picture(OutputFormat::Png), &png_facts(None), &key, now)
+            .unwrap()
+            .bytes
+            .to_vec();
+        let manifest_at = signed.windows(4).position(|w| w == b"caBX").unwrap();
+        let idat = signed.windows(4).position(|w| w == b"IDAT").unwrap();
+        let mut forged = signed.clone();
+        forged[idat + 20] ^= 1; // its pixels no longer match its manifest
+        let mut corrupt = signed.clone();
+        for byte in &mut corrupt[manifest_at + 40..manifest_at + 240] {
+            *byte = 0x5a; // its manifest no longer parses
+        }
+        for (name, source) in [("forged", &forged), ("corrupt", &corrupt)] {
+            for facts in [png_facts(None), png_facts(png_source(source))] {
+                let ours = sign(source, &facts, &key, now).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+                assert_eq!(
+                    report.manifest_label.as_deref(),
+                    Some(ours.credentials.manifest_label.as_str())
+                );
+                assert_ne!(report.state, "Invalid", "{name}: {report:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_expired_certificate_signs_nothing() {
+        let (key, _) = key();
+        let facts = png_facts(None);
+        let error = sign(&picture(OutputFormat::Png), &facts, &key, key.not_after + 1).unwrap_err();
+        assert_eq!(error.reason(), "certificate_not_valid");
+    }
+
+    #[test]
+    fn one_changed_pixel_byte_is_invalid() {
+        let (key, _) = key();
+        let facts = png_facts(None);
+        let signed = sign(
+            &picture(OutputFormat::Png),
+            &facts,
+            &key,
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+        let mut bytes = signed.bytes.to_vec();
+        let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap();
+        bytes[idat + 8] ^= 1;
+        assert_eq!(verify(&bytes, "image/png", None).unwrap().state, "Invalid");
+    }
+}
