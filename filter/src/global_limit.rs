@@ -166,6 +166,9 @@ impl GlobalRateLimit {
 
 /// The outcome of the global check.
 #[derive(Debug, Clone, PartialEq)]
+// Made and matched once per request: boxing the refusal would only add an
+// allocation to the refusal path.
+#[allow(clippy::large_enum_variant)]
 pub enum GlobalVerdict {
     Allow,
     /// The service failed and `failure_mode` is `allow`; the reason is logged.
