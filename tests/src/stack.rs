@@ -123,6 +123,26 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Runs one of the SDK client scripts (`tests/clients/`) from the
+/// repository root; its last stdout line, as JSON. Panics with its output
+/// when it fails.
+pub fn run_client(program: &str, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (run `make test-clients`)"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{program}: {e}: {stdout}"))
+}
+
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

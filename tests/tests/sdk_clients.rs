@@ -2,28 +2,10 @@
 //! call `generate_image` through Envoy and the edge filter: the strict
 //! transport rules at the edge must not break real clients.
 
-use std::process::Command;
-
 use gateway_tests::png_info::dimensions;
-use gateway_tests::stack::{http_client, workspace_root};
+use gateway_tests::stack::{http_client, run_client, workspace_root};
 use gateway_tests::Stack;
 use serde_json::Value;
-
-fn run_client(program: &str, args: &[&str]) -> Value {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(workspace_root())
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (run `make test-clients`)"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
-}
 
 async fn check_result(report: &Value, size: (u32, u32), images: usize, field: &str) {
     let mut tools: Vec<&str> = report["tools"]

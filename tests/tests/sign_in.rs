@@ -5,11 +5,9 @@
 //! refresh and step up; and every way of getting it wrong is refused with
 //! the spec's error and audited.
 
-use std::process::Command;
-
 use axum::routing::get;
 use gateway_tests::oauth_browser::{authorize_url, dev_code, form, hidden, query_of, Browser, REDIRECT, VERIFIER};
-use gateway_tests::stack::{http_client, workspace_root, Edge};
+use gateway_tests::stack::{http_client, run_client, Edge};
 use gateway_tests::test_idp::{Profile, TestIdp};
 use gateway_tests::{Stack, StackOptions};
 use jwt_simple::prelude::*;
@@ -21,22 +19,6 @@ fn dev_sign_in() -> Option<Vec<(String, String)>> {
         ("GATEWAY_AUTHZ_CIMD_ALLOW_LOOPBACK".into(), "true".into()),
         ("GATEWAY_AUTHZ_SCOPES".into(), "images:generate,images:edit".into()),
     ])
-}
-
-fn run_client(program: &str, args: &[&str]) -> Value {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(workspace_root())
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (run `make test-clients`)"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
 }
 
 fn python_sign_in(stack: &Stack, login: &str, org: &str, step_up: Option<&str>) -> Value {
