@@ -39,6 +39,17 @@ pub async fn check(source: &str, anchor: Option<&PathBuf>) -> anyhow::Result<Rep
     verify(&bytes, format.mime_type(), anchors.as_deref()).map_err(|e| anyhow::anyhow!("{source}: {e}"))
 }
 
+/// Whether `report` passes: with an anchor only `Trusted` does (c2pa calls
+/// a self-consistent manifest under any other root `Valid`), without one
+/// anything not `Invalid`.
+pub fn passes(report: &Report, anchored: bool) -> bool {
+    if anchored {
+        report.state == "Trusted"
+    } else {
+        report.is_valid()
+    }
+}
+
 /// The report as lines for a terminal.
 pub fn render(report: &Report) -> String {
     let mut out = format!("validation: {}\n", report.state);
@@ -75,4 +86,30 @@ fn describe(action: &serde_json::Value) -> String {
         text += &format!(" ({})", source.rsplit('/').next().unwrap_or(source));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(state: &str) -> Report {
+        Report {
+            state: state.into(),
+            manifest_label: None,
+            signer: None,
+            claim_generator: vec![],
+            actions: vec![],
+            ingredients: vec![],
+            failures: vec![],
+        }
+    }
+
+    #[test]
+    fn with_an_anchor_only_trusted_passes() {
+        assert!(passes(&report("Trusted"), true));
+        assert!(!passes(&report("Valid"), true));
+        assert!(!passes(&report("Invalid"), true));
+        assert!(passes(&report("Valid"), false));
+        assert!(!passes(&report("Invalid"), false));
+    }
 }
