@@ -166,7 +166,12 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, ProvenanceError>) -> Result<T, Prove
 /// Counts and logs `images` that could not be signed.
 fn failed(state: &AppState, error: &ProvenanceError, images: usize) {
     let policy = state.provenance.policy.as_str();
-    tracing::warn!(reason = error.reason(), policy, "an image could not be signed: {error}");
+    tracing::warn!(
+        reason = error.reason(),
+        policy,
+        detail = error.detail(),
+        "an image could not be signed: {error}"
+    );
     state
         .metrics
         .signing_failures
