@@ -5,6 +5,7 @@
 //! this one needs nothing but the gateway's binary.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -17,11 +18,7 @@ const MAX_IMAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Reads `source` (a path or an http(s) URL) and checks its credentials.
 pub async fn check(source: &str, anchor: Option<&PathBuf>) -> anyhow::Result<Report> {
     let bytes = if source.starts_with("http://") || source.starts_with("https://") {
-        let response = reqwest::get(source).await?.error_for_status()?;
-        if response.content_length().unwrap_or_default() > MAX_IMAGE_BYTES as u64 {
-            anyhow::bail!("{source} is over {MAX_IMAGE_BYTES} bytes");
-        }
-        response.bytes().await?.to_vec()
+        fetch(source, MAX_IMAGE_BYTES).await?
     } else {
         std::fs::read(source).with_context(|| format!("reading {source}"))?
     };
@@ -48,6 +45,23 @@ pub fn passes(report: &Report, anchored: bool) -> bool {
     } else {
         report.is_valid()
     }
+}
+
+/// GETs `url` with timeouts, at most 3 redirects, and the body read in
+/// chunks that stop at `limit` bytes, whatever the server claims.
+async fn fetch(url: &str, limit: usize) -> anyhow::Result<Vec<u8>> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()?;
+    let mut response = client.get(url).send().await?.error_for_status()?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        anyhow::ensure!(bytes.len() + chunk.len() <= limit, "{url} is over {limit} bytes");
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// The report as lines for a terminal.
@@ -102,6 +116,34 @@ mod tests {
             ingredients: vec![],
             failures: vec![],
         }
+    }
+
+    /// A server on 127.0.0.1 answering every request with `reply`.
+    async fn serve(reply: &'static [u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let _ = socket.write_all(reply).await;
+                });
+            }
+        });
+        format!("http://{address}/image.png")
+    }
+
+    #[tokio::test]
+    async fn a_fetch_stops_at_the_limit_and_after_three_redirects() {
+        let body = serve(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n0123456789abcdefghij").await;
+        assert_eq!(fetch(&body, 20).await.unwrap().len(), 20);
+        let error = fetch(&body, 10).await.unwrap_err();
+        assert!(error.to_string().contains("over 10 bytes"), "{error}");
+        let looping = serve(b"HTTP/1.1 302 Found\r\nLocation: /again\r\nContent-Length: 0\r\n\r\n").await;
+        let error = fetch(&looping, 20).await.unwrap_err();
+        assert!(format!("{error:#}").contains("redirect"), "{error:#}");
     }
 
     #[test]
