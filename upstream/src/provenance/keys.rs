@@ -57,14 +57,17 @@ impl SigningKey {
             }
         };
         let key_text = std::str::from_utf8(&key_pem).map_err(|_| "the private key is not PEM".to_string())?;
-        if alg == SigningAlg::Es256 {
-            use p256::pkcs8::DecodePrivateKey;
-            let secret = p256::SecretKey::from_pkcs8_pem(key_text)
-                .map_err(|e| format!("the private key is not a PKCS#8 P-256 key: {e}"))?;
-            let public = secret.public_key().to_sec1_bytes();
-            if public.as_ref() != spki.subject_public_key.data.as_ref() {
-                return Err("the private key is not the signing certificate's".into());
+        let public = match alg {
+            SigningAlg::Es256 => {
+                use p256::pkcs8::DecodePrivateKey;
+                let secret = p256::SecretKey::from_pkcs8_pem(key_text)
+                    .map_err(|e| format!("the private key is not a PKCS#8 P-256 key: {e}"))?;
+                secret.public_key().to_sec1_bytes().to_vec()
             }
+            _ => ed25519_public_key(&key_pem)?,
+        };
+        if public != spki.subject_public_key.data.as_ref() {
+            return Err("the private key is not the signing certificate's".into());
         }
         let subject = leaf.subject();
         let signer = subject
@@ -108,6 +111,15 @@ impl SigningKey {
     }
 }
 
+/// The public key of a PKCS#8 Ed25519 private key (PEM).
+fn ed25519_public_key(key_pem: &[u8]) -> Result<Vec<u8>, String> {
+    use ring::signature::KeyPair;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(key_pem).map_err(|_| "the private key is not PEM".to_string())?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pem.contents)
+        .map_err(|e| format!("the private key is not a PKCS#8 Ed25519 key: {e}"))?;
+    Ok(pair.public_key().as_ref().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +137,26 @@ mod tests {
         let error = SigningKey::from_pem(chain.into_bytes(), first_key).unwrap_err();
         assert!(error.contains("not the signing certificate's"), "{error}");
         assert!(SigningKey::from_pem(b"not pem".to_vec(), b"x".to_vec()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod ed25519_tests {
+    use super::*;
+
+    fn ed25519_certificate() -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn an_ed25519_key_that_is_not_the_certificates_is_refused() {
+        let (chain, key) = ed25519_certificate();
+        let (_, other_key) = ed25519_certificate();
+        assert!(SigningKey::from_pem(chain.clone().into_bytes(), key.into_bytes()).is_ok());
+        let error = SigningKey::from_pem(chain.into_bytes(), other_key.into_bytes()).unwrap_err();
+        assert!(error.contains("not the signing certificate's"), "{error}");
     }
 }
