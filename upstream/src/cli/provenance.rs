@@ -74,15 +74,24 @@ pub fn render(report: &Report) -> String {
     for action in &report.actions {
         out += &format!("action: {}\n", describe(action));
     }
-    for (depth, ingredient) in report.ingredients.iter().enumerate() {
+    let mut depth = 0;
+    for ingredient in &report.ingredients {
+        let indent = "  ".repeat(depth);
+        let component = ingredient["relationship"] == "componentOf";
         out += &format!(
-            "{}made from: {} signed by {}\n",
-            "  ".repeat(depth),
+            "{indent}{}: {} signed by {}\n",
+            if component { "component" } else { "made from" },
             ingredient["manifest_label"].as_str().unwrap_or("(no manifest)"),
             ingredient["signer"].as_str().unwrap_or("-"),
         );
         for action in ingredient["actions"].as_array().into_iter().flatten() {
-            out += &format!("{}  action: {}\n", "  ".repeat(depth), describe(action));
+            out += &format!("{indent}  action: {}\n", describe(action));
+        }
+        for failure in ingredient["failures"].as_array().into_iter().flatten() {
+            out += &format!("{indent}  ingredient failure: {}\n", failure.as_str().unwrap_or("?"));
+        }
+        if !component {
+            depth += 1;
         }
     }
     for failure in &report.failures {
