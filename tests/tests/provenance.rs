@@ -318,6 +318,12 @@ async fn edits_chain_to_their_source_and_one_changed_byte_is_invalid() {
     assert!(ok, "{report}");
     assert_eq!(report["state"], "Trusted");
     assert_eq!(report["ingredients"].as_array().unwrap().len(), 2, "{report}");
+    // Under another root the manifest is still self-consistent ("Valid"),
+    // but --anchor asks for trust: refused.
+    let other = path("other-root.pem", gateway_tests::fake_openai::provider_root().as_bytes());
+    let (report, ok) = stack.gateway_command(&["provenance", "verify", &good, "--anchor", &other, "--json"]);
+    assert!(!ok, "{report}");
+    assert_eq!(report["state"], "Valid");
     let (report, ok) = stack.gateway_command(&["provenance", "verify", &bad, "--json"]);
     assert!(!ok);
     assert_eq!(report["state"], "Invalid");
