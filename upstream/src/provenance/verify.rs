@@ -307,6 +307,54 @@ mod tests {
         }
     }
 
+    /// `png` with a `caBX` (C2PA) chunk of `size` bytes after its header.
+    fn with_manifest_chunk(png: &[u8], size: usize) -> Vec<u8> {
+        let crc = |data: &[u8]| {
+            let mut crc = !0u32;
+            for &byte in data {
+                crc ^= u32::from(byte);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 {
+                        (crc >> 1) ^ 0xedb8_8320
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        };
+        let mut body = b"caBX".to_vec();
+        body.extend(std::iter::repeat_n(0x5a, size));
+        let header_end = 8 + 25; // signature, then IHDR
+        let mut out = png[..header_end].to_vec();
+        out.extend((size as u32).to_be_bytes());
+        out.extend(&body);
+        out.extend(crc(&body).to_be_bytes());
+        out.extend(&png[header_end..]);
+        out
+    }
+
+    #[test]
+    fn a_source_with_an_oversized_manifest_is_recorded_without_it() {
+        let (key, root) = key();
+        let image = picture(OutputFormat::Png);
+        let huge = with_manifest_chunk(&image, crate::provenance::sign::MAX_FOREIGN_MANIFEST_BYTES + 1);
+        assert!(c2pa::jumbf_io::load_jumbf_from_memory("image/png", &huge).is_ok());
+        let source = Source {
+            bytes: &huge,
+            format: OutputFormat::Png,
+        };
+        let ingredient = crate::provenance::sign::source_ingredient(&source).unwrap();
+        assert!(ingredient.is_parent());
+        // Never handed to c2pa's parser (which would have recorded its failure).
+        assert!(ingredient.validation_results().is_none(), "{ingredient:?}");
+        assert!(ingredient.active_manifest().is_none());
+        assert!(ingredient.manifest_data_ref().is_none());
+        let ours = sign(&image, &png_facts(Some(source)), &key, chrono::Utc::now().timestamp()).unwrap();
+        let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+        assert_eq!(report.state, "Trusted", "{report:?}");
+    }
+
     #[test]
     fn an_expired_certificate_signs_nothing() {
         let (key, _) = key();
