@@ -273,7 +273,7 @@ async fn main() -> anyhow::Result<()> {
                 Ok(report) => print!("{}", provenance::render(report)),
                 Err(error) => eprintln!("{error:#}"),
             }
-            if anchored && report.is_ok() && !valid {
+            if anchored && report.as_ref().is_ok_and(|r| r.is_valid()) && !valid {
                 eprintln!("untrusted: the signing certificate does not chain to the given anchor");
             }
             if !valid {
