@@ -318,6 +318,12 @@ async fn edits_chain_to_their_source_and_one_changed_byte_is_invalid() {
     assert!(ok, "{report}");
     assert_eq!(report["state"], "Trusted");
     assert_eq!(report["ingredients"].as_array().unwrap().len(), 2, "{report}");
+    // Under another root the manifest is still self-consistent ("Valid"),
+    // but --anchor asks for trust: refused.
+    let other = path("other-root.pem", gateway_tests::fake_openai::provider_root().as_bytes());
+    let (report, ok) = stack.gateway_command(&["provenance", "verify", &good, "--anchor", &other, "--json"]);
+    assert!(!ok, "{report}");
+    assert_eq!(report["state"], "Valid");
     let (report, ok) = stack.gateway_command(&["provenance", "verify", &bad, "--json"]);
     assert!(!ok);
     assert_eq!(report["state"], "Invalid");
@@ -335,7 +341,8 @@ async fn required_without_a_readable_key_delivers_nothing_and_counts_it() {
     let reply = call(&stack, &token, "generate_image", json!({"prompt": PROMPT})).await;
     let error = tool_error(&reply);
     assert!(error.contains("signing key is unavailable"), "{error}");
-    assert!(error.contains("/nonexistent/signer.key"), "{error}");
+    // The key's path and the OS error are logged, never shown to the caller.
+    assert!(!error.contains("/nonexistent/signer.key"), "{error}");
     assert!(error.contains("Nothing was stored or billed"), "{error}");
     let stored: Vec<PathBuf> = walk(vec![stack.state_dir.join("images")])
         .into_iter()

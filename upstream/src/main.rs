@@ -302,11 +302,15 @@ async fn main() -> anyhow::Result<()> {
         } => {
             use mcp_image_gateway::cli::provenance;
             let report = provenance::check(&image, anchor.as_ref()).await;
-            let valid = report.as_ref().is_ok_and(|r| r.is_valid());
-            match report {
-                Ok(report) if json => println!("{}", serde_json::to_string(&report)?),
-                Ok(report) => print!("{}", provenance::render(&report)),
+            let anchored = anchor.is_some();
+            let valid = report.as_ref().is_ok_and(|r| provenance::passes(r, anchored));
+            match &report {
+                Ok(report) if json => println!("{}", serde_json::to_string(report)?),
+                Ok(report) => print!("{}", provenance::render(report)),
                 Err(error) => eprintln!("{error:#}"),
+            }
+            if anchored && report.as_ref().is_ok_and(|r| r.is_valid()) && !valid {
+                eprintln!("untrusted: the signing certificate does not chain to the given anchor");
             }
             if !valid {
                 std::process::exit(1);

@@ -1,8 +1,9 @@
 //! The Content Credentials signing key: an X.509 chain (leaf first, PEM)
 //! and its private key (PKCS#8 PEM), ES256 or Ed25519, read from the files
 //! the settings name. Checked when read: the chain parses, the key is the
-//! leaf's, and the leaf is within its validity (checked again per image,
-//! since a long-running replica can outlive it).
+//! leaf's, the leaf may sign (key usage digitalSignature) and is within its
+//! validity (checked again per image, since a long-running replica can
+//! outlive it), so a reload to a bad certificate is refused.
 
 use std::path::Path;
 
@@ -57,14 +58,27 @@ impl SigningKey {
             }
         };
         let key_text = std::str::from_utf8(&key_pem).map_err(|_| "the private key is not PEM".to_string())?;
-        if alg == SigningAlg::Es256 {
-            use p256::pkcs8::DecodePrivateKey;
-            let secret = p256::SecretKey::from_pkcs8_pem(key_text)
-                .map_err(|e| format!("the private key is not a PKCS#8 P-256 key: {e}"))?;
-            let public = secret.public_key().to_sec1_bytes();
-            if public.as_ref() != spki.subject_public_key.data.as_ref() {
-                return Err("the private key is not the signing certificate's".into());
+        let public = match alg {
+            SigningAlg::Es256 => {
+                use p256::pkcs8::DecodePrivateKey;
+                let secret = p256::SecretKey::from_pkcs8_pem(key_text)
+                    .map_err(|e| format!("the private key is not a PKCS#8 P-256 key: {e}"))?;
+                secret.public_key().to_sec1_bytes().to_vec()
             }
+            _ => ed25519_public_key(&key_pem)?,
+        };
+        if public != spki.subject_public_key.data.as_ref() {
+            return Err("the private key is not the signing certificate's".into());
+        }
+        // C2PA signing certificates must allow digitalSignature; one that
+        // does not would make every manifest invalid.
+        let signs = leaf
+            .key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|usage| usage.value.digital_signature());
+        if !signs {
+            return Err("the signing certificate's key usage does not include digitalSignature".into());
         }
         let subject = leaf.subject();
         let signer = subject
@@ -75,7 +89,7 @@ impl SigningKey {
             .map(str::to_string)
             .unwrap_or_else(|| subject.to_string());
         let validity = leaf.validity();
-        Ok(Self {
+        let key = Self {
             alg,
             signer,
             not_before: validity.not_before.timestamp(),
@@ -83,7 +97,11 @@ impl SigningKey {
             serial: leaf.raw_serial_as_string(),
             chain_pem,
             key_pem,
-        })
+        };
+        // Refused now rather than failing every image: a reload keeps the old key.
+        key.valid_at(chrono::Utc::now().timestamp())
+            .map_err(|why| format!("the signing certificate {why}"))?;
+        Ok(key)
     }
 
     /// Whether the leaf is valid at `now` (Unix seconds): `Err` says how not.
@@ -108,6 +126,15 @@ impl SigningKey {
     }
 }
 
+/// The public key of a PKCS#8 Ed25519 private key (PEM).
+fn ed25519_public_key(key_pem: &[u8]) -> Result<Vec<u8>, String> {
+    use ring::signature::KeyPair;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(key_pem).map_err(|_| "the private key is not PEM".to_string())?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pem.contents)
+        .map_err(|e| format!("the private key is not a PKCS#8 Ed25519 key: {e}"))?;
+    Ok(pair.public_key().as_ref().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +152,51 @@ mod tests {
         let error = SigningKey::from_pem(chain.into_bytes(), first_key).unwrap_err();
         assert!(error.contains("not the signing certificate's"), "{error}");
         assert!(SigningKey::from_pem(b"not pem".to_vec(), b"x".to_vec()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod ed25519_tests {
+    use super::*;
+
+    fn ed25519_certificate() -> (String, String) {
+        certificate(|_| {})
+    }
+
+    fn certificate(change: impl FnOnce(&mut rcgen::CertificateParams)) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        change(&mut params);
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn an_expired_or_not_signing_certificate_is_refused_at_load() {
+        let load = |(chain, key): (String, String)| SigningKey::from_pem(chain.into_bytes(), key.into_bytes());
+        let expired = load(certificate(|p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }))
+        .unwrap_err();
+        assert!(expired.contains("expired"), "{expired}");
+        let future = load(certificate(|p| p.not_before = rcgen::date_time_ymd(2990, 1, 1))).unwrap_err();
+        assert!(future.contains("not valid before"), "{future}");
+        let no_signing = load(certificate(|p| {
+            p.key_usages = vec![rcgen::KeyUsagePurpose::KeyEncipherment]
+        }))
+        .unwrap_err();
+        assert!(no_signing.contains("digitalSignature"), "{no_signing}");
+        let no_usage = load(certificate(|p| p.key_usages = vec![])).unwrap_err();
+        assert!(no_usage.contains("digitalSignature"), "{no_usage}");
+    }
+
+    #[test]
+    fn an_ed25519_key_that_is_not_the_certificates_is_refused() {
+        let (chain, key) = ed25519_certificate();
+        let (_, other_key) = ed25519_certificate();
+        assert!(SigningKey::from_pem(chain.clone().into_bytes(), key.into_bytes()).is_ok());
+        let error = SigningKey::from_pem(chain.into_bytes(), other_key.into_bytes()).unwrap_err();
+        assert!(error.contains("not the signing certificate's"), "{error}");
     }
 }

@@ -49,16 +49,18 @@ impl Policy {
     }
 }
 
-/// Why an image could not be signed. The text is shown to the caller.
+/// Why an image could not be signed. The text is shown to the caller, so
+/// it names no file, OS error or c2pa internals: those (`detail`) are only
+/// logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProvenanceError {
-    #[error("the gateway's Content Credentials signing key is unavailable ({0})")]
+    #[error("the gateway's Content Credentials signing key is unavailable")]
     KeyUnavailable(String),
     #[error("the gateway's Content Credentials signing certificate {0}")]
     CertificateNotValid(String),
     #[error("{0} images cannot carry Content Credentials here")]
     FormatUnsupported(&'static str),
-    #[error("signing the image's Content Credentials failed ({0})")]
+    #[error("signing the image's Content Credentials failed")]
     SigningFailed(String),
 }
 
@@ -70,6 +72,16 @@ impl ProvenanceError {
         "format_unsupported",
         "signing_failed",
     ];
+
+    /// What went wrong inside, for the log only.
+    pub fn detail(&self) -> &str {
+        match self {
+            ProvenanceError::KeyUnavailable(detail)
+            | ProvenanceError::CertificateNotValid(detail)
+            | ProvenanceError::SigningFailed(detail) => detail,
+            ProvenanceError::FormatUnsupported(format) => format,
+        }
+    }
 
     /// The metric label and audit error class of this failure.
     pub fn reason(&self) -> &'static str {
@@ -111,5 +123,21 @@ impl Provenance {
             _ => SigningKey::from_files(chain, key).map(Arc::new),
         };
         Self { policy, key }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caller_sees_no_internal_detail() {
+        let key = ProvenanceError::KeyUnavailable("reading /etc/keys/leaf.pem: Permission denied".into());
+        let signing = ProvenanceError::SigningFailed("ClaimEncoding: cbor at offset 12".into());
+        for error in [key, signing] {
+            let shown = error.to_string();
+            assert!(!shown.contains(error.detail()), "{shown}");
+            assert!(!shown.contains('(') && !shown.contains('/'), "{shown}");
+        }
     }
 }

@@ -17,7 +17,9 @@ pub struct Report {
     pub claim_generator: Vec<String>,
     /// Each action: its name, software agent and digital source type.
     pub actions: Vec<Value>,
-    /// The manifests the image was made from, newest first: label, signer, actions.
+    /// The manifests the image was made from, newest first: each parentOf
+    /// (after the componentOf ones beside it) with its relationship, label,
+    /// signer, actions and validation failures.
     pub ingredients: Vec<Value>,
     /// Validation failure codes and explanations.
     pub failures: Vec<String>,
@@ -62,23 +64,21 @@ pub fn verify(image: &[u8], mime: &str, anchors: Option<&str>) -> Result<Report,
         .unwrap_or_default();
     let manifest = reader.active_manifest();
     let mut ingredients = Vec::new();
-    let mut parent = manifest.and_then(|m| m.ingredients().iter().find(|i| i.is_parent()));
-    // Bounded: a manifest store cannot name more ancestors than it holds.
-    while let Some(ingredient) = parent.take() {
-        let ancestor = ingredient
-            .active_manifest()
-            .and_then(|label| reader.get_manifest(label));
-        ingredients.push(json!({
-            "title": ingredient.title(),
-            "manifest_label": ingredient.active_manifest(),
-            "signer": ancestor.and_then(|m| m.issuer()),
-            "actions": ancestor.map(actions).unwrap_or_default(),
-            "failures": ingredient.validation_status().unwrap_or_default().iter().map(|s| s.code()).collect::<Vec<_>>(),
-        }));
+    let mut current = manifest;
+    // Down the parentOf chain, each manifest's componentOf ingredients
+    // listed beside it. Bounded: a store cannot name more ancestors than it holds.
+    while let Some(holder) = current.take() {
+        for component in holder.ingredients().iter().filter(|i| !i.is_parent()) {
+            ingredients.push(describe_ingredient(&reader, component));
+        }
+        let Some(parent) = holder.ingredients().iter().find(|i| i.is_parent()) else {
+            break;
+        };
+        ingredients.push(describe_ingredient(&reader, parent));
         if ingredients.len() > reader.manifests().len() {
             break;
         }
-        parent = ancestor.and_then(|m| m.ingredients().iter().find(|i| i.is_parent()));
+        current = parent.active_manifest().and_then(|label| reader.get_manifest(label));
     }
     Ok(Report {
         state: state.into(),
@@ -96,6 +96,40 @@ pub fn verify(image: &[u8], mime: &str, anchors: Option<&str>) -> Result<Report,
         actions: manifest.map(actions).unwrap_or_default(),
         ingredients,
         failures,
+    })
+}
+
+/// An ingredient's title, relationship, manifest label, signer, actions and
+/// validation failures (claim v2 keeps them in `validation_results`, v1 in
+/// `validation_status`).
+fn describe_ingredient(reader: &c2pa::Reader, ingredient: &c2pa::Ingredient) -> Value {
+    use c2pa::validation_results::validation_codes::is_success;
+    let manifest = ingredient
+        .active_manifest()
+        .and_then(|label| reader.get_manifest(label));
+    let v2 = ingredient
+        .validation_results()
+        .and_then(|results| results.active_manifest())
+        .map(|codes| codes.failure().iter().collect::<Vec<_>>());
+    let failures: Vec<String> = v2
+        .unwrap_or_else(|| {
+            ingredient
+                .validation_status()
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| !is_success(s.code()))
+                .collect()
+        })
+        .into_iter()
+        .map(|s| format!("{}: {}", s.code(), s.explanation().unwrap_or_default()))
+        .collect();
+    json!({
+        "title": ingredient.title(),
+        "relationship": if ingredient.is_parent() { "parentOf" } else { "componentOf" },
+        "manifest_label": ingredient.active_manifest(),
+        "signer": manifest.and_then(|m| m.issuer()),
+        "actions": manifest.map(actions).unwrap_or_default(),
+        "failures": failures,
     })
 }
 
@@ -219,6 +253,11 @@ mod tests {
             report.manifest_label.as_deref(),
             Some(ours.credentials.manifest_label.as_str())
         );
+        assert_eq!(report.ingredients[0]["relationship"], "componentOf", "{report:?}");
+        assert_eq!(
+            report.ingredients[0]["manifest_label"],
+            json!(provider.credentials.manifest_label)
+        );
         let reader = c2pa::Reader::from_context(c2pa::Context::new())
             .with_stream("image/png", Cursor::new(ours.bytes.to_vec()))
             .unwrap();
@@ -254,8 +293,66 @@ mod tests {
                     Some(ours.credentials.manifest_label.as_str())
                 );
                 assert_ne!(report.state, "Invalid", "{name}: {report:?}");
+                if name == "forged" && facts.source.is_some() {
+                    // The source's broken hash is shown on its ingredient.
+                    let parent = report
+                        .ingredients
+                        .iter()
+                        .find(|i| i["relationship"] == "parentOf")
+                        .unwrap();
+                    let failures = parent["failures"].as_array().unwrap();
+                    assert!(!failures.is_empty(), "{report:?}");
+                }
             }
         }
+    }
+
+    /// `png` with a `caBX` (C2PA) chunk of `size` bytes after its header.
+    fn with_manifest_chunk(png: &[u8], size: usize) -> Vec<u8> {
+        let crc = |data: &[u8]| {
+            let mut crc = !0u32;
+            for &byte in data {
+                crc ^= u32::from(byte);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 {
+                        (crc >> 1) ^ 0xedb8_8320
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        };
+        let mut body = b"caBX".to_vec();
+        body.extend(std::iter::repeat_n(0x5a, size));
+        let header_end = 8 + 25; // signature, then IHDR
+        let mut out = png[..header_end].to_vec();
+        out.extend((size as u32).to_be_bytes());
+        out.extend(&body);
+        out.extend(crc(&body).to_be_bytes());
+        out.extend(&png[header_end..]);
+        out
+    }
+
+    #[test]
+    fn a_source_with_an_oversized_manifest_is_recorded_without_it() {
+        let (key, root) = key();
+        let image = picture(OutputFormat::Png);
+        let huge = with_manifest_chunk(&image, crate::provenance::sign::MAX_FOREIGN_MANIFEST_BYTES + 1);
+        assert!(c2pa::jumbf_io::load_jumbf_from_memory("image/png", &huge).is_ok());
+        let source = Source {
+            bytes: &huge,
+            format: OutputFormat::Png,
+        };
+        let ingredient = crate::provenance::sign::source_ingredient(&source).unwrap();
+        assert!(ingredient.is_parent());
+        // Never handed to c2pa's parser (which would have recorded its failure).
+        assert!(ingredient.validation_results().is_none(), "{ingredient:?}");
+        assert!(ingredient.active_manifest().is_none());
+        assert!(ingredient.manifest_data_ref().is_none());
+        let ours = sign(&image, &png_facts(Some(source)), &key, chrono::Utc::now().timestamp()).unwrap();
+        let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+        assert_eq!(report.state, "Trusted", "{report:?}");
     }
 
     #[test]
