@@ -10,6 +10,8 @@ use jwt_simple::prelude::*;
 use rand::RngCore;
 use serde_json::{json, Value};
 
+use crate::provenance::dev_ca::write_secret;
+
 /// Issuer of development tokens: the gateway's own authorization server
 /// (`mcp-image-gateway authorize`, the development sign-in of `make run`):
 /// the gateway's public origin, with the `/` a root URL is rendered with
@@ -107,19 +109,6 @@ pub fn dev_api_key(state_dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("reading {}", path.display()))?
         .trim()
         .to_string())
-}
-
-fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())?;
-    Ok(())
 }
 
 fn signing_key(state_dir: &Path) -> anyhow::Result<ES256KeyPair> {

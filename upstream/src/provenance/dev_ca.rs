@@ -103,8 +103,9 @@ fn set_validity(params: &mut CertificateParams, years: i32) {
     params.not_after = at(start.year() + years);
 }
 
-/// Writes a new private key file readable by its owner only.
-fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes a new private key file readable by its owner only (the dev kit's
+/// other secrets too).
+pub fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
