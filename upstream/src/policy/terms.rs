@@ -312,12 +312,23 @@ fn end_word(out: &mut Vec<Word>, word: &mut Vec<(char, Option<char>)>, glue: &mu
     if word.is_empty() {
         return;
     }
+    let glued = !out.is_empty() && *glue;
+    *glue = true;
+    // An ASCII word (most of a prompt) has one script and no lookalikes.
+    if word.iter().all(|(c, _)| c.is_ascii()) {
+        out.push(Word {
+            text: word.drain(..).map(|(c, _)| c).collect(),
+            glued,
+            unspaced: false,
+        });
+        return;
+    }
     let has_latin = word.iter().any(|(c, _)| script(*c) == Script::Latin);
     let all_lookalike = word
         .iter()
         .all(|(c, lookalike)| lookalike.is_some() || script(*c) == Script::Common);
     let as_latin = has_latin || all_lookalike;
-    let mut glued = !out.is_empty() && *glue;
+    let mut glued = glued;
     let mut current = String::new();
     let mut current_script = Script::Common;
     for (c, lookalike) in word.drain(..) {
@@ -347,7 +358,6 @@ fn end_word(out: &mut Vec<Word>, word: &mut Vec<(char, Option<char>)>, glue: &mu
         glued,
         unspaced: current_script == Script::Unspaced,
     });
-    *glue = true;
 }
 
 /// The words with one space between.
