@@ -193,3 +193,18 @@ pub trait ImageBackend: Send + Sync {
     /// or, when `request.edit` is set, edits its first image.
     async fn generate(&self, request: &ImageRequest) -> Result<Generation, BackendError>;
 }
+
+/// Whether a request failed waiting for the answer (a timeout once
+/// connected, anywhere in the error's chain): the request went out.
+pub(super) fn timed_out_waiting(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(http) = current.downcast_ref::<reqwest::Error>() {
+            if http.is_timeout() && !http.is_connect() {
+                return true;
+            }
+        }
+        cause = current.source();
+    }
+    false
+}

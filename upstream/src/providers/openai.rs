@@ -327,17 +327,11 @@ impl OpenAiBackend {
     /// so, with the limit. Never sent (no connection) or sent (the answer
     /// lost) as `super::transport_error` tells: the budget counts the second.
     fn transport_error(&self, error: &(dyn std::error::Error + 'static)) -> BackendError {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        while let Some(current) = cause {
-            if let Some(http) = current.downcast_ref::<reqwest::Error>() {
-                if http.is_timeout() && !http.is_connect() {
-                    return BackendError::AnswerLost(format!(
-                        "no answer within {} s (timed out; OPENAI_TIMEOUT_SECS)",
-                        self.settings.timeout.as_secs()
-                    ));
-                }
-            }
-            cause = current.source();
+        if super::timed_out_waiting(error) {
+            return BackendError::AnswerLost(format!(
+                "no answer within {} s (timed out; OPENAI_TIMEOUT_SECS)",
+                self.settings.timeout.as_secs()
+            ));
         }
         super::transport_error(error, error.to_string())
     }
