@@ -25,6 +25,15 @@ the provider's wire format, cached images so the fake is not the bottleneck).
            same 1024x1024 upload (read, checked and sent to the provider per
            call): zero errors, processing p99 under 50 ms, and the upstream's
            memory per edit in flight.
+  credentials  Content Credentials' cost: two instant stacks answering a
+           photo-like 1024x1024 PNG (1.5 MB), signing off and required;
+           saturated slices alternate between them (calls/s), then paced
+           slices (50/s: latency without queueing), then a 10 s-model burst
+           on each (memory per call in flight); signing time from the
+           upstream's histogram.
+  moderation  prompt moderation's cost: two instant stacks, no policy and
+           `moderation: prompts` against the fake's instant moderations
+           endpoint; the same saturated and paced slices.
 
 Server processing excluding model time comes from the upstream's audit
 events (`processing_ms` = the call's latency less the time spent waiting for
@@ -56,6 +65,8 @@ TRACE_ROUNDS = int(os.environ.get("BENCH_TRACE_ROUNDS", "6"))
 POOL_CAP = int(os.environ.get("BENCH_POOL_CAP", "64"))
 POOL_TIMEOUT_SECS = int(os.environ.get("BENCH_POOL_TIMEOUT_SECS", "10"))
 TRACE_SLICE = os.environ.get("BENCH_TRACE_SLICE", "4s")
+PACED_SLICE = os.environ.get("BENCH_PACED_SLICE", "5s")
+PACED_RATE = int(os.environ.get("BENCH_PACED_RATE", "50"))
 BODY = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                    "params": {"name": "generate_image", "arguments": {"prompt": "a kite over a beach"}}})
 
@@ -93,11 +104,12 @@ class Stackup:
     """Fake, upstream and Envoy for one scenario; stopped by close()."""
 
     def __init__(self, envoy: str, model_latency_ms: int, name: str, otlp_endpoint: str = "",
-                 pool: dict = None):
+                 pool: dict = None, env: dict = None, png: Path = None):
         self.processes = []
         self.dir = STATE / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        fake_info = self.fake(model_latency_ms)
+        fake_info = self.fake(model_latency_ms, *(["--png", str(png)] if png else []))
+        extra_env = env or {}
         upstream_port, metrics_port, listen_port, admin_port = free_port(), free_port(), free_port(), free_port()
         self.metrics_port = metrics_port
         self.base_url = f"http://127.0.0.1:{listen_port}"
@@ -108,7 +120,7 @@ class Stackup:
                    OPENAI_API_KEY=fake_info["api_key"], OPENAI_BASE_URL=f"{fake_info['base_url']}/v1",
                    GATEWAY_LISTEN=f"127.0.0.1:{upstream_port}", GATEWAY_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
                    GATEWAY_PUBLIC_BASE_URL=self.base_url, GATEWAY_STATE_DIR=str(self.dir),
-                   GATEWAY_MAX_ATTEMPTS="1")
+                   GATEWAY_MAX_ATTEMPTS="1", **extra_env)
         if pool:
             # The capped pool first, then the instant OpenAI model.
             pool_info = self.fake(pool["latency_ms"], "--compatible")
@@ -330,32 +342,80 @@ def pool_burst(envoy: str) -> dict:
         stack.close()
 
 
+def alternating(stacks: dict, *oha_args: str, rounds: int = TRACE_ROUNDS) -> dict:
+    """oha slices alternating between `stacks` over shuffled rounds (the machine's
+    noise falls on both alike); per stack, each slice's numbers and the
+    processing times of its calls (audit events). Any failed call stops the run."""
+    import random
+    runs = {name: [] for name in stacks}
+    rng = random.Random(18)
+    for _ in range(rounds):
+        order = list(stacks)
+        rng.shuffle(order)
+        for name in order:
+            stack = stacks[name]
+            seen = len(stack.audit())
+            report = stack.oha(*oha_args, "--wait-ongoing-requests-after-deadline")
+            codes = report.get("statusCodeDistribution", {})
+            events = [e for e in stack.audit()[seen:] if e.get("tool") == "generate_image"]
+            failed = [e.get("outcome") for e in events if e.get("outcome") != "Success"]
+            if set(codes) - {"200"} or failed:
+                raise RuntimeError(f"{name}: non-200 answers {codes}, failed calls {failed[:5]}")
+            runs[name].append({"rps": report["summary"]["requestsPerSec"],
+                               "p50": report["latencyPercentiles"]["p50"] * 1000,
+                               "p99": report["latencyPercentiles"]["p99"] * 1000,
+                               "calls": sum(codes.values()),
+                               "processing": [e["processing_ms"] for e in events if "processing_ms" in e]})
+            print(f"{name} {' '.join(oha_args)}: {runs[name][-1]['rps']:.0f} calls/s", flush=True)
+    return runs
+
+
+def medians(runs: dict) -> dict:
+    """Per stack: median calls/s and latency over its slices, processing
+    percentiles over all its calls, and the per-round throughput ratios of the
+    second stack to the first."""
+    import statistics
+    result = {}
+    for name, slices in runs.items():
+        processing = [p for s in slices for p in s["processing"]]
+        result[name] = {k: statistics.median(s[k] for s in slices) for k in ("rps", "p50", "p99")}
+        result[name].update(calls=sum(s["calls"] for s in slices), proc_p50=percentile(processing, 50),
+                            proc_p99=percentile(processing, 99))
+    base, other = list(runs)
+    result["ratios"] = [b["rps"] / a["rps"] for a, b in zip(runs[base], runs[other])]
+    return result
+
+
+def a_b(envoy: str, variants: dict, png: Path = None) -> dict:
+    """Two instant stacks side by side (`variants`: name -> upstream env):
+    saturated slices (calls/s) and paced ones (latency, processing)."""
+    stacks = {}
+    try:
+        for name, env in variants.items():
+            stacks[name] = Stackup(envoy, 0, name, env=env, png=png)
+        for stack in stacks.values():
+            stack.oha("-z", "3s", "-c", "50")  # warm-up
+        saturated = medians(alternating(stacks, "-z", TRACE_SLICE, "-c", "50"))
+        paced = medians(alternating(stacks, "-z", PACED_SLICE, "-q", str(PACED_RATE), "-c", "10"))
+        metrics = {name: stack.metrics() for name, stack in stacks.items()}
+    finally:
+        for stack in stacks.values():
+            stack.close()
+    result = {"saturated": saturated, "paced": paced, "metrics": metrics}
+    print(json.dumps({k: v for k, v in result.items() if k != "metrics"}), flush=True)
+    return result
+
+
 def tracing_cost(envoy: str) -> dict:
     """Saturated slices alternating between a stack with tracing off and one with it on."""
-    import random
-    import statistics
     sink = SpanSink(RELEASE / "otlp-receiver")
     stacks = {}
-    runs = {"off": [], "on": []}
     try:
         stacks["off"] = Stackup(envoy, 0, "traced-off")
         stacks["on"] = Stackup(envoy, 0, "traced-on", otlp_endpoint=sink.endpoint)
         for stack in stacks.values():
             stack.oha("-z", "3s", "-c", "50")  # warm-up
-        rng = random.Random(18)
-        for _ in range(TRACE_ROUNDS):
-            order = list(stacks)
-            rng.shuffle(order)
-            for name in order:
-                report = stacks[name].oha("-z", TRACE_SLICE, "-c", "50", "--wait-ongoing-requests-after-deadline")
-                codes = report.get("statusCodeDistribution", {})
-                if set(codes) - {"200"}:
-                    raise RuntimeError(f"tracing {name}: non-200 answers {codes}")
-                runs[name].append({"rps": report["summary"]["requestsPerSec"],
-                                   "p50": report["latencyPercentiles"]["p50"] * 1000,
-                                   "p99": report["latencyPercentiles"]["p99"] * 1000,
-                                   "calls": sum(codes.values())})
-                print(f"tracing {name}: {runs[name][-1]['rps']:.0f} calls/s", flush=True)
+        runs = alternating(stacks, "-z", TRACE_SLICE, "-c", "50")
     finally:
         for stack in stacks.values():
             stack.close()
@@ -363,17 +423,140 @@ def tracing_cost(envoy: str) -> dict:
     calls = sum(r["calls"] for r in runs["on"])
     if spans < calls:
         raise RuntimeError(f"the receiver got {spans} spans for {calls} traced calls: tracing is not on")
-    result = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
-    result["ratios"] = [on["rps"] / off["rps"] for on, off in zip(runs["on"], runs["off"])]
+    result = medians(runs)
     result["spans"], result["calls"] = spans, calls
     print(json.dumps(result), flush=True)
     return result
+
+
+def histogram_share(metrics: str, family: str, bound: float) -> float:
+    """The share of a histogram's observations (summed over its series) at or under `bound`."""
+    under = total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(f"{family}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            count = float(line.split("}", 1)[1].split()[0])
+            if le == "+Inf":
+                total += count
+            elif abs(float(le) - bound) < 1e-12:
+                under += count
+    return under / total if total else float("nan")
+
+
+def burst_memory(envoy: str, name: str, env: dict, png: Path) -> dict:
+    """1,000 calls at 100/s onto a 10 s model: the upstream's memory per call held, and at its peak."""
+    stack = Stackup(envoy, MODEL_LATENCY_MS, name, env=env, png=png)
+    try:
+        held = HeldSampler(stack)
+        total = EDIT_RATE * EDIT_SECONDS
+        report = stack.oha("-n", str(total), "-q", str(EDIT_RATE), "-c", str(total + 200), "--latency-correction",
+                           "-t", "120s")
+        held.stop()
+        result = summarize(name, report, stack, 0)
+        if result["succeeded"] != total:
+            raise RuntimeError(f"{name}: {result['succeeded']} of {total} calls succeeded")
+        result.update(held=held.most, kib_per_call=held.kib_per_call(), kib_peak=held.kib_per_call(result["rss"]),
+                      signed=series_total(stack.metrics(), "mcp_gateway_images_signed_total"))
+        return result
+    finally:
+        stack.close()
+
+
+def credentials_cost(envoy: str) -> dict:
+    """Content Credentials off and required, on photo-like 1024x1024 PNGs."""
+    png = STATE / "photo-1024.png"
+    png.write_bytes(photo_like_png(1024, 1024))
+    variants = {"credentials-off": {"GATEWAY_PROVENANCE": "off"},
+                "credentials-required": {"GATEWAY_PROVENANCE": "required"}}
+    result = a_b(envoy, variants, png)
+    signed = result["metrics"]["credentials-required"]
+    family = "mcp_gateway_content_credentials_signing_duration_seconds"
+    result["signing_p99"] = histogram_bucket(signed, family, 0.99)
+    result["signing_under_5ms"] = histogram_share(signed, family, 0.005)
+    result["signed"] = series_total(signed, "mcp_gateway_images_signed_total")
+    if series_total(result["metrics"]["credentials-off"], "mcp_gateway_images_signed_total"):
+        raise RuntimeError("the stack with Content Credentials off signed images")
+    result["memory"] = {name: burst_memory(envoy, f"{name}-burst", env, png) for name, env in variants.items()}
+    result["png_kib"] = len(png.read_bytes()) / 1024
+    return result
+
+
+def moderation_cost(envoy: str) -> dict:
+    """No content policy, and prompt moderation against the fake's instant moderations endpoint."""
+    policy = STATE / "moderate-prompts.json"
+    policy.write_text(json.dumps({"default": {"moderation": "prompts", "when_moderation_unavailable": "refuse"}}))
+    result = a_b(envoy, {"no-policy": {}, "moderated": {"GATEWAY_CONTENT_POLICY_FILE": str(policy)}})
+    checked = series_total(result["metrics"]["moderated"], "mcp_gateway_moderation_request_duration_seconds_count")
+    if not checked:
+        raise RuntimeError("the moderated stack sent no moderation request")
+    result["checked"] = checked
+    return result
+
+
+def ab_rows(result: dict, labels: dict) -> list:
+    """The table of an a_b() run: per stack, saturated calls/s and latency, paced processing."""
+    lines = ["| stack | calls/s (saturated) | p50 ms | p99 ms | paced 50/s: p50 ms | p99 ms "
+             "| processing p50 ms | processing p99 ms |", "|---|---|---|---|---|---|---|---|"]
+    for name, label in labels.items():
+        sat, paced = result["saturated"][name], result["paced"][name]
+        lines.append(f"| {label} | {sat['rps']:.0f} | {sat['p50']:.1f} | {sat['p99']:.1f} | {paced['p50']:.1f} | "
+                     f"{paced['p99']:.1f} | {paced['proc_p50']:.2f} | {paced['proc_p99']:.2f} |")
+    return lines
+
+
+def credentials_section(c: dict) -> list:
+    off, on = c["memory"]["credentials-off"], c["memory"]["credentials-required"]
+    sat = c["saturated"]
+    paced = c["paced"]
+    ratio = sat["credentials-required"]["rps"] / sat["credentials-off"]["rps"]
+    return ["", "### Content Credentials' cost (C2PA signing)", "",
+            f"Two instant-model stacks running at once, the fake answering every call with the same photo-like "
+            f"1024x1024 PNG ({c['png_kib']:.0f} KiB), `GATEWAY_PROVENANCE=off` and `required` (every image signed "
+            f"with the development certificate before it is stored); oha slices alternate between them over "
+            f"{TRACE_ROUNDS} shuffled rounds: saturated ({TRACE_SLICE}, 50 connections; medians), then paced "
+            f"({PACED_SLICE} at {PACED_RATE}/s: latency without queueing; percentiles over all calls).", "",
+            *ab_rows(c, {"credentials-off": "Content Credentials off",
+                         "credentials-required": "Content Credentials required"}), "",
+            f"Signing, from the upstream's histogram over {c['signed']:.0f} signed images: p99 in the "
+            f"{c['signing_p99']} s bucket, {c['signing_under_5ms'] * 100:.2f} % within 5 ms (target: p99 ≤ 5 ms per "
+            f"1024x1024 PNG). Processing p99 (paced) {paced['credentials-off']['proc_p99']:.2f} → "
+            f"{paced['credentials-required']['proc_p99']:.2f} ms. Throughput with signing: {ratio:.2f}× without "
+            f"(target ≥ 0.90; per round: {', '.join(f'{x:.2f}' for x in sat['ratios'])}).", "",
+            f"Memory, a 10 s model and {EDIT_RATE * EDIT_SECONDS} calls at {EDIT_RATE}/s on each stack in turn:", "",
+            "| stack | succeeded | calls held, most | KiB per call held | upstream peak RSS MiB "
+            "| KiB per call held, from the peak RSS | images signed |", "|---|---|---|---|---|---|---|",
+            *[f"| {label} | {m['succeeded']} / {m['tool_calls']} | {m['held']} | {m['kib_per_call']:.1f} | "
+              f"{m['rss']:.0f} | {m['kib_peak']:.1f} | {m['signed']:.0f} |"
+              for label, m in (("Content Credentials off", off), ("Content Credentials required", on))], "",
+            f"Memory per call with signing: {on['kib_per_call'] / off['kib_per_call']:.2f}× at the most calls held, "
+            f"{on['kib_peak'] / off['kib_peak']:.2f}× from the peak RSS (target: within 10 %)."]
+
+
+def moderation_section(m: dict) -> list:
+    paced, sat = m["paced"], m["saturated"]
+    added = paced["moderated"]["proc_p99"] - paced["no-policy"]["proc_p99"]
+    return ["", "### Prompt moderation's cost", "",
+            f"Two instant-model stacks running at once: no content policy, and `moderation: prompts` (every prompt "
+            f"sent to the fake's moderations endpoint, which answers at once, before the image model); the same "
+            f"alternating saturated and paced slices. {m['checked']:.0f} prompts moderated.", "",
+            *ab_rows(m, {"no-policy": "no content policy", "moderated": "prompts moderated"}), "",
+            f"Moderation adds {added:.2f} ms to processing p99 (paced; target ≤ 2 ms); throughput "
+            f"{sat['moderated']['rps'] / sat['no-policy']['rps']:.2f}× without it (per round: "
+            f"{', '.join(f'{x:.2f}' for x in sat['ratios'])})."]
 
 
 def main() -> int:
     envoy = subprocess.run([str(ROOT / "scripts" / "ensure-envoy.sh")], capture_output=True, text=True,
                            check=True).stdout.strip()
     STATE.mkdir(parents=True, exist_ok=True)
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+    if only:
+        # A scenario on its own (credentials, moderation): printed, bench/results/stack.md untouched.
+        sections = {"credentials": lambda: credentials_section(credentials_cost(envoy)),
+                    "moderation": lambda: moderation_section(moderation_cost(envoy))}
+        for name in sorted(only):
+            print("\n".join(sections[name]()))
+        return 0
     results = []
     stack = Stackup(envoy, 0, "instant")
     try:
@@ -399,6 +582,8 @@ def main() -> int:
 
     traced = tracing_cost(envoy)
     pool = pool_burst(envoy)
+    credentials = credentials_cost(envoy)
+    moderation = moderation_cost(envoy)
 
     stack = Stackup(envoy, MODEL_LATENCY_MS, "edit")
     try:
@@ -479,6 +664,7 @@ def main() -> int:
                   f"(target ≥ 0.95; per round: {', '.join(f'{x:.2f}' for x in traced['ratios'])}); the receiver "
                   f"counted {traced['spans']} spans, {traced['spans'] / max(traced['calls'], 1):.1f} per traced call "
                   f"(Envoy's, the upstream's server span, its stages and the provider attempt)."]
+    lines += credentials_section(credentials) + moderation_section(moderation)
     table = "\n".join(lines) + "\n"
     out = ROOT / "bench" / "results" / "stack.md"
     out.write_text("# make bench-stack\n\n" + table)

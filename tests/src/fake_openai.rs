@@ -159,6 +159,10 @@ pub struct FakeOptions {
     /// connection half-way through the body: the image was made, and is
     /// billed (`billed`), but the client never reads it whole.
     pub cut_off_answers: u32,
+    /// The PNG every PNG generation answers with, whatever the size asked
+    /// (benches: a photo-like 1024x1024 that compresses like a real one);
+    /// else a solid colour of the size asked.
+    pub png: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1086,7 +1090,7 @@ async fn answer(state: &FakeState, request: &Value) -> Response {
             let image = match output_format.as_str() {
                 "jpeg" => solid_jpeg(width, height),
                 "webp" => solid_webp(width, height),
-                _ => solid_png(width, height),
+                _ => state.options.png.clone().unwrap_or_else(|| solid_png(width, height)),
             };
             let b64 = Arc::new(base64::engine::general_purpose::STANDARD.encode(&image));
             if let Ok(mut images) = state.images.lock() {

@@ -1,6 +1,7 @@
 //! The OpenAI fake as a process, for `make bench-stack`: prints
 //! `{"base_url", "api_key"}` on one line, then serves until killed;
-//! `--compatible` answers as a self-hosted OpenAI-compatible server.
+//! `--compatible` answers as a self-hosted OpenAI-compatible server; `--png FILE`
+//! answers every PNG generation with that file.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     let mut address = "127.0.0.1:0".to_string();
     let mut latency_ms = 0u64;
     let mut compatible = false;
+    let mut png = None;
     while let Some(flag) = args.next() {
         if flag == "--compatible" {
             compatible = true;
@@ -21,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
         match flag.as_str() {
             "--listen" => address = value,
             "--latency-ms" => latency_ms = value.parse()?,
-            other => anyhow::bail!("unknown flag {other}; expected --listen ADDR --latency-ms N [--compatible]"),
+            "--png" => png = Some(std::fs::read(&value)?),
+            other => {
+                anyhow::bail!("unknown flag {other}; expected --listen ADDR --latency-ms N [--png FILE] [--compatible]")
+            }
         }
     }
     let fake = FakeOpenAi::start_on(
@@ -30,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
             latency: Duration::from_millis(latency_ms),
             // A self-hosted OpenAI-compatible server (LocalAI's classic Images API).
             compatible,
+            png,
             ..FakeOptions::default()
         },
     )
