@@ -103,6 +103,23 @@ pub struct Credentials {
     pub signer: String,
     /// The IPTC digital source type of the image (`…/trainedAlgorithmicMedia` for model output).
     pub digital_source_type: String,
+    /// What made it, as the manifest's `softwareAgent` names it: the model and its provider (`gpt-image-1 (openai)`).
+    pub software_agent: String,
+    /// `edit_image` only: the image this one was edited from (its manifest's `parentOf` ingredient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_from: Option<EditedFrom>,
+}
+
+/// The image an edit started from, as its result names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct EditedFrom {
+    /// The reference the edit was given for it (the first of `source_images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The label of the source's own C2PA manifest, when it carried one (an
+    /// image from this gateway: its `content_credentials.manifest_label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_label: Option<String>,
 }
 
 /// The signing settings a state runs with: the policy and, unless it is
