@@ -170,7 +170,7 @@ pub fn mask_bounds(mask: &[u8]) -> Result<Option<Region>, String> {
         let clear = |(_, pixel): &(usize, &[u8])| pixel[channels - 1] == 0;
         let mut transparent = row.data().chunks_exact(channels).enumerate().filter(clear);
         if let Some((first, _)) = transparent.next() {
-            let last = transparent.last().map_or(first, |(last, _)| last);
+            let last = transparent.next_back().map_or(first, |(last, _)| last);
             (x0, x1) = (x0.min(first as u32), x1.max(last as u32 + 1));
             (y0, y1) = (y0.min(y), y + 1);
         }
