@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use gateway_tests::fake_openai::{signed_png, FakeOptions, SIGNED_MARKER};
 use gateway_tests::mcp_client::{call_http, structured, tool_error};
 use gateway_tests::stack::{http_client, workspace_root};
+use gateway_tests::tsa::TimeStampAuthority;
 use gateway_tests::{Backend, Stack, StackOptions};
 use serde_json::{json, Value};
 
@@ -585,4 +586,68 @@ async fn a_key_rotated_by_file_signs_the_next_image_without_a_restart() {
         assert!(Instant::now() < deadline, "the rotated key never signed");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// With `GATEWAY_PROVENANCE_TSA_URL`, every signature carries an RFC 3161
+/// time-stamp from that authority (OpenSSL's responder), which the
+/// validator checks; an authority that is down costs the image its
+/// time-stamp only, counted.
+#[tokio::test]
+async fn signatures_are_time_stamped_by_the_configured_authority() {
+    let dir = std::env::temp_dir().join(format!("tsa-{}", uuid::Uuid::new_v4()));
+    let tsa = TimeStampAuthority::start(&dir).await.unwrap();
+    let stack = Stack::start_with(StackOptions {
+        upstream_env: vec![("GATEWAY_PROVENANCE_TSA_URL".into(), tsa.url.clone())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let output = structured(&call(&stack, &token, "generate_image", json!({"prompt": PROMPT})).await).clone();
+    assert_eq!(tsa.answered(), 1, "one time-stamp per image");
+    let image = fetch(output["image_urls"][0].as_str().unwrap()).await;
+    let anchors = stack.state_dir.join("anchors.pem");
+    let dev_root = std::fs::read_to_string(anchor(&stack)).unwrap();
+    std::fs::write(&anchors, format!("{dev_root}\n{}", tsa.root_pem)).unwrap();
+    let report = &validate(&stack, Some(&anchors), &[&image])[0];
+    assert_eq!(report["state"], "Trusted", "{report}");
+    // The signing time comes from the authority's token, which checks out.
+    let time = active(report)["signature_info"]["time"].as_str().unwrap_or_default();
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{report}");
+    let codes: Vec<&str> = report["store"]["validation_results"]["activeManifest"]["success"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["code"].as_str())
+        .collect();
+    for code in ["timeStamp.validated", "timeStamp.trusted"] {
+        assert!(codes.contains(&code), "{code} missing: {codes:?}");
+    }
+    assert_eq!(
+        upstream_metric(&stack, "mcp_gateway_content_credentials_time_stamp_failures_total").await,
+        0.0
+    );
+    drop(stack);
+    std::fs::remove_dir_all(&dir).ok();
+
+    // An authority that does not answer: the image is still signed and trusted, without a time.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let stack = Stack::start_with(StackOptions {
+        upstream_env: vec![("GATEWAY_PROVENANCE_TSA_URL".into(), gone)],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let output = structured(&call(&stack, &token, "generate_image", json!({"prompt": PROMPT})).await).clone();
+    let image = fetch(output["image_urls"][0].as_str().unwrap()).await;
+    let report = &validate(&stack, Some(&anchor(&stack)), &[&image])[0];
+    assert_eq!(report["state"], "Trusted", "{report}");
+    assert!(active(report)["signature_info"]["time"].is_null(), "{report}");
+    assert_eq!(
+        upstream_metric(&stack, "mcp_gateway_content_credentials_time_stamp_failures_total").await,
+        1.0
+    );
 }

@@ -128,6 +128,10 @@ pub(crate) async fn sign_images(
     for (original, format, result) in signed {
         match result {
             Ok(mut signed) => {
+                if let Some(why) = signed.time_stamp_failure.take() {
+                    tracing::warn!(detail = %why, "an image was signed without a time-stamp");
+                    state.metrics.time_stamp_failures.inc();
+                }
                 if let Some(from) = signed.credentials.edited_from.as_mut() {
                     from.reference = call.sources.first().cloned();
                 }

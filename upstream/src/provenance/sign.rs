@@ -14,6 +14,8 @@ use super::{Credentials, EditedFrom, ProvenanceError, SigningKey, TRAINED_ALGORI
 pub struct Signed {
     pub bytes: Bytes,
     pub credentials: Credentials,
+    /// Why the signature has no time-stamp although an authority is set.
+    pub time_stamp_failure: Option<String>,
 }
 
 /// Largest embedded manifest store handed to c2pa from an image we did not
@@ -107,15 +109,11 @@ pub fn sign_with(
     }
     let mut signed = Cursor::new(Vec::with_capacity(image.len() + 32 * 1024));
     builder
-        .sign(
-            signer.as_ref(),
-            facts.format.mime_type(),
-            &mut Cursor::new(image),
-            &mut signed,
-        )
+        .sign(&signer, facts.format.mime_type(), &mut Cursor::new(image), &mut signed)
         .map_err(failed)?;
     Ok(Signed {
         bytes: Bytes::from(signed.into_inner()),
+        time_stamp_failure: signer.failure(),
         credentials: Credentials {
             manifest_label: label,
             signer: key.signer.clone(),
