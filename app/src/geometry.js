@@ -82,11 +82,19 @@ export function traceMark(ctx, mark) {
   ctx.stroke();
 }
 
-/** The images a tool result carries: `structuredContent.image_urls`, else its resource links. */
+/**
+ * The images a tool result carries: `structuredContent.image_urls` (each
+ * with its Content Credentials, null when it has none), else its resource links.
+ */
 export function imagesOf(result) {
   const structured = result?.structuredContent;
   if (structured && Array.isArray(structured.image_urls)) {
-    return structured.image_urls.map((url) => ({ url, size: structured.size, model: structured.model }));
+    return structured.image_urls.map((url, i) => ({
+      url,
+      size: structured.size,
+      model: structured.model,
+      credentials: structured.content_credentials?.[i] ?? null,
+    }));
   }
   return (result?.content ?? [])
     .filter((block) => block.type === "resource_link" && typeof block.uri === "string")

@@ -39,7 +39,10 @@ test("one rectangle is a mask_region; strokes or several rectangles need a mask"
 
 test("images come from structured content, else from resource links", () => {
   const structured = { structuredContent: { image_urls: ["https://g/images/a"], size: "64x64", model: "m" } };
-  assert.deepEqual(imagesOf(structured), [{ url: "https://g/images/a", size: "64x64", model: "m" }]);
+  assert.deepEqual(imagesOf(structured), [{ url: "https://g/images/a", size: "64x64", model: "m", credentials: null }]);
+  const credentials = { manifest_label: "urn:c2pa:1", signer: "s" };
+  const signed = { structuredContent: { ...structured.structuredContent, content_credentials: [credentials] } };
+  assert.equal(imagesOf(signed)[0].credentials, credentials);
   const links = { content: [{ type: "text", text: "x" }, { type: "resource_link", uri: "https://g/images/b" }] };
   assert.deepEqual(imagesOf(links), [{ url: "https://g/images/b" }]);
   assert.deepEqual(imagesOf(undefined), []);

@@ -1,7 +1,8 @@
-// The image studio: a gallery of the call's images, a rectangle or brush to
-// mark the region to change, and edit_image / generate_image through the
-// host's tools/call relay. The app never holds the caller's credentials.
+// The image studio: a gallery of the call's images, the selected one's
+// Content Credentials, a rectangle or brush to mark the region to change,
+// and edit_image / generate_image through the host's tools/call relay. The app never holds the caller's credentials.
 import { App, applyDocumentTheme, applyHostFonts, applyHostStyleVariables } from "@modelcontextprotocol/ext-apps";
+import { credentialRows } from "./credentials.js";
 import { checkRegion, editTarget, errorText, imagesOf, paintMask, rectFrom, toImagePoint, traceMark } from "./geometry.js";
 
 const $ = (id) => document.getElementById(id);
@@ -9,6 +10,7 @@ const ui = {
   empty: $("empty"), gallery: $("gallery"), editor: $("editor"), picture: $("picture"), overlay: $("overlay"),
   brushSize: $("brush-size"), prompt: $("prompt"), style: $("style"), size: $("size"), model: $("model"),
   status: $("status"), region: ["x", "y", "width", "height"].map((name) => $(`region-${name}`)),
+  credentials: $("credentials-list"), noCredentials: $("credentials-none"),
 };
 const state = { images: [], selected: -1, marks: [], drag: null, pendingPrompt: "" };
 
@@ -82,6 +84,19 @@ function select(index) {
   for (const button of ui.gallery.querySelectorAll("button")) {
     button.setAttribute("aria-pressed", String(button.parentElement === ui.gallery.children[index]));
   }
+  showCredentials(state.images[index]);
+}
+
+/** The selected image's Content Credentials, as its tool result listed them. */
+function showCredentials(image) {
+  const rows = credentialRows(image.credentials, state.images);
+  ui.noCredentials.hidden = rows.length > 0;
+  ui.credentials.replaceChildren(
+    ...rows.flatMap(({ term, text }) => [
+      Object.assign(document.createElement("dt"), { textContent: term }),
+      Object.assign(document.createElement("dd"), { textContent: text }),
+    ]),
+  );
 }
 
 const natural = () => ({ width: ui.picture.naturalWidth, height: ui.picture.naturalHeight });

@@ -75,6 +75,16 @@ try {
   await loaded();
   check((await gallery.first().getAttribute("aria-label")) === "Image 1: a lighthouse at dusk", "the gallery names the image by its prompt");
 
+  // The selected image's Content Credentials, as a person reads them: term → text.
+  const credentials = app.getByRole("region", { name: "Content Credentials" });
+  const credentialsShown = async () => {
+    check(await credentials.isVisible(), "the Content Credentials are shown");
+    const terms = await credentials.locator("dt").allTextContents();
+    const texts = await credentials.locator("dd").allTextContents();
+    return Object.fromEntries(terms.map((term, i) => [term, texts[i]]));
+  };
+  report.credentials = { generated: await credentialsShown() };
+
   // Geometry of the shown image: display pixels to image pixels.
   const overlay = app.locator("#overlay");
   const natural = await frame.evaluate(() => ({ width: picture.naturalWidth, height: picture.naturalHeight }));
@@ -103,6 +113,7 @@ try {
   let all = await urls();
   report.rect = { original: all[0], edited: all[1], region };
   check((await gallery.nth(1).getAttribute("aria-label")) === "Image 2: paint the lantern room red", "the edit joins the gallery with its prompt");
+  report.credentials.edited = await credentialsShown();
 
   // 2. A brush stroke (after trying undo and clear), then edit_image with an uploaded mask.
   await gallery.first().click();

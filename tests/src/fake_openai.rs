@@ -84,7 +84,7 @@ fn provider_signed(png: Vec<u8>, model: &str) -> Vec<u8> {
         model,
         provider: "fake OpenAI",
         format: OutputFormat::Png,
-        source: None,
+        edit: None,
     };
     mcp_image_gateway::provenance::sign::sign(&png, &facts, &provider_signer().1, chrono::Utc::now().timestamp())
         .map(|signed| signed.bytes.to_vec())

@@ -17,3 +17,4 @@ pub mod ratelimit_service;
 pub mod redis_server;
 pub mod s3_server;
 pub mod test_idp;
+pub mod tsa;

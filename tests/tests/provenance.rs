@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use gateway_tests::fake_openai::{signed_png, FakeOptions, SIGNED_MARKER};
 use gateway_tests::mcp_client::{call_http, structured, tool_error};
 use gateway_tests::stack::{http_client, workspace_root};
+use gateway_tests::tsa::TimeStampAuthority;
 use gateway_tests::{Backend, Stack, StackOptions};
 use serde_json::{json, Value};
 
@@ -116,6 +117,11 @@ async fn every_format_is_signed_trusted_and_names_the_model_not_the_caller() {
         let created = &actions(manifest)[0];
         assert_eq!(created["action"], "c2pa.created");
         assert_eq!(created["digitalSourceType"], AI);
+        assert_eq!(
+            created["softwareAgent"]["name"], credentials["software_agent"],
+            "{output}"
+        );
+        assert!(credentials.get("edited_from").is_none(), "a generation: {output}");
         assert!(
             created["softwareAgent"]["name"]
                 .as_str()
@@ -252,6 +258,149 @@ async fn an_uploaded_images_own_credentials_are_the_edits_parent() {
     assert_eq!(actions(manifest).last().unwrap()["action"], "c2pa.edited");
 }
 
+/// An in-paint of a generated image guided by two more inputs (an upload
+/// signed elsewhere and a second generated image): `c2pa.edited` names the
+/// region as a pixel rectangle, every input is an ingredient (the edited one
+/// `parentOf`, the others `componentOf`) with its own manifest, and the
+/// validator still trusts it all. The tool result's schema says so in every
+/// protocol revision.
+#[tokio::test]
+async fn an_in_paint_names_its_region_and_every_input_is_an_ingredient() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack.token("alice", "acme");
+    let first = structured(&call(&stack, &token, "generate_image", json!({"prompt": PROMPT})).await).clone();
+    let other = structured(&call(&stack, &token, "generate_image", json!({"prompt": "a harbour"})).await).clone();
+    let ticket = structured(&call(&stack, &token, "create_upload", json!({"content_type": "image/png"})).await).clone();
+    let response = http_client()
+        .put(ticket["upload_url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(signed_png(1024, 1024))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let region = json!({"x": 100, "y": 600, "width": 200, "height": 150});
+    let edit = structured(
+        &call(
+            &stack,
+            &token,
+            "edit_image",
+            json!({
+                "prompt": "a flock of gulls",
+                "images": [first["image_urls"][0], ticket["reference"], other["image_urls"][0]],
+                "mask_region": region,
+            }),
+        )
+        .await,
+    )
+    .clone();
+    let image = fetch(edit["image_urls"][0].as_str().unwrap()).await;
+    let report = &validate(&stack, Some(&anchor(&stack)), &[&image])[0];
+    assert_eq!(report["state"], "Trusted", "{report}");
+    let manifest = active(report);
+    let edited = actions(manifest).last().unwrap().clone();
+    assert_eq!(edited["action"], "c2pa.edited", "{manifest}");
+    let area = &edited["changes"][0]["region"][0];
+    assert_eq!(area["type"], "spatial", "{edited}");
+    let shape = &area["shape"];
+    assert_eq!(
+        (&shape["type"], &shape["unit"]),
+        (&json!("rectangle"), &json!("pixel")),
+        "{edited}"
+    );
+    let pixels = |v: &Value| v.as_f64().unwrap_or(-1.0);
+    assert_eq!(
+        [
+            pixels(&shape["origin"]["x"]),
+            pixels(&shape["origin"]["y"]),
+            pixels(&shape["width"]),
+            pixels(&shape["height"])
+        ],
+        [100.0, 600.0, 200.0, 150.0],
+        "{edited}"
+    );
+
+    // Every input an ingredient with its own manifest: ours twice, the upload's signer once.
+    let ingredients = manifest["ingredients"].as_array().unwrap();
+    let relationships: Vec<&str> = ingredients
+        .iter()
+        .map(|i| i["relationship"].as_str().unwrap())
+        .collect();
+    assert_eq!(relationships, ["parentOf", "componentOf", "componentOf"], "{manifest}");
+    let manifests = &report["store"]["manifests"];
+    let signer = |i: &Value| manifests[i["active_manifest"].as_str().unwrap()]["signature_info"]["common_name"].clone();
+    assert_eq!(
+        ingredients[0]["active_manifest"],
+        first["content_credentials"][0]["manifest_label"]
+    );
+    assert_eq!(signer(&ingredients[1]), "fake OpenAI signer", "{report}");
+    assert_eq!(
+        ingredients[2]["active_manifest"],
+        other["content_credentials"][0]["manifest_label"]
+    );
+    assert_eq!(
+        edit["content_credentials"][0]["edited_from"]["manifest_label"],
+        first["content_credentials"][0]["manifest_label"]
+    );
+
+    // The gateway's own check prints the region too.
+    let path = stack.state_dir.join("in-paint.png");
+    std::fs::write(&path, &image).unwrap();
+    let (report, ok) = stack.gateway_command(&["provenance", "verify", path.to_str().unwrap(), "--json"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["actions"][1]["region"], region, "{report}");
+    assert_eq!(report["ingredients"].as_array().unwrap().len(), 3, "{report}");
+
+    // The published outputSchema describes the credentials, in every protocol revision.
+    for version in ["2025-06-18", "2025-11-25", "2026-07-28"] {
+        let tools = list_tools(&stack, &token, version).await;
+        for name in ["generate_image", "edit_image"] {
+            let tool = tools.iter().find(|t| t["name"] == name).unwrap();
+            let schema = tool["outputSchema"].to_string();
+            for field in [
+                "manifest_label",
+                "signer",
+                "digital_source_type",
+                "software_agent",
+                "edited_from",
+            ] {
+                assert!(
+                    schema.contains(field),
+                    "{version} {name}: {field} missing from {schema}"
+                );
+            }
+        }
+    }
+}
+
+/// `tools/list` in protocol revision `version`.
+async fn list_tools(stack: &Stack, token: &str, version: &str) -> Vec<Value> {
+    let reply: Value = http_client()
+        .post(&stack.mcp_url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", version)
+        .header("mcp-method", "tools/list")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+                // Stateless revisions carry these on every request; earlier ones ignore them.
+                "io.modelcontextprotocol/protocolVersion": version,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{version}: {reply}"))
+        .clone()
+}
+
 #[tokio::test]
 async fn edits_chain_to_their_source_and_one_changed_byte_is_invalid() {
     let stack = Stack::start().await.unwrap();
@@ -278,6 +427,12 @@ async fn edits_chain_to_their_source_and_one_changed_byte_is_invalid() {
     )
     .clone();
     let label = |output: &Value| output["content_credentials"][0]["manifest_label"].clone();
+    // The result names what each edit was made from: the reference given, and its manifest.
+    for (edit, source) in [(&second, &first), (&third, &second)] {
+        let from = &edit["content_credentials"][0]["edited_from"];
+        assert_eq!(from["reference"], source["image_urls"][0], "{edit}");
+        assert_eq!(from["manifest_label"], label(source), "{edit}");
+    }
     let image = fetch(third["image_urls"][0].as_str().unwrap()).await;
     let report = &validate(&stack, Some(&anchor(&stack)), &[&image])[0];
     assert_eq!(report["state"], "Trusted", "{report}");
@@ -431,4 +586,68 @@ async fn a_key_rotated_by_file_signs_the_next_image_without_a_restart() {
         assert!(Instant::now() < deadline, "the rotated key never signed");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// With `GATEWAY_PROVENANCE_TSA_URL`, every signature carries an RFC 3161
+/// time-stamp from that authority (OpenSSL's responder), which the
+/// validator checks; an authority that is down costs the image its
+/// time-stamp only, counted.
+#[tokio::test]
+async fn signatures_are_time_stamped_by_the_configured_authority() {
+    let dir = std::env::temp_dir().join(format!("tsa-{}", uuid::Uuid::new_v4()));
+    let tsa = TimeStampAuthority::start(&dir).await.unwrap();
+    let stack = Stack::start_with(StackOptions {
+        upstream_env: vec![("GATEWAY_PROVENANCE_TSA_URL".into(), tsa.url.clone())],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let output = structured(&call(&stack, &token, "generate_image", json!({"prompt": PROMPT})).await).clone();
+    assert_eq!(tsa.answered(), 1, "one time-stamp per image");
+    let image = fetch(output["image_urls"][0].as_str().unwrap()).await;
+    let anchors = stack.state_dir.join("anchors.pem");
+    let dev_root = std::fs::read_to_string(anchor(&stack)).unwrap();
+    std::fs::write(&anchors, format!("{dev_root}\n{}", tsa.root_pem)).unwrap();
+    let report = &validate(&stack, Some(&anchors), &[&image])[0];
+    assert_eq!(report["state"], "Trusted", "{report}");
+    // The signing time comes from the authority's token, which checks out.
+    let time = active(report)["signature_info"]["time"].as_str().unwrap_or_default();
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{report}");
+    let codes: Vec<&str> = report["store"]["validation_results"]["activeManifest"]["success"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["code"].as_str())
+        .collect();
+    for code in ["timeStamp.validated", "timeStamp.trusted"] {
+        assert!(codes.contains(&code), "{code} missing: {codes:?}");
+    }
+    assert_eq!(
+        upstream_metric(&stack, "mcp_gateway_content_credentials_time_stamp_failures_total").await,
+        0.0
+    );
+    drop(stack);
+    std::fs::remove_dir_all(&dir).ok();
+
+    // An authority that does not answer: the image is still signed and trusted, without a time.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let stack = Stack::start_with(StackOptions {
+        upstream_env: vec![("GATEWAY_PROVENANCE_TSA_URL".into(), gone)],
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = stack.token("alice", "acme");
+    let output = structured(&call(&stack, &token, "generate_image", json!({"prompt": PROMPT})).await).clone();
+    let image = fetch(output["image_urls"][0].as_str().unwrap()).await;
+    let report = &validate(&stack, Some(&anchor(&stack)), &[&image])[0];
+    assert_eq!(report["state"], "Trusted", "{report}");
+    assert!(active(report)["signature_info"]["time"].is_null(), "{report}");
+    assert_eq!(
+        upstream_metric(&stack, "mcp_gateway_content_credentials_time_stamp_failures_total").await,
+        1.0
+    );
 }

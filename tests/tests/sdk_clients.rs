@@ -177,6 +177,21 @@ async fn image_studio_in_a_browser() {
     assert_eq!(anonymous.status(), 401);
     assert!(anonymous.headers().contains_key("www-authenticate"));
 
+    // The selected image's Content Credentials, as the app shows them: the
+    // model, AI-made, the signer, and for an edit the image it came from.
+    let generated = &report["host"]["generated"]["content_credentials"][0];
+    let shown = &report["credentials"]["generated"];
+    assert_eq!(shown["Made by"], generated["software_agent"], "{report}");
+    assert_eq!(shown["Made by"], "offline-preview (offline-preview)");
+    assert_eq!(shown["Kind"], "AI-generated (trained algorithmic media)");
+    assert_eq!(shown["Signed by"], generated["signer"]);
+    assert_eq!(shown["Manifest"], generated["manifest_label"]);
+    assert!(shown.get("Edited from").is_none(), "{shown}");
+    let edited = &report["credentials"]["edited"];
+    assert_eq!(edited["Edited from"], "Image 1", "{report}");
+    assert_eq!(edited["Signed by"], generated["signer"]);
+    assert_ne!(edited["Manifest"], generated["manifest_label"]);
+
     only_region_changed(&report["rect"]).await;
     only_region_changed(&report["keyboard"]).await;
     assert_eq!(

@@ -99,6 +99,13 @@ pub struct ServeConfig {
     /// changes. Default `{state_dir}/provenance/signer.key`.
     #[arg(long, env = "GATEWAY_PROVENANCE_KEY_FILE")]
     pub provenance_key_file: Option<PathBuf>,
+    /// An RFC 3161 time-stamp authority (http or https URL) that time-stamps
+    /// every Content Credentials signature, so manifests stay valid after the
+    /// signing certificate expires. An authority that fails or takes over 3 s
+    /// costs the image its time-stamp (counted), never its credentials. Unset:
+    /// no time-stamps.
+    #[arg(long, env = "GATEWAY_PROVENANCE_TSA_URL", value_parser = crate::provenance::time_stamp::TimeStampAuthority::new)]
+    pub provenance_tsa_url: Option<crate::provenance::time_stamp::TimeStampAuthority>,
     /// Lifetime of signed image links, in seconds (at most 7 days, S3's presign limit).
     #[arg(long, env = "GATEWAY_URL_TTL_SECS", default_value_t = 86_400)]
     pub url_ttl_secs: u64,
@@ -499,6 +506,7 @@ impl ServeConfig {
             self.provenance,
             &self.provenance_cert_file(),
             &self.provenance_key_file(),
+            self.provenance_tsa_url.as_ref(),
         )
     }
 

@@ -108,6 +108,13 @@ fn describe(action: &serde_json::Value) -> String {
     if let Some(source) = action["digital_source_type"].as_str() {
         text += &format!(" ({})", source.rsplit('/').next().unwrap_or(source));
     }
+    let region = &action["region"];
+    if region.is_object() {
+        text += &format!(
+            ", region {}x{} at {},{}",
+            region["width"], region["height"], region["x"], region["y"]
+        );
+    }
     text
 }
 

@@ -146,6 +146,44 @@ pub fn region_mask(region: Region, width: u32, height: u32) -> Result<Bytes, Str
     Ok(Bytes::from(out))
 }
 
+/// The smallest rectangle holding every fully transparent pixel of a mask
+/// (the area to change; `None`: no such pixel), decoded row by row so a
+/// large mask costs one row of memory.
+pub fn mask_bounds(mask: &[u8]) -> Result<Option<Region>, String> {
+    let mut decoder = png::Decoder::new(Cursor::new(mask));
+    // Palette and tRNS become an alpha channel; 16-bit samples become 8.
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| format!("the mask is not a readable PNG ({e})"))?;
+    let (color, _) = reader.output_color_type();
+    let channels = color.samples();
+    if !matches!(color, png::ColorType::Rgba | png::ColorType::GrayscaleAlpha) {
+        return Ok(None);
+    }
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0u32, 0u32);
+    let mut y = 0u32;
+    while let Some(row) = reader
+        .next_row()
+        .map_err(|e| format!("the mask is not a readable PNG ({e})"))?
+    {
+        let clear = |(_, pixel): &(usize, &[u8])| pixel[channels - 1] == 0;
+        let mut transparent = row.data().chunks_exact(channels).enumerate().filter(clear);
+        if let Some((first, _)) = transparent.next() {
+            let last = transparent.next_back().map_or(first, |(last, _)| last);
+            (x0, x1) = (x0.min(first as u32), x1.max(last as u32 + 1));
+            (y0, y1) = (y0.min(y), y + 1);
+        }
+        y += 1;
+    }
+    Ok((x1 > x0).then_some(Region {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
+    }))
+}
+
 /// Our mask (fully transparent where to paint) as the greyscale mask
 /// Stability's in-painting takes (white where to paint, black elsewhere).
 pub fn paint_where_transparent(mask: &Bytes) -> Result<Bytes, String> {
@@ -313,5 +351,37 @@ mod tests {
             let inside = (2..5).contains(&x) && (1..3).contains(&y);
             assert_eq!(pixel[0], if inside { 255 } else { 0 }, "({x}, {y})");
         }
+    }
+
+    #[test]
+    fn a_masks_bounds_hold_every_transparent_pixel() {
+        let region = Region {
+            x: 2,
+            y: 1,
+            width: 3,
+            height: 2,
+        };
+        assert_eq!(mask_bounds(&region_mask(region, 8, 4).unwrap()), Ok(Some(region)));
+        // Two brush dabs: the rectangle spanning both.
+        let mut pixels = [0u8, 0, 0, 255].repeat(10 * 6);
+        for (x, y) in [(1usize, 4usize), (7, 2)] {
+            pixels[(y * 10 + x) * 4 + 3] = 0;
+        }
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, 10, 6);
+        encoder.set_color(png::ColorType::Rgba);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&pixels).unwrap();
+        writer.finish().unwrap();
+        let spanned = Region {
+            x: 1,
+            y: 2,
+            width: 7,
+            height: 3,
+        };
+        assert_eq!(mask_bounds(&out), Ok(Some(spanned)));
+        assert_eq!(mask_bounds(&png(4, 4, png::ColorType::Rgba)), Ok(None), "nothing clear");
+        assert_eq!(mask_bounds(&png(4, 4, png::ColorType::Rgb)), Ok(None), "no alpha");
+        assert!(mask_bounds(b"not a png").is_err());
     }
 }

@@ -4,18 +4,20 @@
 //! what an unsignable image means: `required` ends the call, `best_effort`
 //! delivers it unsigned; both count it.
 
+use std::io::Cursor;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::media::input::{self, Region};
 use crate::media::types::OutputFormat;
 use crate::pipeline::run::ImageCall;
-use crate::provenance::manifest::{ImageFacts, Source};
+use crate::provenance::manifest::{EditFacts, ImageFacts, Source};
 use crate::provenance::sign;
 use crate::provenance::{Credentials, Policy, ProvenanceError};
-use crate::providers::Generation;
+use crate::providers::{EditInputs, Generation};
 use crate::state::AppState;
 use crate::telemetry::metrics::{FormatLabels, SigningFailureLabels};
 
@@ -52,11 +54,7 @@ pub(crate) async fn sign_images(
             };
         }
     };
-    let source = call
-        .edit
-        .as_ref()
-        .and_then(|edit| edit.images.first())
-        .map(|image| (image.bytes.clone(), image.format));
+    let edit = call.edit.clone();
     let images: Vec<_> = generation.images.iter().map(|i| (i.bytes.clone(), i.format)).collect();
     let count = images.len();
     let model = generation.model.clone();
@@ -71,9 +69,17 @@ pub(crate) async fn sign_images(
     let signing = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let now = chrono::Utc::now().timestamp();
-        let source = source.as_ref().map(|(bytes, format)| Source { bytes, format: *format });
-        // The source is read once however many images the edit makes.
-        let ingredient = source.as_ref().map(|s| guarded(|| sign::source_ingredient(s)));
+        let inputs: Vec<Source<'_>> = edit
+            .iter()
+            .flat_map(|edit| &edit.images)
+            .map(|image| Source {
+                bytes: &image.bytes,
+                format: image.format,
+            })
+            .collect();
+        // Each input is read once however many images the edit makes.
+        let ingredients = guarded(|| sign::input_ingredients(&inputs));
+        let changed = edit.as_deref().and_then(changed_region);
         images
             .into_iter()
             .map(|(bytes, format)| {
@@ -81,13 +87,15 @@ pub(crate) async fn sign_images(
                     model: &model,
                     provider,
                     format,
-                    source,
+                    edit: edit.as_ref().map(|_| EditFacts {
+                        inputs: &inputs,
+                        region: changed.and_then(|(region, source)| in_output(region, source, &bytes)),
+                    }),
                 };
                 let started = Instant::now();
-                let signed = match &ingredient {
-                    Some(Err(error)) => Err(error.clone()),
-                    Some(Ok(ingredient)) => guarded(|| sign::sign_with(&bytes, &facts, Some(ingredient), &key, now)),
-                    None => guarded(|| sign::sign_with(&bytes, &facts, None, &key, now)),
+                let signed = match &ingredients {
+                    Err(error) => Err(error.clone()),
+                    Ok(ingredients) => guarded(|| sign::sign_with(&bytes, &facts, ingredients, &key, now)),
                 };
                 let labels = FormatLabels {
                     format: format.as_str().into(),
@@ -119,7 +127,14 @@ pub(crate) async fn sign_images(
     };
     for (original, format, result) in signed {
         match result {
-            Ok(signed) => {
+            Ok(mut signed) => {
+                if let Some(why) = signed.time_stamp_failure.take() {
+                    tracing::warn!(detail = %why, "an image was signed without a time-stamp");
+                    state.metrics.time_stamp_failures.inc();
+                }
+                if let Some(from) = signed.credentials.edited_from.as_mut() {
+                    from.reference = call.sources.first().cloned();
+                }
                 state
                     .metrics
                     .images_signed
@@ -141,6 +156,42 @@ pub(crate) async fn sign_images(
         }
     }
     Ok(out)
+}
+
+/// An in-paint's changed rectangle, in the pixels of the edited image
+/// (whose width and height come with it): the bounds of its mask's
+/// transparent pixels, a `mask_region` exactly.
+fn changed_region(edit: &EditInputs) -> Option<(Region, (u32, u32))> {
+    let source = edit.images.first()?;
+    let region = input::mask_bounds(edit.mask.as_ref()?).ok()??;
+    Some((region, (source.width, source.height)))
+}
+
+/// `region` of a source of `source` pixels, in the pixels of `output` (an
+/// edit may be made at another size); `None` when its size is unreadable.
+fn in_output(region: Region, source: (u32, u32), output: &[u8]) -> Option<Region> {
+    let to = image::ImageReader::new(Cursor::new(output))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()?;
+    Some(scaled(region, source, to))
+}
+
+/// `region` of a `from`-sized image in a `to`-sized one, rounded outwards.
+fn scaled(region: Region, from: (u32, u32), to: (u32, u32)) -> Region {
+    if from == to {
+        return region;
+    }
+    let axis = |start: u32, length: u32, from: u32, to: u32| {
+        let (from, to) = (u64::from(from.max(1)), u64::from(to));
+        let low = u64::from(start) * to / from;
+        let high = (u64::from(start + length) * to).div_ceil(from).min(to);
+        (low as u32, (high - low) as u32)
+    };
+    let (x, width) = axis(region.x, region.width, from.0, to.0);
+    let (y, height) = axis(region.y, region.height, from.1, to.1);
+    Region { x, y, width, height }
 }
 
 /// Longest one call's signing may take before its images count as failed.
@@ -191,5 +242,32 @@ mod tests {
         let result: Result<(), _> = guarded(|| panic!("hostile manifest"));
         assert_eq!(result.unwrap_err().reason(), "signing_failed");
         assert_eq!(guarded(|| Ok(1)).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_region_follows_the_edit_to_its_output_size() {
+        let region = Region {
+            x: 100,
+            y: 600,
+            width: 200,
+            height: 150,
+        };
+        assert_eq!(scaled(region, (1024, 1024), (1024, 1024)), region);
+        let half = Region {
+            x: 50,
+            y: 300,
+            width: 100,
+            height: 75,
+        };
+        assert_eq!(scaled(region, (1024, 1024), (512, 512)), half);
+        // Rounded outwards, and never past the edge.
+        let odd = Region {
+            x: 1,
+            y: 1,
+            width: 1,
+            height: 2,
+        };
+        let out = scaled(odd, (3, 3), (2, 2));
+        assert_eq!((out.x, out.y, out.width, out.height), (0, 0, 2, 2));
     }
 }

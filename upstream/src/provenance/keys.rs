@@ -9,6 +9,8 @@ use std::path::Path;
 
 use c2pa::SigningAlg;
 
+use super::time_stamp::{TimeStampAuthority, TimeStamped};
+
 /// A loaded signing key and what the tool result says about it.
 pub struct SigningKey {
     chain_pem: Vec<u8>,
@@ -21,6 +23,8 @@ pub struct SigningKey {
     pub not_after: i64,
     /// The leaf's serial number (hex), to tell certificates apart in logs.
     pub serial: String,
+    /// The RFC 3161 authority that time-stamps its signatures, if any.
+    authority: Option<TimeStampAuthority>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -97,6 +101,7 @@ impl SigningKey {
             serial: leaf.raw_serial_as_string(),
             chain_pem,
             key_pem,
+            authority: None,
         };
         // Refused now rather than failing every image: a reload keeps the old key.
         key.valid_at(chrono::Utc::now().timestamp())
@@ -120,9 +125,17 @@ impl SigningKey {
         Ok(())
     }
 
-    /// A c2pa signer over this key (no time-stamp authority).
-    pub fn signer(&self) -> Result<c2pa::BoxedSigner, String> {
-        c2pa::create_signer::from_keys(&self.chain_pem, &self.key_pem, self.alg, None).map_err(|e| e.to_string())
+    /// This key, its signatures time-stamped by `authority`.
+    pub fn time_stamped_by(self, authority: Option<TimeStampAuthority>) -> Self {
+        Self { authority, ..self }
+    }
+
+    /// A c2pa signer over this key, time-stamping with the key's authority if it has one.
+    pub fn signer(&self) -> Result<TimeStamped, String> {
+        let url = self.authority.as_ref().map(|authority| authority.url().to_string());
+        let inner =
+            c2pa::create_signer::from_keys(&self.chain_pem, &self.key_pem, self.alg, url).map_err(|e| e.to_string())?;
+        Ok(TimeStamped::new(inner, self.authority.clone()))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Content Credentials (C2PA) on every image the gateway stores: the
 //! manifest each image carries (`manifest`), the key and certificate chain
 //! that sign it (`keys`), the signing itself (`sign`) and the check anyone
-//! can run on a delivered image (`verify`), and the development CA
-//! (`dev_ca`). It sits beside storage: the
+//! can run on a delivered image (`verify`), the RFC 3161 time-stamps on
+//! the signatures (`time_stamp`), and the development CA (`dev_ca`). It sits beside storage: the
 //! pipeline passes every image through `sign` just before it is stored, so
 //! the guarantee holds for every provider and every path. Everything here
 //! is synchronous and pure of I/O but for reading the key files; the
@@ -12,6 +12,7 @@ pub mod dev_ca;
 pub mod keys;
 pub mod manifest;
 pub mod sign;
+pub mod time_stamp;
 pub mod verify;
 
 use std::path::Path;
@@ -103,6 +104,23 @@ pub struct Credentials {
     pub signer: String,
     /// The IPTC digital source type of the image (`…/trainedAlgorithmicMedia` for model output).
     pub digital_source_type: String,
+    /// What made it, as the manifest's `softwareAgent` names it: the model and its provider (`gpt-image-1 (openai)`).
+    pub software_agent: String,
+    /// `edit_image` only: the image this one was edited from (its manifest's `parentOf` ingredient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_from: Option<EditedFrom>,
+}
+
+/// The image an edit started from, as its result names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct EditedFrom {
+    /// The reference the edit was given for it (the first of `source_images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The label of the source's own C2PA manifest, when it carried one (an
+    /// image from this gateway: its `content_credentials.manifest_label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_label: Option<String>,
 }
 
 /// The signing settings a state runs with: the policy and, unless it is
@@ -116,11 +134,11 @@ pub struct Provenance {
 impl Provenance {
     /// Reads the key files (not under `off`). A missing or bad key is kept
     /// as its reason: calls then fail under `required`, go unsigned under
-    /// `best_effort`.
-    pub fn load(policy: Policy, chain: &Path, key: &Path) -> Self {
+    /// `best_effort`. `authority` time-stamps the signatures.
+    pub fn load(policy: Policy, chain: &Path, key: &Path, authority: Option<&time_stamp::TimeStampAuthority>) -> Self {
         let key = match policy {
             Policy::Off => Err("Content Credentials are off".to_string()),
-            _ => SigningKey::from_files(chain, key).map(Arc::new),
+            _ => SigningKey::from_files(chain, key).map(|key| Arc::new(key.time_stamped_by(authority.cloned()))),
         };
         Self { policy, key }
     }

@@ -7,13 +7,15 @@ use std::io::Cursor;
 use bytes::Bytes;
 
 use super::manifest::{self, ImageFacts, Source};
-use super::{Credentials, ProvenanceError, SigningKey, TRAINED_ALGORITHMIC_MEDIA};
+use super::{Credentials, EditedFrom, ProvenanceError, SigningKey, TRAINED_ALGORITHMIC_MEDIA};
 
 /// An image with its Content Credentials embedded.
 #[derive(Debug, Clone)]
 pub struct Signed {
     pub bytes: Bytes,
     pub credentials: Credentials,
+    /// Why the signature has no time-stamp although an authority is set.
+    pub time_stamp_failure: Option<String>,
 }
 
 /// Largest embedded manifest store handed to c2pa from an image we did not
@@ -27,11 +29,13 @@ fn readable_manifest(mime: &str, image: &[u8]) -> bool {
     c2pa::jumbf_io::load_jumbf_from_memory(mime, image).is_ok_and(|store| store.len() <= MAX_FOREIGN_MANIFEST_BYTES)
 }
 
-/// An edit's source as a `parentOf` ingredient, read once per call however
-/// many images the edit makes. Its manifest is left out when over the cap.
-pub fn source_ingredient(source: &Source<'_>) -> Result<c2pa::Ingredient, ProvenanceError> {
+/// An edit's input `index` as an ingredient (`manifest::input_ingredient`:
+/// the edited image `parentOf`, the others `componentOf`), carrying its own
+/// manifest when it has one; read once per call however many images the
+/// edit makes. Its manifest is left out when over the cap.
+pub fn input_ingredient(source: &Source<'_>, index: usize) -> Result<c2pa::Ingredient, ProvenanceError> {
     let mime = source.format.mime_type();
-    let definition = manifest::source_ingredient(source).to_string();
+    let definition = manifest::input_ingredient(source, index).to_string();
     let definition = c2pa::Ingredient::from_json(&definition).map_err(signing_failed)?;
     let oversized = c2pa::jumbf_io::load_jumbf_from_memory(mime, source.bytes)
         .is_ok_and(|store| store.len() > MAX_FOREIGN_MANIFEST_BYTES);
@@ -43,9 +47,18 @@ pub fn source_ingredient(source: &Source<'_>) -> Result<c2pa::Ingredient, Proven
     let mut ingredient = c2pa::Ingredient::from_stream(mime, &mut Cursor::new(source.bytes)).map_err(signing_failed)?;
     ingredient
         .set_title(definition.title().unwrap_or_default())
-        .set_is_parent()
-        .set_label(manifest::SOURCE_INGREDIENT);
+        .set_relationship(definition.relationship().clone())
+        .set_label(manifest::input_label(index));
     Ok(ingredient)
+}
+
+/// Every input of an edit as its ingredient, in order (`input_ingredient`).
+pub fn input_ingredients(inputs: &[Source<'_>]) -> Result<Vec<c2pa::Ingredient>, ProvenanceError> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(index, source)| input_ingredient(source, index))
+        .collect()
 }
 
 fn signing_failed(e: c2pa::Error) -> ProvenanceError {
@@ -53,18 +66,18 @@ fn signing_failed(e: c2pa::Error) -> ProvenanceError {
 }
 
 /// Embeds and signs the manifest of `image` (in `facts.format`), checking
-/// the key's validity at `now` (Unix seconds). Reads `facts.source` itself;
-/// a caller signing several images of one edit uses `sign_with`.
+/// the key's validity at `now` (Unix seconds). Reads the edit's inputs
+/// itself; a caller signing several images of one edit uses `sign_with`.
 pub fn sign(image: &[u8], facts: &ImageFacts<'_>, key: &SigningKey, now: i64) -> Result<Signed, ProvenanceError> {
-    let source = facts.source.as_ref().map(source_ingredient).transpose()?;
-    sign_with(image, facts, source.as_ref(), key, now)
+    let inputs = facts.edit.map(|edit| edit.inputs).unwrap_or_default();
+    sign_with(image, facts, &input_ingredients(inputs)?, key, now)
 }
 
-/// `sign` with the edit's source already read (`source_ingredient`).
+/// `sign` with the edit's inputs already read (`input_ingredients`).
 pub fn sign_with(
     image: &[u8],
     facts: &ImageFacts<'_>,
-    source: Option<&c2pa::Ingredient>,
+    inputs: &[c2pa::Ingredient],
     key: &SigningKey,
     now: i64,
 ) -> Result<Signed, ProvenanceError> {
@@ -78,8 +91,8 @@ pub fn sign_with(
     let mut builder = c2pa::Builder::from_context(c2pa::Context::new())
         .with_definition(manifest::definition(facts, &label).to_string())
         .map_err(failed)?;
-    if let Some(source) = source {
-        builder.add_ingredient(source.clone());
+    for input in inputs {
+        builder.add_ingredient(input.clone());
     }
     // A provider image with Content Credentials of its own (OpenAI's): kept
     // as an ingredient, its manifest inside ours, rather than replaced
@@ -96,19 +109,20 @@ pub fn sign_with(
     }
     let mut signed = Cursor::new(Vec::with_capacity(image.len() + 32 * 1024));
     builder
-        .sign(
-            signer.as_ref(),
-            facts.format.mime_type(),
-            &mut Cursor::new(image),
-            &mut signed,
-        )
+        .sign(&signer, facts.format.mime_type(), &mut Cursor::new(image), &mut signed)
         .map_err(failed)?;
     Ok(Signed {
         bytes: Bytes::from(signed.into_inner()),
+        time_stamp_failure: signer.failure(),
         credentials: Credentials {
             manifest_label: label,
             signer: key.signer.clone(),
             digital_source_type: TRAINED_ALGORITHMIC_MEDIA.to_string(),
+            software_agent: manifest::software_agent(facts.model, facts.provider),
+            edited_from: inputs.iter().find(|i| i.is_parent()).map(|parent| EditedFrom {
+                reference: None,
+                manifest_label: parent.active_manifest().map(str::to_string),
+            }),
         },
     })
 }

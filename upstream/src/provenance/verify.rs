@@ -145,22 +145,47 @@ fn actions(manifest: &c2pa::Manifest) -> Vec<Value> {
             actions
                 .iter()
                 .map(|a| {
-                    json!({
+                    let mut action = json!({
                         "action": a["action"],
                         "software_agent": a["softwareAgent"]["name"],
                         "digital_source_type": a["digitalSourceType"],
-                    })
+                    });
+                    if let Some(region) = changed_rectangle(a) {
+                        action["region"] = region;
+                    }
+                    action
                 })
                 .collect()
         })
         .unwrap_or_default()
 }
 
+/// The first pixel rectangle among an action's `changes` (an in-paint's
+/// region), as `{x, y, width, height}`.
+fn changed_rectangle(action: &Value) -> Option<Value> {
+    let changes = action["changes"].as_array()?;
+    let shape = changes
+        .iter()
+        .filter_map(|change| change["region"].as_array())
+        .flatten()
+        .map(|range| &range["shape"])
+        .find(|shape| shape["type"] == "rectangle" && shape["unit"] == "pixel")?;
+    // Pixels are whole, though c2pa reads every coordinate as a float.
+    let pixels = |value: &Value| value.as_f64().map(|v| v.round() as u64);
+    Some(json!({
+        "x": pixels(&shape["origin"]["x"])?,
+        "y": pixels(&shape["origin"]["y"])?,
+        "width": pixels(&shape["width"])?,
+        "height": pixels(&shape["height"])?,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::input::Region;
     use crate::media::types::OutputFormat;
-    use crate::provenance::manifest::{ImageFacts, Source};
+    use crate::provenance::manifest::{EditFacts, ImageFacts, Source};
     use crate::provenance::sign::sign;
     use crate::provenance::SigningKey;
 
@@ -190,7 +215,7 @@ mod tests {
                 model: "offline-preview",
                 provider: "offline-preview",
                 format,
-                source: None,
+                edit: None,
             };
             let signed = sign(&picture(format), &facts, &key, now).unwrap();
             let report = verify(&signed.bytes, format.mime_type(), Some(&root)).unwrap();
@@ -204,20 +229,21 @@ mod tests {
         }
     }
 
-    fn png_facts(source: Option<Source<'_>>) -> ImageFacts<'_> {
+    /// A PNG's facts: an edit of `inputs` unless there are none.
+    fn png_facts<'a>(inputs: &'a [Source<'a>]) -> ImageFacts<'a> {
         ImageFacts {
             model: "offline-preview",
             provider: "offline-preview",
             format: OutputFormat::Png,
-            source,
+            edit: (!inputs.is_empty()).then_some(EditFacts { inputs, region: None }),
         }
     }
 
-    fn png_source(bytes: &[u8]) -> Option<Source<'_>> {
-        Some(Source {
+    fn png(bytes: &[u8]) -> Source<'_> {
+        Source {
             bytes,
             format: OutputFormat::Png,
-        })
+        }
     }
 
     #[test]
@@ -225,9 +251,9 @@ mod tests {
         let (key, root) = key();
         let now = chrono::Utc::now().timestamp();
         let image = picture(OutputFormat::Png);
-        let first = sign(&image, &png_facts(None), &key, now).unwrap();
-        let second = sign(&image, &png_facts(png_source(&first.bytes)), &key, now).unwrap();
-        let third = sign(&image, &png_facts(png_source(&second.bytes)), &key, now).unwrap();
+        let first = sign(&image, &png_facts(&[]), &key, now).unwrap();
+        let second = sign(&image, &png_facts(&[png(&first.bytes)]), &key, now).unwrap();
+        let third = sign(&image, &png_facts(&[png(&second.bytes)]), &key, now).unwrap();
         let report = verify(&third.bytes, "image/png", Some(&root)).unwrap();
         assert_eq!(report.state, "Trusted", "{report:?}");
         let labels: Vec<_> = report.ingredients.iter().map(|i| i["manifest_label"].clone()).collect();
@@ -242,11 +268,75 @@ mod tests {
     }
 
     #[test]
+    fn every_edit_input_is_an_ingredient_and_an_in_paint_names_its_region() {
+        let (key, root) = key();
+        let now = chrono::Utc::now().timestamp();
+        let image = picture(OutputFormat::Png);
+        let first = sign(&image, &png_facts(&[]), &key, now).unwrap();
+        let guide = sign(&picture(OutputFormat::Jpeg), &facts_of(OutputFormat::Jpeg), &key, now).unwrap();
+        let unsigned = picture(OutputFormat::Png);
+        let inputs = [
+            png(&first.bytes),
+            Source {
+                bytes: &guide.bytes,
+                format: OutputFormat::Jpeg,
+            },
+            png(&unsigned),
+        ];
+        let region = Region {
+            x: 4,
+            y: 8,
+            width: 20,
+            height: 10,
+        };
+        let facts = ImageFacts {
+            edit: Some(EditFacts {
+                inputs: &inputs,
+                region: Some(region),
+            }),
+            ..png_facts(&[])
+        };
+        let edited = sign(&image, &facts, &key, now).unwrap();
+        let report = verify(&edited.bytes, "image/png", Some(&root)).unwrap();
+        assert_eq!(report.state, "Trusted", "{report:?}");
+        assert_eq!(
+            report.actions[1]["region"],
+            json!({"x": 4, "y": 8, "width": 20, "height": 10})
+        );
+        // Components first (each with its own manifest, if it had one), then the parent.
+        let found: Vec<_> = report
+            .ingredients
+            .iter()
+            .map(|i| (i["relationship"].clone(), i["manifest_label"].clone()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (json!("componentOf"), json!(guide.credentials.manifest_label)),
+                (json!("componentOf"), Value::Null),
+                (json!("parentOf"), json!(first.credentials.manifest_label)),
+            ],
+            "{report:?}"
+        );
+        let from = edited.credentials.edited_from.unwrap();
+        assert_eq!(from.manifest_label, Some(first.credentials.manifest_label));
+        assert_eq!(edited.credentials.software_agent, "offline-preview (offline-preview)");
+        assert_eq!(first.credentials.edited_from, None);
+    }
+
+    fn facts_of(format: OutputFormat) -> ImageFacts<'static> {
+        ImageFacts {
+            format,
+            ..png_facts(&[])
+        }
+    }
+
+    #[test]
     fn a_provider_images_own_manifest_is_kept_as_an_ingredient() {
         let (key, root) = key();
         let now = chrono::Utc::now().timestamp();
-        let provider = sign(&picture(OutputFormat::Png), &png_facts(None), &key, now).unwrap();
-        let ours = sign(&provider.bytes, &png_facts(None), &key, now).unwrap();
+        let provider = sign(&picture(OutputFormat::Png), &png_facts(&[]), &key, now).unwrap();
+        let ours = sign(&provider.bytes, &png_facts(&[]), &key, now).unwrap();
         let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
         assert_eq!(report.state, "Trusted", "{report:?}");
         assert_eq!(
@@ -272,7 +362,7 @@ mod tests {
     fn a_forged_or_corrupt_source_manifest_never_stops_the_signing() {
         let (key, root) = key();
         let now = chrono::Utc::now().timestamp();
-        let signed = sign(&picture(OutputFormat::Png), &png_facts(None), &key, now)
+        let signed = sign(&picture(OutputFormat::Png), &png_facts(&[]), &key, now)
             .unwrap()
             .bytes
             .to_vec();
@@ -285,7 +375,8 @@ mod tests {
             *byte = 0x5a; // its manifest no longer parses
         }
         for (name, source) in [("forged", &forged), ("corrupt", &corrupt)] {
-            for facts in [png_facts(None), png_facts(png_source(source))] {
+            let inputs = [png(source)];
+            for facts in [png_facts(&[]), png_facts(&inputs)] {
                 let ours = sign(source, &facts, &key, now).unwrap_or_else(|e| panic!("{name}: {e}"));
                 let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
                 assert_eq!(
@@ -293,7 +384,7 @@ mod tests {
                     Some(ours.credentials.manifest_label.as_str())
                 );
                 assert_ne!(report.state, "Invalid", "{name}: {report:?}");
-                if name == "forged" && facts.source.is_some() {
+                if name == "forged" && facts.edit.is_some() {
                     // The source's broken hash is shown on its ingredient.
                     let parent = report
                         .ingredients
@@ -340,17 +431,14 @@ mod tests {
         let image = picture(OutputFormat::Png);
         let huge = with_manifest_chunk(&image, crate::provenance::sign::MAX_FOREIGN_MANIFEST_BYTES + 1);
         assert!(c2pa::jumbf_io::load_jumbf_from_memory("image/png", &huge).is_ok());
-        let source = Source {
-            bytes: &huge,
-            format: OutputFormat::Png,
-        };
-        let ingredient = crate::provenance::sign::source_ingredient(&source).unwrap();
+        let source = png(&huge);
+        let ingredient = crate::provenance::sign::input_ingredient(&source, 0).unwrap();
         assert!(ingredient.is_parent());
         // Never handed to c2pa's parser (which would have recorded its failure).
         assert!(ingredient.validation_results().is_none(), "{ingredient:?}");
         assert!(ingredient.active_manifest().is_none());
         assert!(ingredient.manifest_data_ref().is_none());
-        let ours = sign(&image, &png_facts(Some(source)), &key, chrono::Utc::now().timestamp()).unwrap();
+        let ours = sign(&image, &png_facts(&[source]), &key, chrono::Utc::now().timestamp()).unwrap();
         let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
         assert_eq!(report.state, "Trusted", "{report:?}");
     }
@@ -358,7 +446,7 @@ mod tests {
     #[test]
     fn an_expired_certificate_signs_nothing() {
         let (key, _) = key();
-        let facts = png_facts(None);
+        let facts = png_facts(&[]);
         let error = sign(&picture(OutputFormat::Png), &facts, &key, key.not_after + 1).unwrap_err();
         assert_eq!(error.reason(), "certificate_not_valid");
     }
@@ -366,7 +454,7 @@ mod tests {
     #[test]
     fn one_changed_pixel_byte_is_invalid() {
         let (key, _) = key();
-        let facts = png_facts(None);
+        let facts = png_facts(&[]);
         let signed = sign(
             &picture(OutputFormat::Png),
             &facts,

@@ -195,6 +195,7 @@ pub struct Metrics {
     pub images_signed: Family<FormatLabels, Counter>,
     pub signing_failures: Family<SigningFailureLabels, Counter>,
     pub signing_seconds: Family<FormatLabels, Seconds>,
+    pub time_stamp_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -434,6 +435,12 @@ impl Metrics {
             "Time to embed and sign one image's Content Credentials, by format",
             signing_seconds.clone(),
         );
+        let time_stamp_failures = Counter::default();
+        registry.register(
+            "content_credentials_time_stamp_failures",
+            "Signatures made without an RFC 3161 time-stamp because the time-stamp authority failed",
+            time_stamp_failures.clone(),
+        );
         Arc::new(Self {
             content_refusals,
             moderation_seconds,
@@ -442,6 +449,7 @@ impl Metrics {
             images_signed,
             signing_failures,
             signing_seconds,
+            time_stamp_failures,
             pool_in_flight,
             pool_queued,
             pool_wait_seconds,
