@@ -45,6 +45,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -354,6 +355,7 @@ def alternating(stacks: dict, *oha_args: str, rounds: int = TRACE_ROUNDS) -> dic
         rng.shuffle(order)
         for name in order:
             stack = stacks[name]
+            time.sleep(0.5)  # the last slice's audit lines written
             seen = len(stack.audit())
             report = stack.oha(*oha_args, "--wait-ongoing-requests-after-deadline")
             codes = report.get("statusCodeDistribution", {})
@@ -394,7 +396,7 @@ def a_b(envoy: str, variants: dict, png: Path = None) -> dict:
         for name, env in variants.items():
             stacks[name] = Stackup(envoy, 0, name, env=env, png=png)
         for stack in stacks.values():
-            stack.oha("-z", "3s", "-c", "50")  # warm-up
+            stack.oha("-z", "3s", "-c", "50", "--wait-ongoing-requests-after-deadline")  # warm-up
         saturated = medians(alternating(stacks, "-z", TRACE_SLICE, "-c", "50"))
         paced = medians(alternating(stacks, "-z", PACED_SLICE, "-q", str(PACED_RATE), "-c", "10"))
         metrics = {name: stack.metrics() for name, stack in stacks.items()}
@@ -414,7 +416,7 @@ def tracing_cost(envoy: str) -> dict:
         stacks["off"] = Stackup(envoy, 0, "traced-off")
         stacks["on"] = Stackup(envoy, 0, "traced-on", otlp_endpoint=sink.endpoint)
         for stack in stacks.values():
-            stack.oha("-z", "3s", "-c", "50")  # warm-up
+            stack.oha("-z", "3s", "-c", "50", "--wait-ongoing-requests-after-deadline")  # warm-up
         runs = alternating(stacks, "-z", TRACE_SLICE, "-c", "50")
     finally:
         for stack in stacks.values():
@@ -560,7 +562,7 @@ def main() -> int:
     results = []
     stack = Stackup(envoy, 0, "instant")
     try:
-        stack.oha("-z", "3s", "-c", "50")  # warm-up
+        stack.oha("-z", "3s", "-c", "50", "--wait-ongoing-requests-after-deadline")  # warm-up
         warm = len(stack.audit())
         results.append(summarize("instant model, saturated (50 connections)",
                                  stack.oha("-z", f"{INSTANT_SECONDS}s", "-c", "50", "--wait-ongoing-requests-after-deadline"), stack, warm))

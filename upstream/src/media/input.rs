@@ -147,8 +147,9 @@ pub fn region_mask(region: Region, width: u32, height: u32) -> Result<Bytes, Str
 }
 
 /// The smallest rectangle holding every fully transparent pixel of a mask
-/// (the area to change; `None`: no such pixel), decoded row by row so a
-/// large mask costs one row of memory.
+/// (the area to change; `None`: no such pixel, or an interlaced mask,
+/// whose rows come in passes: rare, and its region is then not named),
+/// decoded row by row so a large mask costs one row of memory.
 pub fn mask_bounds(mask: &[u8]) -> Result<Option<Region>, String> {
     let mut decoder = png::Decoder::new(Cursor::new(mask));
     // Palette and tRNS become an alpha channel; 16-bit samples become 8.
@@ -158,9 +159,10 @@ pub fn mask_bounds(mask: &[u8]) -> Result<Option<Region>, String> {
         .map_err(|e| format!("the mask is not a readable PNG ({e})"))?;
     let (color, _) = reader.output_color_type();
     let channels = color.samples();
-    if !matches!(color, png::ColorType::Rgba | png::ColorType::GrayscaleAlpha) {
+    if !matches!(color, png::ColorType::Rgba | png::ColorType::GrayscaleAlpha) || reader.info().interlaced {
         return Ok(None);
     }
+    let (width, height) = (reader.info().width, reader.info().height);
     let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0u32, 0u32);
     let mut y = 0u32;
     while let Some(row) = reader
@@ -176,7 +178,8 @@ pub fn mask_bounds(mask: &[u8]) -> Result<Option<Region>, String> {
         }
         y += 1;
     }
-    Ok((x1 > x0).then_some(Region {
+    (x1, y1) = (x1.min(width), y1.min(height));
+    Ok((x1 > x0 && y1 > y0).then(|| Region {
         x: x0,
         y: y0,
         width: x1 - x0,
@@ -234,6 +237,58 @@ mod tests {
         max_bytes: 1 << 20,
         max_pixels: 4096 * 4096,
     };
+
+    /// Opaque black RGBA pixels, fully transparent at (x, y).
+    fn pixels_clear_at(width: u32, height: u32, x: u32, y: u32) -> Vec<u8> {
+        let mut pixels = [0u8, 0, 0, 255].repeat((width * height) as usize);
+        pixels[((y * width + x) * 4 + 3) as usize] = 0;
+        pixels
+    }
+
+    /// An Adam7-interlaced RGBA PNG (the png crate only writes plain ones).
+    fn adam7_rgba(width: u32, height: u32, pixels: &[u8]) -> Vec<u8> {
+        const PASSES: [(u32, u32, u32, u32); 7] = [
+            (0, 8, 0, 8),
+            (4, 8, 0, 8),
+            (0, 4, 4, 8),
+            (2, 4, 0, 4),
+            (0, 2, 2, 4),
+            (1, 2, 0, 2),
+            (0, 1, 1, 2),
+        ];
+        let mut raw = Vec::new();
+        for (x0, dx, y0, dy) in PASSES {
+            for y in (y0..height).step_by(dy as usize) {
+                let xs: Vec<u32> = (x0..width).step_by(dx as usize).collect();
+                if xs.is_empty() {
+                    continue;
+                }
+                raw.push(0); // filter: none
+                for x in xs {
+                    let at = ((y * width + x) * 4) as usize;
+                    raw.extend_from_slice(&pixels[at..at + 4]);
+                }
+            }
+        }
+        let chunk = |out: &mut Vec<u8>, kind: &[u8], data: &[u8]| {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend_from_slice(&crc.finalize().to_be_bytes());
+        };
+        let mut header = Vec::new();
+        header.extend_from_slice(&width.to_be_bytes());
+        header.extend_from_slice(&height.to_be_bytes());
+        header.extend_from_slice(&[8, 6, 0, 0, 1]); // 8-bit RGBA, Adam7
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        chunk(&mut out, b"IHDR", &header);
+        chunk(&mut out, b"IDAT", &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6));
+        chunk(&mut out, b"IEND", b"");
+        out
+    }
 
     fn png(width: u32, height: u32, color: png::ColorType) -> Bytes {
         let channels = match color {
@@ -383,5 +438,31 @@ mod tests {
         assert_eq!(mask_bounds(&png(4, 4, png::ColorType::Rgba)), Ok(None), "nothing clear");
         assert_eq!(mask_bounds(&png(4, 4, png::ColorType::Rgb)), Ok(None), "no alpha");
         assert!(mask_bounds(b"not a png").is_err());
+        // Rows of an interlaced mask come in passes: its region is not guessed.
+        let mut interlaced = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut interlaced, 8, 8);
+            encoder.set_color(png::ColorType::Rgba);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut info = encoder.write_header().unwrap();
+            info.write_image_data(&pixels_clear_at(8, 8, 7, 7)).unwrap();
+        }
+        assert_eq!(
+            mask_bounds(&interlaced),
+            Ok(Some(Region {
+                x: 7,
+                y: 7,
+                width: 1,
+                height: 1
+            }))
+        );
+        let adam7 = adam7_rgba(8, 8, &pixels_clear_at(8, 8, 7, 7));
+        let decoded = image::load_from_memory(&adam7).unwrap().to_rgba8();
+        assert_eq!(
+            (decoded.get_pixel(7, 7)[3], decoded.get_pixel(0, 0)[3]),
+            (0, 255),
+            "a real interlaced PNG"
+        );
+        assert_eq!(mask_bounds(&adam7), Ok(None));
     }
 }

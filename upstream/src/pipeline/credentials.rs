@@ -59,13 +59,22 @@ pub(crate) async fn sign_images(
     let count = images.len();
     let model = generation.model.clone();
     let metrics = state.metrics.clone();
+    let stopped = |why: String| {
+        let error = ProvenanceError::SigningFailed(why);
+        failed(state, &error, count);
+        match policy {
+            Policy::Required => Err(error),
+            _ => Ok(unsigned()),
+        }
+    };
     // Bounded: each signing holds a permit until its blocking task ends,
-    // even one the timeout below has given up on.
-    let permit = signing_permits()
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the signing semaphore is never closed");
+    // even one the timeout below has given up on; waiting for one is
+    // bounded too.
+    let permit = match tokio::time::timeout(SIGNING_TIMEOUT, signing_permits().clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return stopped("the signer is shut down".into()),
+        Err(_) => return stopped(format!("no signer free in {SIGNING_TIMEOUT:?}")),
+    };
     let signing = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let now = chrono::Utc::now().timestamp();
@@ -79,7 +88,7 @@ pub(crate) async fn sign_images(
             .collect();
         // Each input is read once however many images the edit makes.
         let ingredients = guarded(|| sign::input_ingredients(&inputs));
-        let changed = edit.as_deref().and_then(changed_region);
+        let changed = edit.as_deref().and_then(|edit| caught(|| changed_region(edit)));
         images
             .into_iter()
             .map(|(bytes, format)| {
@@ -89,7 +98,7 @@ pub(crate) async fn sign_images(
                     format,
                     edit: edit.as_ref().map(|_| EditFacts {
                         inputs: &inputs,
-                        region: changed.and_then(|(region, source)| in_output(region, source, &bytes)),
+                        region: changed.and_then(|(region, source)| caught(|| in_output(region, source, &bytes))),
                     }),
                 };
                 let started = Instant::now();
@@ -108,14 +117,6 @@ pub(crate) async fn sign_images(
             })
             .collect::<Vec<_>>()
     });
-    let stopped = |why: String| {
-        let error = ProvenanceError::SigningFailed(why);
-        failed(state, &error, count);
-        match policy {
-            Policy::Required => Err(error),
-            _ => Ok(unsigned()),
-        }
-    };
     let signed = match tokio::time::timeout(SIGNING_TIMEOUT, signing).await {
         Ok(Ok(signed)) => signed,
         Ok(Err(e)) => return stopped(format!("the signer stopped: {e}")),
@@ -160,10 +161,13 @@ pub(crate) async fn sign_images(
 
 /// An in-paint's changed rectangle, in the pixels of the edited image
 /// (whose width and height come with it): the bounds of its mask's
-/// transparent pixels, a `mask_region` exactly.
+/// transparent pixels, or the `mask_region` it was drawn from.
 fn changed_region(edit: &EditInputs) -> Option<(Region, (u32, u32))> {
     let source = edit.images.first()?;
-    let region = input::mask_bounds(edit.mask.as_ref()?).ok()??;
+    let region = match edit.region {
+        Some(region) => region,
+        None => input::mask_bounds(edit.mask.as_ref()?).ok()??,
+    };
     Some((region, (source.width, source.height)))
 }
 
@@ -185,8 +189,11 @@ fn scaled(region: Region, from: (u32, u32), to: (u32, u32)) -> Region {
     }
     let axis = |start: u32, length: u32, from: u32, to: u32| {
         let (from, to) = (u64::from(from.max(1)), u64::from(to));
-        let low = u64::from(start) * to / from;
-        let high = (u64::from(start + length) * to).div_ceil(from).min(to);
+        let low = (u64::from(start) * to / from).min(to);
+        let high = (u64::from(start) + u64::from(length))
+            .saturating_mul(to)
+            .div_ceil(from)
+            .clamp(low, to);
         (low as u32, (high - low) as u32)
     };
     let (x, width) = axis(region.x, region.width, from.0, to.0);
@@ -212,6 +219,12 @@ fn signing_permits() -> &'static Arc<Semaphore> {
 fn guarded<T>(f: impl FnOnce() -> Result<T, ProvenanceError>) -> Result<T, ProvenanceError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(ProvenanceError::SigningFailed("the signer panicked".into())))
+}
+
+/// `f`'s answer, or none if it panics: a manifest's optional detail (the
+/// changed region) never costs the image its Content Credentials.
+fn caught<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok().flatten()
 }
 
 /// Counts and logs `images` that could not be signed.
@@ -269,5 +282,14 @@ mod tests {
         };
         let out = scaled(odd, (3, 3), (2, 2));
         assert_eq!((out.x, out.y, out.width, out.height), (0, 0, 2, 2));
+        // A region past its source's edge stays inside the output.
+        let outside = Region {
+            x: 7,
+            y: 14,
+            width: 1,
+            height: u32::MAX,
+        };
+        let out = scaled(outside, (8, 8), (16, 16));
+        assert!(out.x + out.width <= 16 && out.y + out.height <= 16, "{out:?}");
     }
 }

@@ -62,6 +62,7 @@ pub async fn prepare(state: &AppState, caller: &Caller, args: EditImageArgs) -> 
         edit: Some(Arc::new(EditInputs {
             images,
             mask,
+            region: args.mask_region.filter(|_| args.mask.is_none()),
             input_fidelity: args.input_fidelity,
         })),
         notes,

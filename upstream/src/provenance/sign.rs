@@ -31,17 +31,22 @@ fn readable_manifest(mime: &str, image: &[u8]) -> bool {
 
 /// An edit's input `index` as an ingredient (`manifest::input_ingredient`:
 /// the edited image `parentOf`, the others `componentOf`), carrying its own
-/// manifest when it has one; read once per call however many images the
-/// edit makes. Its manifest is left out when over the cap.
-pub fn input_ingredient(source: &Source<'_>, index: usize) -> Result<c2pa::Ingredient, ProvenanceError> {
+/// manifest when it has one and it fits what is left of the call's
+/// `budget` of foreign manifest bytes (taken from it); read once per call
+/// however many images the edit makes.
+pub fn input_ingredient(
+    source: &Source<'_>,
+    index: usize,
+    budget: &mut usize,
+) -> Result<c2pa::Ingredient, ProvenanceError> {
     let mime = source.format.mime_type();
     let definition = manifest::input_ingredient(source, index).to_string();
     let definition = c2pa::Ingredient::from_json(&definition).map_err(signing_failed)?;
-    let oversized = c2pa::jumbf_io::load_jumbf_from_memory(mime, source.bytes)
-        .is_ok_and(|store| store.len() > MAX_FOREIGN_MANIFEST_BYTES);
-    if oversized {
+    let store = c2pa::jumbf_io::load_jumbf_from_memory(mime, source.bytes).map_or(0, |store| store.len());
+    if store > *budget {
         return Ok(definition);
     }
+    *budget -= store;
     // Deprecated only for its thread-local settings, which are the defaults here.
     #[allow(deprecated)]
     let mut ingredient = c2pa::Ingredient::from_stream(mime, &mut Cursor::new(source.bytes)).map_err(signing_failed)?;
@@ -52,13 +57,25 @@ pub fn input_ingredient(source: &Source<'_>, index: usize) -> Result<c2pa::Ingre
     Ok(ingredient)
 }
 
-/// Every input of an edit as its ingredient, in order (`input_ingredient`).
+/// Every input of an edit as its ingredient, in order (`input_ingredient`),
+/// their manifests together within `MAX_FOREIGN_MANIFEST_BYTES`: sixteen
+/// copies of one image with a large manifest would otherwise put sixteen
+/// times the cap into every image the edit makes.
 pub fn input_ingredients(inputs: &[Source<'_>]) -> Result<Vec<c2pa::Ingredient>, ProvenanceError> {
+    let mut budget = MAX_FOREIGN_MANIFEST_BYTES;
     inputs
         .iter()
         .enumerate()
-        .map(|(index, source)| input_ingredient(source, index))
+        .map(|(index, source)| input_ingredient(source, index, &mut budget))
         .collect()
+}
+
+/// The label of an ingredient's own manifest, when it validates (an
+/// untrusted signer aside: ours is anchored by the validator, not here):
+/// a manifest copied onto other pixels must not be named as the source's.
+fn validated_label(ingredient: &c2pa::Ingredient) -> Option<String> {
+    let state = ingredient.validation_results()?.validation_state();
+    (state != c2pa::ValidationState::Invalid).then(|| ingredient.active_manifest().map(str::to_string))?
 }
 
 fn signing_failed(e: c2pa::Error) -> ProvenanceError {
@@ -121,7 +138,7 @@ pub fn sign_with(
             software_agent: manifest::software_agent(facts.model, facts.provider),
             edited_from: inputs.iter().find(|i| i.is_parent()).map(|parent| EditedFrom {
                 reference: None,
-                manifest_label: parent.active_manifest().map(str::to_string),
+                manifest_label: validated_label(parent),
             }),
         },
     })

@@ -7,23 +7,31 @@
 //! time-stamp, never its Content Credentials: the failure is kept for the
 //! pipeline to count and log.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Longest an authority may take to answer one request: a call's images
 /// (at most 4) are signed in turn within the pipeline's 20 s, so a dead
 /// authority costs each one its time-stamp, not its Content Credentials.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Largest reply read from an authority (a time-stamp token with its
-/// certificate chain is a few KiB).
-const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// Largest reply taken from an authority: c2pa reserves about 10 KB for the
+/// token in the signature's space, and a larger one would fail the whole
+/// signing, not just the time-stamp (a token with its chain is a few KiB).
+const MAX_REPLY_BYTES: usize = 8 * 1024;
+
+/// After a failure the authority is left alone this long: images are
+/// signed without a time-stamp at once instead of each waiting `TIMEOUT`
+/// while holding a signing slot.
+const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(60);
 
 /// An RFC 3161 time-stamp authority.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TimeStampAuthority {
     url: reqwest::Url,
     client: reqwest::Client,
+    /// Not asked again before this, after a failure.
+    quiet_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl TimeStampAuthority {
@@ -33,13 +41,20 @@ impl TimeStampAuthority {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("must be http or https, not {}", url.scheme()));
         }
+        if url.scheme() == "http" && (!url.username().is_empty() || url.password().is_some()) {
+            return Err("credentials in the URL need https".into());
+        }
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { url, client })
+        Ok(Self {
+            url,
+            client,
+            quiet_until: Arc::default(),
+        })
     }
 
     pub fn url(&self) -> &reqwest::Url {
@@ -49,6 +64,20 @@ impl TimeStampAuthority {
     /// The authority's DER `TimeStampResp` to the DER `TimeStampReq` `body`.
     /// Blocking: called by c2pa while it signs, on the blocking pool.
     pub fn request(&self, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        let quiet_until = || self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
+        if quiet_until().is_some_and(|until| Instant::now() < until) {
+            return Err(format!(
+                "the time-stamp authority failed less than {QUIET_AFTER_FAILURE:?} ago; not asked"
+            ));
+        }
+        let answer = self.ask(body);
+        if answer.is_err() {
+            *quiet_until() = Some(Instant::now() + QUIET_AFTER_FAILURE);
+        }
+        answer
+    }
+
+    fn ask(&self, body: Vec<u8>) -> Result<Vec<u8>, String> {
         let asking = async {
             let mut response = self
                 .client
@@ -57,7 +86,7 @@ impl TimeStampAuthority {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| format!("the time-stamp authority did not answer: {e}"))?;
+                .map_err(|e| format!("the time-stamp authority did not answer: {}", e.without_url()))?;
             let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok());
             if !response.status().is_success() || kind != Some("application/timestamp-reply") {
                 return Err(format!(
@@ -67,7 +96,7 @@ impl TimeStampAuthority {
                 ));
             }
             let mut reply = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
                 if reply.len() + chunk.len() > MAX_REPLY_BYTES {
                     return Err(format!(
                         "the time-stamp authority's reply is over {MAX_REPLY_BYTES} bytes"
@@ -89,12 +118,29 @@ impl TimeStampAuthority {
     }
 }
 
-/// Shown (in the settings dump) as its URL, less any password.
-impl serde::Serialize for TimeStampAuthority {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl TimeStampAuthority {
+    /// Its URL less any password or query (where API keys go): what the
+    /// settings dump and debug output show.
+    fn shown(&self) -> reqwest::Url {
         let mut shown = self.url.clone();
         let _ = shown.set_password(None);
-        serializer.serialize_str(shown.as_str())
+        shown.set_query(None);
+        shown.set_fragment(None);
+        shown
+    }
+}
+
+impl serde::Serialize for TimeStampAuthority {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.shown().as_str())
+    }
+}
+
+impl std::fmt::Debug for TimeStampAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TimeStampAuthority")
+            .field(&self.shown().as_str())
+            .finish()
     }
 }
 
@@ -184,9 +230,22 @@ mod tests {
         let error = TimeStampAuthority::new("ftp://tsa.example/").unwrap_err();
         assert!(error.contains("http or https"), "{error}");
         assert!(TimeStampAuthority::new("not a url").is_err());
-        let secret = TimeStampAuthority::new("https://user:hunter2@tsa.example/tsr").unwrap();
+        let secret = TimeStampAuthority::new("https://user:hunter2@tsa.example/tsr?key=k3y").unwrap();
         let shown = serde_json::to_string(&secret).unwrap();
         assert_eq!(shown, "\"https://user@tsa.example/tsr\"");
+        let error = TimeStampAuthority::new("http://user:hunter2@tsa.example/").unwrap_err();
+        assert!(error.contains("https"), "{error}");
+    }
+
+    #[test]
+    fn a_failing_authority_is_left_alone_for_a_while() {
+        // Nothing listens on port 9 (discard) here: refused at once.
+        let authority = TimeStampAuthority::new("http://127.0.0.1:9/").unwrap();
+        let first = authority.request(b"query".to_vec()).unwrap_err();
+        assert!(first.contains("did not answer"), "{first}");
+        let second = authority.request(b"query".to_vec()).unwrap_err();
+        assert!(second.contains("not asked"), "{second}");
+        assert!(!first.contains("127.0.0.1"), "no URL in the reason: {first}");
     }
 
     #[test]

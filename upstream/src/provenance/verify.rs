@@ -426,13 +426,25 @@ mod tests {
     }
 
     #[test]
+    fn an_edits_inputs_share_one_budget_of_foreign_manifest_bytes() {
+        let image = picture(OutputFormat::Png);
+        let large = with_manifest_chunk(&image, crate::provenance::sign::MAX_FOREIGN_MANIFEST_BYTES * 3 / 5);
+        let ingredients = crate::provenance::sign::input_ingredients(&[png(&large), png(&large)]).unwrap();
+        // The first input's manifest is read (here: recorded with its failure), the second's left out.
+        assert!(ingredients[0].validation_results().is_some(), "{:?}", ingredients[0]);
+        assert!(ingredients[1].validation_results().is_none(), "{:?}", ingredients[1]);
+        assert!(ingredients[1].manifest_data_ref().is_none());
+    }
+
+    #[test]
     fn a_source_with_an_oversized_manifest_is_recorded_without_it() {
         let (key, root) = key();
         let image = picture(OutputFormat::Png);
         let huge = with_manifest_chunk(&image, crate::provenance::sign::MAX_FOREIGN_MANIFEST_BYTES + 1);
         assert!(c2pa::jumbf_io::load_jumbf_from_memory("image/png", &huge).is_ok());
         let source = png(&huge);
-        let ingredient = crate::provenance::sign::input_ingredient(&source, 0).unwrap();
+        let mut budget = crate::provenance::sign::MAX_FOREIGN_MANIFEST_BYTES;
+        let ingredient = crate::provenance::sign::input_ingredient(&source, 0, &mut budget).unwrap();
         assert!(ingredient.is_parent());
         // Never handed to c2pa's parser (which would have recorded its failure).
         assert!(ingredient.validation_results().is_none(), "{ingredient:?}");

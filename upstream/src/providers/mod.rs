@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::media::input::InputImage;
+use crate::media::input::{InputImage, Region};
 
 use crate::media::types::{Background, ImageOptions, ImageSize, InputFidelity, OutputFormat, Quality, Usage};
 
@@ -49,6 +49,9 @@ pub struct ImageRequest {
 pub struct EditInputs {
     pub images: Vec<InputImage>,
     pub mask: Option<Bytes>,
+    /// The area the mask opens, when the caller gave it as `mask_region`
+    /// (Content Credentials name it without decoding the mask again).
+    pub region: Option<Region>,
     pub input_fidelity: Option<InputFidelity>,
 }
 
