@@ -15,7 +15,8 @@
 
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::automaton::OverlappingState;
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored, Input, MatchKind, StartKind};
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
@@ -73,8 +74,10 @@ impl DenyTerms {
         }
         // Overlapping search needs the standard match kind; boundaries are
         // checked per match, so a longer term cannot hide a shorter one.
+        // Searches are anchored at word starts only (`find_in`).
         let automaton = AhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
+            .start_kind(StartKind::Anchored)
             .build(&folded_terms)
             .map_err(|e| format!("deny_terms: {e}"))?;
         Ok(Self {
@@ -113,17 +116,37 @@ impl DenyTerms {
     /// A whole-word hit in `folded` (spaces at both ends make every boundary
     /// a space); `joins` are byte offsets where split words were joined,
     /// which count as boundaries too (`a b.a.z.o.o.k.a`: the `a` before).
+    /// A term can only start where a word does, so the automaton is run
+    /// anchored from each word start (and join), not over every byte: the
+    /// first word start with a whole-word hit gives the category.
     fn find_in(&self, automaton: &AhoCorasick, folded: &str, joins: &[usize]) -> Option<TermHit<'_>> {
         let bytes = folded.as_bytes();
         let boundary = |at: usize| bytes.get(at) == Some(&b' ') || joins.binary_search(&at).is_ok();
-        automaton.find_overlapping_iter(folded).find_map(|hit| {
-            let (category, prefix) = self.patterns[hit.pattern().as_usize()];
-            let starts_word = bytes[hit.start() - 1] == b' ' || boundary(hit.start());
-            let ends_word = prefix || boundary(hit.end());
-            (starts_word && ends_word).then(|| TermHit {
-                category: &self.categories[category],
+        let after_spaces = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b' ')
+            .map(|(at, _)| at + 1);
+        after_spaces
+            .chain(joins.iter().copied())
+            .filter(|&start| start < bytes.len())
+            .find_map(|start| {
+                let input = Input::new(folded).range(start..).anchored(Anchored::Yes);
+                let mut state = OverlappingState::start();
+                loop {
+                    // Every term that ends here or further, shortest first.
+                    automaton.find_overlapping(input.clone(), &mut state);
+                    let hit = state.get_match()?;
+                    // A state also lists the terms that end it as a suffix
+                    // (`ab` in `baab`): those start at a later word, if any.
+                    let (category, prefix) = self.patterns[hit.pattern().as_usize()];
+                    if hit.start() == start && (prefix || boundary(hit.end())) {
+                        return Some(TermHit {
+                            category: &self.categories[category],
+                        });
+                    }
+                }
             })
-        })
     }
 }
 
@@ -723,6 +746,42 @@ mod tests {
             let joined = reference::joined(&words).map(|(text, joins)| (format!(" {text} "), joins));
             assert_eq!(folded.joined(), joined, "{text:?}");
             assert_eq!(fold(&text), reference::spaced(&words), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_anchored_scan_agrees_with_a_scan_of_every_byte() {
+        const TERM_PIECES: &[&str] = &["a", "b", "ab", "ba", "aba", "б", "火", "7"];
+        const TEXT_PIECES: &[&str] = &["a", "b", "ab", "ba", "B", "á", "б", "火", "7", " ", "-", ".", ", "];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        for _ in 0..300 {
+            let list: Vec<String> = (0..1 + next(6))
+                .map(|_| {
+                    let words: Vec<&str> = (0..1 + next(3)).map(|_| TERM_PIECES[next(TERM_PIECES.len())]).collect();
+                    let star = if next(4) == 0 { "*" } else { "" };
+                    format!("{}{star}", words.join(if next(2) == 0 { " " } else { "" }))
+                })
+                .collect();
+            let set = DenyTerms::new([("c", list.as_slice())]).unwrap();
+            let folded_terms: Vec<(String, bool)> = list
+                .iter()
+                .map(|t| (fold(t.trim_end_matches('*')), t.ends_with('*')))
+                .collect();
+            for _ in 0..30 {
+                let text: String = (0..next(12)).map(|_| TEXT_PIECES[next(TEXT_PIECES.len())]).collect();
+                let folded = Folded::new(&text);
+                let want = reference::scan(&folded_terms, &folded.text, &[])
+                    || folded
+                        .joined()
+                        .is_some_and(|(joined, joins)| reference::scan(&folded_terms, &joined, &joins));
+                assert_eq!(set.find(&text).is_some(), want, "{list:?} in {text:?}");
+            }
         }
     }
 }

@@ -141,3 +141,20 @@ pub fn joined(words: &[Word]) -> Option<(String, Vec<usize>)> {
     }
     (!joins.is_empty()).then_some((out, joins))
 }
+
+/// The scan as first written: every occurrence of every term anywhere in
+/// `folded` (unanchored, overlapping), kept where it starts and ends a word;
+/// `terms` are the folded terms with whether each is a prefix (`*`).
+pub fn scan(terms: &[(String, bool)], folded: &str, joins: &[usize]) -> bool {
+    let automaton = aho_corasick::AhoCorasickBuilder::new()
+        .match_kind(aho_corasick::MatchKind::Standard)
+        .build(terms.iter().map(|(term, _)| term))
+        .unwrap();
+    let bytes = folded.as_bytes();
+    let boundary = |at: usize| bytes.get(at) == Some(&b' ') || joins.binary_search(&at).is_ok();
+    automaton.find_overlapping_iter(folded).any(|hit| {
+        let prefix = terms[hit.pattern().as_usize()].1;
+        let starts_word = bytes[hit.start() - 1] == b' ' || boundary(hit.start());
+        starts_word && (prefix || boundary(hit.end()))
+    })
+}
