@@ -134,11 +134,11 @@ impl DenyTerms {
                 let input = Input::new(folded).range(start..).anchored(Anchored::Yes);
                 let mut state = OverlappingState::start();
                 loop {
-                    // Every term that ends here or further, shortest first.
+                    // The terms that start here, shortest first.
                     automaton.find_overlapping(input.clone(), &mut state);
                     let hit = state.get_match()?;
-                    // A state also lists the terms that end it as a suffix
-                    // (`ab` in `baab`): those start at a later word, if any.
+                    // A state also lists the terms it ends with (`ab` in
+                    // `baab`): those are found from their own start, if a word's.
                     let (category, prefix) = self.patterns[hit.pattern().as_usize()];
                     if hit.start() == start && (prefix || boundary(hit.end())) {
                         return Some(TermHit {
