@@ -22,7 +22,7 @@ WASM := target/wasm32-wasip1/release/mcp_edge_filter.wasm
 WASM_CARGO := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort cargo
 BIN := target/debug/mcp-image-gateway
 
-.PHONY: docs docs-reference cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack bench-policy soak fuzz deploy-render wasm-oci app app-check evidence
+.PHONY: docs docs-reference cost-sim help run test build wasm upstream ratelimit check-settings envoy test-clients token lint fmt clean bench-edge native-module bench-stack bench-policy soak fuzz fuzz-manifest deploy-render wasm-oci app app-check evidence
 
 help:
 	@echo "make run     start Envoy + filter + upstream on 127.0.0.1:$(LISTEN_PORT) (Ctrl-C stops; TLS=1 adds TLS 1.3 on $(TLS_PORT); EDGE=native runs the filter as a dynamic module)"
@@ -42,7 +42,8 @@ help:
 	@echo "make bench-stack  the whole stack under load: instant model, and a 500/s burst with 10 s model latency (bench/results/stack.md)"
 	@echo "make cost-sim  weighted cost per image of the example routing configurations"
 	@echo "make soak    steady mixed traffic for SOAK_SECONDS (600) while faults are injected (bench/results/soak.md)"
-	@echo "make fuzz    fuzz the filter's request decisions (FUZZ_SECONDS=60)"
+	@echo "make fuzz    fuzz the filter's request decisions, then the upstream's reading of foreign C2PA manifests (FUZZ_SECONDS=60 each)"
+	@echo "make fuzz-manifest  only the reading of foreign C2PA manifests (upstream/fuzz)"
 
 wasm:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -128,6 +129,17 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	cd filter && RUSTC_BOOTSTRAP=1 cargo fuzz run request -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
+	$(MAKE) fuzz-manifest
+
+# Arbitrary bytes as an uploaded, referenced or provider image (PNG, JPEG,
+# WebP) through the reading of its C2PA manifest. The seeds (signed and
+# unsigned images of each format) are made once by a unit test. A run over
+# 10 s or 2 GiB fails: reading must stay bounded in time and memory.
+MANIFEST_CORPUS := upstream/fuzz/corpus/manifest
+fuzz-manifest:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@test -n "$$(ls -A $(MANIFEST_CORPUS) 2>/dev/null)" || FUZZ_SEEDS=$(CURDIR)/$(MANIFEST_CORPUS) cargo test -p mcp-image-gateway --lib provenance::verify::tests::fuzz_seeds -- --ignored --exact
+	cd upstream && RUSTC_BOOTSTRAP=1 cargo fuzz run manifest -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048
 
 # Envoy config for the Kubernetes gateway (deploy/gateway/envoy.yaml), from the
 # same template as `make run`, with deploy/gateway/filter-config.json.

@@ -1,6 +1,6 @@
 //! Denied terms: thousands of words and phrases matched against a prompt in
 //! one pass of an Aho–Corasick automaton, over text folded the same way as
-//! the terms (the rules are [`words`]'s): invisible characters dropped,
+//! the terms (the rules are [`Folded`]'s): invisible characters dropped,
 //! Unicode compatibility-decomposed (NFKD, so `ｂａｚｏｏｋａ` and ligatures
 //! read as plain letters), accents dropped, case-folded, Latin lookalikes
 //! from Cyrillic and Greek read as Latin, words cut where the script changes
@@ -15,7 +15,8 @@
 
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::automaton::OverlappingState;
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored, Input, MatchKind, StartKind};
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
@@ -44,6 +45,10 @@ impl DenyTerms {
         let mut categories = Vec::new();
         let mut patterns = Vec::new();
         let mut folded_terms = Vec::new();
+        // A term listed twice (in one category or several) is one pattern,
+        // the first category's: each copy would be reported again at every
+        // word start the scan tries.
+        let mut seen = std::collections::HashSet::new();
         for (category, list) in terms {
             let index = categories.len();
             categories.push(category.to_string());
@@ -64,8 +69,10 @@ impl DenyTerms {
                         "deny_terms.{category}: a term is longer than {MAX_TERM_CHARS} characters"
                     ));
                 }
-                patterns.push((index, prefix));
-                folded_terms.push(folded.to_string());
+                if seen.insert((folded.to_string(), prefix)) {
+                    patterns.push((index, prefix));
+                    folded_terms.push(folded.to_string());
+                }
             }
         }
         if folded_terms.is_empty() {
@@ -73,8 +80,10 @@ impl DenyTerms {
         }
         // Overlapping search needs the standard match kind; boundaries are
         // checked per match, so a longer term cannot hide a shorter one.
+        // Searches are anchored at word starts only (`find_in`).
         let automaton = AhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
+            .start_kind(StartKind::Anchored)
             .build(&folded_terms)
             .map_err(|e| format!("deny_terms: {e}"))?;
         Ok(Self {
@@ -99,51 +108,64 @@ impl DenyTerms {
     }
 
     /// The first denied term in `text`, as its category: searched in the
-    /// folded text, then in its joined reading (`b.a.z.o.o.k.a`, `baz-ooka`).
+    /// folded text, then in its joined reading (`b.a.z.o.o.k.a`, `baz-ooka`)
+    /// when it has one.
     pub fn find(&self, text: &str) -> Option<TermHit<'_>> {
         let automaton = self.automaton.as_ref()?;
-        let words = words(text);
-        let plain = format!(" {} ", spaced(&words));
-        self.find_in(automaton, &plain, &[]).or_else(|| {
-            let (joined, joins) = joined(&words)?;
-            self.find_in(automaton, &format!(" {joined} "), &joins)
+        let folded = Folded::new(text);
+        self.find_in(automaton, &folded.text, &[]).or_else(|| {
+            let (joined, joins) = folded.joined()?;
+            self.find_in(automaton, &joined, &joins)
         })
     }
 
     /// A whole-word hit in `folded` (spaces at both ends make every boundary
     /// a space); `joins` are byte offsets where split words were joined,
     /// which count as boundaries too (`a b.a.z.o.o.k.a`: the `a` before).
+    /// A term can only start where a word does, so the automaton is run
+    /// anchored from each word start (and join), not over every byte: the
+    /// first word start with a whole-word hit gives the category.
     fn find_in(&self, automaton: &AhoCorasick, folded: &str, joins: &[usize]) -> Option<TermHit<'_>> {
         let bytes = folded.as_bytes();
         let boundary = |at: usize| bytes.get(at) == Some(&b' ') || joins.binary_search(&at).is_ok();
-        automaton.find_overlapping_iter(folded).find_map(|hit| {
-            let (category, prefix) = self.patterns[hit.pattern().as_usize()];
-            let starts_word = bytes[hit.start() - 1] == b' ' || boundary(hit.start());
-            let ends_word = prefix || boundary(hit.end());
-            (starts_word && ends_word).then(|| TermHit {
-                category: &self.categories[category],
+        let after_spaces = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b' ')
+            .map(|(at, _)| at + 1);
+        after_spaces
+            .chain(joins.iter().copied())
+            .filter(|&start| start < bytes.len())
+            .find_map(|start| {
+                let input = Input::new(folded).range(start..).anchored(Anchored::Yes);
+                let mut state = OverlappingState::start();
+                loop {
+                    // The terms that start here, shortest first.
+                    automaton.find_overlapping(input.clone(), &mut state);
+                    let hit = state.get_match()?;
+                    // A state also lists the terms it ends with (`ab` in
+                    // `baab`): those are found from their own start, if a word's.
+                    let (category, prefix) = self.patterns[hit.pattern().as_usize()];
+                    if hit.start() == start && (prefix || boundary(hit.end())) {
+                        return Some(TermHit {
+                            category: &self.categories[category],
+                        });
+                    }
+                }
             })
-        })
     }
 }
 
 /// The folded form terms and prompts are compared in: the words of
-/// [`words`], one space between.
+/// [`Folded`], one space between.
 pub fn fold(text: &str) -> String {
-    spaced(&words(text))
+    let folded = Folded::new(text);
+    // Without its end spaces (a text of no words is two).
+    folded.text[1..folded.text.len() - 1].to_string()
 }
 
-/// One folded word and how it met the one before.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Word {
-    text: String,
-    /// Only `-` or `.` stood between it and the word before (`baz-ooka`).
-    glued: bool,
-    /// A character of a script written without spaces (one word per character).
-    unspaced: bool,
-}
-
-/// The words of `text`, folded:
+/// A text folded for matching, in one pass and one string (a prompt is
+/// folded on every call: no allocation per word):
 /// 1. invisible characters (Unicode's Default_Ignorable_Code_Point: soft
 ///    hyphen, zero-width spaces and joiners, word joiner, BOM, Hangul
 ///    fillers, variation selectors, tags…) and non-whitespace control
@@ -158,43 +180,196 @@ struct Word {
 ///    spaces) is a word of its own, in terms and prompts alike, so `火箭筒`
 ///    matches inside `一个拿着火箭筒的人`;
 /// 6. every run of other characters is one boundary.
-fn words(text: &str) -> Vec<Word> {
-    let mut out = Vec::new();
-    let mut word: Vec<(char, Option<char>)> = Vec::new();
-    let mut glue = true;
-    for c in text.chars() {
-        if c.is_ascii() {
-            // Most prompts are ASCII: nothing to decompose (the bench's hot path).
-            if c.is_ascii_alphanumeric() {
-                word.push((c.to_ascii_lowercase(), None));
-            } else if !c.is_ascii_control() || c.is_ascii_whitespace() {
-                end_word(&mut out, &mut word, &mut glue);
-                glue &= c == '-' || c == '.';
-            }
-            continue;
-        }
-        if invisible(c) {
-            continue;
-        }
-        // NFKD one character at a time is enough here: the combining marks
-        // canonical reordering would move are dropped anyway.
-        for d in std::iter::once(c)
-            .nfkd()
-            .filter(|d| !is_combining_mark(*d) && !invisible(*d))
-        {
-            if !d.is_alphanumeric() {
-                end_word(&mut out, &mut word, &mut glue);
-                glue = false;
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Folded {
+    /// The words with one space between and one at each end (so every
+    /// boundary is a space).
+    text: String,
+    /// Where each word is in `text`, and how it met the one before.
+    words: Vec<Word>,
+}
+
+/// One folded word: its bytes in [`Folded::text`] and how it met the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word {
+    start: usize,
+    end: usize,
+    /// Only `-` or `.` stood between it and the word before (`baz-ooka`).
+    glued: bool,
+    /// A character of a script written without spaces (one word per character).
+    unspaced: bool,
+}
+
+impl Folded {
+    fn new(text: &str) -> Self {
+        let mut folder = Folder {
+            out: Folded {
+                text: String::with_capacity(text.len() + 2),
+                words: Vec::new(),
+            },
+            word_start: 1,
+            slow: Vec::new(),
+            glue: true,
+        };
+        folder.out.text.push(' ');
+        for c in text.chars() {
+            if c.is_ascii() {
+                // Most prompts are ASCII: nothing to decompose (the bench's hot path).
+                if c.is_ascii_alphanumeric() {
+                    folder.push(c.to_ascii_lowercase(), None);
+                } else if !c.is_ascii_control() || c.is_ascii_whitespace() {
+                    folder.end_word();
+                    folder.glue &= c == '-' || c == '.';
+                }
                 continue;
             }
-            let lookalike = latin_lookalike(d);
-            for folded in case_fold(d) {
-                word.push((folded, lookalike));
+            if invisible(c) {
+                continue;
+            }
+            // NFKD one character at a time is enough here: the combining marks
+            // canonical reordering would move are dropped anyway.
+            for d in std::iter::once(c)
+                .nfkd()
+                .filter(|d| !is_combining_mark(*d) && !invisible(*d))
+            {
+                if !d.is_alphanumeric() {
+                    folder.end_word();
+                    folder.glue = false;
+                    continue;
+                }
+                let lookalike = latin_lookalike(d);
+                for folded in case_fold(d) {
+                    folder.push(folded, lookalike);
+                }
             }
         }
+        folder.end_word();
+        if folder.out.words.is_empty() {
+            folder.out.text.push(' '); // " {} ", as for any text
+        }
+        folder.out
     }
-    end_word(&mut out, &mut word, &mut glue);
-    out
+
+    fn word(&self, word: &Word) -> &str {
+        &self.text[word.start..word.end]
+    }
+
+    /// Whether the word at `i` is read joined to the one before: a run of
+    /// single letters (`b a z o o k a`), or words split only by `-` or `.`
+    /// (`baz-ooka`, `b.a.z.o.o.k.a`).
+    fn joins(&self, i: usize) -> bool {
+        let (before, word) = (&self.words[i - 1], &self.words[i]);
+        let single = |w: &Word| self.word(w).chars().nth(1).is_none();
+        !word.unspaced && !before.unspaced && (word.glued || (single(word) && single(before)))
+    }
+
+    /// The text read with split words joined, with the byte offsets of the
+    /// joins (boundaries too); `None` when nothing joins (most prompts: then
+    /// there is no second scan).
+    fn joined(&self) -> Option<(String, Vec<usize>)> {
+        if !(1..self.words.len()).any(|i| self.joins(i)) {
+            return None;
+        }
+        let mut out = String::with_capacity(self.text.len());
+        let mut joins = Vec::new();
+        out.push(' ');
+        for (i, word) in self.words.iter().enumerate() {
+            if i > 0 && self.joins(i) {
+                joins.push(out.len());
+            } else if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(self.word(word));
+        }
+        out.push(' ');
+        Some((out, joins))
+    }
+}
+
+/// The state of one pass of [`Folded::new`].
+struct Folder {
+    out: Folded,
+    /// Where the word being read starts in `out.text`.
+    word_start: usize,
+    /// The word being read once it holds a letter that may be a lookalike
+    /// or of another script (with its Latin lookalike): such a word is
+    /// placed by [`Folder::end_word`]. Empty while the word is plain ASCII,
+    /// which goes straight to `out.text`.
+    slow: Vec<(char, Option<char>)>,
+    /// No boundary but `-` or `.` since the last word.
+    glue: bool,
+}
+
+impl Folder {
+    fn push(&mut self, c: char, lookalike: Option<char>) {
+        if self.slow.is_empty() {
+            if c.is_ascii() && lookalike.is_none() {
+                self.out.text.push(c);
+                return;
+            }
+            // The word's ASCII start moves over to be read with the rest.
+            self.slow
+                .extend(self.out.text[self.word_start..].chars().map(|c| (c, None)));
+            self.out.text.truncate(self.word_start);
+        }
+        self.slow.push((c, lookalike));
+    }
+
+    /// Ends the word being read: read as Latin where it looks Latin, cut
+    /// where its script changes, placed.
+    fn end_word(&mut self) {
+        if self.out.text.len() == self.word_start && self.slow.is_empty() {
+            return;
+        }
+        let glued = !self.out.words.is_empty() && self.glue;
+        self.glue = true;
+        if self.slow.is_empty() {
+            // An ASCII word (most of a prompt) has one script and no lookalikes.
+            self.place(glued, false);
+            return;
+        }
+        let has_latin = self.slow.iter().any(|(c, _)| script(*c) == Script::Latin);
+        let all_lookalike = self
+            .slow
+            .iter()
+            .all(|(c, lookalike)| lookalike.is_some() || script(*c) == Script::Common);
+        let as_latin = has_latin || all_lookalike;
+        let mut glued = glued;
+        let mut current_script = Script::Common;
+        let mut slow = std::mem::take(&mut self.slow);
+        for (c, lookalike) in slow.drain(..) {
+            let c = match lookalike {
+                Some(latin) if as_latin => latin,
+                _ => c,
+            };
+            let s = script(c);
+            let cut = s == Script::Unspaced
+                || current_script == Script::Unspaced
+                || (s != Script::Common && current_script != Script::Common && s != current_script);
+            if cut && self.out.text.len() > self.word_start {
+                self.place(glued, current_script == Script::Unspaced);
+                glued = false;
+            }
+            if s != Script::Common || cut {
+                current_script = s;
+            }
+            self.out.text.push(c);
+        }
+        self.slow = slow; // its buffer, for the next word
+        self.place(glued, current_script == Script::Unspaced);
+    }
+
+    /// Records the word from `word_start` to the end of the text; the next starts after a space.
+    fn place(&mut self, glued: bool, unspaced: bool) {
+        self.out.words.push(Word {
+            start: self.word_start,
+            end: self.out.text.len(),
+            glued,
+            unspaced,
+        });
+        self.out.text.push(' ');
+        self.word_start = self.out.text.len();
+    }
 }
 
 /// Whether `c` is dropped before folding: invisible, or a control character
@@ -306,94 +481,9 @@ fn script(c: char) -> Script {
     }
 }
 
-/// Ends the word being read: read as Latin where it looks Latin, cut where
-/// its script changes, pushed.
-fn end_word(out: &mut Vec<Word>, word: &mut Vec<(char, Option<char>)>, glue: &mut bool) {
-    if word.is_empty() {
-        return;
-    }
-    let glued = !out.is_empty() && *glue;
-    *glue = true;
-    // An ASCII word (most of a prompt) has one script and no lookalikes.
-    if word.iter().all(|(c, _)| c.is_ascii()) {
-        out.push(Word {
-            text: word.drain(..).map(|(c, _)| c).collect(),
-            glued,
-            unspaced: false,
-        });
-        return;
-    }
-    let has_latin = word.iter().any(|(c, _)| script(*c) == Script::Latin);
-    let all_lookalike = word
-        .iter()
-        .all(|(c, lookalike)| lookalike.is_some() || script(*c) == Script::Common);
-    let as_latin = has_latin || all_lookalike;
-    let mut glued = glued;
-    let mut current = String::new();
-    let mut current_script = Script::Common;
-    for (c, lookalike) in word.drain(..) {
-        let c = match lookalike {
-            Some(latin) if as_latin => latin,
-            _ => c,
-        };
-        let s = script(c);
-        let cut = s == Script::Unspaced
-            || current_script == Script::Unspaced
-            || (s != Script::Common && current_script != Script::Common && s != current_script);
-        if cut && !current.is_empty() {
-            out.push(Word {
-                text: std::mem::take(&mut current),
-                glued,
-                unspaced: current_script == Script::Unspaced,
-            });
-            glued = false;
-        }
-        if s != Script::Common || cut {
-            current_script = s;
-        }
-        current.push(c);
-    }
-    out.push(Word {
-        text: current,
-        glued,
-        unspaced: current_script == Script::Unspaced,
-    });
-}
-
-/// The words with one space between.
-fn spaced(words: &[Word]) -> String {
-    let mut out = String::new();
-    for (i, word) in words.iter().enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        out.push_str(&word.text);
-    }
-    out
-}
-
-/// The words read joined where they were split to hide one: a run of
-/// single letters (`b a z o o k a`) and words split only by `-` or `.`
-/// (`baz-ooka`, `b.a.z.o.o.k.a`) are one word; with the byte offsets of
-/// the joins, counted from a leading space. `None` when nothing joins.
-fn joined(words: &[Word]) -> Option<(String, Vec<usize>)> {
-    let mut out = String::new();
-    let mut joins = Vec::new();
-    for (i, word) in words.iter().enumerate() {
-        let join = i > 0 && {
-            let before = &words[i - 1];
-            let single = |w: &Word| w.text.chars().count() == 1;
-            !word.unspaced && !before.unspaced && (word.glued || (single(word) && single(before)))
-        };
-        if join {
-            joins.push(out.len() + 1);
-        } else if i > 0 {
-            out.push(' ');
-        }
-        out.push_str(&word.text);
-    }
-    (!joins.is_empty()).then_some((out, joins))
-}
+#[cfg(test)]
+#[path = "terms_reference.rs"]
+mod reference;
 
 #[cfg(test)]
 mod tests {
@@ -405,6 +495,18 @@ mod tests {
             .map(|(c, t)| (c.to_string(), t.iter().map(|s| s.to_string()).collect()))
             .collect();
         DenyTerms::new(owned.iter().map(|(c, t)| (c.as_str(), t.as_slice()))).unwrap()
+    }
+
+    #[test]
+    fn a_term_listed_twice_is_one_pattern_of_its_first_category() {
+        let compiled = terms(&[
+            ("weapons", &["Bazooka", "bazooka", "grenade*"]),
+            ("violence", &["BAZÓOKA", "grenade*", "grenade"]),
+        ]);
+        // bazooka once, grenade* once, plain grenade its own pattern.
+        assert_eq!(compiled.len(), 3);
+        assert_eq!(compiled.find("a bazooka").unwrap().category, "weapons");
+        assert_eq!(compiled.find("grenades").unwrap().category, "weapons");
     }
 
     #[test]
@@ -530,6 +632,174 @@ mod tests {
         ];
         for (name, prompt, want) in rows {
             assert_eq!(set.find(prompt).map(|h| h.category), *want, "{name}: {prompt:?}");
+        }
+    }
+
+    /// Pieces that meet every rule of the folding, alone and side by side.
+    const PIECES: &[&str] = &[
+        "bazooka",
+        "a",
+        "B",
+        "Z",
+        "7",
+        "42",
+        " ",
+        "  ",
+        "-",
+        ".",
+        ",",
+        "\n",
+        "\t",
+        "\u{7}",
+        "\u{9C}",
+        "\u{AD}",
+        "\u{200B}",
+        "\u{200D}",
+        "\u{FE0F}",
+        "\u{FEFF}",
+        "\u{E0061}",
+        "\u{3164}",
+        "\u{301}",
+        "e\u{301}",
+        "é",
+        "ó",
+        "Å",
+        "ß",
+        "ẞ",
+        "İ",
+        "ı",
+        "ſ",
+        "ς",
+        "Σ",
+        "σοφος",
+        "\u{430}",
+        "\u{43E}",
+        "\u{410}",
+        "Α",
+        "ο",
+        "\u{455}",
+        "\u{431}",
+        "\u{44F}",
+        "火",
+        "火箭筒",
+        "ปืน",
+        "バズーカ",
+        "ｂａｚ",
+        "ﬁ",
+        "①",
+        "²",
+        "Ⅻ",
+        "½",
+        "〇",
+        "々",
+        "ǅ",
+        "😀",
+        "𝐛𝐚𝐳",
+        "Ω",
+        "Ω",
+        "ﾊﾞ",
+        "٣",
+        "—",
+        "\u{A0}",
+        "\u{3000}",
+    ];
+
+    /// Texts of up to a dozen pieces, from a fixed seed (xorshift), so a failure reproduces.
+    fn mixed_texts(count: usize) -> Vec<String> {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..count)
+            .map(|_| {
+                let pieces = next() % 13;
+                (0..pieces)
+                    .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_one_pass_folding_agrees_with_the_reference() {
+        let table = [
+            "",
+            "   ",
+            "a bazooka on a hill",
+            "A BAZOOKA!",
+            "ASCII then bazóoka then ASCII",
+            "b\u{430}zooka",
+            "bazoo\u{43A}\u{430}",
+            "\u{432}\u{430}z\u{43E}\u{43E}\u{43A}\u{430}",
+            "ｂａｚｏｏｋａ",
+            "一个拿着火箭筒的人",
+            "拿着bazooka的人",
+            "バズーカbazookaです",
+            "a b.a.z.o.o.k.a here",
+            "a b a z o o k a here",
+            "rock-et launcher",
+            "baz, ooka",
+            "superbaz-ooka",
+            "STRA\u{1E9E}E stra\u{DF}e",
+            "x\u{200B}y\u{AD}z",
+            "-.-lead and trail.-.",
+            "火-bazooka.火",
+            "7\u{430}7",
+        ];
+        let texts = table.iter().map(|t| t.to_string()).chain(mixed_texts(5_000));
+        for text in texts {
+            let folded = Folded::new(&text);
+            let words = reference::words(&text);
+            assert_eq!(folded.text, format!(" {} ", reference::spaced(&words)), "{text:?}");
+            let got: Vec<_> = folded
+                .words
+                .iter()
+                .map(|w| (folded.word(w), w.glued, w.unspaced))
+                .collect();
+            let want: Vec<_> = words.iter().map(|w| (w.text.as_str(), w.glued, w.unspaced)).collect();
+            assert_eq!(got, want, "{text:?}");
+            let joined = reference::joined(&words).map(|(text, joins)| (format!(" {text} "), joins));
+            assert_eq!(folded.joined(), joined, "{text:?}");
+            assert_eq!(fold(&text), reference::spaced(&words), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_anchored_scan_agrees_with_a_scan_of_every_byte() {
+        const TERM_PIECES: &[&str] = &["a", "b", "ab", "ba", "aba", "б", "火", "7"];
+        const TEXT_PIECES: &[&str] = &["a", "b", "ab", "ba", "B", "á", "б", "火", "7", " ", "-", ".", ", "];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        for _ in 0..300 {
+            let list: Vec<String> = (0..1 + next(6))
+                .map(|_| {
+                    let words: Vec<&str> = (0..1 + next(3)).map(|_| TERM_PIECES[next(TERM_PIECES.len())]).collect();
+                    let star = if next(4) == 0 { "*" } else { "" };
+                    format!("{}{star}", words.join(if next(2) == 0 { " " } else { "" }))
+                })
+                .collect();
+            let set = DenyTerms::new([("c", list.as_slice())]).unwrap();
+            let folded_terms: Vec<(String, bool)> = list
+                .iter()
+                .map(|t| (fold(t.trim_end_matches('*')), t.ends_with('*')))
+                .collect();
+            for _ in 0..30 {
+                let text: String = (0..next(12)).map(|_| TEXT_PIECES[next(TEXT_PIECES.len())]).collect();
+                let folded = Folded::new(&text);
+                let want = reference::scan(&folded_terms, &folded.text, &[])
+                    || folded
+                        .joined()
+                        .is_some_and(|(joined, joins)| reference::scan(&folded_terms, &joined, &joins));
+                assert_eq!(set.find(&text).is_some(), want, "{list:?} in {text:?}");
+            }
         }
     }
 }

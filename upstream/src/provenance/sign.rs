@@ -82,6 +82,33 @@ fn signing_failed(e: c2pa::Error) -> ProvenanceError {
     ProvenanceError::SigningFailed(e.to_string())
 }
 
+/// A provider image's own Content Credentials (OpenAI's) as a
+/// `componentOf` ingredient of ours; `None` when it carries none, or one
+/// over the cap (then ours replaces it).
+pub fn provider_ingredient(image: &[u8], facts: &ImageFacts<'_>) -> Result<Option<c2pa::Ingredient>, ProvenanceError> {
+    let mime = facts.format.mime_type();
+    if !readable_manifest(mime, image) {
+        return Ok(None);
+    }
+    // Read as `sign_with`'s builder would read it, kept apart to be fuzzed alone.
+    let mut reader = c2pa::Builder::from_context(c2pa::Context::new());
+    let ingredient = reader
+        .add_ingredient_from_stream(
+            manifest::provider_ingredient(facts).to_string(),
+            mime,
+            &mut Cursor::new(image),
+        )
+        .map_err(|e| sign_error(facts, e))?;
+    Ok(Some(ingredient.clone()))
+}
+
+fn sign_error(facts: &ImageFacts<'_>, e: c2pa::Error) -> ProvenanceError {
+    match e {
+        c2pa::Error::UnsupportedType => ProvenanceError::FormatUnsupported(facts.format.as_str()),
+        other => signing_failed(other),
+    }
+}
+
 /// Embeds and signs the manifest of `image` (in `facts.format`), checking
 /// the key's validity at `now` (Unix seconds). Reads the edit's inputs
 /// itself; a caller signing several images of one edit uses `sign_with`.
@@ -101,10 +128,7 @@ pub fn sign_with(
     key.valid_at(now).map_err(ProvenanceError::CertificateNotValid)?;
     let signer = key.signer().map_err(ProvenanceError::KeyUnavailable)?;
     let label = format!("urn:c2pa:{}", uuid::Uuid::new_v4());
-    let failed = |e: c2pa::Error| match e {
-        c2pa::Error::UnsupportedType => ProvenanceError::FormatUnsupported(facts.format.as_str()),
-        other => signing_failed(other),
-    };
+    let failed = |e: c2pa::Error| sign_error(facts, e);
     let mut builder = c2pa::Builder::from_context(c2pa::Context::new())
         .with_definition(manifest::definition(facts, &label).to_string())
         .map_err(failed)?;
@@ -112,17 +136,9 @@ pub fn sign_with(
         builder.add_ingredient(input.clone());
     }
     // A provider image with Content Credentials of its own (OpenAI's): kept
-    // as an ingredient, its manifest inside ours, rather than replaced
-    // (unless over the cap: then ours replaces it).
-    let mime = facts.format.mime_type();
-    if readable_manifest(mime, image) {
-        builder
-            .add_ingredient_from_stream(
-                manifest::provider_ingredient(facts).to_string(),
-                mime,
-                &mut Cursor::new(image),
-            )
-            .map_err(failed)?;
+    // as an ingredient, its manifest inside ours, rather than replaced.
+    if let Some(provider) = provider_ingredient(image, facts)? {
+        builder.add_ingredient(provider);
     }
     let mut signed = Cursor::new(Vec::with_capacity(image.len() + 32 * 1024));
     builder

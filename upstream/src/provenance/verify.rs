@@ -479,4 +479,44 @@ mod tests {
         bytes[idat + 8] ^= 1;
         assert_eq!(verify(&bytes, "image/png", None).unwrap().state, "Invalid");
     }
+
+    /// The seeds of `make fuzz-manifest` (`upstream/fuzz`), written to
+    /// `FUZZ_SEEDS`: each format unsigned, signed, and signed over a signed
+    /// image (an ingredient with a manifest of its own), PNG also as an
+    /// edit of an edit; each once per reading the target runs (its first
+    /// byte: the format's index, plus 3 for a provider's output).
+    #[test]
+    #[ignore = "writes the fuzz corpus: run by make fuzz-manifest"]
+    fn fuzz_seeds() {
+        let Some(dir) = std::env::var_os("FUZZ_SEEDS") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, _) = key();
+        let now = chrono::Utc::now().timestamp();
+        for (index, format) in OutputFormat::ALL.into_iter().enumerate() {
+            let facts = ImageFacts {
+                model: "offline-preview",
+                provider: "offline-preview",
+                format,
+                edit: None,
+            };
+            let unsigned = picture(format);
+            let signed = sign(&unsigned, &facts, &key, now).unwrap().bytes.to_vec();
+            let resigned = sign(&signed, &facts, &key, now).unwrap().bytes.to_vec();
+            let mut images = vec![("unsigned", unsigned), ("signed", signed), ("resigned", resigned)];
+            if format == OutputFormat::Png {
+                let edit = sign(&images[0].1, &png_facts(&[png(&images[1].1)]), &key, now).unwrap();
+                images.push(("edit", edit.bytes.to_vec()));
+            }
+            for (name, image) in images {
+                for (reading, selector) in [("source", index), ("provider", index + 3)] {
+                    let mut seed = vec![selector as u8];
+                    seed.extend(&image);
+                    std::fs::write(dir.join(format!("{}-{name}-{reading}", format.as_str())), seed).unwrap();
+                }
+            }
+        }
+    }
 }
