@@ -6,16 +6,17 @@
 //! outlive it), so a reload to a bad certificate is refused.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use c2pa::SigningAlg;
 
+use super::signer::KeySigner;
 use super::time_stamp::{TimeStampAuthority, TimeStamped};
 
 /// A loaded signing key and what the tool result says about it.
 pub struct SigningKey {
-    chain_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    alg: SigningAlg,
+    /// The key, parsed once for every image it signs.
+    raw: Arc<KeySigner>,
     /// The certificate's organisation, else its common name.
     pub signer: String,
     /// Validity of the leaf certificate, Unix seconds.
@@ -94,13 +95,11 @@ impl SigningKey {
             .unwrap_or_else(|| subject.to_string());
         let validity = leaf.validity();
         let key = Self {
-            alg,
+            raw: Arc::new(KeySigner::new(&chain_pem, &key_pem, alg)?),
             signer,
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             serial: leaf.raw_serial_as_string(),
-            chain_pem,
-            key_pem,
             authority: None,
         };
         // Refused now rather than failing every image: a reload keeps the old key.
@@ -131,11 +130,8 @@ impl SigningKey {
     }
 
     /// A c2pa signer over this key, time-stamping with the key's authority if it has one.
-    pub fn signer(&self) -> Result<TimeStamped, String> {
-        let url = self.authority.as_ref().map(|authority| authority.url().to_string());
-        let inner =
-            c2pa::create_signer::from_keys(&self.chain_pem, &self.key_pem, self.alg, url).map_err(|e| e.to_string())?;
-        Ok(TimeStamped::new(inner, self.authority.clone()))
+    pub fn signer(&self) -> TimeStamped {
+        TimeStamped::new(self.raw.clone(), self.authority.clone())
     }
 }
 

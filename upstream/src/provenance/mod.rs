@@ -1,6 +1,6 @@
 //! Content Credentials (C2PA) on every image the gateway stores: the
 //! manifest each image carries (`manifest`), the key and certificate chain
-//! that sign it (`keys`), the signing itself (`sign`) and the check anyone
+//! that sign it (`keys`, the raw signature by `signer`), the signing itself (`sign`) and the check anyone
 //! can run on a delivered image (`verify`), the RFC 3161 time-stamps on
 //! the signatures (`time_stamp`), and the development CA (`dev_ca`). It sits beside storage: the
 //! pipeline passes every image through `sign` just before it is stored, so
@@ -12,6 +12,7 @@ pub mod dev_ca;
 pub mod keys;
 pub mod manifest;
 pub mod sign;
+pub mod signer;
 pub mod time_stamp;
 pub mod verify;
 

@@ -126,7 +126,7 @@ pub fn sign_with(
     now: i64,
 ) -> Result<Signed, ProvenanceError> {
     key.valid_at(now).map_err(ProvenanceError::CertificateNotValid)?;
-    let signer = key.signer().map_err(ProvenanceError::KeyUnavailable)?;
+    let signer = key.signer();
     let label = format!("urn:c2pa:{}", uuid::Uuid::new_v4());
     let failed = |e: c2pa::Error| sign_error(facts, e);
     let mut builder = c2pa::Builder::from_context(c2pa::Context::new())

@@ -147,15 +147,15 @@ impl std::fmt::Debug for TimeStampAuthority {
 /// A c2pa signer that time-stamps its signatures with `authority`, if
 /// there is one; why the last time-stamp failed, if it did, is kept.
 pub struct TimeStamped {
-    inner: c2pa::BoxedSigner,
+    inner: Arc<dyn c2pa::Signer + Send + Sync>,
     authority: Option<TimeStampAuthority>,
     failure: Mutex<Option<String>>,
 }
 
 impl TimeStamped {
-    /// `inner` must have been made with the authority's URL, so its
-    /// reserved signature size has room for the token.
-    pub fn new(inner: c2pa::BoxedSigner, authority: Option<TimeStampAuthority>) -> Self {
+    /// `inner`'s reserved signature size must have room for a token (c2pa's
+    /// own signers and ours keep 10 KB for one).
+    pub fn new(inner: Arc<dyn c2pa::Signer + Send + Sync>, authority: Option<TimeStampAuthority>) -> Self {
         Self {
             inner,
             authority,
