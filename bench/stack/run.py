@@ -43,6 +43,7 @@ bench/results/stack.md.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +109,7 @@ class Stackup:
                  pool: dict = None, env: dict = None, png: Path = None):
         self.processes = []
         self.dir = STATE / name
+        shutil.rmtree(self.dir, ignore_errors=True)  # a fresh stack, and no images left from the last run
         self.dir.mkdir(parents=True, exist_ok=True)
         fake_info = self.fake(model_latency_ms, *(["--png", str(png)] if png else []))
         extra_env = env or {}
@@ -223,6 +225,8 @@ class Stackup:
     def close(self) -> None:
         for process in reversed(self.processes):
             stop(process)
+        # The stored images (gigabytes at 1.5 MB each); logs and keys stay for a look.
+        shutil.rmtree(self.dir / "images", ignore_errors=True)
 
 
 def summarize(name: str, report: dict, stack: Stackup, skip: int, tool: str = "generate_image") -> dict:
@@ -389,6 +393,9 @@ def alternating(stacks: dict, *oha_args: str, rounds: int = TRACE_ROUNDS) -> dic
                                "calls": sum(codes.values()),
                                "processing": [e["processing_ms"] for e in events if "processing_ms" in e]})
             print(f"{name} {' '.join(oha_args)}: {runs[name][-1]['rps']:.0f} calls/s", flush=True)
+            # Gigabytes of stored images would otherwise grow round by round
+            # and the disk's writeback with them: not what is measured here.
+            shutil.rmtree(stack.dir / "images", ignore_errors=True)
     return runs
 
 
