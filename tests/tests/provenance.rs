@@ -80,6 +80,20 @@ fn actions(manifest: &Value) -> Vec<Value> {
         .clone()
 }
 
+/// An `upload://` reference to a PNG signed under the OpenAI fake's test root.
+async fn upload_signed_png(stack: &Stack, token: &str) -> Value {
+    let ticket = structured(&call(stack, token, "create_upload", json!({"content_type": "image/png"})).await).clone();
+    let response = http_client()
+        .put(ticket["upload_url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(signed_png(1024, 1024))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    ticket["reference"].clone()
+}
+
 async fn upstream_metric(stack: &Stack, line_start: &str) -> f64 {
     let text = stack.upstream_metrics().await;
     text.lines()
@@ -224,20 +238,12 @@ async fn a_provider_manifest_is_kept_as_an_ingredient() {
 async fn an_uploaded_images_own_credentials_are_the_edits_parent() {
     let stack = Stack::start().await.unwrap();
     let token = stack.token("alice", "acme");
-    let ticket = structured(&call(&stack, &token, "create_upload", json!({"content_type": "image/png"})).await).clone();
-    let response = http_client()
-        .put(ticket["upload_url"].as_str().unwrap())
-        .header("content-type", "image/png")
-        .body(signed_png(1024, 1024))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    let upload = upload_signed_png(&stack, &token).await;
     let reply = call(
         &stack,
         &token,
         "edit_image",
-        json!({"prompt": "make it blue", "images": [ticket["reference"]]}),
+        json!({"prompt": "make it blue", "images": [upload]}),
     )
     .await;
     let output = structured(&reply);
@@ -270,15 +276,7 @@ async fn an_in_paint_names_its_region_and_every_input_is_an_ingredient() {
     let token = stack.token("alice", "acme");
     let first = structured(&call(&stack, &token, "generate_image", json!({"prompt": PROMPT})).await).clone();
     let other = structured(&call(&stack, &token, "generate_image", json!({"prompt": "a harbour"})).await).clone();
-    let ticket = structured(&call(&stack, &token, "create_upload", json!({"content_type": "image/png"})).await).clone();
-    let response = http_client()
-        .put(ticket["upload_url"].as_str().unwrap())
-        .header("content-type", "image/png")
-        .body(signed_png(1024, 1024))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    let upload = upload_signed_png(&stack, &token).await;
     let region = json!({"x": 100, "y": 600, "width": 200, "height": 150});
     let edit = structured(
         &call(
@@ -287,7 +285,7 @@ async fn an_in_paint_names_its_region_and_every_input_is_an_ingredient() {
             "edit_image",
             json!({
                 "prompt": "a flock of gulls",
-                "images": [first["image_urls"][0], ticket["reference"], other["image_urls"][0]],
+                "images": [first["image_urls"][0], upload, other["image_urls"][0]],
                 "mask_region": region,
             }),
         )
