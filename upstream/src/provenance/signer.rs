@@ -5,7 +5,7 @@
 //! either way: a fixed-size `r‖s` for ES256 (COSE), 64 bytes for Ed25519.
 
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
 /// What c2pa reserves besides the chain: its own signers' figure (claim
 /// signature, COSE headers, room for a time-stamp token).
@@ -24,12 +24,26 @@ enum Pair {
 }
 
 impl KeySigner {
-    /// Parses the chain and the PKCS#8 key (both PEM) for `alg`, ES256 or Ed25519.
+    /// Parses the chain and the PKCS#8 key (both PEM) for `alg`, ES256 or
+    /// Ed25519. Every block of the chain file must be a certificate (each
+    /// one goes into every manifest: a private key pasted there would be
+    /// published), and the key must be the leaf's.
     pub fn new(chain_pem: &[u8], key_pem: &[u8], alg: c2pa::SigningAlg) -> Result<Self, String> {
         let chain = x509_parser::pem::Pem::iter_from_buffer(chain_pem)
-            .map(|pem| pem.map(|pem| pem.contents))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("the certificate chain is not PEM: {e}"))?;
+            .map(|pem| {
+                let pem = pem.map_err(|e| format!("the certificate chain is not PEM: {e}"))?;
+                if pem.label != "CERTIFICATE" {
+                    return Err(format!(
+                        "the certificate chain file holds a {} block: only certificates belong there",
+                        pem.label
+                    ));
+                }
+                Ok(pem.contents)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let leaf = chain.first().ok_or("the certificate chain file holds no certificate")?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| format!("the signing certificate does not parse: {e}"))?;
         let (_, key) =
             x509_parser::pem::parse_x509_pem(key_pem).map_err(|_| "the private key is not PEM".to_string())?;
         let rng = SystemRandom::new();
@@ -44,6 +58,13 @@ impl KeySigner {
             ),
             other => return Err(format!("{other} keys are not supported (ES256 or Ed25519)")),
         };
+        let public = match &pair {
+            Pair::Es256(pair) => pair.public_key().as_ref(),
+            Pair::Ed25519(pair) => pair.public_key().as_ref(),
+        };
+        if public != leaf.public_key().subject_public_key.data.as_ref() {
+            return Err("the private key is not the signing certificate's".into());
+        }
         Ok(Self { pair, chain, rng })
     }
 }
@@ -112,6 +133,31 @@ mod tests {
             assert_eq!(signer.alg(), alg);
             assert_eq!(signer.certs().unwrap(), vec![pem.contents.clone()]);
         }
+    }
+
+    #[test]
+    fn a_chain_file_holding_anything_but_certificates_is_refused() {
+        let (chain, key) = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let with_key = format!("{chain}{key}");
+        let error = KeySigner::new(with_key.as_bytes(), key.as_bytes(), c2pa::SigningAlg::Es256)
+            .err()
+            .unwrap();
+        assert!(error.contains("PRIVATE KEY block"), "{error}");
+        assert!(!error.contains("BEGIN"), "no key material in the error: {error}");
+        let error = KeySigner::new(b"", key.as_bytes(), c2pa::SigningAlg::Es256)
+            .err()
+            .unwrap();
+        assert!(error.contains("no certificate"), "{error}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_leafs_is_refused() {
+        let (chain, _) = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let (_, other) = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let error = KeySigner::new(chain.as_bytes(), other.as_bytes(), c2pa::SigningAlg::Es256)
+            .err()
+            .unwrap();
+        assert!(error.contains("not the signing certificate's"), "{error}");
     }
 
     #[test]
