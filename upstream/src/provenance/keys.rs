@@ -62,19 +62,8 @@ impl SigningKey {
                 ))
             }
         };
-        let key_text = std::str::from_utf8(&key_pem).map_err(|_| "the private key is not PEM".to_string())?;
-        let public = match alg {
-            SigningAlg::Es256 => {
-                use p256::pkcs8::DecodePrivateKey;
-                let secret = p256::SecretKey::from_pkcs8_pem(key_text)
-                    .map_err(|e| format!("the private key is not a PKCS#8 P-256 key: {e}"))?;
-                secret.public_key().to_sec1_bytes().to_vec()
-            }
-            _ => ed25519_public_key(&key_pem)?,
-        };
-        if public != spki.subject_public_key.data.as_ref() {
-            return Err("the private key is not the signing certificate's".into());
-        }
+        // Parsed once here for every image it will sign; also checks the key is the leaf's.
+        let raw = Arc::new(KeySigner::new(&chain_pem, &key_pem, alg)?);
         // C2PA signing certificates must allow digitalSignature; one that
         // does not would make every manifest invalid.
         let signs = leaf
@@ -95,7 +84,7 @@ impl SigningKey {
             .unwrap_or_else(|| subject.to_string());
         let validity = leaf.validity();
         let key = Self {
-            raw: Arc::new(KeySigner::new(&chain_pem, &key_pem, alg)?),
+            raw,
             signer,
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
@@ -133,15 +122,6 @@ impl SigningKey {
     pub fn signer(&self) -> TimeStamped {
         TimeStamped::new(self.raw.clone(), self.authority.clone())
     }
-}
-
-/// The public key of a PKCS#8 Ed25519 private key (PEM).
-fn ed25519_public_key(key_pem: &[u8]) -> Result<Vec<u8>, String> {
-    use ring::signature::KeyPair;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(key_pem).map_err(|_| "the private key is not PEM".to_string())?;
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pem.contents)
-        .map_err(|e| format!("the private key is not a PKCS#8 Ed25519 key: {e}"))?;
-    Ok(pair.public_key().as_ref().to_vec())
 }
 
 #[cfg(test)]
