@@ -87,7 +87,7 @@ fn provider_signed(png: Vec<u8>, model: &str) -> Vec<u8> {
         edit: None,
     };
     mcp_image_gateway::provenance::sign::sign(&png, &facts, &provider_signer().1, chrono::Utc::now().timestamp())
-        .map(|signed| signed.bytes.to_vec())
+        .map(|signed| signed.bytes().to_vec())
         .unwrap_or(png)
 }
 /// Marker that makes the fake answer with `HUGE_ANSWER_BYTES` of JSON,

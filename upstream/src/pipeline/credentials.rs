@@ -8,7 +8,7 @@ use std::io::Cursor;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use object_store::PutPayload;
 use tokio::sync::Semaphore;
 
 use crate::media::input::{self, Region};
@@ -24,7 +24,7 @@ use crate::telemetry::metrics::{FormatLabels, SigningFailureLabels};
 /// The images to store, and what each one's Content Credentials say
 /// (`None`: delivered without, under `best_effort` or `off`).
 pub(crate) struct Credentialed {
-    pub files: Vec<(Bytes, OutputFormat)>,
+    pub files: Vec<(PutPayload, OutputFormat)>,
     pub credentials: Vec<Option<Credentials>>,
 }
 
@@ -36,7 +36,11 @@ pub(crate) async fn sign_images(
     provider: &'static str,
 ) -> Result<Credentialed, ProvenanceError> {
     let unsigned = || Credentialed {
-        files: generation.images.iter().map(|i| (i.bytes.clone(), i.format)).collect(),
+        files: generation
+            .images
+            .iter()
+            .map(|i| (i.bytes.clone().into(), i.format))
+            .collect(),
         credentials: vec![None; generation.images.len()],
     };
     let policy = state.provenance.policy;
@@ -143,7 +147,7 @@ pub(crate) async fn sign_images(
                         format: format.as_str().into(),
                     })
                     .inc();
-                out.files.push((signed.bytes, format));
+                out.files.push((signed.payload, format));
                 out.credentials.push(Some(signed.credentials));
             }
             Err(error) => {
@@ -151,7 +155,7 @@ pub(crate) async fn sign_images(
                 if policy == Policy::Required {
                     return Err(error);
                 }
-                out.files.push((original, format));
+                out.files.push((original.into(), format));
                 out.credentials.push(None);
             }
         }

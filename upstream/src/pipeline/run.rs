@@ -416,7 +416,7 @@ pub(crate) async fn run(
 async fn store_and_link(
     state: &AppState,
     caller: &Caller,
-    files: &[(bytes::Bytes, crate::media::types::OutputFormat)],
+    files: &[(object_store::PutPayload, crate::media::types::OutputFormat)],
     now: chrono::DateTime<Utc>,
 ) -> Result<Vec<String>, &'static str> {
     let storage_started = Instant::now();

@@ -11,6 +11,7 @@
 pub mod dev_ca;
 pub mod keys;
 pub mod manifest;
+pub mod png_chunks;
 pub mod sign;
 pub mod signer;
 pub mod time_stamp;

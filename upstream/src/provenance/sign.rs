@@ -5,17 +5,32 @@
 use std::io::Cursor;
 
 use bytes::Bytes;
+use c2pa::assertions::DataHash;
+use object_store::PutPayload;
+use sha2::{Digest, Sha256};
+
+use crate::media::types::OutputFormat;
 
 use super::manifest::{self, ImageFacts, Source};
+use super::png_chunks::{self, Layout};
 use super::{Credentials, EditedFrom, ProvenanceError, SigningKey, TRAINED_ALGORITHMIC_MEDIA};
 
 /// An image with its Content Credentials embedded.
 #[derive(Debug, Clone)]
 pub struct Signed {
-    pub bytes: Bytes,
+    /// The signed image, in parts: a PNG's are the source's own bytes
+    /// around the manifest (`bytes` joins them).
+    pub payload: PutPayload,
     pub credentials: Credentials,
     /// Why the signature has no time-stamp although an authority is set.
     pub time_stamp_failure: Option<String>,
+}
+
+impl Signed {
+    /// The signed image in one piece (a copy when it is in parts).
+    pub fn bytes(&self) -> Bytes {
+        Bytes::from(self.payload.clone())
+    }
 }
 
 /// Largest embedded manifest store handed to c2pa from an image we did not
@@ -111,15 +126,22 @@ fn sign_error(facts: &ImageFacts<'_>, e: c2pa::Error) -> ProvenanceError {
 
 /// Embeds and signs the manifest of `image` (in `facts.format`), checking
 /// the key's validity at `now` (Unix seconds). Reads the edit's inputs
-/// itself; a caller signing several images of one edit uses `sign_with`.
+/// itself; a caller signing several images of one edit uses `sign_with`,
+/// which also shares the image's bytes rather than copying them.
 pub fn sign(image: &[u8], facts: &ImageFacts<'_>, key: &SigningKey, now: i64) -> Result<Signed, ProvenanceError> {
     let inputs = facts.edit.map(|edit| edit.inputs).unwrap_or_default();
-    sign_with(image, facts, &input_ingredients(inputs)?, key, now)
+    sign_with(
+        &Bytes::copy_from_slice(image),
+        facts,
+        &input_ingredients(inputs)?,
+        key,
+        now,
+    )
 }
 
 /// `sign` with the edit's inputs already read (`input_ingredients`).
 pub fn sign_with(
-    image: &[u8],
+    image: &Bytes,
     facts: &ImageFacts<'_>,
     inputs: &[c2pa::Ingredient],
     key: &SigningKey,
@@ -140,12 +162,22 @@ pub fn sign_with(
     if let Some(provider) = provider_ingredient(image, facts)? {
         builder.add_ingredient(provider);
     }
-    let mut signed = Cursor::new(Vec::with_capacity(image.len() + 32 * 1024));
-    builder
-        .sign(&signer, facts.format.mime_type(), &mut Cursor::new(image), &mut signed)
-        .map_err(failed)?;
+    let layout = match facts.format {
+        OutputFormat::Png => png_chunks::layout(image),
+        _ => None,
+    };
+    let payload = match layout {
+        Some(layout) => sign_png(&mut builder, &signer, image, &layout).map_err(failed)?,
+        None => {
+            let mut signed = Cursor::new(Vec::with_capacity(image.len() + 32 * 1024));
+            builder
+                .sign(&signer, facts.format.mime_type(), &mut Cursor::new(image), &mut signed)
+                .map_err(failed)?;
+            PutPayload::from(signed.into_inner())
+        }
+    };
     Ok(Signed {
-        bytes: Bytes::from(signed.into_inner()),
+        payload,
         time_stamp_failure: signer.failure(),
         credentials: Credentials {
             manifest_label: label,
@@ -158,4 +190,43 @@ pub fn sign_with(
             }),
         },
     })
+}
+
+/// Signs a PNG with a data-hashed manifest placed by us (`png_chunks`):
+/// the signed image is the source's bytes around the manifest's chunk,
+/// hashed where they lie, never copied.
+fn sign_png(
+    builder: &mut c2pa::Builder,
+    signer: &dyn c2pa::Signer,
+    image: &Bytes,
+    layout: &Layout,
+) -> c2pa::Result<PutPayload> {
+    let mime = OutputFormat::Png.mime_type();
+    let placeholder = builder.data_hashed_placeholder(signer.reserve_size(), mime)?;
+    // The data hash covers every byte of the signed PNG but the manifest's
+    // chunk, in order: the kept bytes of the source.
+    let mut hasher = Sha256::new();
+    layout.kept().for_each(|range| hasher.update(&image[range]));
+    let mut hash = DataHash::new("jumbf manifest", "sha256");
+    hash.add_exclusion(c2pa::HashRange::new(layout.head.end as u64, placeholder.len() as u64));
+    hash.set_hash(hasher.finalize().to_vec());
+    let manifest = builder.sign_data_hashed_embeddable(signer, &hash, mime)?;
+    // c2pa pads the signed manifest to the placeholder's size; any other
+    // size would move the bytes after it out of the excluded range.
+    if manifest.len() != placeholder.len() {
+        return Err(c2pa::Error::OtherError(
+            format!(
+                "the signed manifest is {} bytes, its place {}",
+                manifest.len(),
+                placeholder.len()
+            )
+            .into(),
+        ));
+    }
+    let head = image.slice(layout.head.clone());
+    let tail = layout.tail.iter().map(|range| image.slice(range.clone()));
+    Ok(std::iter::once(head)
+        .chain([Bytes::from(manifest)])
+        .chain(tail)
+        .collect())
 }

@@ -218,14 +218,17 @@ mod tests {
                 edit: None,
             };
             let signed = sign(&picture(format), &facts, &key, now).unwrap();
-            let report = verify(&signed.bytes, format.mime_type(), Some(&root)).unwrap();
+            let report = verify(&signed.bytes(), format.mime_type(), Some(&root)).unwrap();
             assert_eq!(report.state, "Trusted", "{format:?}: {report:?}");
             assert_eq!(
                 report.manifest_label.as_deref(),
                 Some(signed.credentials.manifest_label.as_str())
             );
             assert_eq!(report.actions[0]["action"], "c2pa.created");
-            assert_eq!(verify(&signed.bytes, format.mime_type(), None).unwrap().state, "Valid");
+            assert_eq!(
+                verify(&signed.bytes(), format.mime_type(), None).unwrap().state,
+                "Valid"
+            );
         }
     }
 
@@ -252,9 +255,9 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         let image = picture(OutputFormat::Png);
         let first = sign(&image, &png_facts(&[]), &key, now).unwrap();
-        let second = sign(&image, &png_facts(&[png(&first.bytes)]), &key, now).unwrap();
-        let third = sign(&image, &png_facts(&[png(&second.bytes)]), &key, now).unwrap();
-        let report = verify(&third.bytes, "image/png", Some(&root)).unwrap();
+        let second = sign(&image, &png_facts(&[png(&first.bytes())]), &key, now).unwrap();
+        let third = sign(&image, &png_facts(&[png(&second.bytes())]), &key, now).unwrap();
+        let report = verify(&third.bytes(), "image/png", Some(&root)).unwrap();
         assert_eq!(report.state, "Trusted", "{report:?}");
         let labels: Vec<_> = report.ingredients.iter().map(|i| i["manifest_label"].clone()).collect();
         assert_eq!(
@@ -274,11 +277,12 @@ mod tests {
         let image = picture(OutputFormat::Png);
         let first = sign(&image, &png_facts(&[]), &key, now).unwrap();
         let guide = sign(&picture(OutputFormat::Jpeg), &facts_of(OutputFormat::Jpeg), &key, now).unwrap();
+        let (first_bytes, guide_bytes) = (first.bytes(), guide.bytes());
         let unsigned = picture(OutputFormat::Png);
         let inputs = [
-            png(&first.bytes),
+            png(&first_bytes),
             Source {
-                bytes: &guide.bytes,
+                bytes: &guide_bytes,
                 format: OutputFormat::Jpeg,
             },
             png(&unsigned),
@@ -297,7 +301,7 @@ mod tests {
             ..png_facts(&[])
         };
         let edited = sign(&image, &facts, &key, now).unwrap();
-        let report = verify(&edited.bytes, "image/png", Some(&root)).unwrap();
+        let report = verify(&edited.bytes(), "image/png", Some(&root)).unwrap();
         assert_eq!(report.state, "Trusted", "{report:?}");
         assert_eq!(
             report.actions[1]["region"],
@@ -336,8 +340,8 @@ mod tests {
         let (key, root) = key();
         let now = chrono::Utc::now().timestamp();
         let provider = sign(&picture(OutputFormat::Png), &png_facts(&[]), &key, now).unwrap();
-        let ours = sign(&provider.bytes, &png_facts(&[]), &key, now).unwrap();
-        let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+        let ours = sign(&provider.bytes(), &png_facts(&[]), &key, now).unwrap();
+        let report = verify(&ours.bytes(), "image/png", Some(&root)).unwrap();
         assert_eq!(report.state, "Trusted", "{report:?}");
         assert_eq!(
             report.manifest_label.as_deref(),
@@ -349,7 +353,7 @@ mod tests {
             json!(provider.credentials.manifest_label)
         );
         let reader = c2pa::Reader::from_context(c2pa::Context::new())
-            .with_stream("image/png", Cursor::new(ours.bytes.to_vec()))
+            .with_stream("image/png", Cursor::new(ours.bytes().to_vec()))
             .unwrap();
         let ingredient = &reader.active_manifest().unwrap().ingredients()[0];
         assert_eq!(
@@ -364,7 +368,7 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         let signed = sign(&picture(OutputFormat::Png), &png_facts(&[]), &key, now)
             .unwrap()
-            .bytes
+            .bytes()
             .to_vec();
         let manifest_at = signed.windows(4).position(|w| w == b"caBX").unwrap();
         let idat = signed.windows(4).position(|w| w == b"IDAT").unwrap();
@@ -378,7 +382,7 @@ mod tests {
             let inputs = [png(source)];
             for facts in [png_facts(&[]), png_facts(&inputs)] {
                 let ours = sign(source, &facts, &key, now).unwrap_or_else(|e| panic!("{name}: {e}"));
-                let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+                let report = verify(&ours.bytes(), "image/png", Some(&root)).unwrap();
                 assert_eq!(
                     report.manifest_label.as_deref(),
                     Some(ours.credentials.manifest_label.as_str())
@@ -451,7 +455,7 @@ mod tests {
         assert!(ingredient.active_manifest().is_none());
         assert!(ingredient.manifest_data_ref().is_none());
         let ours = sign(&image, &png_facts(&[source]), &key, chrono::Utc::now().timestamp()).unwrap();
-        let report = verify(&ours.bytes, "image/png", Some(&root)).unwrap();
+        let report = verify(&ours.bytes(), "image/png", Some(&root)).unwrap();
         assert_eq!(report.state, "Trusted", "{report:?}");
     }
 
@@ -474,7 +478,7 @@ mod tests {
             chrono::Utc::now().timestamp(),
         )
         .unwrap();
-        let mut bytes = signed.bytes.to_vec();
+        let mut bytes = signed.bytes().to_vec();
         let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap();
         bytes[idat + 8] ^= 1;
         assert_eq!(verify(&bytes, "image/png", None).unwrap().state, "Invalid");
@@ -503,12 +507,12 @@ mod tests {
                 edit: None,
             };
             let unsigned = picture(format);
-            let signed = sign(&unsigned, &facts, &key, now).unwrap().bytes.to_vec();
-            let resigned = sign(&signed, &facts, &key, now).unwrap().bytes.to_vec();
+            let signed = sign(&unsigned, &facts, &key, now).unwrap().bytes().to_vec();
+            let resigned = sign(&signed, &facts, &key, now).unwrap().bytes().to_vec();
             let mut images = vec![("unsigned", unsigned), ("signed", signed), ("resigned", resigned)];
             if format == OutputFormat::Png {
                 let edit = sign(&images[0].1, &png_facts(&[png(&images[1].1)]), &key, now).unwrap();
-                images.push(("edit", edit.bytes.to_vec()));
+                images.push(("edit", edit.bytes().to_vec()));
             }
             for (name, image) in images {
                 for (reading, selector) in [("source", index), ("provider", index + 3)] {

@@ -352,7 +352,7 @@ mod tests {
     async fn a_users_erasure_takes_exactly_that_users_objects() {
         let store = store();
         let now = Utc::now();
-        let png = || vec![(Bytes::from_static(b"png"), OutputFormat::Png)];
+        let png = || vec![(PutPayload::from_static(b"png"), OutputFormat::Png)];
         let ann = store.put_all("acme", "ann", &png(), now).await.unwrap();
         let bob = store.put_all("acme", "bob", &png(), now).await.unwrap();
         store.put_prompt("acme", "ann", "abc", "a red fox", now).await.unwrap();
@@ -400,7 +400,7 @@ mod tests {
         assert_eq!(ended, TaskEnd::Erased);
         assert!(store.list_prefix("tasks/acme").await.unwrap().is_empty());
         // The images it stored after the erasure go undelivered, owner records and all.
-        let png = vec![(Bytes::from_static(b"png"), OutputFormat::Png)];
+        let png = vec![(PutPayload::from_static(b"png"), OutputFormat::Png)];
         let keys = store.put_all("acme", "ann", &png, now).await.unwrap();
         store.discard_images("acme", "ann", &keys).await;
         assert!(store.list_prefix("acme").await.unwrap().is_empty());
@@ -440,7 +440,7 @@ mod tests {
     async fn an_organisations_erasure_takes_everything_of_it_and_no_more() {
         let store = store();
         let now = Utc::now();
-        let png = || vec![(Bytes::from_static(b"png"), OutputFormat::Png)];
+        let png = || vec![(PutPayload::from_static(b"png"), OutputFormat::Png)];
         let acme = store.put_all("acme", "ann", &png(), now).await.unwrap();
         let other = store.put_all("other", "ann", &png(), now).await.unwrap();
         let erased = store.erase("acme", None, now).await.unwrap();

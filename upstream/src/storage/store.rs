@@ -169,11 +169,11 @@ impl ImageStore {
         &self,
         org: &str,
         user: &str,
-        images: &[(Bytes, OutputFormat)],
+        images: &[(PutPayload, OutputFormat)],
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StorageError> {
         let mut keys = Vec::with_capacity(images.len());
-        for (bytes, format) in images {
+        for (payload, format) in images {
             let key = Self::new_key(org, now, *format);
             let path = parse_key(&key)?;
             let mut options = PutOptions::default();
@@ -185,7 +185,7 @@ impl ImageStore {
             // Both writes at once: the record costs no extra wait.
             let (marked, stored) = tokio::join!(
                 self.mark_image(org, user, &key),
-                self.store.put_opts(&path, PutPayload::from(bytes.clone()), options)
+                self.store.put_opts(&path, payload.clone(), options)
             );
             keys.push(key);
             if let Err(error) = stored.map_err(StorageError::from).and(marked) {
@@ -630,7 +630,7 @@ mod tests {
             .put_all(
                 "acme",
                 "ann",
-                &[(Bytes::from_static(b"a"), OutputFormat::Png)],
+                &[(PutPayload::from_static(b"a"), OutputFormat::Png)],
                 Utc::now(),
             )
             .await
@@ -745,8 +745,8 @@ mod tests {
                 "acme",
                 "ann",
                 &[
-                    (Bytes::from_static(b"a"), OutputFormat::Png),
-                    (Bytes::from_static(b"b"), OutputFormat::Webp),
+                    (PutPayload::from_static(b"a"), OutputFormat::Png),
+                    (PutPayload::from_static(b"b"), OutputFormat::Webp),
                 ],
                 Utc::now(),
             )
