@@ -132,7 +132,8 @@ fuzz:
 	$(MAKE) fuzz-manifest
 
 # Arbitrary bytes as an uploaded, referenced or provider image (PNG, JPEG,
-# WebP) through the reading of its C2PA manifest. The seeds (signed and
+# WebP) through the reading of its C2PA manifest, and as a PNG whose
+# manifest's place is found for signing. The seeds (signed and
 # unsigned images of each format) are made once by a unit test. A run over
 # 10 s or 2 GiB fails: reading must stay bounded in time and memory.
 MANIFEST_CORPUS := upstream/fuzz/corpus/manifest

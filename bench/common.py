@@ -68,6 +68,17 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def cpu_seconds(pid: int = None) -> float:
+    """CPU time (user and system) of process `pid` so far, or, without one,
+    of the whole machine (all cores, idle excluded)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    if pid is not None:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / hz
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz
+
+
 def percentile(values: list, p: float) -> float:
     ordered = sorted(values)
     if not ordered:

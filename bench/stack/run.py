@@ -51,7 +51,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import SpanSink, free_port, wait_http, stop, peak_rss_mib, rss_mib, percentile  # noqa: E402
+from common import SpanSink, free_port, wait_http, stop, peak_rss_mib, rss_mib, percentile, cpu_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = ROOT / ".state" / "bench-stack"
@@ -381,7 +381,9 @@ def alternating(stacks: dict, *oha_args: str, rounds: int = TRACE_ROUNDS) -> dic
             stack = stacks[name]
             time.sleep(0.5)  # the last slice's audit lines written
             seen = len(stack.audit())
+            cpu_before = cpu_seconds(stack.upstream.pid), cpu_seconds()
             report = stack.oha(*oha_args, "--wait-ongoing-requests-after-deadline")
+            cpu_after = cpu_seconds(stack.upstream.pid), cpu_seconds()
             codes = report.get("statusCodeDistribution", {})
             events = [e for e in stack.audit()[seen:] if e.get("tool") == "generate_image"]
             failed = [e.get("outcome") for e in events if e.get("outcome") != "Success"]
@@ -391,6 +393,9 @@ def alternating(stacks: dict, *oha_args: str, rounds: int = TRACE_ROUNDS) -> dic
                                "p50": report["latencyPercentiles"]["p50"] * 1000,
                                "p99": report["latencyPercentiles"]["p99"] * 1000,
                                "calls": sum(codes.values()),
+                               # CPU per call: the upstream's own, and the whole machine's (oha included).
+                               "upstream_ms": (cpu_after[0] - cpu_before[0]) * 1000 / max(1, sum(codes.values())),
+                               "machine_ms": (cpu_after[1] - cpu_before[1]) * 1000 / max(1, sum(codes.values())),
                                "processing": [e["processing_ms"] for e in events if "processing_ms" in e]})
             print(f"{name} {' '.join(oha_args)}: {runs[name][-1]['rps']:.0f} calls/s", flush=True)
             # Gigabytes of stored images would otherwise grow round by round
@@ -407,7 +412,8 @@ def medians(runs: dict) -> dict:
     result = {}
     for name, slices in runs.items():
         processing = [p for s in slices for p in s["processing"]]
-        result[name] = {k: statistics.median(s[k] for s in slices) for k in ("rps", "p50", "p99")}
+        result[name] = {k: statistics.median(s[k] for s in slices)
+                        for k in ("rps", "p50", "p99", "upstream_ms", "machine_ms")}
         result[name].update(calls=sum(s["calls"] for s in slices), proc_p50=percentile(processing, 50),
                             proc_p99=percentile(processing, 99))
     base, other = list(runs)
@@ -527,6 +533,15 @@ def ab_rows(result: dict, labels: dict) -> list:
     return lines
 
 
+def cpu_lines(before: dict, after: dict, what: str) -> list:
+    """What `what` costs in CPU per call, saturated (medians over the slices)."""
+    added = after["upstream_ms"] - before["upstream_ms"]
+    return [f"CPU per call, saturated (medians): the upstream {before['upstream_ms']:.2f} → "
+            f"{after['upstream_ms']:.2f} ms, so {what} adds {added:.2f} ms; the whole machine (Envoy, the fake "
+            f"and oha on the same 2 cores) {before['machine_ms']:.2f} → {after['machine_ms']:.2f} ms, of which "
+            f"{what} is {added / after['machine_ms'] * 100:.0f} %."]
+
+
 def credentials_section(c: dict) -> list:
     off, on = c["memory"]["credentials-off"], c["memory"]["credentials-required"]
     sat = c["saturated"]
@@ -549,6 +564,7 @@ def credentials_section(c: dict) -> list:
             f"{paced['credentials-off']['proc_p99']:.2f} → "
             f"{paced['credentials-required']['proc_p99']:.2f} ms. Throughput with signing: {ratio:.2f}× without "
             f"(target ≥ 0.90; per round: {', '.join(f'{x:.2f}' for x in sat['ratios'])}).", "",
+            *cpu_lines(sat["credentials-off"], sat["credentials-required"], "signing"), "",
             f"Memory, a 10 s model and {EDIT_RATE * EDIT_SECONDS} calls at {EDIT_RATE}/s on each stack in turn:", "",
             "| stack | succeeded | calls held, most | KiB per call held | upstream peak RSS MiB "
             "| KiB per call held, from the peak RSS | images signed |", "|---|---|---|---|---|---|---|",

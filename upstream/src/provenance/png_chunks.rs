@@ -19,8 +19,8 @@ const FRAME: usize = 12;
 pub struct Layout {
     /// The signature and `IHDR`: the manifest follows them.
     pub head: Range<usize>,
-    /// The rest, in order, less any manifest chunk already there (and
-    /// whatever follows `IEND`, kept as c2pa keeps it).
+    /// The rest, in order, less the manifest chunk already there, if any
+    /// (and whatever follows `IEND`, kept and hashed as c2pa keeps it).
     pub tail: Vec<Range<usize>>,
 }
 
@@ -31,50 +31,49 @@ impl Layout {
     }
 }
 
-/// The manifest's place in `png`; `None` when its chunks do not walk
-/// cleanly to `IEND` or `IHDR` is not first: c2pa's own writer then
-/// decides.
+/// The manifest's place in `png`; `None` unless it is a PNG as C2PA
+/// readers walk one: the signature, `IHDR` first, chunk types of ASCII
+/// letters (a reader stops at any other, and would never reach our
+/// manifest), each chunk within the bytes up to `IEND`, and at most one
+/// manifest already there (two make every reader refuse the file).
 pub fn layout(png: &[u8]) -> Option<Layout> {
-    let chunks = walk(png)?;
-    let header = chunks.first().filter(|c| c.kind == *HEADER)?;
-    let mut tail = Vec::with_capacity(2);
-    let mut kept = header.span.end;
-    for old in chunks.iter().filter(|c| c.kind == *MANIFEST) {
-        tail.push(kept..old.span.start);
-        kept = old.span.end;
+    if !png.starts_with(SIGNATURE) {
+        return None;
     }
-    tail.push(kept..png.len());
-    tail.retain(|range| !range.is_empty());
+    let (kind, header) = chunk(png, SIGNATURE.len())?;
+    if kind != *HEADER {
+        return None;
+    }
+    let mut at = header;
+    let mut old = None;
+    loop {
+        let (kind, end) = chunk(png, at)?;
+        match &kind {
+            MANIFEST if old.is_some() => return None,
+            MANIFEST => old = Some(at..end),
+            END => break,
+            _ => {}
+        }
+        at = end;
+    }
+    let tail = match old {
+        Some(old) => [header..old.start, old.end..png.len()],
+        None => [header..png.len(), png.len()..png.len()],
+    };
     Some(Layout {
-        head: 0..header.span.end,
-        tail,
+        head: 0..header,
+        tail: tail.into_iter().filter(|range| !range.is_empty()).collect(),
     })
 }
 
-struct Chunk {
-    kind: [u8; 4],
-    span: Range<usize>,
-}
-
-/// The chunks from the signature to `IEND`, each within the bytes.
-fn walk(png: &[u8]) -> Option<Vec<Chunk>> {
-    let mut rest = png.strip_prefix(SIGNATURE)?;
-    let mut at = SIGNATURE.len();
-    let mut chunks = Vec::with_capacity(8);
-    loop {
-        let length = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let kind: [u8; 4] = rest.get(4..8)?.try_into().ok()?;
-        let size = length.checked_add(FRAME).filter(|size| *size <= rest.len())?;
-        chunks.push(Chunk {
-            kind,
-            span: at..at + size,
-        });
-        if kind == *END {
-            return Some(chunks);
-        }
-        rest = &rest[size..];
-        at += size;
-    }
+/// The type and end of the chunk at `at`, when it lies within `png` and
+/// its type is ASCII letters.
+fn chunk(png: &[u8], at: usize) -> Option<([u8; 4], usize)> {
+    let frame = png.get(at..)?;
+    let length = u32::from_be_bytes(frame.get(..4)?.try_into().ok()?) as usize;
+    let kind: [u8; 4] = frame.get(4..8)?.try_into().ok()?;
+    let size = length.checked_add(FRAME).filter(|size| *size <= frame.len())?;
+    kind.iter().all(u8::is_ascii_alphabetic).then_some((kind, at + size))
 }
 
 #[cfg(test)]
@@ -131,14 +130,27 @@ mod tests {
     }
 
     #[test]
-    fn malformed_chunks_are_left_to_c2pa() {
+    fn what_readers_refuse_is_refused() {
         let (ihdr, iend) = (chunk(b"IHDR", &[1; 13]), chunk(b"IEND", &[]));
         let mut cut = png(&[ihdr.clone(), chunk(b"IDAT", &[2; 40])]);
         cut.truncate(cut.len() - 5);
         assert_eq!(layout(&cut), None, "a chunk runs past the end");
         assert_eq!(layout(&png(std::slice::from_ref(&ihdr))), None, "no IEND");
-        assert_eq!(layout(&png(&[iend.clone(), ihdr])), None, "IHDR not first");
+        assert_eq!(layout(&png(&[iend.clone(), ihdr.clone()])), None, "IHDR after IEND");
         assert_eq!(layout(b"GIF89a"), None, "not a PNG");
+        let idat = chunk(b"IDAT", &[2; 4]);
+        let odd = png(&[
+            ihdr.clone(),
+            chunk(b"\xff\xfe\xfd\xfc", &[]),
+            idat.clone(),
+            iend.clone(),
+        ]);
+        assert_eq!(layout(&odd), None, "a chunk type readers refuse");
+        let (one, two) = (chunk(b"caBX", &[1]), chunk(b"caBX", &[2]));
+        let twice = png(&[ihdr.clone(), one, idat.clone(), two, iend.clone()]);
+        assert_eq!(layout(&twice), None, "two manifests: readers refuse the file");
+        let before = png(&[chunk(b"tEXt", &[]), ihdr.clone(), idat, iend.clone()]);
+        assert_eq!(layout(&before), None, "IHDR not first");
         let huge = [SIGNATURE.as_slice(), &u32::MAX.to_be_bytes(), b"IHDR"].concat();
         assert_eq!(layout(&huge), None, "a length beyond the bytes");
     }

@@ -162,13 +162,21 @@ pub fn sign_with(
     if let Some(provider) = provider_ingredient(image, facts)? {
         builder.add_ingredient(provider);
     }
-    let layout = match facts.format {
-        OutputFormat::Png => png_chunks::layout(image),
-        _ => None,
-    };
-    let payload = match layout {
-        Some(layout) => sign_png(&mut builder, &signer, image, &layout).map_err(failed)?,
-        None => {
+    let payload = match facts.format {
+        // Not handed to c2pa's writer when ours refuses it: that writer
+        // would sign a PNG no reader can read (a chunk type it stops at, a
+        // second manifest it leaves in place).
+        OutputFormat::Png => {
+            let layout = png_chunks::layout(image).ok_or_else(|| {
+                ProvenanceError::SigningFailed(
+                    "the PNG is not as C2PA readers walk one (IHDR first, chunk types of letters, \
+                     at most one manifest, every chunk within the image)"
+                        .into(),
+                )
+            })?;
+            sign_png(&mut builder, &signer, image, &layout).map_err(failed)?
+        }
+        _ => {
             let mut signed = Cursor::new(Vec::with_capacity(image.len() + 32 * 1024));
             builder
                 .sign(&signer, facts.format.mime_type(), &mut Cursor::new(image), &mut signed)

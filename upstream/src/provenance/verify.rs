@@ -362,6 +362,34 @@ mod tests {
         );
     }
 
+    /// A PNG that readers would stop in before our manifest (a chunk type
+    /// not of letters), or refuse (a second manifest left beside ours), is
+    /// not signed into an image no one can check.
+    #[test]
+    fn a_png_readers_cannot_walk_is_not_signed() {
+        let (key, _) = key();
+        let now = chrono::Utc::now().timestamp();
+        let image = picture(OutputFormat::Png);
+        let idat = image.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
+        let with = |chunk: &[u8]| [&image[..idat], chunk, &image[idat..]].concat();
+        let odd = with(&[0, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 0, 0, 0, 0]);
+        let signed = sign(&image, &png_facts(&[]), &key, now).unwrap().bytes();
+        let manifest_at = signed.windows(4).position(|w| w == b"caBX").unwrap() - 4;
+        let manifest_len = u32::from_be_bytes(signed[manifest_at..manifest_at + 4].try_into().unwrap()) as usize;
+        let signed_idat = signed.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
+        let copy = &signed[manifest_at..manifest_at + manifest_len + 12];
+        let twice = [&signed[..signed_idat], copy, &signed[signed_idat..]].concat();
+        assert!(
+            crate::provenance::png_chunks::layout(&signed).is_some(),
+            "one manifest walks"
+        );
+        for (what, png) in [("odd chunk type", odd), ("two manifests", twice)] {
+            let error = sign(&png, &png_facts(&[]), &key, now).expect_err(what);
+            assert_eq!(error.reason(), "signing_failed", "{what}");
+            assert!(error.detail().contains("C2PA readers"), "{what}: {}", error.detail());
+        }
+    }
+
     #[test]
     fn a_forged_or_corrupt_source_manifest_never_stops_the_signing() {
         let (key, root) = key();
@@ -515,7 +543,7 @@ mod tests {
                 images.push(("edit", edit.bytes().to_vec()));
             }
             for (name, image) in images {
-                for (reading, selector) in [("source", index), ("provider", index + 3)] {
+                for (reading, selector) in [("source", index), ("provider", index + 3), ("placement", index + 6)] {
                     let mut seed = vec![selector as u8];
                     seed.extend(&image);
                     std::fs::write(dir.join(format!("{}-{name}-{reading}", format.as_str())), seed).unwrap();
