@@ -71,4 +71,7 @@ fn placement(bytes: &[u8]) {
     let kept =
         |png: &[u8], layout: &png_chunks::Layout| layout.kept().flat_map(|r| png[r].to_vec()).collect::<Vec<u8>>();
     assert_eq!(kept(&signed, &again), kept(bytes, &layout), "the same bytes hashed");
+    // And c2pa's own reader finds that manifest, not another or none.
+    let found = c2pa::jumbf_io::load_jumbf_from_memory("image/png", &signed).ok();
+    assert_eq!(found.as_deref(), Some(&[7u8][..]), "c2pa reads our manifest");
 }

@@ -63,10 +63,16 @@ pub fn input_label(index: usize) -> String {
     }
 }
 
+/// The claim's hash algorithm, pinned: a PNG's data hash is computed by
+/// the gateway itself (`sign::sign_png`), and c2pa labels it with the
+/// claim's algorithm.
+pub const HASH_ALG: &str = "sha256";
+
 /// The manifest definition for `facts`, with the manifest label `label`.
 pub fn definition(facts: &ImageFacts<'_>, label: &str) -> Value {
     json!({
         "label": label,
+        "hash_alg": HASH_ALG,
         "title": format!("image.{}", facts.format.extension()),
         "format": facts.format.mime_type(),
         "claim_generator_info": [{"name": GENERATOR, "version": env!("CARGO_PKG_VERSION")}],

@@ -134,7 +134,10 @@ mod tests {
         let (ihdr, iend) = (chunk(b"IHDR", &[1; 13]), chunk(b"IEND", &[]));
         let mut cut = png(&[ihdr.clone(), chunk(b"IDAT", &[2; 40])]);
         cut.truncate(cut.len() - 5);
-        assert_eq!(layout(&cut), None, "a chunk runs past the end");
+        assert_eq!(layout(&cut), None, "cut short, with no IEND");
+        let mut long_end = png(std::slice::from_ref(&ihdr));
+        long_end.extend_from_slice(&[0, 0, 0, 5, b'I', b'E', b'N', b'D', 0, 0, 0, 0]);
+        assert_eq!(layout(&long_end), None, "IEND's length runs past the end");
         assert_eq!(layout(&png(std::slice::from_ref(&ihdr))), None, "no IEND");
         assert_eq!(layout(&png(&[iend.clone(), ihdr.clone()])), None, "IHDR after IEND");
         assert_eq!(layout(b"GIF89a"), None, "not a PNG");

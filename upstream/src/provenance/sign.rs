@@ -215,7 +215,7 @@ fn sign_png(
     // chunk, in order: the kept bytes of the source.
     let mut hasher = Sha256::new();
     layout.kept().for_each(|range| hasher.update(&image[range]));
-    let mut hash = DataHash::new("jumbf manifest", "sha256");
+    let mut hash = DataHash::new("jumbf manifest", manifest::HASH_ALG);
     hash.add_exclusion(c2pa::HashRange::new(layout.head.end as u64, placeholder.len() as u64));
     hash.set_hash(hasher.finalize().to_vec());
     let manifest = builder.sign_data_hashed_embeddable(signer, &hash, mime)?;
