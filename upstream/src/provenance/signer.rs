@@ -111,6 +111,13 @@ mod tests {
 
     /// What COSE carries, checked with the certificate's public key: `r‖s`
     /// (64 bytes) for ES256, the plain signature for Ed25519.
+    /// Why `KeySigner::new` refuses a chain and key for ES256.
+    fn refusal(chain: &[u8], key: &[u8]) -> String {
+        KeySigner::new(chain, key, c2pa::SigningAlg::Es256)
+            .err()
+            .expect("refused")
+    }
+
     #[test]
     fn signatures_are_the_bytes_cose_carries_and_verify_with_the_certificate() {
         for (rcgen_alg, alg, verify) in [
@@ -139,14 +146,10 @@ mod tests {
     fn a_chain_file_holding_anything_but_certificates_is_refused() {
         let (chain, key) = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
         let with_key = format!("{chain}{key}");
-        let error = KeySigner::new(with_key.as_bytes(), key.as_bytes(), c2pa::SigningAlg::Es256)
-            .err()
-            .unwrap();
+        let error = refusal(with_key.as_bytes(), key.as_bytes());
         assert!(error.contains("PRIVATE KEY block"), "{error}");
         assert!(!error.contains("BEGIN"), "no key material in the error: {error}");
-        let error = KeySigner::new(b"", key.as_bytes(), c2pa::SigningAlg::Es256)
-            .err()
-            .unwrap();
+        let error = refusal(b"", key.as_bytes());
         assert!(error.contains("no certificate"), "{error}");
     }
 
@@ -154,18 +157,14 @@ mod tests {
     fn a_key_that_is_not_the_leafs_is_refused() {
         let (chain, _) = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
         let (_, other) = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
-        let error = KeySigner::new(chain.as_bytes(), other.as_bytes(), c2pa::SigningAlg::Es256)
-            .err()
-            .unwrap();
+        let error = refusal(chain.as_bytes(), other.as_bytes());
         assert!(error.contains("not the signing certificate's"), "{error}");
     }
 
     #[test]
     fn a_key_of_another_kind_is_refused() {
         let (chain, key) = certificate(&rcgen::PKCS_ED25519);
-        let error = KeySigner::new(chain.as_bytes(), key.as_bytes(), c2pa::SigningAlg::Es256)
-            .err()
-            .unwrap();
+        let error = refusal(chain.as_bytes(), key.as_bytes());
         assert!(error.contains("P-256"), "{error}");
         assert!(KeySigner::new(chain.as_bytes(), key.as_bytes(), c2pa::SigningAlg::Es384).is_err());
     }
