@@ -71,6 +71,7 @@ def state_dir() -> Path:
 
 
 STATE = state_dir()
+ON_TMPFS = STATE.is_relative_to("/dev/shm")
 RELEASE = ROOT / "target" / "release"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "mcp_edge_filter.wasm"
 BURST_RATE = int(os.environ.get("BENCH_BURST_RATE", "500"))
@@ -401,6 +402,7 @@ def alternating(stacks: dict, *oha_args: str, rounds: int = TRACE_ROUNDS) -> dic
             report = stack.oha(*oha_args, "--wait-ongoing-requests-after-deadline")
             cpu_after = cpu_seconds(stack.upstream.pid), cpu_seconds()
             codes = report.get("statusCodeDistribution", {})
+            calls = sum(codes.values())
             events = [e for e in stack.audit()[seen:] if e.get("tool") == "generate_image"]
             failed = [e.get("outcome") for e in events if e.get("outcome") != "Success"]
             if set(codes) - {"200"} or failed:
@@ -408,10 +410,10 @@ def alternating(stacks: dict, *oha_args: str, rounds: int = TRACE_ROUNDS) -> dic
             runs[name].append({"rps": report["summary"]["requestsPerSec"],
                                "p50": report["latencyPercentiles"]["p50"] * 1000,
                                "p99": report["latencyPercentiles"]["p99"] * 1000,
-                               "calls": sum(codes.values()),
+                               "calls": calls,
                                # CPU per call: the upstream's own, and the whole machine's (oha included).
-                               "upstream_ms": (cpu_after[0] - cpu_before[0]) * 1000 / max(1, sum(codes.values())),
-                               "machine_ms": (cpu_after[1] - cpu_before[1]) * 1000 / max(1, sum(codes.values())),
+                               "upstream_ms": (cpu_after[0] - cpu_before[0]) * 1000 / max(1, calls),
+                               "machine_ms": (cpu_after[1] - cpu_before[1]) * 1000 / max(1, calls),
                                "processing": [e["processing_ms"] for e in events if "processing_ms" in e]})
             print(f"{name} {' '.join(oha_args)}: {runs[name][-1]['rps']:.0f} calls/s", flush=True)
             # Gigabytes of stored images would otherwise grow round by round
@@ -671,7 +673,7 @@ def main() -> int:
     lines = [
         "Envoy 1.40 (2 workers) with the filter, the upstream and the OpenAI fake (release builds) on one "
         "2-core machine; every request a `tools/call` of `generate_image` with a bearer JWT, stored to the "
-        f"local filesystem ({'tmpfs' if str(STATE).startswith('/dev/shm') else 'disk'}) with a signed link. Processing = the upstream's time for the call less the time "
+        f"local filesystem ({'tmpfs' if ON_TMPFS else 'disk'}) with a signed link. Processing = the upstream's time for the call less the time "
         "waiting for the model (audit events).",
         "",
         "| scenario | requests | non-200 | tool calls succeeded | calls/s | p50 ms | p99 ms "
@@ -736,5 +738,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     finally:
-        if STATE.is_relative_to("/dev/shm"):
+        if ON_TMPFS:
             shutil.rmtree(STATE, ignore_errors=True)  # memory, not disk
