@@ -80,6 +80,7 @@ trust_idp
   --set "ADMIN_PORT=${ADMIN_PORT}" --set "LISTEN_PORT=${LISTEN_PORT}" \
   --set "UPSTREAM_PORT=${UPSTREAM_PORT}" --set "WASM_PATH=$(realpath "${WASM}")" \
   --set "AUTHORIZE_PORT=${AUTHORIZE_PORT}" \
+  --set "LISTEN_REUSE_PORT=false" \
   ${TLS:+--tls-port "${TLS_PORT}"} --ecds-dir "${ECDS_DIR}" --settings "${SETTINGS}" \
   $([[ "${EDGE}" == native ]] && echo --dynamic-module "${MODULE}")
 "${ENVOY}" --mode validate -c "${STATE_DIR}/envoy.yaml" >/dev/null

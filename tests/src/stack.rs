@@ -410,6 +410,9 @@ impl Stack {
             ("EXTRA_UPSTREAM_ENDPOINTS".to_string(), extra_endpoints),
             ("EXTRA_LISTENERS".to_string(), extra_listeners),
             ("LISTEN_ADDRESS".to_string(), "127.0.0.1".to_string()),
+            // A port another stack also picked fails to bind, and
+            // `start_with` tries fresh ones, rather than both Envoys sharing it.
+            ("LISTEN_REUSE_PORT".to_string(), "false".to_string()),
             ("ADMIN_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("UPSTREAM_ADDRESS".to_string(), "127.0.0.1".to_string()),
             ("UPSTREAM_CLUSTER_TYPE".to_string(), "STATIC".to_string()),
@@ -873,6 +876,24 @@ impl Stack {
     /// The settings-change events the watcher audited.
     pub fn settings_events(&self) -> Vec<serde_json::Value> {
         self.audit_events_of("settings-watcher")
+    }
+
+    /// The settings-change events once `done` holds for them, or as they are
+    /// after `within`. The watcher audits after it has asked Envoy, so an
+    /// event can trail Envoy's own counters by a poll.
+    pub async fn settings_events_when(
+        &self,
+        within: Duration,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let events = self.settings_events();
+            if done(&events) || Instant::now() >= deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A counter from Envoy's admin `/stats`.

@@ -266,10 +266,18 @@ async fn live_settings_apply_without_restart_and_keep_quotas(edge: Edge) {
             edge_settings::runs(&http_client(), &stack.admin_url, &good_sha, Duration::ZERO).await,
             "{name}: the running settings stay"
         );
-        let events = stack.settings_events();
-        let event = events
-            .iter()
-            .filter(|e| e["fields"]["result"] == "rejected")
+        let rejected_events = |events: &[Value]| -> Vec<Value> {
+            events
+                .iter()
+                .filter(|e| e["fields"]["result"] == "rejected")
+                .cloned()
+                .collect()
+        };
+        let events = stack
+            .settings_events_when(Duration::from_secs(5), |events| rejected_events(events).len() > index)
+            .await;
+        let event = rejected_events(&events)
+            .into_iter()
             .nth(index)
             .unwrap_or_else(|| panic!("{name}: audited as rejected: {events:?}"));
         assert!(event["fields"]["reason"].as_str().unwrap().contains(field), "{event}");

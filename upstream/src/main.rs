@@ -429,6 +429,7 @@ async fn main() -> anyhow::Result<()> {
                 ("AUTHORIZE_PORT", "8082"),
                 ("AUTHORIZE_CLUSTER_TYPE", "STATIC"),
                 ("XFF_TRUSTED_HOPS", "0"),
+                ("LISTEN_REUSE_PORT", "true"),
                 // Browser hosts allowed to call /mcp (CORS): loopback in development.
                 ("CORS_ORIGIN_REGEX", devkit::DEV_CORS_ORIGIN_REGEX),
             ] {

@@ -348,11 +348,13 @@ pub fn ensure_dev_certificate(state_dir: &Path) -> anyhow::Result<(PathBuf, Path
 
 /// An extra Envoy listener on `port` terminating TLS 1.3 only (TLS 1.2 and
 /// older handshakes fail) in front of the same HTTP stack as the plain one.
+/// Local only, so without SO_REUSEPORT: a port taken fails to bind.
 pub fn tls_listener_yaml(cert: &Path, key: &Path, port: u16) -> String {
     format!(
         r#"  - name: mcp_public_tls
     address:
       socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    enable_reuse_port: false
     per_connection_buffer_limit_bytes: 32768
     filter_chains:
     - filters:
