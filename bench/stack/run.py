@@ -613,9 +613,10 @@ def main() -> int:
     print(f"stacks under {STATE}", flush=True)
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     if only:
-        # A scenario on its own (credentials, moderation): printed, bench/results/stack.md untouched.
+        # A scenario on its own (credentials, moderation, pool): printed, bench/results/stack.md untouched.
         sections = {"credentials": lambda: credentials_section(credentials_cost(envoy)),
-                    "moderation": lambda: moderation_section(moderation_cost(envoy))}
+                    "moderation": lambda: moderation_section(moderation_cost(envoy)),
+                    "pool": lambda: [json.dumps(pool_burst(envoy))]}
         for name in sorted(only):
             print("\n".join(sections[name]()))
         return 0

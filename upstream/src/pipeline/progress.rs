@@ -58,11 +58,13 @@ pub async fn with_heartbeats<T>(
     mut partials: Option<tokio::sync::mpsc::UnboundedReceiver<Report>>,
     work: impl std::future::Future<Output = T>,
 ) -> T {
+    // Pinned where it lies, so the wait holds `work` once (awaiting it by
+    // value kept a second copy in the caller's future while calls wait).
+    tokio::pin!(work);
     let Some(progress) = progress.as_mut() else {
         return work.await;
     };
     let started = Instant::now();
-    tokio::pin!(work);
     let mut ticker = tokio::time::interval(progress.interval);
     ticker.tick().await;
     loop {

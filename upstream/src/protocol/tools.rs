@@ -458,9 +458,14 @@ impl ServerHandler for ImageTools {
         request: GetTaskParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
-        let caller = caller_of(&context)?;
-        let task = self.read_task(&caller, &request.task_id).await?;
-        Ok(GetTaskResult::new(task))
+        // Boxed, as `cancel_task`: the request's task is sized to its
+        // largest method future, and every waiting tool call would pay it.
+        Box::pin(async move {
+            let caller = caller_of(&context)?;
+            let task = self.read_task(&caller, &request.task_id).await?;
+            Ok(GetTaskResult::new(task))
+        })
+        .await
     }
 
     /// Marks the task cancelled in the shared record; the replica running it
@@ -471,22 +476,25 @@ impl ServerHandler for ImageTools {
         request: CancelTaskParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let caller = caller_of(&context)?;
-        let task = self.read_task(&caller, &request.task_id).await?;
-        if task.status().is_terminal() {
-            return Ok(());
-        }
-        let mut marked = task.task;
-        marked.last_updated_at = chrono::Utc::now().to_rfc3339();
-        marked.status_message = Some("cancelled by the client".into());
-        let cancelled = DetailedTask::new(marked, TaskPayload::Cancelled);
-        match self.finish_task(&caller, &cancelled).await? {
-            crate::storage::store::TaskEnd::Erased => Err(ErrorData::invalid_params(
-                format!("no task {} of yours", request.task_id),
-                None,
-            )),
-            _ => Ok(()),
-        }
+        Box::pin(async move {
+            let caller = caller_of(&context)?;
+            let task = self.read_task(&caller, &request.task_id).await?;
+            if task.status().is_terminal() {
+                return Ok(());
+            }
+            let mut marked = task.task;
+            marked.last_updated_at = chrono::Utc::now().to_rfc3339();
+            marked.status_message = Some("cancelled by the client".into());
+            let cancelled = DetailedTask::new(marked, TaskPayload::Cancelled);
+            match self.finish_task(&caller, &cancelled).await? {
+                crate::storage::store::TaskEnd::Erased => Err(ErrorData::invalid_params(
+                    format!("no task {} of yours", request.task_id),
+                    None,
+                )),
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     /// The tools, less those the edge's per-tool access keeps from this

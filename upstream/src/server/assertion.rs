@@ -12,7 +12,26 @@ use crate::state::AppState;
 /// Axum middleware on `/mcp`: refuses a request without a valid, fresh,
 /// unused assertion (401), else hands the verified [`Caller`] to the handlers
 /// as a request extension (the timing layer adds its trace ids).
-pub async fn require_assertion(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+///
+/// The check runs before the returned future: what it holds while the call
+/// runs is the request and the rest of the route, not the state or verdict.
+pub fn require_assertion(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> impl std::future::Future<Output = Response> {
+    let refused = refusal(&state, &mut request);
+    async move {
+        match refused {
+            None => next.run(request).await,
+            Some(refused) => refused,
+        }
+    }
+}
+
+/// Verifies the request's assertion and puts its caller on the request;
+/// else the 401 to answer.
+fn refusal(state: &AppState, request: &mut Request) -> Option<Response> {
     let token = request.headers().get(HEADER).and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now().timestamp().max(0) as u64;
     let verdict = match token {
@@ -26,7 +45,7 @@ pub async fn require_assertion(State(state): State<AppState>, mut request: Reque
     match verdict {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
-            next.run(request).await
+            None
         }
         Err(error) => {
             tracing::warn!(
@@ -38,7 +57,7 @@ pub async fn require_assertion(State(state): State<AppState>, mut request: Reque
                 "id": null,
                 "error": {"code": -32001, "message": format!("Unauthorized: {error}")},
             });
-            (http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+            Some((http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
         }
     }
 }
