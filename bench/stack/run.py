@@ -415,7 +415,10 @@ def alternating(stacks: dict, *oha_args: str, rounds: int = TRACE_ROUNDS) -> dic
                                "upstream_ms": (cpu_after[0] - cpu_before[0]) * 1000 / max(1, calls),
                                "machine_ms": (cpu_after[1] - cpu_before[1]) * 1000 / max(1, calls),
                                "processing": [e["processing_ms"] for e in events if "processing_ms" in e]})
-            print(f"{name} {' '.join(oha_args)}: {runs[name][-1]['rps']:.0f} calls/s", flush=True)
+            last = runs[name][-1]
+            print(f"{name} {' '.join(oha_args)}: {last['rps']:.0f} calls/s, CPU per call: upstream "
+                  f"{last['upstream_ms']:.2f} ms, machine {last['machine_ms']:.2f} ms; upstream RSS "
+                  f"{rss_mib(stack.upstream.pid):.0f} MiB", flush=True)
             # Gigabytes of stored images would otherwise grow round by round
             # and the disk's writeback with them: not what is measured here.
             shutil.rmtree(stack.dir / "images", ignore_errors=True)
