@@ -75,6 +75,26 @@ fn start_run(
     (child, banner)
 }
 
+/// `start_run` on ports that were free a moment ago, picked again when one
+/// was taken meanwhile (tests run in parallel, and `run.sh` refuses a busy
+/// port); returns the ports too.
+fn start_run_on_free_ports(
+    state: &std::path::Path,
+    env: &[(&str, &str)],
+) -> ((u16, u16, u16, u16, u16), std::process::Child, Vec<String>) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let ports = (free_port(), free_port(), free_port(), free_port(), free_port());
+        let (mut child, banner) = start_run(ports, state, env);
+        if attempt < 4 && banner.iter().any(|line| line.contains("already in use")) {
+            let _ = child.wait();
+            continue;
+        }
+        return (ports, child, banner);
+    }
+}
+
 /// Ctrl-C to the whole group; waits until every port is free again.
 fn ctrl_c(mut child: std::process::Child, ports: [u16; 5]) {
     let pgid = child.id();
@@ -129,10 +149,9 @@ async fn generate(mcp_url: &str, token: &str, prompt: &str) -> Value {
 
 #[tokio::test]
 async fn make_run_prints_a_working_example_and_stops_on_ctrl_c() {
-    let ports = (free_port(), free_port(), free_port(), free_port(), free_port());
-    let (listen, admin, upstream, metrics, authorize) = ports;
     let state = std::env::temp_dir().join(format!("make-run-{}", uuid::Uuid::new_v4()));
-    let (child, banner) = start_run(ports, &state, &[]);
+    let (ports, child, banner) = start_run_on_free_ports(&state, &[]);
+    let (listen, admin, upstream, metrics, authorize) = ports;
     let text = banner.join("\n");
     let mcp_url = format!("http://127.0.0.1:{listen}/mcp");
     assert!(text.contains(&format!("MCP endpoint : {mcp_url}")), "{text}");
@@ -240,8 +259,6 @@ async fn make_run_trusts_an_idp_by_its_issuer() {
         );
     let idp = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let ports = (free_port(), free_port(), free_port(), free_port(), free_port());
-    let (listen, admin, upstream, metrics, authorize) = ports;
     let state = std::env::temp_dir().join(format!("make-run-idp-{}", uuid::Uuid::new_v4()));
     let env = [
         ("IDP_ISSUER", issuer.as_str()),
@@ -249,7 +266,8 @@ async fn make_run_trusts_an_idp_by_its_issuer() {
         ("IDP_ORG_CLAIM", "/tid"),
         ("IDP_SCOPE_CLAIM", "scp"),
     ];
-    let (child, banner) = start_run(ports, &state, &env);
+    let (ports, child, banner) = start_run_on_free_ports(&state, &env);
+    let (listen, admin, upstream, metrics, authorize) = ports;
     let text = banner.join("\n");
     assert!(text.contains("Ctrl-C stops everything"), "{text}");
     let mcp_url = format!("http://127.0.0.1:{listen}/mcp");
