@@ -109,8 +109,6 @@ mod tests {
         (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
     }
 
-    /// What COSE carries, checked with the certificate's public key: `r‖s`
-    /// (64 bytes) for ES256, the plain signature for Ed25519.
     /// Why `KeySigner::new` refuses a chain and key for ES256.
     fn refusal(chain: &[u8], key: &[u8]) -> String {
         KeySigner::new(chain, key, c2pa::SigningAlg::Es256)
@@ -118,6 +116,8 @@ mod tests {
             .expect("refused")
     }
 
+    /// What COSE carries, checked with the certificate's public key: `r‖s`
+    /// (64 bytes) for ES256, the plain signature for Ed25519.
     #[test]
     fn signatures_are_the_bytes_cose_carries_and_verify_with_the_certificate() {
         for (rcgen_alg, alg, verify) in [
